@@ -1,0 +1,64 @@
+"""fencex's own exception types.
+
+Adapters catch their library's errors at the edge and raise one of these
+(``raise StoreUnavailable(...) from exc``), so callers never depend on
+redis-py, aiokafka or confluent-kafka exception classes::
+
+    FencexError
+    ├── InvalidInput                 bad data from a user or a device
+    │   ├── InvalidFence             geometry or properties a fence cannot have
+    │   └── InvalidFix               a GPS fix that cannot be processed
+    ├── NotFound                     no such fence, device or tenant
+    ├── VersionConflict              If-Match no longer matches (HTTP 412)
+    ├── Unavailable                  a server does not answer
+    │   ├── StoreUnavailable         Redis
+    │   └── BrokerUnavailable        the Kafka-protocol broker
+    └── ServerStartError             a local server could not be started
+"""
+
+from __future__ import annotations
+
+
+class FencexError(Exception):
+    """Base of every error fencex raises on purpose."""
+
+
+class InvalidInput(FencexError, ValueError):
+    """Input that fencex refuses, with a message that says what is wrong."""
+
+
+class InvalidFence(InvalidInput):
+    """A fence whose geometry or properties are not acceptable."""
+
+
+class InvalidFix(InvalidInput):
+    """A GPS fix that cannot be processed (goes to the dead-letter topic)."""
+
+
+class NotFound(FencexError, LookupError):
+    """The fence, device or tenant does not exist (or is another tenant's)."""
+
+
+class VersionConflict(FencexError):
+    """The caller's version (If-Match) is not the stored version."""
+
+    def __init__(self, expected: int | None, actual: int | None) -> None:
+        super().__init__(f"fence version is {actual}, not {expected}")
+        self.expected = expected
+        self.actual = actual
+
+
+class Unavailable(FencexError, ConnectionError):
+    """A server fencex depends on does not answer."""
+
+
+class StoreUnavailable(Unavailable):
+    """Redis does not answer."""
+
+
+class BrokerUnavailable(Unavailable):
+    """The Kafka-protocol broker does not answer."""
+
+
+class ServerStartError(FencexError, RuntimeError):
+    """A local server (broker, redis, prometheus) could not be started."""

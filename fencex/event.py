@@ -1,0 +1,93 @@
+"""Fence events: what fencex publishes on ``fence-events``.
+
+The vocabulary follows Tile38's: ``enter`` and ``exit`` when a device's set of
+fences changes, plus ``dwell`` once a device has stayed inside a fence for the
+fence's ``dwell_s``. ``event_id`` is a hash of what the event is about, so the
+same fix processed twice yields the same id and consumers can drop duplicates.
+The JSON Schema is ``schema/fence-event.schema.json``; a test keeps it true.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import orjson
+
+EventType = Literal["enter", "exit", "dwell"]
+EVENT_TYPES: tuple[str, ...] = ("enter", "exit", "dwell")
+
+
+def rfc3339(ms: int | float) -> str:
+    """Epoch milliseconds as an RFC 3339 UTC timestamp with milliseconds."""
+    dt = datetime.fromtimestamp(ms / 1000.0, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(ms) % 1000:03d}Z"
+
+
+def event_id(device_id: str, fence_id: str, fence_version: int, type_: str, ts_ms: int) -> str:
+    key = f"{device_id}\x1f{fence_id}\x1f{fence_version}\x1f{type_}\x1f{ts_ms}".encode()
+    return hashlib.blake2b(key, digest_size=16).hexdigest()
+
+
+@dataclass(slots=True, frozen=True)
+class Event:
+    type: str
+    tenant: str
+    device_id: str
+    fence_id: str
+    fence_version: int
+    ts_ms: int
+    lon: float
+    lat: float
+    dwell_s: float | None = None
+
+    @property
+    def event_id(self) -> str:
+        return event_id(self.device_id, self.fence_id, self.fence_version, self.type, self.ts_ms)
+
+    def to_dict(self, detected_at_ms: float) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "event_id": self.event_id,
+            "type": self.type,
+            "tenant": self.tenant,
+            "device_id": self.device_id,
+            "fence_id": self.fence_id,
+            "fence_version": self.fence_version,
+            "ts": rfc3339(self.ts_ms),
+            "lon": self.lon,
+            "lat": self.lat,
+            "detected_at": rfc3339(detected_at_ms),
+        }
+        if self.dwell_s is not None:
+            out["dwell_s"] = self.dwell_s
+        return out
+
+    def to_json(self, detected_at_ms: float) -> bytes:
+        return orjson.dumps(self.to_dict(detected_at_ms))
+
+
+EVENT_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://fencex.dev/schema/fence-event.schema.json",
+    "title": "fencex fence event",
+    "description": "One enter, exit or dwell of a device in a fence. Published as JSON on topic fence-events, keyed by device_id.",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["event_id", "type", "tenant", "device_id", "fence_id", "fence_version", "ts", "lon", "lat", "detected_at"],
+    "properties": {
+        "event_id": {"type": "string", "pattern": "^[0-9a-f]{32}$",
+                     "description": "deterministic: the same fix processed twice gives the same id"},
+        "type": {"enum": list(EVENT_TYPES)},
+        "tenant": {"type": "string", "minLength": 1, "description": "the farm that owns the fence and the device"},
+        "device_id": {"type": "string", "minLength": 1},
+        "fence_id": {"type": "string", "minLength": 1},
+        "fence_version": {"type": "integer", "minimum": 1, "description": "the fence's version when the event was detected"},
+        "ts": {"type": "string", "format": "date-time", "description": "time of the fix that caused the event (RFC 3339, UTC)"},
+        "lon": {"type": "number", "minimum": -180, "maximum": 180},
+        "lat": {"type": "number", "minimum": -90, "maximum": 90},
+        "detected_at": {"type": "string", "format": "date-time", "description": "when fencex detected it"},
+        "dwell_s": {"type": "number", "exclusiveMinimum": 0, "description": "dwell events only: the fence's dwell time"},
+    },
+}

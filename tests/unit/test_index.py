@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import numpy as np
+import shapely
+from hypothesis import given, settings, strategies as st
+
+from fencex.fence import Fence
+from fencex.index import FenceIndex
+from tests.unit.factory import LAT0, LON0, fence, square
+
+
+def ids(index, rows):
+    return sorted(index.fences[r].id for r in rows)
+
+
+def test_longitude_first():
+    """GeoJSON is [lon, lat]: a point given as (lat, lon) must not match."""
+    index = FenceIndex([fence("north")])
+    assert ids(index, index.lookup([LON0 + 0.005], [LAT0 + 0.005], "farm")[0]) == ["north"]
+    assert index.lookup([LAT0 + 0.005], [LON0 + 0.005], "farm")[0] == ()
+
+
+def test_boundary_and_vertex_are_inside():
+    index = FenceIndex([fence("north")])
+    got = index.lookup([LON0, LON0 + 0.005, LON0 + 0.01, LON0 + 0.0100001], [LAT0, LAT0, LAT0 + 0.01, LAT0], "farm")
+    assert [ids(index, r) for r in got] == [["north"], ["north"], ["north"], []]
+
+
+def test_hole_is_outside():
+    outer = [[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]
+    hole = [[0.4, 0.4], [0.6, 0.4], [0.6, 0.6], [0.4, 0.6], [0.4, 0.4]]
+    index = FenceIndex([Fence(id="ring", tenant="farm", geometry={"type": "Polygon", "coordinates": [outer, hole]})])
+    got = index.lookup([0.5, 0.2, 0.4], [0.5, 0.2, 0.5], "farm")
+    assert [ids(index, r) for r in got] == [[], ["ring"], ["ring"]]  # the hole's edge is the fence's boundary
+
+
+def test_tenants_only_see_their_own_fences():
+    index = FenceIndex([fence("mine", tenant="a"), fence("theirs", tenant="b")])
+    p = ([LON0 + 0.005], [LAT0 + 0.005])
+    assert ids(index, index.lookup(*p, ["a"])[0]) == ["mine"]
+    assert ids(index, index.lookup(*p, ["b"])[0]) == ["theirs"]
+    assert index.lookup(*p, ["nobody"])[0] == ()
+
+
+def test_exit_buffer_outer_geometry():
+    index = FenceIndex([fence("c", exit_buffer_m=50)])
+    # 0.0005 deg of longitude at lat 59.8 is about 28 m; 0.0012 deg is about 67 m.
+    near = index.lookup([LON0 - 0.0005, LON0 - 0.0012], [LAT0 + 0.005] * 2, "farm", near=True)
+    assert [ids(index, r) for r in near] == [["c"], []]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 0.2), st.floats(0, 0.2), st.floats(0.001, 0.05)), min_size=1, max_size=40),
+       st.lists(st.tuples(st.floats(-0.01, 0.25), st.floats(-0.01, 0.25)), min_size=1, max_size=60))
+def test_lookup_matches_brute_force(boxes, points):
+    fences = [Fence(id=f"f{i}", tenant="farm", geometry=square(x, y, s)) for i, (x, y, s) in enumerate(boxes)]
+    index = FenceIndex(fences)
+    got = index.lookup([p[0] for p in points], [p[1] for p in points], "farm")
+    for (x, y), rows in zip(points, got):
+        expected = sorted(f.id for f in fences if shapely.intersects(f.shape(), shapely.Point(x, y)))
+        assert ids(index, rows) == expected
+
+
+def test_many_fences_stay_correct():
+    rng = np.random.default_rng(7)
+    xs, ys = rng.uniform(-10, 10, 100_000), rng.uniform(40, 60, 100_000)
+    fences = [Fence.model_construct(id=f"f{i}", tenant="farm", version=1, geometry=square(x, y, 0.01), name="", tags=[],
+                                    dwell_s=None, exit_buffer_m=None, updated_at=0.0) for i, (x, y) in enumerate(zip(xs, ys))]
+    index = FenceIndex(fences)
+    assert len(index) == 100_000
+    # Points at the centre of fences 0..999 are inside those fences (and maybe a neighbour).
+    got = index.lookup(xs[:1000] + 0.005, ys[:1000] + 0.005, "farm")
+    for i, rows in enumerate(got):
+        assert f"f{i}" in ids(index, rows)
+    assert index.lookup([100.0], [0.0], "farm")[0] == ()

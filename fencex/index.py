@@ -79,16 +79,16 @@ class FenceIndex:
         return np.fromiter((get(t, -1) for t in tenants), dtype=np.int32, count=n)
 
     def _match(self, tree: shapely.STRtree, geoms: np.ndarray, rows: np.ndarray | None,
-               points: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+               points: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
         if len(geoms) == 0 or len(points) == 0:
             empty = np.empty(0, dtype=np.intp)
-            return empty, empty
+            return empty, empty, 0
         pt, cand = tree.query(points)  # bounding-box candidates
         fence_rows = cand if rows is None else rows[cand]
         same_tenant = self._codes[fence_rows] == codes[pt]
         pt, cand, fence_rows = pt[same_tenant], cand[same_tenant], fence_rows[same_tenant]
         hit = shapely.intersects(geoms[cand], points[pt])  # exact, prepared, boundary inclusive
-        return pt[hit], fence_rows[hit]
+        return pt[hit], fence_rows[hit], len(hit)
 
     def lookup(self, lons: Sequence[float] | np.ndarray, lats: Sequence[float] | np.ndarray,
                tenants: Sequence[str] | str, near: bool = False) -> list[tuple[int, ...]]:
@@ -96,18 +96,23 @@ class FenceIndex:
 
         With ``near=True``: the rows of buffered fences whose *outer* geometry contains it.
         """
+        return self.lookup_counted(lons, lats, tenants, near)[0]
+
+    def lookup_counted(self, lons: Sequence[float] | np.ndarray, lats: Sequence[float] | np.ndarray,
+                       tenants: Sequence[str] | str, near: bool = False) -> tuple[list[tuple[int, ...]], int]:
+        """:meth:`lookup`, and how many exact point-in-fence tests it made."""
         lons = np.asarray(lons, dtype=np.float64)
         lats = np.asarray(lats, dtype=np.float64)
         n = len(lons)
         result: list[tuple[int, ...]] = [_EMPTY] * n
         if n == 0:
-            return result
+            return result, 0
         points = shapely.points(lons, lats)
         codes = self._codes_of(tenants, n)
         if near:
-            pt, rows = self._match(self._outer_tree, self._outer, self._outer_rows, points, codes)
+            pt, rows, tested = self._match(self._outer_tree, self._outer, self._outer_rows, points, codes)
         else:
-            pt, rows = self._match(self._tree, self._geoms, None, points, codes)
+            pt, rows, tested = self._match(self._tree, self._geoms, None, points, codes)
         if len(pt):
             order = np.lexsort((rows, pt))
             pt, rows = pt[order].tolist(), rows[order].tolist()
@@ -116,7 +121,7 @@ class FenceIndex:
                 if k == len(pt) or pt[k] != pt[start]:
                     result[pt[start]] = tuple(rows[start:k])
                     start = k
-        return result
+        return result, tested
 
     def has_buffers(self) -> bool:
         return len(self._outer) > 0
@@ -128,4 +133,5 @@ class FenceIndex:
     def count_hits(self, lons: np.ndarray, lats: np.ndarray, tenant: str) -> tuple[np.ndarray, np.ndarray]:
         """Raw (point index, fence row) pairs for a batch of one tenant's points."""
         points = shapely.points(np.asarray(lons, dtype=np.float64), np.asarray(lats, dtype=np.float64))
-        return self._match(self._tree, self._geoms, None, points, self._codes_of(tenant, len(points)))
+        pt, rows, _ = self._match(self._tree, self._geoms, None, points, self._codes_of(tenant, len(points)))
+        return pt, rows

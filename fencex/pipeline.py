@@ -47,7 +47,7 @@ def process(fixes: list[Fix], index: FenceIndex, states: MutableMapping[str, Dev
     tenants = [tenant_of(f.device_id) for f in fixes]
     lons = [f.lon for f in fixes]
     lats = [f.lat for f in fixes]
-    inside_rows = index.lookup(lons, lats, tenants)
+    inside_rows, out.candidates = index.lookup_counted(lons, lats, tenants)
     near_rows = index.lookup(lons, lats, tenants, near=True) if index.has_buffers() else None
     rows = index.fences
     by_id = index.by_id

@@ -1,0 +1,118 @@
+"""The batch consumer: aiokafka ``getmany`` with manual commits.
+
+Faust's per-event stream path reads about 7,000 records/s on this machine;
+``getmany`` reads over 300,000, so the processor's hot path takes whole
+batches. Offsets are committed only after a batch's events are published and
+its state is saved (at least once). A rebalance waits for the batch in flight:
+``on_revoke`` is called under the same lock the processing loop holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+from fencex.errors import BrokerUnavailable
+
+log = logging.getLogger(__name__)
+PartitionsCallback = Callable[[list[int]], Awaitable[None]]
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, owner: "BatchConsumer") -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        async with self.owner.lock:  # let the batch in flight finish and commit
+            parts = sorted(tp.partition for tp in revoked)
+            for p in parts:
+                self.owner.positions.pop(p, None)
+            log.info("partitions revoked: %s", parts)
+            if self.owner.on_revoke is not None:
+                await self.owner.on_revoke(parts)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        async with self.owner.lock:
+            parts = sorted(tp.partition for tp in assigned)
+            log.info("partitions assigned: %s", parts)
+            if self.owner.on_assign is not None:
+                await self.owner.on_assign(parts)
+
+
+class BatchConsumer:
+    def __init__(self, bootstrap: str, topic: str, group_id: str, *, session_timeout_ms: int = 10_000,
+                 heartbeat_interval_ms: int = 1_000, max_poll_interval_ms: int = 60_000,
+                 on_assign: PartitionsCallback | None = None, on_revoke: PartitionsCallback | None = None) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.group_id = group_id
+        self.on_assign = on_assign
+        self.on_revoke = on_revoke
+        self.lock = asyncio.Lock()
+        self._kwargs = dict(session_timeout_ms=session_timeout_ms, heartbeat_interval_ms=heartbeat_interval_ms,
+                            max_poll_interval_ms=max_poll_interval_ms)
+        self._consumer: AIOKafkaConsumer | None = None
+        self.positions: dict[int, int] = {}
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, group_id=self.group_id, enable_auto_commit=False,
+            auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
+            fetch_max_wait_ms=50, **self._kwargs)
+        try:
+            await self._consumer.start()
+        except KafkaError as exc:
+            await self._consumer.stop()
+            raise BrokerUnavailable(f"cannot reach the broker at {self.bootstrap}: {exc}") from exc
+        self._consumer.subscribe([self.topic], listener=_Listener(self))
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[ConsumerRecord]]:
+        assert self._consumer is not None
+        try:
+            got = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        except KafkaConnectionError as exc:
+            raise BrokerUnavailable(str(exc)) from exc
+        for tp, records in got.items():
+            if records:
+                self.positions[tp.partition] = records[-1].offset + 1
+        return got
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit ``offsets`` (the next offset to read, per partition)."""
+        assert self._consumer is not None
+        if offsets:
+            await self._consumer.commit(offsets)
+
+    async def seek_to_committed(self) -> None:
+        """Go back to the last committed offsets (after a batch failed half way)."""
+        if self._consumer is not None and self._consumer.assignment():
+            await self._consumer.seek_to_committed()
+            self.positions.clear()
+
+    def assignment(self) -> list[int]:
+        return sorted(tp.partition for tp in self._consumer.assignment()) if self._consumer else []
+
+    def lag(self) -> dict[int, int]:
+        """Records behind the high watermark, per assigned partition.
+
+        The high watermark comes from fetch responses, not ListOffsets (which the
+        local broker answers wrongly for batches of several records); the position
+        is the offset after the last record this consumer handed out.
+        """
+        if self._consumer is None:
+            return {}
+        out: dict[int, int] = {}
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            if high is not None:
+                out[tp.partition] = max(high - self.positions.get(tp.partition, high), 0)
+        return out

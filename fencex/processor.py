@@ -1,0 +1,271 @@
+"""The push path's worker loop: Kafka batches in, fence events out.
+
+One loop per worker process, in this order for every batch, so that a worker
+killed at any moment loses no event (at least once):
+
+1. read a batch of records (``getmany``) from the assigned partitions;
+2. parse, run the pipeline (index lookup + detector) against cached device state;
+3. publish events and dead letters, and wait for the broker's acks;
+4. save the changed device states, positions and memberships to Redis (one transaction);
+5. commit the offsets.
+
+A crash before 5 replays the batch: fixes whose state was saved are stale and
+skipped, the others give the same events again, with the same ``event_id``.
+Fence changes arrive through the Redis change feed; a new index is built off the
+loop and swapped in between batches, and the cached devices are re-evaluated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import orjson
+from aiokafka import TopicPartition
+
+from fencex.detector import DeviceState
+from fencex.errors import BrokerUnavailable, StoreUnavailable, Unavailable
+from fencex.event import Event
+from fencex.fence import DEFAULT_TENANT, Fence
+from fencex.fix import Fix, Rejected, parse_record
+from fencex.index import FenceIndex
+from fencex.kafka.consumer import BatchConsumer
+from fencex.kafka.producer import Producer
+from fencex.metrics import PushMetrics
+from fencex.pipeline import Processed, process, reevaluate_all
+from fencex.store.redis import RedisStore
+
+log = logging.getLogger("fencex.processor")
+
+
+@dataclass(frozen=True)
+class Topics:
+    locations: str = "locations"
+    events: str = "fence-events"
+    dlq: str = "locations.dlq"
+
+
+class Processor:
+    def __init__(self, store: RedisStore, consumer: BatchConsumer, producer: Producer, metrics: PushMetrics,
+                 topics: Topics = Topics(), max_records: int = 20_000, default_tenant: str = DEFAULT_TENANT) -> None:
+        self.store = store
+        self.consumer = consumer
+        self.producer = producer
+        self.metrics = metrics
+        self.topics = topics
+        self.max_records = max_records
+        self.default_tenant = default_tenant
+        self.index = FenceIndex([])
+        self.fences: dict[str, Fence] = {}
+        self.tenants: dict[str, str] = {}
+        self.states: dict[str, DeviceState] = {}
+        self.device_partition: dict[str, int] = {}
+        self.running = False
+        self._next_index: FenceIndex | None = None
+        self._change_id = "0-0"
+        self._applied = 0
+        consumer.on_assign = self._on_assign
+        consumer.on_revoke = self._on_revoke
+
+    # -------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Connect to Redis, load fences and device registrations, join the group."""
+        await self.store.connect()
+        self._change_id = await self.store.last_change_id()  # before loading: no change slips between
+        self.fences = {f.id: f for f in await self.store.fences()}
+        self.tenants = await self.store.device_tenants()
+        self.index = await self._build(0)
+        log.info("loaded %d fences and %d device registrations", len(self.fences), len(self.tenants))
+        await self.producer.start()
+        await self.consumer.start()
+
+    async def stop(self) -> None:
+        self.running = False
+        await self.consumer.stop()
+        await self.producer.stop()
+        await self.store.close()
+
+    def snapshot(self) -> dict:
+        return {"partitions": self.consumer.assignment(), "lag": self.consumer.lag(), "fences": len(self.index),
+                "index_version": self._applied, "devices": len(self.states), "running": int(self.running)}
+
+    # ---------------------------------------------------------- fence changes
+
+    async def _build(self, version: int) -> FenceIndex:
+        index = await asyncio.to_thread(FenceIndex, list(self.fences.values()), version)
+        self.metrics.index_rebuild.observe(index.build_seconds)
+        return index
+
+    async def watch_changes(self, block_ms: int = 250) -> None:
+        """Follow the change feed; build a new index whenever fences change."""
+        while True:
+            try:
+                changes = await self.store.changes(self._change_id, block_ms=block_ms)
+            except StoreUnavailable as exc:
+                self.metrics.store_errors.inc()
+                log.warning("change feed: %s; retrying in 1 s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            if not changes:
+                continue
+            fence_ids = set()
+            for c in changes:
+                if c.kind == "device":
+                    self.tenants[c.key] = c.tenant
+                else:
+                    fence_ids.add(c.key)
+            self._change_id = changes[-1].id
+            self._applied += len(changes)
+            if fence_ids:
+                for fid in fence_ids:
+                    try:
+                        raw = await self.store.redis.get(self.store.keys.fence(fid))
+                    except Exception as exc:  # noqa: BLE001 - next change or restart reloads it
+                        log.warning("cannot read fence %s: %s", fid, exc)
+                        continue
+                    if raw is None:
+                        self.fences.pop(fid, None)
+                    else:
+                        self.fences[fid] = Fence.from_json(raw)
+                self._next_index = await self._build(self._applied)
+                log.info("fence index rebuilt: %d fences (%d changed) in %.3f s",
+                         len(self._next_index), len(fence_ids), self._next_index.build_seconds)
+
+    # ---------------------------------------------------------- rebalancing
+
+    async def _on_assign(self, partitions: list[int]) -> None:
+        self.metrics.rebalances.inc()
+        while True:
+            try:
+                owned = await self.store.partition_devices(self.topics.locations, partitions)
+                states = await self.store.load_states(list(owned))
+                break
+            except StoreUnavailable as exc:
+                self.metrics.store_errors.inc()
+                log.warning("loading device state: %s; retrying in 1 s", exc)
+                await asyncio.sleep(1.0)
+        mine = set(partitions)
+        for d in [d for d, p in self.device_partition.items() if p not in mine]:
+            self.states.pop(d, None)
+            self.device_partition.pop(d, None)
+        self.states.update(states)
+        self.device_partition.update(owned)
+        # A fence may have changed while no worker held these devices: catch up now.
+        await self._publish_reevaluation(reevaluate_all(self.index, self.states, list(states)))
+        log.info("assigned partitions %s: %d devices loaded", partitions, len(states))
+
+    async def _on_revoke(self, partitions: list[int]) -> None:
+        gone = set(partitions)
+        for d in [d for d, p in self.device_partition.items() if p in gone]:
+            self.states.pop(d, None)
+            self.device_partition.pop(d, None)
+
+    async def _publish_reevaluation(self, out: Processed) -> None:
+        if out.events:
+            await self._publish(out.events, [])
+        if out.dirty:
+            await self.store.save(out.dirty, out.events)
+
+    # ------------------------------------------------------------ the loop
+
+    async def run(self) -> None:
+        self.running = True
+        backoff = 0.5
+        while self.running:
+            try:
+                batches = await self.consumer.getmany(timeout_ms=100, max_records=self.max_records)
+                async with self.consumer.lock:
+                    if self._next_index is not None:
+                        self.index, self._next_index = self._next_index, None
+                        await self._publish_reevaluation(reevaluate_all(self.index, self.states))
+                    assigned = set(self.consumer.assignment())
+                    batches = {tp: r for tp, r in batches.items() if r and tp.partition in assigned}
+                    if batches:
+                        await self.handle(batches)
+                backoff = 0.5
+            except Unavailable as exc:
+                (self.metrics.store_errors if isinstance(exc, StoreUnavailable) else self.metrics.broker_errors).inc()
+                log.warning("%s; dropping cached state and retrying in %.1f s", exc, backoff)
+                # The batch was not committed: it is read again. State is reloaded from Redis,
+                # which holds exactly what was saved, so no fix is wrongly taken as stale.
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                await self._reload_after_error()
+
+    async def _reload_after_error(self) -> None:
+        self.states.clear()
+        self.device_partition.clear()
+        try:
+            await self.consumer.seek_to_committed()
+            await self._on_assign(self.consumer.assignment())
+            self.metrics.reconnects.labels("redis").inc()
+        except (Unavailable, Exception) as exc:  # noqa: BLE001 - the loop retries
+            log.warning("reload failed: %s", exc)
+
+    async def handle(self, batches: dict[TopicPartition, list]) -> Processed:
+        started = time.perf_counter()
+        fixes: list[Fix] = []
+        fix_partition: list[int] = []
+        rejected: list[Rejected] = []
+        dead: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = []
+        offsets: dict[TopicPartition, int] = {}
+        records = 0
+        for tp, recs in batches.items():
+            p = tp.partition
+            for r in recs:
+                n, nrej = len(fixes), len(rejected)
+                parse_record(r.value if r.value is not None else b"", fixes, rejected)
+                fix_partition.extend([p] * (len(fixes) - n))
+                for rj in rejected[nrej:]:
+                    dead.append((r.key, rj.raw, [("reason", rj.reason.encode()), ("detail", rj.detail.encode()),
+                                                 ("source", f"{tp.topic}/{p}/{r.offset}".encode())]))
+            records += len(recs)
+            offsets[tp] = recs[-1].offset + 1
+        # Devices never seen by this worker: the store may know them (e.g. after a restart).
+        missing = list({f.device_id for f in fixes if f.device_id not in self.states})
+        new_devices: dict[tuple[str, int], list[str]] = defaultdict(list)
+        if missing:
+            self.states.update(await self.store.load_states(missing))
+            unknown = set(missing) - self.states.keys()
+            for f, p in zip(fixes, fix_partition):
+                if f.device_id in unknown:
+                    unknown.discard(f.device_id)
+                    new_devices[(self.topics.locations, p)].append(f.device_id)
+        for f, p in zip(fixes, fix_partition):
+            self.device_partition[f.device_id] = p
+        tenants = self.tenants
+        default = self.default_tenant
+        out = process(fixes, self.index, self.states, lambda d: tenants.get(d, default))
+        await self._publish(out.events, dead)
+        await self.store.save(out.dirty, out.events, new_devices)
+        await self.consumer.commit(offsets)
+        m = self.metrics
+        m.records.inc(records)
+        m.fixes_consumed.inc(len(fixes))
+        m.fixes_processed.inc(out.fixes)
+        if out.stale:
+            m.fixes_dropped.labels("out_of_order").inc(out.stale)
+        for rj in rejected:
+            m.fixes_dropped.labels(rj.reason).inc()
+            m.dlq.labels(rj.reason).inc()
+        m.intersections.inc(out.inside)
+        m.point_tests.inc(out.candidates)
+        m.batch.observe(len(fixes))
+        m.batch_seconds.observe(time.perf_counter() - started)
+        return out
+
+    async def _publish(self, events: list[Event], dead: list) -> None:
+        now_ms = time.time() * 1000.0
+        if events:
+            await self.producer.send_all(self.topics.events,
+                                         ((e.device_id.encode(), e.to_json(now_ms), None) for e in events))
+            published = time.time()
+            for e in events:
+                self.metrics.events.labels(e.type).inc()
+                self.metrics.latency.observe(max(published - e.ts_ms / 1000.0, 0.0))
+        if dead:
+            await self.producer.send_all(self.topics.dlq, dead)

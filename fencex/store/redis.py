@@ -1,0 +1,339 @@
+"""The Redis backend of the store: fences, the change feed, device state,
+tenants and keys, the event history.
+
+No I/O in ``__init__``: ``connect()`` opens the connection and checks it.
+Every redis-py connection error leaves here as StoreUnavailable.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, ParamSpec, TypeVar
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import WatchError
+
+from fencex.detector import DeviceState
+from fencex.errors import NotFound, StoreUnavailable, VersionConflict
+from fencex.event import Event
+from fencex.fence import Fence
+from fencex.store.base import Change, Keys
+
+P = ParamSpec("P")
+R = TypeVar("R")
+CHANGES_MAXLEN = 100_000
+GEO_LAT_LIMIT = 85.05112878  # Redis GEO cannot hold the poles
+
+# Add each event to its tenant's history once, however often it is delivered.
+_APPEND_EVENTS = """
+local added = 0
+for i = 1, #ARGV, 3 do
+  if redis.call('SET', KEYS[1] .. ARGV[i], '1', 'NX', 'EX', 86400) then
+    redis.call('XADD', KEYS[2] .. ARGV[i + 1], 'MAXLEN', '~', KEYS[3], '*', 'e', ARGV[i + 2])
+    added = added + 1
+  end
+end
+return added
+"""
+
+
+def _guard(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise StoreUnavailable(f"redis does not answer: {exc}") from exc
+    return wrapper
+
+
+def key_digest(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+class RedisStore:
+    def __init__(self, url: str, prefix: str = "fx", history_maxlen: int = 10_000) -> None:
+        self.url = url
+        self.keys = Keys(prefix)
+        self.history_maxlen = history_maxlen
+        self._redis: aioredis.Redis | None = None
+        self._append_events: Any = None
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        if self._redis is None:
+            raise StoreUnavailable("the store is not connected: call connect() first")
+        return self._redis
+
+    @_guard
+    async def connect(self) -> None:
+        self._redis = aioredis.Redis.from_url(self.url, socket_connect_timeout=3, socket_timeout=10,
+                                              health_check_interval=30)
+        await self._redis.ping()
+        self._append_events = self._redis.register_script(_APPEND_EVENTS)
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    @_guard
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    # ---------------------------------------------------------------- fences
+
+    @_guard
+    async def get_fence(self, tenant: str, fid: str) -> Fence:
+        raw = await self.redis.get(self.keys.fence(fid))
+        if raw is None:
+            raise NotFound(f"no fence {fid!r}")
+        fence = Fence.from_json(raw)
+        if fence.tenant != tenant:
+            raise NotFound(f"no fence {fid!r}")  # another farm's fence does not exist for this one
+        return fence
+
+    @_guard
+    async def fences(self, tenant: str | None = None) -> list[Fence]:
+        key = self.keys.fences if tenant is None else self.keys.tenant_fences(tenant)
+        ids = sorted(m.decode() for m in await self.redis.smembers(key))
+        out: list[Fence] = []
+        for start in range(0, len(ids), 5000):
+            raws = await self.redis.mget([self.keys.fence(i) for i in ids[start:start + 5000]])
+            out.extend(Fence.from_json(r) for r in raws if r is not None)
+        return out
+
+    @_guard
+    async def put_fences(self, fences: Iterable[Fence], if_match: Mapping[str, int] | None = None,
+                         create_only: bool = False) -> list[Fence]:
+        """Create or replace fences atomically (all or none), each with its version raised by one.
+
+        ``if_match``: fence id -> the version the caller last saw (HTTP If-Match); a
+        mismatch raises VersionConflict and nothing is written. A fence id owned by
+        another tenant raises NotFound.
+        """
+        fences = list(fences)
+        keys = [self.keys.fence(f.id) for f in fences]
+        while True:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(*keys)
+                    current = await pipe.mget(keys) if keys else []
+                    now = time.time()
+                    stored: list[Fence] = []
+                    for fence, raw in zip(fences, current):
+                        old = Fence.from_json(raw) if raw is not None else None
+                        if old is not None and old.tenant != fence.tenant:
+                            raise NotFound(f"fence id {fence.id!r} is taken")
+                        if create_only and old is not None:
+                            raise VersionConflict(None, old.version)
+                        expected = (if_match or {}).get(fence.id)
+                        if expected is not None and (old is None or old.version != expected):
+                            raise VersionConflict(expected, old.version if old else None)
+                        version = old.version + 1 if old is not None else 1
+                        stored.append(fence.model_copy(update={"version": version, "updated_at": now}))
+                    pipe.multi()
+                    for fence in stored:
+                        pipe.set(self.keys.fence(fence.id), fence.to_json())
+                        pipe.sadd(self.keys.fences, fence.id)
+                        pipe.sadd(self.keys.tenant_fences(fence.tenant), fence.id)
+                        self._feed(pipe, "fence", "upsert", fence.id, fence.tenant, fence.version)
+                    await pipe.execute()
+                    return stored
+                except WatchError:
+                    continue
+
+    @_guard
+    async def delete_fence(self, tenant: str, fid: str, if_match: int | None = None) -> Fence:
+        key = self.keys.fence(fid)
+        while True:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    if raw is None:
+                        raise NotFound(f"no fence {fid!r}")
+                    old = Fence.from_json(raw)
+                    if old.tenant != tenant:
+                        raise NotFound(f"no fence {fid!r}")
+                    if if_match is not None and if_match != old.version:
+                        raise VersionConflict(if_match, old.version)
+                    pipe.multi()
+                    pipe.delete(key)
+                    pipe.srem(self.keys.fences, fid)
+                    pipe.srem(self.keys.tenant_fences(tenant), fid)
+                    self._feed(pipe, "fence", "delete", fid, tenant, old.version)
+                    await pipe.execute()
+                    return old
+                except WatchError:
+                    continue
+
+    def _feed(self, pipe: Any, kind: str, op: str, key: str, tenant: str, version: int) -> None:
+        pipe.xadd(self.keys.changes, {"kind": kind, "op": op, "id": key, "tenant": tenant, "version": version},
+                  maxlen=CHANGES_MAXLEN, approximate=True)
+
+    # ------------------------------------------------------------ change feed
+
+    @_guard
+    async def last_change_id(self) -> str:
+        entries = await self.redis.xrevrange(self.keys.changes, count=1)
+        return entries[0][0].decode() if entries else "0-0"
+
+    @_guard
+    async def changes(self, after: str, block_ms: int = 500, count: int = 10_000) -> list[Change]:
+        got = await self.redis.xread({self.keys.changes: after}, block=block_ms, count=count)
+        out: list[Change] = []
+        for _stream, entries in got or []:
+            for entry_id, f in entries:
+                out.append(Change(entry_id.decode(), f[b"kind"].decode(), f[b"op"].decode(), f[b"id"].decode(),
+                                  f[b"tenant"].decode(), int(f[b"version"])))
+        return out
+
+    # ---------------------------------------------------------------- devices
+
+    async def register_device(self, device_id: str, tenant: str) -> None:
+        await self.register_devices({device_id: tenant})
+
+    @_guard
+    async def register_devices(self, tenants: Mapping[str, str]) -> None:
+        """Assign devices to tenants; running workers hear it through the change feed."""
+        items = list(tenants.items())
+        for start in range(0, len(items), 5000):
+            chunk = dict(items[start:start + 5000])
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(self.keys.devices, mapping=chunk)
+                for device_id, tenant in chunk.items():
+                    self._feed(pipe, "device", "upsert", device_id, tenant, 1)
+                await pipe.execute()
+
+    @_guard
+    async def device_tenants(self) -> dict[str, str]:
+        raw = await self.redis.hgetall(self.keys.devices)
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    @_guard
+    async def device_tenant(self, device_id: str) -> str | None:
+        raw = await self.redis.hget(self.keys.devices, device_id)
+        return raw.decode() if raw is not None else None
+
+    @_guard
+    async def load_states(self, device_ids: list[str]) -> dict[str, DeviceState]:
+        out: dict[str, DeviceState] = {}
+        for start in range(0, len(device_ids), 10_000):
+            chunk = device_ids[start:start + 10_000]
+            raws = await self.redis.mget([self.keys.device(d) for d in chunk])
+            for did, raw in zip(chunk, raws):
+                if raw is not None:
+                    out[did] = DeviceState.from_obj(orjson.loads(raw))
+        return out
+
+    @_guard
+    async def partition_devices(self, topic: str, partitions: Iterable[int]) -> dict[str, int]:
+        """Device id -> partition, for the devices seen on these partitions."""
+        out: dict[str, int] = {}
+        for p in partitions:
+            out.update((m.decode(), p) for m in await self.redis.smembers(self.keys.partition(topic, p)))
+        return out
+
+    @_guard
+    async def save(self, states: Mapping[str, DeviceState], events: Iterable[Event],
+                   new_devices: Mapping[tuple[str, int], list[str]] | None = None) -> None:
+        """Write device states, their positions and memberships in one transaction."""
+        if not states:
+            return
+        k = self.keys
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.mset({k.device(d): orjson.dumps(s.to_obj()) for d, s in states.items()})
+            geo: dict[str, list[Any]] = {}
+            for d, s in states.items():
+                if -GEO_LAT_LIMIT <= s.lat <= GEO_LAT_LIMIT:
+                    geo.setdefault(s.tenant, []).extend((s.lon, s.lat, d))
+            for tenant, values in geo.items():
+                pipe.execute_command("GEOADD", k.geo(tenant), *values)
+            for e in events:
+                if e.type == "enter":
+                    pipe.zadd(k.inside(e.tenant, e.fence_id), {e.device_id: e.ts_ms})
+                elif e.type == "exit":
+                    pipe.zrem(k.inside(e.tenant, e.fence_id), e.device_id)
+            for (topic, partition), devices in (new_devices or {}).items():
+                pipe.sadd(k.partition(topic, partition), *devices)
+            await pipe.execute()
+
+    @_guard
+    async def device_state(self, tenant: str, device_id: str) -> DeviceState:
+        raw = await self.redis.get(self.keys.device(device_id))
+        if raw is None:
+            raise NotFound(f"no device {device_id!r}")
+        state = DeviceState.from_obj(orjson.loads(raw))
+        if state.tenant != tenant:
+            raise NotFound(f"no device {device_id!r}")
+        return state
+
+    @_guard
+    async def devices_inside(self, tenant: str, fid: str) -> list[tuple[str, int]]:
+        got = await self.redis.zrange(self.keys.inside(tenant, fid), 0, -1, withscores=True)
+        return [(d.decode(), int(s)) for d, s in got]
+
+    @_guard
+    async def occupancy(self, tenant: str, fence_ids: list[str]) -> dict[str, int]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for fid in fence_ids:
+                pipe.zcard(self.keys.inside(tenant, fid))
+            counts = await pipe.execute()
+        return dict(zip(fence_ids, counts))
+
+    @_guard
+    async def devices_near(self, tenant: str, lon: float, lat: float, width_m: float, height_m: float) -> list[tuple[str, float, float]]:
+        """Devices whose last position is in the box around (lon, lat): candidates for an exact test."""
+        got = await self.redis.execute_command("GEOSEARCH", self.keys.geo(tenant), "FROMLONLAT", lon, lat,
+                                               "BYBOX", max(width_m, 1.0), max(height_m, 1.0), "m", "WITHCOORD")
+        return [(name.decode(), float(xy[0]), float(xy[1])) for name, xy in got]
+
+    # ------------------------------------------------------ tenants and keys
+
+    @_guard
+    async def create_tenant(self, tenant: str, name: str) -> bool:
+        return bool(await self.redis.hsetnx(self.keys.tenants, tenant, name))
+
+    @_guard
+    async def tenant_exists(self, tenant: str) -> bool:
+        return bool(await self.redis.hexists(self.keys.tenants, tenant))
+
+    @_guard
+    async def add_api_key(self, tenant: str, api_key: str) -> None:
+        await self.redis.set(self.keys.api_key(key_digest(api_key)), tenant)
+
+    @_guard
+    async def tenant_for_key(self, api_key: str) -> str | None:
+        raw = await self.redis.get(self.keys.api_key(key_digest(api_key)))
+        return raw.decode() if raw is not None else None
+
+    # --------------------------------------------------------- event history
+
+    @_guard
+    async def append_events(self, events: Iterable[dict[str, Any]]) -> int:
+        """Add events to their tenants' capped histories, each once (by event_id)."""
+        argv: list[Any] = []
+        for e in events:
+            argv.extend((e["event_id"], e["tenant"], orjson.dumps(e)))
+        if not argv:
+            return 0
+        return int(await self._append_events(keys=[f"{self.keys.prefix}:seen:", f"{self.keys.prefix}:events:",
+                                                   self.history_maxlen], args=argv))
+
+    @_guard
+    async def history(self, tenant: str, after: str = "-", count: int = 1000) -> list[tuple[str, dict[str, Any]]]:
+        start = after if after == "-" else f"({after}"
+        got = await self.redis.xrange(self.keys.events(tenant), min=start, max="+", count=count)
+        return [(i.decode(), orjson.loads(f[b"e"])) for i, f in got]
+
+    @_guard
+    async def follow(self, tenant: str, after: str, block_ms: int = 15_000) -> list[tuple[str, dict[str, Any]]]:
+        got = await self.redis.xread({self.keys.events(tenant): after}, block=block_ms, count=1000)
+        return [(i.decode(), orjson.loads(f[b"e"])) for _s, entries in got or [] for i, f in entries]

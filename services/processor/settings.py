@@ -1,0 +1,28 @@
+"""The processor's settings: environment variables with the FENCEX_ prefix."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FENCEX_", frozen=True)
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "fx"
+    locations_topic: str = "locations"
+    events_topic: str = "fence-events"
+    dlq_topic: str = "locations.dlq"
+    partitions: int = 12
+    group_id: str = "fencex-processor"
+    history_group: str = "fencex-history"
+    max_records: int = 20_000
+    session_timeout_s: float = 10.0
+    heartbeat_s: float = 1.0
+    web_host: str = "0.0.0.0"
+    web_port: int = 6066
+    default_tenant: str = "default"
+    history_maxlen: int = 10_000
+    log_level: str = "info"
+    datadir: str = "/tmp/fencex-processor"

@@ -1,0 +1,112 @@
+"""python -m services.simulator: a herd grazing across its pastures, publishing GPS fixes.
+
+Fixes go to ``locations`` with confluent-kafka, keyed by device id, one per
+record or packed ``--pack`` to a record. ``--setup`` first draws the pastures and
+registers the collars to their farms in Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+import numpy as np
+import orjson
+from confluent_kafka import Producer
+
+from fencex.errors import FencexError
+from fencex.herd import Herd, pastures
+from fencex.kafka.admin import ensure_topics
+from fencex.store.redis import RedisStore
+from services.simulator.settings import Settings
+
+
+async def setup(settings: Settings, herd: Herd, fences) -> None:
+    store = RedisStore(settings.redis_url, settings.key_prefix)
+    await store.connect()
+    try:
+        for start in range(0, len(fences), 2000):
+            await store.put_fences(fences[start:start + 2000])
+        await store.register_devices(herd.tenants())
+        for tenant in sorted(set(herd.tenant)):
+            await store.create_tenant(tenant, tenant)
+    finally:
+        await store.close()
+
+
+def run(settings: Settings) -> int:
+    fences = pastures(settings.fences, settings.seed, dwell_s=settings.dwell_s)
+    herd = Herd(settings.devices, fences, settings.seed)
+    ensure_topics(settings.kafka_bootstrap, {settings.locations_topic: settings.partitions})
+    if settings.setup:
+        asyncio.run(setup(settings, herd, fences))
+        if not settings.quiet:
+            print(f"simulator: drew {len(fences)} pastures for {len(set(herd.tenant))} farms, registered {len(herd.ids)} collars",
+                  flush=True)
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 10, "compression.type": "lz4",
+                         "batch.num.messages": 10000, "queue.buffering.max.messages": 2_000_000,
+                         "queue.buffering.max.kbytes": 1_048_576})
+    n = len(herd.ids)
+    pack = max(1, settings.pack)
+    tick = 0.02
+    started = time.monotonic()
+    sent = records = 0
+    cursor = 0
+    last_report = started
+    try:
+        while True:
+            now = time.monotonic()
+            if settings.duration_s and now - started >= settings.duration_s:
+                break
+            if settings.total and sent >= settings.total:
+                break
+            due = int((now - started) * settings.rate) - sent if settings.rate else 5000
+            if settings.total:
+                due = min(due, settings.total - sent)
+            if due <= 0:
+                time.sleep(tick / 2)
+                continue
+            idx = (np.arange(cursor, cursor + due) % n)
+            cursor = (cursor + due) % n
+            lon, lat = herd.step(idx)
+            ts = int(time.time() * 1000)
+            fixes = [{"device_id": herd.ids[i], "ts": ts, "lon": round(float(x), 7), "lat": round(float(y), 7)}
+                     for i, x, y in zip(idx.tolist(), lon.tolist(), lat.tolist())]
+            for k in range(0, len(fixes), pack):
+                chunk = fixes[k:k + pack]
+                records += 1
+                value = orjson.dumps(chunk if pack > 1 else chunk[0])
+                if settings.bad_every and records % settings.bad_every == 0:
+                    value = b'{"device_id": "broken", "lat": 91}'
+                while True:
+                    try:
+                        producer.produce(settings.locations_topic, value, key=chunk[0]["device_id"])
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+            sent += len(fixes)
+            producer.poll(0)
+            if not settings.quiet and now - last_report >= 5:
+                print(f"simulator: {sent} fixes in {records} records, {sent / (now - started):.0f} fixes/s", flush=True)
+                last_report = now
+    except KeyboardInterrupt:
+        pass
+    finally:
+        producer.flush(30)
+    if not settings.quiet:
+        print(f"simulator: done, {sent} fixes in {records} records", flush=True)
+    return 0
+
+
+def main() -> int:
+    settings = Settings()
+    try:
+        return run(settings)
+    except FencexError as exc:
+        print(f"simulator: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

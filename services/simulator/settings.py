@@ -1,0 +1,28 @@
+"""The simulator's settings: FENCEX_ environment variables or command-line flags."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FENCEX_", frozen=True, cli_parse_args=True, cli_prog_name="simulator",
+                                      cli_kebab_case=True, cli_implicit_flags=True)
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "fx"
+    locations_topic: str = "locations"
+    partitions: int = 12
+    fences: int = Field(100, description="pasture fences to draw (with --setup)")
+    devices: int = Field(200, description="animals in the herd")
+    rate: float = Field(200.0, description="fixes per second (0: as fast as possible)")
+    pack: int = Field(1, description="fixes per Kafka record (a gateway packs many)")
+    duration_s: float = Field(0.0, description="stop after this long (0: run until stopped)")
+    total: int = Field(0, description="stop after this many fixes (0: no limit)")
+    seed: int = 1
+    setup: bool = Field(False, description="write the pastures and device registrations to Redis first")
+    dwell_s: float = 120.0
+    bad_every: int = Field(0, description="every Nth record is malformed, to exercise the dead-letter topic (0: never)")
+    quiet: bool = False

@@ -121,8 +121,9 @@ def _start(name: str, argv: list[str], port: int, logdir: Path | None, timeout: 
     logdir.mkdir(parents=True, exist_ok=True)
     log = logdir / f"{name}-{port}.log"
     try:
-        proc = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=workdir or logdir,
-                                start_new_session=True)
+        with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=workdir or logdir,
+                                    start_new_session=True)
     except OSError as exc:
         raise ServerStartError(f"cannot run {argv[0]}: {exc}") from exc
     _wait_port(port, proc, name, log, timeout)

@@ -1,0 +1,161 @@
+"""Live servers for the integration tests: a real Kafka-protocol broker and redis-server
+on free loopback ports, started once per session. Each test gets its own topics,
+consumer groups and Redis key prefix (as faust's own tests get unique topics)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from fencex.kafka.admin import ensure_topics
+from fencex.localserver import Server, free_port, start_broker, start_redis
+
+ROOT = Path(__file__).parents[2]
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory) -> Iterator[Server]:
+    with start_broker(logdir=tmp_path_factory.mktemp("broker")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> Iterator[Server]:
+    with start_redis(logdir=tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@dataclass
+class Env:
+    """One test's namespace on the shared servers."""
+
+    bootstrap: str
+    redis_url: str
+    name: str
+    tmp: Path
+    workers: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def locations(self) -> str:
+        return f"{self.name}.locations"
+
+    @property
+    def events(self) -> str:
+        return f"{self.name}.fence-events"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.name}.locations.dlq"
+
+    @property
+    def prefix(self) -> str:
+        return f"fx{self.name}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return dict(os.environ, FENCEX_KAFKA_BOOTSTRAP=self.bootstrap, FENCEX_REDIS_URL=self.redis_url,
+                    FENCEX_KEY_PREFIX=self.prefix, FENCEX_LOCATIONS_TOPIC=self.locations, FENCEX_EVENTS_TOPIC=self.events,
+                    FENCEX_DLQ_TOPIC=self.dlq, FENCEX_GROUP_ID=f"{self.name}-processor",
+                    FENCEX_HISTORY_GROUP=f"{self.name}-history", FENCEX_SESSION_TIMEOUT_S="6", FENCEX_HEARTBEAT_S="1",
+                    **extra)
+
+    def start_worker(self, **extra: str) -> tuple[subprocess.Popen, int]:
+        port = free_port()
+        n = len(self.workers)
+        with (self.tmp / f"worker-{n}.log").open("wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "services.processor"], cwd=ROOT, stdout=log,
+                                    stderr=subprocess.STDOUT,
+                                    env=self.env(FENCEX_WEB_PORT=str(port), FENCEX_DATADIR=str(self.tmp / f"data-{n}"),
+                                                 **extra))
+        self.workers.append(proc)
+        return proc, port
+
+    def producer(self) -> Producer:
+        return Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
+
+    def produce(self, values: list[tuple[str, bytes]], topic: str | None = None) -> None:
+        p = self.producer()
+        for key, value in values:
+            p.produce(topic or self.locations, value, key=key)
+        assert p.flush(10) == 0
+
+    def consumer(self, topic: str) -> Consumer:
+        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"{self.name}-reader-{next(_counter)}",
+                      "auto.offset.reset": "earliest", "session.timeout.ms": 6000, "enable.auto.commit": False})
+        c.subscribe([topic])
+        return c
+
+    def log(self, n: int = 0) -> str:
+        return (self.tmp / f"worker-{n}.log").read_text(errors="replace")
+
+
+def read(consumer: Consumer, until, timeout: float = 30.0) -> list:
+    """Poll records until ``until(records)`` is true or ``timeout`` passes."""
+    got: list = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not until(got):
+        msg = consumer.poll(0.2)
+        if msg is not None and not msg.error():
+            got.append(msg)
+    return got
+
+
+def events_of(msgs: list) -> list[dict]:
+    return [orjson.loads(m.value()) for m in msgs]
+
+
+@pytest.fixture
+def live(broker, redis_server, tmp_path) -> Iterator[Env]:
+    name = f"t{uuid.uuid4().hex[:8]}"
+    env = Env(broker.address, f"redis://{redis_server.address}/0", name, tmp_path)
+    ensure_topics(env.bootstrap, {env.locations: 4, env.events: 4, env.dlq: 1})
+    yield env
+    for w in env.workers:
+        if w.poll() is None:
+            w.send_signal(signal.SIGKILL)
+        w.wait(10)
+
+
+def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the worker exited with {proc.returncode}"
+        try:
+            r = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1.0)
+            if r.status_code == 200:
+                snap = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1.0).text
+                if "fencex_partitions_assigned 0.0" not in snap:
+                    return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the worker did not become ready")
+
+
+def metric(port: int, name: str) -> float:
+    import httpx
+
+    total = 0.0
+    for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2.0).text.splitlines():
+        if line.startswith(name) and (line[len(name)] in " {"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def run(coro):
+    return asyncio.run(coro)

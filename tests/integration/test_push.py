@@ -1,0 +1,188 @@
+"""The push path against the real broker and redis-server: fixes in, events out."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import jsonschema
+import orjson
+import pytest
+
+from fencex.detector import DeviceState
+from fencex.event import EVENT_SCHEMA
+from fencex.fence import Fence
+from fencex.fix import Fix
+from fencex.herd import Herd, pastures
+from fencex.index import FenceIndex
+from fencex.pipeline import process
+from fencex.store.redis import RedisStore
+from tests.integration.conftest import events_of, metric, read, run, wait_ready
+
+pytestmark = pytest.mark.integration
+
+SQUARE = {"type": "Polygon", "coordinates": [[[17.60, 59.80], [17.61, 59.80], [17.61, 59.81], [17.60, 59.81], [17.60, 59.80]]]}
+INSIDE = (17.605, 59.805)
+OUTSIDE = (17.62, 59.805)
+T0 = 1_780_000_000_000
+
+
+async def _seed(live, fences: list[Fence], devices: dict[str, str]) -> None:
+    store = RedisStore(live.redis_url, live.prefix)
+    await store.connect()
+    try:
+        if fences:
+            await store.put_fences(fences)
+        if devices:
+            await store.register_devices(devices)
+    finally:
+        await store.close()
+
+
+def fix(device: str, ts, lon_lat) -> dict:
+    return {"device_id": device, "ts": ts, "lon": lon_lat[0], "lat": lon_lat[1]}
+
+
+def test_enter_dwell_exit_end_to_end(live):
+    run(_seed(live, [Fence(id="north", tenant="farm", name="North", dwell_s=2, geometry=SQUARE)], {"cow-1": "farm"}))
+    proc, port = live.start_worker()
+    wait_ready(port, proc)
+    live.produce([
+        ("cow-1", orjson.dumps(fix("cow-1", T0, OUTSIDE))),
+        # a gateway's packed record, with an RFC 3339 time in it
+        ("cow-1", orjson.dumps([fix("cow-1", "2026-05-28T20:26:41Z", INSIDE), fix("cow-1", T0 + 4000, INSIDE)])),
+        ("cow-1", orjson.dumps(fix("cow-1", T0 + 5000, OUTSIDE))),
+        ("cow-1", orjson.dumps(fix("cow-1", T0 + 2000, INSIDE))),  # out of order: dropped
+        # an unregistered collar belongs to the default tenant, which has no fences
+        ("stray", orjson.dumps(fix("stray", T0, INSIDE))),
+    ])
+    events = events_of(read(live.consumer(live.events), lambda got: len(got) >= 3))
+    assert [(e["type"], e["device_id"], e["fence_id"]) for e in events] == [
+        ("enter", "cow-1", "north"), ("dwell", "cow-1", "north"), ("exit", "cow-1", "north")]
+    for e in events:
+        jsonschema.validate(e, EVENT_SCHEMA)
+        assert e["tenant"] == "farm" and e["fence_version"] == 1
+    assert events[0]["ts"] == "2026-05-28T20:26:41.000Z" and events[1]["dwell_s"] == 2
+    assert (events[2]["lon"], events[2]["lat"]) == OUTSIDE
+    time.sleep(1.0)
+    assert metric(port, "fencex_fixes_dropped_total{reason=\"out_of_order\"}") == 1
+    assert metric(port, "fencex_fixes_processed_total") == 5
+
+    async def stored():
+        store = RedisStore(live.redis_url, live.prefix)
+        await store.connect()
+        try:
+            return await store.device_state("farm", "cow-1"), await store.history("farm")
+        finally:
+            await store.close()
+
+    state, history = run(stored())
+    assert state.last_ts == T0 + 5000 and state.members == {}
+    assert [h["type"] for _, h in history] == ["enter", "dwell", "exit"]
+
+
+def test_bad_records_go_to_the_dead_letter_topic(live):
+    run(_seed(live, [Fence(id="north", tenant="default", geometry=SQUARE)], {}))
+    proc, port = live.start_worker()
+    wait_ready(port, proc)
+    bad = [b"not json at all", orjson.dumps({"ts": T0, "lon": 1, "lat": 2}), orjson.dumps(fix("c", T0, (17.6, 91))),
+           orjson.dumps(fix("c", "last tuesday", INSIDE)), b'{"device_id": "c", "ts": 1, "lon": NaN, "lat": 1}',
+           orjson.dumps([fix("good", T0, INSIDE), fix("c", T0, (200, 0))])]
+    live.produce([("k", v) for v in bad])
+    dead = read(live.consumer(live.dlq), lambda got: len(got) >= 6)
+    assert [m.value() for m in dead] == bad  # the original bytes
+    reasons = [dict(m.headers())["reason"].decode() for m in dead]
+    assert reasons == ["not_json", "bad_device_id", "bad_lat", "bad_ts", "not_json", "bad_lon"]
+    assert "fix 1 of 2" in dict(dead[5].headers())["detail"].decode()
+    # the good fix packed beside a bad one still counts
+    events = events_of(read(live.consumer(live.events), lambda got: len(got) >= 1))
+    assert [(e["type"], e["device_id"]) for e in events] == [("enter", "good")]
+    time.sleep(1.0)
+    assert metric(port, "fencex_dlq_records_total") == 6
+    assert proc.poll() is None  # the worker is still there
+
+
+def test_fence_changes_reach_running_workers_within_a_second(live):
+    run(_seed(live, [Fence(id="north", tenant="farm", geometry=SQUARE)], {"cow-1": "farm"}))
+    proc, port = live.start_worker()
+    wait_ready(port, proc)
+    events = live.consumer(live.events)
+    live.produce([("cow-1", orjson.dumps(fix("cow-1", T0, INSIDE)))])
+    assert [e["type"] for e in events_of(read(events, lambda g: len(g) >= 1))] == ["enter"]
+
+    async def change(op):
+        store = RedisStore(live.redis_url, live.prefix)
+        await store.connect()
+        try:
+            await op(store)
+        finally:
+            await store.close()
+
+    def timed(op, expected):
+        started = time.monotonic()
+        run(change(op))
+        got = events_of(read(events, lambda g: len(g) >= len(expected), timeout=5))
+        assert [(e["type"], e["fence_id"], e["fence_version"]) for e in got] == expected
+        return time.monotonic() - started
+
+    far = {"type": "Polygon", "coordinates": [[[18.0, 60.0], [18.01, 60.0], [18.01, 60.01], [18.0, 60.0]]]}
+    # reshaped so the cow is now outside: exit at the new version
+    t1 = timed(lambda s: s.put_fences([Fence(id="north", tenant="farm", geometry=far)]), [("exit", "north", 2)])
+    # a new fence drawn around the cow: enter, without a new fix
+    t2 = timed(lambda s: s.put_fences([Fence(id="south", tenant="farm", geometry=SQUARE)]), [("enter", "south", 1)])
+    # deleted: exit
+    t3 = timed(lambda s: s.delete_fence("farm", "south"), [("exit", "south", 1)])
+    assert max(t1, t2, t3) < 1.0, (t1, t2, t3)
+
+
+def expected_events(fences, herd: Herd, fixes: list[Fix]) -> set[str]:
+    index = FenceIndex(fences)
+    states: dict[str, DeviceState] = {}
+    tenants = herd.tenants()
+    out = process(fixes, index, states, lambda d: tenants.get(d, "default"))
+    return {e.event_id for e in out.events}
+
+
+def test_sigkill_loses_no_event(live):
+    """Two workers; one is killed with SIGKILL mid-stream and restarted.
+    Every event the pure pipeline predicts must be published; duplicates are allowed."""
+    fences = pastures(40, seed=3, dwell_s=20)
+    herd = Herd(300, fences, seed=3, roam=1.0)
+    steps = 50
+    fixes: list[Fix] = []
+    for step in range(steps):
+        lon, lat = herd.step()
+        fixes.extend(Fix(d, T0 + step * 1000, float(x), float(y)) for d, x, y in zip(herd.ids, lon.tolist(), lat.tolist()))
+    expected = expected_events(fences, herd, fixes)
+    assert len(expected) > 200  # a stream with real crossings
+    run(_seed(live, fences, herd.tenants()))
+    workers = [live.start_worker() for _ in range(2)]
+    for proc, port in workers:
+        wait_ready(port, proc, timeout=90)
+
+    def produce():
+        p = live.producer()
+        for k, f in enumerate(fixes):
+            p.produce(live.locations, orjson.dumps(fix(f.device_id, f.ts_ms, (f.lon, f.lat))), key=f.device_id)
+            if k % 500 == 0:
+                p.poll(0)
+                time.sleep(0.1)  # about 5,000 fixes/s: the kill lands mid-stream
+        p.flush(30)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    time.sleep(1.2)
+    victim, victim_port = workers[0]
+    assert producer.is_alive(), "the kill must land mid-stream"
+    assert metric(victim_port, "fencex_fixes_processed_total") > 0  # it was working when killed
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(5)
+    time.sleep(1.0)
+    live.start_worker()
+    producer.join()
+    seen = [e["event_id"] for e in events_of(read(live.consumer(live.events), lambda g: expected <= {orjson.loads(m.value())["event_id"] for m in g}, timeout=120))]
+    missing = expected - set(seen)
+    assert not missing, f"{len(missing)} of {len(expected)} events lost"
+    assert set(seen) == expected  # and nothing that should not be there
+    print(f"\nSIGKILL: {len(expected)} events expected, {len(seen)} received, {len(seen) - len(set(seen))} duplicates")

@@ -77,8 +77,22 @@ def _coordinate(obj: dict[str, Any], name: str, limit: float) -> float:
     return value
 
 
+_NUMBER = (float, int)
+
+
 def fix_from_obj(obj: Any) -> Fix:
     """One fix from a decoded JSON object; raises InvalidFix saying why not."""
+    # Fast path: the common, well-formed fix. NaN fails the range comparisons; a
+    # bool is not float or int by type(); anything unusual takes the checked path.
+    if type(obj) is dict and len(obj) == 4:
+        d, ts, lon, lat = obj.get("device_id"), obj.get("ts"), obj.get("lon"), obj.get("lat")
+        if (type(d) is str and 0 < len(d) <= MAX_DEVICE_ID and type(ts) is int and type(lon) in _NUMBER
+                and type(lat) in _NUMBER and -180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
+            return Fix(d, ts, float(lon), float(lat), None)
+    return _checked_fix(obj)
+
+
+def _checked_fix(obj: Any) -> Fix:
     if not isinstance(obj, dict):
         raise InvalidFix(f"a fix is a JSON object, got {type(obj).__name__}")
     device_id = obj.get("device_id")

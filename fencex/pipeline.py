@@ -28,11 +28,14 @@ class Processed:
     candidates: int = 0  # (fix, fence) pairs tested exactly
 
 
-def _dwell_pending(state: DeviceState, index: FenceIndex) -> bool:
+def _dwell_pending(state: DeviceState, index: FenceIndex, ts_ms: int) -> bool:
+    """Whether a member fence changed, vanished or has a dwell due at ``ts_ms``."""
     by_id = index.by_id
     for fid, m in state.members.items():
         fence = by_id.get(fid)
-        if fence is None or fence.version != m.version or (fence.dwell_s and not m.dwelled):
+        if fence is None or fence.version != m.version:
+            return True
+        if fence.dwell_s and not m.dwelled and ts_ms - m.since_ms >= fence.dwell_s * 1000.0:
             return True
     return False
 
@@ -56,8 +59,6 @@ def process(fixes: list[Fix], index: FenceIndex, states: MutableMapping[str, Dev
     for i, fix in enumerate(fixes):
         tenant = tenants[i]
         inside = inside_rows[i]
-        if inside:
-            out.inside += 1
         state = states.get(fix.device_id)
         if state is not None and state.tenant != tenant:
             # Re-registered to another farm: the old farm sees the device leave.
@@ -68,15 +69,19 @@ def process(fixes: list[Fix], index: FenceIndex, states: MutableMapping[str, Dev
             if fix.ts_ms <= state.last_ts:
                 out.stale += 1
                 continue
+            if inside:
+                out.inside += 1
             near = near_rows[i] if near_rows is not None else ()
             members = state.members
             if not near and len(inside) == len(members) and all(rows[r].id in members for r in inside) \
-                    and not (members and _dwell_pending(state, index)):
+                    and not (members and _dwell_pending(state, index, fix.ts_ms)):
                 # Fast path: same fences as before, nothing due. Move the device.
                 state.last_ts, state.lon, state.lat = fix.ts_ms, fix.lon, fix.lat
                 dirty[fix.device_id] = state
                 out.fixes += 1
                 continue
+        if inside:
+            out.inside += 1
         inside_ids = [rows[r].id for r in inside]
         near_ids = [rows[r].id for r in near_rows[i]] if near_rows is not None else ()
         result: Outcome = detect(state, fix, tenant, inside_ids, near_ids, by_id)
@@ -104,7 +109,7 @@ def reevaluate_all(index: FenceIndex, states: MutableMapping[str, DeviceState],
         inside_ids = [rows[r].id for r in inside_rows[i]]
         near_ids = [rows[r].id for r in near_rows[i]] if near_rows is not None else ()
         state = sts[i]
-        if set(inside_ids) == state.members.keys() and not (state.members and _dwell_pending(state, index)):
+        if set(inside_ids) == state.members.keys() and not (state.members and _dwell_pending(state, index, state.last_ts)):
             continue
         result = reevaluate(state, device_id, inside_ids, near_ids, index.by_id)
         if result.events or result.state.members.keys() != state.members.keys() or \

@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
+import msgpack
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -43,6 +44,31 @@ return added
 """
 
 
+# Save one batch's device states, positions and memberships in one atomic step.
+# The client sends a single msgpack blob: packing a command of 100,000 arguments
+# in redis-py's pure-Python encoder cost more than the rest of the batch.
+_SAVE_BATCH = """
+local d = cmsgpack.unpack(ARGV[1])
+local function chunked(cmd, key, flat, width)
+  local step = width * math.floor(6000 / width)
+  for i = 1, #flat, step do
+    if key then
+      redis.call(cmd, key, unpack(flat, i, math.min(i + step - 1, #flat)))
+    else
+      redis.call(cmd, unpack(flat, i, math.min(i + step - 1, #flat)))
+    end
+  end
+end
+chunked('MSET', nil, d[1], 2)
+for key, flat in pairs(d[2]) do chunked('GEOADD', key, flat, 3) end
+for _, z in ipairs(d[3]) do
+  if z[1] == 1 then redis.call('ZADD', z[2], z[3], z[4]) else redis.call('ZREM', z[2], z[4]) end
+end
+for key, members in pairs(d[4]) do chunked('SADD', key, members, 1) end
+return #d[1] / 2
+"""
+
+
 def _guard(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -64,6 +90,7 @@ class RedisStore:
         self.history_maxlen = history_maxlen
         self._redis: aioredis.Redis | None = None
         self._append_events: Any = None
+        self._save_batch: Any = None
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -77,6 +104,7 @@ class RedisStore:
                                               health_check_interval=30)
         await self._redis.ping()
         self._append_events = self._redis.register_script(_APPEND_EVENTS)
+        self._save_batch = self._redis.register_script(_SAVE_BATCH)
 
     async def close(self) -> None:
         if self._redis is not None:
@@ -244,26 +272,29 @@ class RedisStore:
     @_guard
     async def save(self, states: Mapping[str, DeviceState], events: Iterable[Event],
                    new_devices: Mapping[tuple[str, int], list[str]] | None = None) -> None:
-        """Write device states, their positions and memberships in one transaction."""
+        """Write device states, their positions and memberships in one atomic step."""
         if not states:
             return
         k = self.keys
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.mset({k.device(d): orjson.dumps(s.to_obj()) for d, s in states.items()})
-            geo: dict[str, list[Any]] = {}
-            for d, s in states.items():
-                if -GEO_LAT_LIMIT <= s.lat <= GEO_LAT_LIMIT:
-                    geo.setdefault(s.tenant, []).extend((s.lon, s.lat, d))
-            for tenant, values in geo.items():
-                pipe.execute_command("GEOADD", k.geo(tenant), *values)
-            for e in events:
-                if e.type == "enter":
-                    pipe.zadd(k.inside(e.tenant, e.fence_id), {e.device_id: e.ts_ms})
-                elif e.type == "exit":
-                    pipe.zrem(k.inside(e.tenant, e.fence_id), e.device_id)
-            for (topic, partition), devices in (new_devices or {}).items():
-                pipe.sadd(k.partition(topic, partition), *devices)
-            await pipe.execute()
+        flat: list[Any] = []
+        geo: dict[str, list[Any]] = {}
+        dumps = orjson.dumps
+        for d, st in states.items():
+            flat.append(k.device(d))
+            flat.append(dumps(st.to_obj()))
+            if -GEO_LAT_LIMIT <= st.lat <= GEO_LAT_LIMIT:
+                g = geo.get(st.tenant)
+                if g is None:
+                    g = geo[k.geo(st.tenant)] = []
+                    geo[st.tenant] = g
+                g.extend((st.lon, st.lat, d))
+        geo = {key: v for key, v in geo.items() if key.startswith(k.prefix + ":geo:")}
+        # membership changes in event order: an exit then an enter leaves the device inside
+        members = [(1 if e.type == "enter" else 0, k.inside(e.tenant, e.fence_id), e.ts_ms, e.device_id)
+                   for e in events if e.type != "dwell"]
+        sadd = {k.partition(topic, p): devices for (topic, p), devices in (new_devices or {}).items() if devices}
+        blob = msgpack.packb([flat, geo, members, sadd], use_bin_type=False)
+        await self._save_batch(args=[blob])
 
     @_guard
     async def device_state(self, tenant: str, device_id: str) -> DeviceState:

@@ -83,7 +83,8 @@ def create_app(settings: Settings) -> tuple[faust.App, PushService]:
                              session_timeout_ms=int(settings.session_timeout_s * 1000),
                              heartbeat_interval_ms=int(settings.heartbeat_s * 1000))
     processor = Processor(store, consumer, Producer(settings.kafka_bootstrap), metrics, topics,
-                          max_records=settings.max_records, default_tenant=settings.default_tenant)
+                          max_records=settings.max_records, default_tenant=settings.default_tenant,
+                          flush_interval=settings.flush_interval_s)
     registry.register(StateCollector(processor.snapshot))
     history_errors = Counter("fencex_history_errors_total", "Failures writing the event history to Redis", registry=registry)
     history_added = Counter("fencex_history_events_total", "Events added to the tenants' histories", registry=registry)

@@ -18,6 +18,7 @@ class Settings(BaseSettings):
     group_id: str = "fencex-processor"
     history_group: str = "fencex-history"
     max_records: int = 20_000
+    flush_interval_s: float = 0.2
     session_timeout_s: float = 10.0
     heartbeat_s: float = 1.0
     web_host: str = "0.0.0.0"

@@ -1,0 +1,303 @@
+"""Push-path benchmark (./dev bench): end to end through the broker, one worker process.
+
+Workload, from a seed: 10,000 pasture fences in 100 farms, 20,000 collars.
+1. packed: a backlog of fixes packed --pack to a record; one worker drains it.
+2. single: a backlog with one fix per record; one worker drains it.
+3. latency: fixes produced live at half the single-record rate; for every event,
+   the time from the fix's timestamp (taken when it was produced) to the event
+   being read back from fence-events (an upper bound of fix -> published).
+Prints the figures, writes out/bench/push.json and out/bench/push.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+from confluent_kafka import Consumer, Producer
+
+from fencex.herd import Herd, pastures
+from fencex.kafka.admin import ensure_topics
+from fencex.localserver import free_port, start_broker, start_redis
+from fencex.store.redis import RedisStore
+
+ROOT = Path(__file__).parents[1]
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def metric(port: int, name: str) -> float:
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    except httpx.HTTPError:
+        return 0.0
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.broker = start_broker(logdir=self.out / "logs")
+        self.redis = start_redis(logdir=self.out / "logs")
+        self.bootstrap = self.broker.address
+        self.redis_url = f"redis://{self.redis.address}/0"
+        self.fences = pastures(args.fences, args.seed, dwell_s=600)
+        self.herd = Herd(args.devices, self.fences, args.seed)
+        self.step = 0
+        self.workers: list[subprocess.Popen] = []
+
+    def close(self) -> None:
+        for w in self.workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+        self.redis.stop()
+        self.broker.stop()
+
+    async def seed(self) -> None:
+        store = RedisStore(self.redis_url)
+        await store.connect()
+        for start in range(0, len(self.fences), 2000):
+            await store.put_fences(self.fences[start:start + 2000])
+        await store.register_devices(self.herd.tenants())
+        await store.close()
+
+    def fix_batches(self, total: int, base_ms: int):
+        """Whole herd steps: every collar one fix per step, time-lapsed one second a step."""
+        n = len(self.herd.ids)
+        made = 0
+        while made < total:
+            lon, lat = self.herd.step()
+            ts = base_ms + self.step * 1000
+            self.step += 1
+            k = min(n, total - made)
+            yield [{"device_id": d, "ts": ts, "lon": round(x, 7), "lat": round(y, 7)}
+                   for d, x, y in zip(self.herd.ids[:k], lon[:k].tolist(), lat[:k].tolist())]
+            made += k
+
+    def producer(self) -> Producer:
+        return Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 20, "compression.type": "lz4",
+                         "batch.num.messages": 10000, "queue.buffering.max.messages": 2_000_000,
+                         "queue.buffering.max.kbytes": 2_097_152, "message.max.bytes": 10_000_000})
+
+    def backlog(self, topic: str, total: int, pack: int) -> int:
+        p = self.producer()
+        records = 0
+        base = int(time.time() * 1000) - 10_000_000 + self.step * 1000
+        for fixes in self.fix_batches(total, base):
+            for k in range(0, len(fixes), pack):
+                chunk = fixes[k:k + pack]
+                value = orjson.dumps(chunk if pack > 1 else chunk[0])
+                while True:
+                    try:
+                        p.produce(topic, value, key=chunk[0]["device_id"])
+                        break
+                    except BufferError:
+                        p.poll(0.05)
+                records += 1
+            p.poll(0)
+        p.flush(60)
+        return records
+
+    def start_worker(self, topic: str, tag: str) -> int:
+        port = free_port()
+        env = dict(os.environ, FENCEX_KAFKA_BOOTSTRAP=self.bootstrap, FENCEX_REDIS_URL=self.redis_url,
+                   FENCEX_LOCATIONS_TOPIC=topic, FENCEX_GROUP_ID=f"bench-{tag}", FENCEX_HISTORY_GROUP=f"bench-h-{tag}",
+                   FENCEX_WEB_PORT=str(port), FENCEX_SESSION_TIMEOUT_S="6", FENCEX_DATADIR=f"/tmp/fencex-bench-{tag}",
+                   FENCEX_LOG_LEVEL="warn")
+        with (self.out / "logs" / f"worker-{tag}.log").open("wb") as log:
+            self.workers.append(subprocess.Popen([sys.executable, "-m", "services.processor"], cwd=ROOT, env=env,
+                                                 stdout=log, stderr=subprocess.STDOUT))
+        return port
+
+    def stop_workers(self) -> None:
+        for w in self.workers:
+            w.terminate()
+        for w in self.workers:
+            try:
+                w.wait(15)
+            except subprocess.TimeoutExpired:
+                w.kill()
+        self.workers.clear()
+
+    def drain(self, name: str, total: int, pack: int) -> dict:
+        topic = f"locations-{name}"
+        ensure_topics(self.bootstrap, {topic: 12})
+        say(f"{name}: producing a backlog of {total:,} fixes, {pack} per record")
+        t = time.monotonic()
+        records = self.backlog(topic, total, pack)
+        say(f"{name}: {records:,} records produced in {time.monotonic() - t:.1f} s; starting one worker")
+        port = self.start_worker(topic, name)
+        samples: list[tuple[float, float]] = []
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            done = metric(port, "fencex_fixes_consumed_total")
+            if done:
+                samples.append((time.monotonic(), done))
+            if done >= total:
+                break
+            if len(samples) % 10 == 1:
+                say(f"{name}: {done:,.0f} / {total:,} fixes processed")
+            time.sleep(0.25)
+        events = sum(metric(port, f'fencex_events_published_total{{type="{t}"}}') for t in ("enter", "exit", "dwell"))
+        inside = metric(port, "fencex_fence_intersections_total")
+        tests = metric(port, "fencex_point_tests_total")
+        self.stop_workers()
+        # rate over the steady part: from the first sample past 5 % to the last
+        t0 = next((ts, n) for ts, n in samples if n >= 0.05 * total)
+        t1 = samples[-1]
+        rate = (t1[1] - t0[1]) / max(t1[0] - t0[0], 1e-9)
+        result = {"fixes": total, "records": records, "pack": pack, "fixes_per_s": rate, "records_per_s": rate / pack,
+                  "events": events, "events_per_s": events / max(t1[0] - samples[0][0], 1e-9) if samples else 0,
+                  "intersections_per_s": rate * inside / max(total, 1), "point_tests": tests,
+                  "timeline": [(ts - samples[0][0], n) for ts, n in samples]}
+        say(f"{name}: {rate:,.0f} fixes/s ({rate / pack:,.0f} records/s), {events:,.0f} events")
+        return result
+
+    def latency(self, rate: float, seconds: float) -> dict:
+        topic = "locations-latency"
+        ensure_topics(self.bootstrap, {topic: 12})
+        port = self.start_worker(topic, "latency")
+        deadline = time.monotonic() + 90
+        while metric(port, "fencex_partitions_assigned") < 12 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"bench-lat-{time.time()}",
+                             "auto.offset.reset": "latest", "fetch.wait.max.ms": 5, "session.timeout.ms": 6000})
+        consumer.subscribe(["fence-events"])
+        while not consumer.assignment():
+            consumer.poll(0.1)
+        lat: list[float] = []
+        stop = threading.Event()
+
+        def read() -> None:
+            while not stop.is_set():
+                for m in consumer.consume(1000, 0.1):
+                    if m.error():
+                        continue
+                    e = orjson.loads(m.value())
+                    ts = datetime.fromisoformat(e["ts"].replace("Z", "+00:00")).timestamp()
+                    lat.append(time.time() - ts)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        say(f"latency: producing {rate:,.0f} fixes/s, one per record, for {seconds:.0f} s")
+        p = self.producer()
+        sent = 0
+        n = len(self.herd.ids)
+        started = time.monotonic()
+        cursor = 0
+        while time.monotonic() - started < seconds:
+            due = int((time.monotonic() - started) * rate) - sent
+            if due <= 0:
+                time.sleep(0.002)
+                continue
+            idx = np.arange(cursor, cursor + due) % n
+            cursor = (cursor + due) % n
+            lon, lat_ = self.herd.step(idx)
+            ts = int(time.time() * 1000)
+            for i, x, y in zip(idx.tolist(), lon.tolist(), lat_.tolist()):
+                d = self.herd.ids[i]
+                p.produce(topic, orjson.dumps({"device_id": d, "ts": ts, "lon": x, "lat": y}), key=d)
+            p.poll(0)
+            sent += due
+        p.flush(30)
+        achieved = sent / (time.monotonic() - started)
+        time.sleep(2.0)
+        stop.set()
+        reader.join()
+        consumer.close()
+        lag_done = metric(port, "fencex_fixes_consumed_total")
+        self.stop_workers()
+        arr = np.asarray(lat) * 1000.0
+        result = {"target_fixes_per_s": rate, "fixes_per_s": achieved, "fixes_sent": sent, "fixes_processed": lag_done,
+                  "events": len(arr), "p50_ms": float(np.percentile(arr, 50)) if len(arr) else None,
+                  "p99_ms": float(np.percentile(arr, 99)) if len(arr) else None,
+                  "max_ms": float(arr.max()) if len(arr) else None, "latencies_ms": arr.tolist()}
+        say(f"latency: {achieved:,.0f} fixes/s sent, {len(arr):,} events, p50 {result['p50_ms']:.1f} ms, "
+            f"p99 {result['p99_ms']:.1f} ms")
+        return result
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    names = ["fencex\npacked", "fencex\n1 per record", "Tile38 1.26\n4 clients", "FenceX thesis\n4 VMs"]
+    values = [results["packed"]["fixes_per_s"], results["single"]["fixes_per_s"], 62_000, 15_000]
+    bars = a.bar(names, values, color=["#2a7", "#2a7", "#888", "#888"])
+    a.bar_label(bars, labels=[f"{v:,.0f}" for v in values])
+    a.set_ylabel("fixes per second")
+    a.set_title(f"Push throughput, one worker process, {results['fences']:,} fences")
+    lat = np.sort(np.asarray(results["latency"]["latencies_ms"]))
+    if len(lat):
+        b.plot(lat, np.linspace(0, 1, len(lat)))
+        b.axvline(250, color="red", linestyle="--", label="250 ms target")
+        b.set_xscale("log")
+        b.set_xlabel("fix produced -> event read back (ms)")
+        b.set_ylabel("fraction of events")
+        b.set_title(f"Latency at {results['latency']['fixes_per_s']:,.0f} fixes/s: "
+                    f"p99 {results['latency']['p99_ms']:.0f} ms")
+        b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="./dev bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--fences", type=int, default=10_000)
+    ap.add_argument("--devices", type=int, default=20_000)
+    ap.add_argument("--packed-fixes", type=int, default=2_000_000)
+    ap.add_argument("--single-fixes", type=int, default=400_000)
+    ap.add_argument("--pack", type=int, default=100)
+    ap.add_argument("--latency-seconds", type=float, default=20.0)
+    ap.add_argument("--latency-rate", type=float, default=0.0, help="default: half the measured single-record rate")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--out", default="out/bench")
+    args = ap.parse_args()
+    bench = Bench(args)
+    try:
+        say(f"seeding {args.fences:,} fences and {args.devices:,} collars")
+        asyncio.run(bench.seed())
+        ensure_topics(bench.bootstrap, {"fence-events": 12, "locations.dlq": 1})
+        results = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                   "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+                   "fences": args.fences, "devices": args.devices}
+        results["packed"] = bench.drain("packed", args.packed_fixes, args.pack)
+        results["single"] = bench.drain("single", args.single_fixes, 1)
+        rate = args.latency_rate or results["single"]["fixes_per_s"] / 2
+        results["latency"] = bench.latency(rate, args.latency_seconds)
+    finally:
+        bench.close()
+    out = Path(args.out)
+    (out / "push.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    plot(results, out / "push.png")
+    p, s, l = results["packed"], results["single"], results["latency"]
+    print(f"\nfencex push benchmark, {results['date']}, {results['machine']}")
+    print(f"  {args.fences:,} fences, {args.devices:,} collars, one worker process")
+    print(f"  packed ({args.pack}/record): {p['fixes_per_s']:>10,.0f} fixes/s  ({p['intersections_per_s']:,.0f} fence intersections/s)")
+    print(f"  one fix per record:  {s['fixes_per_s']:>10,.0f} fixes/s")
+    print(f"  latency at {l['fixes_per_s']:,.0f} fixes/s: p50 {l['p50_ms']:.1f} ms, p99 {l['p99_ms']:.1f} ms over {l['events']:,} events")
+    print(f"  wrote {out / 'push.json'} and {out / 'push.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

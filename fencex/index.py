@@ -1,10 +1,14 @@
 """The fence index: an immutable snapshot of all fences, answering batches of points.
 
 Built once per change set and swapped atomically (one reference assignment), so
-readers never see half an index. A lookup is two vectorised steps: an STRtree
-(R-tree) query for bounding-box candidates, then an exact ``intersects`` on
-prepared fence geometries (so a point on the boundary is inside). Points only
-match fences of their own tenant.
+readers never see half an index. A lookup is two vectorised steps: bounding-box
+candidates, then an exact ``intersects_xy`` on prepared fence geometries (so a
+point on the boundary is inside). Points only match fences of their own tenant.
+
+Candidates come from a uniform grid over the fences' bounding boxes (cells about
+the size of a typical fence, stored sparsely as sorted cell keys), searched with
+numpy alone: no shapely Point is ever made for a fix, which cost more than the
+exact tests. Fences much larger than a cell go to an STRtree (R-tree) instead.
 
 A fence with ``exit_buffer_m`` also gets an *outer* geometry, the fence grown by
 that many metres in a local equirectangular projection; a device that was
@@ -26,6 +30,51 @@ from fencex.fence import Fence
 METRES_PER_DEGREE_LAT = 110_574.0
 METRES_PER_DEGREE_LON_EQUATOR = 111_320.0
 _EMPTY: tuple[int, ...] = ()
+_KEY_OFFSET = 1 << 30
+MAX_CELLS_PER_FENCE = 64
+
+
+class _Grid:
+    """Sparse uniform grid: cell key -> fence rows whose bounding box touches the cell."""
+
+    def __init__(self, bounds: np.ndarray, rows: np.ndarray, cell: float) -> None:
+        self.cell = cell
+        ix0 = np.floor(bounds[:, 0] / cell).astype(np.int64)
+        iy0 = np.floor(bounds[:, 1] / cell).astype(np.int64)
+        ix1 = np.floor(bounds[:, 2] / cell).astype(np.int64)
+        iy1 = np.floor(bounds[:, 3] / cell).astype(np.int64)
+        keys, items = [], []
+        for r, a, b, c, d in zip(rows.tolist(), ix0.tolist(), iy0.tolist(), ix1.tolist(), iy1.tolist()):
+            for ix in range(a, c + 1):
+                for iy in range(b, d + 1):
+                    keys.append(self._key(ix, iy))
+                    items.append(r)
+        keys_a = np.asarray(keys, dtype=np.int64)
+        order = np.argsort(keys_a, kind="stable")
+        keys_a = keys_a[order]
+        self.items = np.asarray(items, dtype=np.intp)[order]
+        self.keys, self.starts, self.counts = np.unique(keys_a, return_index=True, return_counts=True)
+
+    @staticmethod
+    def _key(ix, iy):  # noqa: ANN001, ANN205 - ints or int arrays
+        return ((ix + _KEY_OFFSET) << 32) | (iy + _KEY_OFFSET)
+
+    def candidates(self, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(point index, fence row) for every fence whose cell holds the point."""
+        if len(self.keys) == 0:
+            empty = np.empty(0, dtype=np.intp)
+            return empty, empty
+        keys = self._key(np.floor(xs / self.cell).astype(np.int64), np.floor(ys / self.cell).astype(np.int64))
+        pos = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        found = self.keys[pos] == keys
+        pts = np.nonzero(found)[0]
+        pos = pos[found]
+        counts = self.counts[pos]
+        total = int(counts.sum())
+        pt = np.repeat(pts, counts)
+        ends = np.cumsum(counts)
+        within = np.arange(total) - np.repeat(ends - counts, counts)
+        return pt, self.items[np.repeat(self.starts[pos], counts) + within]
 
 
 def grow(geom: BaseGeometry, metres: float) -> BaseGeometry:
@@ -57,13 +106,13 @@ class FenceIndex:
         self._codes = np.asarray(codes, dtype=np.int32)
         self._geoms = np.asarray([f.shape() for f in self.fences], dtype=object) if self.fences else np.empty(0, dtype=object)
         shapely.prepare(self._geoms)
-        self._tree = shapely.STRtree(self._geoms)
+        self._grid, self._big_rows, self._big_tree = self._partition(self._geoms)
         buffered = [i for i, f in enumerate(self.fences) if f.exit_buffer_m]
         self._outer_rows = np.asarray(buffered, dtype=np.intp)
         outer = [grow(self._geoms[i], self.fences[i].exit_buffer_m or 0.0) for i in buffered]
         self._outer = np.asarray(outer, dtype=object) if outer else np.empty(0, dtype=object)
         shapely.prepare(self._outer)
-        self._outer_tree = shapely.STRtree(self._outer)
+        self._outer_grid, self._outer_big_rows, self._outer_big_tree = self._partition(self._outer)
         self.build_seconds = time.perf_counter() - started
 
     def __len__(self) -> int:
@@ -78,16 +127,32 @@ class FenceIndex:
         get = self._tenant_code.get
         return np.fromiter((get(t, -1) for t in tenants), dtype=np.int32, count=n)
 
-    def _match(self, tree: shapely.STRtree, geoms: np.ndarray, rows: np.ndarray | None,
-               points: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-        if len(geoms) == 0 or len(points) == 0:
+    @staticmethod
+    def _partition(geoms: np.ndarray) -> tuple[_Grid, np.ndarray, shapely.STRtree]:
+        """A grid for fences of ordinary size; an STRtree for the few much larger ones."""
+        if len(geoms) == 0:
             empty = np.empty(0, dtype=np.intp)
-            return empty, empty, 0
-        pt, cand = tree.query(points)  # bounding-box candidates
+            return _Grid(np.empty((0, 4)), empty, 1.0), empty, shapely.STRtree(np.empty(0, dtype=object))
+        bounds = shapely.bounds(geoms)
+        size = np.maximum(bounds[:, 2] - bounds[:, 0], bounds[:, 3] - bounds[:, 1])
+        cell = max(float(np.median(size)), 1e-5)
+        cells = (np.floor(bounds[:, 2] / cell) - np.floor(bounds[:, 0] / cell) + 1) * \
+                (np.floor(bounds[:, 3] / cell) - np.floor(bounds[:, 1] / cell) + 1)
+        big = cells > MAX_CELLS_PER_FENCE
+        rows = np.arange(len(geoms), dtype=np.intp)
+        big_rows = rows[big]
+        return _Grid(bounds[~big], rows[~big], cell), big_rows, shapely.STRtree(geoms[big_rows])
+
+    def _match(self, grid: _Grid, big_rows: np.ndarray, big_tree: shapely.STRtree, geoms: np.ndarray,
+               rows: np.ndarray | None, xs: np.ndarray, ys: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        pt, cand = grid.candidates(xs, ys)
+        if len(big_rows):
+            bpt, bcand = big_tree.query(shapely.points(xs, ys))
+            pt, cand = np.concatenate((pt, bpt)), np.concatenate((cand, big_rows[bcand]))
         fence_rows = cand if rows is None else rows[cand]
         same_tenant = self._codes[fence_rows] == codes[pt]
         pt, cand, fence_rows = pt[same_tenant], cand[same_tenant], fence_rows[same_tenant]
-        hit = shapely.intersects(geoms[cand], points[pt])  # exact, prepared, boundary inclusive
+        hit = shapely.intersects_xy(geoms[cand], xs[pt], ys[pt])  # exact, prepared, boundary inclusive
         return pt[hit], fence_rows[hit], len(hit)
 
     def lookup(self, lons: Sequence[float] | np.ndarray, lats: Sequence[float] | np.ndarray,
@@ -107,12 +172,12 @@ class FenceIndex:
         result: list[tuple[int, ...]] = [_EMPTY] * n
         if n == 0:
             return result, 0
-        points = shapely.points(lons, lats)
         codes = self._codes_of(tenants, n)
         if near:
-            pt, rows, tested = self._match(self._outer_tree, self._outer, self._outer_rows, points, codes)
+            pt, rows, tested = self._match(self._outer_grid, self._outer_big_rows, self._outer_big_tree, self._outer,
+                                           self._outer_rows, lons, lats, codes)
         else:
-            pt, rows, tested = self._match(self._tree, self._geoms, None, points, codes)
+            pt, rows, tested = self._match(self._grid, self._big_rows, self._big_tree, self._geoms, None, lons, lats, codes)
         if len(pt):
             order = np.lexsort((rows, pt))
             pt, rows = pt[order].tolist(), rows[order].tolist()
@@ -129,9 +194,3 @@ class FenceIndex:
     def containing(self, tenant: str, lon: float, lat: float) -> list[Fence]:
         """The tenant's fences that contain one point."""
         return [self.fences[r] for r in self.lookup([lon], [lat], tenant)[0]]
-
-    def count_hits(self, lons: np.ndarray, lats: np.ndarray, tenant: str) -> tuple[np.ndarray, np.ndarray]:
-        """Raw (point index, fence row) pairs for a batch of one tenant's points."""
-        points = shapely.points(np.asarray(lons, dtype=np.float64), np.asarray(lats, dtype=np.float64))
-        pt, rows, _ = self._match(self._tree, self._geoms, None, points, self._codes_of(tenant, len(points)))
-        return pt, rows

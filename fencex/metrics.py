@@ -29,7 +29,7 @@ class PushMetrics:
         self.intersections = Counter("fencex_fence_intersections_total", "Fixes inside at least one fence", registry=registry)
         self.events = Counter("fencex_events_published_total", "Fence events published, by type", ["type"], registry=registry)
         self.dlq = Counter("fencex_dlq_records_total", "Records sent to the dead-letter topic, by reason", ["reason"], registry=registry)
-        self.latency = Histogram("fencex_event_latency_seconds", "Fix time to event published", buckets=LATENCY_BUCKETS, registry=registry)
+        self.latency = Histogram("fencex_event_latency_seconds", "Fix time to event handed to the producer (acks follow within the flush interval)", buckets=LATENCY_BUCKETS, registry=registry)
         self.batch = Histogram("fencex_batch_fixes", "Fixes per processed batch", buckets=BATCH_BUCKETS, registry=registry)
         self.batch_seconds = Histogram("fencex_batch_duration_seconds", "Time to process, publish, save and commit one batch",
                                        buckets=LATENCY_BUCKETS, registry=registry)

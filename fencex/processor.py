@@ -5,10 +5,12 @@ killed at any moment loses no event (at least once):
 
 1. read a batch of records (``getmany``) from the assigned partitions;
 2. parse, run the pipeline (index lookup + detector) against cached device state;
-3. publish events and dead letters, and wait for the broker's acks;
-4. every ``flush_interval`` (and before giving partitions up): save the changed
-   device states, positions and memberships to Redis (one atomic script), then
-5. commit the offsets of everything saved.
+3. queue its events and dead letters to the producer (sent in the background);
+4. every ``flush_interval`` (and before giving partitions up): snapshot the
+   changed device states, positions and memberships, then, in the background
+   while the next batches are processed, wait for the broker's acks of
+   everything queued, save the snapshot to Redis (one atomic script), and
+5. commit the offsets the snapshot covers. One flush runs at a time.
 
 A crash before 5 replays what was not committed: fixes whose state was saved are
 stale and skipped, the others give the same events again, with the same
@@ -54,7 +56,7 @@ class Topics:
 class Processor:
     def __init__(self, store: RedisStore, consumer: BatchConsumer, producer: Producer, metrics: PushMetrics,
                  topics: Topics = Topics(), max_records: int = 20_000, default_tenant: str = DEFAULT_TENANT,
-                 flush_interval: float = 0.2) -> None:
+                 flush_interval: float = 0.2, chunk_fixes: int = 20_000) -> None:
         self.store = store
         self.consumer = consumer
         self.producer = producer
@@ -69,11 +71,13 @@ class Processor:
         self.device_partition: dict[str, int] = {}
         self.running = False
         self.flush_interval = flush_interval
+        self.chunk_fixes = chunk_fixes
         self._pending_states: dict[str, DeviceState] = {}
         self._pending_events: list[Event] = []
         self._pending_new: dict[tuple[str, int], list[str]] = defaultdict(list)
         self._pending_offsets: dict[TopicPartition, int] = {}
         self._flushed_at = time.monotonic()
+        self._flushing: asyncio.Task | None = None
         self._next_index: FenceIndex | None = None
         self._change_id = "0-0"
         self._applied = 0
@@ -192,13 +196,32 @@ class Processor:
 
     # ------------------------------------------------------------ flushing
 
-    async def flush(self) -> None:
-        """Save pending state to Redis, then commit the offsets it covers."""
-        if self._pending_states or self._pending_events or self._pending_new:
-            await self.store.save(self._pending_states, self._pending_events, self._pending_new)
-        if self._pending_offsets:
-            await self.consumer.commit(self._pending_offsets)
+    async def flush(self, wait: bool = True) -> None:
+        """Snapshot pending state and offsets, then ack, save and commit them.
+
+        The snapshot is serialised here, synchronously, so it holds exactly the
+        fixes whose offsets it commits. With ``wait=False`` the ack-save-commit
+        runs in the background and the next call waits for it first.
+        """
+        await self._await_flush()
+        blob = self.store.pack_save(self._pending_states, self._pending_events, self._pending_new)
+        offsets = self._pending_offsets
         self._drop_pending()
+        if blob is None and not offsets:
+            return
+        self._flushing = asyncio.create_task(self._ack_save_commit(blob, offsets))
+        if wait:
+            await self._await_flush()
+
+    async def _ack_save_commit(self, blob: bytes | None, offsets: dict[TopicPartition, int]) -> None:
+        await self.producer.wait_acked()
+        await self.store.save_packed(blob)
+        await self.consumer.commit(offsets)
+
+    async def _await_flush(self) -> None:
+        task, self._flushing = self._flushing, None
+        if task is not None:
+            await task  # re-raises its error: the loop then reloads from the store
 
     def _drop_pending(self) -> None:
         self._pending_states = {}
@@ -224,10 +247,17 @@ class Processor:
                     if batches:
                         await self.handle(batches)
                     if time.monotonic() - self._flushed_at >= self.flush_interval:
-                        await self.flush()
+                        await self.flush(wait=False)
                 backoff = 0.5
-            except Unavailable as exc:
-                (self.metrics.store_errors if isinstance(exc, StoreUnavailable) else self.metrics.broker_errors).inc()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive any one failure
+                if isinstance(exc, StoreUnavailable):
+                    self.metrics.store_errors.inc()
+                elif isinstance(exc, BrokerUnavailable):
+                    self.metrics.broker_errors.inc()
+                else:
+                    log.exception("unexpected error in the processing loop")
                 log.warning("%s; dropping cached state and retrying in %.1f s", exc, backoff)
                 # The batch was not committed: it is read again. State is reloaded from Redis,
                 # which holds exactly what was saved, so no fix is wrongly taken as stale.
@@ -236,6 +266,10 @@ class Processor:
                 await self._reload_after_error()
 
     async def _reload_after_error(self) -> None:
+        try:
+            await self._await_flush()
+        except Exception:  # noqa: BLE001 - its offsets were not committed: they are read again
+            pass
         self._drop_pending()
         self.states.clear()
         self.device_partition.clear()
@@ -246,13 +280,14 @@ class Processor:
         except (Unavailable, Exception) as exc:  # noqa: BLE001 - the loop retries
             log.warning("reload failed: %s", exc)
 
-    async def handle(self, batches: dict[TopicPartition, list]) -> Processed:
+    async def handle(self, batches: dict[TopicPartition, list]) -> None:
+        """Parse and apply a batch from ``getmany``, in chunks of at most ``chunk_fixes``
+        fixes with a yield between them, so heartbeats and /metrics stay served."""
         started = time.perf_counter()
         fixes: list[Fix] = []
         fix_partition: list[int] = []
         rejected: list[Rejected] = []
         dead: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = []
-        offsets: dict[TopicPartition, int] = {}
         records = 0
         for tp, recs in batches.items():
             p = tp.partition
@@ -263,18 +298,33 @@ class Processor:
                 for rj in rejected[nrej:]:
                     dead.append((r.key, rj.raw, [("reason", rj.reason.encode()), ("detail", rj.detail.encode()),
                                                  ("source", f"{tp.topic}/{p}/{r.offset}".encode())]))
+                if len(fixes) >= self.chunk_fixes:
+                    await self._apply(fixes, fix_partition, rejected, dead)
+                    fixes, fix_partition, rejected, dead = [], [], [], []
+                    await asyncio.sleep(0)
             records += len(recs)
-            offsets[tp] = recs[-1].offset + 1
+        await self._apply(fixes, fix_partition, rejected, dead)
+        # only now is the whole batch applied: its offsets join the next commit
+        for tp, recs in batches.items():
+            self._pending_offsets[tp] = recs[-1].offset + 1
+        self.metrics.records.inc(records)
+        elapsed = time.perf_counter() - started
+        self.metrics.batch_seconds.observe(elapsed)
+        if log.isEnabledFor(logging.DEBUG):
+            oldest = min(r[0].timestamp for r in batches.values())
+            log.debug("batch: %d records, oldest %.0f ms old, handled in %.1f ms",
+                      records, time.time() * 1000 - oldest, elapsed * 1000)
+
+    async def _apply(self, fixes: list[Fix], fix_partition: list[int], rejected: list[Rejected], dead: list) -> None:
         # Devices never seen by this worker: the store may know them (e.g. after a restart).
         missing = list({f.device_id for f in fixes if f.device_id not in self.states})
-        new_devices = self._pending_new
         if missing:
             self.states.update(await self.store.load_states(missing))
             unknown = set(missing) - self.states.keys()
             for f, p in zip(fixes, fix_partition):
                 if f.device_id in unknown:
                     unknown.discard(f.device_id)
-                    new_devices[(self.topics.locations, p)].append(f.device_id)
+                    self._pending_new[(self.topics.locations, p)].append(f.device_id)
         for f, p in zip(fixes, fix_partition):
             self.device_partition[f.device_id] = p
         tenants = self.tenants
@@ -283,9 +333,7 @@ class Processor:
         await self._publish(out.events, dead)
         self._pending_states.update(out.dirty)
         self._pending_events.extend(out.events)
-        self._pending_offsets.update(offsets)
         m = self.metrics
-        m.records.inc(records)
         m.fixes_consumed.inc(len(fixes))
         m.fixes_processed.inc(out.fixes)
         if out.stale:
@@ -296,17 +344,15 @@ class Processor:
         m.intersections.inc(out.inside)
         m.point_tests.inc(out.candidates)
         m.batch.observe(len(fixes))
-        m.batch_seconds.observe(time.perf_counter() - started)
-        return out
 
     async def _publish(self, events: list[Event], dead: list) -> None:
+        """Queue events and dead letters; :meth:`flush` waits for their acks before committing."""
         now_ms = time.time() * 1000.0
         if events:
-            await self.producer.send_all(self.topics.events,
-                                         ((e.device_id.encode(), e.to_json(now_ms), None) for e in events))
-            published = time.time()
+            await self.producer.send(self.topics.events, ((e.device_id.encode(), e.to_json(now_ms), None) for e in events))
+            counter, observe, now = self.metrics.events, self.metrics.latency.observe, now_ms / 1000.0
             for e in events:
-                self.metrics.events.labels(e.type).inc()
-                self.metrics.latency.observe(max(published - e.ts_ms / 1000.0, 0.0))
+                counter.labels(e.type).inc()
+                observe(max(now - e.ts_ms / 1000.0, 0.0))
         if dead:
-            await self.producer.send_all(self.topics.dlq, dead)
+            await self.producer.send(self.topics.dlq, dead)

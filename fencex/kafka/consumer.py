@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaConnectionError, KafkaError
 
 from fencex.errors import BrokerUnavailable
 
@@ -89,8 +89,16 @@ class BatchConsumer:
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Commit ``offsets`` (the next offset to read, per partition)."""
         assert self._consumer is not None
-        if offsets:
+        if not offsets:
+            return
+        try:
             await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # A rebalance took the partitions away: the new owner reads these records
+            # again, finds their fixes stale (state was saved first), and goes on.
+            log.warning("commit refused after a rebalance: %s", exc)
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"commit failed: {exc}") from exc
 
     async def seek_to_committed(self) -> None:
         """Go back to the last committed offsets (after a batch failed half way)."""

@@ -1,8 +1,8 @@
 """The producer of fence events and dead letters (confluent-kafka, acks=all).
 
 confluent-kafka queues a record in C for about a microsecond, against tens for
-aiokafka's ``send``; the processor then waits for the broker's acks of a whole
-batch at once. Not idempotent on purpose: at-least-once delivery already allows
+aiokafka's ``send``. The processor queues each batch's events at once and waits
+for the broker's acks only before it commits offsets. Not idempotent on purpose: at-least-once delivery already allows
 duplicates, and they carry the same ``event_id``.
 """
 
@@ -43,8 +43,8 @@ class Producer:
         if err is not None:
             self._errors.append(str(err))
 
-    async def send_all(self, topic: str, records: Iterable[tuple[bytes | None, bytes, list[tuple[str, bytes]] | None]]) -> int:
-        """Send (key, value, headers) records and wait until the broker has acknowledged all of them."""
+    async def send(self, topic: str, records: Iterable[tuple[bytes | None, bytes, list[tuple[str, bytes]] | None]]) -> int:
+        """Queue (key, value, headers) records; librdkafka sends them in the background."""
         p = self._producer
         assert p is not None
         n = 0
@@ -53,12 +53,26 @@ class Producer:
                 try:
                     p.produce(topic, value, key, headers=headers, on_delivery=self._delivered)
                     break
-                except BufferError:
+                except BufferError:  # the local queue is full: let it drain
                     await asyncio.to_thread(p.poll, 0.05)
             n += 1
-        if n:
-            left = await asyncio.to_thread(p.flush, 30)
-            if left or self._errors:
-                errors, self._errors = self._errors, []
-                raise BrokerUnavailable(f"publishing to {topic} failed: {left} records unacknowledged; {errors[:3]}")
+        p.poll(0)
+        return n
+
+    def pending(self) -> int:
+        return len(self._producer) if self._producer is not None else 0
+
+    async def wait_acked(self, timeout: float = 30.0) -> None:
+        """Wait until the broker has acknowledged everything queued; raise if any record failed."""
+        p = self._producer
+        assert p is not None
+        left = await asyncio.to_thread(p.flush, timeout) if len(p) else 0
+        if left or self._errors:
+            errors, self._errors = self._errors, []
+            raise BrokerUnavailable(f"{left} records unacknowledged; delivery errors: {errors[:3]}")
+
+    async def send_all(self, topic: str, records: Iterable[tuple[bytes | None, bytes, list[tuple[str, bytes]] | None]]) -> int:
+        """Send records and wait until the broker has acknowledged all of them."""
+        n = await self.send(topic, records)
+        await self.wait_acked()
         return n

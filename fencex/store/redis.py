@@ -269,12 +269,11 @@ class RedisStore:
             out.update((m.decode(), p) for m in await self.redis.smembers(self.keys.partition(topic, p)))
         return out
 
-    @_guard
-    async def save(self, states: Mapping[str, DeviceState], events: Iterable[Event],
-                   new_devices: Mapping[tuple[str, int], list[str]] | None = None) -> None:
-        """Write device states, their positions and memberships in one atomic step."""
-        if not states:
-            return
+    def pack_save(self, states: Mapping[str, DeviceState], events: Iterable[Event],
+                  new_devices: Mapping[tuple[str, int], list[str]] | None = None) -> bytes | None:
+        """Serialise a save now (a snapshot), to send later with :meth:`save_packed`."""
+        if not states and not new_devices:
+            return None
         k = self.keys
         flat: list[Any] = []
         geo: dict[str, list[Any]] = {}
@@ -285,16 +284,24 @@ class RedisStore:
             if -GEO_LAT_LIMIT <= st.lat <= GEO_LAT_LIMIT:
                 g = geo.get(st.tenant)
                 if g is None:
-                    g = geo[k.geo(st.tenant)] = []
-                    geo[st.tenant] = g
+                    g = geo[st.tenant] = []
                 g.extend((st.lon, st.lat, d))
-        geo = {key: v for key, v in geo.items() if key.startswith(k.prefix + ":geo:")}
+        geo_keys = {k.geo(t): v for t, v in geo.items()}
         # membership changes in event order: an exit then an enter leaves the device inside
         members = [(1 if e.type == "enter" else 0, k.inside(e.tenant, e.fence_id), e.ts_ms, e.device_id)
                    for e in events if e.type != "dwell"]
         sadd = {k.partition(topic, p): devices for (topic, p), devices in (new_devices or {}).items() if devices}
-        blob = msgpack.packb([flat, geo, members, sadd], use_bin_type=False)
-        await self._save_batch(args=[blob])
+        return msgpack.packb([flat, geo_keys, members, sadd], use_bin_type=False)
+
+    @_guard
+    async def save_packed(self, blob: bytes | None) -> None:
+        if blob is not None:
+            await self._save_batch(args=[blob])
+
+    async def save(self, states: Mapping[str, DeviceState], events: Iterable[Event],
+                   new_devices: Mapping[tuple[str, int], list[str]] | None = None) -> None:
+        """Write device states, their positions and memberships in one atomic step."""
+        await self.save_packed(self.pack_save(states, events, new_devices))
 
     @_guard
     async def device_state(self, tenant: str, device_id: str) -> DeviceState:

@@ -73,3 +73,20 @@ def test_many_fences_stay_correct():
     for i, rows in enumerate(got):
         assert f"f{i}" in ids(index, rows)
     assert index.lookup([100.0], [0.0], "farm")[0] == ()
+
+
+def test_large_and_small_fences_mixed():
+    """A farm-sized fence beside many small ones goes to the R-tree path; both answer."""
+    small = [fence(f"s{i}", lon=17.60 + i * 0.02, lat=59.80, size=0.01) for i in range(30)]
+    big = Fence(id="whole-farm", tenant="farm", geometry=square(17.0, 59.0, 2.0))
+    index = FenceIndex(small + [big])
+    got = index.lookup([17.605, 17.625, 18.5, 16.0], [59.805, 59.805, 60.5, 59.5], "farm")
+    assert [ids(index, r) for r in got] == [["s0", "whole-farm"], ["s1", "whole-farm"], ["whole-farm"], []]
+
+
+def test_fences_across_the_antimeridian_side_and_negative_coordinates():
+    west = Fence(id="w", tenant="farm", geometry=square(-179.99, -45.0, 0.01))
+    east = Fence(id="e", tenant="farm", geometry=square(179.98, -45.0, 0.01))
+    index = FenceIndex([west, east])
+    got = index.lookup([-179.985, 179.985, 0.0], [-44.995, -44.995, 0.0], "farm")
+    assert [ids(index, r) for r in got] == [["w"], ["e"], []]

@@ -171,7 +171,7 @@ class Bench:
         say(f"{name}: {rate:,.0f} fixes/s ({rate / pack:,.0f} records/s), {events:,.0f} events")
         return result
 
-    def latency(self, rate: float, seconds: float) -> dict:
+    def latency(self, rate: float, seconds: float, warmup: float = 5.0) -> dict:
         tag = f"latency-{int(rate)}"
         topic, events_topic = f"locations-{tag}", f"fence-events-{tag}"
         ensure_topics(self.bootstrap, {topic: 12, events_topic: 12})
@@ -187,6 +187,7 @@ class Bench:
             consumer.poll(0.1)
         lat: list[float] = []
         stop = threading.Event()
+        measure_from = time.time() + warmup  # events of fixes made in the warm-up are not counted
 
         def read() -> None:
             while not stop.is_set():
@@ -195,17 +196,18 @@ class Bench:
                         continue
                     e = orjson.loads(m.value())
                     ts = datetime.fromisoformat(e["ts"].replace("Z", "+00:00")).timestamp()
-                    lat.append(time.time() - ts)
+                    if ts >= measure_from:
+                        lat.append(time.time() - ts)
 
         reader = threading.Thread(target=read)
         reader.start()
-        say(f"latency: producing {rate:,.0f} fixes/s, one per record, for {seconds:.0f} s")
+        say(f"latency: producing {rate:,.0f} fixes/s, one per record, for {warmup:.0f} s warm-up + {seconds:.0f} s")
         p = self.producer()
         sent = 0
         n = len(self.herd.ids)
         started = time.monotonic()
         cursor = 0
-        while time.monotonic() - started < seconds:
+        while time.monotonic() - started < seconds + warmup:
             due = int((time.monotonic() - started) * rate) - sent
             if due <= 0:
                 time.sleep(0.002)

@@ -117,7 +117,8 @@ def _checked_fix(obj: Any) -> Fix:
     return Fix(device_id, ts_ms, lon, lat, extra)
 
 
-def _reason(detail: str) -> str:
+def reason_of(detail: str) -> str:
+    """The low-cardinality reason (a metric label) for a fix error message."""
     for key in ("device_id", "ts", "lon", "lat"):
         if detail.startswith(key):
             return f"bad_{key}"
@@ -149,9 +150,9 @@ def parse_record(raw: bytes, fixes: list[Fix], rejected: list[Rejected]) -> None
             try:
                 append(_checked_fix(item))
             except InvalidFix as exc:
-                rejected.append(Rejected(_reason(str(exc)), f"fix {i} of {len(obj)}: {exc}", raw))
+                rejected.append(Rejected(reason_of(str(exc)), f"fix {i} of {len(obj)}: {exc}", raw))
         return
     try:
         fixes.append(fix_from_obj(obj))
     except InvalidFix as exc:
-        rejected.append(Rejected(_reason(str(exc)), str(exc), raw))
+        rejected.append(Rejected(reason_of(str(exc)), str(exc), raw))

@@ -113,6 +113,7 @@ class FenceIndex:
         self._outer = np.asarray(outer, dtype=object) if outer else np.empty(0, dtype=object)
         shapely.prepare(self._outer)
         self._outer_grid, self._outer_big_rows, self._outer_big_tree = self._partition(self._outer)
+        self._cells: dict[int, list[int]] | None = None  # built on the first scalar lookup
         self.build_seconds = time.perf_counter() - started
 
     def __len__(self) -> int:
@@ -188,9 +189,31 @@ class FenceIndex:
                     start = k
         return result, tested
 
+    def pairs(self, lons: np.ndarray, lats: np.ndarray, tenant: str) -> tuple[np.ndarray, np.ndarray]:
+        """(point index, fence row) for every point inside a fence of ``tenant``, by point: a spatial join."""
+        lons = np.asarray(lons, dtype=np.float64)
+        lats = np.asarray(lats, dtype=np.float64)
+        pt, rows, _ = self._match(self._grid, self._big_rows, self._big_tree, self._geoms, None, lons, lats,
+                                  self._codes_of(tenant, len(lons)))
+        order = np.lexsort((rows, pt))
+        return pt[order], rows[order]
+
     def has_buffers(self) -> bool:
         return len(self._outer) > 0
 
     def containing(self, tenant: str, lon: float, lat: float) -> list[Fence]:
-        """The tenant's fences that contain one point."""
-        return [self.fences[r] for r in self.lookup([lon], [lat], tenant)[0]]
+        """The tenant's fences that contain one point (a scalar path: no arrays for one point)."""
+        code = self._tenant_code.get(tenant)
+        if code is None:
+            return []
+        grid = self._grid
+        cells = self._cells
+        if cells is None:
+            cells = self._cells = {int(k): grid.items[s:s + c].tolist()
+                                   for k, s, c in zip(grid.keys, grid.starts, grid.counts)}
+        key = int(_Grid._key(math.floor(lon / grid.cell), math.floor(lat / grid.cell)))
+        rows = [r for r in cells.get(key, ()) if self._codes[r] == code]
+        if len(self._big_rows):
+            rows += [int(self._big_rows[i]) for i in self._big_tree.query(shapely.Point(lon, lat))
+                     if self._codes[self._big_rows[i]] == code]
+        return [self.fences[r] for r in sorted(rows) if shapely.intersects_xy(self._geoms[r], lon, lat)]

@@ -34,7 +34,8 @@ from aiokafka import TopicPartition
 from fencex.detector import DeviceState
 from fencex.errors import BrokerUnavailable, StoreUnavailable, Unavailable
 from fencex.event import Event
-from fencex.fence import DEFAULT_TENANT, Fence
+from fencex.fence import DEFAULT_TENANT
+from fencex.follower import FenceFollower
 from fencex.fix import Fix, Rejected, parse_record
 from fencex.index import FenceIndex
 from fencex.kafka.consumer import BatchConsumer
@@ -65,8 +66,7 @@ class Processor:
         self.max_records = max_records
         self.default_tenant = default_tenant
         self.index = FenceIndex([])
-        self.fences: dict[str, Fence] = {}
-        self.tenants: dict[str, str] = {}
+        self.follower = FenceFollower(store, on_index=self._new_index, on_error=lambda e: metrics.store_errors.inc())
         self.states: dict[str, DeviceState] = {}
         self.device_partition: dict[str, int] = {}
         self.running = False
@@ -79,8 +79,6 @@ class Processor:
         self._flushed_at = time.monotonic()
         self._flushing: asyncio.Task | None = None
         self._next_index: FenceIndex | None = None
-        self._change_id = "0-0"
-        self._applied = 0
         consumer.on_assign = self._on_assign
         consumer.on_revoke = self._on_revoke
 
@@ -89,11 +87,9 @@ class Processor:
     async def start(self) -> None:
         """Connect to Redis, load fences and device registrations, join the group."""
         await self.store.connect()
-        self._change_id = await self.store.last_change_id()  # before loading: no change slips between
-        self.fences = {f.id: f for f in await self.store.fences()}
-        self.tenants = await self.store.device_tenants()
-        self.index = await self._build(0)
-        log.info("loaded %d fences and %d device registrations", len(self.fences), len(self.tenants))
+        self.index = await self.follower.load()
+        self.metrics.index_rebuild.observe(self.index.build_seconds)
+        log.info("loaded %d fences and %d device registrations", len(self.index), len(self.follower.tenants))
         await self.producer.start()
         await self.consumer.start()
 
@@ -110,49 +106,17 @@ class Processor:
 
     def snapshot(self) -> dict:
         return {"partitions": self.consumer.assignment(), "lag": self.consumer.lag(), "fences": len(self.index),
-                "index_version": self._applied, "devices": len(self.states), "running": int(self.running)}
+                "index_version": self.follower.applied, "devices": len(self.states), "running": int(self.running)}
 
     # ---------------------------------------------------------- fence changes
 
-    async def _build(self, version: int) -> FenceIndex:
-        index = await asyncio.to_thread(FenceIndex, list(self.fences.values()), version)
+    def _new_index(self, index: FenceIndex) -> None:
         self.metrics.index_rebuild.observe(index.build_seconds)
-        return index
+        self._next_index = index  # swapped in between batches by the loop
 
-    async def watch_changes(self, block_ms: int = 250) -> None:
-        """Follow the change feed; build a new index whenever fences change."""
-        while True:
-            try:
-                changes = await self.store.changes(self._change_id, block_ms=block_ms)
-            except StoreUnavailable as exc:
-                self.metrics.store_errors.inc()
-                log.warning("change feed: %s; retrying in 1 s", exc)
-                await asyncio.sleep(1.0)
-                continue
-            if not changes:
-                continue
-            fence_ids = set()
-            for c in changes:
-                if c.kind == "device":
-                    self.tenants[c.key] = c.tenant
-                else:
-                    fence_ids.add(c.key)
-            self._change_id = changes[-1].id
-            self._applied += len(changes)
-            if fence_ids:
-                for fid in fence_ids:
-                    try:
-                        raw = await self.store.redis.get(self.store.keys.fence(fid))
-                    except Exception as exc:  # noqa: BLE001 - next change or restart reloads it
-                        log.warning("cannot read fence %s: %s", fid, exc)
-                        continue
-                    if raw is None:
-                        self.fences.pop(fid, None)
-                    else:
-                        self.fences[fid] = Fence.from_json(raw)
-                self._next_index = await self._build(self._applied)
-                log.info("fence index rebuilt: %d fences (%d changed) in %.3f s",
-                         len(self._next_index), len(fence_ids), self._next_index.build_seconds)
+    async def watch_changes(self) -> None:
+        """Follow the change feed; new indexes are swapped in by the loop."""
+        await self.follower.follow()
 
     # ---------------------------------------------------------- rebalancing
 
@@ -327,7 +291,7 @@ class Processor:
                     self._pending_new[(self.topics.locations, p)].append(f.device_id)
         for f, p in zip(fixes, fix_partition):
             self.device_partition[f.device_id] = p
-        tenants = self.tenants
+        tenants = self.follower.tenants
         default = self.default_tenant
         out = process(fixes, self.index, self.states, lambda d: tenants.get(d, default))
         await self._publish(out.events, dead)

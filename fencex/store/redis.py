@@ -138,6 +138,12 @@ class RedisStore:
         return out
 
     @_guard
+    async def fences_by_id(self, ids: list[str]) -> dict[str, Fence | None]:
+        """The fences with these ids, whatever their tenant (None where deleted)."""
+        raws = await self.redis.mget([self.keys.fence(i) for i in ids]) if ids else []
+        return {i: (Fence.from_json(r) if r is not None else None) for i, r in zip(ids, raws)}
+
+    @_guard
     async def put_fences(self, fences: Iterable[Fence], if_match: Mapping[str, int] | None = None,
                          create_only: bool = False) -> list[Fence]:
         """Create or replace fences atomically (all or none), each with its version raised by one.
@@ -370,6 +376,11 @@ class RedisStore:
         start = after if after == "-" else f"({after}"
         got = await self.redis.xrange(self.keys.events(tenant), min=start, max="+", count=count)
         return [(i.decode(), orjson.loads(f[b"e"])) for i, f in got]
+
+    @_guard
+    async def last_event_id(self, tenant: str) -> str:
+        got = await self.redis.xrevrange(self.keys.events(tenant), count=1)
+        return got[0][0].decode() if got else "0-0"
 
     @_guard
     async def follow(self, tenant: str, after: str, block_ms: int = 15_000) -> list[tuple[str, dict[str, Any]]]:

@@ -25,6 +25,7 @@ from fencex.localserver import Server, free_port, start_broker, start_redis
 
 ROOT = Path(__file__).parents[2]
 _counter = itertools.count()
+ADMIN_KEY = "admin-key-for-tests"
 
 
 @pytest.fixture(scope="session")
@@ -82,6 +83,19 @@ class Env:
                                                  **extra))
         self.workers.append(proc)
         return proc, port
+
+    def start_api(self, redis_url: str | None = None, **extra: str) -> tuple[subprocess.Popen, str]:
+        """The API under uvicorn, as it runs in production, on a free port."""
+        port = free_port()
+        n = len(self.workers)
+        env = self.env(FENCEX_PORT=str(port), FENCEX_HOST="127.0.0.1", FENCEX_ADMIN_KEY=ADMIN_KEY, **extra)
+        if redis_url:
+            env["FENCEX_REDIS_URL"] = redis_url
+        with (self.tmp / f"api-{n}.log").open("wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "services.api"], cwd=ROOT, stdout=log,
+                                    stderr=subprocess.STDOUT, env=env)
+        self.workers.append(proc)
+        return proc, f"http://127.0.0.1:{port}"
 
     def producer(self) -> Producer:
         return Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
@@ -145,6 +159,21 @@ def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None
             pass
         time.sleep(0.2)
     raise AssertionError("the worker did not become ready")
+
+
+def wait_api(base: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the API exited with {proc.returncode}"
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("the API did not become ready")
 
 
 def metric(port: int, name: str) -> float:

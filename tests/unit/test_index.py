@@ -90,3 +90,15 @@ def test_fences_across_the_antimeridian_side_and_negative_coordinates():
     index = FenceIndex([west, east])
     got = index.lookup([-179.985, 179.985, 0.0], [-44.995, -44.995, 0.0], "farm")
     assert [ids(index, r) for r in got] == [["w"], ["e"], []]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 0.2), st.floats(0, 0.2), st.floats(0.001, 0.3)), min_size=1, max_size=40),
+       st.lists(st.tuples(st.floats(-0.01, 0.25), st.floats(-0.01, 0.25)), min_size=1, max_size=30))
+def test_scalar_lookup_matches_batch_lookup(boxes, points):
+    fences = [Fence(id=f"f{i}", tenant="farm", geometry=square(x, y, s)) for i, (x, y, s) in enumerate(boxes)]
+    index = FenceIndex(fences)
+    batch = index.lookup([p[0] for p in points], [p[1] for p in points], "farm")
+    for (x, y), rows in zip(points, batch):
+        assert sorted(f.id for f in index.containing("farm", x, y)) == ids(index, rows)
+    assert index.containing("nobody", points[0][0], points[0][1]) == []

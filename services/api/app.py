@@ -1,0 +1,121 @@
+"""The query API: a FastAPI app. Wiring only; answers come from ``fencex`` and the store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, disable_created_metrics, generate_latest
+
+from fencex.errors import StoreUnavailable
+from fencex.follower import FenceFollower
+from fencex.kafka.producer import Producer
+from fencex.store.redis import RedisStore
+from services.api.problem import install as install_problems
+from services.api.problem import problem
+from services.api.routers import admin, devices, events, fences, locations, query
+from services.api.settings import Settings
+from services.api.state import ApiCollector, ApiState, PullMetrics
+
+log = logging.getLogger("fencex.api")
+
+DESCRIPTION = """fencex answers questions about fences and animals.
+
+Every request carries `Authorization: Bearer <api key>`; a key belongs to one farm (tenant), and a
+farm sees only its own fences, devices and events. Errors are RFC 9457 `application/problem+json`.
+Fences are GeoJSON (RFC 7946): longitude first. Writes return the fence's version as an `ETag`;
+send it back as `If-Match` and a write that would overwrite someone else's change gets 412.
+"""
+
+
+def create_app(settings: Settings) -> FastAPI:
+    disable_created_metrics()
+    registry = CollectorRegistry()
+    metrics = PullMetrics(registry)
+    store = RedisStore(settings.redis_url, settings.key_prefix)
+    state = ApiState(settings, store, FenceFollower(store, on_error=lambda e: metrics.store_errors.inc()),
+                     Producer(settings.kafka_bootstrap), registry, metrics)
+    registry.register(ApiCollector(state))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tasks = [asyncio.create_task(_start(state))]
+        yield
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if state.broker_ok:
+            await state.producer.stop()
+        await store.close()
+
+    app = FastAPI(title="fencex", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  openapi_tags=[{"name": "fences", "description": "pastures drawn by farmers"},
+                                {"name": "queries", "description": "point-in-fence and devices-in-area"},
+                                {"name": "devices"}, {"name": "events"}, {"name": "ingest"},
+                                {"name": "admin", "description": "operator only: the admin key"},
+                                {"name": "operations"}])
+    app.state.fencex = state
+    install_problems(app)
+    for r in (fences.router, query.router, devices.router, events.router, locations.router, admin.router):
+        app.include_router(r)
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):  # noqa: ANN001, ANN202
+        started = time.perf_counter()
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
+            response = problem(413, f"the body is {int(length)} bytes; the limit is {settings.max_body_bytes}",
+                               request.url.path)
+        else:
+            try:
+                response = await call_next(request)
+            except StoreUnavailable as exc:  # raised outside a handler's reach
+                response = problem(503, f"a backing service is unavailable: {exc}", request.url.path)
+        # routing records the matched route in the scope: its template, never the raw path, labels the metric
+        route = getattr(request.scope.get("route"), "path", None) or "unmatched"
+        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+        metrics.duration.labels(route).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/healthz", tags=["operations"], summary="The process is alive",
+             responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}})
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], summary="Redis and the broker answer",
+             responses={200: {"content": {"application/json": {"example": {"status": "ready", "checks": {"redis": True, "broker": True}}}}},
+                        503: {"description": "not ready"}})
+    async def readyz() -> Response:
+        checks = {"redis": False, "broker": state.broker_ok}
+        if state.ready:
+            try:
+                checks["redis"] = await store.ping()
+            except StoreUnavailable:
+                pass
+        ok = all(checks.values())
+        import orjson
+
+        return Response(orjson.dumps({"status": "ready" if ok else "not ready", "checks": checks}),
+                        status_code=200 if ok else 503, media_type="application/json")
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics",
+             responses={200: {"content": {"text/plain": {"example": "fencex_queries_total{kind=\"point\"} 42.0\n"}}}})
+    async def metrics_page() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+async def _start(state: ApiState) -> None:
+    await state.start()
+    follow = asyncio.create_task(state.follower.follow())
+    try:
+        await state.connect_broker()
+        await follow
+    finally:
+        follow.cancel()

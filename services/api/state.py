@@ -1,0 +1,102 @@
+"""What the API holds while it runs: the store, its own fence index, a producer, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from fencex.follower import FenceFollower
+from fencex.kafka.producer import Producer
+from fencex.store.redis import RedisStore
+from services.api.settings import Settings
+
+log = logging.getLogger("fencex.api")
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class PullMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter("fencex_http_requests_total", "HTTP requests, by route, method and status",
+                                ["route", "method", "status"], registry=registry)
+        self.duration = Histogram("fencex_http_request_duration_seconds", "HTTP request latency, by route",
+                                  ["route"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.queries = Counter("fencex_queries_total", "Pull queries answered (a batch counts each point), by kind",
+                               ["kind"], registry=registry)
+        self.store_errors = Counter("fencex_api_store_errors_total", "Redis errors seen by the API", registry=registry)
+        self.fixes_ingested = Counter("fencex_api_fixes_ingested_total", "Fixes accepted over HTTP and produced",
+                                      registry=registry)
+        self.fixes_rejected = Counter("fencex_api_fixes_rejected_total", "Fixes refused over HTTP, by reason",
+                                      ["reason"], registry=registry)
+        for kind in ("point", "batch_point", "devices", "fence_devices", "occupancy", "device", "events"):
+            self.queries.labels(kind)
+
+
+@dataclass
+class ApiState:
+    settings: Settings
+    store: RedisStore
+    follower: FenceFollower
+    producer: Producer
+    registry: CollectorRegistry
+    metrics: PullMetrics
+    sse_clients: int = 0
+    ready: bool = False
+    broker_ok: bool = False
+    _keys: dict[str, tuple[str | None, float]] = field(default_factory=dict)
+
+    async def tenant_for_key(self, api_key: str) -> str | None:
+        hit = self._keys.get(api_key)
+        now = time.monotonic()
+        if hit is not None and now - hit[1] < self.settings.key_cache_s:
+            return hit[0]
+        tenant = await self.store.tenant_for_key(api_key)
+        if len(self._keys) > 100_000:
+            self._keys.clear()
+        self._keys[api_key] = (tenant, now)
+        return tenant
+
+    async def start(self) -> None:
+        """Connect, retrying with a clear log line while Redis or the broker are down."""
+        delay = 1.0
+        while True:
+            try:
+                await self.store.connect()
+                await self.follower.load()
+                break
+            except Exception as exc:  # noqa: BLE001 - StoreUnavailable and friends: wait and retry
+                log.warning("waiting for redis at %s: %s (retrying in %.0f s)", self.settings.redis_url, exc, delay)
+                await self.store.close()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        self.ready = True
+        log.info("api ready: %d fences in the index", len(self.follower.index))
+
+    async def connect_broker(self) -> None:
+        delay = 1.0
+        while not self.broker_ok:
+            try:
+                await self.producer.start()
+                self.broker_ok = True
+            except Exception as exc:  # noqa: BLE001
+                log.warning("waiting for the broker at %s: %s (retrying in %.0f s)", self.settings.kafka_bootstrap,
+                            exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+
+class ApiCollector(Collector):
+    def __init__(self, state: ApiState) -> None:
+        self.state = state
+
+    def collect(self):  # noqa: ANN201
+        yield GaugeMetricFamily("fencex_sse_clients", "Server-sent-event clients connected", value=self.state.sse_clients)
+        yield GaugeMetricFamily("fencex_api_fences_loaded", "Fences in the API's index", value=len(self.state.follower.index))
+        yield GaugeMetricFamily("fencex_api_index_version", "Change-feed entries applied to the API's index",
+                                value=self.state.follower.applied)
+        yield GaugeMetricFamily("fencex_api_up", "1 while the API is ready", value=int(self.state.ready))

@@ -292,7 +292,7 @@ def main() -> int:
                    "fences": args.fences, "devices": args.devices}
         results["packed"] = bench.drain("packed", args.packed_fixes, args.pack)
         results["single"] = bench.drain("single", args.single_fixes, 1)
-        results["latency"] = [bench.latency(float(r), args.latency_seconds) for r in args.latency_rates.split(",")]
+        results["latency"] = [bench.latency(float(r), args.latency_seconds) for r in args.latency_rates.split(",") if r]
     finally:
         bench.close()
     out = Path(args.out)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 import faust
@@ -48,6 +49,12 @@ class PushService(Service):
                 log.warning("waiting for servers: %s (retrying in %.0f s)", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+        # The fences and device states loaded so far live as long as the worker: move them out of
+        # the collector's sight, and collect the young generation less often. The hot path allocates
+        # a few objects per fix; with default thresholds, collections cost about 15 % of its time.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(100_000, 50, 1000)
         self.ready = True
 
     @Service.task

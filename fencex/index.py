@@ -114,6 +114,7 @@ class FenceIndex:
         shapely.prepare(self._outer)
         self._outer_grid, self._outer_big_rows, self._outer_big_tree = self._partition(self._outer)
         self._cells: dict[int, list[int]] | None = None  # built on the first scalar lookup
+        self._bounds_list: list[list[float]] | None = None
         self.build_seconds = time.perf_counter() - started
 
     def __len__(self) -> int:
@@ -212,7 +213,14 @@ class FenceIndex:
             cells = self._cells = {int(k): grid.items[s:s + c].tolist()
                                    for k, s, c in zip(grid.keys, grid.starts, grid.counts)}
         key = int(_Grid._key(math.floor(lon / grid.cell), math.floor(lat / grid.cell)))
-        rows = [r for r in cells.get(key, ()) if self._codes[r] == code]
+        bounds = self._bounds_list
+        if bounds is None:
+            bounds = self._bounds_list = shapely.bounds(self._geoms).tolist()
+        rows = []
+        for r in cells.get(key, ()):  # the cell's fences; their boxes first, then the exact test
+            b = bounds[r]
+            if b[0] <= lon <= b[2] and b[1] <= lat <= b[3] and self._codes[r] == code:
+                rows.append(r)
         if len(self._big_rows):
             rows += [int(self._big_rows[i]) for i in self._big_tree.query(shapely.Point(lon, lat))
                      if self._codes[self._big_rows[i]] == code]

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, disable_created_metrics, generate_latest
 
@@ -17,8 +16,8 @@ from fencex.follower import FenceFollower
 from fencex.kafka.producer import Producer
 from fencex.store.redis import RedisStore
 from services.api.problem import install as install_problems
-from services.api.problem import problem
 from services.api.routers import admin, devices, events, fences, locations, query
+from services.api.fastpath import ApiEdge
 from services.api.settings import Settings
 from services.api.state import ApiCollector, ApiState, PullMetrics
 
@@ -33,7 +32,8 @@ send it back as `If-Match` and a write that would overwrite someone else's chang
 """
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings) -> ApiEdge:
+    """The ASGI app: FastAPI behind the edge layer (metrics, body limit, the direct point query)."""
     disable_created_metrics()
     registry = CollectorRegistry()
     metrics = PullMetrics(registry)
@@ -64,24 +64,6 @@ def create_app(settings: Settings) -> FastAPI:
     for r in (fences.router, query.router, devices.router, events.router, locations.router, admin.router):
         app.include_router(r)
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next):  # noqa: ANN001, ANN202
-        started = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
-            response = problem(413, f"the body is {int(length)} bytes; the limit is {settings.max_body_bytes}",
-                               request.url.path)
-        else:
-            try:
-                response = await call_next(request)
-            except StoreUnavailable as exc:  # raised outside a handler's reach
-                response = problem(503, f"a backing service is unavailable: {exc}", request.url.path)
-        # routing records the matched route in the scope: its template, never the raw path, labels the metric
-        route = getattr(request.scope.get("route"), "path", None) or "unmatched"
-        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
-        metrics.duration.labels(route).observe(time.perf_counter() - started)
-        return response
-
     @app.get("/healthz", tags=["operations"], summary="The process is alive",
              responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}})
     async def healthz() -> dict[str, str]:
@@ -108,7 +90,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def metrics_page() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    return app
+    return ApiEdge(app, state)
 
 
 async def _start(state: ApiState) -> None:

@@ -12,10 +12,11 @@ from fencex.store.redis import RedisStore
 from services.api.problem import Problem
 from services.api.state import ApiState
 
+# Dependencies are async: FastAPI runs plain-def ones in a thread pool, a thread hop per request.
 bearer = HTTPBearer(auto_error=False, description="an API key: Authorization: Bearer <key>")
 
 
-def get_state(request: Request) -> ApiState:
+async def get_state(request: Request) -> ApiState:
     state: ApiState = request.app.state.fencex
     if not state.ready:
         raise Problem(503, "the API is starting: waiting for redis")
@@ -25,7 +26,7 @@ def get_state(request: Request) -> ApiState:
 State = Annotated[ApiState, Depends(get_state)]
 
 
-def get_store(state: State) -> RedisStore:
+async def get_store(state: State) -> RedisStore:
     return state.store
 
 

@@ -23,5 +23,5 @@ class Settings(BaseSettings):
     key_cache_s: float = 10.0
     host: str = "0.0.0.0"
     port: int = 8000
-    workers: int = 1
+    workers: int = 1  # API processes (granian workers)
     log_level: str = "info"

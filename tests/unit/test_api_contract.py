@@ -7,7 +7,7 @@ from typing import Any
 from services.api.app import create_app
 from services.api.settings import Settings
 
-SPEC = create_app(Settings()).openapi()
+SPEC = create_app(Settings()).app.openapi()
 COMPONENTS = SPEC["components"]["schemas"]
 EXPECTED = {
     ("post", "/fences"), ("get", "/fences"), ("get", "/fences/{fence_id}"), ("put", "/fences/{fence_id}"),

@@ -1,7 +1,8 @@
 """python -m services.stack (or ./dev stack): the whole push path on this machine.
 
 Starts the Kafka-protocol broker and redis-server, one or more processor
-workers and the simulator's herd, and prints fence events live as they happen.
+workers, the query API and the simulator's herd, and prints fence events live
+as they happen.
 Ctrl-C stops everything it started.
 """
 
@@ -57,6 +58,9 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: until Ctrl-C)")
     ap.add_argument("--kafka-port", type=int, default=9092)
     ap.add_argument("--redis-port", type=int, default=6379)
+    ap.add_argument("--api-port", type=int, default=8000)
+    ap.add_argument("--admin-key", default=os.environ.get("FENCEX_ADMIN_KEY", "dev-admin-key"),
+                    help="the API's admin key (FENCEX_ADMIN_KEY); the default is for this machine only")
     ap.add_argument("--quiet-events", action="store_true", help="do not print events")
     ap.add_argument("--logdir", type=Path, default=Path("out/stack"))
     args = ap.parse_args()
@@ -75,13 +79,23 @@ def main() -> int:
         print(f"broker      {bootstrap}  (Tansu, in memory)\nredis       {redis_url}", flush=True)
         for i in range(args.workers):
             port = free_port()
-            log = (args.logdir / f"processor-{i}.log").open("wb")
-            procs.append(subprocess.Popen([python(), "-m", "services.processor"], stdout=log, stderr=subprocess.STDOUT,
-                                          env=dict(env, FENCEX_WEB_PORT=str(port), FENCEX_DATADIR=f"/tmp/fencex-stack-{i}")))
-            print(f"processor-{i} http://127.0.0.1:{port}/metrics  (log {log.name})", flush=True)
-        sim = subprocess.Popen([python(), "-m", "services.simulator", "--setup", "--fences", str(args.fences),
-                                "--devices", str(args.devices), "--rate", str(args.rate), "--bad-every", "1000"],
-                               env=env, stdout=(args.logdir / "simulator.log").open("wb"), stderr=subprocess.STDOUT)
+            with (args.logdir / f"processor-{i}.log").open("wb") as log:
+                procs.append(subprocess.Popen([python(), "-m", "services.processor"], stdout=log,
+                                              stderr=subprocess.STDOUT,
+                                              env=dict(env, FENCEX_WEB_PORT=str(port),
+                                                       FENCEX_DATADIR=f"/tmp/fencex-stack-{i}")))
+            print(f"processor-{i} http://127.0.0.1:{port}/metrics  (log processor-{i}.log)", flush=True)
+        api_port = _port(args.api_port)
+        with (args.logdir / "api.log").open("wb") as log:
+            procs.append(subprocess.Popen([python(), "-m", "services.api"], stdout=log, stderr=subprocess.STDOUT,
+                                          env=dict(env, FENCEX_PORT=str(api_port), FENCEX_HOST="127.0.0.1",
+                                                   FENCEX_ADMIN_KEY=args.admin_key)))
+        print(f"api         http://127.0.0.1:{api_port}  (docs: /docs; admin key: {args.admin_key}; log api.log)",
+              flush=True)
+        with (args.logdir / "simulator.log").open("wb") as log:
+            sim = subprocess.Popen([python(), "-m", "services.simulator", "--setup", "--fences", str(args.fences),
+                                    "--devices", str(args.devices), "--rate", str(args.rate), "--bad-every", "1000"],
+                                   env=env, stdout=log, stderr=subprocess.STDOUT)
         procs.append(sim)
         print(f"simulator   {args.devices} animals on {args.fences} pastures, {args.rate:.0f} fixes/s "
               f"(log {args.logdir}/simulator.log)\nevents as they happen (Ctrl-C stops the stack):", flush=True)

@@ -10,17 +10,27 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Histogram, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 10, 100, 500, 1000, 2500, 5000, 10_000, 25_000, 50_000, 100_000)
 
 
+HERD_SERIES = 200  # the herd metrics carry a fence label: at most this many fences each
+
+
+def process_collectors(registry: CollectorRegistry) -> None:
+    """CPU seconds and resident memory of this process, for the Scaling dashboard."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+
+
 class PushMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        process_collectors(registry)
         self.records = Counter("fencex_records_consumed_total", "Kafka records read from the locations topic", registry=registry)
         self.fixes_consumed = Counter("fencex_fixes_consumed_total", "Well-formed fixes read (a packed record holds many)", registry=registry)
         self.fixes_processed = Counter("fencex_fixes_processed_total", "Fixes applied to device state", registry=registry)
@@ -63,3 +73,15 @@ class StateCollector(Collector):
         yield GaugeMetricFamily("fencex_index_version", "Change-feed entries applied to the index", value=s["index_version"])
         yield GaugeMetricFamily("fencex_devices_cached", "Device states held for the assigned partitions", value=s["devices"])
         yield GaugeMetricFamily("fencex_worker_up", "1 while this worker's processing loop runs", value=s["running"])
+        # The herd: a fence label, so bounded to the HERD_SERIES busiest fences of this worker.
+        occ = GaugeMetricFamily("fencex_fence_occupancy_devices",
+                                f"Devices inside each fence, of this worker's devices (top {HERD_SERIES})",
+                                labels=["tenant", "fence"])
+        for (tenant, fence), n in s["occupancy"]:
+            occ.add_metric([tenant, fence], n)
+        yield occ
+        ev = CounterMetricFamily("fencex_fence_events", f"Events published per fence (top {HERD_SERIES})",
+                                 labels=["tenant", "fence"])
+        for (tenant, fence), n in s["fence_events"]:
+            ev.add_metric([tenant, fence], n)
+        yield ev

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 import orjson
@@ -40,7 +40,7 @@ from fencex.fix import Fix, Rejected, parse_record
 from fencex.index import FenceIndex
 from fencex.kafka.consumer import BatchConsumer
 from fencex.kafka.producer import Producer
-from fencex.metrics import PushMetrics
+from fencex.metrics import HERD_SERIES, PushMetrics
 from fencex.pipeline import Processed, process, reevaluate_all
 from fencex.store.redis import RedisStore
 
@@ -70,6 +70,7 @@ class Processor:
         self.states: dict[str, DeviceState] = {}
         self.device_partition: dict[str, int] = {}
         self.running = False
+        self.fence_events: Counter[tuple[str, str]] = Counter()
         self.flush_interval = flush_interval
         self.chunk_fixes = chunk_fixes
         self._pending_states: dict[str, DeviceState] = {}
@@ -105,8 +106,15 @@ class Processor:
         await self.store.close()
 
     def snapshot(self) -> dict:
+        """What the metrics collector reads at scrape time (not kept up to date on the hot path)."""
+        occupancy: Counter[tuple[str, str]] = Counter()
+        for state in list(self.states.values()):
+            for fid in state.members:
+                occupancy[(state.tenant, fid)] += 1
         return {"partitions": self.consumer.assignment(), "lag": self.consumer.lag(), "fences": len(self.index),
-                "index_version": self.follower.applied, "devices": len(self.states), "running": int(self.running)}
+                "index_version": self.follower.applied, "devices": len(self.states), "running": int(self.running),
+                "occupancy": occupancy.most_common(HERD_SERIES),
+                "fence_events": self.fence_events.most_common(HERD_SERIES)}
 
     # ---------------------------------------------------------- fence changes
 
@@ -315,8 +323,10 @@ class Processor:
         if events:
             await self.producer.send(self.topics.events, ((e.device_id.encode(), e.to_json(now_ms), None) for e in events))
             counter, observe, now = self.metrics.events, self.metrics.latency.observe, now_ms / 1000.0
+            per_fence = self.fence_events
             for e in events:
                 counter.labels(e.type).inc()
                 observe(max(now - e.ts_ms / 1000.0, 0.0))
+                per_fence[(e.tenant, e.fence_id)] += 1
         if dead:
             await self.producer.send(self.topics.dlq, dead)

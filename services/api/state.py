@@ -14,6 +14,7 @@ from prometheus_client.registry import Collector
 
 from fencex.follower import FenceFollower
 from fencex.kafka.producer import Producer
+from fencex.metrics import process_collectors
 from fencex.store.redis import RedisStore
 from services.api.settings import Settings
 
@@ -23,6 +24,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 class PullMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        process_collectors(registry)
         self.requests = Counter("fencex_http_requests_total", "HTTP requests, by route, method and status",
                                 ["route", "method", "status"], registry=registry)
         self.duration = Histogram("fencex_http_request_duration_seconds", "HTTP request latency, by route",

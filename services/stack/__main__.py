@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +23,8 @@ from confluent_kafka import Consumer
 
 from fencex.errors import ServerStartError
 from fencex.kafka.admin import ensure_topics
-from fencex.localserver import Server, free_port, port_taken, python, start_broker, start_redis
+from fencex.localserver import Server, free_port, port_taken, python, start_broker, start_prometheus, start_redis
+from services.stack.prometheus import write_config
 
 COLOURS = {"enter": "\033[32m", "exit": "\033[33m", "dwell": "\033[36m"}
 
@@ -59,6 +61,7 @@ def main() -> int:
     ap.add_argument("--kafka-port", type=int, default=9092)
     ap.add_argument("--redis-port", type=int, default=6379)
     ap.add_argument("--api-port", type=int, default=8000)
+    ap.add_argument("--prometheus-port", type=int, default=9090)
     ap.add_argument("--admin-key", default=os.environ.get("FENCEX_ADMIN_KEY", "dev-admin-key"),
                     help="the API's admin key (FENCEX_ADMIN_KEY); the default is for this machine only")
     ap.add_argument("--quiet-events", action="store_true", help="do not print events")
@@ -77,8 +80,10 @@ def main() -> int:
         ensure_topics(bootstrap, {"locations": 12, "fence-events": 12, "locations.dlq": 1})
         env = dict(os.environ, FENCEX_KAFKA_BOOTSTRAP=bootstrap, FENCEX_REDIS_URL=redis_url, FENCEX_SESSION_TIMEOUT_S="6")
         print(f"broker      {bootstrap}  (Tansu, in memory)\nredis       {redis_url}", flush=True)
+        worker_targets = []
         for i in range(args.workers):
             port = free_port()
+            worker_targets.append(f"127.0.0.1:{port}")
             with (args.logdir / f"processor-{i}.log").open("wb") as log:
                 procs.append(subprocess.Popen([python(), "-m", "services.processor"], stdout=log,
                                               stderr=subprocess.STDOUT,
@@ -92,6 +97,14 @@ def main() -> int:
                                                    FENCEX_ADMIN_KEY=args.admin_key)))
         print(f"api         http://127.0.0.1:{api_port}  (docs: /docs; admin key: {args.admin_key}; log api.log)",
               flush=True)
+        if shutil.which("prometheus"):
+            config = write_config(args.logdir / "prometheus.yml", worker_targets, [f"127.0.0.1:{api_port}"])
+            prom = start_prometheus(config, _port(args.prometheus_port), args.logdir)
+            servers.append(prom)
+            print(f"prometheus  http://{prom.address}  (dashboards as PNG: ./dev dashboards --prometheus "
+                  f"http://{prom.address})", flush=True)
+        else:
+            print("prometheus  not installed (apt-get install prometheus): no metrics history", flush=True)
         with (args.logdir / "simulator.log").open("wb") as log:
             sim = subprocess.Popen([python(), "-m", "services.simulator", "--setup", "--fences", str(args.fences),
                                     "--devices", str(args.devices), "--rate", str(args.rate), "--bad-every", "1000"],

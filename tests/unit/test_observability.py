@@ -1,0 +1,81 @@
+"""Dashboards and alert rules against the code, without servers: names, files, promtool."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+from deploy.grafana.build import DASHBOARDS, expressions, render_all
+from fencex.metrics import PushMetrics, StateCollector
+from services.api.state import ApiCollector, PullMetrics
+from services.stack.prometheus import ALERTS, write_config
+
+ROOT = Path(__file__).parents[2]
+PROMQL_WORDS = {"sum", "by", "rate", "increase", "histogram_quantile", "topk", "count", "deriv", "or", "vector",
+                "max", "le", "instance", "job", "type", "kind", "route", "partition", "reason", "fence", "status", "on",
+                "without", "and", "unless"}
+
+
+def alert_exprs() -> list[str]:
+    return [r["expr"] for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]]
+
+
+def exported_names() -> set[str]:
+    reg = CollectorRegistry()
+    PushMetrics(reg)
+    snap = {"partitions": [0], "lag": {0: 1}, "fences": 1, "index_version": 1, "devices": 1, "running": 1,
+            "occupancy": [(("t", "f"), 1)], "fence_events": [(("t", "f"), 1)]}
+    reg.register(StateCollector(lambda: snap))
+    PullMetrics(reg)
+    reg.register(ApiCollector(SimpleNamespace(sse_clients=0, ready=True, follower=SimpleNamespace(index=[], applied=0))))
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",), "info": ("_info",)}
+    names = {fam.name + sfx for fam in reg.collect() for sfx in suffixes.get(fam.type, ("",))}
+    return names | {s.name for fam in reg.collect() for s in fam.samples} | {"up"}
+
+
+def metric_names(expr: str) -> set[str]:
+    without_strings = re.sub(r'"[^"]*"', "", expr)
+    without_ranges = re.sub(r"\[[^\]]*\]", "", without_strings)
+    words = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", without_ranges))
+    return {w for w in words if w not in PROMQL_WORDS and not w.startswith("fencex-")}
+
+
+def test_every_metric_in_dashboards_and_alerts_exists_in_the_code():
+    names = exported_names()
+    used = set().union(*(metric_names(e) for e in expressions() + alert_exprs()))
+    assert used, "no metric names found"
+    assert used <= names, f"named in dashboards or alerts but not exported: {sorted(used - names)}"
+
+
+def test_metric_names_follow_conventions():
+    for name in exported_names():
+        if name.startswith("fencex_"):
+            assert not re.search(r"_(ms|milliseconds|minutes|kb|mb)(_|$)", name), name  # base units only
+
+
+def test_committed_dashboards_are_built_from_build_py():
+    for name, text in render_all().items():
+        path = ROOT / "deploy" / "grafana" / "dashboards" / name
+        assert path.read_text() == text, f"{name} is stale: run python deploy/grafana/build.py"
+        dash = json.loads(text)
+        assert dash["uid"].startswith("fencex-") and dash["panels"]
+    assert set(DASHBOARDS) == {"throughput", "availability", "scaling", "herd"}
+
+
+@pytest.mark.skipif(not shutil.which("promtool"), reason="promtool comes with Debian's prometheus package "
+                    "(./dev test installs it)")
+def test_promtool_accepts_rules_and_config(tmp_path):
+    out = subprocess.run(["promtool", "check", "rules", str(ALERTS)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    cfg = write_config(tmp_path / "prometheus.yml", ["127.0.0.1:6066"], ["127.0.0.1:8000"])
+    out = subprocess.run(["promtool", "check", "config", str(cfg)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "5 rules found" in out.stdout

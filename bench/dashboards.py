@@ -39,6 +39,7 @@ def render(prom: str, out: Path, minutes: float) -> list[Path]:
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
+    out.mkdir(parents=True, exist_ok=True)
     end = time.time()
     start = end - minutes * 60
     step = max(1.0, minutes * 60 / 300)
@@ -82,7 +83,6 @@ def main() -> int:
     ap.add_argument("--out", default="out/dashboards")
     args = ap.parse_args()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     try:
         render(args.prometheus.rstrip("/"), out, args.minutes)
     except httpx.HTTPError as exc:

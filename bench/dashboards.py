@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from deploy.grafana.build import DASHBOARDS
+from deploy.build import DASHBOARDS
 
 
 def query_range(prom: str, expr: str, start: float, end: float, step: float) -> list[dict]:

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from bench.dashboards import render
-from deploy.grafana.build import expressions
+from deploy.build import expressions
 from fencex.localserver import start_prometheus
 from services.stack.prometheus import ALERTS, write_config
 from tests.integration.conftest import ADMIN_KEY, ROOT, wait_api, wait_ready

@@ -1,8 +1,10 @@
-"""The Grafana dashboards, as data: ``python deploy/grafana/build.py`` writes dashboards/*.json.
+"""Generated deployment files: ``python deploy/build.py`` writes them; a test keeps them current.
 
-One place defines every panel's PromQL; docker-compose and Kubernetes provision the
-JSON files it writes, the render command draws the same panels to PNG, and the tests
-check every expression against a real Prometheus.
+- deploy/grafana/dashboards/*.json from DASHBOARDS below: one place defines every panel's
+  PromQL; docker-compose and Kubernetes provision the JSON, the render command draws the
+  same panels to PNG, and the tests check every expression against a real Prometheus;
+- deploy/k8s/base/prometheus-rule.yaml: the alert rules of deploy/prometheus/alerts.yml as a
+  Prometheus Operator ``PrometheusRule``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import json
 from pathlib import Path
 
 HERE = Path(__file__).parent
+ALERTS = HERE / "prometheus" / "alerts.yml"
+RULE = HERE / "k8s" / "base" / "prometheus-rule.yaml"
 R = "[1m]"
 
 DASHBOARDS: dict[str, dict] = {
@@ -105,11 +109,21 @@ def grafana(uid: str, spec: dict) -> dict:
             "panels": panels}
 
 
-def render_all() -> dict[str, str]:
-    return {f"{uid}.json": json.dumps(grafana(uid, spec), indent=2) + "\n" for uid, spec in DASHBOARDS.items()}
+def render_all() -> dict[Path, str]:
+    """Every generated file and the text it must hold."""
+    import yaml
+
+    out = {HERE / "grafana" / "dashboards" / f"{uid}.json": json.dumps(grafana(uid, spec), indent=2) + "\n"
+           for uid, spec in DASHBOARDS.items()}
+    rule = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+            "metadata": {"name": "fencex", "labels": {"release": "kube-prometheus-stack"}},
+            "spec": yaml.safe_load(ALERTS.read_text())}
+    out[RULE] = "# Generated from deploy/prometheus/alerts.yml by deploy/build.py: edit those, not this.\n" + \
+        yaml.safe_dump(rule, sort_keys=False, width=200)
+    return out
 
 
 if __name__ == "__main__":
-    for name, text in render_all().items():
-        (HERE / "dashboards" / name).write_text(text)
-        print(f"wrote deploy/grafana/dashboards/{name}")
+    for path, text in render_all().items():
+        path.write_text(text)
+        print(f"wrote {path.relative_to(HERE.parent)}")

@@ -28,6 +28,7 @@ import orjson
 from confluent_kafka import Consumer, Producer
 
 from fencex.herd import Herd, pastures
+from fencex.herd import records as herd_records
 from fencex.kafka.admin import ensure_topics
 from fencex.localserver import free_port, start_broker, start_redis
 from fencex.store.redis import RedisStore
@@ -77,47 +78,42 @@ class Bench:
         await store.register_devices(self.herd.tenants())
         await store.close()
 
-    def fix_batches(self, total: int, base_ms: int):
-        """Whole herd steps: every collar one fix per step, time-lapsed one second a step."""
-        n = len(self.herd.ids)
-        made = 0
-        while made < total:
-            lon, lat = self.herd.step()
-            ts = base_ms + self.step * 1000
-            self.step += 1
-            k = min(n, total - made)
-            yield [{"device_id": d, "ts": ts, "lon": round(x, 7), "lat": round(y, 7)}
-                   for d, x, y in zip(self.herd.ids[:k], lon[:k].tolist(), lat[:k].tolist())]
-            made += k
-
     def producer(self) -> Producer:
         return Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 20, "compression.type": "lz4",
                          "batch.num.messages": 10000, "queue.buffering.max.messages": 2_000_000,
                          "queue.buffering.max.kbytes": 2_097_152, "message.max.bytes": 10_000_000})
 
     def backlog(self, topic: str, total: int, pack: int) -> int:
+        """``total`` fixes, ``pack`` consecutive fixes of one collar to a record, time-lapsed a second a step."""
         p = self.producer()
-        records = 0
-        base = int(time.time() * 1000) - 10_000_000 + self.step * 1000
-        for fixes in self.fix_batches(total, base):
-            for k in range(0, len(fixes), pack):
-                chunk = fixes[k:k + pack]
-                value = orjson.dumps(chunk if pack > 1 else chunk[0])
+        sent = records = 0
+        n = len(self.herd.ids)
+        block = max(1, min(n, 20_000 // pack))
+        cursor = 0
+        while sent < total:
+            k = min(block, max(1, (total - sent) // pack))
+            idx = np.arange(cursor, cursor + k) % n
+            cursor = (cursor + k) % n
+            base = int(time.time() * 1000) - 10_000_000 + self.step * 1000
+            self.step += pack
+            for key, fixes in herd_records(self.herd, idx, pack, base):
+                value = orjson.dumps(fixes if pack > 1 else fixes[0])
                 while True:
                     try:
-                        p.produce(topic, value, key=chunk[0]["device_id"])
+                        p.produce(topic, value, key=key)
                         break
                     except BufferError:
                         p.poll(0.05)
                 records += 1
+                sent += len(fixes)
             p.poll(0)
         p.flush(60)
         return records
 
-    def start_worker(self, topic: str, tag: str, events: str = "fence-events") -> int:
+    def start_worker(self, topic: str, tag: str, events: str = "fence-events", group: str | None = None) -> int:
         port = free_port()
         env = dict(os.environ, FENCEX_KAFKA_BOOTSTRAP=self.bootstrap, FENCEX_REDIS_URL=self.redis_url,
-                   FENCEX_LOCATIONS_TOPIC=topic, FENCEX_EVENTS_TOPIC=events, FENCEX_GROUP_ID=f"bench-{tag}", FENCEX_HISTORY_GROUP=f"bench-h-{tag}",
+                   FENCEX_LOCATIONS_TOPIC=topic, FENCEX_EVENTS_TOPIC=events, FENCEX_GROUP_ID=group or f"bench-{tag}", FENCEX_HISTORY_GROUP=f"bench-h-{tag}",
                    FENCEX_WEB_PORT=str(port), FENCEX_SESSION_TIMEOUT_S="6", FENCEX_DATADIR=f"/tmp/fencex-bench-{tag}",
                    FENCEX_LOG_LEVEL=os.environ.get("BENCH_WORKER_LOG", "warn"))
         with (self.out / "logs" / f"worker-{tag}.log").open("wb") as log:

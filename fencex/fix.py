@@ -156,3 +156,11 @@ def parse_record(raw: bytes, fixes: list[Fix], rejected: list[Rejected]) -> None
         fixes.append(fix_from_obj(obj))
     except InvalidFix as exc:
         rejected.append(Rejected(reason_of(str(exc)), str(exc), raw))
+
+
+def fix_json(fix: Fix) -> bytes:
+    """One fix as a record value (epoch milliseconds), for sending it on."""
+    obj: dict[str, Any] = {"device_id": fix.device_id, "ts": fix.ts_ms, "lon": fix.lon, "lat": fix.lat}
+    if fix.extra:
+        obj.update(fix.extra)
+    return orjson.dumps(obj)

@@ -79,3 +79,17 @@ class Herd:
         lat += (self.home_lat[idx] - lat) * pull + self.rng.normal(0, 0.09 * self.roam, k) * CELL_LAT
         self.lon[idx], self.lat[idx] = lon, lat
         return lon, lat
+
+
+def records(herd: Herd, idx: np.ndarray, pack: int, base_ms: int, step_ms: int = 1000) -> list[tuple[str, list[dict]]]:
+    """``pack`` steps of the animals ``idx``, as one record per animal holding its own fixes
+    (a collar uploading its buffered track), keyed by its id: a device's fixes always travel
+    under its own key, so they reach one partition, in order."""
+    tracks: list[list[dict]] = [[] for _ in range(len(idx))]
+    ids = herd.ids
+    for k in range(pack):
+        lon, lat = herd.step(idx)
+        ts = base_ms + k * step_ms
+        for track, i, x, y in zip(tracks, idx.tolist(), lon.tolist(), lat.tolist()):
+            track.append({"device_id": ids[i], "ts": ts, "lon": round(x, 7), "lat": round(y, 7)})
+    return [(ids[i], t) for i, t in zip(idx.tolist(), tracks)]

@@ -48,6 +48,8 @@ class PushMetrics:
         self.store_errors = Counter("fencex_store_errors_total", "Redis errors seen by the worker", registry=registry)
         self.broker_errors = Counter("fencex_broker_errors_total", "Broker errors seen by the worker", registry=registry)
         self.reconnects = Counter("fencex_reconnects_total", "Reconnections after an error, by server", ["server"], registry=registry)
+        self.rerouted = Counter("fencex_fixes_rerouted_total", "Fixes packed under another device's key, sent back "
+                                "to the topic under their own", registry=registry)
         self.rebalances = Counter("fencex_rebalances_total", "Partition assignments received", registry=registry)
         for reason in ("not_json", "bad_device_id", "bad_ts", "bad_lon", "bad_lat", "bad_fix", "out_of_order"):
             self.fixes_dropped.labels(reason)

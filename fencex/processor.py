@@ -36,7 +36,7 @@ from fencex.errors import BrokerUnavailable, StoreUnavailable, Unavailable
 from fencex.event import Event
 from fencex.fence import DEFAULT_TENANT
 from fencex.follower import FenceFollower
-from fencex.fix import Fix, Rejected, parse_record
+from fencex.fix import Fix, Rejected, fix_json, parse_record
 from fencex.index import FenceIndex
 from fencex.kafka.consumer import BatchConsumer
 from fencex.kafka.producer import Producer
@@ -261,11 +261,22 @@ class Processor:
         rejected: list[Rejected] = []
         dead: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = []
         records = 0
+        reroute: list[Fix] = []
         for tp, recs in batches.items():
             p = tp.partition
             for r in recs:
                 n, nrej = len(fixes), len(rejected)
                 parse_record(r.value if r.value is not None else b"", fixes, rejected)
+                if len(fixes) > n:
+                    key = r.key.decode("utf-8", "replace") if r.key is not None else None
+                    if key is None or any(f.device_id != key for f in fixes[n:]):
+                        # A device's fixes must all arrive on its own key's partition, or two workers
+                        # could hold its state at once. Fixes packed under another key (a gateway's,
+                        # or none) go back to the topic under their device's key, then count there.
+                        mine = [f for f in fixes[n:] if f.device_id == key]
+                        reroute.extend(f for f in fixes[n:] if f.device_id != key)
+                        del fixes[n:]
+                        fixes.extend(mine)
                 fix_partition.extend([p] * (len(fixes) - n))
                 for rj in rejected[nrej:]:
                     dead.append((r.key, rj.raw, [("reason", rj.reason.encode()), ("detail", rj.detail.encode()),
@@ -276,6 +287,9 @@ class Processor:
                     await asyncio.sleep(0)
             records += len(recs)
         await self._apply(fixes, fix_partition, rejected, dead)
+        if reroute:
+            await self.producer.send(self.topics.locations, ((f.device_id.encode(), fix_json(f), None) for f in reroute))
+            self.metrics.rerouted.inc(len(reroute))
         # only now is the whole batch applied: its offsets join the next commit
         for tp, recs in batches.items():
             self._pending_offsets[tp] = recs[-1].offset + 1

@@ -1,7 +1,7 @@
 """python -m services.simulator: a herd grazing across its pastures, publishing GPS fixes.
 
 Fixes go to ``locations`` with confluent-kafka, keyed by device id, one per
-record or packed ``--pack`` to a record. ``--setup`` first draws the pastures and
+record or ``--pack`` consecutive fixes of one collar to a record (its buffered track). ``--setup`` first draws the pastures and
 registers the collars to their farms in Redis.
 """
 
@@ -17,6 +17,7 @@ from confluent_kafka import Producer
 
 from fencex.errors import FencexError
 from fencex.herd import Herd, pastures
+from fencex.herd import records as herd_records
 from fencex.kafka.admin import ensure_topics
 from fencex.store.redis import RedisStore
 from services.simulator.settings import Settings
@@ -53,6 +54,7 @@ def run(settings: Settings) -> int:
     started = time.monotonic()
     sent = records = 0
     cursor = 0
+    last_ts = 0
     last_report = started
     try:
         while True:
@@ -67,21 +69,21 @@ def run(settings: Settings) -> int:
             if due <= 0:
                 time.sleep(tick / 2)
                 continue
-            idx = (np.arange(cursor, cursor + due) % n)
-            cursor = (cursor + due) % n
-            lon, lat = herd.step(idx)
-            ts = int(time.time() * 1000)
-            fixes = [{"device_id": herd.ids[i], "ts": ts, "lon": round(float(x), 7), "lat": round(float(y), 7)}
-                     for i, x, y in zip(idx.tolist(), lon.tolist(), lat.tolist())]
-            for k in range(0, len(fixes), pack):
-                chunk = fixes[k:k + pack]
+            k = max(1, due // pack)
+            idx = np.arange(cursor, cursor + k) % n
+            cursor = (cursor + k) % n
+            base = max(int(time.time() * 1000), last_ts + 1)
+            last_ts = base + pack - 1
+            batch = herd_records(herd, idx, pack, base, step_ms=1)
+            fixes = [f for _, track in batch for f in track]
+            for key, track in batch:
                 records += 1
-                value = orjson.dumps(chunk if pack > 1 else chunk[0])
+                value = orjson.dumps(track if pack > 1 else track[0])
                 if settings.bad_every and records % settings.bad_every == 0:
                     value = b'{"device_id": "broken", "lat": 91}'
                 while True:
                     try:
-                        producer.produce(settings.locations_topic, value, key=chunk[0]["device_id"])
+                        producer.produce(settings.locations_topic, value, key=key)
                         break
                     except BufferError:
                         producer.poll(0.05)

@@ -18,7 +18,7 @@ class Settings(BaseSettings):
     fences: int = Field(100, description="pasture fences to draw (with --setup)")
     devices: int = Field(200, description="animals in the herd")
     rate: float = Field(200.0, description="fixes per second (0: as fast as possible)")
-    pack: int = Field(1, description="fixes per Kafka record (a gateway packs many)")
+    pack: int = Field(1, description="fixes per Kafka record: a collar's buffered track, keyed by the collar")
     duration_s: float = Field(0.0, description="stop after this long (0: run until stopped)")
     total: int = Field(0, description="stop after this many fixes (0: no limit)")
     seed: int = 1

@@ -186,3 +186,17 @@ def test_sigkill_loses_no_event(live):
     assert not missing, f"{len(missing)} of {len(expected)} events lost"
     assert set(seen) == expected  # and nothing that should not be there
     print(f"\nSIGKILL: {len(expected)} events expected, {len(seen)} received, {len(seen) - len(set(seen))} duplicates")
+
+
+def test_fixes_packed_under_another_key_are_rerouted_to_their_devices_partition(live):
+    """A gateway packs fixes of several collars under its own key: each fix is sent back to the topic
+    under its device's key, so a device is only ever processed from one partition."""
+    run(_seed(live, [Fence(id="north", tenant="farm", geometry=SQUARE)], {"cow-1": "farm", "cow-2": "farm"}))
+    proc, port = live.start_worker()
+    wait_ready(port, proc)
+    packed = [fix("cow-1", T0, INSIDE), fix("cow-2", T0, INSIDE), fix("cow-2", T0 + 1000, OUTSIDE)]
+    live.produce([("gateway-7", orjson.dumps(packed))])
+    events = events_of(read(live.consumer(live.events), lambda got: len(got) >= 3))
+    assert sorted((e["device_id"], e["type"]) for e in events) == [("cow-1", "enter"), ("cow-2", "enter"), ("cow-2", "exit")]
+    time.sleep(1.0)
+    assert metric(port, "fencex_fixes_rerouted_total") == 3

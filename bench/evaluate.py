@@ -86,7 +86,6 @@ class Evaluation(Bench):
             p = self.producer()
             n = len(self.herd.ids)
             sent, cursor, started = 0, 0, time.monotonic()
-            last_ts = 0
             while time.monotonic() - started < seconds and not (stop and stop.is_set()):
                 due = int((time.monotonic() - started) * rate) - sent
                 if due < pack:
@@ -95,8 +94,8 @@ class Evaluation(Bench):
                 k = min(due // pack, 2_000)
                 idx = np.arange(cursor, cursor + k) % n
                 cursor = (cursor + k) % n
-                base = max(int(time.time() * 1000), last_ts + 1)  # each device's fixes strictly newer
-                last_ts = base + pack - 1
+                # a collar's buffered track ending now, a millisecond a fix, newer than its last
+                base = self.bases(idx, int(time.time() * 1000) - (pack - 1), pack, 1)
                 for key, fixes in herd_records(self.herd, idx, pack, base, step_ms=1):
                     if record is not None:
                         record.extend(fixes)
@@ -272,24 +271,26 @@ class Evaluation(Bench):
         out = []
         for n in workers:
             tag = f"scale-{n}-{int(time.time())}"
+            prefix = f"scale{n}"  # fresh device state each time: the same fixes, none of them stale
+            asyncio.run(self.seed(prefix))
             ports = []
             for i in range(n):  # one consumer group: the partitions are shared out
-                ports.append(self.start_worker(topic, f"{tag}-{i}", group=tag))
+                ports.append(self.start_worker(topic, f"{tag}-{i}", group=tag, prefix=prefix))
             samples = []
             deadline = time.monotonic() + 600
             while time.monotonic() < deadline:
                 done = sum(metric(p, "fencex_fixes_consumed_total") for p in ports)
-                samples.append((time.monotonic(), done))
+                samples.append((time.monotonic(), sum(metric(p, "fencex_fixes_processed_total") for p in ports)))
                 if done >= fixes:
                     break
                 time.sleep(0.1)
             self.stop_workers()
-            first = next(s for s in samples if s[1] >= 0.05 * fixes)
+            first = next((s for s in samples if s[1] >= 0.05 * fixes), samples[0])
             rate = (samples[-1][1] - first[1]) / max(samples[-1][0] - first[0], 1e-9)
             say(f"  {n} worker(s): {rate:,.0f} fixes/s")
             out.append({"workers": n, "fixes_per_s": rate})
         for row in out:
-            row["speedup"] = row["fixes_per_s"] / out[0]["fixes_per_s"]
+            row["speedup"] = row["fixes_per_s"] / out[0]["fixes_per_s"] if out[0]["fixes_per_s"] else float("nan")
         return out
 
 
@@ -422,6 +423,17 @@ def report(results: dict, out: Path) -> Path:
               "## Strong scalability", "", "| workers | fixes/s | speed-up |", "| --- | --- | --- |"]
     for r in results["scalability"]:
         lines.append(f"| {r['workers']} | {r['fixes_per_s']:,.0f} | {r['speedup']:.2f} |")
+    pg = results.get("postgis")
+    if pg:
+        lines += ["", "## The baseline: PostGIS", "",
+                  f"The same {pg['fences']:,} fences in {pg['version']} with a GiST index, measured in this run:", "",
+                  "| lookup | PostGIS | fencex |", "| --- | --- | --- |",
+                  f"| one point, 1 client | {pg['point_per_s_1_clients']:,.0f}/s | "
+                  f"{pl['point'][0]['requests_per_s']:,.0f}/s over HTTP ({pl['point'][0]['connections']} connection(s)) |",
+                  f"| one point, 4 clients | {pg['point_per_s_4_clients']:,.0f}/s | {best_pull['requests_per_s']:,.0f}/s "
+                  f"over HTTP (best concurrency) |",
+                  f"| batched | {pg['batch_points_per_s']:,.0f} points/s (1,000 a statement) | "
+                  f"{pl['batch']['points_per_s']:,.0f} points/s ({pl['batch']['points']:,} a request) |"]
     lines += ["", "Two worker processes share two cores with the broker, Redis and the load generator, so the "
               "speed-up measures contention as much as the design; on separate machines each worker has a core.", "",
               "![scalability](scalability.png)", ""]
@@ -435,6 +447,8 @@ def main() -> int:
     ap.add_argument("--tiny", action="store_true", help="a small, quick run (the test suite's)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default="out/eval")
+    ap.add_argument("--with-postgis", action="store_true",
+                    help="also run the lookups through PostGIS (installs Debian's postgresql-15-postgis-3 if missing)")
     a = ap.parse_args()
     tiny = a.tiny
     cfg = argparse.Namespace(fences=500 if tiny else 10_000, devices=1_000 if tiny else 20_000, seed=a.seed,
@@ -454,10 +468,18 @@ def main() -> int:
         results["push_sweep"] = ev.push_sweep(rates, 4 if tiny else 12, pack=20)
         results["availability"] = ev.availability(2_000 if tiny else 20_000, 16 if tiny else 40,
                                                   kill_at=5 if tiny else 12, restart_after=3 if tiny else 6, pack=20)
-        results["scalability"] = ev.scalability(60_000 if tiny else 3_000_000, 20, [1, 2])
+        results["scalability"] = ev.scalability(300_000 if tiny else 3_000_000, 20, [1, 2])
     finally:
         ev.close()
     results["pull"] = pull(out, tiny, cfg.fences)
+    if a.with_postgis:
+        from bench import postgis
+
+        if postgis.install():
+            say("postgis baseline: the same fences and lookups through PostGIS with a GiST index")
+            results["postgis"] = postgis.run(cfg.fences, a.seed, 3 if tiny else 10, 10_000 if tiny else 100_000)
+        else:
+            say("postgis baseline skipped: not installed and cannot install (apt-get install postgresql-15-postgis-3)")
     (out / "results.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY,
                                                      default=float))
     for p in plots(results, out):

@@ -61,6 +61,15 @@ class Bench:
         self.herd = Herd(args.devices, self.fences, args.seed)
         self.step = 0
         self.workers: list[subprocess.Popen] = []
+        # every device's last fix time: each new fix is strictly newer, whatever phase made the last
+        self.last_ts = np.zeros(len(self.herd.ids), dtype=np.int64)
+        self.origin_ms = int(time.time() * 1000) - 10_000_000
+
+    def bases(self, idx: np.ndarray, wanted_ms: int | np.ndarray, pack: int, step_ms: int) -> np.ndarray:
+        """First fix time per device: ``wanted_ms`` unless that is not newer than its last fix."""
+        base = np.maximum(wanted_ms, self.last_ts[idx] + 1)
+        self.last_ts[idx] = base + (pack - 1) * step_ms
+        return base
 
     def close(self) -> None:
         for w in self.workers:
@@ -70,8 +79,8 @@ class Bench:
         self.redis.stop()
         self.broker.stop()
 
-    async def seed(self) -> None:
-        store = RedisStore(self.redis_url)
+    async def seed(self, prefix: str = "fx") -> None:
+        store = RedisStore(self.redis_url, prefix)
         await store.connect()
         for start in range(0, len(self.fences), 2000):
             await store.put_fences(self.fences[start:start + 2000])
@@ -94,7 +103,7 @@ class Bench:
             k = min(block, max(1, (total - sent) // pack))
             idx = np.arange(cursor, cursor + k) % n
             cursor = (cursor + k) % n
-            base = int(time.time() * 1000) - 10_000_000 + self.step * 1000
+            base = self.bases(idx, self.origin_ms + self.step * 1000, pack, 1000)  # time-lapse: a second a step
             self.step += pack
             for key, fixes in herd_records(self.herd, idx, pack, base):
                 value = orjson.dumps(fixes if pack > 1 else fixes[0])
@@ -110,9 +119,10 @@ class Bench:
         p.flush(60)
         return records
 
-    def start_worker(self, topic: str, tag: str, events: str = "fence-events", group: str | None = None) -> int:
+    def start_worker(self, topic: str, tag: str, events: str = "fence-events", group: str | None = None,
+                     prefix: str = "fx") -> int:
         port = free_port()
-        env = dict(os.environ, FENCEX_KAFKA_BOOTSTRAP=self.bootstrap, FENCEX_REDIS_URL=self.redis_url,
+        env = dict(os.environ, FENCEX_KEY_PREFIX=prefix, FENCEX_KAFKA_BOOTSTRAP=self.bootstrap, FENCEX_REDIS_URL=self.redis_url,
                    FENCEX_LOCATIONS_TOPIC=topic, FENCEX_EVENTS_TOPIC=events, FENCEX_GROUP_ID=group or f"bench-{tag}", FENCEX_HISTORY_GROUP=f"bench-h-{tag}",
                    FENCEX_WEB_PORT=str(port), FENCEX_SESSION_TIMEOUT_S="6", FENCEX_DATADIR=f"/tmp/fencex-bench-{tag}",
                    FENCEX_LOG_LEVEL=os.environ.get("BENCH_WORKER_LOG", "warn"))
@@ -143,8 +153,8 @@ class Bench:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             done = metric(port, "fencex_fixes_consumed_total")
-            if done:
-                samples.append((time.monotonic(), done))
+            if done:  # the rate counts fixes applied, not ones dropped as stale or bad
+                samples.append((time.monotonic(), metric(port, "fencex_fixes_processed_total")))
             if done >= total:
                 break
             if len(samples) % 20 == 1:
@@ -152,17 +162,18 @@ class Bench:
             time.sleep(0.1)
         events = sum(metric(port, f'fencex_events_published_total{{type="{t}"}}') for t in ("enter", "exit", "dwell"))
         inside = metric(port, "fencex_fence_intersections_total")
+        stale = metric(port, 'fencex_fixes_dropped_total{reason="out_of_order"}')
         tests = metric(port, "fencex_point_tests_total")
         self.stop_workers()
         # rate over the steady part: from the first sample past 5 % to the last
-        t0 = next((ts, n) for ts, n in samples if n >= 0.05 * total)
+        t0 = next(((ts, n) for ts, n in samples if n >= 0.05 * total), samples[0])
         t1 = samples[-1]
         if t1[1] - t0[1] < 0.5 * total:
             say(f"{name}: warning, the drain was too short to time well; use more fixes")
         rate = (t1[1] - t0[1]) / max(t1[0] - t0[0], 1e-9)
         result = {"fixes": total, "records": records, "pack": pack, "fixes_per_s": rate, "records_per_s": rate / pack,
                   "events": events, "events_per_s": events / max(t1[0] - samples[0][0], 1e-9) if samples else 0,
-                  "intersections_per_s": rate * inside / max(total, 1), "point_tests": tests,
+                  "intersections_per_s": rate * inside / max(total, 1), "point_tests": tests, "stale": stale,
                   "timeline": [(ts - samples[0][0], n) for ts, n in samples]}
         say(f"{name}: {rate:,.0f} fixes/s ({rate / pack:,.0f} records/s), {events:,.0f} events")
         return result

@@ -81,15 +81,18 @@ class Herd:
         return lon, lat
 
 
-def records(herd: Herd, idx: np.ndarray, pack: int, base_ms: int, step_ms: int = 1000) -> list[tuple[str, list[dict]]]:
+
+def records(herd: Herd, idx: np.ndarray, pack: int, base_ms: int | np.ndarray,
+            step_ms: int = 1000) -> list[tuple[str, list[dict]]]:
     """``pack`` steps of the animals ``idx``, as one record per animal holding its own fixes
     (a collar uploading its buffered track), keyed by its id: a device's fixes always travel
-    under its own key, so they reach one partition, in order."""
+    under its own key, so they reach one partition, in order. ``base_ms``: the first fix's
+    time, one for all or one per animal."""
+    bases = np.broadcast_to(np.asarray(base_ms, dtype=np.int64), (len(idx),)).tolist()
     tracks: list[list[dict]] = [[] for _ in range(len(idx))]
     ids = herd.ids
     for k in range(pack):
         lon, lat = herd.step(idx)
-        ts = base_ms + k * step_ms
-        for track, i, x, y in zip(tracks, idx.tolist(), lon.tolist(), lat.tolist()):
-            track.append({"device_id": ids[i], "ts": ts, "lon": round(x, 7), "lat": round(y, 7)})
+        for track, base, i, x, y in zip(tracks, bases, idx.tolist(), lon.tolist(), lat.tolist()):
+            track.append({"device_id": ids[i], "ts": base + k * step_ms, "lon": round(x, 7), "lat": round(y, 7)})
     return [(ids[i], t) for i, t in zip(idx.tolist(), tracks)]

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 from pydantic import SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.settings import ServiceSettings
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FENCEX_", frozen=True)
-
-    kafka_bootstrap: str = "127.0.0.1:9092"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    key_prefix: str = "fx"
-    locations_topic: str = "locations"
+class Settings(ServiceSettings):
     admin_key: SecretStr = SecretStr("")  # empty: the admin endpoints are off
     default_tenant: str = "default"
     max_vertices: int = 10_000
@@ -24,4 +19,3 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = 8000
     workers: int = 1  # API processes (granian workers)
-    log_level: str = "info"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from fencex import heap
 from fencex.follower import FenceFollower
 from fencex.kafka.producer import Producer
 from fencex.metrics import process_collectors
@@ -77,11 +77,7 @@ class ApiState:
                 await self.store.close()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-        # Fences and the index live as long as the process: out of the collector's sight. A batch
-        # query makes 300,000 objects in orjson.loads; default thresholds made that 6x slower.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(100_000, 50, 1000)
+        heap.settle()  # fences and the index are loaded: out of the collector's sight
         self.ready = True
         log.info("api ready: %d fences in the index", len(self.follower.index))
 

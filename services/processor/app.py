@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 
 import faust
@@ -19,6 +18,7 @@ import orjson
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, disable_created_metrics, generate_latest
 
+from fencex import heap
 from fencex.errors import Unavailable
 from fencex.kafka.consumer import BatchConsumer
 from fencex.kafka.producer import Producer
@@ -49,12 +49,7 @@ class PushService(Service):
                 log.warning("waiting for servers: %s (retrying in %.0f s)", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-        # The fences and device states loaded so far live as long as the worker: move them out of
-        # the collector's sight, and collect the young generation less often. The hot path allocates
-        # a few objects per fix; with default thresholds, collections cost about 15 % of its time.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(100_000, 50, 1000)
+        heap.settle()  # fences and device states are loaded: out of the collector's sight
         self.ready = True
 
     @Service.task

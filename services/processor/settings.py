@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from services.settings import ServiceSettings
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FENCEX_", frozen=True)
-
-    kafka_bootstrap: str = "127.0.0.1:9092"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    key_prefix: str = "fx"
-    locations_topic: str = "locations"
+class Settings(ServiceSettings):
     events_topic: str = "fence-events"
     dlq_topic: str = "locations.dlq"
     partitions: int = 12
@@ -25,5 +19,4 @@ class Settings(BaseSettings):
     web_port: int = 6066
     default_tenant: str = "default"
     history_maxlen: int = 10_000
-    log_level: str = "info"
     datadir: str = "/tmp/fencex-processor"

@@ -54,7 +54,7 @@ def run(settings: Settings) -> int:
     started = time.monotonic()
     sent = records = 0
     cursor = 0
-    last_ts = 0
+    last_ts = np.zeros(n, dtype=np.int64)
     last_report = started
     try:
         while True:
@@ -72,8 +72,9 @@ def run(settings: Settings) -> int:
             k = max(1, due // pack)
             idx = np.arange(cursor, cursor + k) % n
             cursor = (cursor + k) % n
-            base = max(int(time.time() * 1000), last_ts + 1)
-            last_ts = base + pack - 1
+            # each collar's track ends now, a millisecond a fix, and is newer than its last one
+            base = np.maximum(int(time.time() * 1000) - (pack - 1), last_ts[idx] + 1)
+            last_ts[idx] = base + pack - 1
             batch = herd_records(herd, idx, pack, base, step_ms=1)
             fixes = [f for _, track in batch for f in track]
             for key, track in batch:

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from services.settings import ServiceSettings
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FENCEX_", frozen=True, cli_parse_args=True, cli_prog_name="simulator",
+class Settings(ServiceSettings):
+    model_config = SettingsConfigDict(cli_parse_args=True, cli_prog_name="simulator",
                                       cli_kebab_case=True, cli_implicit_flags=True)
 
-    kafka_bootstrap: str = "127.0.0.1:9092"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    key_prefix: str = "fx"
-    locations_topic: str = "locations"
     partitions: int = 12
     fences: int = Field(100, description="pasture fences to draw (with --setup)")
     devices: int = Field(200, description="animals in the herd")

@@ -17,12 +17,17 @@ from fencex.index import FenceIndex
 
 def main() -> int:
     rng = np.random.default_rng(1)
-    print(f"{'fences':>8} {'build s':>8} {'batch points/s':>15} {'one-point lookups/s':>20}")
+    print(f"{'fences':>8} {'build s':>8} {'rebuild s':>9} {'batch points/s':>15} {'one-point lookups/s':>20}")
     for n in (10_000, 100_000):
         fences = pastures(n, 1)
         started = time.perf_counter()
         index = FenceIndex(fences)
         build = time.perf_counter() - started
+        changed = list(fences)
+        changed[0] = changed[0].model_copy(update={"version": 2})
+        started = time.perf_counter()
+        FenceIndex(changed, 1, previous=index)  # what a worker does when one fence changes
+        rebuild = time.perf_counter() - started
         side = int(np.ceil(np.sqrt(n)))
         lons = ORIGIN_LON + rng.uniform(0, side * CELL_LON, 200_000)
         lats = ORIGIN_LAT + rng.uniform(0, side * CELL_LAT, 200_000)
@@ -38,7 +43,7 @@ def main() -> int:
         for x, y, t in zip(lons[:50_000].tolist(), lats[:50_000].tolist(), all_tenants[:50_000]):
             index.containing(t, x, y)
         scalar = 50_000 / (time.perf_counter() - started)
-        print(f"{n:>8,} {build:>8.2f} {batch:>15,.0f} {scalar:>20,.0f}   ({inside / len(lons):.0%} of points inside a fence)")
+        print(f"{n:>8,} {build:>8.2f} {rebuild:>9.2f} {batch:>15,.0f} {scalar:>20,.0f}   ({inside / len(lons):.0%} of points inside a fence)")
     return 0
 
 

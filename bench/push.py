@@ -45,7 +45,9 @@ def metric(port: int, name: str) -> float:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
     except httpx.HTTPError:
         return 0.0
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " "))
+    # the sum over a metric's series: "name value" or "name{labels} value"
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + " ") or (line.startswith(name + "{") and "{" not in name))
 
 
 class Bench:

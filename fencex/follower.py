@@ -71,7 +71,7 @@ class FenceFollower:
         self.applied += len(changes)
         if not fence_ids:
             return False
-        self.index = await asyncio.to_thread(FenceIndex, list(self.fences.values()), self.applied)
+        self.index = await asyncio.to_thread(FenceIndex, list(self.fences.values()), self.applied, self.index)
         log.info("fence index rebuilt: %d fences (%d changed) in %.3f s", len(self.index), len(fence_ids),
                  self.index.build_seconds)
         if self.on_index is not None:

@@ -96,7 +96,10 @@ def grow(geom: BaseGeometry, metres: float) -> BaseGeometry:
 class FenceIndex:
     """All fences of all tenants, for batch point lookups. Immutable once built."""
 
-    def __init__(self, fences: Iterable[Fence], version: int = 0) -> None:
+    def __init__(self, fences: Iterable[Fence], version: int = 0, previous: "FenceIndex | None" = None) -> None:
+        """``previous``: the snapshot this one replaces; its geometries of unchanged fences
+        (same id, tenant and version) are reused instead of converted from GeoJSON again,
+        which is most of the cost of a rebuild."""
         started = time.perf_counter()
         self.version = version
         self.fences: tuple[Fence, ...] = tuple(sorted(fences, key=lambda f: (f.tenant, f.id)))
@@ -104,7 +107,14 @@ class FenceIndex:
         self._tenant_code: dict[str, int] = {}
         codes = [self._tenant_code.setdefault(f.tenant, len(self._tenant_code)) for f in self.fences]
         self._codes = np.asarray(codes, dtype=np.int32)
-        self._geoms = np.asarray([f.shape() for f in self.fences], dtype=object) if self.fences else np.empty(0, dtype=object)
+        known = previous._shapes if previous is not None else {}
+        self._shapes: dict[tuple[str, str, int], BaseGeometry] = {}
+        shapes = []
+        for f in self.fences:
+            key = (f.id, f.tenant, f.version)
+            geom = self._shapes[key] = known.get(key) or f.shape()
+            shapes.append(geom)
+        self._geoms = np.asarray(shapes, dtype=object) if shapes else np.empty(0, dtype=object)
         shapely.prepare(self._geoms)
         self._grid, self._big_rows, self._big_tree = self._partition(self._geoms)
         buffered = [i for i, f in enumerate(self.fences) if f.exit_buffer_m]

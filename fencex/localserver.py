@@ -173,6 +173,7 @@ def start_prometheus(config: Path, port: int | None = None, logdir: Path | None 
         raise ServerStartError("prometheus is not installed: apt-get install prometheus (Debian's package)")
     port = port or free_port()
     workdir = Path(tempfile.mkdtemp(prefix="fencex-prometheus-"))
+    config = Path(config).resolve()  # prometheus runs in its own working directory
     argv = [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir}", f"--web.listen-address={HOST}:{port}",
             "--storage.tsdb.retention.time=1d"]
     return _start("prometheus", argv, port, logdir, timeout, workdir=workdir)

@@ -102,3 +102,12 @@ def test_scalar_lookup_matches_batch_lookup(boxes, points):
     for (x, y), rows in zip(points, batch):
         assert sorted(f.id for f in index.containing("farm", x, y)) == ids(index, rows)
     assert index.containing("nobody", points[0][0], points[0][1]) == []
+
+
+def test_rebuild_reuses_unchanged_geometries_and_takes_changes():
+    old = FenceIndex([fence("a"), fence("b", lon=LON0 + 0.1)])
+    moved = fence("b", lon=LON0 + 0.2, version=2)
+    new = FenceIndex([fence("a"), moved], previous=old)
+    assert new._shapes[("a", "farm", 1)] is old._shapes[("a", "farm", 1)]  # reused, not converted again
+    assert ids(new, new.lookup([LON0 + 0.205], [LAT0 + 0.005], "farm")[0]) == ["b"]
+    assert new.lookup([LON0 + 0.105], [LAT0 + 0.005], "farm")[0] == ()

@@ -142,15 +142,15 @@ def start_broker(port: int | None = None, logdir: Path | None = None, timeout: f
 
 
 def _wait_kafka(server: Server, timeout: float) -> None:
-    from confluent_kafka.admin import AdminClient
+    from fencex.errors import BrokerUnavailable
+    from fencex.kafka.admin import check_broker
 
-    admin = AdminClient({"bootstrap.servers": server.address, "socket.timeout.ms": 2000})
     deadline = time.monotonic() + timeout
     while True:
         try:
-            admin.list_topics(timeout=2)
+            check_broker(server.address, timeout=2)
             return
-        except Exception as exc:  # KafkaException; the broker is still coming up
+        except BrokerUnavailable as exc:  # the broker is still coming up
             if time.monotonic() > deadline:
                 server.stop()
                 raise ServerStartError(f"the broker on {server.address} does not answer Kafka requests: {exc}") from exc

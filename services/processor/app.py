@@ -1,6 +1,6 @@
 """The processor: a Faust app. Wiring only; the logic lives in ``fencex``.
 
-- the hot path (fixes -> events) is :class:`fencex.processor.Processor`, run as a
+- the hot path (fixes -> events) is :class:`fencex.stream.processor.Processor`, run as a
   mode service inside the Faust worker: it reads whole batches with aiokafka,
   because Faust's per-event stream measured about 7,000 records/s here;
 - a Faust agent follows ``fence-events`` and keeps each tenant's capped event
@@ -23,7 +23,7 @@ from fencex.errors import Unavailable
 from fencex.kafka.consumer import BatchConsumer
 from fencex.kafka.producer import Producer
 from fencex.metrics import PushMetrics, StateCollector
-from fencex.processor import Processor, Topics
+from fencex.stream.processor import Processor, Topics
 from fencex.store.redis import RedisStore
 from services.processor.settings import Settings
 

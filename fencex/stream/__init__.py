@@ -1,0 +1,1 @@
+"""The stream runtime: the worker loop that ties the Kafka and store adapters to the core."""

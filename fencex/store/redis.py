@@ -257,6 +257,14 @@ class RedisStore:
         return raw.decode() if raw is not None else None
 
     @_guard
+    async def tenants_of(self, device_ids: list[str]) -> dict[str, str | None]:
+        """Each device's registered tenant (None where unregistered)."""
+        if not device_ids:
+            return {}
+        raws = await self.redis.hmget(self.keys.devices, device_ids)
+        return {d: (r.decode() if r is not None else None) for d, r in zip(device_ids, raws)}
+
+    @_guard
     async def load_states(self, device_ids: list[str]) -> dict[str, DeviceState]:
         out: dict[str, DeviceState] = {}
         for start in range(0, len(device_ids), 10_000):

@@ -213,6 +213,10 @@ def test_push_and_pull_together_with_tenant_isolation(live, api):
     assert api.get("/events", headers=api.b).json() == []
     assert api.get("/query/fences", params={"lon": 17.605, "lat": 59.805}, headers=api.b).json()["fences"][0]["id"] == "b-north"
     assert api.post("/query/devices", json={"polygon": SQUARE}, headers=api.b).json() == []
+    moved = api.post("/locations", json={"device_id": "cow-1", "ts": 1_780_000_009_000, "lon": 0.0, "lat": 0.0},
+                     headers=api.b)  # B cannot move A's cow, nor learn that it is A's
+    is_problem(moved, 422, "1 of 1 fixes are invalid")
+    assert "not registered to your farm" in moved.json()["errors"][0]["message"] and moved.json()["accepted"] == 0
     assert not [x for x in b_seen if x.startswith("data:")]  # B's stream never carried A's events
     metrics = httpx.get(f"{api.base_url}/metrics").text
     assert 'fencex_http_requests_total{method="GET",route="/fences/{fence_id}",status="404"}' in metrics

@@ -16,7 +16,7 @@ router = APIRouter(tags=["ingest"])
 
 
 @router.post("/locations", status_code=202, response_model=LocationsAccepted,
-             summary="Send one fix or a list; good ones are produced, bad ones listed",
+             summary="Send one fix or a list of your farm's collars; good ones are produced, bad ones listed",
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                  "example": [{"device_id": "collar-7", "ts": "2026-05-28T20:26:41Z", "lon": 17.605, "lat": 59.805}]}}}},
              responses={422: {"description": "some fixes were invalid: listed; the others were produced"}})
@@ -28,13 +28,21 @@ async def post_locations(request: Request, tenant: Tenant, state: State) -> Resp
     items = body if isinstance(body, list) else [body]
     if len(items) > state.settings.max_fixes_per_request:
         raise Problem(413, f"{len(items)} fixes; the limit is {state.settings.max_fixes_per_request} a request")
-    good, errors = [], []
+    parsed, errors = [], []
     for i, item in enumerate(items):
         try:
-            fix = fix_from_obj(item)
+            parsed.append((i, fix_from_obj(item), item))
         except InvalidFix as exc:
             errors.append({"index": i, "message": str(exc)})
             state.metrics.fixes_rejected.labels(reason_of(str(exc))).inc()
+    # a farm moves only its own collars: the device must be registered to the caller's farm
+    owners = await state.store.tenants_of(sorted({f.device_id for _, f, _ in parsed}))
+    good = []
+    for i, fix, item in parsed:
+        if owners.get(fix.device_id) != tenant:
+            errors.append({"index": i, "message": f"device {fix.device_id!r} is not registered to your farm "
+                                                  f"(PUT /devices/{fix.device_id})"})
+            state.metrics.fixes_rejected.labels("not_your_device").inc()
             continue
         good.append((fix.device_id.encode(), orjson.dumps(item), None))
     if good:

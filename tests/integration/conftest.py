@@ -78,7 +78,7 @@ class Env:
         n = len(self.workers)
         with (self.tmp / f"worker-{n}.log").open("wb") as log:
             proc = subprocess.Popen([sys.executable, "-m", "services.processor"], cwd=ROOT, stdout=log,
-                                    stderr=subprocess.STDOUT,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
                                     env=self.env(FENCEX_WEB_PORT=str(port), FENCEX_DATADIR=str(self.tmp / f"data-{n}"),
                                                  **extra))
         self.workers.append(proc)
@@ -93,7 +93,7 @@ class Env:
             env["FENCEX_REDIS_URL"] = redis_url
         with (self.tmp / f"api-{n}.log").open("wb") as log:
             proc = subprocess.Popen([sys.executable, "-m", "services.api"], cwd=ROOT, stdout=log,
-                                    stderr=subprocess.STDOUT, env=env)
+                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.workers.append(proc)
         return proc, f"http://127.0.0.1:{port}"
 
@@ -138,8 +138,11 @@ def live(broker, redis_server, tmp_path) -> Iterator[Env]:
     ensure_topics(env.bootstrap, {env.locations: 4, env.events: 4, env.dlq: 1})
     yield env
     for w in env.workers:
-        if w.poll() is None:
-            w.send_signal(signal.SIGKILL)
+        # the whole process group: granian's worker processes too, not just their parent
+        try:
+            os.killpg(w.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         w.wait(10)
 
 

@@ -424,7 +424,7 @@ def report(results: dict, out: Path) -> Path:
               "| connections | queries/s | p50 ms | p99 ms |", "| --- | --- | --- | --- |"]
     for r in pl["point"]:
         lines.append(f"| {r['connections']} | {r['requests_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")
-    lines += [f"", f"Batch spatial join: {pl['batch']['points_per_s']:,.0f} points per second "
+    lines += ["", f"Batch spatial join: {pl['batch']['points_per_s']:,.0f} points per second "
               f"({pl['batch']['points']:,} points a request).", "", "![pull](pull.png)", "",
               "## Availability", "",
               f"Two workers at {av['offered_fixes_per_s']:,.0f} fixes/s; worker 0 killed with SIGKILL at "

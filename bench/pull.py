@@ -143,7 +143,7 @@ def main() -> int:
         body = orjson.dumps({"points": pts})
         times = []
         with httpx.Client(base_url=base, headers=auth, timeout=60) as client:
-            for i in range(args.batches):
+            for _ in range(args.batches):
                 t = time.perf_counter()
                 r = client.post("/query/fences", content=body, headers={"content-type": "application/json"})
                 times.append(time.perf_counter() - t)

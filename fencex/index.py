@@ -130,9 +130,6 @@ class FenceIndex:
     def __len__(self) -> int:
         return len(self.fences)
 
-    def tenant_fences(self, tenant: str) -> list[Fence]:
-        return [f for f in self.fences if f.tenant == tenant]
-
     def _codes_of(self, tenants: Sequence[str] | str, n: int) -> np.ndarray:
         if isinstance(tenants, str):
             return np.full(n, self._tenant_code.get(tenants, -1), dtype=np.int32)

@@ -7,7 +7,6 @@ message that says what to do.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -183,8 +182,3 @@ def python() -> str:
     """The interpreter to run services with: this one."""
     return sys.executable
 
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(extra)
-    return env

@@ -59,9 +59,6 @@ class Producer:
         p.poll(0)
         return n
 
-    def pending(self) -> int:
-        return len(self._producer) if self._producer is not None else 0
-
     async def wait_acked(self, timeout: float = 30.0) -> None:
         """Wait until the broker has acknowledged everything queued; raise if any record failed."""
         p = self._producer

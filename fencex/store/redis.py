@@ -312,11 +312,6 @@ class RedisStore:
         if blob is not None:
             await self._save_batch(args=[blob])
 
-    async def save(self, states: Mapping[str, DeviceState], events: Iterable[Event],
-                   new_devices: Mapping[tuple[str, int], list[str]] | None = None) -> None:
-        """Write device states, their positions and memberships in one atomic step."""
-        await self.save_packed(self.pack_save(states, events, new_devices))
-
     @_guard
     async def device_state(self, tenant: str, device_id: str) -> DeviceState:
         raw = await self.redis.get(self.keys.device(device_id))

@@ -28,7 +28,6 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
-import orjson
 from aiokafka import TopicPartition
 
 from fencex.detector import DeviceState

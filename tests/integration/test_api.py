@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from fencex.localserver import free_port, start_redis
-from tests.integration.conftest import ADMIN_KEY, read, events_of, wait_api, wait_ready
+from tests.integration.conftest import ADMIN_KEY, wait_api, wait_ready
 
 pytestmark = pytest.mark.integration
 

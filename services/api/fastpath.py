@@ -17,15 +17,10 @@ from urllib.parse import parse_qsl
 import orjson
 
 from fencex.errors import Unavailable
-from services.api.problem import PROBLEM, TITLES
+from services.api.problem import PROBLEM, problem_body
 from services.api.state import ApiState
 
 POINT_ROUTE = "/query/fences"
-
-
-def _problem_body(status: int, detail: str, instance: str) -> bytes:
-    return orjson.dumps({"type": "about:blank", "title": TITLES.get(status, "Error"), "status": status,
-                         "detail": detail, "instance": instance})
 
 
 class ApiEdge:
@@ -63,7 +58,7 @@ class ApiEdge:
         length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > self._max_body:
             status_box[0] = 413
-            await _respond(send, 413, _problem_body(413, f"the body is {int(length)} bytes; the limit is "
+            await _respond(send, 413, problem_body(413, f"the body is {int(length)} bytes; the limit is "
                                                          f"{self._max_body}", scope["path"]), PROBLEM)
         else:
             await self.app(scope, receive, send_with_status)
@@ -75,36 +70,36 @@ class ApiEdge:
         path = scope["path"]
         state = self.state
         if not state.ready:
-            return await _respond(send, 503, _problem_body(503, "the API is starting: waiting for redis", path), PROBLEM)
+            return await _respond(send, 503, problem_body(503, "the API is starting: waiting for redis", path), PROBLEM)
         auth = _header(scope, b"authorization")
         if not auth or not auth[:7].lower() == "bearer " or not auth[7:].strip():
-            return await _respond(send, 401, _problem_body(401, "send an API key: Authorization: Bearer <key>", path),
+            return await _respond(send, 401, problem_body(401, "send an API key: Authorization: Bearer <key>", path),
                                   PROBLEM, {b"www-authenticate": b"Bearer"})
         key = auth[7:].strip()
         admin = state.settings.admin_key.get_secret_value()
         if admin and key == admin:
-            return await _respond(send, 401, _problem_body(401, "the admin key manages tenants; use a tenant's key "
+            return await _respond(send, 401, problem_body(401, "the admin key manages tenants; use a tenant's key "
                                                                 "for farm data", path), PROBLEM)
         try:
             tenant = await state.tenant_for_key(key)
         except Unavailable as exc:
-            return await _respond(send, 503, _problem_body(503, f"a backing service is unavailable: {exc}", path),
+            return await _respond(send, 503, problem_body(503, f"a backing service is unavailable: {exc}", path),
                                   PROBLEM, {b"retry-after": b"2"})
         if tenant is None:
-            return await _respond(send, 401, _problem_body(401, "unknown API key", path), PROBLEM)
+            return await _respond(send, 401, problem_body(401, "unknown API key", path), PROBLEM)
         params = dict(parse_qsl(scope["query_string"].decode("latin-1")))
         values = {}
         for name, limit in (("lon", 180.0), ("lat", 90.0)):
             raw = params.get(name)
             if raw is None:
-                return await _respond(send, 422, _problem_body(422, f"query.{name}: Field required", path), PROBLEM)
+                return await _respond(send, 422, problem_body(422, f"query.{name}: Field required", path), PROBLEM)
             try:
                 v = float(raw)
             except ValueError:
-                return await _respond(send, 422, _problem_body(
+                return await _respond(send, 422, problem_body(
                     422, f"query.{name}: Input should be a valid number", path), PROBLEM)
             if not math.isfinite(v) or not -limit <= v <= limit:
-                return await _respond(send, 422, _problem_body(
+                return await _respond(send, 422, problem_body(
                     422, f"query.{name}: Input should be between -{limit:g} and {limit:g}", path), PROBLEM)
             values[name] = v
         lon, lat = values["lon"], values["lat"]

@@ -26,13 +26,19 @@ class Problem(Exception):
         self.extra = extra
 
 
-def problem(status: int, detail: str, instance: str | None = None, headers: dict[str, str] | None = None,
-            **extra: Any) -> Response:
+def problem_body(status: int, detail: str, instance: str | None = None, **extra: Any) -> bytes:
+    """The JSON of one problem: the one place its shape is written."""
     body = {"type": "about:blank", "title": TITLES.get(status, "Error"), "status": status, "detail": detail}
     if instance:
         body["instance"] = instance
     body.update(extra)
-    return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM, headers=headers)
+    return orjson.dumps(body)
+
+
+def problem(status: int, detail: str, instance: str | None = None, headers: dict[str, str] | None = None,
+            **extra: Any) -> Response:
+    return Response(problem_body(status, detail, instance, **extra), status_code=status, media_type=PROBLEM,
+                    headers=headers)
 
 
 def install(app: FastAPI) -> None:

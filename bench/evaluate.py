@@ -283,17 +283,8 @@ class Evaluation(Bench):
             ports = []
             for i in range(n):  # one consumer group: the partitions are shared out
                 ports.append(self.start_worker(topic, f"{tag}-{i}", group=tag, prefix=prefix))
-            samples = []
-            deadline = time.monotonic() + 600
-            while time.monotonic() < deadline:
-                done = sum(metric(p, "fencex_fixes_consumed_total") for p in ports)
-                samples.append((time.monotonic(), sum(metric(p, "fencex_fixes_processed_total") for p in ports)))
-                if done >= fixes:
-                    break
-                time.sleep(0.1)
+            rate, _ = self.time_drain(ports, fixes, f"scalability, {n} worker(s)")
             self.stop_workers()
-            first = next((s for s in samples if s[1] >= 0.05 * fixes), samples[0])
-            rate = (samples[-1][1] - first[1]) / max(samples[-1][0] - first[0], 1e-9)
             say(f"  {n} worker(s): {rate:,.0f} fixes/s")
             out.append({"workers": n, "fixes_per_s": rate})
         for row in out:

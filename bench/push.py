@@ -133,6 +133,29 @@ class Bench:
                                                  stdout=log, stderr=subprocess.STDOUT))
         return port
 
+    def time_drain(self, ports: list[int], total: int, name: str) -> tuple[float, list[tuple[float, float]]]:
+        """Wait until the workers on ``ports`` have consumed ``total`` fixes; return the rate of fixes
+        applied (not dropped as stale or bad) over the steady part, from the first sample past 5 %
+        to the last, and the (time, fixes applied) samples."""
+        samples: list[tuple[float, float]] = []
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            done = sum(metric(p, "fencex_fixes_consumed_total") for p in ports)
+            if done:
+                samples.append((time.monotonic(), sum(metric(p, "fencex_fixes_processed_total") for p in ports)))
+            if done >= total:
+                break
+            if len(samples) % 20 == 1:
+                say(f"{name}: {done:,.0f} / {total:,} fixes processed")
+            time.sleep(0.1)
+        if not samples:
+            sys.exit(f"{name}: the workers consumed nothing in 600 s; see {self.out / 'logs'}")
+        t0 = next(((ts, n) for ts, n in samples if n >= 0.05 * total), samples[0])
+        t1 = samples[-1]
+        if t1[1] - t0[1] < 0.5 * total:
+            say(f"{name}: warning, the drain was too short to time well; use more fixes")
+        return (t1[1] - t0[1]) / max(t1[0] - t0[0], 1e-9), samples
+
     def stop_workers(self) -> None:
         for w in self.workers:
             w.terminate()
@@ -151,30 +174,14 @@ class Bench:
         records = self.backlog(topic, total, pack)
         say(f"{name}: {records:,} records produced in {time.monotonic() - t:.1f} s; starting one worker")
         port = self.start_worker(topic, name)
-        samples: list[tuple[float, float]] = []
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            done = metric(port, "fencex_fixes_consumed_total")
-            if done:  # the rate counts fixes applied, not ones dropped as stale or bad
-                samples.append((time.monotonic(), metric(port, "fencex_fixes_processed_total")))
-            if done >= total:
-                break
-            if len(samples) % 20 == 1:
-                say(f"{name}: {done:,.0f} / {total:,} fixes processed")
-            time.sleep(0.1)
+        rate, samples = self.time_drain([port], total, name)
         events = sum(metric(port, f'fencex_events_published_total{{type="{t}"}}') for t in ("enter", "exit", "dwell"))
         inside = metric(port, "fencex_fence_intersections_total")
         stale = metric(port, 'fencex_fixes_dropped_total{reason="out_of_order"}')
         tests = metric(port, "fencex_point_tests_total")
         self.stop_workers()
-        # rate over the steady part: from the first sample past 5 % to the last
-        t0 = next(((ts, n) for ts, n in samples if n >= 0.05 * total), samples[0])
-        t1 = samples[-1]
-        if t1[1] - t0[1] < 0.5 * total:
-            say(f"{name}: warning, the drain was too short to time well; use more fixes")
-        rate = (t1[1] - t0[1]) / max(t1[0] - t0[0], 1e-9)
         result = {"fixes": total, "records": records, "pack": pack, "fixes_per_s": rate, "records_per_s": rate / pack,
-                  "events": events, "events_per_s": events / max(t1[0] - samples[0][0], 1e-9) if samples else 0,
+                  "events": events, "events_per_s": events / max(samples[-1][0] - samples[0][0], 1e-9),
                   "intersections_per_s": rate * inside / max(total, 1), "point_tests": tests, "stale": stale,
                   "timeline": [(ts - samples[0][0], n) for ts, n in samples]}
         say(f"{name}: {rate:,.0f} fixes/s ({rate / pack:,.0f} records/s), {events:,.0f} events")

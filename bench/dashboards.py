@@ -19,8 +19,9 @@ from deploy.build import DASHBOARDS
 
 
 def query_range(prom: str, expr: str, start: float, end: float, step: float) -> list[dict]:
-    r = httpx.get(f"{prom}/api/v1/query_range", params={"query": expr, "start": start, "end": end, "step": step},
-                  timeout=30)
+    r = httpx.get(
+        f"{prom}/api/v1/query_range", params={"query": expr, "start": start, "end": end, "step": step}, timeout=30
+    )
     r.raise_for_status()
     return r.json()["data"]["result"]
 
@@ -64,7 +65,7 @@ def render(prom: str, out: Path, minutes: float) -> list[Path]:
                 ax.legend(fontsize=6, loc="upper left")
             else:
                 ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="gray")
-        for ax in list(axes.flat)[len(panels):]:
+        for ax in list(axes.flat)[len(panels) :]:
             ax.axis("off")
         fig.suptitle(f"{spec['title']} (last {minutes:g} min, from {prom})", fontsize=11)
         fig.tight_layout()

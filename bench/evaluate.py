@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +35,18 @@ from confluent_kafka import Consumer
 from bench.push import Bench, metric, say
 from fencex.detector import DeviceState
 from fencex.fix import Fix
-from fencex.herd import records as herd_records
 from fencex.index import FenceIndex
 from fencex.kafka.admin import ensure_topics
 from fencex.pipeline import process
+from services.simulator.herd import records as herd_records
 
 ROOT = Path(__file__).parents[1]
-THESIS = {"push_fixes_per_s": 15_000, "push_fence_tests_per_s": 65_000, "pull_queries_per_s": 12_000,
-          "scaling": {1: 5_000, 2: 10_000, 3: 15_000}}
+THESIS = {
+    "push_fixes_per_s": 15_000,
+    "push_fence_tests_per_s": 65_000,
+    "pull_queries_per_s": 12_000,
+    "scaling": {1: 5_000, 2: 10_000, 3: 15_000},
+}
 
 
 def histogram_quantile(q: float, before: dict[float, float], after: dict[float, float]) -> float | None:
@@ -78,8 +82,16 @@ class Evaluation(Bench):
     def pids(self) -> dict[str, int]:
         return {"broker": self.broker.proc.pid, "redis": self.redis.proc.pid}
 
-    def live_producer(self, topic: str, rate: float, seconds: float, pack: int, record: list | None = None,
-                      stop: threading.Event | None = None, sent_box: list | None = None) -> threading.Thread:
+    def live_producer(
+        self,
+        topic: str,
+        rate: float,
+        seconds: float,
+        pack: int,
+        record: list | None = None,
+        stop: threading.Event | None = None,
+        sent_box: list | None = None,
+    ) -> threading.Thread:
         """Produce the herd's fixes at ``rate`` for ``seconds`` in a thread (fix time = now);
         the number sent goes into ``sent_box``."""
 
@@ -133,8 +145,14 @@ class Evaluation(Bench):
             # throughput = fixes sent / time until the last of them is processed: the offered rate
             # while the worker keeps up, its capacity once it does not
             cpu0 = {k: sum(p.cpu_times()[:2]) for k, p in procs.items()}
-            m0 = {k: metric(port, k) for k in ("fencex_fixes_processed_total", "fencex_fence_intersections_total",
-                                               "fencex_point_tests_total")}
+            m0 = {
+                k: metric(port, k)
+                for k in (
+                    "fencex_fixes_processed_total",
+                    "fencex_fence_intersections_total",
+                    "fencex_point_tests_total",
+                )
+            }
             ev0 = sum(metric(port, f'fencex_events_published_total{{type="{t}"}}') for t in ("enter", "exit", "dwell"))
             h0 = buckets(port, "fencex_event_latency_seconds")
             sent_box: list[int] = [0]
@@ -142,8 +160,10 @@ class Evaluation(Bench):
             self.live_producer(topic, rate, seconds, pack, sent_box=sent_box).join()
             sent = sent_box[0]
             deadline = time.monotonic() + 120
-            while metric(port, "fencex_fixes_processed_total") - m0["fencex_fixes_processed_total"] < sent \
-                    and time.monotonic() < deadline:
+            while (
+                metric(port, "fencex_fixes_processed_total") - m0["fencex_fixes_processed_total"] < sent
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.05)
             dt = time.monotonic() - t0
             m1 = {k: metric(port, k) for k in m0}
@@ -152,16 +172,23 @@ class Evaluation(Bench):
             cpu1 = {k: sum(p.cpu_times()[:2]) for k, p in procs.items()}
             fixes = m1["fencex_fixes_processed_total"] - m0["fencex_fixes_processed_total"]
             lag = metric(port, "fencex_consumer_lag_records")
-            row = {"offered_fixes_per_s": rate, "sent_fixes_per_s": sent / seconds, "fixes_per_s": fixes / dt,
-                   "intersections_per_s": (m1["fencex_fence_intersections_total"] - m0["fencex_fence_intersections_total"]) / dt,
-                   "fence_tests_per_s": (m1["fencex_point_tests_total"] - m0["fencex_point_tests_total"]) / dt,
-                   "events_per_s": (ev1 - ev0) / dt,
-                   "p50_ms": (histogram_quantile(0.5, h0, h1) or float("nan")) * 1000,
-                   "p99_ms": (histogram_quantile(0.99, h0, h1) or float("nan")) * 1000,
-                   "lag_records_after": lag,
-                   "cpu_s_per_million_fixes": {k: (cpu1[k] - cpu0[k]) / max(fixes, 1) * 1e6 for k in procs}}
-            say(f"  sent {row['sent_fixes_per_s']:,.0f}/s, processed {row['fixes_per_s']:,.0f} fixes/s, "
-                f"p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms")
+            row = {
+                "offered_fixes_per_s": rate,
+                "sent_fixes_per_s": sent / seconds,
+                "fixes_per_s": fixes / dt,
+                "intersections_per_s": (m1["fencex_fence_intersections_total"] - m0["fencex_fence_intersections_total"])
+                / dt,
+                "fence_tests_per_s": (m1["fencex_point_tests_total"] - m0["fencex_point_tests_total"]) / dt,
+                "events_per_s": (ev1 - ev0) / dt,
+                "p50_ms": (histogram_quantile(0.5, h0, h1) or float("nan")) * 1000,
+                "p99_ms": (histogram_quantile(0.99, h0, h1) or float("nan")) * 1000,
+                "lag_records_after": lag,
+                "cpu_s_per_million_fixes": {k: (cpu1[k] - cpu0[k]) / max(fixes, 1) * 1e6 for k in procs},
+            }
+            say(
+                f"  sent {row['sent_fixes_per_s']:,.0f}/s, processed {row['fixes_per_s']:,.0f} fixes/s, "
+                f"p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms"
+            )
             out.append(row)
         self.stop_workers()
         return out
@@ -178,8 +205,10 @@ class Evaluation(Bench):
         # the exact states the workers start from, for the expected events
         states: dict[str, DeviceState] = asyncio.run(self._states())
         record: list[dict] = []
-        say(f"availability: {rate:,.0f} fixes/s for {seconds:.0f} s; SIGKILL one of two workers at "
-            f"{kill_at:.0f} s, restart it {restart_after:.0f} s later")
+        say(
+            f"availability: {rate:,.0f} fixes/s for {seconds:.0f} s; SIGKILL one of two workers at "
+            f"{kill_at:.0f} s, restart it {restart_after:.0f} s later"
+        )
         sent_box = [0]
         producer = self.live_producer(topic, rate, seconds, pack, record, sent_box=sent_box)
         started = time.monotonic()
@@ -222,14 +251,25 @@ class Evaluation(Bench):
         self.stop_workers()
         ids = [e for e in seen]
         lost = expected - set(ids)
-        result = {"offered_fixes_per_s": rate, "fixes": len(record), "killed_at_s": killed, "restarted_at_s": restarted,
-                  "recovery_s": recovery, "events_expected": len(expected), "events_received": len(ids),
-                  "events_lost": len(lost), "events_duplicated": len(ids) - len(set(ids)),
-                  "unexpected_events": len(set(ids) - expected),
-                  "timeline": [{"t": float(a), "fixes_per_s": float(b), "lag": float(c)}
-                               for a, b, c in zip(t, rate_series, lag)]}
-        say(f"  recovery {recovery if recovery is None else round(recovery, 1)} s; events expected "
-            f"{len(expected):,}, lost {len(lost)}, duplicated {result['events_duplicated']}")
+        result = {
+            "offered_fixes_per_s": rate,
+            "fixes": len(record),
+            "killed_at_s": killed,
+            "restarted_at_s": restarted,
+            "recovery_s": recovery,
+            "events_expected": len(expected),
+            "events_received": len(ids),
+            "events_lost": len(lost),
+            "events_duplicated": len(ids) - len(set(ids)),
+            "unexpected_events": len(set(ids) - expected),
+            "timeline": [
+                {"t": float(a), "fixes_per_s": float(b), "lag": float(c)} for a, b, c in zip(t, rate_series, lag)
+            ],
+        }
+        say(
+            f"  recovery {recovery if recovery is None else round(recovery, 1)} s; events expected "
+            f"{len(expected):,}, lost {len(lost)}, duplicated {result['events_duplicated']}"
+        )
         return result
 
     async def _states(self) -> dict[str, DeviceState]:
@@ -250,8 +290,14 @@ class Evaluation(Bench):
         return {e.event_id for e in out.events}
 
     def _read_events(self, topic: str, expected: set[str], timeout: float = 60) -> list[str]:
-        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"eval-read-{time.time()}",
-                      "auto.offset.reset": "earliest", "session.timeout.ms": 6000})
+        c = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"eval-read-{time.time()}",
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": 6000,
+            }
+        )
         c.subscribe([topic])
         ids: list[str] = []
         deadline = time.monotonic() + timeout
@@ -294,8 +340,11 @@ class Evaluation(Bench):
 
 def pull(out: Path, tiny: bool, fences: int) -> dict:
     args = [sys.executable, "-m", "bench.pull", "--out", str(out), "--fences", str(fences)]
-    args += ["--connections", "4,16", "--seconds", "3", "--batches", "2", "--batch-points", "10000"] if tiny else \
-        ["--connections", "1,4,16,64,128", "--seconds", "10"]
+    args += (
+        ["--connections", "4,16", "--seconds", "3", "--batches", "2", "--batch-points", "10000"]
+        if tiny
+        else ["--connections", "1,4,16,64,128", "--seconds", "10"]
+    )
     subprocess.run(args, cwd=ROOT, check=True)
     return orjson.loads((out / "pull.json").read_bytes())
 
@@ -345,8 +394,10 @@ def plots(results: dict, out: Path) -> list[Path]:
         if x is not None:
             a.axvline(x, color="black", linestyle="--")
             a.text(x, a.get_ylim()[1] * 0.95, f" {label}", fontsize=8)
-    a.set_title(f"Availability: two workers, one killed. Recovery {av['recovery_s'] or float('nan'):.1f} s; "
-                f"events lost {av['events_lost']}, duplicated {av['events_duplicated']}")
+    a.set_title(
+        f"Availability: two workers, one killed. Recovery {av['recovery_s'] or float('nan'):.1f} s; "
+        f"events lost {av['events_lost']}, duplicated {av['events_duplicated']}"
+    )
     a.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     paths.append(out / "availability.png")
@@ -357,7 +408,9 @@ def plots(results: dict, out: Path) -> list[Path]:
     fig, a = plt.subplots(figsize=(8, 4.5))
     xs = np.arange(len(sc))
     a.bar(xs - 0.2, [r["fixes_per_s"] for r in sc], 0.4, label="fencex (2-core machine)")
-    a.bar(xs + 0.2, [THESIS["scaling"].get(r["workers"], 0) for r in sc], 0.4, label="FenceX thesis (VMs)", color="#888")
+    a.bar(
+        xs + 0.2, [THESIS["scaling"].get(r["workers"], 0) for r in sc], 0.4, label="FenceX thesis (VMs)", color="#888"
+    )
     a.set_xticks(xs, [f"{r['workers']} worker(s)\nspeed-up {r['speedup']:.2f}" for r in sc])
     a.set_ylabel("fixes per second")
     a.set_title("Strong scalability: one fixed backlog")
@@ -386,60 +439,97 @@ def report(results: dict, out: Path) -> Path:
         "",
         "| measure | FenceX (2021, 4 VMs) | fencex (this run) |",
         "| --- | --- | --- |",
-        f"| push: fixes per second | about {THESIS['push_fixes_per_s']:,} | {best['fixes_per_s']:,.0f} (one worker process) |",
-        f"| push: fence tests per second | peak about {THESIS['push_fence_tests_per_s']:,} | {best['fence_tests_per_s']:,.0f} exact tests, "
+        f"| push: fixes per second | about {THESIS['push_fixes_per_s']:,} | "
+        f"{best['fixes_per_s']:,.0f} (one worker process) |",
+        f"| push: fence tests per second | peak about {THESIS['push_fence_tests_per_s']:,} | "
+        f"{best['fence_tests_per_s']:,.0f} exact tests, "
         f"{best['intersections_per_s']:,.0f} intersections |",
         f"| pull: queries per second | about {THESIS['pull_queries_per_s']:,} | {best_pull['requests_per_s']:,.0f} "
         f"(p99 {best_pull['p99_ms']:.1f} ms) |",
-        "| scalability, 1/2/3 instances | 5,000 / 10,000 / 15,000 | " +
-        " / ".join(f"{r['fixes_per_s']:,.0f}" for r in results["scalability"]) + " (1/2 processes, 2 cores) |",
-        "| availability | not measured as events (no enter/exit) | " +
-        f"{av['events_lost']} events lost, {av['events_duplicated']} duplicated, recovery {recovery} |",
+        "| scalability, 1/2/3 instances | 5,000 / 10,000 / 15,000 | "
+        + " / ".join(f"{r['fixes_per_s']:,.0f}" for r in results["scalability"])
+        + " (1/2 processes, 2 cores) |",
+        "| availability | not measured as events (no enter/exit) | "
+        + f"{av['events_lost']} events lost, {av['events_duplicated']} duplicated, recovery {recovery} |",
         "",
         "## Push: throughput against input rate (one worker)",
         "",
         "Throughput: the fixes sent, divided by the time until the last of them was processed (the offered "
         "rate while the worker keeps up, its capacity once it cannot). The load generator is Python on the same two "
-        "cores, so at the highest rates it sends less than offered (\"sent/s\").",
+        'cores, so at the highest rates it sends less than offered ("sent/s").',
         "",
-        "| offered/s | sent/s | processed/s | intersections/s | events/s | p50 ms | p99 ms | CPU-s per million fixes (worker / broker / redis) |",
+        "| offered/s | sent/s | processed/s | intersections/s | events/s | p50 ms | p99 ms "
+        "| CPU-s per million fixes (worker / broker / redis) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in s:
         c = r["cpu_s_per_million_fixes"]
-        lines.append(f"| {r['offered_fixes_per_s']:,.0f} | {r['sent_fixes_per_s']:,.0f} | {r['fixes_per_s']:,.0f} | "
-                     f"{r['intersections_per_s']:,.0f} | "
-                     f"{r['events_per_s']:,.0f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
-                     f"{c['worker']:.1f} / {c['broker']:.1f} / {c['redis']:.1f} |")
-    lines += ["", "![push](push_sweep.png)", "", "## Pull: queries against concurrent connections", "",
-              "| connections | queries/s | p50 ms | p99 ms |", "| --- | --- | --- | --- |"]
+        lines.append(
+            f"| {r['offered_fixes_per_s']:,.0f} | {r['sent_fixes_per_s']:,.0f} | {r['fixes_per_s']:,.0f} | "
+            f"{r['intersections_per_s']:,.0f} | "
+            f"{r['events_per_s']:,.0f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
+            f"{c['worker']:.1f} / {c['broker']:.1f} / {c['redis']:.1f} |"
+        )
+    lines += [
+        "",
+        "![push](push_sweep.png)",
+        "",
+        "## Pull: queries against concurrent connections",
+        "",
+        "| connections | queries/s | p50 ms | p99 ms |",
+        "| --- | --- | --- | --- |",
+    ]
     for r in pl["point"]:
         lines.append(f"| {r['connections']} | {r['requests_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")
-    lines += ["", f"Batch spatial join: {pl['batch']['points_per_s']:,.0f} points per second "
-              f"({pl['batch']['points']:,} points a request).", "", "![pull](pull.png)", "",
-              "## Availability", "",
-              f"Two workers at {av['offered_fixes_per_s']:,.0f} fixes/s; worker 0 killed with SIGKILL at "
-              f"{av['killed_at_s']:.1f} s and restarted at {av['restarted_at_s']:.1f} s. Events expected (from the pure "
-              f"pipeline over the fixes produced): {av['events_expected']:,}; received {av['events_received']:,}; "
-              f"lost **{av['events_lost']}**; duplicated {av['events_duplicated']} (same event_id); unexpected "
-              f"{av['unexpected_events']}.", "", "![availability](availability.png)", "",
-              "## Strong scalability", "", "| workers | fixes/s | speed-up |", "| --- | --- | --- |"]
+    lines += [
+        "",
+        f"Batch spatial join: {pl['batch']['points_per_s']:,.0f} points per second "
+        f"({pl['batch']['points']:,} points a request).",
+        "",
+        "![pull](pull.png)",
+        "",
+        "## Availability",
+        "",
+        f"Two workers at {av['offered_fixes_per_s']:,.0f} fixes/s; worker 0 killed with SIGKILL at "
+        f"{av['killed_at_s']:.1f} s and restarted at {av['restarted_at_s']:.1f} s. Events expected (from the pure "
+        f"pipeline over the fixes produced): {av['events_expected']:,}; received {av['events_received']:,}; "
+        f"lost **{av['events_lost']}**; duplicated {av['events_duplicated']} (same event_id); unexpected "
+        f"{av['unexpected_events']}.",
+        "",
+        "![availability](availability.png)",
+        "",
+        "## Strong scalability",
+        "",
+        "| workers | fixes/s | speed-up |",
+        "| --- | --- | --- |",
+    ]
     for r in results["scalability"]:
         lines.append(f"| {r['workers']} | {r['fixes_per_s']:,.0f} | {r['speedup']:.2f} |")
     pg = results.get("postgis")
     if pg:
-        lines += ["", "## The baseline: PostGIS", "",
-                  f"The same {pg['fences']:,} fences in {pg['version']} with a GiST index, measured in this run:", "",
-                  "| lookup | PostGIS | fencex |", "| --- | --- | --- |",
-                  f"| one point, 1 client | {pg['point_per_s_1_clients']:,.0f}/s | "
-                  f"{pl['point'][0]['requests_per_s']:,.0f}/s over HTTP ({pl['point'][0]['connections']} connection(s)) |",
-                  f"| one point, 4 clients | {pg['point_per_s_4_clients']:,.0f}/s | {best_pull['requests_per_s']:,.0f}/s "
-                  f"over HTTP (best concurrency) |",
-                  f"| batched | {pg['batch_points_per_s']:,.0f} points/s (1,000 a statement) | "
-                  f"{pl['batch']['points_per_s']:,.0f} points/s ({pl['batch']['points']:,} a request) |"]
-    lines += ["", "Two worker processes share two cores with the broker, Redis and the load generator, so the "
-              "speed-up measures contention as much as the design; on separate machines each worker has a core.", "",
-              "![scalability](scalability.png)", ""]
+        lines += [
+            "",
+            "## The baseline: PostGIS",
+            "",
+            f"The same {pg['fences']:,} fences in {pg['version']} with a GiST index, measured in this run:",
+            "",
+            "| lookup | PostGIS | fencex |",
+            "| --- | --- | --- |",
+            f"| one point, 1 client | {pg['point_per_s_1_clients']:,.0f}/s | "
+            f"{pl['point'][0]['requests_per_s']:,.0f}/s over HTTP ({pl['point'][0]['connections']} connection(s)) |",
+            f"| one point, 4 clients | {pg['point_per_s_4_clients']:,.0f}/s | {best_pull['requests_per_s']:,.0f}/s "
+            f"over HTTP (best concurrency) |",
+            f"| batched | {pg['batch_points_per_s']:,.0f} points/s (1,000 a statement) | "
+            f"{pl['batch']['points_per_s']:,.0f} points/s ({pl['batch']['points']:,} a request) |",
+        ]
+    lines += [
+        "",
+        "Two worker processes share two cores with the broker, Redis and the load generator, so the "
+        "speed-up measures contention as much as the design; on separate machines each worker has a core.",
+        "",
+        "![scalability](scalability.png)",
+        "",
+    ]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
@@ -450,27 +540,41 @@ def main() -> int:
     ap.add_argument("--tiny", action="store_true", help="a small, quick run (the test suite's)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default="out/eval")
-    ap.add_argument("--with-postgis", action="store_true",
-                    help="also run the lookups through PostGIS (installs Debian's postgresql-15-postgis-3 if missing)")
+    ap.add_argument(
+        "--with-postgis",
+        action="store_true",
+        help="also run the lookups through PostGIS (installs Debian's postgresql-15-postgis-3 if missing)",
+    )
     a = ap.parse_args()
     tiny = a.tiny
-    cfg = argparse.Namespace(fences=500 if tiny else 10_000, devices=1_000 if tiny else 20_000, seed=a.seed,
-                             out=a.out, pack=20)
+    cfg = argparse.Namespace(
+        fences=500 if tiny else 10_000, devices=1_000 if tiny else 20_000, seed=a.seed, out=a.out, pack=20
+    )
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     ev = Evaluation(cfg)
-    results: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                     "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
-                                f"Python {platform.python_version()}",
-                     "seed": a.seed, "fences": cfg.fences, "devices": cfg.devices, "tiny": tiny}
+    results: dict = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}",
+        "seed": a.seed,
+        "fences": cfg.fences,
+        "devices": cfg.devices,
+        "tiny": tiny,
+    }
     try:
         say(f"seeding {cfg.fences:,} fences and {cfg.devices:,} collars")
         asyncio.run(ev.seed())
         ensure_topics(ev.bootstrap, {"fence-events": 12, "locations.dlq": 1})
         rates = [1_000, 3_000] if tiny else [10_000, 25_000, 50_000, 100_000, 150_000]
         results["push_sweep"] = ev.push_sweep(rates, 4 if tiny else 12, pack=20)
-        results["availability"] = ev.availability(2_000 if tiny else 20_000, 16 if tiny else 40,
-                                                  kill_at=5 if tiny else 12, restart_after=3 if tiny else 6, pack=20)
+        results["availability"] = ev.availability(
+            2_000 if tiny else 20_000,
+            16 if tiny else 40,
+            kill_at=5 if tiny else 12,
+            restart_after=3 if tiny else 6,
+            pack=20,
+        )
         results["scalability"] = ev.scalability(300_000 if tiny else 3_000_000, 20, [1, 2])
     finally:
         ev.close()
@@ -483,8 +587,9 @@ def main() -> int:
             results["postgis"] = postgis.run(cfg.fences, a.seed, 3 if tiny else 10, 10_000 if tiny else 100_000)
         else:
             say("postgis baseline skipped: not installed and cannot install (apt-get install postgresql-15-postgis-3)")
-    (out / "results.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY,
-                                                     default=float))
+    (out / "results.json").write_bytes(
+        orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY, default=float)
+    )
     for p in plots(results, out):
         say(f"wrote {p}")
     say(f"wrote {report(results, out)} and {out / 'results.json'}")

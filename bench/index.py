@@ -11,8 +11,8 @@ import time
 
 import numpy as np
 
-from fencex.herd import CELL_LAT, CELL_LON, ORIGIN_LAT, ORIGIN_LON, pastures
 from fencex.index import FenceIndex
+from services.simulator.herd import CELL_LAT, CELL_LON, ORIGIN_LAT, ORIGIN_LON, pastures
 
 
 def main() -> int:
@@ -32,8 +32,11 @@ def main() -> int:
         lons = ORIGIN_LON + rng.uniform(0, side * CELL_LON, 200_000)
         lats = ORIGIN_LAT + rng.uniform(0, side * CELL_LAT, 200_000)
         tenants = [fences[0].tenant] * len(lons)  # one farm's view: most points fall on other farms
-        all_tenants = [f"farm-{(int((y - ORIGIN_LAT) / CELL_LAT) // 10) * ((side + 9) // 10) + int((x - ORIGIN_LON) / CELL_LON) // 10:03d}"
-                       for x, y in zip(lons.tolist(), lats.tolist())]
+        per_row = (side + 9) // 10
+        all_tenants = [
+            f"farm-{(int((y - ORIGIN_LAT) / CELL_LAT) // 10) * per_row + int((x - ORIGIN_LON) / CELL_LON) // 10:03d}"
+            for x, y in zip(lons.tolist(), lats.tolist())
+        ]
         started = time.perf_counter()
         hits = index.lookup(lons, lats, all_tenants)
         batch = len(lons) / (time.perf_counter() - started)
@@ -43,7 +46,10 @@ def main() -> int:
         for x, y, t in zip(lons[:50_000].tolist(), lats[:50_000].tolist(), all_tenants[:50_000]):
             index.containing(t, x, y)
         scalar = 50_000 / (time.perf_counter() - started)
-        print(f"{n:>8,} {build:>8.2f} {rebuild:>9.2f} {batch:>15,.0f} {scalar:>20,.0f}   ({inside / len(lons):.0%} of points inside a fence)")
+        print(
+            f"{n:>8,} {build:>8.2f} {rebuild:>9.2f} {batch:>15,.0f} {scalar:>20,.0f}   "
+            f"({inside / len(lons):.0%} of points inside a fence)"
+        )
     return 0
 
 

@@ -22,13 +22,14 @@ from pathlib import Path
 import numpy as np
 import shapely
 
-from fencex.herd import CELL_LAT, CELL_LON, ORIGIN_LAT, ORIGIN_LON, pastures
-from fencex.localserver import free_port
+from devtools.localserver import free_port
+from services.simulator.herd import CELL_LAT, CELL_LON, ORIGIN_LAT, ORIGIN_LON, pastures
 
-POINT_SQL = ("SELECT id FROM fences WHERE tenant = %s AND "
-             "ST_Intersects(geom, ST_SetSRID(ST_MakePoint(%s, %s), 4326))")
-BATCH_SQL = ("SELECT p.i, f.id FROM unnest(%s::float8[], %s::float8[]) WITH ORDINALITY AS p(x, y, i) "
-             "JOIN fences f ON f.tenant = %s AND ST_Intersects(f.geom, ST_SetSRID(ST_MakePoint(p.x, p.y), 4326))")
+POINT_SQL = "SELECT id FROM fences WHERE tenant = %s AND ST_Intersects(geom, ST_SetSRID(ST_MakePoint(%s, %s), 4326))"
+BATCH_SQL = (
+    "SELECT p.i, f.id FROM unnest(%s::float8[], %s::float8[]) WITH ORDINALITY AS p(x, y, i) "
+    "JOIN fences f ON f.tenant = %s AND ST_Intersects(f.geom, ST_SetSRID(ST_MakePoint(p.x, p.y), 4326))"
+)
 
 
 def bindir() -> Path | None:
@@ -45,8 +46,12 @@ def install() -> bool:
         return False
     print("postgis: installing Debian's postgresql-15-postgis-3", flush=True)
     subprocess.run(["apt-get", "update", "-qq"], check=False, stdout=subprocess.DEVNULL)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "postgresql-15-postgis-3"],
-                   check=False, stdout=subprocess.DEVNULL, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "postgresql-15-postgis-3"],
+        check=False,
+        stdout=subprocess.DEVNULL,
+        env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
+    )
     subprocess.run(["pg_ctlcluster", "15", "main", "stop"], check=False, stderr=subprocess.DEVNULL)
     return bindir() is not None
 
@@ -70,9 +75,18 @@ class Cluster:
 
     def start(self) -> str:
         self._run(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres")
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"), "-w", "-o",
-                  f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c shared_buffers=256MB "
-                  "-c max_connections=50 -c fsync=off", "start")
+        self._run(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.dir / "log"),
+            "-w",
+            "-o",
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c shared_buffers=256MB "
+            "-c max_connections=50 -c fsync=off",
+            "start",
+        )
         return f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
 
     def stop(self) -> None:
@@ -98,7 +112,9 @@ def load(dsn: str, n: int, seed: int) -> None:
 
 def _points(n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    return np.column_stack((ORIGIN_LON + rng.uniform(0, 10 * CELL_LON, n), ORIGIN_LAT + rng.uniform(0, 10 * CELL_LAT, n)))
+    return np.column_stack(
+        (ORIGIN_LON + rng.uniform(0, 10 * CELL_LON, n), ORIGIN_LAT + rng.uniform(0, 10 * CELL_LAT, n))
+    )
 
 
 def _client(dsn: str, seconds: float, seed: int, out: mp.Queue) -> None:
@@ -138,7 +154,7 @@ def batch_lookups(dsn: str, points: int, per_statement: int = 1000) -> tuple[flo
         cur = conn.cursor()
         started = time.perf_counter()
         for k in range(0, points, per_statement):
-            chunk = pts[k:k + per_statement]
+            chunk = pts[k : k + per_statement]
             cur.execute(BATCH_SQL, (chunk[:, 0].tolist(), chunk[:, 1].tolist(), "farm-000"))
             matches += len(cur.fetchall())
         return points / (time.perf_counter() - started), matches
@@ -149,12 +165,18 @@ def run(fences: int, seed: int, seconds: float, batch_points: int) -> dict:
     try:
         dsn = cluster.start()
         load(dsn, fences, seed)
-        out = {"fences": fences, "version": subprocess.run([str(cluster.bin / "postgres"), "--version"],
-                                                           capture_output=True, text=True).stdout.strip()}
+        out = {
+            "fences": fences,
+            "version": subprocess.run(
+                [str(cluster.bin / "postgres"), "--version"], capture_output=True, text=True
+            ).stdout.strip(),
+        }
         for clients in (1, 4):
             out[f"point_per_s_{clients}_clients"] = point_lookups(dsn, clients, seconds)
-            print(f"postgis: {out[f'point_per_s_{clients}_clients']:,.0f} one-point lookups/s from {clients} "
-                  f"client(s)", flush=True)
+            print(
+                f"postgis: {out[f'point_per_s_{clients}_clients']:,.0f} one-point lookups/s from {clients} client(s)",
+                flush=True,
+            )
         out["batch_points_per_s"], out["batch_matches"] = batch_lookups(dsn, batch_points)
         print(f"postgis: {out['batch_points_per_s']:,.0f} points/s batched 1,000 a statement", flush=True)
         return out

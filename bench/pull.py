@@ -18,16 +18,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import numpy as np
 import orjson
 
-from fencex.herd import CELL_LAT, CELL_LON, ORIGIN_LAT, ORIGIN_LON, pastures
-from fencex.localserver import free_port, start_redis
+from devtools.localserver import free_port, start_redis
 from fencex.store.redis import RedisStore
+from services.simulator.herd import CELL_LAT, CELL_LON, ORIGIN_LAT, ORIGIN_LON, pastures
 
 ROOT = Path(__file__).parents[1]
 LUA = """
@@ -65,13 +65,31 @@ def ms(value: str) -> float:
 
 
 def run_wrk(wrk: str, base: str, script: Path, connections: int, seconds: float) -> dict:
-    out = subprocess.run([wrk, f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds:.0f}s", "--latency",
-                          "-s", str(script), base], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            wrk,
+            f"-t{min(2, connections)}",
+            f"-c{connections}",
+            f"-d{seconds:.0f}s",
+            "--latency",
+            "-s",
+            str(script),
+            base,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     lat = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)", out, re.M))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"connections": connections, "requests_per_s": rps, "p50_ms": ms(lat["50"]), "p99_ms": ms(lat["99"]),
-            "non_2xx": int(errors.group(1)) if errors else 0}
+    return {
+        "connections": connections,
+        "requests_per_s": rps,
+        "p50_ms": ms(lat["50"]),
+        "p99_ms": ms(lat["99"]),
+        "non_2xx": int(errors.group(1)) if errors else 0,
+    }
 
 
 async def seed(redis_url: str, n: int, seed_: int) -> str:
@@ -79,7 +97,7 @@ async def seed(redis_url: str, n: int, seed_: int) -> str:
     await store.connect()
     fences = pastures(n, seed_)
     for i in range(0, len(fences), 2000):
-        await store.put_fences(fences[i:i + 2000])
+        await store.put_fences(fences[i : i + 2000])
     await store.create_tenant("farm-000", "Farm 0")
     key = "bench-" + os.urandom(8).hex()
     await store.add_api_key("farm-000", key)
@@ -108,18 +126,28 @@ def main() -> int:
         say(f"seeding {args.fences:,} fences")
         key = asyncio.run(seed(redis_url, args.fences, args.seed))
         port = free_port()
-        env = dict(os.environ, FENCEX_REDIS_URL=redis_url, FENCEX_PORT=str(port), FENCEX_HOST="127.0.0.1",
-                   FENCEX_WORKERS=str(args.workers), FENCEX_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}",
-                   FENCEX_LOG_LEVEL="warning")
+        env = dict(
+            os.environ,
+            FENCEX_REDIS_URL=redis_url,
+            FENCEX_PORT=str(port),
+            FENCEX_HOST="127.0.0.1",
+            FENCEX_WORKERS=str(args.workers),
+            FENCEX_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}",
+            FENCEX_LOG_LEVEL="warning",
+        )
         with (out / "logs" / "api.log").open("wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "services.api"], cwd=ROOT, env=env, stdout=log,
-                                    stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "services.api"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
         base = f"http://127.0.0.1:{port}"
         auth = {"Authorization": f"Bearer {key}"}
         deadline = time.monotonic() + 60
         while True:  # ready when every worker answers with the index loaded (readyz also wants a broker)
             try:
-                if httpx.get(f"{base}/query/fences", params={"lon": 17.301, "lat": 59.601}, headers=auth).status_code == 200:
+                if (
+                    httpx.get(f"{base}/query/fences", params={"lon": 17.301, "lat": 59.601}, headers=auth).status_code
+                    == 200
+                ):
                     break
             except httpx.HTTPError:
                 pass
@@ -129,8 +157,17 @@ def main() -> int:
         time.sleep(2)
         farm_w = 10 * CELL_LON
         script = Path(tempfile.mkstemp(suffix=".lua")[1])
-        script.write_text(LUA % {"key": key, "seed": args.seed, "lon0": ORIGIN_LON, "dlon": farm_w,
-                                 "lat0": ORIGIN_LAT, "dlat": 10 * CELL_LAT})
+        script.write_text(
+            LUA
+            % {
+                "key": key,
+                "seed": args.seed,
+                "lon0": ORIGIN_LON,
+                "dlon": farm_w,
+                "lat0": ORIGIN_LAT,
+                "dlat": 10 * CELL_LAT,
+            }
+        )
         runs = []
         for c in (int(x) for x in args.connections.split(",")):
             say(f"GET /query/fences with {c} connections for {args.seconds:.0f} s")
@@ -138,8 +175,16 @@ def main() -> int:
             say(f"  {r['requests_per_s']:,.0f} requests/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms")
             runs.append(r)
         rng = np.random.default_rng(args.seed)
-        pts = np.column_stack((ORIGIN_LON + rng.uniform(0, farm_w, args.batch_points),
-                               ORIGIN_LAT + rng.uniform(0, 10 * CELL_LAT, args.batch_points))).round(6).tolist()
+        pts = (
+            np.column_stack(
+                (
+                    ORIGIN_LON + rng.uniform(0, farm_w, args.batch_points),
+                    ORIGIN_LAT + rng.uniform(0, 10 * CELL_LAT, args.batch_points),
+                )
+            )
+            .round(6)
+            .tolist()
+        )
         body = orjson.dumps({"points": pts})
         times = []
         with httpx.Client(base_url=base, headers=auth, timeout=60) as client:
@@ -149,10 +194,16 @@ def main() -> int:
                 times.append(time.perf_counter() - t)
                 assert r.status_code == 200, r.text
                 matches = r.json()["matches"]
-        batch = {"points": args.batch_points, "seconds": times, "points_per_s": args.batch_points / float(np.median(times)),
-                 "matches": matches}
-        say(f"POST /query/fences: {batch['points_per_s']:,.0f} points/s ({args.batch_points:,} a request, "
-            f"{matches:,} matches, median {np.median(times) * 1000:.0f} ms)")
+        batch = {
+            "points": args.batch_points,
+            "seconds": times,
+            "points_per_s": args.batch_points / float(np.median(times)),
+            "matches": matches,
+        }
+        say(
+            f"POST /query/fences: {batch['points_per_s']:,.0f} points/s ({args.batch_points:,} a request, "
+            f"{matches:,} matches, median {np.median(times) * 1000:.0f} ms)"
+        )
     finally:
         if proc is not None:
             proc.terminate()
@@ -161,18 +212,26 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
         redis.stop()
-    results = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-               "fences": args.fences, "api_workers": args.workers, "point": runs, "batch": batch,
-               "note": "wrk runs on the same two cores as the API"}
+    results = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}",
+        "fences": args.fences,
+        "api_workers": args.workers,
+        "point": runs,
+        "batch": batch,
+        "note": "wrk runs on the same two cores as the API",
+    }
     (out / "pull.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     plot(results, out / "pull.png")
     best = max(runs, key=lambda r: r["requests_per_s"])
     print(f"\nfencex pull benchmark, {results['date']}, {results['machine']}")
     print(f"  {args.fences:,} fences, {args.workers} API processes (granian), wrk on the same machine")
     for r in runs:
-        print(f"  GET /query/fences, {r['connections']:>3} connections: {r['requests_per_s']:>8,.0f} req/s, "
-              f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, non-2xx {r['non_2xx']}")
+        print(
+            f"  GET /query/fences, {r['connections']:>3} connections: {r['requests_per_s']:>8,.0f} req/s, "
+            f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, non-2xx {r['non_2xx']}"
+        )
     print(f"  best: {best['requests_per_s']:,.0f} req/s at p99 {best['p99_ms']:.1f} ms")
     print(f"  POST /query/fences: {batch['points_per_s']:,.0f} points/s in batches of {args.batch_points:,}")
     print(f"  wrote {out / 'pull.json'} and {out / 'pull.png'}")

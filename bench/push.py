@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -27,11 +27,11 @@ import numpy as np
 import orjson
 from confluent_kafka import Consumer, Producer
 
-from fencex.herd import Herd, pastures
-from fencex.herd import records as herd_records
+from devtools.localserver import free_port, start_broker, start_redis
 from fencex.kafka.admin import ensure_topics
-from fencex.localserver import free_port, start_broker, start_redis
 from fencex.store.redis import RedisStore
+from services.simulator.herd import Herd, pastures
+from services.simulator.herd import records as herd_records
 
 ROOT = Path(__file__).parents[1]
 
@@ -46,8 +46,11 @@ def metric(port: int, name: str) -> float:
     except httpx.HTTPError:
         return 0.0
     # the sum over a metric's series: "name value" or "name{labels} value"
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + " ") or (line.startswith(name + "{") and "{" not in name))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + " ") or (line.startswith(name + "{") and "{" not in name)
+    )
 
 
 class Bench:
@@ -85,14 +88,22 @@ class Bench:
         store = RedisStore(self.redis_url, prefix)
         await store.connect()
         for start in range(0, len(self.fences), 2000):
-            await store.put_fences(self.fences[start:start + 2000])
+            await store.put_fences(self.fences[start : start + 2000])
         await store.register_devices(self.herd.tenants())
         await store.close()
 
     def producer(self) -> Producer:
-        return Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 20, "compression.type": "lz4",
-                         "batch.num.messages": 10000, "queue.buffering.max.messages": 2_000_000,
-                         "queue.buffering.max.kbytes": 2_097_152, "message.max.bytes": 10_000_000})
+        return Producer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "linger.ms": 20,
+                "compression.type": "lz4",
+                "batch.num.messages": 10000,
+                "queue.buffering.max.messages": 2_000_000,
+                "queue.buffering.max.kbytes": 2_097_152,
+                "message.max.bytes": 10_000_000,
+            }
+        )
 
     def backlog(self, topic: str, total: int, pack: int) -> int:
         """``total`` fixes, ``pack`` consecutive fixes of one collar to a record, time-lapsed a second a step."""
@@ -121,16 +132,34 @@ class Bench:
         p.flush(60)
         return records
 
-    def start_worker(self, topic: str, tag: str, events: str = "fence-events", group: str | None = None,
-                     prefix: str = "fx") -> int:
+    def start_worker(
+        self, topic: str, tag: str, events: str = "fence-events", group: str | None = None, prefix: str = "fx"
+    ) -> int:
         port = free_port()
-        env = dict(os.environ, FENCEX_KEY_PREFIX=prefix, FENCEX_KAFKA_BOOTSTRAP=self.bootstrap, FENCEX_REDIS_URL=self.redis_url,
-                   FENCEX_LOCATIONS_TOPIC=topic, FENCEX_EVENTS_TOPIC=events, FENCEX_GROUP_ID=group or f"bench-{tag}", FENCEX_HISTORY_GROUP=f"bench-h-{tag}",
-                   FENCEX_WEB_PORT=str(port), FENCEX_SESSION_TIMEOUT_S="6", FENCEX_DATADIR=f"/tmp/fencex-bench-{tag}",
-                   FENCEX_LOG_LEVEL=os.environ.get("BENCH_WORKER_LOG", "warn"))
+        env = dict(
+            os.environ,
+            FENCEX_KEY_PREFIX=prefix,
+            FENCEX_KAFKA_BOOTSTRAP=self.bootstrap,
+            FENCEX_REDIS_URL=self.redis_url,
+            FENCEX_LOCATIONS_TOPIC=topic,
+            FENCEX_EVENTS_TOPIC=events,
+            FENCEX_GROUP_ID=group or f"bench-{tag}",
+            FENCEX_HISTORY_GROUP=f"bench-h-{tag}",
+            FENCEX_WEB_PORT=str(port),
+            FENCEX_SESSION_TIMEOUT_S="6",
+            FENCEX_DATADIR=f"/tmp/fencex-bench-{tag}",
+            FENCEX_LOG_LEVEL=os.environ.get("BENCH_WORKER_LOG", "warn"),
+        )
         with (self.out / "logs" / f"worker-{tag}.log").open("wb") as log:
-            self.workers.append(subprocess.Popen([sys.executable, "-m", "services.processor"], cwd=ROOT, env=env,
-                                                 stdout=log, stderr=subprocess.STDOUT))
+            self.workers.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "services.processor"],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
         return port
 
     def time_drain(self, ports: list[int], total: int, name: str) -> tuple[float, list[tuple[float, float]]]:
@@ -180,10 +209,19 @@ class Bench:
         stale = metric(port, 'fencex_fixes_dropped_total{reason="out_of_order"}')
         tests = metric(port, "fencex_point_tests_total")
         self.stop_workers()
-        result = {"fixes": total, "records": records, "pack": pack, "fixes_per_s": rate, "records_per_s": rate / pack,
-                  "events": events, "events_per_s": events / max(samples[-1][0] - samples[0][0], 1e-9),
-                  "intersections_per_s": rate * inside / max(total, 1), "point_tests": tests, "stale": stale,
-                  "timeline": [(ts - samples[0][0], n) for ts, n in samples]}
+        result = {
+            "fixes": total,
+            "records": records,
+            "pack": pack,
+            "fixes_per_s": rate,
+            "records_per_s": rate / pack,
+            "events": events,
+            "events_per_s": events / max(samples[-1][0] - samples[0][0], 1e-9),
+            "intersections_per_s": rate * inside / max(total, 1),
+            "point_tests": tests,
+            "stale": stale,
+            "timeline": [(ts - samples[0][0], n) for ts, n in samples],
+        }
         say(f"{name}: {rate:,.0f} fixes/s ({rate / pack:,.0f} records/s), {events:,.0f} events")
         return result
 
@@ -196,8 +234,15 @@ class Bench:
         while metric(port, "fencex_partitions_assigned") < 12 and time.monotonic() < deadline:
             time.sleep(0.2)
         # its own events topic, read from the start: the local broker's "latest" offset is unreliable
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"bench-lat-{time.time()}",
-                             "auto.offset.reset": "earliest", "fetch.wait.max.ms": 5, "session.timeout.ms": 6000})
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"bench-lat-{time.time()}",
+                "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 5,
+                "session.timeout.ms": 6000,
+            }
+        )
         consumer.subscribe([events_topic])
         while not consumer.assignment():
             consumer.poll(0.1)
@@ -246,12 +291,21 @@ class Bench:
         lag_done = metric(port, "fencex_fixes_consumed_total")
         self.stop_workers()
         arr = np.asarray(lat) * 1000.0
-        result = {"target_fixes_per_s": rate, "fixes_per_s": achieved, "fixes_sent": sent, "fixes_processed": lag_done,
-                  "events": len(arr), "p50_ms": float(np.percentile(arr, 50)) if len(arr) else float("nan"),
-                  "p99_ms": float(np.percentile(arr, 99)) if len(arr) else float("nan"),
-                  "max_ms": float(arr.max()) if len(arr) else float("nan"), "latencies_ms": arr.tolist()}
-        say(f"latency: {achieved:,.0f} fixes/s sent, {len(arr):,} events, p50 {result['p50_ms']:.1f} ms, "
-            f"p99 {result['p99_ms']:.1f} ms")
+        result = {
+            "target_fixes_per_s": rate,
+            "fixes_per_s": achieved,
+            "fixes_sent": sent,
+            "fixes_processed": lag_done,
+            "events": len(arr),
+            "p50_ms": float(np.percentile(arr, 50)) if len(arr) else float("nan"),
+            "p99_ms": float(np.percentile(arr, 99)) if len(arr) else float("nan"),
+            "max_ms": float(arr.max()) if len(arr) else float("nan"),
+            "latencies_ms": arr.tolist(),
+        }
+        say(
+            f"latency: {achieved:,.0f} fixes/s sent, {len(arr):,} events, p50 {result['p50_ms']:.1f} ms, "
+            f"p99 {result['p99_ms']:.1f} ms"
+        )
         return result
 
 
@@ -267,13 +321,18 @@ def plot(results: dict, path: Path) -> None:
     bars = a.bar(names, values, color=["#2a7", "#2a7", "#888", "#888"])
     a.bar_label(bars, labels=[f"{v:,.0f}" for v in values])
     a.set_ylabel("fixes per second")
-    a.set_title(f"Push throughput: one worker process, {results['fences']:,} fences, {results['devices']:,} collars",
-                fontsize=10)
+    a.set_title(
+        f"Push throughput: one worker process, {results['fences']:,} fences, {results['devices']:,} collars",
+        fontsize=10,
+    )
     for run in results["latency"]:
         lat = np.sort(np.asarray(run["latencies_ms"]))
         if len(lat):
-            b.plot(lat, np.linspace(0, 1, len(lat)),
-                   label=f"{run['fixes_per_s']:,.0f} fixes/s: p50 {run['p50_ms']:.0f} ms, p99 {run['p99_ms']:.0f} ms")
+            b.plot(
+                lat,
+                np.linspace(0, 1, len(lat)),
+                label=f"{run['fixes_per_s']:,.0f} fixes/s: p50 {run['p50_ms']:.0f} ms, p99 {run['p99_ms']:.0f} ms",
+            )
     b.axvline(250, color="red", linestyle="--", label="250 ms")
     b.set_xscale("log")
     b.set_xlabel("fix produced -> event read back (ms)")
@@ -293,8 +352,11 @@ def main() -> int:
     ap.add_argument("--single-fixes", type=int, default=400_000)
     ap.add_argument("--pack", type=int, default=100)
     ap.add_argument("--latency-seconds", type=float, default=15.0)
-    ap.add_argument("--latency-rates", default="5000,10000,20000",
-                    help="fixes per second, one per record (10,000 is half the 20,000 target)")
+    ap.add_argument(
+        "--latency-rates",
+        default="5000,10000,20000",
+        help="fixes per second, one per record (10,000 is half the 20,000 target)",
+    )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default="out/bench")
     args = ap.parse_args()
@@ -303,9 +365,13 @@ def main() -> int:
         say(f"seeding {args.fences:,} fences and {args.devices:,} collars")
         asyncio.run(bench.seed())
         ensure_topics(bench.bootstrap, {"fence-events": 12, "locations.dlq": 1})
-        results = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                   "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-                   "fences": args.fences, "devices": args.devices}
+        results = {
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
+            f"Python {platform.python_version()}",
+            "fences": args.fences,
+            "devices": args.devices,
+        }
         results["packed"] = bench.drain("packed", args.packed_fixes, args.pack)
         results["single"] = bench.drain("single", args.single_fixes, 1)
         results["latency"] = [bench.latency(float(r), args.latency_seconds) for r in args.latency_rates.split(",") if r]
@@ -317,11 +383,17 @@ def main() -> int:
     p, s = results["packed"], results["single"]
     print(f"\nfencex push benchmark, {results['date']}, {results['machine']}")
     print(f"  {args.fences:,} fences, {args.devices:,} collars, one worker process")
-    print(f"  packed ({args.pack}/record): {p['fixes_per_s']:>10,.0f} fixes/s  ({p['intersections_per_s']:,.0f} fence intersections/s)")
+    print(
+        f"  packed ({args.pack}/record): {p['fixes_per_s']:>10,.0f} fixes/s  "
+        f"({p['intersections_per_s']:,.0f} fence intersections/s)"
+    )
     print(f"  one fix per record:  {s['fixes_per_s']:>10,.0f} fixes/s")
-    for l in results["latency"]:
-        print(f"  latency at {l['fixes_per_s']:>7,.0f} fixes/s: p50 {l['p50_ms']:6.1f} ms, p99 {l['p99_ms']:6.1f} ms"
-              f" over {l['events']:,} events")
+    for lat in results["latency"]:
+        print(
+            f"  latency at {lat['fixes_per_s']:>7,.0f} fixes/s: "
+            f"p50 {lat['p50_ms']:6.1f} ms, p99 {lat['p99_ms']:6.1f} ms"
+            f" over {lat['events']:,} events"
+        )
     print(f"  wrote {out / 'push.json'} and {out / 'push.png'}")
     return 0
 

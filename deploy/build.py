@@ -18,72 +18,200 @@ RULE = HERE / "k8s" / "base" / "prometheus-rule.yaml"
 R = "[1m]"
 
 DASHBOARDS: dict[str, dict] = {
-    "throughput": {"title": "fencex / Throughput", "panels": [
-        ("Fixes processed per second, per worker", "fixes/s",
-         [("sum by (instance) (rate(fencex_fixes_processed_total" + R + "))", "{{instance}}")]),
-        ("Fixes processed per second, total", "fixes/s",
-         [("sum(rate(fencex_fixes_processed_total" + R + "))", "processed"),
-          ("sum(rate(fencex_fixes_consumed_total" + R + "))", "consumed")]),
-        ("Fence intersections per second (FenceX push throughput)", "fixes/s",
-         [("sum(rate(fencex_fence_intersections_total" + R + "))", "fixes inside a fence"),
-          ("sum(rate(fencex_point_tests_total" + R + "))", "exact point-in-fence tests")]),
-        ("Events published per second, by type", "events/s",
-         [("sum by (type) (rate(fencex_events_published_total" + R + "))", "{{type}}")]),
-        ("Fix to event latency", "s",
-         [("histogram_quantile(0.5, sum by (le) (rate(fencex_event_latency_seconds_bucket" + R + ")))", "p50"),
-          ("histogram_quantile(0.99, sum by (le) (rate(fencex_event_latency_seconds_bucket" + R + ")))", "p99")]),
-        ("Queries answered per second (FenceX pull throughput), by kind", "queries/s",
-         [("sum by (kind) (rate(fencex_queries_total" + R + "))", "{{kind}}")]),
-        ("HTTP requests per second, per API process", "req/s",
-         [("sum by (instance) (rate(fencex_http_requests_total" + R + "))", "{{instance}}")]),
-        ("HTTP p99 latency, by route", "s",
-         [("histogram_quantile(0.99, sum by (le, route) (rate(fencex_http_request_duration_seconds_bucket" + R + ")))",
-           "{{route}}")]),
-    ]},
-    "availability": {"title": "fencex / Availability", "panels": [
-        ("Processes up", "up", [('up{job=~"fencex-.*"}', "{{job}} {{instance}}")]),
-        ("Workers processing", "workers", [("sum(fencex_worker_up)", "workers")]),
-        ("API success ratio (not 5xx)", "ratio",
-         [('1 - ((sum(rate(fencex_http_requests_total{status=~"5.."}[5m])) or vector(0)) '
-           '/ sum(rate(fencex_http_requests_total[5m])))', "success")]),
-        ("Error budget left this hour (SLO 99.9 %)", "fraction",
-         [('1 - ((sum(increase(fencex_http_requests_total{status=~"5.."}[1h])) or vector(0)) '
-           '/ sum(increase(fencex_http_requests_total[1h]))) / 0.001', "budget left")]),
-        ("Rebalances (recovery after a worker restart)", "rebalances",
-         [("sum(increase(fencex_rebalances_total[5m]))", "partition assignments in 5 min")]),
-        ("Faults per second", "errors/s",
-         [("sum(rate(fencex_store_errors_total[5m])) + sum(rate(fencex_api_store_errors_total[5m]))", "redis errors"),
-          ("sum(rate(fencex_broker_errors_total[5m]))", "broker errors"),
-          ("sum(rate(fencex_reconnects_total[5m])) or vector(0)", "reconnects")]),
-        ("Dead letters per second, by reason", "records/s",
-         [("sum by (reason) (rate(fencex_dlq_records_total[5m]))", "{{reason}}")]),
-        ("Fixes dropped per second, by reason", "fixes/s",
-         [("sum by (reason) (rate(fencex_fixes_dropped_total[5m]))", "{{reason}}")]),
-    ]},
-    "scaling": {"title": "fencex / Scaling", "panels": [
-        ("Workers alive", "workers", [('count(up{job="fencex-processor"} == 1)', "workers")]),
-        ("Partitions per worker", "partitions", [("fencex_partitions_assigned", "{{instance}}")]),
-        ("Consumer lag per partition", "records", [("sum by (partition) (fencex_consumer_lag_records)", "p{{partition}}")]),
-        ("Total consumer lag", "records", [("sum(fencex_consumer_lag_records)", "lag")]),
-        ("CPU per process", "cores", [('rate(process_cpu_seconds_total{job=~"fencex-.*"}' + R + ")", "{{job}} {{instance}}")]),
-        ("Memory per process", "bytes", [('process_resident_memory_bytes{job=~"fencex-.*"}', "{{job}} {{instance}}")]),
-        ("Fences loaded and index version", "fences",
-         [("max(fencex_fences_loaded)", "fences (workers)"), ("max(fencex_api_fences_loaded)", "fences (API)"),
-          ("max(fencex_index_version)", "index version")]),
-        ("Batch size and index rebuild time", "",
-         [("histogram_quantile(0.5, sum by (le) (rate(fencex_batch_fixes_bucket" + R + ")))", "median fixes per batch"),
-          ("histogram_quantile(0.99, sum by (le) (rate(fencex_index_rebuild_seconds_bucket[1h])))", "p99 index rebuild (s)")]),
-    ]},
-    "herd": {"title": "fencex / Herd", "panels": [
-        ("Busiest fences: events per second", "events/s",
-         [("topk(10, sum by (fence) (rate(fencex_fence_events_total[5m])))", "{{fence}}")]),
-        ("Fullest fences: devices inside", "devices",
-         [("topk(10, sum by (fence) (fencex_fence_occupancy_devices))", "{{fence}}")]),
-        ("Devices inside any fence, and devices tracked", "devices",
-         [("sum(fencex_fence_occupancy_devices)", "inside a fence"), ("sum(fencex_devices_cached)", "tracked")]),
-        ("Enter, exit and dwell per minute", "events/min",
-         [("sum by (type) (increase(fencex_events_published_total[1m]))", "{{type}}")]),
-    ]},
+    "throughput": {
+        "title": "fencex / Throughput",
+        "panels": [
+            (
+                "Fixes processed per second, per worker",
+                "fixes/s",
+                [("sum by (instance) (rate(fencex_fixes_processed_total" + R + "))", "{{instance}}")],
+            ),
+            (
+                "Fixes processed per second, total",
+                "fixes/s",
+                [
+                    ("sum(rate(fencex_fixes_processed_total" + R + "))", "processed"),
+                    ("sum(rate(fencex_fixes_consumed_total" + R + "))", "consumed"),
+                ],
+            ),
+            (
+                "Fence intersections per second (FenceX push throughput)",
+                "fixes/s",
+                [
+                    ("sum(rate(fencex_fence_intersections_total" + R + "))", "fixes inside a fence"),
+                    ("sum(rate(fencex_point_tests_total" + R + "))", "exact point-in-fence tests"),
+                ],
+            ),
+            (
+                "Events published per second, by type",
+                "events/s",
+                [("sum by (type) (rate(fencex_events_published_total" + R + "))", "{{type}}")],
+            ),
+            (
+                "Fix to event latency",
+                "s",
+                [
+                    (
+                        "histogram_quantile(0.5, sum by (le) (rate(fencex_event_latency_seconds_bucket" + R + ")))",
+                        "p50",
+                    ),
+                    (
+                        "histogram_quantile(0.99, sum by (le) (rate(fencex_event_latency_seconds_bucket" + R + ")))",
+                        "p99",
+                    ),
+                ],
+            ),
+            (
+                "Queries answered per second (FenceX pull throughput), by kind",
+                "queries/s",
+                [("sum by (kind) (rate(fencex_queries_total" + R + "))", "{{kind}}")],
+            ),
+            (
+                "HTTP requests per second, per API process",
+                "req/s",
+                [("sum by (instance) (rate(fencex_http_requests_total" + R + "))", "{{instance}}")],
+            ),
+            (
+                "HTTP p99 latency, by route",
+                "s",
+                [
+                    (
+                        "histogram_quantile(0.99, sum by (le, route) (rate(fencex_http_request_duration_seconds_bucket"
+                        + R
+                        + ")))",
+                        "{{route}}",
+                    )
+                ],
+            ),
+        ],
+    },
+    "availability": {
+        "title": "fencex / Availability",
+        "panels": [
+            ("Processes up", "up", [('up{job=~"fencex-.*"}', "{{job}} {{instance}}")]),
+            ("Workers processing", "workers", [("sum(fencex_worker_up)", "workers")]),
+            (
+                "API success ratio (not 5xx)",
+                "ratio",
+                [
+                    (
+                        '1 - ((sum(rate(fencex_http_requests_total{status=~"5.."}[5m])) or vector(0)) '
+                        "/ sum(rate(fencex_http_requests_total[5m])))",
+                        "success",
+                    )
+                ],
+            ),
+            (
+                "Error budget left this hour (SLO 99.9 %)",
+                "fraction",
+                [
+                    (
+                        '1 - ((sum(increase(fencex_http_requests_total{status=~"5.."}[1h])) or vector(0)) '
+                        "/ sum(increase(fencex_http_requests_total[1h]))) / 0.001",
+                        "budget left",
+                    )
+                ],
+            ),
+            (
+                "Rebalances (recovery after a worker restart)",
+                "rebalances",
+                [("sum(increase(fencex_rebalances_total[5m]))", "partition assignments in 5 min")],
+            ),
+            (
+                "Faults per second",
+                "errors/s",
+                [
+                    (
+                        "sum(rate(fencex_store_errors_total[5m])) + sum(rate(fencex_api_store_errors_total[5m]))",
+                        "redis errors",
+                    ),
+                    ("sum(rate(fencex_broker_errors_total[5m]))", "broker errors"),
+                    ("sum(rate(fencex_reconnects_total[5m])) or vector(0)", "reconnects"),
+                ],
+            ),
+            (
+                "Dead letters per second, by reason",
+                "records/s",
+                [("sum by (reason) (rate(fencex_dlq_records_total[5m]))", "{{reason}}")],
+            ),
+            (
+                "Fixes dropped per second, by reason",
+                "fixes/s",
+                [("sum by (reason) (rate(fencex_fixes_dropped_total[5m]))", "{{reason}}")],
+            ),
+        ],
+    },
+    "scaling": {
+        "title": "fencex / Scaling",
+        "panels": [
+            ("Workers alive", "workers", [('count(up{job="fencex-processor"} == 1)', "workers")]),
+            ("Partitions per worker", "partitions", [("fencex_partitions_assigned", "{{instance}}")]),
+            (
+                "Consumer lag per partition",
+                "records",
+                [("sum by (partition) (fencex_consumer_lag_records)", "p{{partition}}")],
+            ),
+            ("Total consumer lag", "records", [("sum(fencex_consumer_lag_records)", "lag")]),
+            (
+                "CPU per process",
+                "cores",
+                [('rate(process_cpu_seconds_total{job=~"fencex-.*"}' + R + ")", "{{job}} {{instance}}")],
+            ),
+            (
+                "Memory per process",
+                "bytes",
+                [('process_resident_memory_bytes{job=~"fencex-.*"}', "{{job}} {{instance}}")],
+            ),
+            (
+                "Fences loaded and index version",
+                "fences",
+                [
+                    ("max(fencex_fences_loaded)", "fences (workers)"),
+                    ("max(fencex_api_fences_loaded)", "fences (API)"),
+                    ("max(fencex_index_version)", "index version"),
+                ],
+            ),
+            (
+                "Batch size and index rebuild time",
+                "",
+                [
+                    (
+                        "histogram_quantile(0.5, sum by (le) (rate(fencex_batch_fixes_bucket" + R + ")))",
+                        "median fixes per batch",
+                    ),
+                    (
+                        "histogram_quantile(0.99, sum by (le) (rate(fencex_index_rebuild_seconds_bucket[1h])))",
+                        "p99 index rebuild (s)",
+                    ),
+                ],
+            ),
+        ],
+    },
+    "herd": {
+        "title": "fencex / Herd",
+        "panels": [
+            (
+                "Busiest fences: events per second",
+                "events/s",
+                [("topk(10, sum by (fence) (rate(fencex_fence_events_total[5m])))", "{{fence}}")],
+            ),
+            (
+                "Fullest fences: devices inside",
+                "devices",
+                [("topk(10, sum by (fence) (fencex_fence_occupancy_devices))", "{{fence}}")],
+            ),
+            (
+                "Devices inside any fence, and devices tracked",
+                "devices",
+                [("sum(fencex_fence_occupancy_devices)", "inside a fence"), ("sum(fencex_devices_cached)", "tracked")],
+            ),
+            (
+                "Enter, exit and dwell per minute",
+                "events/min",
+                [("sum by (type) (increase(fencex_events_published_total[1m]))", "{{type}}")],
+            ),
+        ],
+    },
 }
 
 
@@ -94,32 +222,62 @@ def expressions() -> list[str]:
 def grafana(uid: str, spec: dict) -> dict:
     panels = []
     for i, (title, unit, targets) in enumerate(spec["panels"]):
-        panels.append({
-            "id": i + 1, "type": "timeseries", "title": title,
-            "datasource": {"type": "prometheus", "uid": "prometheus"},
-            "gridPos": {"h": 8, "w": 12, "x": 12 * (i % 2), "y": 8 * (i // 2)},
-            "fieldConfig": {"defaults": {"unit": {"s": "s", "bytes": "bytes", "ratio": "percentunit"}.get(unit, "short"),
-                                         "custom": {"axisLabel": unit}}, "overrides": []},
-            "targets": [{"refId": chr(65 + k), "expr": expr, "legendFormat": legend,
-                         "datasource": {"type": "prometheus", "uid": "prometheus"}}
-                        for k, (expr, legend) in enumerate(targets)],
-        })
-    return {"uid": f"fencex-{uid}", "title": spec["title"], "tags": ["fencex"], "timezone": "utc",
-            "schemaVersion": 39, "version": 1, "refresh": "10s", "time": {"from": "now-30m", "to": "now"},
-            "panels": panels}
+        panels.append(
+            {
+                "id": i + 1,
+                "type": "timeseries",
+                "title": title,
+                "datasource": {"type": "prometheus", "uid": "prometheus"},
+                "gridPos": {"h": 8, "w": 12, "x": 12 * (i % 2), "y": 8 * (i // 2)},
+                "fieldConfig": {
+                    "defaults": {
+                        "unit": {"s": "s", "bytes": "bytes", "ratio": "percentunit"}.get(unit, "short"),
+                        "custom": {"axisLabel": unit},
+                    },
+                    "overrides": [],
+                },
+                "targets": [
+                    {
+                        "refId": chr(65 + k),
+                        "expr": expr,
+                        "legendFormat": legend,
+                        "datasource": {"type": "prometheus", "uid": "prometheus"},
+                    }
+                    for k, (expr, legend) in enumerate(targets)
+                ],
+            }
+        )
+    return {
+        "uid": f"fencex-{uid}",
+        "title": spec["title"],
+        "tags": ["fencex"],
+        "timezone": "utc",
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "10s",
+        "time": {"from": "now-30m", "to": "now"},
+        "panels": panels,
+    }
 
 
 def render_all() -> dict[Path, str]:
     """Every generated file and the text it must hold."""
     import yaml
 
-    out = {HERE / "grafana" / "dashboards" / f"{uid}.json": json.dumps(grafana(uid, spec), indent=2) + "\n"
-           for uid, spec in DASHBOARDS.items()}
-    rule = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
-            "metadata": {"name": "fencex", "labels": {"release": "kube-prometheus-stack"}},
-            "spec": yaml.safe_load(ALERTS.read_text())}
-    out[RULE] = "# Generated from deploy/prometheus/alerts.yml by deploy/build.py: edit those, not this.\n" + \
-        yaml.safe_dump(rule, sort_keys=False, width=200)
+    out = {
+        HERE / "grafana" / "dashboards" / f"{uid}.json": json.dumps(grafana(uid, spec), indent=2) + "\n"
+        for uid, spec in DASHBOARDS.items()
+    }
+    rule = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "fencex", "labels": {"release": "kube-prometheus-stack"}},
+        "spec": yaml.safe_load(ALERTS.read_text()),
+    }
+    out[RULE] = (
+        "# Generated from deploy/prometheus/alerts.yml by deploy/build.py: edit those, not this.\n"
+        + yaml.safe_dump(rule, sort_keys=False, width=200)
+    )
     return out
 
 

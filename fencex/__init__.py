@@ -1,8 +1,18 @@
 """fencex: real-time geofencing. The core: fences, fixes, the index, the detector."""
 
 from fencex.detector import DeviceState, Membership, Outcome, detect, reevaluate
-from fencex.errors import (BrokerUnavailable, FencexError, InvalidFence, InvalidFix, InvalidInput, NotFound,
-                           ServerStartError, StoreUnavailable, Unavailable, VersionConflict)
+from fencex.errors import (
+    BrokerUnavailable,
+    FencexError,
+    InvalidFence,
+    InvalidFix,
+    InvalidInput,
+    NotFound,
+    ServerStartError,
+    StoreUnavailable,
+    Unavailable,
+    VersionConflict,
+)
 from fencex.event import EVENT_SCHEMA, Event, event_id
 from fencex.fence import DEFAULT_TENANT, Fence, FenceProperties, parse_geometry
 from fencex.fix import Fix, Rejected, parse_record
@@ -10,8 +20,33 @@ from fencex.index import FenceIndex
 from fencex.pipeline import Processed, process, reevaluate_all
 
 __all__ = [
-    "BrokerUnavailable", "DEFAULT_TENANT", "DeviceState", "EVENT_SCHEMA", "Event", "Fence", "FenceIndex",
-    "FenceProperties", "FencexError", "Fix", "InvalidFence", "InvalidFix", "InvalidInput", "Membership", "NotFound",
-    "Outcome", "Processed", "Rejected", "ServerStartError", "StoreUnavailable", "Unavailable", "VersionConflict",
-    "detect", "event_id", "parse_geometry", "parse_record", "process", "reevaluate", "reevaluate_all",
+    "DEFAULT_TENANT",
+    "EVENT_SCHEMA",
+    "BrokerUnavailable",
+    "DeviceState",
+    "Event",
+    "Fence",
+    "FenceIndex",
+    "FenceProperties",
+    "FencexError",
+    "Fix",
+    "InvalidFence",
+    "InvalidFix",
+    "InvalidInput",
+    "Membership",
+    "NotFound",
+    "Outcome",
+    "Processed",
+    "Rejected",
+    "ServerStartError",
+    "StoreUnavailable",
+    "Unavailable",
+    "VersionConflict",
+    "detect",
+    "event_id",
+    "parse_geometry",
+    "parse_record",
+    "process",
+    "reevaluate",
+    "reevaluate_all",
 ]

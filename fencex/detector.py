@@ -39,14 +39,22 @@ class DeviceState:
 
     def to_obj(self) -> dict:
         return {
-            "tenant": self.tenant, "ts": self.last_ts, "lon": self.lon, "lat": self.lat,
+            "tenant": self.tenant,
+            "ts": self.last_ts,
+            "lon": self.lon,
+            "lat": self.lat,
             "in": {k: [m.since_ms, m.version, int(m.dwelled)] for k, m in self.members.items()},
         }
 
     @classmethod
-    def from_obj(cls, obj: dict) -> "DeviceState":
-        return cls(obj["tenant"], obj["ts"], obj["lon"], obj["lat"],
-                   {k: Membership(v[0], v[1], bool(v[2])) for k, v in obj["in"].items()})
+    def from_obj(cls, obj: dict) -> DeviceState:
+        return cls(
+            obj["tenant"],
+            obj["ts"],
+            obj["lon"],
+            obj["lat"],
+            {k: Membership(v[0], v[1], bool(v[2])) for k, v in obj["in"].items()},
+        )
 
 
 @dataclass(slots=True)
@@ -56,8 +64,17 @@ class Outcome:
     stale: bool = False
 
 
-def _transition(state: DeviceState | None, tenant: str, device_id: str, ts: int, lon: float, lat: float,
-                inside: Collection[str], near: Collection[str], fences: Mapping[str, Fence]) -> Outcome:
+def _transition(
+    state: DeviceState | None,
+    tenant: str,
+    device_id: str,
+    ts: int,
+    lon: float,
+    lat: float,
+    inside: Collection[str],
+    near: Collection[str],
+    fences: Mapping[str, Fence],
+) -> Outcome:
     before = state.members if state is not None else {}
     now_ids = set(inside)
     now_ids.update(fid for fid in near if fid in before)  # still within the exit buffer
@@ -82,8 +99,14 @@ def _transition(state: DeviceState | None, tenant: str, device_id: str, ts: int,
     return Outcome(DeviceState(tenant, ts, lon, lat, members), events)
 
 
-def detect(state: DeviceState | None, fix: Fix, tenant: str, inside: Collection[str],
-           near: Collection[str], fences: Mapping[str, Fence]) -> Outcome:
+def detect(
+    state: DeviceState | None,
+    fix: Fix,
+    tenant: str,
+    inside: Collection[str],
+    near: Collection[str],
+    fences: Mapping[str, Fence],
+) -> Outcome:
     """Apply one fix to a device's state.
 
     ``inside``: ids of the tenant's fences containing the fix (boundary included);
@@ -95,8 +118,9 @@ def detect(state: DeviceState | None, fix: Fix, tenant: str, inside: Collection[
     return _transition(state, tenant, fix.device_id, fix.ts_ms, fix.lon, fix.lat, inside, near, fences)
 
 
-def reevaluate(state: DeviceState, device_id: str, inside: Collection[str], near: Collection[str],
-               fences: Mapping[str, Fence]) -> Outcome:
+def reevaluate(
+    state: DeviceState, device_id: str, inside: Collection[str], near: Collection[str], fences: Mapping[str, Fence]
+) -> Outcome:
     """Re-apply a device's last fix after fences changed: exits from deleted or
     shrunk fences, enters into new or grown ones, at the last fix's time and place."""
     return _transition(state, state.tenant, device_id, state.last_ts, state.lon, state.lat, inside, near, fences)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
@@ -22,7 +22,7 @@ EVENT_TYPES: tuple[str, ...] = ("enter", "exit", "dwell")
 
 def rfc3339(ms: int | float) -> str:
     """Epoch milliseconds as an RFC 3339 UTC timestamp with milliseconds."""
-    dt = datetime.fromtimestamp(ms / 1000.0, tz=timezone.utc)
+    dt = datetime.fromtimestamp(ms / 1000.0, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(ms) % 1000:03d}Z"
 
 
@@ -72,22 +72,49 @@ EVENT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": "https://fencex.dev/schema/fence-event.schema.json",
     "title": "fencex fence event",
-    "description": "One enter, exit or dwell of a device in a fence. Published as JSON on topic fence-events, keyed by device_id.",
+    "description": "One enter, exit or dwell of a device in a fence. "
+    "Published as JSON on topic fence-events, keyed by device_id.",
     "type": "object",
     "additionalProperties": False,
-    "required": ["event_id", "type", "tenant", "device_id", "fence_id", "fence_version", "ts", "lon", "lat", "detected_at"],
+    "required": [
+        "event_id",
+        "type",
+        "tenant",
+        "device_id",
+        "fence_id",
+        "fence_version",
+        "ts",
+        "lon",
+        "lat",
+        "detected_at",
+    ],
     "properties": {
-        "event_id": {"type": "string", "pattern": "^[0-9a-f]{32}$",
-                     "description": "deterministic: the same fix processed twice gives the same id"},
+        "event_id": {
+            "type": "string",
+            "pattern": "^[0-9a-f]{32}$",
+            "description": "deterministic: the same fix processed twice gives the same id",
+        },
         "type": {"enum": list(EVENT_TYPES)},
         "tenant": {"type": "string", "minLength": 1, "description": "the farm that owns the fence and the device"},
         "device_id": {"type": "string", "minLength": 1},
         "fence_id": {"type": "string", "minLength": 1},
-        "fence_version": {"type": "integer", "minimum": 1, "description": "the fence's version when the event was detected"},
-        "ts": {"type": "string", "format": "date-time", "description": "time of the fix that caused the event (RFC 3339, UTC)"},
+        "fence_version": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "the fence's version when the event was detected",
+        },
+        "ts": {
+            "type": "string",
+            "format": "date-time",
+            "description": "time of the fix that caused the event (RFC 3339, UTC)",
+        },
         "lon": {"type": "number", "minimum": -180, "maximum": 180},
         "lat": {"type": "number", "minimum": -90, "maximum": 90},
         "detected_at": {"type": "string", "format": "date-time", "description": "when fencex detected it"},
-        "dwell_s": {"type": "number", "exclusiveMinimum": 0, "description": "dwell events only: the fence's dwell time"},
+        "dwell_s": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "description": "dwell events only: the fence's dwell time",
+        },
     },
 }

@@ -8,7 +8,7 @@ stored, and every refusal says what is wrong and where.
 from __future__ import annotations
 
 import math
-from typing import Any, Annotated
+from typing import Annotated, Any
 
 import orjson
 import shapely
@@ -47,9 +47,14 @@ def _rings(polygon: Any, where: str) -> list[list[tuple[float, float]]]:
             raise InvalidFence(f"{rwhere}: a ring is a list of positions")
         points = [_position(p, f"{rwhere} position {i}") for i, p in enumerate(ring)]
         if len(points) < 4:
-            raise InvalidFence(f"{rwhere}: a ring needs at least 4 positions (3 corners and the first again), got {len(points)}")
+            raise InvalidFence(
+                f"{rwhere}: a ring needs at least 4 positions (3 corners and the first again), got {len(points)}"
+            )
         if points[0] != points[-1]:
-            raise InvalidFence(f"{rwhere}: the ring is not closed: first position {list(points[0])} differs from last {list(points[-1])}")
+            raise InvalidFence(
+                f"{rwhere}: the ring is not closed: first position {list(points[0])} "
+                f"differs from last {list(points[-1])}"
+            )
         rings.append(points)
     return rings
 
@@ -90,9 +95,15 @@ class FenceProperties(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(default="", max_length=200, examples=["North paddock"])
-    tags: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(default_factory=list, max_length=50, examples=[["pasture", "sheep"]])
-    dwell_s: float | None = Field(default=None, gt=0, description="emit one dwell event once a device has stayed inside this long", examples=[600])
-    exit_buffer_m: float | None = Field(default=None, ge=0, le=10_000, description="exit fires only once a device is this far outside", examples=[15])
+    tags: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=50, examples=[["pasture", "sheep"]]
+    )
+    dwell_s: float | None = Field(
+        default=None, gt=0, description="emit one dwell event once a device has stayed inside this long", examples=[600]
+    )
+    exit_buffer_m: float | None = Field(
+        default=None, ge=0, le=10_000, description="exit fires only once a device is this far outside", examples=[15]
+    )
 
 
 class Fence(FenceProperties):
@@ -119,7 +130,7 @@ class Fence(FenceProperties):
         return self.model_dump_json().encode()
 
     @classmethod
-    def from_json(cls, data: bytes | str) -> "Fence":
+    def from_json(cls, data: bytes | str) -> Fence:
         # Stored fences were validated on the way in; skip the geometry check.
         return cls.model_construct(**orjson.loads(data))
 
@@ -138,4 +149,3 @@ class Fence(FenceProperties):
                 "updated_at": self.updated_at,
             },
         }
-

@@ -86,8 +86,15 @@ def fix_from_obj(obj: Any) -> Fix:
     # bool is not float or int by type(); anything unusual takes the checked path.
     if type(obj) is dict and len(obj) == 4:
         d, ts, lon, lat = obj.get("device_id"), obj.get("ts"), obj.get("lon"), obj.get("lat")
-        if (type(d) is str and 0 < len(d) <= MAX_DEVICE_ID and type(ts) is int and type(lon) in _NUMBER
-                and type(lat) in _NUMBER and -180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
+        if (
+            type(d) is str
+            and 0 < len(d) <= MAX_DEVICE_ID
+            and type(ts) is int
+            and type(lon) in _NUMBER
+            and type(lat) in _NUMBER
+            and -180.0 <= lon <= 180.0
+            and -90.0 <= lat <= 90.0
+        ):
             return Fix(d, ts, float(lon), float(lat), None)
     return _checked_fix(obj)
 
@@ -143,8 +150,15 @@ def parse_record(raw: bytes, fixes: list[Fix], rejected: list[Rejected]) -> None
             # fix_from_obj's fast path, inlined: a packed record holds many fixes
             if type(item) is dict and len(item) == 4:
                 d, ts, lon, lat = item.get("device_id"), item.get("ts"), item.get("lon"), item.get("lat")
-                if (type(d) is str and 0 < len(d) <= MAX_DEVICE_ID and type(ts) is int and type(lon) in _NUMBER
-                        and type(lat) in _NUMBER and -180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
+                if (
+                    type(d) is str
+                    and 0 < len(d) <= MAX_DEVICE_ID
+                    and type(ts) is int
+                    and type(lon) in _NUMBER
+                    and type(lat) in _NUMBER
+                    and -180.0 <= lon <= 180.0
+                    and -90.0 <= lat <= 90.0
+                ):
                     append(Fix(d, ts, float(lon), float(lat), None))
                     continue
             try:

@@ -21,8 +21,12 @@ log = logging.getLogger("fencex.follower")
 
 
 class FenceFollower:
-    def __init__(self, store: RedisStore, on_index: Callable[[FenceIndex], None] | None = None,
-                 on_error: Callable[[Exception], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: RedisStore,
+        on_index: Callable[[FenceIndex], None] | None = None,
+        on_error: Callable[[Exception], None] | None = None,
+    ) -> None:
         self.store = store
         self.on_index = on_index
         self.on_error = on_error
@@ -72,8 +76,12 @@ class FenceFollower:
         if not fence_ids:
             return False
         self.index = await asyncio.to_thread(FenceIndex, list(self.fences.values()), self.applied, self.index)
-        log.info("fence index rebuilt: %d fences (%d changed) in %.3f s", len(self.index), len(fence_ids),
-                 self.index.build_seconds)
+        log.info(
+            "fence index rebuilt: %d fences (%d changed) in %.3f s",
+            len(self.index),
+            len(fence_ids),
+            self.index.build_seconds,
+        )
         if self.on_index is not None:
             self.on_index(self.index)
         return True

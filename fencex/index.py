@@ -56,7 +56,7 @@ class _Grid:
         self.keys, self.starts, self.counts = np.unique(keys_a, return_index=True, return_counts=True)
 
     @staticmethod
-    def _key(ix, iy):  # noqa: ANN001, ANN205 - ints or int arrays
+    def _key(ix, iy):
         return ((ix + _KEY_OFFSET) << 32) | (iy + _KEY_OFFSET)
 
     def candidates(self, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -96,7 +96,7 @@ def grow(geom: BaseGeometry, metres: float) -> BaseGeometry:
 class FenceIndex:
     """All fences of all tenants, for batch point lookups. Immutable once built."""
 
-    def __init__(self, fences: Iterable[Fence], version: int = 0, previous: "FenceIndex | None" = None) -> None:
+    def __init__(self, fences: Iterable[Fence], version: int = 0, previous: FenceIndex | None = None) -> None:
         """``previous``: the snapshot this one replaces; its geometries of unchanged fences
         (same id, tenant and version) are reused instead of converted from GeoJSON again,
         which is most of the cost of a rebuild."""
@@ -145,15 +145,25 @@ class FenceIndex:
         bounds = shapely.bounds(geoms)
         size = np.maximum(bounds[:, 2] - bounds[:, 0], bounds[:, 3] - bounds[:, 1])
         cell = max(float(np.median(size)), 1e-5)
-        cells = (np.floor(bounds[:, 2] / cell) - np.floor(bounds[:, 0] / cell) + 1) * \
-                (np.floor(bounds[:, 3] / cell) - np.floor(bounds[:, 1] / cell) + 1)
+        cells = (np.floor(bounds[:, 2] / cell) - np.floor(bounds[:, 0] / cell) + 1) * (
+            np.floor(bounds[:, 3] / cell) - np.floor(bounds[:, 1] / cell) + 1
+        )
         big = cells > MAX_CELLS_PER_FENCE
         rows = np.arange(len(geoms), dtype=np.intp)
         big_rows = rows[big]
         return _Grid(bounds[~big], rows[~big], cell), big_rows, shapely.STRtree(geoms[big_rows])
 
-    def _match(self, grid: _Grid, big_rows: np.ndarray, big_tree: shapely.STRtree, geoms: np.ndarray,
-               rows: np.ndarray | None, xs: np.ndarray, ys: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    def _match(
+        self,
+        grid: _Grid,
+        big_rows: np.ndarray,
+        big_tree: shapely.STRtree,
+        geoms: np.ndarray,
+        rows: np.ndarray | None,
+        xs: np.ndarray,
+        ys: np.ndarray,
+        codes: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, int]:
         pt, cand = grid.candidates(xs, ys)
         if len(big_rows):
             bpt, bcand = big_tree.query(shapely.points(xs, ys))
@@ -164,16 +174,26 @@ class FenceIndex:
         hit = shapely.intersects_xy(geoms[cand], xs[pt], ys[pt])  # exact, prepared, boundary inclusive
         return pt[hit], fence_rows[hit], len(hit)
 
-    def lookup(self, lons: Sequence[float] | np.ndarray, lats: Sequence[float] | np.ndarray,
-               tenants: Sequence[str] | str, near: bool = False) -> list[tuple[int, ...]]:
+    def lookup(
+        self,
+        lons: Sequence[float] | np.ndarray,
+        lats: Sequence[float] | np.ndarray,
+        tenants: Sequence[str] | str,
+        near: bool = False,
+    ) -> list[tuple[int, ...]]:
         """For each point, the rows (into ``self.fences``) of its tenant's fences containing it.
 
         With ``near=True``: the rows of buffered fences whose *outer* geometry contains it.
         """
         return self.lookup_counted(lons, lats, tenants, near)[0]
 
-    def lookup_counted(self, lons: Sequence[float] | np.ndarray, lats: Sequence[float] | np.ndarray,
-                       tenants: Sequence[str] | str, near: bool = False) -> tuple[list[tuple[int, ...]], int]:
+    def lookup_counted(
+        self,
+        lons: Sequence[float] | np.ndarray,
+        lats: Sequence[float] | np.ndarray,
+        tenants: Sequence[str] | str,
+        near: bool = False,
+    ) -> tuple[list[tuple[int, ...]], int]:
         """:meth:`lookup`, and how many exact point-in-fence tests it made."""
         lons = np.asarray(lons, dtype=np.float64)
         lats = np.asarray(lats, dtype=np.float64)
@@ -183,10 +203,20 @@ class FenceIndex:
             return result, 0
         codes = self._codes_of(tenants, n)
         if near:
-            pt, rows, tested = self._match(self._outer_grid, self._outer_big_rows, self._outer_big_tree, self._outer,
-                                           self._outer_rows, lons, lats, codes)
+            pt, rows, tested = self._match(
+                self._outer_grid,
+                self._outer_big_rows,
+                self._outer_big_tree,
+                self._outer,
+                self._outer_rows,
+                lons,
+                lats,
+                codes,
+            )
         else:
-            pt, rows, tested = self._match(self._grid, self._big_rows, self._big_tree, self._geoms, None, lons, lats, codes)
+            pt, rows, tested = self._match(
+                self._grid, self._big_rows, self._big_tree, self._geoms, None, lons, lats, codes
+            )
         if len(pt):
             order = np.lexsort((rows, pt))
             pt, rows = pt[order].tolist(), rows[order].tolist()
@@ -201,8 +231,9 @@ class FenceIndex:
         """(point index, fence row) for every point inside a fence of ``tenant``, by point: a spatial join."""
         lons = np.asarray(lons, dtype=np.float64)
         lats = np.asarray(lats, dtype=np.float64)
-        pt, rows, _ = self._match(self._grid, self._big_rows, self._big_tree, self._geoms, None, lons, lats,
-                                  self._codes_of(tenant, len(lons)))
+        pt, rows, _ = self._match(
+            self._grid, self._big_rows, self._big_tree, self._geoms, None, lons, lats, self._codes_of(tenant, len(lons))
+        )
         order = np.lexsort((rows, pt))
         return pt[order], rows[order]
 
@@ -217,8 +248,9 @@ class FenceIndex:
         grid = self._grid
         cells = self._cells
         if cells is None:
-            cells = self._cells = {int(k): grid.items[s:s + c].tolist()
-                                   for k, s, c in zip(grid.keys, grid.starts, grid.counts)}
+            cells = self._cells = {
+                int(k): grid.items[s : s + c].tolist() for k, s, c in zip(grid.keys, grid.starts, grid.counts)
+            }
         key = int(_Grid._key(math.floor(lon / grid.cell), math.floor(lat / grid.cell)))
         bounds = self._bounds_list
         if bounds is None:
@@ -229,6 +261,9 @@ class FenceIndex:
             if b[0] <= lon <= b[2] and b[1] <= lat <= b[3] and self._codes[r] == code:
                 rows.append(r)
         if len(self._big_rows):
-            rows += [int(self._big_rows[i]) for i in self._big_tree.query(shapely.Point(lon, lat))
-                     if self._codes[self._big_rows[i]] == code]
+            rows += [
+                int(self._big_rows[i])
+                for i in self._big_tree.query(shapely.Point(lon, lat))
+                if self._codes[self._big_rows[i]] == code
+            ]
         return [self.fences[r] for r in sorted(rows) if shapely.intersects_xy(self._geoms[r], lon, lat)]

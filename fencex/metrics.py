@@ -31,25 +31,69 @@ class PushMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         process_collectors(registry)
-        self.records = Counter("fencex_records_consumed_total", "Kafka records read from the locations topic", registry=registry)
-        self.fixes_consumed = Counter("fencex_fixes_consumed_total", "Well-formed fixes read (a packed record holds many)", registry=registry)
-        self.fixes_processed = Counter("fencex_fixes_processed_total", "Fixes applied to device state", registry=registry)
-        self.fixes_dropped = Counter("fencex_fixes_dropped_total", "Fixes dropped, by reason (bad input, out of order)", ["reason"], registry=registry)
-        self.point_tests = Counter("fencex_point_tests_total", "Exact point-in-fence tests after the R-tree filter", registry=registry)
-        self.intersections = Counter("fencex_fence_intersections_total", "Fixes inside at least one fence", registry=registry)
-        self.events = Counter("fencex_events_published_total", "Fence events published, by type", ["type"], registry=registry)
-        self.dlq = Counter("fencex_dlq_records_total", "Records sent to the dead-letter topic, by reason", ["reason"], registry=registry)
-        self.latency = Histogram("fencex_event_latency_seconds", "Fix time to event handed to the producer (acks follow within the flush interval)", buckets=LATENCY_BUCKETS, registry=registry)
-        self.batch = Histogram("fencex_batch_fixes", "Fixes per processed batch", buckets=BATCH_BUCKETS, registry=registry)
-        self.batch_seconds = Histogram("fencex_batch_duration_seconds", "Time to process, publish, save and commit one batch",
-                                       buckets=LATENCY_BUCKETS, registry=registry)
-        self.index_rebuild = Histogram("fencex_index_rebuild_seconds", "Time to build a fence index snapshot",
-                                       buckets=LATENCY_BUCKETS, registry=registry)
+        self.records = Counter(
+            "fencex_records_consumed_total", "Kafka records read from the locations topic", registry=registry
+        )
+        self.fixes_consumed = Counter(
+            "fencex_fixes_consumed_total", "Well-formed fixes read (a packed record holds many)", registry=registry
+        )
+        self.fixes_processed = Counter(
+            "fencex_fixes_processed_total", "Fixes applied to device state", registry=registry
+        )
+        self.fixes_dropped = Counter(
+            "fencex_fixes_dropped_total",
+            "Fixes dropped, by reason (bad input, out of order)",
+            ["reason"],
+            registry=registry,
+        )
+        self.point_tests = Counter(
+            "fencex_point_tests_total", "Exact point-in-fence tests after the R-tree filter", registry=registry
+        )
+        self.intersections = Counter(
+            "fencex_fence_intersections_total", "Fixes inside at least one fence", registry=registry
+        )
+        self.events = Counter(
+            "fencex_events_published_total", "Fence events published, by type", ["type"], registry=registry
+        )
+        self.dlq = Counter(
+            "fencex_dlq_records_total",
+            "Records sent to the dead-letter topic, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "fencex_event_latency_seconds",
+            "Fix time to event handed to the producer (acks follow within the flush interval)",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch = Histogram(
+            "fencex_batch_fixes", "Fixes per processed batch", buckets=BATCH_BUCKETS, registry=registry
+        )
+        self.batch_seconds = Histogram(
+            "fencex_batch_duration_seconds",
+            "Time to process, publish, save and commit one batch",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.index_rebuild = Histogram(
+            "fencex_index_rebuild_seconds",
+            "Time to build a fence index snapshot",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.store_errors = Counter("fencex_store_errors_total", "Redis errors seen by the worker", registry=registry)
-        self.broker_errors = Counter("fencex_broker_errors_total", "Broker errors seen by the worker", registry=registry)
-        self.reconnects = Counter("fencex_reconnects_total", "Reconnections after an error, by server", ["server"], registry=registry)
-        self.rerouted = Counter("fencex_fixes_rerouted_total", "Fixes packed under another device's key, sent back "
-                                "to the topic under their own", registry=registry)
+        self.broker_errors = Counter(
+            "fencex_broker_errors_total", "Broker errors seen by the worker", registry=registry
+        )
+        self.reconnects = Counter(
+            "fencex_reconnects_total", "Reconnections after an error, by server", ["server"], registry=registry
+        )
+        self.rerouted = Counter(
+            "fencex_fixes_rerouted_total",
+            "Fixes packed under another device's key, sent back to the topic under their own",
+            registry=registry,
+        )
         self.rebalances = Counter("fencex_rebalances_total", "Partition assignments received", registry=registry)
         for reason in ("not_json", "bad_device_id", "bad_ts", "bad_lon", "bad_lat", "bad_fix", "out_of_order"):
             self.fixes_dropped.labels(reason)
@@ -65,25 +109,35 @@ class StateCollector(Collector):
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         s = self.read()
-        yield GaugeMetricFamily("fencex_partitions_assigned", "Partitions of locations assigned to this worker",
-                                value=len(s["partitions"]))
-        lag = GaugeMetricFamily("fencex_consumer_lag_records", "Records behind the high watermark", labels=["partition"])
+        yield GaugeMetricFamily(
+            "fencex_partitions_assigned", "Partitions of locations assigned to this worker", value=len(s["partitions"])
+        )
+        lag = GaugeMetricFamily(
+            "fencex_consumer_lag_records", "Records behind the high watermark", labels=["partition"]
+        )
         for p, n in sorted(s["lag"].items()):
             lag.add_metric([str(p)], n)
         yield lag
         yield GaugeMetricFamily("fencex_fences_loaded", "Fences in this worker's index", value=s["fences"])
-        yield GaugeMetricFamily("fencex_index_version", "Change-feed entries applied to the index", value=s["index_version"])
-        yield GaugeMetricFamily("fencex_devices_cached", "Device states held for the assigned partitions", value=s["devices"])
+        yield GaugeMetricFamily(
+            "fencex_index_version", "Change-feed entries applied to the index", value=s["index_version"]
+        )
+        yield GaugeMetricFamily(
+            "fencex_devices_cached", "Device states held for the assigned partitions", value=s["devices"]
+        )
         yield GaugeMetricFamily("fencex_worker_up", "1 while this worker's processing loop runs", value=s["running"])
         # The herd: a fence label, so bounded to the HERD_SERIES busiest fences of this worker.
-        occ = GaugeMetricFamily("fencex_fence_occupancy_devices",
-                                f"Devices inside each fence, of this worker's devices (top {HERD_SERIES})",
-                                labels=["tenant", "fence"])
+        occ = GaugeMetricFamily(
+            "fencex_fence_occupancy_devices",
+            f"Devices inside each fence, of this worker's devices (top {HERD_SERIES})",
+            labels=["tenant", "fence"],
+        )
         for (tenant, fence), n in s["occupancy"]:
             occ.add_metric([tenant, fence], n)
         yield occ
-        ev = CounterMetricFamily("fencex_fence_events", f"Events published per fence (top {HERD_SERIES})",
-                                 labels=["tenant", "fence"])
+        ev = CounterMetricFamily(
+            "fencex_fence_events", f"Events published per fence (top {HERD_SERIES})", labels=["tenant", "fence"]
+        )
         for (tenant, fence), n in s["fence_events"]:
             ev.add_metric([tenant, fence], n)
         yield ev

@@ -40,8 +40,9 @@ def _dwell_pending(state: DeviceState, index: FenceIndex, ts_ms: int) -> bool:
     return False
 
 
-def process(fixes: list[Fix], index: FenceIndex, states: MutableMapping[str, DeviceState],
-            tenant_of: Callable[[str], str]) -> Processed:
+def process(
+    fixes: list[Fix], index: FenceIndex, states: MutableMapping[str, DeviceState], tenant_of: Callable[[str], str]
+) -> Processed:
     """Apply ``fixes`` in order. ``states`` holds every known device of these
     fixes (missing = never seen) and is updated in place."""
     out = Processed()
@@ -73,8 +74,12 @@ def process(fixes: list[Fix], index: FenceIndex, states: MutableMapping[str, Dev
                 out.inside += 1
             near = near_rows[i] if near_rows is not None else ()
             members = state.members
-            if not near and len(inside) == len(members) and all(rows[r].id in members for r in inside) \
-                    and not (members and _dwell_pending(state, index, fix.ts_ms)):
+            if (
+                not near
+                and len(inside) == len(members)
+                and all(rows[r].id in members for r in inside)
+                and not (members and _dwell_pending(state, index, fix.ts_ms))
+            ):
                 # Fast path: same fences as before, nothing due. Move the device.
                 state.last_ts, state.lon, state.lat = fix.ts_ms, fix.lon, fix.lat
                 dirty[fix.device_id] = state
@@ -91,8 +96,9 @@ def process(fixes: list[Fix], index: FenceIndex, states: MutableMapping[str, Dev
     return out
 
 
-def reevaluate_all(index: FenceIndex, states: MutableMapping[str, DeviceState],
-                   devices: Iterable[str] | None = None) -> Processed:
+def reevaluate_all(
+    index: FenceIndex, states: MutableMapping[str, DeviceState], devices: Iterable[str] | None = None
+) -> Processed:
     """After fences changed: re-apply every (or each named) device's last fix."""
     out = Processed()
     ids = [d for d in (states.keys() if devices is None else devices) if d in states]
@@ -109,11 +115,16 @@ def reevaluate_all(index: FenceIndex, states: MutableMapping[str, DeviceState],
         inside_ids = [rows[r].id for r in inside_rows[i]]
         near_ids = [rows[r].id for r in near_rows[i]] if near_rows is not None else ()
         state = sts[i]
-        if set(inside_ids) == state.members.keys() and not (state.members and _dwell_pending(state, index, state.last_ts)):
+        if set(inside_ids) == state.members.keys() and not (
+            state.members and _dwell_pending(state, index, state.last_ts)
+        ):
             continue
         result = reevaluate(state, device_id, inside_ids, near_ids, index.by_id)
-        if result.events or result.state.members.keys() != state.members.keys() or \
-                any(m.version != state.members[k].version for k, m in result.state.members.items()):
+        if (
+            result.events
+            or result.state.members.keys() != state.members.keys()
+            or any(m.version != state.members[k].version for k, m in result.state.members.items())
+        ):
             states[device_id] = out.dirty[device_id] = result.state  # type: ignore[assignment]
             out.events.extend(result.events)
     return out

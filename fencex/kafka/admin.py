@@ -46,7 +46,9 @@ def wait_for_topics(bootstrap: str, topics: dict[str, int], log_every: float = 5
 def ensure_topics(bootstrap: str, topics: dict[str, int], timeout: float = 10.0) -> dict[str, int]:
     """Create the missing topics with their partition counts; return what exists."""
     existing = check_broker(bootstrap, timeout)
-    missing = [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in topics.items() if name not in existing]
+    missing = [
+        NewTopic(name, num_partitions=n, replication_factor=1) for name, n in topics.items() if name not in existing
+    ]
     if missing:
         admin = _admin(bootstrap)  # keep a reference until the futures resolve
         futures = admin.create_topics(missing, operation_timeout=timeout, request_timeout=timeout)

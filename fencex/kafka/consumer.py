@@ -23,7 +23,7 @@ PartitionsCallback = Callable[[list[int]], Awaitable[None]]
 
 
 class _Listener(ConsumerRebalanceListener):
-    def __init__(self, owner: "BatchConsumer") -> None:
+    def __init__(self, owner: BatchConsumer) -> None:
         self.owner = owner
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
@@ -44,25 +44,43 @@ class _Listener(ConsumerRebalanceListener):
 
 
 class BatchConsumer:
-    def __init__(self, bootstrap: str, topic: str, group_id: str, *, session_timeout_ms: int = 10_000,
-                 heartbeat_interval_ms: int = 1_000, max_poll_interval_ms: int = 60_000,
-                 on_assign: PartitionsCallback | None = None, on_revoke: PartitionsCallback | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        group_id: str,
+        *,
+        session_timeout_ms: int = 10_000,
+        heartbeat_interval_ms: int = 1_000,
+        max_poll_interval_ms: int = 60_000,
+        on_assign: PartitionsCallback | None = None,
+        on_revoke: PartitionsCallback | None = None,
+    ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.group_id = group_id
         self.on_assign = on_assign
         self.on_revoke = on_revoke
         self.lock = asyncio.Lock()
-        self._kwargs = dict(session_timeout_ms=session_timeout_ms, heartbeat_interval_ms=heartbeat_interval_ms,
-                            max_poll_interval_ms=max_poll_interval_ms)
+        self._kwargs = dict(
+            session_timeout_ms=session_timeout_ms,
+            heartbeat_interval_ms=heartbeat_interval_ms,
+            max_poll_interval_ms=max_poll_interval_ms,
+        )
         self._consumer: AIOKafkaConsumer | None = None
         self.positions: dict[int, int] = {}
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=self.group_id, enable_auto_commit=False,
-            auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
-            fetch_max_wait_ms=50, **self._kwargs)
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=8 << 20,
+            fetch_max_bytes=64 << 20,
+            fetch_max_wait_ms=50,
+            **self._kwargs,
+        )
         try:
             await self._consumer.start()
         except KafkaError as exc:

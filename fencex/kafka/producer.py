@@ -20,10 +20,17 @@ from fencex.errors import BrokerUnavailable
 class Producer:
     def __init__(self, bootstrap: str, *, linger_ms: int = 2, compression: str = "lz4") -> None:
         self.bootstrap = bootstrap
-        self._config = {"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": linger_ms,
-                        "compression.type": compression, "queue.buffering.max.messages": 1_000_000,
-                        "queue.buffering.max.kbytes": 1_048_576, "batch.num.messages": 10_000,
-                        "message.timeout.ms": 30_000, "enable.idempotence": False}
+        self._config = {
+            "bootstrap.servers": bootstrap,
+            "acks": "all",
+            "linger.ms": linger_ms,
+            "compression.type": compression,
+            "queue.buffering.max.messages": 1_000_000,
+            "queue.buffering.max.kbytes": 1_048_576,
+            "batch.num.messages": 10_000,
+            "message.timeout.ms": 30_000,
+            "enable.idempotence": False,
+        }
         self._producer: KafkaProducer | None = None
         self._errors: list[str] = []
 
@@ -43,7 +50,9 @@ class Producer:
         if err is not None:
             self._errors.append(str(err))
 
-    async def send(self, topic: str, records: Iterable[tuple[bytes | None, bytes, list[tuple[str, bytes]] | None]]) -> int:
+    async def send(
+        self, topic: str, records: Iterable[tuple[bytes | None, bytes, list[tuple[str, bytes]] | None]]
+    ) -> int:
         """Queue (key, value, headers) records; librdkafka sends them in the background."""
         p = self._producer
         assert p is not None
@@ -68,7 +77,9 @@ class Producer:
             errors, self._errors = self._errors, []
             raise BrokerUnavailable(f"{left} records unacknowledged; delivery errors: {errors[:3]}")
 
-    async def send_all(self, topic: str, records: Iterable[tuple[bytes | None, bytes, list[tuple[str, bytes]] | None]]) -> int:
+    async def send_all(
+        self, topic: str, records: Iterable[tuple[bytes | None, bytes, list[tuple[str, bytes]] | None]]
+    ) -> int:
         """Send records and wait until the broker has acknowledged all of them."""
         n = await self.send(topic, records)
         await self.wait_acked()

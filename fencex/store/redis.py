@@ -76,6 +76,7 @@ def _guard(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             return await fn(*args, **kwargs)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise StoreUnavailable(f"redis does not answer: {exc}") from exc
+
     return wrapper
 
 
@@ -100,8 +101,9 @@ class RedisStore:
 
     @_guard
     async def connect(self) -> None:
-        self._redis = aioredis.Redis.from_url(self.url, socket_connect_timeout=3, socket_timeout=10,
-                                              health_check_interval=30)
+        self._redis = aioredis.Redis.from_url(
+            self.url, socket_connect_timeout=3, socket_timeout=10, health_check_interval=30
+        )
         await self._redis.ping()
         self._append_events = self._redis.register_script(_APPEND_EVENTS)
         self._save_batch = self._redis.register_script(_SAVE_BATCH)
@@ -133,7 +135,7 @@ class RedisStore:
         ids = sorted(m.decode() for m in await self.redis.smembers(key))
         out: list[Fence] = []
         for start in range(0, len(ids), 5000):
-            raws = await self.redis.mget([self.keys.fence(i) for i in ids[start:start + 5000]])
+            raws = await self.redis.mget([self.keys.fence(i) for i in ids[start : start + 5000]])
             out.extend(Fence.from_json(r) for r in raws if r is not None)
         return out
 
@@ -144,8 +146,9 @@ class RedisStore:
         return {i: (Fence.from_json(r) if r is not None else None) for i, r in zip(ids, raws)}
 
     @_guard
-    async def put_fences(self, fences: Iterable[Fence], if_match: Mapping[str, int] | None = None,
-                         create_only: bool = False) -> list[Fence]:
+    async def put_fences(
+        self, fences: Iterable[Fence], if_match: Mapping[str, int] | None = None, create_only: bool = False
+    ) -> list[Fence]:
         """Create or replace fences atomically (all or none), each with its version raised by one.
 
         ``if_match``: fence id -> the version the caller last saw (HTTP If-Match); a
@@ -209,8 +212,12 @@ class RedisStore:
                     continue
 
     def _feed(self, pipe: Any, kind: str, op: str, key: str, tenant: str, version: int) -> None:
-        pipe.xadd(self.keys.changes, {"kind": kind, "op": op, "id": key, "tenant": tenant, "version": version},
-                  maxlen=CHANGES_MAXLEN, approximate=True)
+        pipe.xadd(
+            self.keys.changes,
+            {"kind": kind, "op": op, "id": key, "tenant": tenant, "version": version},
+            maxlen=CHANGES_MAXLEN,
+            approximate=True,
+        )
 
     # ------------------------------------------------------------ change feed
 
@@ -225,8 +232,16 @@ class RedisStore:
         out: list[Change] = []
         for _stream, entries in got or []:
             for entry_id, f in entries:
-                out.append(Change(entry_id.decode(), f[b"kind"].decode(), f[b"op"].decode(), f[b"id"].decode(),
-                                  f[b"tenant"].decode(), int(f[b"version"])))
+                out.append(
+                    Change(
+                        entry_id.decode(),
+                        f[b"kind"].decode(),
+                        f[b"op"].decode(),
+                        f[b"id"].decode(),
+                        f[b"tenant"].decode(),
+                        int(f[b"version"]),
+                    )
+                )
         return out
 
     # ---------------------------------------------------------------- devices
@@ -239,7 +254,7 @@ class RedisStore:
         """Assign devices to tenants; running workers hear it through the change feed."""
         items = list(tenants.items())
         for start in range(0, len(items), 5000):
-            chunk = dict(items[start:start + 5000])
+            chunk = dict(items[start : start + 5000])
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(self.keys.devices, mapping=chunk)
                 for device_id, tenant in chunk.items():
@@ -268,7 +283,7 @@ class RedisStore:
     async def load_states(self, device_ids: list[str]) -> dict[str, DeviceState]:
         out: dict[str, DeviceState] = {}
         for start in range(0, len(device_ids), 10_000):
-            chunk = device_ids[start:start + 10_000]
+            chunk = device_ids[start : start + 10_000]
             raws = await self.redis.mget([self.keys.device(d) for d in chunk])
             for did, raw in zip(chunk, raws):
                 if raw is not None:
@@ -283,8 +298,12 @@ class RedisStore:
             out.update((m.decode(), p) for m in await self.redis.smembers(self.keys.partition(topic, p)))
         return out
 
-    def pack_save(self, states: Mapping[str, DeviceState], events: Iterable[Event],
-                  new_devices: Mapping[tuple[str, int], list[str]] | None = None) -> bytes | None:
+    def pack_save(
+        self,
+        states: Mapping[str, DeviceState],
+        events: Iterable[Event],
+        new_devices: Mapping[tuple[str, int], list[str]] | None = None,
+    ) -> bytes | None:
         """Serialise a save now (a snapshot), to send later with :meth:`save_packed`."""
         if not states and not new_devices:
             return None
@@ -302,8 +321,11 @@ class RedisStore:
                 g.extend((st.lon, st.lat, d))
         geo_keys = {k.geo(t): v for t, v in geo.items()}
         # membership changes in event order: an exit then an enter leaves the device inside
-        members = [(1 if e.type == "enter" else 0, k.inside(e.tenant, e.fence_id), e.ts_ms, e.device_id)
-                   for e in events if e.type != "dwell"]
+        members = [
+            (1 if e.type == "enter" else 0, k.inside(e.tenant, e.fence_id), e.ts_ms, e.device_id)
+            for e in events
+            if e.type != "dwell"
+        ]
         sadd = {k.partition(topic, p): devices for (topic, p), devices in (new_devices or {}).items() if devices}
         return msgpack.packb([flat, geo_keys, members, sadd], use_bin_type=False)
 
@@ -336,10 +358,22 @@ class RedisStore:
         return dict(zip(fence_ids, counts))
 
     @_guard
-    async def devices_near(self, tenant: str, lon: float, lat: float, width_m: float, height_m: float) -> list[tuple[str, float, float]]:
+    async def devices_near(
+        self, tenant: str, lon: float, lat: float, width_m: float, height_m: float
+    ) -> list[tuple[str, float, float]]:
         """Devices whose last position is in the box around (lon, lat): candidates for an exact test."""
-        got = await self.redis.execute_command("GEOSEARCH", self.keys.geo(tenant), "FROMLONLAT", lon, lat,
-                                               "BYBOX", max(width_m, 1.0), max(height_m, 1.0), "m", "WITHCOORD")
+        got = await self.redis.execute_command(
+            "GEOSEARCH",
+            self.keys.geo(tenant),
+            "FROMLONLAT",
+            lon,
+            lat,
+            "BYBOX",
+            max(width_m, 1.0),
+            max(height_m, 1.0),
+            "m",
+            "WITHCOORD",
+        )
         return [(name.decode(), float(xy[0]), float(xy[1])) for name, xy in got]
 
     # ------------------------------------------------------ tenants and keys
@@ -371,8 +405,11 @@ class RedisStore:
             argv.extend((e["event_id"], e["tenant"], orjson.dumps(e)))
         if not argv:
             return 0
-        return int(await self._append_events(keys=[f"{self.keys.prefix}:seen:", f"{self.keys.prefix}:events:",
-                                                   self.history_maxlen], args=argv))
+        return int(
+            await self._append_events(
+                keys=[f"{self.keys.prefix}:seen:", f"{self.keys.prefix}:events:", self.history_maxlen], args=argv
+            )
+        )
 
     @_guard
     async def history(self, tenant: str, after: str = "-", count: int = 1000) -> list[tuple[str, dict[str, Any]]]:

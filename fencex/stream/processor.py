@@ -34,8 +34,8 @@ from fencex.detector import DeviceState
 from fencex.errors import BrokerUnavailable, StoreUnavailable, Unavailable
 from fencex.event import Event
 from fencex.fence import DEFAULT_TENANT
-from fencex.follower import FenceFollower
 from fencex.fix import Fix, Rejected, fix_json, parse_record
+from fencex.follower import FenceFollower
 from fencex.index import FenceIndex
 from fencex.kafka.consumer import BatchConsumer
 from fencex.kafka.producer import Producer
@@ -54,9 +54,18 @@ class Topics:
 
 
 class Processor:
-    def __init__(self, store: RedisStore, consumer: BatchConsumer, producer: Producer, metrics: PushMetrics,
-                 topics: Topics = Topics(), max_records: int = 20_000, default_tenant: str = DEFAULT_TENANT,
-                 flush_interval: float = 0.2, chunk_fixes: int = 20_000) -> None:
+    def __init__(
+        self,
+        store: RedisStore,
+        consumer: BatchConsumer,
+        producer: Producer,
+        metrics: PushMetrics,
+        topics: Topics = Topics(),
+        max_records: int = 20_000,
+        default_tenant: str = DEFAULT_TENANT,
+        flush_interval: float = 0.2,
+        chunk_fixes: int = 20_000,
+    ) -> None:
         self.store = store
         self.consumer = consumer
         self.producer = producer
@@ -110,10 +119,16 @@ class Processor:
         for state in list(self.states.values()):
             for fid in state.members:
                 occupancy[(state.tenant, fid)] += 1
-        return {"partitions": self.consumer.assignment(), "lag": self.consumer.lag(), "fences": len(self.index),
-                "index_version": self.follower.applied, "devices": len(self.states), "running": int(self.running),
-                "occupancy": occupancy.most_common(HERD_SERIES),
-                "fence_events": self.fence_events.most_common(HERD_SERIES)}
+        return {
+            "partitions": self.consumer.assignment(),
+            "lag": self.consumer.lag(),
+            "fences": len(self.index),
+            "index_version": self.follower.applied,
+            "devices": len(self.states),
+            "running": int(self.running),
+            "occupancy": occupancy.most_common(HERD_SERIES),
+            "fence_events": self.fence_events.most_common(HERD_SERIES),
+        }
 
     # ---------------------------------------------------------- fence changes
 
@@ -222,7 +237,7 @@ class Processor:
                 backoff = 0.5
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - the loop must outlive any one failure
+            except Exception as exc:
                 if isinstance(exc, StoreUnavailable):
                     self.metrics.store_errors.inc()
                 elif isinstance(exc, BrokerUnavailable):
@@ -278,8 +293,17 @@ class Processor:
                         fixes.extend(mine)
                 fix_partition.extend([p] * (len(fixes) - n))
                 for rj in rejected[nrej:]:
-                    dead.append((r.key, rj.raw, [("reason", rj.reason.encode()), ("detail", rj.detail.encode()),
-                                                 ("source", f"{tp.topic}/{p}/{r.offset}".encode())]))
+                    dead.append(
+                        (
+                            r.key,
+                            rj.raw,
+                            [
+                                ("reason", rj.reason.encode()),
+                                ("detail", rj.detail.encode()),
+                                ("source", f"{tp.topic}/{p}/{r.offset}".encode()),
+                            ],
+                        )
+                    )
                 if len(fixes) >= self.chunk_fixes:
                     await self._apply(fixes, fix_partition, rejected, dead)
                     fixes, fix_partition, rejected, dead = [], [], [], []
@@ -287,7 +311,9 @@ class Processor:
             records += len(recs)
         await self._apply(fixes, fix_partition, rejected, dead)
         if reroute:
-            await self.producer.send(self.topics.locations, ((f.device_id.encode(), fix_json(f), None) for f in reroute))
+            await self.producer.send(
+                self.topics.locations, ((f.device_id.encode(), fix_json(f), None) for f in reroute)
+            )
             self.metrics.rerouted.inc(len(reroute))
         # only now is the whole batch applied: its offsets join the next commit
         for tp, recs in batches.items():
@@ -297,8 +323,12 @@ class Processor:
         self.metrics.batch_seconds.observe(elapsed)
         if log.isEnabledFor(logging.DEBUG):
             oldest = min(r[0].timestamp for r in batches.values())
-            log.debug("batch: %d records, oldest %.0f ms old, handled in %.1f ms",
-                      records, time.time() * 1000 - oldest, elapsed * 1000)
+            log.debug(
+                "batch: %d records, oldest %.0f ms old, handled in %.1f ms",
+                records,
+                time.time() * 1000 - oldest,
+                elapsed * 1000,
+            )
 
     async def _apply(self, fixes: list[Fix], fix_partition: list[int], rejected: list[Rejected], dead: list) -> None:
         # Devices never seen by this worker: the store may know them (e.g. after a restart).
@@ -334,7 +364,9 @@ class Processor:
         """Queue events and dead letters; :meth:`flush` waits for their acks before committing."""
         now_ms = time.time() * 1000.0
         if events:
-            await self.producer.send(self.topics.events, ((e.device_id.encode(), e.to_json(now_ms), None) for e in events))
+            await self.producer.send(
+                self.topics.events, ((e.device_id.encode(), e.to_json(now_ms), None) for e in events)
+            )
             counter, observe, now = self.metrics.events, self.metrics.latency.observe, now_ms / 1000.0
             per_fence = self.fence_events
             for e in events:

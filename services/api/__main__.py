@@ -17,9 +17,19 @@ from services.api.settings import Settings
 def main() -> None:
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    Granian("services.api.asgi:app", address=settings.host, port=settings.port, interface=Interfaces.ASGI,
-            workers=settings.workers, loop=Loops.uvloop, runtime_mode=RuntimeModes.st, runtime_threads=1,
-            websockets=False, log_level=settings.log_level.lower(), respawn_failed_workers=True).serve()
+    Granian(
+        "services.api.asgi:app",
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        workers=settings.workers,
+        loop=Loops.uvloop,
+        runtime_mode=RuntimeModes.st,
+        runtime_threads=1,
+        websockets=False,
+        log_level=settings.log_level.lower(),
+        respawn_failed_workers=True,
+    ).serve()
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ from fencex.errors import StoreUnavailable
 from fencex.follower import FenceFollower
 from fencex.kafka.producer import Producer
 from fencex.store.redis import RedisStore
+from services.api.fastpath import ApiEdge
 from services.api.problem import install as install_problems
 from services.api.routers import admin, devices, events, fences, locations, query
-from services.api.fastpath import ApiEdge
 from services.api.settings import Settings
 from services.api.state import ApiCollector, ApiState, PullMetrics
 
@@ -38,8 +38,14 @@ def create_app(settings: Settings) -> ApiEdge:
     registry = CollectorRegistry()
     metrics = PullMetrics(registry)
     store = RedisStore(settings.redis_url, settings.key_prefix)
-    state = ApiState(settings, store, FenceFollower(store, on_error=lambda e: metrics.store_errors.inc()),
-                     Producer(settings.kafka_bootstrap), registry, metrics)
+    state = ApiState(
+        settings,
+        store,
+        FenceFollower(store, on_error=lambda e: metrics.store_errors.inc()),
+        Producer(settings.kafka_bootstrap),
+        registry,
+        metrics,
+    )
     registry.register(ApiCollector(state))
 
     @asynccontextmanager
@@ -53,25 +59,48 @@ def create_app(settings: Settings) -> ApiEdge:
             await state.producer.stop()
         await store.close()
 
-    app = FastAPI(title="fencex", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
-                  openapi_tags=[{"name": "fences", "description": "pastures drawn by farmers"},
-                                {"name": "queries", "description": "point-in-fence and devices-in-area"},
-                                {"name": "devices"}, {"name": "events"}, {"name": "ingest"},
-                                {"name": "admin", "description": "operator only: the admin key"},
-                                {"name": "operations"}])
+    app = FastAPI(
+        title="fencex",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "fences", "description": "pastures drawn by farmers"},
+            {"name": "queries", "description": "point-in-fence and devices-in-area"},
+            {"name": "devices"},
+            {"name": "events"},
+            {"name": "ingest"},
+            {"name": "admin", "description": "operator only: the admin key"},
+            {"name": "operations"},
+        ],
+    )
     app.state.fencex = state
     install_problems(app)
     for r in (fences.router, query.router, devices.router, events.router, locations.router, admin.router):
         app.include_router(r)
 
-    @app.get("/healthz", tags=["operations"], summary="The process is alive",
-             responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}})
+    @app.get(
+        "/healthz",
+        tags=["operations"],
+        summary="The process is alive",
+        responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}},
+    )
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["operations"], summary="Redis and the broker answer",
-             responses={200: {"content": {"application/json": {"example": {"status": "ready", "checks": {"redis": True, "broker": True}}}}},
-                        503: {"description": "not ready"}})
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        summary="Redis and the broker answer",
+        responses={
+            200: {
+                "content": {
+                    "application/json": {"example": {"status": "ready", "checks": {"redis": True, "broker": True}}}
+                }
+            },
+            503: {"description": "not ready"},
+        },
+    )
     async def readyz() -> Response:
         checks = {"redis": False, "broker": state.broker_ok}
         if state.ready:
@@ -82,11 +111,18 @@ def create_app(settings: Settings) -> ApiEdge:
         ok = all(checks.values())
         import orjson
 
-        return Response(orjson.dumps({"status": "ready" if ok else "not ready", "checks": checks}),
-                        status_code=200 if ok else 503, media_type="application/json")
+        return Response(
+            orjson.dumps({"status": "ready" if ok else "not ready", "checks": checks}),
+            status_code=200 if ok else 503,
+            media_type="application/json",
+        )
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics",
-             responses={200: {"content": {"text/plain": {"example": "fencex_queries_total{kind=\"point\"} 42.0\n"}}}})
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics",
+        responses={200: {"content": {"text/plain": {"example": 'fencex_queries_total{kind="point"} 42.0\n'}}}},
+    )
     async def metrics_page() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -58,8 +58,12 @@ class ApiEdge:
         length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > self._max_body:
             status_box[0] = 413
-            await _respond(send, 413, problem_body(413, f"the body is {int(length)} bytes; the limit is "
-                                                         f"{self._max_body}", scope["path"]), PROBLEM)
+            await _respond(
+                send,
+                413,
+                problem_body(413, f"the body is {int(length)} bytes; the limit is {self._max_body}", scope["path"]),
+                PROBLEM,
+            )
         else:
             await self.app(scope, receive, send_with_status)
         route = getattr(scope.get("route"), "path", None) or "unmatched"
@@ -72,19 +76,33 @@ class ApiEdge:
         if not state.ready:
             return await _respond(send, 503, problem_body(503, "the API is starting: waiting for redis", path), PROBLEM)
         auth = _header(scope, b"authorization")
-        if not auth or not auth[:7].lower() == "bearer " or not auth[7:].strip():
-            return await _respond(send, 401, problem_body(401, "send an API key: Authorization: Bearer <key>", path),
-                                  PROBLEM, {b"www-authenticate": b"Bearer"})
+        if not auth or auth[:7].lower() != "bearer " or not auth[7:].strip():
+            return await _respond(
+                send,
+                401,
+                problem_body(401, "send an API key: Authorization: Bearer <key>", path),
+                PROBLEM,
+                {b"www-authenticate": b"Bearer"},
+            )
         key = auth[7:].strip()
         admin = state.settings.admin_key.get_secret_value()
         if admin and key == admin:
-            return await _respond(send, 401, problem_body(401, "the admin key manages tenants; use a tenant's key "
-                                                                "for farm data", path), PROBLEM)
+            return await _respond(
+                send,
+                401,
+                problem_body(401, "the admin key manages tenants; use a tenant's key for farm data", path),
+                PROBLEM,
+            )
         try:
             tenant = await state.tenant_for_key(key)
         except Unavailable as exc:
-            return await _respond(send, 503, problem_body(503, f"a backing service is unavailable: {exc}", path),
-                                  PROBLEM, {b"retry-after": b"2"})
+            return await _respond(
+                send,
+                503,
+                problem_body(503, f"a backing service is unavailable: {exc}", path),
+                PROBLEM,
+                {b"retry-after": b"2"},
+            )
         if tenant is None:
             return await _respond(send, 401, problem_body(401, "unknown API key", path), PROBLEM)
         params = dict(parse_qsl(scope["query_string"].decode("latin-1")))
@@ -96,17 +114,27 @@ class ApiEdge:
             try:
                 v = float(raw)
             except ValueError:
-                return await _respond(send, 422, problem_body(
-                    422, f"query.{name}: Input should be a valid number", path), PROBLEM)
+                return await _respond(
+                    send, 422, problem_body(422, f"query.{name}: Input should be a valid number", path), PROBLEM
+                )
             if not math.isfinite(v) or not -limit <= v <= limit:
-                return await _respond(send, 422, problem_body(
-                    422, f"query.{name}: Input should be between -{limit:g} and {limit:g}", path), PROBLEM)
+                return await _respond(
+                    send,
+                    422,
+                    problem_body(422, f"query.{name}: Input should be between -{limit:g} and {limit:g}", path),
+                    PROBLEM,
+                )
             values[name] = v
         lon, lat = values["lon"], values["lat"]
         hits = state.follower.index.containing(tenant, lon, lat)
         self._point_queries.inc()
-        body = orjson.dumps({"lon": lon, "lat": lat, "fences": [
-            {"id": f.id, "name": f.name, "tags": f.tags, "version": f.version} for f in hits]})
+        body = orjson.dumps(
+            {
+                "lon": lon,
+                "lat": lat,
+                "fences": [{"id": f.id, "name": f.name, "tags": f.tags, "version": f.version} for f in hits],
+            }
+        )
         return await _respond(send, 200, body, "application/json")
 
 
@@ -117,7 +145,9 @@ def _header(scope: dict, name: bytes) -> str | None:
     return None
 
 
-async def _respond(send: Any, status: int, body: bytes, media_type: str, extra: dict[bytes, bytes] | None = None) -> int:
+async def _respond(
+    send: Any, status: int, body: bytes, media_type: str, extra: dict[bytes, bytes] | None = None
+) -> int:
     headers = [(b"content-type", media_type.encode()), (b"content-length", str(len(body)).encode())]
     if extra:
         headers.extend(extra.items())

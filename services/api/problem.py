@@ -13,9 +13,19 @@ from starlette.responses import Response
 from fencex.errors import InvalidInput, NotFound, Unavailable, VersionConflict
 
 PROBLEM = "application/problem+json"
-TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
-          409: "Conflict", 412: "Precondition failed", 413: "Content too large", 422: "Unprocessable content",
-          428: "Precondition required", 503: "Service unavailable"}
+TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    412: "Precondition failed",
+    413: "Content too large",
+    422: "Unprocessable content",
+    428: "Precondition required",
+    503: "Service unavailable",
+}
 
 
 class Problem(Exception):
@@ -35,10 +45,12 @@ def problem_body(status: int, detail: str, instance: str | None = None, **extra:
     return orjson.dumps(body)
 
 
-def problem(status: int, detail: str, instance: str | None = None, headers: dict[str, str] | None = None,
-            **extra: Any) -> Response:
-    return Response(problem_body(status, detail, instance, **extra), status_code=status, media_type=PROBLEM,
-                    headers=headers)
+def problem(
+    status: int, detail: str, instance: str | None = None, headers: dict[str, str] | None = None, **extra: Any
+) -> Response:
+    return Response(
+        problem_body(status, detail, instance, **extra), status_code=status, media_type=PROBLEM, headers=headers
+    )
 
 
 def install(app: FastAPI) -> None:
@@ -52,12 +64,15 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
-        errors = [{"location": list(e.get("loc", ())), "message": e.get("msg", ""), "type": e.get("type", "")}
-                  for e in exc.errors()]
+        errors = [
+            {"location": list(e.get("loc", ())), "message": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
         first = errors[0] if errors else {"location": [], "message": "invalid request"}
         where = ".".join(str(x) for x in first["location"])
-        return problem(422, f"{where}: {first['message']}" if where else first["message"], request.url.path,
-                       errors=errors)
+        return problem(
+            422, f"{where}: {first['message']}" if where else first["message"], request.url.path, errors=errors
+        )
 
     @app.exception_handler(InvalidInput)
     async def _invalid(request: Request, exc: InvalidInput) -> Response:
@@ -69,8 +84,13 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(VersionConflict)
     async def _conflict(request: Request, exc: VersionConflict) -> Response:
-        return problem(412, f"the fence is at version {exc.actual}; your If-Match was {exc.expected}. "
-                            "Fetch it again and reapply your change.", request.url.path, current_version=exc.actual)
+        return problem(
+            412,
+            f"the fence is at version {exc.actual}; your If-Match was {exc.expected}. "
+            "Fetch it again and reapply your change.",
+            request.url.path,
+            current_version=exc.actual,
+        )
 
     @app.exception_handler(Unavailable)
     async def _unavailable(request: Request, exc: Unavailable) -> Response:

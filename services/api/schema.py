@@ -8,8 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fencex.fence import FenceId, FenceProperties
 
-EXAMPLE_POLYGON = {"type": "Polygon", "coordinates": [[[17.60, 59.80], [17.61, 59.80], [17.61, 59.81],
-                                                       [17.60, 59.81], [17.60, 59.80]]]}
+EXAMPLE_POLYGON = {
+    "type": "Polygon",
+    "coordinates": [[[17.60, 59.80], [17.61, 59.80], [17.61, 59.81], [17.60, 59.81], [17.60, 59.80]]],
+}
 
 
 class Geometry(BaseModel):
@@ -24,9 +26,16 @@ class Geometry(BaseModel):
 class FenceCreate(BaseModel):
     """A GeoJSON Feature: the fence's shape and its properties."""
 
-    model_config = ConfigDict(json_schema_extra={"example": {
-        "type": "Feature", "id": "north-paddock", "geometry": EXAMPLE_POLYGON,
-        "properties": {"name": "North paddock", "tags": ["sheep"], "dwell_s": 600, "exit_buffer_m": 15}}})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "type": "Feature",
+                "id": "north-paddock",
+                "geometry": EXAMPLE_POLYGON,
+                "properties": {"name": "North paddock", "tags": ["sheep"], "dwell_s": 600, "exit_buffer_m": 15},
+            }
+        }
+    )
 
     type: Literal["Feature"] = "Feature"
     id: FenceId | None = Field(None, description="chosen by you, or made up by the server when left out")
@@ -37,8 +46,9 @@ class FenceCreate(BaseModel):
 class FenceUpdate(BaseModel):
     """PATCH: the properties to change; the others stay."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"name": "North paddock (rested)",
-                                                                              "dwell_s": 900}})
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"example": {"name": "North paddock (rested)", "dwell_s": 900}}
+    )
 
     name: str | None = Field(None, max_length=200)
     tags: list[str] | None = Field(None, max_length=50)
@@ -51,7 +61,19 @@ class FencePublicProperties(FenceProperties):
     updated_at: float
 
 
-EXAMPLE_FEATURE = {"type": "Feature", "id": "north-paddock", "geometry": EXAMPLE_POLYGON, "properties": {"name": "North paddock", "tags": ["sheep"], "dwell_s": 600, "exit_buffer_m": 15, "version": 3, "updated_at": 1780000000.0}}
+EXAMPLE_FEATURE = {
+    "type": "Feature",
+    "id": "north-paddock",
+    "geometry": EXAMPLE_POLYGON,
+    "properties": {
+        "name": "North paddock",
+        "tags": ["sheep"],
+        "dwell_s": 600,
+        "exit_buffer_m": 15,
+        "version": 3,
+        "updated_at": 1780000000.0,
+    },
+}
 
 
 class FencePublic(BaseModel):
@@ -64,8 +86,11 @@ class FencePublic(BaseModel):
 
 
 class FenceCollection(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"example": {"type": "FeatureCollection", "features": [EXAMPLE_FEATURE],
-                                                             "total": 1, "next_offset": None}})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {"type": "FeatureCollection", "features": [EXAMPLE_FEATURE], "total": 1, "next_offset": None}
+        }
+    )
 
     type: Literal["FeatureCollection"] = "FeatureCollection"
     features: list[FencePublic]
@@ -74,8 +99,16 @@ class FenceCollection(BaseModel):
 
 
 class FenceImport(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"example": {"type": "FeatureCollection", "features": [
-        {"type": "Feature", "id": "south", "geometry": EXAMPLE_POLYGON, "properties": {"name": "South"}}]}})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "type": "FeatureCollection",
+                "features": [
+                    {"type": "Feature", "id": "south", "geometry": EXAMPLE_POLYGON, "properties": {"name": "South"}}
+                ],
+            }
+        }
+    )
 
     type: Literal["FeatureCollection"] = "FeatureCollection"
     features: list[dict[str, Any]] = Field(max_length=10_000)
@@ -89,8 +122,15 @@ class FenceRef(BaseModel):
 
 
 class PointQueryResult(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"example": {"lon": 17.605, "lat": 59.805, "fences": [
-        {"id": "north-paddock", "name": "North paddock", "tags": ["sheep"], "version": 3}]}})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "lon": 17.605,
+                "lat": 59.805,
+                "fences": [{"id": "north-paddock", "name": "North paddock", "tags": ["sheep"], "version": 3}],
+            }
+        }
+    )
 
     lon: float
     lat: float
@@ -104,8 +144,9 @@ class BatchQuery(BaseModel):
 
 
 class BatchQueryResult(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"example": {"points": 2, "matches": 1, "point": [0],
-                                                             "fence_id": ["north-paddock"]}})
+    model_config = ConfigDict(
+        json_schema_extra={"example": {"points": 2, "matches": 1, "point": [0], "fence_id": ["north-paddock"]}}
+    )
 
     points: int
     matches: int
@@ -114,7 +155,9 @@ class BatchQueryResult(BaseModel):
 
 
 class DeviceInFence(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"example": {"device_id": "collar-7", "since": "2026-05-28T20:20:00.000Z"}})
+    model_config = ConfigDict(
+        json_schema_extra={"example": {"device_id": "collar-7", "since": "2026-05-28T20:20:00.000Z"}}
+    )
 
     device_id: str
     since: str = Field(description="RFC 3339: the time of the fix that entered")
@@ -127,9 +170,17 @@ class Membership(BaseModel):
 
 
 class DevicePublic(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"example": {
-        "device_id": "collar-7", "lon": 17.605, "lat": 59.805, "last_seen": "2026-05-28T20:26:41.000Z",
-        "fences": [{"fence_id": "north-paddock", "since": "2026-05-28T20:20:00.000Z", "dwelled": False}]}})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "device_id": "collar-7",
+                "lon": 17.605,
+                "lat": 59.805,
+                "last_seen": "2026-05-28T20:26:41.000Z",
+                "fences": [{"fence_id": "north-paddock", "since": "2026-05-28T20:20:00.000Z", "dwelled": False}],
+            }
+        }
+    )
 
     device_id: str
     lon: float
@@ -148,7 +199,9 @@ class DeviceRegistration(BaseModel):
 class DeviceQuery(BaseModel):
     """Either a polygon, or a point and a radius in metres."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"point": [17.605, 59.805], "radius_m": 250}})
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"example": {"point": [17.605, 59.805], "radius_m": 250}}
+    )
 
     polygon: Geometry | None = None
     point: tuple[float, float] | None = None

@@ -25,17 +25,32 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class PullMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         process_collectors(registry)
-        self.requests = Counter("fencex_http_requests_total", "HTTP requests, by route, method and status",
-                                ["route", "method", "status"], registry=registry)
-        self.duration = Histogram("fencex_http_request_duration_seconds", "HTTP request latency, by route",
-                                  ["route"], buckets=LATENCY_BUCKETS, registry=registry)
-        self.queries = Counter("fencex_queries_total", "Pull queries answered (a batch counts each point), by kind",
-                               ["kind"], registry=registry)
+        self.requests = Counter(
+            "fencex_http_requests_total",
+            "HTTP requests, by route, method and status",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "fencex_http_request_duration_seconds",
+            "HTTP request latency, by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.queries = Counter(
+            "fencex_queries_total",
+            "Pull queries answered (a batch counts each point), by kind",
+            ["kind"],
+            registry=registry,
+        )
         self.store_errors = Counter("fencex_api_store_errors_total", "Redis errors seen by the API", registry=registry)
-        self.fixes_ingested = Counter("fencex_api_fixes_ingested_total", "Fixes accepted over HTTP and produced",
-                                      registry=registry)
-        self.fixes_rejected = Counter("fencex_api_fixes_rejected_total", "Fixes refused over HTTP, by reason",
-                                      ["reason"], registry=registry)
+        self.fixes_ingested = Counter(
+            "fencex_api_fixes_ingested_total", "Fixes accepted over HTTP and produced", registry=registry
+        )
+        self.fixes_rejected = Counter(
+            "fencex_api_fixes_rejected_total", "Fixes refused over HTTP, by reason", ["reason"], registry=registry
+        )
         for kind in ("point", "batch_point", "devices", "fence_devices", "occupancy", "device", "events"):
             self.queries.labels(kind)
 
@@ -88,8 +103,9 @@ class ApiState:
                 await self.producer.start()
                 self.broker_ok = True
             except Exception as exc:  # noqa: BLE001
-                log.warning("waiting for the broker at %s: %s (retrying in %.0f s)", self.settings.kafka_bootstrap,
-                            exc, delay)
+                log.warning(
+                    "waiting for the broker at %s: %s (retrying in %.0f s)", self.settings.kafka_bootstrap, exc, delay
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
@@ -98,9 +114,16 @@ class ApiCollector(Collector):
     def __init__(self, state: ApiState) -> None:
         self.state = state
 
-    def collect(self):  # noqa: ANN201
-        yield GaugeMetricFamily("fencex_sse_clients", "Server-sent-event clients connected", value=self.state.sse_clients)
-        yield GaugeMetricFamily("fencex_api_fences_loaded", "Fences in the API's index", value=len(self.state.follower.index))
-        yield GaugeMetricFamily("fencex_api_index_version", "Change-feed entries applied to the API's index",
-                                value=self.state.follower.applied)
+    def collect(self):
+        yield GaugeMetricFamily(
+            "fencex_sse_clients", "Server-sent-event clients connected", value=self.state.sse_clients
+        )
+        yield GaugeMetricFamily(
+            "fencex_api_fences_loaded", "Fences in the API's index", value=len(self.state.follower.index)
+        )
+        yield GaugeMetricFamily(
+            "fencex_api_index_version",
+            "Change-feed entries applied to the API's index",
+            value=self.state.follower.applied,
+        )
         yield GaugeMetricFamily("fencex_api_up", "1 while the API is ready", value=int(self.state.ready))

@@ -1,8 +1,8 @@
 """python -m services.simulator: a herd grazing across its pastures, publishing GPS fixes.
 
 Fixes go to ``locations`` with confluent-kafka, keyed by device id, one per
-record or ``--pack`` consecutive fixes of one collar to a record (its buffered track). ``--setup`` first draws the pastures and
-registers the collars to their farms in Redis.
+record or ``--pack`` consecutive fixes of one collar to a record (its buffered track).
+``--setup`` first draws the pastures and registers the collars to their farms in Redis.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import orjson
 from confluent_kafka import Producer
 
 from fencex.errors import FencexError
-from fencex.herd import Herd, pastures
-from fencex.herd import records as herd_records
 from fencex.kafka.admin import ensure_topics
 from fencex.store.redis import RedisStore
+from services.simulator.herd import Herd, pastures
+from services.simulator.herd import records as herd_records
 from services.simulator.settings import Settings
 
 
@@ -28,7 +28,7 @@ async def setup(settings: Settings, herd: Herd, fences) -> None:
     await store.connect()
     try:
         for start in range(0, len(fences), 2000):
-            await store.put_fences(fences[start:start + 2000])
+            await store.put_fences(fences[start : start + 2000])
         await store.register_devices(herd.tenants())
         for tenant in sorted(set(herd.tenant)):
             await store.create_tenant(tenant, tenant)
@@ -43,11 +43,21 @@ def run(settings: Settings) -> int:
     if settings.setup:
         asyncio.run(setup(settings, herd, fences))
         if not settings.quiet:
-            print(f"simulator: drew {len(fences)} pastures for {len(set(herd.tenant))} farms, registered {len(herd.ids)} collars",
-                  flush=True)
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 10, "compression.type": "lz4",
-                         "batch.num.messages": 10000, "queue.buffering.max.messages": 2_000_000,
-                         "queue.buffering.max.kbytes": 1_048_576})
+            print(
+                f"simulator: drew {len(fences)} pastures for {len(set(herd.tenant))} farms, "
+                f"registered {len(herd.ids)} collars",
+                flush=True,
+            )
+    producer = Producer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "linger.ms": 10,
+            "compression.type": "lz4",
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 2_000_000,
+            "queue.buffering.max.kbytes": 1_048_576,
+        }
+    )
     n = len(herd.ids)
     pack = max(1, settings.pack)
     tick = 0.02

@@ -9,8 +9,9 @@ from services.settings import ServiceSettings
 
 
 class Settings(ServiceSettings):
-    model_config = SettingsConfigDict(cli_parse_args=True, cli_prog_name="simulator",
-                                      cli_kebab_case=True, cli_implicit_flags=True)
+    model_config = SettingsConfigDict(
+        cli_parse_args=True, cli_prog_name="simulator", cli_kebab_case=True, cli_implicit_flags=True
+    )
 
     partitions: int = 12
     fences: int = Field(100, description="pasture fences to draw (with --setup)")

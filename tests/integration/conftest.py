@@ -20,8 +20,8 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer
 
+from devtools.localserver import Server, free_port, start_broker, start_redis
 from fencex.kafka.admin import ensure_topics
-from fencex.localserver import Server, free_port, start_broker, start_redis
 
 ROOT = Path(__file__).parents[2]
 _counter = itertools.count()
@@ -67,20 +67,33 @@ class Env:
         return f"fx{self.name}"
 
     def env(self, **extra: str) -> dict[str, str]:
-        return dict(os.environ, FENCEX_KAFKA_BOOTSTRAP=self.bootstrap, FENCEX_REDIS_URL=self.redis_url,
-                    FENCEX_KEY_PREFIX=self.prefix, FENCEX_LOCATIONS_TOPIC=self.locations, FENCEX_EVENTS_TOPIC=self.events,
-                    FENCEX_DLQ_TOPIC=self.dlq, FENCEX_GROUP_ID=f"{self.name}-processor",
-                    FENCEX_HISTORY_GROUP=f"{self.name}-history", FENCEX_SESSION_TIMEOUT_S="6", FENCEX_HEARTBEAT_S="1",
-                    **extra)
+        return dict(
+            os.environ,
+            FENCEX_KAFKA_BOOTSTRAP=self.bootstrap,
+            FENCEX_REDIS_URL=self.redis_url,
+            FENCEX_KEY_PREFIX=self.prefix,
+            FENCEX_LOCATIONS_TOPIC=self.locations,
+            FENCEX_EVENTS_TOPIC=self.events,
+            FENCEX_DLQ_TOPIC=self.dlq,
+            FENCEX_GROUP_ID=f"{self.name}-processor",
+            FENCEX_HISTORY_GROUP=f"{self.name}-history",
+            FENCEX_SESSION_TIMEOUT_S="6",
+            FENCEX_HEARTBEAT_S="1",
+            **extra,
+        )
 
     def start_worker(self, **extra: str) -> tuple[subprocess.Popen, int]:
         port = free_port()
         n = len(self.workers)
         with (self.tmp / f"worker-{n}.log").open("wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "services.processor"], cwd=ROOT, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True,
-                                    env=self.env(FENCEX_WEB_PORT=str(port), FENCEX_DATADIR=str(self.tmp / f"data-{n}"),
-                                                 **extra))
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "services.processor"],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=self.env(FENCEX_WEB_PORT=str(port), FENCEX_DATADIR=str(self.tmp / f"data-{n}"), **extra),
+            )
         self.workers.append(proc)
         return proc, port
 
@@ -92,8 +105,14 @@ class Env:
         if redis_url:
             env["FENCEX_REDIS_URL"] = redis_url
         with (self.tmp / f"api-{n}.log").open("wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "services.api"], cwd=ROOT, stdout=log,
-                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "services.api"],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
         self.workers.append(proc)
         return proc, f"http://127.0.0.1:{port}"
 
@@ -107,8 +126,15 @@ class Env:
         assert p.flush(10) == 0
 
     def consumer(self, topic: str) -> Consumer:
-        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"{self.name}-reader-{next(_counter)}",
-                      "auto.offset.reset": "earliest", "session.timeout.ms": 6000, "enable.auto.commit": False})
+        c = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"{self.name}-reader-{next(_counter)}",
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": 6000,
+                "enable.auto.commit": False,
+            }
+        )
         c.subscribe([topic])
         return c
 

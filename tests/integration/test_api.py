@@ -8,12 +8,15 @@ import time
 import httpx
 import pytest
 
-from fencex.localserver import free_port, start_redis
+from devtools.localserver import free_port, start_redis
 from tests.integration.conftest import ADMIN_KEY, wait_api, wait_ready
 
 pytestmark = pytest.mark.integration
 
-SQUARE = {"type": "Polygon", "coordinates": [[[17.60, 59.80], [17.61, 59.80], [17.61, 59.81], [17.60, 59.81], [17.60, 59.80]]]}
+SQUARE = {
+    "type": "Polygon",
+    "coordinates": [[[17.60, 59.80], [17.61, 59.80], [17.61, 59.81], [17.60, 59.81], [17.60, 59.80]]],
+}
 FAR = {"type": "Polygon", "coordinates": [[[18.0, 60.0], [18.01, 60.0], [18.01, 60.01], [18.0, 60.01], [18.0, 60.0]]]}
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
@@ -27,7 +30,9 @@ def feature(fid: str | None = None, geometry=SQUARE, **props) -> dict:
 
 @pytest.fixture
 def api(live):
-    proc, base = live.start_api(FENCEX_MAX_VERTICES="50", FENCEX_MAX_BODY_BYTES="200000", FENCEX_MAX_BATCH_POINTS="5000")
+    proc, base = live.start_api(
+        FENCEX_MAX_VERTICES="50", FENCEX_MAX_BODY_BYTES="200000", FENCEX_MAX_BATCH_POINTS="5000"
+    )
     wait_api(base, proc)
     with httpx.Client(base_url=base, timeout=10) as client:
         a = client.post("/admin/tenants", json={"id": "farm-a", "name": "Farm A"}, headers=ADMIN).json()["api_key"]
@@ -62,9 +67,13 @@ def test_fence_lifecycle_with_etags(api):
     got = api.get("/fences/north", headers=api.a)
     assert got.json()["geometry"] == SQUARE and got.headers["etag"] == '"1"'
     # two farmers edit: the second, with a stale ETag, gets 412
-    first = api.put("/fences/north", json=feature(geometry=FAR, name="North", tags=["sheep"]), headers={**api.a, "If-Match": '"1"'})
+    first = api.put(
+        "/fences/north", json=feature(geometry=FAR, name="North", tags=["sheep"]), headers={**api.a, "If-Match": '"1"'}
+    )
     assert first.status_code == 200 and first.headers["etag"] == '"2"'
-    is_problem(api.put("/fences/north", json=feature(name="Mine"), headers={**api.a, "If-Match": '"1"'}), 412, "version 2")
+    is_problem(
+        api.put("/fences/north", json=feature(name="Mine"), headers={**api.a, "If-Match": '"1"'}), 412, "version 2"
+    )
     patched = api.patch("/fences/north", json={"name": "North (rested)"}, headers={**api.a, "If-Match": '"2"'})
     assert patched.json()["properties"]["name"] == "North (rested)" and patched.json()["geometry"] == FAR
     assert patched.json()["properties"]["tags"] == ["sheep"] and patched.headers["etag"] == '"3"'
@@ -75,14 +84,20 @@ def test_fence_lifecycle_with_etags(api):
     assert created.status_code == 201 and created.headers["etag"] == '"1"'
 
 
-@pytest.mark.parametrize("geometry,status,text", [
-    ({"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1]]]}, 422, "not closed"),
-    ({"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [1, 0], [0, 1], [0, 0]]]}, 422, "Self-intersection"),
-    ({"type": "Polygon", "coordinates": [[[0, 0], [200, 0], [200, 1], [0, 1], [0, 0]]]}, 422, "longitude 200"),
-    ({"type": "Polygon", "coordinates": [[[i * 0.001, 0] for i in range(60)] + [[0.05, 0.05], [0, 0]]]}, 422,
-     "more than the limit of 50"),
-    ({"type": "Point", "coordinates": [0, 0]}, 422, "geometry.type"),
-])
+@pytest.mark.parametrize(
+    "geometry,status,text",
+    [
+        ({"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1]]]}, 422, "not closed"),
+        ({"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [1, 0], [0, 1], [0, 0]]]}, 422, "Self-intersection"),
+        ({"type": "Polygon", "coordinates": [[[0, 0], [200, 0], [200, 1], [0, 1], [0, 0]]]}, 422, "longitude 200"),
+        (
+            {"type": "Polygon", "coordinates": [[[i * 0.001, 0] for i in range(60)] + [[0.05, 0.05], [0, 0]]]},
+            422,
+            "more than the limit of 50",
+        ),
+        ({"type": "Point", "coordinates": [0, 0]}, 422, "geometry.type"),
+    ],
+)
 def test_invalid_fences_say_what_is_wrong(api, geometry, status, text):
     is_problem(api.post("/fences", json=feature("bad", geometry=geometry), headers=api.a), status, text)
     is_problem(api.get("/fences/bad", headers=api.a), 404)  # nothing half-written
@@ -92,18 +107,44 @@ def test_body_too_large(api):
     big = feature("big", name="x" * 100, tags=["t"])
     big["properties"]["name"] = "x" * 150  # valid
     ring = [[17.6 + i * 1e-6, 59.8] for i in range(20_000)]
-    is_problem(api.post("/fences", json=feature("big", geometry={"type": "Polygon", "coordinates": [ring]}),
-                        headers=api.a), 413, "limit")
+    is_problem(
+        api.post("/fences", json=feature("big", geometry={"type": "Polygon", "coordinates": [ring]}), headers=api.a),
+        413,
+        "limit",
+    )
 
 
 def test_list_filter_page_and_import(api):
-    coll = {"type": "FeatureCollection", "features": [
-        feature(f"p{i}", geometry={"type": "Polygon", "coordinates": [[[17.6 + i * 0.1, 59.8], [17.61 + i * 0.1, 59.8],
-                                                                        [17.61 + i * 0.1, 59.81], [17.6 + i * 0.1, 59.8]]]},
-                tags=["sheep"] if i % 2 else ["cattle"]) for i in range(5)]}
+    coll = {
+        "type": "FeatureCollection",
+        "features": [
+            feature(
+                f"p{i}",
+                geometry={
+                    "type": "Polygon",
+                    "coordinates": [
+                        [
+                            [17.6 + i * 0.1, 59.8],
+                            [17.61 + i * 0.1, 59.8],
+                            [17.61 + i * 0.1, 59.81],
+                            [17.6 + i * 0.1, 59.8],
+                        ]
+                    ],
+                },
+                tags=["sheep"] if i % 2 else ["cattle"],
+            )
+            for i in range(5)
+        ],
+    }
     r = api.post("/fences/import", json=coll, headers=api.a)
     assert r.status_code == 201 and r.json()["total"] == 5
-    bad = {"type": "FeatureCollection", "features": [feature("ok"), feature("broken", geometry={"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1]]]})]}
+    bad = {
+        "type": "FeatureCollection",
+        "features": [
+            feature("ok"),
+            feature("broken", geometry={"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1]]]}),
+        ],
+    }
     body = api.post("/fences/import", json=bad, headers=api.a)
     is_problem(body, 422, "nothing was imported")
     assert [e["feature"] for e in body.json()["errors"]] == [1]
@@ -144,7 +185,10 @@ def test_push_and_pull_together_with_tenant_isolation(live, api):
     api.post("/fences", json=feature("b-north"), headers=api.b)
     assert api.put("/devices/cow-1", headers=api.a).status_code == 200
     is_problem(api.put("/devices/cow-1", headers=api.b), 409, "another farm")
-    assert api.put("/admin/devices/cow-9", json={"device_id": "cow-9", "tenant": "farm-b"}, headers=ADMIN).status_code == 200
+    assert (
+        api.put("/admin/devices/cow-9", json={"device_id": "cow-9", "tenant": "farm-b"}, headers=ADMIN).status_code
+        == 200
+    )
     wait_ready(port, proc)
     time.sleep(1.0)  # registrations reach the worker through the change feed
     # live stream before anything happens
@@ -165,14 +209,18 @@ def test_push_and_pull_together_with_tenant_isolation(live, api):
     tb = threading.Thread(target=listen, args=(api.b, b_seen), daemon=True)
     ta.start(), tb.start()
     time.sleep(0.5)
-    fixes = [{"device_id": "cow-1", "ts": 1_780_000_000_000, "lon": 17.62, "lat": 59.805},
-             {"device_id": "cow-1", "ts": 1_780_000_001_000, "lon": 17.605, "lat": 59.805},
-             {"device_id": "cow-1", "ts": "2026-05-28T20:26:43Z", "lon": 17.606, "lat": 59.806},
-             {"device_id": "cow-1", "ts": 1_780_000_004_000, "lat": 99}]
+    fixes = [
+        {"device_id": "cow-1", "ts": 1_780_000_000_000, "lon": 17.62, "lat": 59.805},
+        {"device_id": "cow-1", "ts": 1_780_000_001_000, "lon": 17.605, "lat": 59.805},
+        {"device_id": "cow-1", "ts": "2026-05-28T20:26:43Z", "lon": 17.606, "lat": 59.806},
+        {"device_id": "cow-1", "ts": 1_780_000_004_000, "lat": 99},
+    ]
     r = api.post("/locations", json=fixes, headers=api.a)
     is_problem(r, 422, "1 of 4 fixes are invalid")
     assert r.json()["accepted"] == 3 and r.json()["errors"][0]["index"] == 3
-    api.post("/locations", json={"device_id": "cow-1", "ts": 1_780_000_005_000, "lon": 17.62, "lat": 59.805}, headers=api.a)
+    api.post(
+        "/locations", json={"device_id": "cow-1", "ts": 1_780_000_005_000, "lon": 17.62, "lat": 59.805}, headers=api.a
+    )
     ta.join(20)
     datas = [x for x in received if x.startswith("data:")]
     assert len(datas) == 2 and '"enter"' in datas[0] and '"exit"' in datas[1]
@@ -190,7 +238,9 @@ def test_push_and_pull_together_with_tenant_isolation(live, api):
     assert [(e["type"], e["fence_id"]) for e in hist] == [("enter", "north"), ("exit", "north")]
     assert api.get("/events", params={"since": "2026-05-28T20:26:42Z"}, headers=api.a).json()[0]["type"] == "exit"
     assert api.get("/occupancy", headers=api.a).json() == {"north": 0}
-    api.post("/locations", json={"device_id": "cow-1", "ts": 1_780_000_006_000, "lon": 17.605, "lat": 59.805}, headers=api.a)
+    api.post(
+        "/locations", json={"device_id": "cow-1", "ts": 1_780_000_006_000, "lon": 17.605, "lat": 59.805}, headers=api.a
+    )
     deadline = time.monotonic() + 5
     while api.get("/occupancy", headers=api.a).json() != {"north": 1} and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -211,10 +261,14 @@ def test_push_and_pull_together_with_tenant_isolation(live, api):
     assert [f["id"] for f in api.get("/fences", headers=api.b).json()["features"]] == ["b-north"]
     assert api.get("/occupancy", headers=api.b).json() == {"b-north": 0}
     assert api.get("/events", headers=api.b).json() == []
-    assert api.get("/query/fences", params={"lon": 17.605, "lat": 59.805}, headers=api.b).json()["fences"][0]["id"] == "b-north"
+    assert (
+        api.get("/query/fences", params={"lon": 17.605, "lat": 59.805}, headers=api.b).json()["fences"][0]["id"]
+        == "b-north"
+    )
     assert api.post("/query/devices", json={"polygon": SQUARE}, headers=api.b).json() == []
-    moved = api.post("/locations", json={"device_id": "cow-1", "ts": 1_780_000_009_000, "lon": 0.0, "lat": 0.0},
-                     headers=api.b)  # B cannot move A's cow, nor learn that it is A's
+    moved = api.post(
+        "/locations", json={"device_id": "cow-1", "ts": 1_780_000_009_000, "lon": 0.0, "lat": 0.0}, headers=api.b
+    )  # B cannot move A's cow, nor learn that it is A's
     is_problem(moved, 422, "1 of 1 fixes are invalid")
     assert "not registered to your farm" in moved.json()["errors"][0]["message"] and moved.json()["accepted"] == 0
     assert not [x for x in b_seen if x.startswith("data:")]  # B's stream never carried A's events

@@ -15,8 +15,13 @@ pytestmark = pytest.mark.integration
 
 
 def test_tiny_evaluation_writes_results_plots_and_report(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "bench.evaluate", "--tiny", "--out", str(tmp_path)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=400)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.evaluate", "--tiny", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert {"push_sweep", "pull", "availability", "scalability"} <= results.keys()

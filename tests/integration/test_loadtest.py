@@ -19,9 +19,33 @@ def test_locust_smoke_run(live, tmp_path):
     wait_api(base, api)
     wait_ready(port, worker)
     out = subprocess.run(
-        [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"), "--headless", "-u", "8", "-r", "8",
-         "-t", "15s", "--host", base, "--csv", str(tmp_path / "run"), "--only-summary", "--exit-code-on-error", "1"],
-        cwd=ROOT, env=live.env(FENCEX_ADMIN_KEY=ADMIN_KEY), capture_output=True, text=True, timeout=90)
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(ROOT / "loadtest" / "locustfile.py"),
+            "--headless",
+            "-u",
+            "8",
+            "-r",
+            "8",
+            "-t",
+            "15s",
+            "--host",
+            base,
+            "--csv",
+            str(tmp_path / "run"),
+            "--only-summary",
+            "--exit-code-on-error",
+            "1",
+        ],
+        cwd=ROOT,
+        env=live.env(FENCEX_ADMIN_KEY=ADMIN_KEY),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     with (tmp_path / "run_stats.csv").open() as f:
         rows = {r["Name"]: r for r in csv.DictReader(f)}

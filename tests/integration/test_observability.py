@@ -15,8 +15,8 @@ import yaml
 
 from bench.dashboards import render
 from deploy.build import expressions
-from fencex.localserver import start_prometheus
-from services.stack.prometheus import ALERTS, write_config
+from devtools.localserver import start_prometheus
+from devtools.stack.prometheus import ALERTS, write_config
 from tests.integration.conftest import ADMIN_KEY, ROOT, wait_api, wait_ready
 
 pytestmark = pytest.mark.integration
@@ -36,15 +36,41 @@ def test_every_dashboard_and_alert_expression_returns_data(live, tmp_path):
         wait_ready(port, proc, timeout=90)
     wait_api(base, api)
     with (tmp_path / "simulator.log").open("wb") as log:
-        sim = subprocess.Popen([sys.executable, "-m", "services.simulator", "--setup", "--fences", "60", "--devices", "150",
-                                "--rate", "300", "--bad-every", "40", "--duration-s", "120", "--quiet"],
-                               cwd=ROOT, env=live.env(), stdout=log, stderr=subprocess.STDOUT)
-    config = write_config(tmp_path / "prometheus.yml", [f"127.0.0.1:{p}" for _, p in workers],
-                          [base.removeprefix("http://")], interval="1s")
+        sim = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "services.simulator",
+                "--setup",
+                "--fences",
+                "60",
+                "--devices",
+                "150",
+                "--rate",
+                "300",
+                "--bad-every",
+                "40",
+                "--duration-s",
+                "120",
+                "--quiet",
+            ],
+            cwd=ROOT,
+            env=live.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    config = write_config(
+        tmp_path / "prometheus.yml",
+        [f"127.0.0.1:{p}" for _, p in workers],
+        [base.removeprefix("http://")],
+        interval="1s",
+    )
     try:
         with start_prometheus(config, logdir=tmp_path) as prom:
             url = f"http://{prom.address}"
-            key = httpx.post(f"{base}/admin/tenants", json={"id": "farm-000"}, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+            key = httpx.post(
+                f"{base}/admin/tenants", json={"id": "farm-000"}, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+            )
             auth = {"Authorization": f"Bearer {key.json()['api_key']}"}
             pending = sorted(set(expressions() + alert_series()))
             deadline = time.monotonic() + 100

@@ -14,15 +14,18 @@ from fencex.detector import DeviceState
 from fencex.event import EVENT_SCHEMA
 from fencex.fence import Fence
 from fencex.fix import Fix
-from fencex.herd import Herd, pastures
 from fencex.index import FenceIndex
 from fencex.pipeline import process
 from fencex.store.redis import RedisStore
+from services.simulator.herd import Herd, pastures
 from tests.integration.conftest import events_of, metric, read, run, wait_ready
 
 pytestmark = pytest.mark.integration
 
-SQUARE = {"type": "Polygon", "coordinates": [[[17.60, 59.80], [17.61, 59.80], [17.61, 59.81], [17.60, 59.81], [17.60, 59.80]]]}
+SQUARE = {
+    "type": "Polygon",
+    "coordinates": [[[17.60, 59.80], [17.61, 59.80], [17.61, 59.81], [17.60, 59.81], [17.60, 59.80]]],
+}
 INSIDE = (17.605, 59.805)
 OUTSIDE = (17.62, 59.805)
 T0 = 1_780_000_000_000
@@ -48,25 +51,30 @@ def test_enter_dwell_exit_end_to_end(live):
     run(_seed(live, [Fence(id="north", tenant="farm", name="North", dwell_s=2, geometry=SQUARE)], {"cow-1": "farm"}))
     proc, port = live.start_worker()
     wait_ready(port, proc)
-    live.produce([
-        ("cow-1", orjson.dumps(fix("cow-1", T0, OUTSIDE))),
-        # a gateway's packed record, with an RFC 3339 time in it
-        ("cow-1", orjson.dumps([fix("cow-1", "2026-05-28T20:26:41Z", INSIDE), fix("cow-1", T0 + 4000, INSIDE)])),
-        ("cow-1", orjson.dumps(fix("cow-1", T0 + 5000, OUTSIDE))),
-        ("cow-1", orjson.dumps(fix("cow-1", T0 + 2000, INSIDE))),  # out of order: dropped
-        # an unregistered collar belongs to the default tenant, which has no fences
-        ("stray", orjson.dumps(fix("stray", T0, INSIDE))),
-    ])
+    live.produce(
+        [
+            ("cow-1", orjson.dumps(fix("cow-1", T0, OUTSIDE))),
+            # a gateway's packed record, with an RFC 3339 time in it
+            ("cow-1", orjson.dumps([fix("cow-1", "2026-05-28T20:26:41Z", INSIDE), fix("cow-1", T0 + 4000, INSIDE)])),
+            ("cow-1", orjson.dumps(fix("cow-1", T0 + 5000, OUTSIDE))),
+            ("cow-1", orjson.dumps(fix("cow-1", T0 + 2000, INSIDE))),  # out of order: dropped
+            # an unregistered collar belongs to the default tenant, which has no fences
+            ("stray", orjson.dumps(fix("stray", T0, INSIDE))),
+        ]
+    )
     events = events_of(read(live.consumer(live.events), lambda got: len(got) >= 3))
     assert [(e["type"], e["device_id"], e["fence_id"]) for e in events] == [
-        ("enter", "cow-1", "north"), ("dwell", "cow-1", "north"), ("exit", "cow-1", "north")]
+        ("enter", "cow-1", "north"),
+        ("dwell", "cow-1", "north"),
+        ("exit", "cow-1", "north"),
+    ]
     for e in events:
         jsonschema.validate(e, EVENT_SCHEMA)
         assert e["tenant"] == "farm" and e["fence_version"] == 1
     assert events[0]["ts"] == "2026-05-28T20:26:41.000Z" and events[1]["dwell_s"] == 2
     assert (events[2]["lon"], events[2]["lat"]) == OUTSIDE
     time.sleep(1.0)
-    assert metric(port, "fencex_fixes_dropped_total{reason=\"out_of_order\"}") == 1
+    assert metric(port, 'fencex_fixes_dropped_total{reason="out_of_order"}') == 1
     assert metric(port, "fencex_fixes_processed_total") == 5
 
     async def stored():
@@ -86,9 +94,14 @@ def test_bad_records_go_to_the_dead_letter_topic(live):
     run(_seed(live, [Fence(id="north", tenant="default", geometry=SQUARE)], {}))
     proc, port = live.start_worker()
     wait_ready(port, proc)
-    bad = [b"not json at all", orjson.dumps({"ts": T0, "lon": 1, "lat": 2}), orjson.dumps(fix("c", T0, (17.6, 91))),
-           orjson.dumps(fix("c", "last tuesday", INSIDE)), b'{"device_id": "c", "ts": 1, "lon": NaN, "lat": 1}',
-           orjson.dumps([fix("good", T0, INSIDE), fix("c", T0, (200, 0))])]
+    bad = [
+        b"not json at all",
+        orjson.dumps({"ts": T0, "lon": 1, "lat": 2}),
+        orjson.dumps(fix("c", T0, (17.6, 91))),
+        orjson.dumps(fix("c", "last tuesday", INSIDE)),
+        b'{"device_id": "c", "ts": 1, "lon": NaN, "lat": 1}',
+        orjson.dumps([fix("good", T0, INSIDE), fix("c", T0, (200, 0))]),
+    ]
     live.produce([("k", v) for v in bad])
     dead = read(live.consumer(live.dlq), lambda got: len(got) >= 6)
     assert [m.value() for m in dead] == bad  # the original bytes
@@ -153,7 +166,9 @@ def test_sigkill_loses_no_event(live):
     fixes: list[Fix] = []
     for step in range(steps):
         lon, lat = herd.step()
-        fixes.extend(Fix(d, T0 + step * 1000, float(x), float(y)) for d, x, y in zip(herd.ids, lon.tolist(), lat.tolist()))
+        fixes.extend(
+            Fix(d, T0 + step * 1000, float(x), float(y)) for d, x, y in zip(herd.ids, lon.tolist(), lat.tolist())
+        )
     expected = expected_events(fences, herd, fixes)
     assert len(expected) > 200  # a stream with real crossings
     run(_seed(live, fences, herd.tenants()))
@@ -181,7 +196,16 @@ def test_sigkill_loses_no_event(live):
     time.sleep(1.0)
     live.start_worker()
     producer.join()
-    seen = [e["event_id"] for e in events_of(read(live.consumer(live.events), lambda g: expected <= {orjson.loads(m.value())["event_id"] for m in g}, timeout=120))]
+    seen = [
+        e["event_id"]
+        for e in events_of(
+            read(
+                live.consumer(live.events),
+                lambda g: expected <= {orjson.loads(m.value())["event_id"] for m in g},
+                timeout=120,
+            )
+        )
+    ]
     missing = expected - set(seen)
     assert not missing, f"{len(missing)} of {len(expected)} events lost"
     assert set(seen) == expected  # and nothing that should not be there
@@ -197,6 +221,10 @@ def test_fixes_packed_under_another_key_are_rerouted_to_their_devices_partition(
     packed = [fix("cow-1", T0, INSIDE), fix("cow-2", T0, INSIDE), fix("cow-2", T0 + 1000, OUTSIDE)]
     live.produce([("gateway-7", orjson.dumps(packed))])
     events = events_of(read(live.consumer(live.events), lambda got: len(got) >= 3))
-    assert sorted((e["device_id"], e["type"]) for e in events) == [("cow-1", "enter"), ("cow-2", "enter"), ("cow-2", "exit")]
+    assert sorted((e["device_id"], e["type"]) for e in events) == [
+        ("cow-1", "enter"),
+        ("cow-2", "enter"),
+        ("cow-2", "exit"),
+    ]
     time.sleep(1.0)
     assert metric(port, "fencex_fixes_rerouted_total") == 3

@@ -10,12 +10,21 @@ LON0, LAT0 = 17.60, 59.80
 
 
 def square(lon: float, lat: float, size: float = 0.01) -> dict:
-    return {"type": "Polygon", "coordinates": [[
-        [lon, lat], [lon + size, lat], [lon + size, lat + size], [lon, lat + size], [lon, lat]]]}
+    return {
+        "type": "Polygon",
+        "coordinates": [[[lon, lat], [lon + size, lat], [lon + size, lat + size], [lon, lat + size], [lon, lat]]],
+    }
 
 
-def fence(fid: str = "north", lon: float = LON0, lat: float = LAT0, size: float = 0.01, tenant: str = "farm",
-          version: int = 1, **props) -> Fence:
+def fence(
+    fid: str = "north",
+    lon: float = LON0,
+    lat: float = LAT0,
+    size: float = 0.01,
+    tenant: str = "farm",
+    version: int = 1,
+    **props,
+) -> Fence:
     return Fence(id=fid, tenant=tenant, version=version, geometry=square(lon, lat, size), **props)
 
 

@@ -10,12 +10,29 @@ from services.api.settings import Settings
 SPEC = create_app(Settings()).app.openapi()
 COMPONENTS = SPEC["components"]["schemas"]
 EXPECTED = {
-    ("post", "/fences"), ("get", "/fences"), ("get", "/fences/{fence_id}"), ("put", "/fences/{fence_id}"),
-    ("patch", "/fences/{fence_id}"), ("delete", "/fences/{fence_id}"), ("post", "/fences/import"),
-    ("get", "/query/fences"), ("post", "/query/fences"), ("post", "/query/devices"), ("get", "/fences/{fence_id}/devices"),
-    ("get", "/occupancy"), ("get", "/devices/{device_id}"), ("put", "/devices/{device_id}"), ("get", "/events"),
-    ("get", "/events/stream"), ("post", "/locations"), ("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics"),
-    ("post", "/admin/tenants"), ("post", "/admin/tenants/{tenant}/keys"), ("put", "/admin/devices/{device_id}"),
+    ("post", "/fences"),
+    ("get", "/fences"),
+    ("get", "/fences/{fence_id}"),
+    ("put", "/fences/{fence_id}"),
+    ("patch", "/fences/{fence_id}"),
+    ("delete", "/fences/{fence_id}"),
+    ("post", "/fences/import"),
+    ("get", "/query/fences"),
+    ("post", "/query/fences"),
+    ("post", "/query/devices"),
+    ("get", "/fences/{fence_id}/devices"),
+    ("get", "/occupancy"),
+    ("get", "/devices/{device_id}"),
+    ("put", "/devices/{device_id}"),
+    ("get", "/events"),
+    ("get", "/events/stream"),
+    ("post", "/locations"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("post", "/admin/tenants"),
+    ("post", "/admin/tenants/{tenant}/keys"),
+    ("put", "/admin/devices/{device_id}"),
 }
 
 
@@ -38,8 +55,12 @@ def has_example(node: Any, seen: set[str]) -> bool:
 def test_every_operation_is_documented_with_an_example():
     ops = {(m, p) for p, item in SPEC["paths"].items() for m in item}
     assert ops == EXPECTED
-    missing = [(m, p) for p, item in SPEC["paths"].items() for m, op in item.items()
-               if not (op.get("summary") and has_example(op, set()))]
+    missing = [
+        (m, p)
+        for p, item in SPEC["paths"].items()
+        for m, op in item.items()
+        if not (op.get("summary") and has_example(op, set()))
+    ]
     assert not missing, missing
 
 

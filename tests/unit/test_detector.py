@@ -14,8 +14,13 @@ FENCES = {f.id: f for f in (A, B, C)}
 
 
 def state(ts: int, *members: tuple[str, int, bool]) -> DeviceState:
-    return DeviceState("farm", ts, 17.6, 59.8, {fid: Membership(since, FENCES[fid].version, dwelled)
-                                                  for fid, since, dwelled in members})
+    return DeviceState(
+        "farm",
+        ts,
+        17.6,
+        59.8,
+        {fid: Membership(since, FENCES[fid].version, dwelled) for fid, since, dwelled in members},
+    )
 
 
 T = 1_700_000_000_000
@@ -28,20 +33,41 @@ CASES = [
     ("still inside: no event", state(T, ("B", T, False)), T + 1000, ["B"], [], [], False),
     ("leaves: exit", state(T, ("B", T, False)), T + 1000, [], [], [("exit", "B")], False),
     ("overlapping fences: enter both, sorted", None, T, ["B", "A"], [], [("enter", "A"), ("enter", "B")], False),
-    ("from one overlapping fence into the other only: exit then enter",
-     state(T, ("A", T, False)), T + 1000, ["B"], [], [("exit", "A"), ("enter", "B")], False),
+    (
+        "from one overlapping fence into the other only: exit then enter",
+        state(T, ("A", T, False)),
+        T + 1000,
+        ["B"],
+        [],
+        [("exit", "A"), ("enter", "B")],
+        False,
+    ),
     ("out of order: older fix is stale, no event", state(T, ("B", T, False)), T - 1, [], [], [], True),
     ("same timestamp again (a duplicate): stale", state(T, ("B", T, False)), T, [], [], [], True),
-    ("jitter: just outside but within the exit buffer, still a member",
-     state(T, ("C", T, False)), T + 1000, [], ["C"], [], False),
+    (
+        "jitter: just outside but within the exit buffer, still a member",
+        state(T, ("C", T, False)),
+        T + 1000,
+        [],
+        ["C"],
+        [],
+        False,
+    ),
     ("jitter: beyond the exit buffer, exit", state(T, ("C", T, False)), T + 1000, [], [], [("exit", "C")], False),
     ("buffer zone does not make a newcomer enter", None, T, [], ["C"], [], False),
     ("dwell not yet due (59 s)", state(T, ("A", T, False)), T + 59_000, ["A"], [], [], False),
     ("dwell due at exactly dwell_s", state(T, ("A", T, False)), T + 60_000, ["A"], [], [("dwell", "A")], False),
     ("dwell only once", state(T + 60_000, ("A", T, True)), T + 120_000, ["A"], [], [], False),
     ("exit after dwell", state(T + 60_000, ("A", T, True)), T + 120_000, [], [], [("exit", "A")], False),
-    ("fence deleted meanwhile: exit with its last version",
-     DeviceState("farm", T, 17.6, 59.8, {"gone": Membership(T, 7)}), T + 1000, [], [], [("exit", "gone")], False),
+    (
+        "fence deleted meanwhile: exit with its last version",
+        DeviceState("farm", T, 17.6, 59.8, {"gone": Membership(T, 7)}),
+        T + 1000,
+        [],
+        [],
+        [("exit", "gone")],
+        False,
+    ),
 ]
 
 
@@ -83,7 +109,9 @@ def test_reevaluate_after_fence_deleted_and_reshaped():
     fences = {"B": reshaped_b}  # A deleted, B reshaped so the device is now outside
     out = reevaluate(before, "cow-1", [], [], fences)
     assert [(e.type, e.fence_id, e.fence_version, e.ts_ms) for e in out.events] == [
-        ("exit", "A", 1, T), ("exit", "B", 4, T)]
+        ("exit", "A", 1, T),
+        ("exit", "B", 4, T),
+    ]
     grown = reevaluate(DeviceState("farm", T, 1.0, 2.0), "cow-1", ["B"], [], fences)
     assert [(e.type, e.fence_id, e.lon, e.lat) for e in grown.events] == [("enter", "B", 1.0, 2.0)]
 

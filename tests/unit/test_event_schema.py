@@ -15,8 +15,10 @@ def test_published_schema_file_is_current():
 
 
 def test_events_validate_against_schema():
-    for e in (Event("enter", "farm", "cow", "north", 2, 1700000000123, 17.6, 59.8),
-              Event("dwell", "farm", "cow", "north", 2, 1700000000123, 17.6, 59.8, dwell_s=600.0)):
+    for e in (
+        Event("enter", "farm", "cow", "north", 2, 1700000000123, 17.6, 59.8),
+        Event("dwell", "farm", "cow", "north", 2, 1700000000123, 17.6, 59.8, dwell_s=600.0),
+    ):
         jsonschema.validate(e.to_dict(1700000000200.0), EVENT_SCHEMA, format_checker=jsonschema.FormatChecker())
     bad = Event("teleport", "farm", "cow", "north", 2, 1, 0.0, 0.0).to_dict(2.0)
     try:

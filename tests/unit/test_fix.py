@@ -24,19 +24,22 @@ def test_single_and_packed_records():
     assert fixes[1].extra == {"battery": 0.5}
 
 
-@pytest.mark.parametrize("raw,reason,detail", [
-    (b"{not json", "not_json", "not JSON"),
-    (orjson.dumps({**GOOD, "device_id": None}), "bad_device_id", "device_id"),
-    (orjson.dumps({k: v for k, v in GOOD.items() if k != "device_id"}), "bad_device_id", "device_id"),
-    (orjson.dumps({**GOOD, "lat": 91}), "bad_lat", "outside"),
-    (orjson.dumps({**GOOD, "lon": -180.5}), "bad_lon", "outside"),
-    (orjson.dumps({**GOOD, "lon": "NaN"}), "bad_lon", "must be a number"),
-    (b'{"device_id": "a", "ts": 1, "lon": NaN, "lat": 1}', "not_json", "not JSON"),
-    (orjson.dumps({**GOOD, "ts": "yesterday"}), "bad_ts", "neither RFC 3339"),
-    (orjson.dumps({**GOOD, "ts": "2026-01-01T00:00:00"}), "bad_ts", "time zone"),
-    (orjson.dumps([]), "bad_fix", "empty list"),
-    (orjson.dumps(3), "bad_fix", "JSON object"),
-])
+@pytest.mark.parametrize(
+    "raw,reason,detail",
+    [
+        (b"{not json", "not_json", "not JSON"),
+        (orjson.dumps({**GOOD, "device_id": None}), "bad_device_id", "device_id"),
+        (orjson.dumps({k: v for k, v in GOOD.items() if k != "device_id"}), "bad_device_id", "device_id"),
+        (orjson.dumps({**GOOD, "lat": 91}), "bad_lat", "outside"),
+        (orjson.dumps({**GOOD, "lon": -180.5}), "bad_lon", "outside"),
+        (orjson.dumps({**GOOD, "lon": "NaN"}), "bad_lon", "must be a number"),
+        (b'{"device_id": "a", "ts": 1, "lon": NaN, "lat": 1}', "not_json", "not JSON"),
+        (orjson.dumps({**GOOD, "ts": "yesterday"}), "bad_ts", "neither RFC 3339"),
+        (orjson.dumps({**GOOD, "ts": "2026-01-01T00:00:00"}), "bad_ts", "time zone"),
+        (orjson.dumps([]), "bad_fix", "empty list"),
+        (orjson.dumps(3), "bad_fix", "JSON object"),
+    ],
+)
 def test_bad_records_are_rejected_with_reason(raw, reason, detail):
     fixes, rejected = parse(raw)
     assert fixes == []
@@ -51,10 +54,13 @@ def test_a_bad_fix_in_a_pack_rejects_only_itself():
     assert len(rejected) == 1 and rejected[0].detail.startswith("fix 1 of 3")
 
 
-@pytest.mark.parametrize("value,ms", [
-    (1700000000123, 1700000000123),
-    ("2023-11-14T22:13:20Z", 1700000000000),
-    ("2023-11-14T23:13:20.5+01:00", 1700000000500),
-])
+@pytest.mark.parametrize(
+    "value,ms",
+    [
+        (1700000000123, 1700000000123),
+        ("2023-11-14T22:13:20Z", 1700000000000),
+        ("2023-11-14T23:13:20.5+01:00", 1700000000500),
+    ],
+)
 def test_timestamps(value, ms):
     assert parse_ts(value) == ms

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 import shapely
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fencex.fence import Fence
 from fencex.index import FenceIndex
@@ -50,8 +51,10 @@ def test_exit_buffer_outer_geometry():
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.tuples(st.floats(0, 0.2), st.floats(0, 0.2), st.floats(0.001, 0.05)), min_size=1, max_size=40),
-       st.lists(st.tuples(st.floats(-0.01, 0.25), st.floats(-0.01, 0.25)), min_size=1, max_size=60))
+@given(
+    st.lists(st.tuples(st.floats(0, 0.2), st.floats(0, 0.2), st.floats(0.001, 0.05)), min_size=1, max_size=40),
+    st.lists(st.tuples(st.floats(-0.01, 0.25), st.floats(-0.01, 0.25)), min_size=1, max_size=60),
+)
 def test_lookup_matches_brute_force(boxes, points):
     fences = [Fence(id=f"f{i}", tenant="farm", geometry=square(x, y, s)) for i, (x, y, s) in enumerate(boxes)]
     index = FenceIndex(fences)
@@ -64,8 +67,20 @@ def test_lookup_matches_brute_force(boxes, points):
 def test_many_fences_stay_correct():
     rng = np.random.default_rng(7)
     xs, ys = rng.uniform(-10, 10, 100_000), rng.uniform(40, 60, 100_000)
-    fences = [Fence.model_construct(id=f"f{i}", tenant="farm", version=1, geometry=square(x, y, 0.01), name="", tags=[],
-                                    dwell_s=None, exit_buffer_m=None, updated_at=0.0) for i, (x, y) in enumerate(zip(xs, ys))]
+    fences = [
+        Fence.model_construct(
+            id=f"f{i}",
+            tenant="farm",
+            version=1,
+            geometry=square(x, y, 0.01),
+            name="",
+            tags=[],
+            dwell_s=None,
+            exit_buffer_m=None,
+            updated_at=0.0,
+        )
+        for i, (x, y) in enumerate(zip(xs, ys))
+    ]
     index = FenceIndex(fences)
     assert len(index) == 100_000
     # Points at the centre of fences 0..999 are inside those fences (and maybe a neighbour).
@@ -79,7 +94,7 @@ def test_large_and_small_fences_mixed():
     """A farm-sized fence beside many small ones goes to the R-tree path; both answer."""
     small = [fence(f"s{i}", lon=17.60 + i * 0.02, lat=59.80, size=0.01) for i in range(30)]
     big = Fence(id="whole-farm", tenant="farm", geometry=square(17.0, 59.0, 2.0))
-    index = FenceIndex(small + [big])
+    index = FenceIndex([*small, big])
     got = index.lookup([17.605, 17.625, 18.5, 16.0], [59.805, 59.805, 60.5, 59.5], "farm")
     assert [ids(index, r) for r in got] == [["s0", "whole-farm"], ["s1", "whole-farm"], ["whole-farm"], []]
 
@@ -93,8 +108,10 @@ def test_fences_across_the_antimeridian_side_and_negative_coordinates():
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.tuples(st.floats(0, 0.2), st.floats(0, 0.2), st.floats(0.001, 0.3)), min_size=1, max_size=40),
-       st.lists(st.tuples(st.floats(-0.01, 0.25), st.floats(-0.01, 0.25)), min_size=1, max_size=30))
+@given(
+    st.lists(st.tuples(st.floats(0, 0.2), st.floats(0, 0.2), st.floats(0.001, 0.3)), min_size=1, max_size=40),
+    st.lists(st.tuples(st.floats(-0.01, 0.25), st.floats(-0.01, 0.25)), min_size=1, max_size=30),
+)
 def test_scalar_lookup_matches_batch_lookup(boxes, points):
     fences = [Fence(id=f"f{i}", tenant="farm", geometry=square(x, y, s)) for i, (x, y, s) in enumerate(boxes)]
     index = FenceIndex(fences)

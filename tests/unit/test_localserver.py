@@ -4,9 +4,9 @@ import socket
 
 import pytest
 
+from devtools.localserver import free_port, start_redis
 from fencex.errors import BrokerUnavailable, ServerStartError
 from fencex.kafka.admin import check_broker
-from fencex.localserver import free_port, start_redis
 
 
 def test_port_taken_gives_clear_message():

@@ -14,14 +14,38 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from deploy.build import DASHBOARDS, expressions, render_all
+from devtools.stack.prometheus import ALERTS, write_config
 from fencex.metrics import PushMetrics, StateCollector
 from services.api.state import ApiCollector, PullMetrics
-from services.stack.prometheus import ALERTS, write_config
 
 ROOT = Path(__file__).parents[2]
-PROMQL_WORDS = {"sum", "by", "rate", "increase", "histogram_quantile", "topk", "count", "deriv", "or", "vector",
-                "max", "le", "instance", "job", "type", "kind", "route", "partition", "reason", "fence", "status", "on",
-                "without", "and", "unless"}
+PROMQL_WORDS = {
+    "sum",
+    "by",
+    "rate",
+    "increase",
+    "histogram_quantile",
+    "topk",
+    "count",
+    "deriv",
+    "or",
+    "vector",
+    "max",
+    "le",
+    "instance",
+    "job",
+    "type",
+    "kind",
+    "route",
+    "partition",
+    "reason",
+    "fence",
+    "status",
+    "on",
+    "without",
+    "and",
+    "unless",
+}
 
 
 def alert_exprs() -> list[str]:
@@ -31,11 +55,21 @@ def alert_exprs() -> list[str]:
 def exported_names() -> set[str]:
     reg = CollectorRegistry()
     PushMetrics(reg)
-    snap = {"partitions": [0], "lag": {0: 1}, "fences": 1, "index_version": 1, "devices": 1, "running": 1,
-            "occupancy": [(("t", "f"), 1)], "fence_events": [(("t", "f"), 1)]}
+    snap = {
+        "partitions": [0],
+        "lag": {0: 1},
+        "fences": 1,
+        "index_version": 1,
+        "devices": 1,
+        "running": 1,
+        "occupancy": [(("t", "f"), 1)],
+        "fence_events": [(("t", "f"), 1)],
+    }
     reg.register(StateCollector(lambda: snap))
     PullMetrics(reg)
-    reg.register(ApiCollector(SimpleNamespace(sse_clients=0, ready=True, follower=SimpleNamespace(index=[], applied=0))))
+    reg.register(
+        ApiCollector(SimpleNamespace(sse_clients=0, ready=True, follower=SimpleNamespace(index=[], applied=0)))
+    )
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",), "info": ("_info",)}
     names = {fam.name + sfx for fam in reg.collect() for sfx in suffixes.get(fam.type, ("",))}
     return names | {s.name for fam in reg.collect() for s in fam.samples} | {"up"}
@@ -70,8 +104,9 @@ def test_generated_files_are_current():
     assert set(DASHBOARDS) == {"throughput", "availability", "scaling", "herd"}
 
 
-@pytest.mark.skipif(not shutil.which("promtool"), reason="promtool comes with Debian's prometheus package "
-                    "(./dev test installs it)")
+@pytest.mark.skipif(
+    not shutil.which("promtool"), reason="promtool comes with Debian's prometheus package (./dev test installs it)"
+)
 def test_promtool_accepts_rules_and_config(tmp_path):
     out = subprocess.run(["promtool", "check", "rules", str(ALERTS)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

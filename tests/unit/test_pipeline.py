@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fencex.detector import DeviceState, detect
 from fencex.fix import Fix
@@ -10,8 +11,12 @@ from fencex.index import FenceIndex
 from fencex.pipeline import process, reevaluate_all
 from tests.unit.factory import fence
 
-FENCES = [fence("A", lon=0.0, lat=0.0, size=1.0, dwell_s=5), fence("B", lon=0.5, lat=0.5, size=1.0),
-          fence("C", lon=2.0, lat=0.0, size=1.0, exit_buffer_m=5000), fence("D", lon=0.0, lat=0.0, size=3.0, tenant="other")]
+FENCES = [
+    fence("A", lon=0.0, lat=0.0, size=1.0, dwell_s=5),
+    fence("B", lon=0.5, lat=0.5, size=1.0),
+    fence("C", lon=2.0, lat=0.0, size=1.0, exit_buffer_m=5000),
+    fence("D", lon=0.0, lat=0.0, size=3.0, tenant="other"),
+]
 INDEX = FenceIndex(FENCES)
 
 
@@ -29,8 +34,13 @@ def reference(fixes: list[Fix], tenant_of) -> list[tuple]:
     return [(e.type, e.device_id, e.fence_id, e.ts_ms) for e in events]
 
 
-fix_st = st.builds(lambda d, ts, x, y: Fix(d, ts, x, y), st.sampled_from(["a", "b", "c"]), st.integers(0, 30_000),
-                   st.floats(-0.5, 3.5), st.floats(-0.5, 1.6))
+fix_st = st.builds(
+    lambda d, ts, x, y: Fix(d, ts, x, y),
+    st.sampled_from(["a", "b", "c"]),
+    st.integers(0, 30_000),
+    st.floats(-0.5, 3.5),
+    st.floats(-0.5, 1.6),
+)
 
 
 @settings(max_examples=150, deadline=None)
@@ -40,7 +50,7 @@ def test_batches_match_fix_by_fix_detection(fixes, batch):
     states: dict[str, DeviceState] = {}
     got = []
     for i in range(0, len(fixes), batch):
-        out = process(fixes[i:i + batch], INDEX, states, tenant_of)
+        out = process(fixes[i : i + batch], INDEX, states, tenant_of)
         got.extend((e.type, e.device_id, e.fence_id, e.ts_ms) for e in out.events)
     assert got == reference(fixes, tenant_of)
 
@@ -55,7 +65,9 @@ def test_fast_path_still_fires_dwell():
 
 def test_stale_and_counts():
     states: dict[str, DeviceState] = {}
-    out = process([Fix("a", 10, 0.1, 0.1), Fix("a", 5, 0.1, 0.1), Fix("a", 20, 9.0, 9.0)], INDEX, states, lambda d: "farm")
+    out = process(
+        [Fix("a", 10, 0.1, 0.1), Fix("a", 5, 0.1, 0.1), Fix("a", 20, 9.0, 9.0)], INDEX, states, lambda d: "farm"
+    )
     assert (out.fixes, out.stale, out.inside) == (2, 1, 1)
     assert set(out.dirty) == {"a"}
 

@@ -17,8 +17,12 @@ def new_key() -> str:
     return "fx_" + secrets.token_urlsafe(24)
 
 
-@router.post("/tenants", status_code=status.HTTP_201_CREATED, response_model=TenantKey,
-             summary="Create a tenant (a farm) and its first API key")
+@router.post(
+    "/tenants",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TenantKey,
+    summary="Create a tenant (a farm) and its first API key",
+)
 async def create_tenant(body: TenantCreate, _: Admin, store: Store) -> dict:
     if not await store.create_tenant(body.id, body.name or body.id):
         raise Problem(409, f"tenant {body.id!r} exists: POST /admin/tenants/{body.id}/keys adds a key")
@@ -27,8 +31,12 @@ async def create_tenant(body: TenantCreate, _: Admin, store: Store) -> dict:
     return {"tenant": body.id, "api_key": key}
 
 
-@router.post("/tenants/{tenant}/keys", status_code=status.HTTP_201_CREATED, response_model=TenantKey,
-             summary="Add an API key to a tenant")
+@router.post(
+    "/tenants/{tenant}/keys",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TenantKey,
+    summary="Add an API key to a tenant",
+)
 async def add_key(tenant: str, _: Admin, store: Store) -> dict:
     if not await store.tenant_exists(tenant):
         raise Problem(404, f"no tenant {tenant!r}")

@@ -16,7 +16,10 @@ from services.api.schema import FenceCollection, FenceCreate, FenceImport, Fence
 
 router = APIRouter(prefix="/fences", tags=["fences"])
 FenceIdPath = Annotated[str, Path(description="the fence's id", examples=["north-paddock"])]
-IfMatch = Annotated[str | None, Header(description='the ETag you last saw, e.g. "3": the write fails with 412 if the fence changed since')]
+IfMatch = Annotated[
+    str | None,
+    Header(description='the ETag you last saw, e.g. "3": the write fails with 412 if the fence changed since'),
+]
 
 
 def etag(fence: Fence) -> str:
@@ -33,7 +36,7 @@ def parse_if_match(value: str | None) -> int | None:
     try:
         return int(v)
     except ValueError:
-        raise Problem(412, f"If-Match {value!r} is not a fence ETag (they look like \"3\")") from None
+        raise Problem(412, f'If-Match {value!r} is not a fence ETag (they look like "3")') from None
 
 
 def build(tenant: str, fid: str, geometry: dict[str, Any], props: FenceProperties, max_vertices: int) -> Fence:
@@ -45,9 +48,16 @@ def public(fence: Fence) -> dict[str, Any]:
     return fence.feature()
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=FencePublic,
-             summary="Draw a fence", responses={409: {"description": "a fence with this id exists"},
-                                                 422: {"description": "invalid geometry or properties"}})
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=FencePublic,
+    summary="Draw a fence",
+    responses={
+        409: {"description": "a fence with this id exists"},
+        422: {"description": "invalid geometry or properties"},
+    },
+)
 async def create_fence(body: FenceCreate, tenant: Tenant, store: Store, state: State, response: Response) -> dict:
     fid = body.id or uuid.uuid4().hex[:12]
     fence = build(tenant, fid, body.geometry.model_dump(), body.properties, state.settings.max_vertices)
@@ -61,12 +71,18 @@ async def create_fence(body: FenceCreate, tenant: Tenant, store: Store, state: S
 
 
 @router.get("", response_model=FenceCollection, summary="List my fences (paged; filter by tag and bounding box)")
-async def list_fences(tenant: Tenant, store: Store, state: State,
-                      tag: Annotated[str | None, Query(description="only fences with this tag", examples=["sheep"])] = None,
-                      bbox: Annotated[str | None, Query(description="minLon,minLat,maxLon,maxLat: fences that intersect it",
-                                                        examples=["17.5,59.7,17.7,59.9"])] = None,
-                      limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                      offset: Annotated[int, Query(ge=0)] = 0) -> dict:
+async def list_fences(
+    tenant: Tenant,
+    store: Store,
+    state: State,
+    tag: Annotated[str | None, Query(description="only fences with this tag", examples=["sheep"])] = None,
+    bbox: Annotated[
+        str | None,
+        Query(description="minLon,minLat,maxLon,maxLat: fences that intersect it", examples=["17.5,59.7,17.7,59.9"]),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict:
     fences = await store.fences(tenant)
     if tag:
         fences = [f for f in fences if tag in f.tags]
@@ -76,16 +92,27 @@ async def list_fences(tenant: Tenant, store: Store, state: State,
         except ValueError:
             raise Problem(422, "bbox is minLon,minLat,maxLon,maxLat: four numbers") from None
         if not (-180 <= minx <= maxx <= 180 and -90 <= miny <= maxy <= 90):
-            raise Problem(422, "bbox must have minLon <= maxLon within [-180, 180] and minLat <= maxLat within [-90, 90]")
+            raise Problem(
+                422, "bbox must have minLon <= maxLon within [-180, 180] and minLat <= maxLat within [-90, 90]"
+            )
         box = shapely.box(minx, miny, maxx, maxy)
         fences = [f for f in fences if shapely.intersects(f.shape(), box)]
-    page = fences[offset:offset + limit]
+    page = fences[offset : offset + limit]
     nxt = offset + limit if offset + limit < len(fences) else None
-    return {"type": "FeatureCollection", "features": [public(f) for f in page], "total": len(fences), "next_offset": nxt}
+    return {
+        "type": "FeatureCollection",
+        "features": [public(f) for f in page],
+        "total": len(fences),
+        "next_offset": nxt,
+    }
 
 
-@router.post("/import", status_code=status.HTTP_201_CREATED, response_model=FenceCollection,
-             summary="Import a whole FeatureCollection: all fences or none")
+@router.post(
+    "/import",
+    status_code=status.HTTP_201_CREATED,
+    response_model=FenceCollection,
+    summary="Import a whole FeatureCollection: all fences or none",
+)
 async def import_fences(body: FenceImport, tenant: Tenant, store: Store, state: State) -> dict:
     fences, errors = [], []
     seen: set[str] = set()
@@ -98,28 +125,53 @@ async def import_fences(body: FenceImport, tenant: Tenant, store: Store, state: 
             seen.add(fid)
             fences.append(build(tenant, fid, item.geometry.model_dump(), item.properties, state.settings.max_vertices))
         except (InvalidFence, ValueError) as exc:
-            errors.append({"feature": i, "id": feature.get("id") if isinstance(feature, dict) else None,
-                           "message": str(exc).splitlines()[0] if not isinstance(exc, InvalidFence) else str(exc)})
+            errors.append(
+                {
+                    "feature": i,
+                    "id": feature.get("id") if isinstance(feature, dict) else None,
+                    "message": str(exc).splitlines()[0] if not isinstance(exc, InvalidFence) else str(exc),
+                }
+            )
     if errors:
-        raise Problem(422, f"{len(errors)} of {len(body.features)} features are invalid; nothing was imported",
-                      errors=errors)
+        raise Problem(
+            422, f"{len(errors)} of {len(body.features)} features are invalid; nothing was imported", errors=errors
+        )
     stored = await store.put_fences(fences)
-    return {"type": "FeatureCollection", "features": [public(f) for f in stored], "total": len(stored),
-            "next_offset": None}
+    return {
+        "type": "FeatureCollection",
+        "features": [public(f) for f in stored],
+        "total": len(stored),
+        "next_offset": None,
+    }
 
 
-@router.get("/{fence_id}", response_model=FencePublic, summary="Read one fence",
-            responses={404: {"description": "no such fence (or another farm's)"}})
+@router.get(
+    "/{fence_id}",
+    response_model=FencePublic,
+    summary="Read one fence",
+    responses={404: {"description": "no such fence (or another farm's)"}},
+)
 async def get_fence(fence_id: FenceIdPath, tenant: Tenant, store: Store, response: Response) -> dict:
     fence = await store.get_fence(tenant, fence_id)
     response.headers["ETag"] = etag(fence)
     return public(fence)
 
 
-@router.put("/{fence_id}", response_model=FencePublic, summary="Replace a fence (or create it with this id)",
-            responses={412: {"description": "If-Match does not match the current version"}})
-async def replace_fence(fence_id: FenceIdPath, body: FenceCreate, tenant: Tenant, store: Store, state: State,
-                        response: Response, if_match: IfMatch = None) -> dict:
+@router.put(
+    "/{fence_id}",
+    response_model=FencePublic,
+    summary="Replace a fence (or create it with this id)",
+    responses={412: {"description": "If-Match does not match the current version"}},
+)
+async def replace_fence(
+    fence_id: FenceIdPath,
+    body: FenceCreate,
+    tenant: Tenant,
+    store: Store,
+    state: State,
+    response: Response,
+    if_match: IfMatch = None,
+) -> dict:
     if body.id is not None and body.id != fence_id:
         raise Problem(422, f"the body's id {body.id!r} differs from the URL's {fence_id!r}")
     fence = build(tenant, fence_id, body.geometry.model_dump(), body.properties, state.settings.max_vertices)
@@ -131,10 +183,15 @@ async def replace_fence(fence_id: FenceIdPath, body: FenceCreate, tenant: Tenant
     return public(stored)
 
 
-@router.patch("/{fence_id}", response_model=FencePublic, summary="Change a fence's properties",
-              responses={412: {"description": "If-Match does not match the current version"}})
-async def patch_fence(fence_id: FenceIdPath, body: FenceUpdate, tenant: Tenant, store: Store, response: Response,
-                      if_match: IfMatch = None) -> dict:
+@router.patch(
+    "/{fence_id}",
+    response_model=FencePublic,
+    summary="Change a fence's properties",
+    responses={412: {"description": "If-Match does not match the current version"}},
+)
+async def patch_fence(
+    fence_id: FenceIdPath, body: FenceUpdate, tenant: Tenant, store: Store, response: Response, if_match: IfMatch = None
+) -> dict:
     current = await store.get_fence(tenant, fence_id)
     expected = parse_if_match(if_match)
     if expected is not None and expected != current.version:
@@ -146,8 +203,12 @@ async def patch_fence(fence_id: FenceIdPath, body: FenceUpdate, tenant: Tenant, 
     return public(stored)
 
 
-@router.delete("/{fence_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a fence",
-               responses={412: {"description": "If-Match does not match the current version"}})
+@router.delete(
+    "/{fence_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a fence",
+    responses={412: {"description": "If-Match does not match the current version"}},
+)
 async def delete_fence(fence_id: FenceIdPath, tenant: Tenant, store: Store, if_match: IfMatch = None) -> Response:
     await store.delete_fence(tenant, fence_id, parse_if_match(if_match))
     return Response(status_code=status.HTTP_204_NO_CONTENT)

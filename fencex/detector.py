@@ -10,12 +10,18 @@ On top of that:
   outer (grown) geometry, so GPS jitter on the border does not flap;
 - *fence changes*: :func:`reevaluate` applies the same rules to the device's
   last fix when fences are reshaped or deleted.
+
+:func:`is_stale` and :func:`unchanged` are the two predicates the batch
+pipeline's fast path asks before it skips the full transition; they are the
+detector's own rules, not copies, and a property test holds them to
+:func:`detect`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from fencex.event import Event
 from fencex.fence import Fence
@@ -37,7 +43,7 @@ class DeviceState:
     lat: float
     members: dict[str, Membership] = field(default_factory=dict)
 
-    def to_obj(self) -> dict:
+    def to_obj(self) -> dict[str, Any]:
         return {
             "tenant": self.tenant,
             "ts": self.last_ts,
@@ -47,7 +53,7 @@ class DeviceState:
         }
 
     @classmethod
-    def from_obj(cls, obj: dict) -> DeviceState:
+    def from_obj(cls, obj: dict[str, Any]) -> DeviceState:
         return cls(
             obj["tenant"],
             obj["ts"],
@@ -62,6 +68,38 @@ class Outcome:
     state: DeviceState | None
     events: list[Event]
     stale: bool = False
+
+
+def is_stale(state: DeviceState | None, ts_ms: int) -> bool:
+    """A fix no newer than the device's last accepted fix is stale: skipped, counted."""
+    return state is not None and ts_ms <= state.last_ts
+
+
+def dwell_due(member: Membership, fence: Fence, ts_ms: int) -> bool:
+    """The one dwell rule: ``dwell_s`` of fix time inside, and not fired yet since the enter."""
+    dwell_s = fence.dwell_s
+    return bool(dwell_s) and not member.dwelled and ts_ms - member.since_ms >= (dwell_s or 0.0) * 1000.0
+
+
+def unchanged(
+    state: DeviceState, ts_ms: int, inside: Collection[str], near: Collection[str], fences: Mapping[str, Fence]
+) -> bool:
+    """Whether a fresh fix at ``ts_ms`` changes nothing but the device's position and time:
+    the same set of fences (those held by an exit buffer included), none of them reshaped or
+    deleted, no dwell due. Then :func:`detect` gives no event and the same memberships."""
+    members = state.members
+    for fid in inside:
+        if fid not in members:
+            return False  # enter
+    if len(inside) != len(members):
+        for fid in members:
+            if fid not in inside and fid not in near:
+                return False  # exit
+    for fid, m in members.items():
+        fence = fences.get(fid)
+        if fence is None or fence.version != m.version or dwell_due(m, fence, ts_ms):
+            return False  # deleted, reshaped, or a dwell to fire
+    return True
 
 
 def _transition(
@@ -92,7 +130,7 @@ def _transition(
             events.append(Event("enter", tenant, device_id, fid, fence.version, ts, lon, lat))
         else:
             member = Membership(member.since_ms, fence.version, member.dwelled)
-        if fence.dwell_s and not member.dwelled and ts - member.since_ms >= fence.dwell_s * 1000.0:
+        if dwell_due(member, fence, ts):
             member.dwelled = True
             events.append(Event("dwell", tenant, device_id, fid, fence.version, ts, lon, lat, fence.dwell_s))
         members[fid] = member
@@ -113,7 +151,7 @@ def detect(
     ``near``: ids of buffered fences whose outer geometry contains it;
     ``fences``: the current fences by id (deleted ones are absent).
     """
-    if state is not None and fix.ts_ms <= state.last_ts:
+    if is_stale(state, fix.ts_ms):
         return Outcome(state, [], stale=True)
     return _transition(state, tenant, fix.device_id, fix.ts_ms, fix.lon, fix.lat, inside, near, fences)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 
-from fencex.detector import DeviceState, Outcome, detect, reevaluate
+from fencex.detector import DeviceState, Outcome, detect, is_stale, reevaluate, unchanged
 from fencex.event import Event
 from fencex.fix import Fix
 from fencex.index import FenceIndex
@@ -26,18 +26,6 @@ class Processed:
     stale: int = 0  # fixes dropped: not newer than the device's last accepted fix
     inside: int = 0  # fixes inside at least one fence (FenceX's "intersections")
     candidates: int = 0  # (fix, fence) pairs tested exactly
-
-
-def _dwell_pending(state: DeviceState, index: FenceIndex, ts_ms: int) -> bool:
-    """Whether a member fence changed, vanished or has a dwell due at ``ts_ms``."""
-    by_id = index.by_id
-    for fid, m in state.members.items():
-        fence = by_id.get(fid)
-        if fence is None or fence.version != m.version:
-            return True
-        if fence.dwell_s and not m.dwelled and ts_ms - m.since_ms >= fence.dwell_s * 1000.0:
-            return True
-    return False
 
 
 def process(
@@ -66,33 +54,22 @@ def process(
             gone = reevaluate(state, fix.device_id, (), (), by_id)
             events.extend(gone.events)
             state = None
-        if state is not None:
-            if fix.ts_ms <= state.last_ts:
-                out.stale += 1
-                continue
-            if inside:
-                out.inside += 1
-            near = near_rows[i] if near_rows is not None else ()
-            members = state.members
-            if (
-                not near
-                and len(inside) == len(members)
-                and all(rows[r].id in members for r in inside)
-                and not (members and _dwell_pending(state, index, fix.ts_ms))
-            ):
-                # Fast path: same fences as before, nothing due. Move the device.
-                state.last_ts, state.lon, state.lat = fix.ts_ms, fix.lon, fix.lat
-                dirty[fix.device_id] = state
-                out.fixes += 1
-                continue
+        if is_stale(state, fix.ts_ms):
+            out.stale += 1
+            continue
+        out.fixes += 1
         if inside:
             out.inside += 1
-        inside_ids = [rows[r].id for r in inside]
-        near_ids = [rows[r].id for r in near_rows[i]] if near_rows is not None else ()
+        inside_ids = [rows[r].id for r in inside] if inside else ()
+        near_ids = [rows[r].id for r in near_rows[i]] if near_rows is not None and near_rows[i] else ()
+        if state is not None and unchanged(state, fix.ts_ms, inside_ids, near_ids, by_id):
+            # Fast path: the detector's own rule says nothing changes. Move the device.
+            state.last_ts, state.lon, state.lat = fix.ts_ms, fix.lon, fix.lat
+            dirty[fix.device_id] = state
+            continue
         result: Outcome = detect(state, fix, tenant, inside_ids, near_ids, by_id)
         states[fix.device_id] = dirty[fix.device_id] = result.state  # type: ignore[assignment]
         events.extend(result.events)
-        out.fixes += 1
     return out
 
 
@@ -115,16 +92,10 @@ def reevaluate_all(
         inside_ids = [rows[r].id for r in inside_rows[i]]
         near_ids = [rows[r].id for r in near_rows[i]] if near_rows is not None else ()
         state = sts[i]
-        if set(inside_ids) == state.members.keys() and not (
-            state.members and _dwell_pending(state, index, state.last_ts)
-        ):
+        if unchanged(state, state.last_ts, inside_ids, near_ids, index.by_id):
             continue
+        # something changes: an enter or exit, a dwell due, or a member's new version to keep
         result = reevaluate(state, device_id, inside_ids, near_ids, index.by_id)
-        if (
-            result.events
-            or result.state.members.keys() != state.members.keys()
-            or any(m.version != state.members[k].version for k, m in result.state.members.items())
-        ):
-            states[device_id] = out.dirty[device_id] = result.state  # type: ignore[assignment]
-            out.events.extend(result.events)
+        states[device_id] = out.dirty[device_id] = result.state  # type: ignore[assignment]
+        out.events.extend(result.events)
     return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fencex.detector import DeviceState, Membership, detect, reevaluate
+from fencex.detector import DeviceState, Membership, detect, reevaluate, unchanged
 from tests.unit.factory import fence, fix
 
 A = fence("A", dwell_s=60)
@@ -60,6 +60,15 @@ CASES = [
     ("dwell only once", state(T + 60_000, ("A", T, True)), T + 120_000, ["A"], [], [], False),
     ("exit after dwell", state(T + 60_000, ("A", T, True)), T + 120_000, [], [], [("exit", "A")], False),
     (
+        "fence reshaped meanwhile, still inside: no event, the membership takes the new version",
+        DeviceState("farm", T, 17.6, 59.8, {"B": Membership(T, 2)}),
+        T + 1000,
+        ["B"],
+        [],
+        [],
+        False,
+    ),
+    (
         "fence deleted meanwhile: exit with its last version",
         DeviceState("farm", T, 17.6, 59.8, {"gone": Membership(T, 7)}),
         T + 1000,
@@ -81,6 +90,22 @@ def test_detect_table(before, ts, inside, near, expected, stale):
     else:
         assert out.state.last_ts == ts
         assert set(out.state.members) == (set(inside) | ({n for n in near if before and n in before.members}))
+
+
+def _members(s: DeviceState) -> dict:
+    return {k: (m.since_ms, m.version, m.dwelled) for k, m in s.members.items()}
+
+
+@pytest.mark.parametrize(
+    "before,ts,inside,near",
+    [c[1:5] for c in CASES if c[1] is not None and not c[6]],
+    ids=[c[0] for c in CASES if c[1] is not None and not c[6]],
+)
+def test_unchanged_is_true_exactly_when_detect_changes_nothing(before, ts, inside, near):
+    # The pipeline's fast path asks unchanged(); it must never skip a row that changes something.
+    out = detect(before, fix(ts, 17.605, 59.805), "farm", inside, near, FENCES)
+    nothing = not out.events and _members(out.state) == _members(before)
+    assert unchanged(before, ts, inside, near, FENCES) is nothing
 
 
 def test_event_fields_and_versions():

@@ -20,18 +20,24 @@ FENCES = [
 INDEX = FenceIndex(FENCES)
 
 
-def reference(fixes: list[Fix], tenant_of) -> list[tuple]:
+def reference(fixes: list[Fix], tenant_of) -> tuple[list[tuple], tuple[int, int, int]]:
+    """Fix by fix through the detector alone: the events, and (applied, stale, inside) counts."""
     states: dict[str, DeviceState] = {}
     events = []
+    applied = stale = inside_count = 0
     for f in fixes:
         t = tenant_of(f.device_id)
         inside = [x.id for x in INDEX.containing(t, f.lon, f.lat)]
         near = [INDEX.fences[r].id for r in INDEX.lookup([f.lon], [f.lat], t, near=True)[0]]
         out = detect(states.get(f.device_id), f, t, inside, near, INDEX.by_id)
-        if not out.stale:
+        if out.stale:
+            stale += 1
+        else:
             states[f.device_id] = out.state
+            applied += 1
+            inside_count += bool(inside)
         events.extend(out.events)
-    return [(e.type, e.device_id, e.fence_id, e.ts_ms) for e in events]
+    return [(e.type, e.device_id, e.fence_id, e.ts_ms) for e in events], (applied, stale, inside_count)
 
 
 fix_st = st.builds(
@@ -49,10 +55,14 @@ def test_batches_match_fix_by_fix_detection(fixes, batch):
     tenant_of = {"a": "farm", "b": "farm", "c": "other"}.get
     states: dict[str, DeviceState] = {}
     got = []
+    counts = [0, 0, 0]
     for i in range(0, len(fixes), batch):
         out = process(fixes[i : i + batch], INDEX, states, tenant_of)
         got.extend((e.type, e.device_id, e.fence_id, e.ts_ms) for e in out.events)
-    assert got == reference(fixes, tenant_of)
+        counts = [counts[0] + out.fixes, counts[1] + out.stale, counts[2] + out.inside]
+    events, expected_counts = reference(fixes, tenant_of)
+    assert got == events
+    assert tuple(counts) == expected_counts  # the metrics count what the detector did, once each
 
 
 def test_fast_path_still_fires_dwell():
@@ -70,6 +80,16 @@ def test_stale_and_counts():
     )
     assert (out.fixes, out.stale, out.inside) == (2, 1, 1)
     assert set(out.dirty) == {"a"}
+
+
+def test_a_fix_entering_a_second_fence_counts_one_intersection():
+    # Regression: a known device's fix that took the slow path was counted inside twice.
+    states: dict[str, DeviceState] = {}
+    farm = lambda d: "farm"  # noqa: E731
+    process([Fix("a", 10, 0.1, 0.1)], INDEX, states, farm)  # inside A only
+    out = process([Fix("a", 20, 0.7, 0.7)], INDEX, states, farm)  # inside A and B: enter B
+    assert [(e.type, e.fence_id) for e in out.events] == [("enter", "B")]
+    assert (out.fixes, out.inside) == (1, 1)
 
 
 def test_reevaluate_all_after_index_change():

@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from fencex.errors import ServerStartError
@@ -175,7 +175,6 @@ class Server:
     proc: subprocess.Popen[bytes]
     log: Path
     workdir: Path | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def address(self) -> str:
@@ -294,8 +293,3 @@ def start_prometheus(
         "--storage.tsdb.retention.time=1d",
     ]
     return _start("prometheus", argv, port, logdir, timeout, workdir=workdir)
-
-
-def python() -> str:
-    """The interpreter to run services with: this one."""
-    return sys.executable

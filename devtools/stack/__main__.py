@@ -28,7 +28,6 @@ from devtools.localserver import (
     Server,
     free_port,
     port_taken,
-    python,
     spawn,
     start_broker,
     start_prometheus,
@@ -135,12 +134,12 @@ def main() -> int:
             worker_targets.append(f"127.0.0.1:{port}")
             worker_env = dict(env, FENCEX_WEB_PORT=str(port), FENCEX_DATADIR=f"/tmp/fencex-stack-{i}")
             log = args.logdir / f"processor-{i}.log"
-            procs[f"processor-{i}"] = spawn([python(), "-m", "services.processor"], log, env=worker_env)
+            procs[f"processor-{i}"] = spawn([sys.executable, "-m", "services.processor"], log, env=worker_env)
             say(f"processor-{i} http://127.0.0.1:{port}/metrics  (log processor-{i}.log)")
         api_port = _port(args.api_port)
         api_env = dict(env, FENCEX_PORT=str(api_port), FENCEX_HOST="127.0.0.1", FENCEX_ADMIN_KEY=args.admin_key)
         # SIGTERM if the stack dies: granian then stops its own worker processes
-        procs["api"] = spawn([python(), "-m", "services.api"], args.logdir / "api.log", env=api_env)
+        procs["api"] = spawn([sys.executable, "-m", "services.api"], args.logdir / "api.log", env=api_env)
         say(f"api         http://127.0.0.1:{api_port}  (docs: /docs; admin key: {args.admin_key}; log api.log)")
         if shutil.which("prometheus"):
             config = write_config(args.logdir / "prometheus.yml", worker_targets, [f"127.0.0.1:{api_port}"])
@@ -153,7 +152,7 @@ def main() -> int:
         else:
             say("prometheus  not installed (apt-get install prometheus): no metrics history")
         simulator = [
-            *(python(), "-m", "services.simulator", "--setup", "--bad-every", "1000"),
+            *(sys.executable, "-m", "services.simulator", "--setup", "--bad-every", "1000"),
             *("--fences", str(args.fences), "--devices", str(args.devices), "--rate", str(args.rate)),
         ]
         procs["simulator"] = spawn(simulator, args.logdir / "simulator.log", env=env)

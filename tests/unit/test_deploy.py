@@ -356,3 +356,22 @@ def test_compose_starts_in_order():
         assert "healthcheck" in services[name], name
     assert services["redis"]["command"][:3] == ["redis-server", "--appendonly", "yes"]
     assert "redis-data:/data" in services["redis"]["volumes"]
+
+
+def test_security_md_names_real_settings_with_their_defaults():
+    """SECURITY.md's limits are the settings' own: each FENCEX_ name it gives is a setting, and a
+    table row that names one shows its default."""
+    text = (ROOT / "SECURITY.md").read_text()
+    readable = set().union(*(env_names(s) for s in SETTINGS))
+    named_there = set(re.findall(r"`(FENCEX_[A-Z_]+)`", text))
+    assert named_there and named_there <= readable, named_there - readable
+    rows = re.findall(r"^\| `(FENCEX_[A-Z_]+)` \| ([^|]+) \|", text, re.M)
+    assert len(rows) >= 8
+    for var, cell in rows:
+        (value,) = {
+            s.model_fields[var.removeprefix("FENCEX_").lower()].default
+            for s in SETTINGS.values()
+            if var.removeprefix("FENCEX_").lower() in s.model_fields
+        }
+        shown = f"{value:,}" if isinstance(value, int) else f"{value:g}"
+        assert shown in cell, f"SECURITY.md gives {var} as {cell.strip()!r}; its default is {shown}"

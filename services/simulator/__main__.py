@@ -16,6 +16,7 @@ import orjson
 from confluent_kafka import Producer
 
 from fencex.errors import FencexError
+from fencex.fence import Fence
 from fencex.kafka.admin import ensure_topics
 from fencex.store.redis import RedisStore
 from services.simulator.herd import Herd, pastures
@@ -23,7 +24,7 @@ from services.simulator.herd import records as herd_records
 from services.simulator.settings import Settings
 
 
-async def setup(settings: Settings, herd: Herd, fences) -> None:
+async def setup(settings: Settings, herd: Herd, fences: list[Fence]) -> None:
     store = RedisStore(settings.redis_url, settings.key_prefix)
     await store.connect()
     try:

@@ -9,7 +9,6 @@ crosses its pasture's border now and then: enter and exit events, as on a farm.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,15 +18,10 @@ ORIGIN_LON, ORIGIN_LAT = 17.30, 59.60
 CELL_LAT = 0.002  # about 220 m
 CELL_LON = CELL_LAT / math.cos(math.radians(ORIGIN_LAT))
 FARM_SIDE = 10
+Fix = dict[str, str | int | float]  # a fix as a collar sends it (JSON)
 
 
-@dataclass(frozen=True)
-class Pasture:
-    fence: Fence
-    centre: tuple[float, float]
-
-
-def pastures(n: int, seed: int = 1, dwell_s: float | None = 300.0, exit_buffer_m: float | None = None) -> list[Fence]:
+def pastures(n: int, seed: int = 1, dwell_s: float | None = 300.0) -> list[Fence]:
     """``n`` pasture fences on a grid, in farms of 100 (tenant ``farm-NNN``)."""
     rng = np.random.default_rng(seed)
     cols = max(1, math.ceil(math.sqrt(n)))
@@ -53,7 +47,7 @@ def pastures(n: int, seed: int = 1, dwell_s: float | None = 300.0, exit_buffer_m
                 tags=["pasture"],
                 version=1,
                 dwell_s=dwell_s,
-                exit_buffer_m=exit_buffer_m,
+                exit_buffer_m=None,
                 updated_at=0.0,
                 geometry={"type": "Polygon", "coordinates": [[[round(x, 7), round(y, 7)] for x, y in ring]]},
             )
@@ -96,13 +90,13 @@ class Herd:
 
 def records(
     herd: Herd, idx: np.ndarray, pack: int, base_ms: int | np.ndarray, step_ms: int = 1000
-) -> list[tuple[str, list[dict]]]:
+) -> list[tuple[str, list[Fix]]]:
     """``pack`` steps of the animals ``idx``, as one record per animal holding its own fixes
     (a collar uploading its buffered track), keyed by its id: a device's fixes always travel
     under its own key, so they reach one partition, in order. ``base_ms``: the first fix's
     time, one for all or one per animal."""
     bases = np.broadcast_to(np.asarray(base_ms, dtype=np.int64), (len(idx),)).tolist()
-    tracks: list[list[dict]] = [[] for _ in range(len(idx))]
+    tracks: list[list[Fix]] = [[] for _ in range(len(idx))]
     ids = herd.ids
     for k in range(pack):
         lon, lat = herd.step(idx)

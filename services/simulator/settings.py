@@ -14,14 +14,16 @@ class Settings(ServiceSettings):
     )
 
     partitions: int = 12
-    fences: int = Field(100, description="pasture fences to draw (with --setup)")
-    devices: int = Field(200, description="animals in the herd")
-    rate: float = Field(200.0, description="fixes per second (0: as fast as possible)")
-    pack: int = Field(1, description="fixes per Kafka record: a collar's buffered track, keyed by the collar")
-    duration_s: float = Field(0.0, description="stop after this long (0: run until stopped)")
-    total: int = Field(0, description="stop after this many fixes (0: no limit)")
+    fences: int = Field(default=100, description="pasture fences to draw (with --setup)")
+    devices: int = Field(default=200, description="animals in the herd")
+    rate: float = Field(default=200.0, description="fixes per second (0: as fast as possible)")
+    pack: int = Field(default=1, description="fixes per Kafka record: a collar's buffered track, keyed by the collar")
+    duration_s: float = Field(default=0.0, description="stop after this long (0: run until stopped)")
+    total: int = Field(default=0, description="stop after this many fixes (0: no limit)")
     seed: int = 1
-    setup: bool = Field(False, description="write the pastures and device registrations to Redis first")
+    setup: bool = Field(default=False, description="write the pastures and device registrations to Redis first")
     dwell_s: float = 120.0
-    bad_every: int = Field(0, description="every Nth record is malformed, to exercise the dead-letter topic (0: never)")
+    bad_every: int = Field(
+        default=0, description="every Nth record is malformed, to exercise the dead-letter topic (0: never)"
+    )
     quiet: bool = False

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import tomllib
 from functools import cache
 from pathlib import Path
 
@@ -31,6 +32,7 @@ CRDS = {
     ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
 K8S_VERSION = "1.30.0"
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 
 def env_names(service: str) -> set[str]:
@@ -72,6 +74,31 @@ def named(overlay: str, kind: str, name: str) -> dict:
 
 
 OVERLAYS = ["dev", "prod"]
+
+
+@cache
+def dockerfile_stages() -> dict[str, str]:
+    """The Dockerfile's stages by name (each FROM line up to the next), the unnamed last one as
+    "final", and what comes before the first FROM as "preamble"."""
+    preamble, *blocks = re.split(r"^(?=FROM )", (ROOT / "Dockerfile").read_text(), flags=re.M)
+    stages = {"preamble": preamble}
+    for block in blocks:
+        m = re.match(r"FROM (\S+)(?: AS (\S+))?", block)
+        assert m is not None
+        stages[m.group(2) or "final"] = block
+    return stages
+
+
+def instruction(stage: str, name: str) -> str | None:
+    """The argument of the stage's instruction ``name``, continuation lines joined."""
+    m = re.search(rf"^{name} (.+)$", dockerfile_stages()[stage].replace("\\\n", " "), re.M)
+    return m.group(1) if m else None
+
+
+def healthcheck(stage: str) -> list[str]:
+    text = instruction(stage, "HEALTHCHECK")
+    assert text, f"{stage} has no HEALTHCHECK"
+    return json.loads(text.split(" CMD ", 1)[1])
 
 
 # ------------------------------------------------------------------ schemas
@@ -171,8 +198,8 @@ def test_ports_and_probe_paths_agree_with_the_code(overlay):
         assert {"/readyz", "/healthz", "/metrics"} <= paths
         env = {e["name"]: e.get("value") for e in c.get("env", [])}
         assert env.get("FENCEX_WEB_PORT" if name == "processor" else "FENCEX_PORT") == str(port)
-        dockerfile = (ROOT / "services" / name / "Dockerfile").read_text()
-        assert f"EXPOSE {port}" in dockerfile and f"127.0.0.1:{port}/healthz" in dockerfile
+        assert instruction(f"service-{name}", "EXPOSE") == str(port)
+        assert f"127.0.0.1:{port}/healthz" in " ".join(healthcheck(f"service-{name}"))
     for monitor in objects(overlay, "PodMonitor"):
         assert monitor["spec"]["podMetricsEndpoints"][0]["path"] == "/metrics"
     assert compose()["services"]["processor-1"]["environment"]["FENCEX_WEB_PORT"] == str(ProcessorSettings().web_port)
@@ -264,22 +291,57 @@ def test_prod_runs_three_replicated_brokers():
     assert named("prod", "Kafka", "fencex-kafka")["spec"]["kafka"]["config"]["min.insync.replicas"] == 2
 
 
-@pytest.mark.parametrize("service", ["processor", "api", "simulator"])
-def test_dockerfiles(service):
-    text = (ROOT / "services" / service / "Dockerfile").read_text()
-    froms = re.findall(r"^FROM (\S+)", text, re.M)
-    assert len(froms) == 2, "multi-stage: a build stage and a runtime stage"
-    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)", text, re.M).group(1)
-    assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base), "a pinned base image"
-    assert re.search(r"^USER 10001", text, re.M) and "HEALTHCHECK" in text
-    entry = json.loads(re.search(r"^ENTRYPOINT (.+)$", text, re.M).group(1))
-    assert entry[:2] == ["python", "-m"]
-    module = entry[2]
-    assert (ROOT / Path(*module.split(".")) / "__main__.py").exists(), f"{module} has no __main__"
-    assert '".[service]"' in text  # only what the services need
-    for name, svc in compose()["services"].items():
-        if "build" in svc and name.startswith(service):
-            assert svc["build"]["dockerfile"] == f"services/{service}/Dockerfile"
+def test_one_dockerfile_builds_every_service():
+    stages = dockerfile_stages()
+    assert set(stages) == {"preamble", "build", "runtime", "final"} | {f"service-{s}" for s in SETTINGS}
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)", stages["preamble"], re.M)
+    assert base and re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base.group(1)), "a pinned base image"
+    assert re.search(r"^ARG SERVICE$", stages["preamble"], re.M), "the service is a build argument"
+    assert stages["build"].startswith("FROM ${PYTHON_IMAGE} AS build")
+    assert '".[service]"' in stages["build"]  # only what the services need
+    assert stages["runtime"].startswith("FROM ${PYTHON_IMAGE} AS runtime")  # no build tools or sources
+    assert "COPY --from=build /venv /venv" in stages["runtime"]
+    assert instruction("runtime", "USER") == "10001:10001"
+    assert stages["final"].strip() == "FROM service-${SERVICE}"
+    assert not list(ROOT.glob("services/*/Dockerfile")), "one Dockerfile, not one per service"
+
+
+@pytest.mark.parametrize("service", list(SETTINGS))
+def test_each_service_stage_runs_the_service_as_the_images_user(service):
+    stage = f"service-{service}"
+    assert dockerfile_stages()[stage].startswith(f"FROM runtime AS {stage}")
+    assert instruction(stage, "USER") is None, "the user stays the runtime's, non-root"
+    entry = json.loads(instruction(stage, "ENTRYPOINT") or "null")
+    assert entry == ["python", "-m", f"services.{service}"]
+    assert (ROOT / "services" / service / "__main__.py").exists()
+    assert healthcheck(stage)[:2] == ["python", "-c"]
+
+
+def test_the_simulator_has_no_port_and_checks_its_process():
+    assert instruction("service-simulator", "EXPOSE") is None
+    check = healthcheck("service-simulator")
+    assert "/proc/1/cmdline" in check[2] and "b'services.simulator'" in check[2]
+    for overlay in ("dev",):
+        (c,) = named(overlay, "Deployment", "simulator")["spec"]["template"]["spec"]["containers"]
+        assert c["livenessProbe"]["exec"]["command"] == check, "Kubernetes checks what the image checks"
+
+
+@pytest.mark.parametrize("service", list(SETTINGS))
+def test_compose_and_kubernetes_run_the_image_built_for_the_service(service):
+    image = f"fencex/{service}:{VERSION}"
+    built = {name: svc for name, svc in compose()["services"].items() if "build" in svc}
+    mine = [svc for name, svc in built.items() if svc["build"]["args"]["SERVICE"] == service]
+    assert mine, f"compose builds no {service} image"
+    for svc in mine:
+        assert svc["build"]["context"] == "." and svc["build"].get("dockerfile", "Dockerfile") == "Dockerfile"
+        assert svc["image"] == image
+        assert svc["read_only"] is True
+    for name, svc in built.items():
+        assert name.startswith(svc["build"]["args"]["SERVICE"]), f"{name} builds another service's image"
+    overlays = OVERLAYS if service != "simulator" else ["dev"]
+    for overlay in overlays:
+        (c,) = named(overlay, "Deployment", service)["spec"]["template"]["spec"]["containers"]
+        assert c["image"] == image
 
 
 def test_compose_starts_in_order():
@@ -294,3 +356,22 @@ def test_compose_starts_in_order():
         assert "healthcheck" in services[name], name
     assert services["redis"]["command"][:3] == ["redis-server", "--appendonly", "yes"]
     assert "redis-data:/data" in services["redis"]["volumes"]
+
+
+def test_security_md_names_real_settings_with_their_defaults():
+    """SECURITY.md's limits are the settings' own: each FENCEX_ name it gives is a setting, and a
+    table row that names one shows its default."""
+    text = (ROOT / "SECURITY.md").read_text()
+    readable = set().union(*(env_names(s) for s in SETTINGS))
+    named_there = set(re.findall(r"`(FENCEX_[A-Z_]+)`", text))
+    assert named_there and named_there <= readable, named_there - readable
+    rows = re.findall(r"^\| `(FENCEX_[A-Z_]+)` \| ([^|]+) \|", text, re.M)
+    assert len(rows) >= 8
+    for var, cell in rows:
+        (value,) = {
+            s.model_fields[var.removeprefix("FENCEX_").lower()].default
+            for s in SETTINGS.values()
+            if var.removeprefix("FENCEX_").lower() in s.model_fields
+        }
+        shown = f"{value:,}" if isinstance(value, int) else f"{value:g}"
+        assert shown in cell, f"SECURITY.md gives {var} as {cell.strip()!r}; its default is {shown}"

@@ -1,0 +1,47 @@
+# syntax=docker/dockerfile:1.7
+# fencex's images: one file, one image per service, chosen by the build argument SERVICE.
+# Build from the repository root:
+#   docker build --build-arg SERVICE=api       -t fencex/api:0.1.0 .
+#   docker build --build-arg SERVICE=processor -t fencex/processor:0.1.0 .
+#   docker build --build-arg SERVICE=simulator -t fencex/simulator:0.1.0 .
+# The images share everything but the last stage, which holds the service's port, health
+# check and entry point. They run as a non-root user and need no writable root file system
+# (FENCEX_DATADIR is under /tmp: mount a tmpfs or an emptyDir there).
+ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
+ARG SERVICE
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /venv
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY fencex ./fencex
+COPY services ./services
+# only the services' dependencies: no local broker, no plotting, no test tools
+RUN /venv/bin/pip install ".[service]"
+
+FROM ${PYTHON_IMAGE} AS runtime
+RUN useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin fencex
+COPY --from=build /venv /venv
+ENV PATH=/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 FENCEX_DATADIR=/tmp/fencex
+USER 10001:10001
+
+FROM runtime AS service-api
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
+ENTRYPOINT ["python", "-m", "services.api"]
+
+FROM runtime AS service-processor
+EXPOSE 6066
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:6066/healthz', timeout=2)"]
+ENTRYPOINT ["python", "-m", "services.processor"]
+
+# no port: the check is that the simulator is still the container's process
+FROM runtime AS service-simulator
+HEALTHCHECK --interval=15s --timeout=3s --retries=3 \
+  CMD ["python", "-c", "import sys; sys.exit(b'services.simulator' not in open('/proc/1/cmdline', 'rb').read())"]
+ENTRYPOINT ["python", "-m", "services.simulator"]
+
+FROM service-${SERVICE}

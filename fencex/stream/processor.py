@@ -276,11 +276,12 @@ class Processor:
         dead: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = []
         records = 0
         reroute: list[Fix] = []
+        received_ms = int(time.time() * 1000)
         for tp, recs in batches.items():
             p = tp.partition
             for r in recs:
                 n, nrej = len(fixes), len(rejected)
-                parse_record(r.value if r.value is not None else b"", fixes, rejected)
+                parse_record(r.value if r.value is not None else b"", fixes, rejected, received_ms)
                 if len(fixes) > n:
                     key = r.key.decode("utf-8", "replace") if r.key is not None else None
                     if key is None or any(f.device_id != key for f in fixes[n:]):

@@ -114,7 +114,10 @@ def fix_from_obj(obj: Any, received_ms: int | None = None, max_skew_ms: int = DE
     # Fast path: the common, well-formed fix. NaN fails the range comparisons; a
     # bool is not float or int by type(); anything unusual takes the checked path.
     if type(obj) is dict and len(obj) == 4:
-        d, ts, lon, lat = obj.get("device_id"), obj.get("ts"), obj.get("lon"), obj.get("lat")
+        d: Any = obj.get("device_id")
+        ts: Any = obj.get("ts")
+        lon: Any = obj.get("lon")
+        lat: Any = obj.get("lat")
         if (
             type(d) is str
             and 0 < len(d) <= MAX_DEVICE_ID
@@ -175,6 +178,7 @@ def parse_record(
     ``received_ms`` (epoch ms) is the receiving clock: ``ts`` may be at most ``max_skew_ms`` ahead of it.
     """
     latest = received_ms + max_skew_ms
+    min_ts = MIN_TS_MS
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -187,12 +191,15 @@ def parse_record(
         for i, item in enumerate(obj):
             # fix_from_obj's fast path, inlined: a packed record holds many fixes
             if type(item) is dict and len(item) == 4:
-                d, ts, lon, lat = item.get("device_id"), item.get("ts"), item.get("lon"), item.get("lat")
+                d: Any = item.get("device_id")
+                ts: Any = item.get("ts")
+                lon: Any = item.get("lon")
+                lat: Any = item.get("lat")
                 if (
                     type(d) is str
                     and 0 < len(d) <= MAX_DEVICE_ID
                     and type(ts) is int
-                    and MIN_TS_MS <= ts <= latest
+                    and min_ts <= ts <= latest
                     and type(lon) in _NUMBER
                     and type(lat) in _NUMBER
                     and -180.0 <= lon <= 180.0

@@ -9,6 +9,7 @@ at scrape time by a collector, not updated on the hot path.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -144,10 +145,10 @@ class HistoryMetrics:
 class StateCollector(Collector):
     """Gauges read from the running worker at scrape time."""
 
-    def __init__(self, read: Callable[[], dict]) -> None:
+    def __init__(self, read: Callable[[], dict[str, Any]]) -> None:
         self.read = read
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
         s = self.read()
         yield GaugeMetricFamily(
             "fencex_partitions_assigned", "Partitions of locations assigned to this worker", value=len(s["partitions"])

@@ -99,7 +99,7 @@ class Env:
         return proc, port
 
     def start_api(self, redis_url: str | None = None, **extra: str) -> tuple[subprocess.Popen, str]:
-        """The API under uvicorn, as it runs in production, on a free port."""
+        """The API under granian, as it runs in production, on a free port."""
         port = free_port()
         n = len(self.workers)
         env = self.env(FENCEX_PORT=str(port), FENCEX_HOST="127.0.0.1", FENCEX_ADMIN_KEY=ADMIN_KEY, **extra)

@@ -18,6 +18,7 @@ from confluent_kafka import Producer
 from fencex.errors import FencexError
 from fencex.fence import Fence
 from fencex.kafka.admin import ensure_topics
+from fencex.kafka.producer import client_config
 from fencex.store.redis import RedisStore
 from services.simulator.herd import Herd, pastures
 from services.simulator.herd import records as herd_records
@@ -50,14 +51,16 @@ def run(settings: Settings) -> int:
                 flush=True,
             )
     producer = Producer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "linger.ms": 10,
-            "compression.type": "lz4",
-            "batch.num.messages": 10000,
-            "queue.buffering.max.messages": 2_000_000,
-            "queue.buffering.max.kbytes": 1_048_576,
-        }
+        client_config(  # murmur2, as every fencex producer: a device's key lands where a Java client puts it
+            settings.kafka_bootstrap,
+            **{
+                "linger.ms": 10,
+                "compression.type": "lz4",
+                "batch.num.messages": 10000,
+                "queue.buffering.max.messages": 2_000_000,
+                "queue.buffering.max.kbytes": 1_048_576,
+            },
+        )
     )
     n = len(herd.ids)
     pack = max(1, settings.pack)

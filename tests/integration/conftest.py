@@ -22,6 +22,7 @@ from confluent_kafka import Consumer, Producer
 
 from devtools.localserver import Server, free_port, start_broker, start_redis
 from fencex.kafka.admin import ensure_topics
+from fencex.kafka.producer import client_config
 
 ROOT = Path(__file__).parents[2]
 _counter = itertools.count()
@@ -98,7 +99,7 @@ class Env:
         return proc, port
 
     def start_api(self, redis_url: str | None = None, **extra: str) -> tuple[subprocess.Popen, str]:
-        """The API under uvicorn, as it runs in production, on a free port."""
+        """The API under granian, as it runs in production, on a free port."""
         port = free_port()
         n = len(self.workers)
         env = self.env(FENCEX_PORT=str(port), FENCEX_HOST="127.0.0.1", FENCEX_ADMIN_KEY=ADMIN_KEY, **extra)
@@ -117,7 +118,7 @@ class Env:
         return proc, f"http://127.0.0.1:{port}"
 
     def producer(self) -> Producer:
-        return Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
+        return Producer(client_config(self.bootstrap, **{"linger.ms": 5}))
 
     def produce(self, values: list[tuple[str, bytes]], topic: str | None = None) -> None:
         p = self.producer()

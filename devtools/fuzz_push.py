@@ -368,17 +368,12 @@ def _drained(t: Target, ends: dict[int, int], timeout: float, alive: Callable[[]
 
 
 def _read_all(bootstrap: str, topic: str, idle: float = 3.0, timeout: float = 120.0) -> list[Any]:
-    from confluent_kafka import Consumer
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-    c = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"fuzz-reader-{time.monotonic_ns()}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    c.subscribe([topic])
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "fuzz-reader", "enable.auto.commit": False})
+    # assigned, not subscribed: no group to join, every partition from its beginning
+    partitions = c.list_topics(topic, timeout=10).topics[topic].partitions
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
     got: list[Any] = []
     try:
         quiet_since = time.monotonic()

@@ -29,12 +29,21 @@ def test_parser_agrees_with_the_generators_labels():
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=12), inner, max_size=6),
     max_leaves=30,
 )
 fixish = st.fixed_dictionaries(
-    {"device_id": st.text(max_size=200) | st.integers(), "ts": json_values, "lon": json_values, "lat": json_values},
+    {
+        "device_id": st.text(max_size=200) | st.integers(-(2**63), 2**63),
+        "ts": json_values,
+        "lon": json_values,
+        "lat": json_values,
+    },
     optional={"battery": json_values, "accuracy_m": json_values, "extra": json_values},
 )
 

@@ -38,7 +38,7 @@ def development_modules_loaded(modules: list[str]) -> set[str]:
 
 def test_no_shipped_module_imports_development_code():
     modules = shipped_modules()
-    assert {"fencex.stream.processor", "services.api.app", "services.simulator.herd"} <= set(modules)
+    assert {"fencex.stream.loop", "services.api.app", "services.simulator.herd"} <= set(modules)
     assert development_modules_loaded(modules) == set()
 
 

@@ -29,6 +29,7 @@ from confluent_kafka import Consumer, Producer
 
 from devtools.localserver import free_port, start_broker, start_redis
 from fencex.kafka.admin import ensure_topics
+from fencex.kafka.producer import client_config
 from fencex.store.redis import RedisStore
 from services.simulator.herd import Herd, pastures
 from services.simulator.herd import records as herd_records
@@ -94,15 +95,17 @@ class Bench:
 
     def producer(self) -> Producer:
         return Producer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "linger.ms": 20,
-                "compression.type": "lz4",
-                "batch.num.messages": 10000,
-                "queue.buffering.max.messages": 2_000_000,
-                "queue.buffering.max.kbytes": 2_097_152,
-                "message.max.bytes": 10_000_000,
-            }
+            client_config(
+                self.bootstrap,
+                **{
+                    "linger.ms": 20,
+                    "compression.type": "lz4",
+                    "batch.num.messages": 10000,
+                    "queue.buffering.max.messages": 2_000_000,
+                    "queue.buffering.max.kbytes": 2_097_152,
+                    "message.max.bytes": 10_000_000,
+                },
+            )
         )
 
     def backlog(self, topic: str, total: int, pack: int) -> int:

@@ -305,6 +305,8 @@ def _produce(t: Target, cases: list[Case]) -> list[str]:
     """Produce every case; return each one's "topic/partition/offset" from its delivery report."""
     from confluent_kafka import Producer
 
+    from fencex.kafka.producer import client_config
+
     sources: list[str] = [""] * len(cases)
     errors: list[str] = []
 
@@ -317,14 +319,7 @@ def _produce(t: Target, cases: list[Case]) -> list[str]:
 
         return cb
 
-    p = Producer(
-        {
-            "bootstrap.servers": t.bootstrap,
-            "linger.ms": 5,
-            "partitioner": "murmur2_random",
-            "message.max.bytes": 2 << 20,
-        }
-    )
+    p = Producer(client_config(t.bootstrap, **{"linger.ms": 5, "message.max.bytes": 2 << 20}))
     for i, c in enumerate(cases):
         while True:
             try:

@@ -20,6 +20,8 @@ import requests
 from confluent_kafka import Producer
 from locust import HttpUser, User, between, events, task
 
+from fencex.kafka.producer import client_config
+
 FARM_LON, FARM_LAT = 18.50, 60.10  # away from the simulator's pastures
 STATE: dict[str, str] = {}
 
@@ -131,7 +133,7 @@ class DevicePublisher(User):
         super().__init__(environment)
         bootstrap = os.environ.get("FENCEX_KAFKA_BOOTSTRAP")
         self.topic = os.environ.get("FENCEX_LOCATIONS_TOPIC", "locations")
-        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5}) if bootstrap else None
+        self.producer = Producer(client_config(bootstrap, **{"linger.ms": 5})) if bootstrap else None
         self.devices = [f"load-collar-{uuid.uuid4().hex[:6]}" for _ in range(20)]
 
     def _delivered(self, started: float, size: int):

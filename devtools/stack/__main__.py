@@ -37,6 +37,9 @@ from devtools.localserver import (
 from devtools.stack.prometheus import write_config
 from fencex.errors import ServerStartError
 from fencex.kafka.admin import ensure_topics
+from fencex.stream.config import Topics
+
+TOPICS = Topics()  # the stack runs with the default topic names
 
 COLOURS = {"enter": "\033[32m", "exit": "\033[33m", "dwell": "\033[36m"}
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -123,7 +126,7 @@ def main() -> int:
         redis = start_redis(_port(args.redis_port), args.logdir)
         servers.append(redis)
         bootstrap, redis_url = broker.address, f"redis://{redis.address}/0"
-        ensure_topics(bootstrap, {"locations": 12, "fence-events": 12, "locations.dlq": 1})
+        ensure_topics(bootstrap, TOPICS.partitions(12))
         env = dict(
             os.environ, FENCEX_KAFKA_BOOTSTRAP=bootstrap, FENCEX_REDIS_URL=redis_url, FENCEX_SESSION_TIMEOUT_S="6"
         )
@@ -161,7 +164,7 @@ def main() -> int:
             f"(log {args.logdir}/simulator.log)\nevents as they happen (Ctrl-C stops the stack):"
         )
         viewer = threading.Thread(
-            target=show_events, args=(bootstrap, "fence-events", stop, sys.stdout.isatty()), daemon=True
+            target=show_events, args=(bootstrap, TOPICS.events, stop, sys.stdout.isatty()), daemon=True
         )
         if not args.quiet_events:
             viewer.start()

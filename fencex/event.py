@@ -12,11 +12,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
-EventType = Literal["enter", "exit", "dwell"]
 EVENT_TYPES: tuple[str, ...] = ("enter", "exit", "dwell")
 
 

@@ -55,12 +55,3 @@ def ensure_topics(bootstrap: str, topics: dict[str, int], timeout: float = 10.0)
         if existing.get(name, 0) < n:
             log.warning("topic %s has %s partitions, fewer than the %s configured", name, existing.get(name), n)
     return existing
-
-
-def delete_topics(bootstrap: str, names: list[str], timeout: float = 10.0) -> None:
-    admin = _admin(bootstrap)
-    for fut in admin.delete_topics(names, operation_timeout=timeout).values():
-        try:
-            fut.result(timeout=timeout)
-        except KafkaException:
-            pass

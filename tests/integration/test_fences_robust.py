@@ -138,9 +138,10 @@ def test_a_broken_fence_in_redis_stops_no_worker_and_no_other_farm(live):
     time.sleep(1.5)  # the follower applies the changes
     assert proc.poll() is None, live.log()
     live.produce([("cow-2", orjson.dumps({"device_id": "cow-2", "ts": T0, "lon": INSIDE[0], "lat": INSIDE[1]}))])
-    got = events_of(read(live.consumer(live.events), lambda got: len(got) >= 3))
+    got = events_of(read(live.consumer(live.events), lambda got: len(got) >= 4))
     assert sorted((e["device_id"], e["fence_id"]) for e in got if e["type"] == "enter") == [
         ("cow-1", "north"),
+        ("cow-1", "south"),  # the new fence holds cow-1's last fix: re-evaluation enters it
         ("cow-2", "north"),
         ("cow-2", "south"),
     ]

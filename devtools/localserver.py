@@ -7,6 +7,7 @@ message that says what to do.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -28,7 +29,10 @@ def free_port() -> int:
 
 
 def port_taken(port: int) -> bool:
+    """Whether a server listens there (connections of a killed one, in TIME_WAIT, do not count:
+    servers bind with SO_REUSEADDR, so a restart on the same port works)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((HOST, port))
         except OSError:
@@ -119,7 +123,13 @@ class Server:
 
 
 def _start(
-    name: str, argv: list[str], port: int, logdir: Path | None, timeout: float, workdir: Path | None = None
+    name: str,
+    argv: list[str],
+    port: int,
+    logdir: Path | None,
+    timeout: float,
+    workdir: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Server:
     if port_taken(port):
         raise ServerStartError(
@@ -132,7 +142,12 @@ def _start(
     try:
         with log.open("wb") as out:  # the child keeps its own copy of the descriptor
             proc = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, cwd=workdir or logdir, start_new_session=True
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=workdir or logdir,
+                start_new_session=True,
+                env=dict(os.environ, **env) if env else None,
             )
     except OSError as exc:
         raise ServerStartError(f"cannot run {argv[0]}: {exc}") from exc
@@ -140,8 +155,15 @@ def _start(
     return Server(name, port, proc, log, workdir)
 
 
-def start_broker(port: int | None = None, logdir: Path | None = None, timeout: float = 15.0) -> Server:
-    """Tansu, storage in memory: its data does not survive a restart."""
+def start_broker(
+    port: int | None = None,
+    logdir: Path | None = None,
+    timeout: float = 15.0,
+    storage: str = "memory://tansu/",
+    env: dict[str, str] | None = None,
+) -> Server:
+    """Tansu, storage in memory by default: its data does not survive a restart.
+    With ``storage="s3://tansu/"`` and ``env=s3.extra["env"]`` of :func:`start_s3` it does."""
     port = port or free_port()
     url = f"tcp://{HOST}:{port}"
     argv = [
@@ -152,9 +174,9 @@ def start_broker(port: int | None = None, logdir: Path | None = None, timeout: f
         "--advertised-listener-url",
         url,
         "--storage-engine",
-        "memory://tansu/",
+        storage,
     ]
-    server = _start("broker", argv, port, logdir, timeout)
+    server = _start("broker", argv, port, logdir, timeout, env=env)
     _wait_kafka(server, timeout)
     return server
 
@@ -176,10 +198,17 @@ def _wait_kafka(server: Server, timeout: float) -> None:
 
 
 def start_redis(
-    port: int | None = None, logdir: Path | None = None, timeout: float = 10.0, appendonly: bool = False
+    port: int | None = None,
+    logdir: Path | None = None,
+    timeout: float = 10.0,
+    appendonly: bool = False,
+    workdir: Path | None = None,
+    config: dict[str, str] | None = None,
 ) -> Server:
+    """redis-server; ``workdir`` restarts it on an earlier one's files (its append-only file),
+    ``config`` adds options (``{"appendfsync": "always"}``)."""
     port = port or free_port()
-    workdir = Path(tempfile.mkdtemp(prefix="fencex-redis-"))
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="fencex-redis-"))
     argv = [
         redis_path(),
         "--port",
@@ -195,7 +224,33 @@ def start_redis(
         "--protected-mode",
         "yes",
     ]
+    for k, v in (config or {}).items():
+        argv += [f"--{k}", v]
     server = _start("redis", argv, port, logdir, timeout, workdir=workdir)
+    return server
+
+
+def start_s3(
+    port: int | None = None, logdir: Path | None = None, timeout: float = 20.0, bucket: str = "tansu"
+) -> Server:
+    """A local S3 (moto's server) with one bucket, for a broker whose data survives a restart.
+    ``extra["env"]`` holds what the broker needs to reach it."""
+    binary = shutil.which("moto_server")
+    if not binary:
+        raise ServerStartError('moto_server is not installed: pip install "moto[server]"')
+    port = port or free_port()
+    server = _start("s3", [binary, "-H", HOST, "-p", str(port)], port, logdir, timeout)
+    import httpx
+
+    endpoint = f"http://{HOST}:{port}"
+    httpx.put(f"{endpoint}/{bucket}", timeout=10).raise_for_status()
+    server.extra["env"] = {
+        "AWS_ACCESS_KEY_ID": "fencex",
+        "AWS_SECRET_ACCESS_KEY": "fencex",
+        "AWS_DEFAULT_REGION": "eu-west-2",
+        "AWS_ENDPOINT": endpoint,
+        "AWS_ALLOW_HTTP": "true",
+    }
     return server
 
 

@@ -17,8 +17,8 @@ import msgpack
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.exceptions import WatchError
 
 from fencex.detector import DeviceState
 from fencex.errors import NotFound, StoreUnavailable, VersionConflict
@@ -76,6 +76,13 @@ def _guard(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             return await fn(*args, **kwargs)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise StoreUnavailable(f"redis does not answer: {exc}") from exc
+        except ResponseError as exc:
+            # Out of memory (maxmemory, noeviction) refuses writes until memory is freed: unavailable,
+            # not a bug. redis-py raises OutOfMemoryError for a command or a pipeline, and a plain
+            # ResponseError ("Error running script ... -OOM command not allowed ...") from a script.
+            if isinstance(exc, OutOfMemoryError) or "OOM command not allowed" in str(exc):
+                raise StoreUnavailable(f"redis is out of memory: {exc}") from exc
+            raise
 
     return wrapper
 

@@ -57,7 +57,8 @@ from services.simulator.herd import Herd, pastures
 ROOT = Path(__file__).parents[1]
 ADMIN_KEY = "admin-key-for-fault-tests"
 PARTITIONS = 4
-SESSION_TIMEOUT_S = 6.0  # the local broker's group joins take half of it
+SESSION_TIMEOUT_S = 6.0
+HUNG_S = 12.0  # an answer slower than this during a fault hung (the store's socket timeout is 10 s)  # the local broker's group joins take half of it
 FAULTS = (
     "redis-kill",
     "redis-pause",
@@ -568,6 +569,14 @@ def judge_api(
         elif not normal:
             out.api_errors.append(f"{s.kind} {s.status} before the fault")
     out.api_needed_503 = bool(needs & {s.kind for s in samples})
+    during = [s for s in samples if s.started <= down[1] and s.ended >= down[0]]
+    for kind in sorted({s.kind for s in during}):
+        mine = [s for s in during if s.kind == kind]
+        slowest = max(s.ended - s.started for s in mine)
+        statuses = sorted({s.status for s in mine})
+        out.notes.append(f"during the fault {kind}: {len(mine)} answers {statuses}, slowest {slowest:.1f} s")
+        if slowest > HUNG_S:
+            out.api_errors.append(f"{kind} took {slowest:.1f} s to answer (more than {HUNG_S:g} s: it hung)")
 
 
 # ------------------------------------------------------------------- scenario

@@ -57,8 +57,9 @@ from services.simulator.herd import Herd, pastures
 ROOT = Path(__file__).parents[1]
 ADMIN_KEY = "admin-key-for-fault-tests"
 PARTITIONS = 4
-SESSION_TIMEOUT_S = 6.0
-HUNG_S = 12.0  # an answer slower than this during a fault hung (the store's socket timeout is 10 s)  # the local broker's group joins take half of it
+SESSION_TIMEOUT_S = 6.0  # the local broker's group joins take half of it
+FLUSH_INTERVAL_S = 1.0
+HUNG_S = 12.0  # an answer slower than this during a fault hung (the store's socket timeout is 10 s)
 FAULTS = (
     "redis-kill",
     "redis-pause",
@@ -199,6 +200,8 @@ class Stack:
             FENCEX_HISTORY_GROUP=f"{self.name}-history",
             FENCEX_SESSION_TIMEOUT_S=str(SESSION_TIMEOUT_S),
             FENCEX_HEARTBEAT_S="1",
+            # a longer flush than the default 0.2 s: a fault is more likely to meet state not saved yet
+            FENCEX_FLUSH_INTERVAL_S=str(FLUSH_INTERVAL_S),
             FENCEX_ADMIN_KEY=ADMIN_KEY,
             **extra,
         )
@@ -271,6 +274,8 @@ class FixStream(threading.Thread):
     Keeps the fixes the broker acknowledged, in the order sent (one request in flight: per
     device, acknowledged order is sent order)."""
 
+    CHUNK = 10
+
     def __init__(self, bootstrap: str, topic: str, herd: Herd, rate: float = 300.0, t0_ms: int | None = None) -> None:
         super().__init__(daemon=True, name="fix-stream")
         self.herd = herd
@@ -305,22 +310,24 @@ class FixStream(threading.Thread):
                 break
             lon, lat = self.herd.step()
             ts = self.t0_ms + self.steps * 1000
-            for d, x, y in zip(self.herd.ids, lon.tolist(), lat.tolist()):
-                f = Fix(d, ts, float(x), float(y))
-                value = orjson.dumps({"device_id": d, "ts": ts, "lon": f.lon, "lat": f.lat})
-                while True:
-                    try:
-                        self.producer.produce(self.topic, value, key=d, on_delivery=self._callback(f))
-                        break
-                    except BufferError:
-                        self.producer.poll(0.05)
+            rows = list(zip(self.herd.ids, lon.tolist(), lat.tolist()))
+            # spread over the step, not in one burst: at any moment the workers hold fixes not saved yet
+            for i in range(0, len(rows), self.CHUNK):
+                for d, x, y in rows[i : i + self.CHUNK]:
+                    f = Fix(d, ts, float(x), float(y))
+                    value = orjson.dumps({"device_id": d, "ts": ts, "lon": f.lon, "lat": f.lat})
+                    while True:
+                        try:
+                            self.producer.produce(self.topic, value, key=d, on_delivery=self._callback(f))
+                            break
+                        except BufferError:
+                            self.producer.poll(0.05)
+                chunk_at = next_at + self.interval * (i + self.CHUNK) / len(rows)
+                while not self._halt.is_set() and time.monotonic() < chunk_at:
+                    self.producer.poll(0.01)
             self.steps += 1
             self.stepped.set()
             next_at += self.interval
-            while not self._halt.is_set():
-                self.producer.poll(0.02)
-                if time.monotonic() >= next_at:
-                    break
             if time.monotonic() - next_at > 5 * self.interval:
                 next_at = time.monotonic()  # the broker was away: do not burst to catch up
         self.producer.flush(120)
@@ -749,34 +756,40 @@ def fault_broker_freeze(w: World, out: Outcome, outage: float = 15.0) -> None:
     _recovery_window(w, out, (t0, time.monotonic()), {"ingest"}, grace=15.0)
 
 
-def fault_worker_kill_fence_change(w: World, out: Outcome, delay: float = 0.08) -> str:
-    """Reshape a fence that animals are inside while fixes flow, SIGKILL a worker ``delay``
-    seconds later (between publishing the re-evaluation's exits and saving them), start
-    another. Returns the reshaped fence's id (its events depend on timing: checked by ids)."""
+def fault_worker_kill_fence_change(w: World, out: Outcome, fences: int = 5) -> set[str]:
+    """Reshape the fences most animals are inside (away from them: every one of them exits)
+    while fixes flow, and SIGKILL a worker as soon as it has published the re-evaluation's
+    exits, before it saves them; start another. Returns the reshaped fences' ids (their events
+    depend on when the change met the stream: they are checked by one id per transition)."""
     import asyncio
 
-    reader_before = len(w.reader.events)
-    counts: dict[str, int] = defaultdict(int)
-    for e in w.reader.events[:reader_before]:
-        counts[e["fence_id"]] += 1 if e["type"] == "enter" else -1 if e["type"] == "exit" else 0
-    fid = max(counts, key=lambda k: counts[k]) if counts else w.fences[0].id
-    target = next(f for f in w.fences if f.id == fid)
+    inside: dict[str, int] = defaultdict(int)
+    for e in list(w.reader.events):
+        inside[e["fence_id"]] += 1 if e["type"] == "enter" else -1 if e["type"] == "exit" else 0
+    chosen = sorted(inside, key=lambda k: -inside[k])[:fences] or [f.id for f in w.fences[:fences]]
+    by_id = {f.id: f for f in w.fences}
     victim = w.stack.workers[0]
 
     async def reshape() -> None:
         store = RedisStore(w.servers.redis_url, w.stack.prefix)
         await store.connect()
         try:
-            await store.put_fences([Fence(id=fid, tenant=target.tenant, name=target.name, geometry=AWAY)])
+            await store.put_fences(
+                [Fence(id=i, tenant=by_id[i].tenant, name=by_id[i].name, geometry=AWAY) for i in chosen]
+            )
         finally:
             await store.close()
 
+    events_before = victim.metric("fencex_events_published_total")
     t0 = time.monotonic()
     asyncio.run(reshape())
-    time.sleep(delay)
+    waited = _just_after(victim, "fencex_events_published_total", events_before, timeout=3.0)
     victim.signal(signal.SIGKILL)
     victim.proc.wait(5)
-    out.notes.append(f"reshaped {fid} (about {counts.get(fid, 0)} animals inside), killed worker {delay:.2f} s later")
+    out.notes.append(
+        f"reshaped {len(chosen)} fences (about {sum(max(inside[i], 0) for i in chosen)} animals inside); "
+        f"killed the worker {time.monotonic() - t0:.2f} s later ({'after' if waited else 'without'} its exits)"
+    )
     replacement = w.stack.start_worker()
     survivors = [p for p in w.stack.workers if p is not victim]
     w.stack.wait_ready([replacement], timeout=60)
@@ -784,7 +797,18 @@ def fault_worker_kill_fence_change(w: World, out: Outcome, delay: float = 0.08) 
     _check_recovered(w, out, survivors)
     w.traffic.stop()
     judge_api(out, w.traffic.samples, (t0, time.monotonic()), time.monotonic() + 1, set())
-    return fid
+    return set(chosen)
+
+
+def _just_after(p: Proc, metric: str, than: float | None = None, timeout: float = 5.0) -> bool:
+    """Return as soon as the worker's counter grows (past ``than``, or past its value now)."""
+    base = p.metric(metric) if than is None else than
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if p.metric(metric) > base:
+            return True
+        time.sleep(0.005)
+    return False
 
 
 def fault_worker_stall(w: World, out: Outcome) -> None:
@@ -792,9 +816,7 @@ def fault_worker_stall(w: World, out: Outcome) -> None:
     fixes and let the new owner save the newest states; SIGCONT: the stalled worker must not
     write its older states over them. Then fixes again: it must take work again."""
     victim, other = w.stack.workers[0], w.stack.workers[1]
-    w.stream.stepped.clear()
-    w.stream.stepped.wait(5)
-    time.sleep(0.03)  # just after a step: the victim holds states it has not saved yet
+    _just_after(victim, "fencex_fixes_processed_total")  # it holds states it has not saved yet
     t0 = time.monotonic()
     victim.signal(signal.SIGSTOP)
     try:
@@ -867,8 +889,8 @@ def run_fault(fault: str, tmp: Path, seed: int = 1, warmup: float = 4.0) -> Outc
         elif fault == "broker-freeze":
             fault_broker_freeze(w, out)
         elif fault == "worker-kill-fence-change":
-            fid = fault_worker_kill_fence_change(w, out, delay=random.Random(seed).uniform(0.03, 0.2))
-            exact = lambda e: e["fence_id"] != fid  # noqa: E731
+            reshaped = fault_worker_kill_fence_change(w, out)
+            exact = lambda e: e["fence_id"] not in reshaped  # noqa: E731
         elif fault == "worker-stall":
             fault_worker_stall(w, out)
         else:

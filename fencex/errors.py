@@ -10,6 +10,7 @@ redis-py, aiokafka or confluent-kafka exception classes::
     │   └── InvalidFix               a GPS fix that cannot be processed
     ├── NotFound                     no such fence, device or tenant
     ├── VersionConflict              If-Match no longer matches (HTTP 412)
+    ├── Fenced                       a state save refused: its partitions have a newer owner
     ├── Unavailable                  a server does not answer
     │   ├── StoreUnavailable         Redis
     │   └── BrokerUnavailable        the Kafka-protocol broker
@@ -46,6 +47,10 @@ class VersionConflict(FencexError):
         super().__init__(f"fence version is {actual}, not {expected}")
         self.expected = expected
         self.actual = actual
+
+
+class Fenced(FencexError):
+    """A worker's save was refused: another worker was assigned its partitions since (a newer generation)."""
 
 
 class Unavailable(FencexError, ConnectionError):

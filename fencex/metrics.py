@@ -14,11 +14,17 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, PlatformCol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from fencex.kafka.producer import UNDELIVERED_REASONS
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 10, 100, 500, 1000, 2500, 5000, 10_000, 25_000, 50_000, 100_000)
 
 
 HERD_SERIES = 200  # the herd metrics carry a fence label: at most this many fences each
+FIX_REASONS = ("not_json", "bad_device_id", "bad_ts", "bad_lon", "bad_lat", "bad_fix")
+# a dead letter's reason: a bad fix's, a record that failed after parsing, a record the broker refused
+DLQ_REASONS = (*FIX_REASONS, "processing_error", "undelivered")
+TOPIC_ROLES = ("events", "dlq", "locations")
 
 
 def process_collectors(registry: CollectorRegistry) -> None:
@@ -95,10 +101,44 @@ class PushMetrics:
             registry=registry,
         )
         self.rebalances = Counter("fencex_rebalances_total", "Partition assignments received", registry=registry)
-        for reason in ("not_json", "bad_device_id", "bad_ts", "bad_lon", "bad_lat", "bad_fix", "out_of_order"):
+        self.undelivered = Counter(
+            "fencex_undelivered_records_total",
+            "Records the broker refused for good (dead-lettered as a stub), by topic and reason",
+            ["topic", "reason"],
+            registry=registry,
+        )
+        self.saves_fenced = Counter(
+            "fencex_saves_fenced_total",
+            "State saves refused because another worker owns the partitions now (work dropped, not committed)",
+            registry=registry,
+        )
+        self.isolated = Counter(
+            "fencex_records_isolated_total",
+            "Records processed one by one after their batch failed after parsing",
+            registry=registry,
+        )
+        for reason in (*FIX_REASONS, "out_of_order"):
             self.fixes_dropped.labels(reason)
+        for reason in DLQ_REASONS:
+            self.dlq.labels(reason)
         for t in ("enter", "exit", "dwell"):
             self.events.labels(t)
+        for topic in TOPIC_ROLES:
+            for reason in UNDELIVERED_REASONS:
+                self.undelivered.labels(topic, reason)
+
+
+class HistoryMetrics:
+    """The event-history agent's counters (``fencex.stream.history``)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.errors = Counter(
+            "fencex_history_errors_total", "Failures writing the event history to Redis", registry=registry
+        )
+        self.added = Counter("fencex_history_events_total", "Events added to the tenants' histories", registry=registry)
+        self.skipped = Counter(
+            "fencex_history_skipped_total", "Records on the events topic that are not fencex events", registry=registry
+        )
 
 
 class StateCollector(Collector):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fencex.stream.config import LOCATIONS
+
 
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FENCEX_", frozen=True)
@@ -15,5 +17,5 @@ class ServiceSettings(BaseSettings):
     kafka_bootstrap: str = "127.0.0.1:9092"
     redis_url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "fx"
-    locations_topic: str = "locations"
+    locations_topic: str = LOCATIONS
     log_level: str = "info"

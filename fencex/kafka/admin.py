@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from fencex.errors import BrokerUnavailable
+from fencex.retrying import retrying
 
 log = logging.getLogger(__name__)
 
@@ -25,22 +27,11 @@ def check_broker(bootstrap: str, timeout: float = 5.0) -> dict[str, int]:
     return {name: len(t.partitions) for name, t in meta.topics.items()}
 
 
-def wait_for_topics(bootstrap: str, topics: dict[str, int], log_every: float = 5.0, give_up: float = 0.0) -> None:
+async def wait_for_topics(bootstrap: str, topics: dict[str, int], give_up_after: float | None = None) -> None:
     """Create the topics, waiting (and saying so) while the broker does not answer."""
-    import time
-
-    started = time.monotonic()
-    delay = 0.5
-    while True:
-        try:
-            ensure_topics(bootstrap, topics)
-            return
-        except BrokerUnavailable as exc:
-            if give_up and time.monotonic() - started > give_up:
-                raise
-            log.warning("waiting for the broker at %s: %s (retrying in %.0f s)", bootstrap, exc, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, log_every)
+    async for attempt in retrying(f"waiting for the broker at {bootstrap}", give_up_after=give_up_after, logger=log):
+        with attempt:
+            await asyncio.to_thread(ensure_topics, bootstrap, topics)
 
 
 def ensure_topics(bootstrap: str, topics: dict[str, int], timeout: float = 10.0) -> dict[str, int]:

@@ -1,17 +1,17 @@
-"""The batch consumer: aiokafka ``getmany`` with manual commits.
+"""The batch consumer: aiokafka ``getmany`` with manual commits, for one topic.
 
 Faust's per-event stream path reads about 7,000 records/s on this machine;
 ``getmany`` reads over 300,000, so the processor's hot path takes whole
 batches. Offsets are committed only after a batch's events are published and
-its state is saved (at least once). A rebalance waits for the batch in flight:
-``on_revoke`` is called under the same lock the processing loop holds.
+its state is saved (at least once). Partitions are plain numbers of the one topic;
+the rebalance callbacks registered with :meth:`BatchConsumer.listen` are awaited
+by aiokafka's coordinator (the loop serialises them against its own steps).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaConnectionError, KafkaError
@@ -22,25 +22,23 @@ log = logging.getLogger(__name__)
 PartitionsCallback = Callable[[list[int]], Awaitable[None]]
 
 
-class _Listener(ConsumerRebalanceListener):
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, owner: BatchConsumer) -> None:
         self.owner = owner
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        async with self.owner.lock:  # let the batch in flight finish and commit
-            parts = sorted(tp.partition for tp in revoked)
-            for p in parts:
-                self.owner.positions.pop(p, None)
-            log.info("partitions revoked: %s", parts)
-            if self.owner.on_revoke is not None:
-                await self.owner.on_revoke(parts)
+        parts = sorted(tp.partition for tp in revoked)
+        for p in parts:
+            self.owner.positions.pop(p, None)
+        log.info("partitions revoked: %s", parts)
+        if self.owner.on_revoke is not None:
+            await self.owner.on_revoke(parts)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        async with self.owner.lock:
-            parts = sorted(tp.partition for tp in assigned)
-            log.info("partitions assigned: %s", parts)
-            if self.owner.on_assign is not None:
-                await self.owner.on_assign(parts)
+        parts = sorted(tp.partition for tp in assigned)
+        log.info("partitions assigned: %s", parts)
+        if self.owner.on_assign is not None:
+            await self.owner.on_assign(parts)
 
 
 class BatchConsumer:
@@ -61,7 +59,6 @@ class BatchConsumer:
         self.group_id = group_id
         self.on_assign = on_assign
         self.on_revoke = on_revoke
-        self.lock = asyncio.Lock()
         self._kwargs = dict(
             session_timeout_ms=session_timeout_ms,
             heartbeat_interval_ms=heartbeat_interval_ms,
@@ -69,6 +66,10 @@ class BatchConsumer:
         )
         self._consumer: AIOKafkaConsumer | None = None
         self.positions: dict[int, int] = {}
+
+    def listen(self, on_assign: PartitionsCallback, on_revoke: PartitionsCallback) -> None:
+        """Call these when partitions are assigned and before they are revoked."""
+        self.on_assign, self.on_revoke = on_assign, on_revoke
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
@@ -93,24 +94,27 @@ class BatchConsumer:
             await self._consumer.stop()
             self._consumer = None
 
-    async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[ConsumerRecord]]:
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[int, Sequence[ConsumerRecord[bytes, bytes]]]:
+        """Records per partition (aiokafka's records: they have the shape of ``fencex.stream.ports.Record``)."""
         assert self._consumer is not None
         try:
             got = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         except KafkaConnectionError as exc:
             raise BrokerUnavailable(str(exc)) from exc
+        out: dict[int, Sequence[ConsumerRecord[bytes, bytes]]] = {}
         for tp, records in got.items():
             if records:
                 self.positions[tp.partition] = records[-1].offset + 1
-        return got
+                out[tp.partition] = records
+        return out
 
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        """Commit ``offsets`` (the next offset to read, per partition)."""
+    async def commit(self, offsets: Mapping[int, int]) -> None:
+        """Commit ``offsets`` (partition -> the next offset to read)."""
         assert self._consumer is not None
         if not offsets:
             return
         try:
-            await self._consumer.commit(offsets)
+            await self._consumer.commit({TopicPartition(self.topic, p): o for p, o in offsets.items()})
         except (CommitFailedError, IllegalStateError) as exc:
             # A rebalance took the partitions away: the new owner reads these records
             # again, finds their fixes stale (state was saved first), and goes on.
@@ -121,7 +125,13 @@ class BatchConsumer:
     async def seek_to_committed(self) -> None:
         """Go back to the last committed offsets (after a batch failed half way)."""
         if self._consumer is not None and self._consumer.assignment():
-            await self._consumer.seek_to_committed()
+            try:
+                committed = await self._consumer.seek_to_committed()
+            except KafkaError as exc:
+                raise BrokerUnavailable(f"cannot read the committed offsets: {exc}") from exc
+            for tp, offset in committed.items():
+                if not offset:  # nothing committed yet (or 0): aiokafka leaves these where they are
+                    self._consumer.seek(tp, 0)  # the start (out of range: the reset policy, earliest)
             self.positions.clear()
 
     def assignment(self) -> list[int]:

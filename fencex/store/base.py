@@ -10,6 +10,8 @@ Redis is the source of truth:
 ``{p}:dev:{id}``               a device's state, JSON (``DeviceState.to_obj``)
 ``{p}:devices``                hash device id -> tenant (registered devices)
 ``{p}:part:{topic}:{n}``       set of device ids seen on partition n (loaded on assignment)
+``{p}:gen:{topic}:{n}``        partition n's generation: raised by each new owner; a save
+                               carrying an older one is refused (fencing a stalled worker)
 ``{p}:geo:{t}``                GEO set: tenant t's devices at their last position
 ``{p}:in:{t}:{fence}``         sorted set: devices inside the fence, scored by since (ms)
 ``{p}:tenants``                hash tenant -> name
@@ -51,6 +53,9 @@ class Keys:
 
     def partition(self, topic: str, partition: int) -> str:
         return f"{self.prefix}:part:{topic}:{partition}"
+
+    def generation(self, topic: str, partition: int) -> str:
+        return f"{self.prefix}:gen:{topic}:{partition}"
 
     def geo(self, tenant: str) -> str:
         return f"{self.prefix}:geo:{tenant}"

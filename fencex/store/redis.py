@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import msgpack
@@ -21,7 +21,7 @@ from redis.exceptions import OutOfMemoryError, ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fencex.detector import DeviceState
-from fencex.errors import NotFound, StoreUnavailable, VersionConflict
+from fencex.errors import Fenced, NotFound, StoreUnavailable, VersionConflict
 from fencex.event import Event
 from fencex.fence import Fence
 from fencex.store.base import Change, Keys
@@ -32,11 +32,12 @@ CHANGES_MAXLEN = 100_000
 GEO_LAT_LIMIT = 85.05112878  # Redis GEO cannot hold the poles
 
 # Add each event to its tenant's history once, however often it is delivered.
+# KEYS: (de-duplication marker, tenant's history stream) per event; ARGV: maxlen, then each event.
 _APPEND_EVENTS = """
 local added = 0
-for i = 1, #ARGV, 3 do
-  if redis.call('SET', KEYS[1] .. ARGV[i], '1', 'NX', 'EX', 86400) then
-    redis.call('XADD', KEYS[2] .. ARGV[i + 1], 'MAXLEN', '~', KEYS[3], '*', 'e', ARGV[i + 2])
+for i = 1, #KEYS, 2 do
+  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', 86400) then
+    redis.call('XADD', KEYS[i + 1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[(i + 1) / 2 + 1])
     added = added + 1
   end
 end
@@ -47,8 +48,14 @@ return added
 # Save one batch's device states, positions and memberships in one atomic step.
 # The client sends a single msgpack blob: packing a command of 100,000 arguments
 # in redis-py's pure-Python encoder cost more than the rest of the batch.
+# d[5] holds the saver's partition generations (key, gen, ...): if any is no longer
+# the stored one, another worker owns the partition now and nothing is written (-1).
 _SAVE_BATCH = """
 local d = cmsgpack.unpack(ARGV[1])
+local gens = d[5]
+for i = 1, #gens, 2 do
+  if tonumber(redis.call('GET', gens[i]) or '0') ~= gens[i + 1] then return -1 end
+end
 local function chunked(cmd, key, flat, width)
   local step = width * math.floor(6000 / width)
   for i = 1, #flat, step do
@@ -305,14 +312,34 @@ class RedisStore:
             out.update((m.decode(), p) for m in await self.redis.smembers(self.keys.partition(topic, p)))
         return out
 
+    @_guard
+    async def claim_partitions(self, topic: str, partitions: Sequence[int]) -> dict[int, int]:
+        """Raise each partition's generation by one (a new owner); the new generations.
+
+        A save carrying an older generation (a worker that stalled past its session and
+        lost the partition) is refused by :meth:`save_packed`.
+        """
+        if not partitions:
+            return {}
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for p in partitions:
+                pipe.incr(self.keys.generation(topic, p))
+            gens = await pipe.execute()
+        return {p: int(g) for p, g in zip(partitions, gens)}
+
     def pack_save(
         self,
         states: Mapping[str, DeviceState],
         events: Iterable[Event],
         new_devices: Mapping[tuple[str, int], list[str]] | None = None,
+        generations: Mapping[tuple[str, int], int] | None = None,
     ) -> bytes | None:
-        """Serialise a save now (a snapshot), to send later with :meth:`save_packed`."""
-        if not states and not new_devices:
+        """Serialise a save now (a snapshot), to send later with :meth:`save_packed`.
+
+        ``generations``: (topic, partition) -> the generation the saver holds; the save is
+        refused (Fenced) if any has moved on, so a stalled worker's commit is fenced too.
+        """
+        if not states and not new_devices and not generations:
             return None
         k = self.keys
         flat: list[Any] = []
@@ -334,12 +361,16 @@ class RedisStore:
             if e.type != "dwell"
         ]
         sadd = {k.partition(topic, p): devices for (topic, p), devices in (new_devices or {}).items() if devices}
-        return msgpack.packb([flat, geo_keys, members, sadd], use_bin_type=False)
+        gens: list[Any] = []
+        for (topic, p), gen in (generations or {}).items():
+            gens.extend((k.generation(topic, p), gen))
+        return msgpack.packb([flat, geo_keys, members, sadd, gens], use_bin_type=False)  # type: ignore[no-any-return]
 
     @_guard
     async def save_packed(self, blob: bytes | None) -> None:
-        if blob is not None:
-            await self._save_batch(args=[blob])
+        """Run a packed save; Fenced (nothing written) if a partition's generation moved on."""
+        if blob is not None and int(await self._save_batch(args=[blob])) < 0:
+            raise Fenced("the save was refused: another worker owns these partitions now")
 
     @_guard
     async def device_state(self, tenant: str, device_id: str) -> DeviceState:
@@ -407,16 +438,14 @@ class RedisStore:
     @_guard
     async def append_events(self, events: Iterable[dict[str, Any]]) -> int:
         """Add events to their tenants' capped histories, each once (by event_id)."""
-        argv: list[Any] = []
+        keys: list[str] = []
+        argv: list[Any] = [self.history_maxlen]
         for e in events:
-            argv.extend((e["event_id"], e["tenant"], orjson.dumps(e)))
-        if not argv:
+            keys.extend((self.keys.seen(e["event_id"]), self.keys.events(e["tenant"])))
+            argv.append(orjson.dumps(e))
+        if not keys:
             return 0
-        return int(
-            await self._append_events(
-                keys=[f"{self.keys.prefix}:seen:", f"{self.keys.prefix}:events:", self.history_maxlen], args=argv
-            )
-        )
+        return int(await self._append_events(keys=keys, args=argv))
 
     @_guard
     async def history(self, tenant: str, after: str = "-", count: int = 1000) -> list[tuple[str, dict[str, Any]]]:

@@ -1,10 +1,10 @@
 """The processor: a Faust app. Wiring only; the logic lives in ``fencex``.
 
-- the hot path (fixes -> events) is :class:`fencex.stream.processor.Processor`, run as a
+- the hot path (fixes -> events) is :class:`fencex.stream.loop.Processor`, run as a
   mode service inside the Faust worker: it reads whole batches with aiokafka,
   because Faust's per-event stream measured about 7,000 records/s here;
-- a Faust agent follows ``fence-events`` and keeps each tenant's capped event
-  history in Redis (de-duplicated by ``event_id``), for the API's ``/events`` and SSE;
+- a Faust agent (:mod:`fencex.stream.history`) follows ``fence-events`` and keeps each
+  tenant's capped event history in Redis, for the API's ``/events`` and SSE;
 - the Faust web server answers ``/healthz``, ``/readyz`` and ``/metrics``.
 """
 
@@ -12,28 +12,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import faust
-import orjson
 from mode import Service
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, disable_created_metrics, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, disable_created_metrics, generate_latest
 
 from fencex import heap
 from fencex.errors import Unavailable
+from fencex.follower import FenceFollower
 from fencex.kafka.consumer import BatchConsumer
 from fencex.kafka.producer import Producer
-from fencex.metrics import PushMetrics, StateCollector
+from fencex.metrics import HistoryMetrics, PushMetrics, StateCollector
+from fencex.retrying import retrying
 from fencex.store.redis import RedisStore
-from fencex.stream.processor import Processor, Topics
+from fencex.stream.history import HistoryWriter, history_agent
+from fencex.stream.loop import Processor
 from services.processor.settings import Settings
 
-log = logging.getLogger("fencex.processor")
+log = logging.getLogger(__name__)
 
 
 class PushService(Service):
     """Runs the Processor's loop and change-feed watcher inside the Faust worker."""
 
-    def __init__(self, processor: Processor, settings: Settings, **kwargs) -> None:
+    def __init__(self, processor: Processor, settings: Settings, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.processor = processor
         self.settings = settings
@@ -41,15 +44,10 @@ class PushService(Service):
         self.loaded = asyncio.Event()
 
     async def on_start(self) -> None:
-        delay = 1.0
-        while True:  # wait for Redis and the broker, saying so, instead of crashing
-            try:
+        # wait for Redis and the broker, saying so, instead of crashing
+        async for attempt in retrying("waiting for Redis and the broker", logger=log):
+            with attempt:
                 await self.processor.start()
-                break
-            except Unavailable as exc:
-                log.warning("waiting for servers: %s (retrying in %.0f s)", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
         heap.settle()  # fences and device states are loaded: out of the collector's sight
         self.ready = True
         self.loaded.set()
@@ -69,43 +67,24 @@ class PushService(Service):
         await self.processor.stop()
 
 
-def topics_of(settings: Settings) -> dict[str, int]:
-    return {
-        settings.locations_topic: settings.partitions,
-        settings.events_topic: settings.partitions,
-        settings.dlq_topic: 1,
-    }
-
-
 def create_app(settings: Settings) -> tuple[faust.App, PushService]:
     """The Faust app and the push service to run beside it in one worker."""
-    disable_created_metrics()
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
     metrics = PushMetrics(registry)
-    topics = Topics(settings.locations_topic, settings.events_topic, settings.dlq_topic)
+    topics = settings.topics
     store = RedisStore(settings.redis_url, settings.key_prefix, settings.history_maxlen)
     consumer = BatchConsumer(
         settings.kafka_bootstrap,
-        settings.locations_topic,
+        topics.locations,
         settings.group_id,
         session_timeout_ms=int(settings.session_timeout_s * 1000),
         heartbeat_interval_ms=int(settings.heartbeat_s * 1000),
     )
-    processor = Processor(
-        store,
-        consumer,
-        Producer(settings.kafka_bootstrap),
-        metrics,
-        topics,
-        max_records=settings.max_records,
-        default_tenant=settings.default_tenant,
-        flush_interval=settings.flush_interval_s,
-    )
+    follower = FenceFollower(store, on_error=lambda e: metrics.store_errors.inc())
+    producer = Producer(settings.kafka_bootstrap, idempotence=settings.producer_idempotence)
+    processor = Processor(store, consumer, producer, follower, metrics, topics, settings.loop)
     registry.register(StateCollector(processor.snapshot))
-    history_errors = Counter(
-        "fencex_history_errors_total", "Failures writing the event history to Redis", registry=registry
-    )
-    history_added = Counter("fencex_history_events_total", "Events added to the tenants' histories", registry=registry)
 
     app = faust.App(
         settings.history_group,
@@ -124,46 +103,24 @@ def create_app(settings: Settings) -> tuple[faust.App, PushService]:
     )
     push = PushService(processor, settings)
     history_store = RedisStore(settings.redis_url, settings.key_prefix, settings.history_maxlen)
-    events_topic = app.topic(settings.events_topic, value_serializer="raw", key_serializer="raw")
-
-    @app.agent(events_topic)
-    async def history(stream):
-        async for batch in stream.take(1000, within=0.2):
-            events = []
-            for raw in batch:
-                try:
-                    events.append(orjson.loads(raw))
-                except orjson.JSONDecodeError:
-                    continue  # not ours; the processor only publishes JSON
-            delay = 0.5
-            while True:  # the history is at least once: retry until Redis takes it
-                try:
-                    if history_store._redis is None:
-                        await history_store.connect()
-                    history_added.inc(await history_store.append_events(events))
-                    break
-                except Unavailable as exc:
-                    history_errors.inc()
-                    log.warning("event history: %s (retrying in %.1f s)", exc, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 10.0)
+    history_agent(app, topics.events, HistoryWriter(history_store, HistoryMetrics(registry)))
 
     @app.page("/healthz")
-    async def healthz(web, request):
+    async def healthz(web: Any, request: Any) -> Any:
         return web.json({"status": "ok"})
 
     @app.page("/readyz")
-    async def readyz(web, request):
+    async def readyz(web: Any, request: Any) -> Any:
         checks = {"processing": push.ready and processor.running}
         try:
-            checks["redis"] = await processor.store.ping()
+            checks["redis"] = await store.ping()
         except Unavailable:
             checks["redis"] = False
         ok = all(checks.values())
         return web.json({"status": "ready" if ok else "not ready", "checks": checks}, status=200 if ok else 503)
 
     @app.page("/metrics")
-    async def metrics_page(web, request):
+    async def metrics_page(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     return app, push

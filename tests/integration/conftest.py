@@ -22,6 +22,7 @@ from confluent_kafka import Consumer, Producer
 
 from devtools.localserver import Server, free_port, start_broker, start_redis
 from fencex.kafka.admin import ensure_topics
+from fencex.kafka.producer import client_config
 
 ROOT = Path(__file__).parents[2]
 _counter = itertools.count()
@@ -117,7 +118,7 @@ class Env:
         return proc, f"http://127.0.0.1:{port}"
 
     def producer(self) -> Producer:
-        return Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
+        return Producer(client_config(self.bootstrap, **{"linger.ms": 5}))
 
     def produce(self, values: list[tuple[str, bytes]], topic: str | None = None) -> None:
         p = self.producer()

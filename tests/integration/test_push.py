@@ -11,10 +11,13 @@ import orjson
 import pytest
 
 from fencex.detector import DeviceState
+from fencex.errors import Fenced
 from fencex.event import EVENT_SCHEMA
 from fencex.fence import Fence
 from fencex.fix import Fix
 from fencex.index import FenceIndex
+from fencex.kafka.admin import ensure_topics
+from fencex.kafka.producer import Producer
 from fencex.pipeline import process
 from fencex.store.redis import RedisStore
 from services.simulator.herd import Herd, pastures
@@ -228,3 +231,93 @@ def test_fixes_packed_under_another_key_are_rerouted_to_their_devices_partition(
     ]
     time.sleep(1.0)
     assert metric(port, "fencex_fixes_rerouted_total") == 3
+
+
+def test_bad_timestamps_go_to_the_dead_letter_topic_and_the_partition_moves_on(live):
+    """Issue 9 #2: each of these once stalled its partition (or froze the device); now each is one
+    dead letter (bad_ts) and the good fix behind it on the same partition gives its event."""
+    run(_seed(live, [Fence(id="north", tenant="farm", geometry=SQUARE)], {"cow-1": "farm"}))
+    proc, port = live.start_worker()
+    wait_ready(port, proc)
+    now = int(time.time() * 1000)
+    bad = [now * 1000, now * 1_000_000, 1e20, "0001-01-01T00:00:00+14:00", "2100-01-01T00:00:00Z"]
+    live.produce([("cow-1", orjson.dumps(fix("cow-1", ts, INSIDE))) for ts in bad])
+    live.produce([("cow-1", orjson.dumps(fix("cow-1", now, INSIDE)))])
+    dead = read(live.consumer(live.dlq), lambda got: len(got) >= len(bad))
+    assert [dict(m.headers())["reason"] for m in dead] == [b"bad_ts"] * len(bad)
+    events = events_of(read(live.consumer(live.events), lambda got: len(got) >= 1))
+    assert [(e["type"], e["device_id"]) for e in events] == [("enter", "cow-1")]
+    time.sleep(1.0)
+    assert metric(port, 'fencex_dlq_records_total{reason="bad_ts"}') == len(bad)
+    assert proc.poll() is None
+
+
+def test_generations_fence_a_stale_save_in_redis(live):
+    """Issue 9 #9, against the real save script: a save carrying a partition generation that a
+    newer owner has raised is refused whole; the newer owner's save goes through."""
+
+    async def main():
+        store = RedisStore(live.redis_url, live.prefix)
+        await store.connect()
+        try:
+            old = await store.claim_partitions(live.locations, [0, 1])
+            new = await store.claim_partitions(live.locations, [1])  # partition 1 changed hands
+            assert new[1] == old[1] + 1
+            newer = DeviceState("farm", T0 + 5000, *OUTSIDE)
+            blob = store.pack_save(
+                {"cow-1": newer}, [], {(live.locations, 1): ["cow-1"]}, {(live.locations, 1): new[1]}
+            )
+            await store.save_packed(blob)
+            stale = DeviceState("farm", T0, *INSIDE)
+            gens = {(live.locations, p): g for p, g in old.items()}
+            with pytest.raises(Fenced):
+                await store.save_packed(store.pack_save({"cow-1": stale, "cow-9": stale}, [], None, gens))
+            states = await store.load_states(["cow-1", "cow-9"])
+            assert states["cow-1"].last_ts == T0 + 5000 and "cow-9" not in states  # nothing written
+            assert await store.partition_devices(live.locations, [1]) == {"cow-1": 1}
+        finally:
+            await store.close()
+
+    run(main())
+
+
+def test_every_producer_puts_a_key_where_a_java_client_would(live):
+    """Issue 9 #11: murmur2 (aiokafka's partitioner is the Java-compatible reference), 1,000 keys, 12 partitions."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    topic = f"{live.name}.keys"
+    ensure_topics(live.bootstrap, {topic: 12})
+    keys = [f"collar-{i}".encode() for i in range(1000)]
+
+    async def ours():
+        p = Producer(live.bootstrap, idempotence=True)
+        await p.start()
+        try:
+            await p.send_all(topic, [(k, b"ours", None) for k in keys])
+        finally:
+            await p.stop()
+
+    run(ours())
+    live.produce([(k.decode(), b"raw") for k in keys], topic=topic)  # the tests' (and simulator's) raw client
+    got = read(live.consumer(topic), lambda g: len(g) >= 2000, timeout=60)
+    java = DefaultPartitioner()
+    parts = list(range(12))
+    assert len(got) == 2000
+    assert all(m.partition() == java(m.key(), parts, parts) for m in got)
+
+
+def test_a_record_the_broker_refuses_for_good_is_reported_not_retried(live):
+    """Issue 9 #3: too large for the broker: an Undelivered the loop dead-letters as a stub."""
+
+    async def main():
+        p = Producer(live.bootstrap)
+        await p.start()
+        try:
+            await p.send(live.dlq, [(b"k", b"x" * 2_000_000, [("source", b"locations/0/1")])])
+            (u,) = await p.wait_acked()
+            assert u.reason == "too_large" and u.topic == live.dlq and dict(u.headers)["source"] == b"locations/0/1"
+            assert await p.wait_acked() == []  # reported once
+        finally:
+            await p.stop()
+
+    run(main())

@@ -1,0 +1,400 @@
+"""The push path's worker loop: Kafka batches in, fence events out.
+
+One loop per worker process, in this order for every batch, so that a worker
+killed at any moment loses no event (at least once):
+
+1. read a batch of records (``getmany``) from the assigned partitions;
+2. split it into fixes, reroutes and dead letters (:func:`fencex.stream.batch.split`, pure),
+   run the pipeline against cached device state, queue the events and dead letters;
+3. add the changed states, events and next offsets to the :class:`Checkpoint`;
+4. every ``flush_interval`` (and before partitions are given up, and before fences are
+   re-evaluated) take the checkpoint as one snapshot, serialised at once; then, in the
+   background while the next batches are processed, wait for the broker's acks of
+   everything queued, save the snapshot to Redis (one atomic script, fenced by the
+   partitions' generations), and commit its offsets. One flush runs at a time.
+
+A crash before the commit replays what was not committed: fixes whose state was
+saved are stale and skipped, the others give the same events again, with the same
+``event_id``. Every event id is a function of saved inputs: re-evaluation after a
+fence change runs only on states just saved (the checkpoint is flushed first).
+
+Errors: a server that does not answer (``Unavailable``) is retried with backoff
+(:func:`fencex.retrying.retrying`); the worker then reloads (back to the committed
+offsets, states from Redis). Anything else raised while a batch was being applied is
+the batch's fault: after the reload its offset range is applied record by record and
+the record that raises goes to the dead-letter topic (``processing_error``); the loop
+never spins on one record. A save refused because the partitions have a newer owner
+(``Fenced``) drops the pending work and waits for the rebalance.
+
+Locking: ``self.lock`` guards the checkpoint, the device states and the index. It is
+held by each :meth:`Processor.step` (after ``getmany``), by the rebalance callbacks
+(:meth:`_on_assign`, :meth:`_on_revoke`, awaited by the consumer's coordinator task),
+by the reload after an error and by :meth:`stop`; nothing else touches that state.
+The background flush task touches only its own snapshot; it is awaited, under the
+lock, before the next flush starts. A batch fetched across a rebalance is dropped
+(``_epoch`` moved) and the consumer sent back to the committed offsets, to read it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from itertools import chain
+from typing import Any
+
+from fencex.detector import DeviceState
+from fencex.errors import BrokerUnavailable, Fenced, StoreUnavailable, Unavailable
+from fencex.fix import Fix
+from fencex.index import FenceIndex
+from fencex.metrics import HERD_SERIES, PushMetrics
+from fencex.pipeline import Processed, process, reevaluate_all
+from fencex.retrying import retrying
+from fencex.stream import batch
+from fencex.stream.checkpoint import Checkpoint, Pending
+from fencex.stream.config import LoopSettings, Topics
+from fencex.stream.outbox import Outbox
+from fencex.stream.ports import Consumer, DeviceStore, Follower, Producer, Record
+
+log = logging.getLogger(__name__)
+Batches = Mapping[int, Sequence[Record]]
+
+
+class Processor:
+    def __init__(
+        self,
+        store: DeviceStore,
+        consumer: Consumer,
+        producer: Producer,
+        follower: Follower,
+        metrics: PushMetrics,
+        topics: Topics = Topics(),
+        settings: LoopSettings = LoopSettings(),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store, self.consumer, self.producer, self.follower = store, consumer, producer, follower
+        self.metrics = metrics
+        self.topics = topics
+        self.settings = settings
+        self.clock = clock
+        self.lock = asyncio.Lock()
+        self.checkpoint = Checkpoint(settings.flush_interval)
+        self.index = FenceIndex([])
+        self.states: dict[str, DeviceState] = {}
+        self.device_partition: dict[str, int] = {}
+        self.generations: dict[int, int] = {}  # partition -> the generation this worker holds
+        self.running = False
+        self.outbox = Outbox(producer, topics, metrics, clock, settings.dead_max_bytes)
+        self._next_index: FenceIndex | None = None
+        self._flushing: asyncio.Task[dict[int, int]] | None = None
+        self._epoch = 0  # moved by every rebalance
+        self._reload_needed = False
+        self._fenced = False
+        self._inflight: dict[int, tuple[int, int]] = {}  # the batch being applied: partition -> offsets
+        self._suspect: dict[int, tuple[int, int]] = {}  # offset ranges to apply record by record
+        follower.on_index = self._new_index
+        consumer.listen(self._on_assign, self._on_revoke)
+
+    # -------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Connect to Redis, load fences and device registrations, join the group."""
+        await self.store.connect()
+        self.index = await self.follower.load()
+        self.metrics.index_rebuild.observe(self.index.build_seconds)
+        log.info("loaded %d fences and %d device registrations", len(self.index), len(self.follower.tenants))
+        await self.producer.start()
+        await self.consumer.start()
+
+    async def stop(self) -> None:
+        self.running = False
+        try:
+            async with self.lock:
+                await self.flush()
+        except Exception as exc:  # noqa: BLE001 - what was not committed is read again
+            log.warning("final flush failed: %s", exc)
+        await self.consumer.stop()
+        await self.producer.stop()
+        await self.store.close()
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the metrics collector reads at scrape time (not kept up to date on the hot path)."""
+        occupancy: Counter[tuple[str, str]] = Counter()
+        for state in list(self.states.values()):
+            for fid in state.members:
+                occupancy[(state.tenant, fid)] += 1
+        return {
+            "partitions": self.consumer.assignment(),
+            "lag": self.consumer.lag(),
+            "fences": len(self.index),
+            "index_version": self.follower.applied,
+            "devices": len(self.states),
+            "running": int(self.running),
+            "occupancy": occupancy.most_common(HERD_SERIES),
+            "fence_events": self.outbox.fence_events.most_common(HERD_SERIES),
+        }
+
+    def _new_index(self, index: FenceIndex) -> None:
+        self.metrics.index_rebuild.observe(index.build_seconds)
+        self._next_index = index  # swapped in by the loop, between batches
+
+    async def watch_changes(self) -> None:
+        """Follow the change feed; new indexes are swapped in by the loop."""
+        await self.follower.follow()
+
+    # ------------------------------------------------------------ the loop
+
+    async def run(self) -> None:
+        self.running = True
+        while self.running:
+            try:
+                async for attempt in retrying("the processing loop", on_error=self._count_error, logger=log):
+                    with attempt:
+                        await self._attempt()
+            except asyncio.CancelledError:
+                raise
+            except Fenced as exc:
+                self.metrics.saves_fenced.inc()
+                log.warning("%s; dropping pending work until the rebalance", exc)
+                self._fenced = True
+                self._reload_needed = True
+            except Exception:
+                log.exception("a step failed; reloading, then applying the batch record by record")
+                inflight, self._inflight = self._inflight, {}
+                self._suspect.update(inflight)
+                self._reload_needed = True
+                await asyncio.sleep(0.1 if inflight else 1.0)  # not a batch's fault: do not spin
+
+    def _count_error(self, exc: BaseException) -> None:
+        if isinstance(exc, StoreUnavailable):
+            self.metrics.store_errors.inc()
+        elif isinstance(exc, BrokerUnavailable):
+            self.metrics.broker_errors.inc()
+
+    async def _attempt(self) -> None:
+        try:
+            if self._reload_needed:
+                await self._reload()
+            await self.step()
+        except BaseException:
+            self._reload_needed = True
+            raise
+
+    async def step(self) -> None:
+        """One batch: fetch, then (under the lock) swap the index, apply, start a due flush."""
+        epoch = self._epoch
+        batches = await self.consumer.getmany(self.settings.poll_ms, self.settings.max_records)
+        async with self.lock:
+            if self._fenced:
+                return  # not ours any more: wait for the rebalance
+            if self._next_index is not None:
+                await self._swap_index()
+            if epoch != self._epoch:  # fetched across a rebalance: read it again from the committed offsets
+                await self.consumer.seek_to_committed()
+            else:
+                assigned = set(self.consumer.assignment())
+                batches = {p: rs for p, rs in batches.items() if rs and p in assigned}
+                if batches:
+                    self._inflight = {p: (rs[0].offset, rs[-1].offset) for p, rs in batches.items()}
+                    if self._suspect:
+                        await self._apply_isolated(batches)
+                    else:
+                        await self._apply_batches(batches)
+                    self._inflight = {}
+            if self.checkpoint.due():
+                await self.flush(wait=False)
+
+    async def _reload(self) -> None:
+        """After an error: back to the committed offsets, device states from Redis."""
+        async with self.lock:
+            try:
+                await self._await_flush()
+            except Exception:  # noqa: BLE001 - its offsets were not committed: they are read again
+                pass
+            self.checkpoint.drop()
+            self.states.clear()
+            self.device_partition.clear()
+            await self.consumer.seek_to_committed()
+            if not self._fenced:
+                await self._load(self.consumer.assignment())
+            self._reload_needed = False
+            self.metrics.reconnects.labels("redis").inc()
+
+    # ---------------------------------------------------------- fence changes
+
+    async def _swap_index(self) -> None:
+        # Save first: the re-evaluated states are then the saved ones, so the events'
+        # ids (made of the last saved fix) come out the same when replayed after a crash.
+        await self.flush(wait=True)
+        assert self._next_index is not None
+        self.index, self._next_index = self._next_index, None
+        await self._publish_reevaluation(reevaluate_all(self.index, self.states))
+
+    async def _publish_reevaluation(self, out: Processed) -> None:
+        await self.outbox.events(out.events)
+        self.checkpoint.add(out.dirty, out.events)
+
+    # ---------------------------------------------------------- rebalancing
+
+    async def _on_assign(self, partitions: list[int]) -> None:
+        async with self.lock:
+            self._epoch += 1
+            self.metrics.rebalances.inc()
+            async for attempt in retrying("claiming partitions", on_error=self._count_error, logger=log):
+                with attempt:
+                    self.generations = await self.store.claim_partitions(self.topics.locations, partitions)
+            self._fenced = False
+            self.checkpoint.reassigned()
+            self._suspect = {p: r for p, r in self._suspect.items() if p in self.generations}
+            async for attempt in retrying("loading device state", on_error=self._count_error, logger=log):
+                with attempt:
+                    await self._load(partitions)
+
+    async def _load(self, partitions: list[int]) -> None:
+        owned = await self.store.partition_devices(self.topics.locations, partitions)
+        states = await self.store.load_states(list(owned))
+        mine = set(partitions)
+        for d in [d for d, p in self.device_partition.items() if p not in mine]:
+            self.states.pop(d, None)
+            self.device_partition.pop(d, None)
+        self.states.update(states)
+        self.device_partition.update(owned)
+        # A fence may have changed while no worker held these devices: catch up now.
+        await self._publish_reevaluation(reevaluate_all(self.index, self.states, list(states)))
+        log.info("partitions %s: %d devices loaded", partitions, len(states))
+
+    async def _on_revoke(self, partitions: list[int]) -> None:
+        async with self.lock:
+            self._epoch += 1
+            try:
+                await self.flush()
+            except Exception as exc:  # noqa: BLE001 - not committed: the next owner reads it again
+                log.warning("flush before revoke failed: %s", exc)
+                if isinstance(exc, Fenced):
+                    self.metrics.saves_fenced.inc()
+                self.checkpoint.drop()
+                self._reload_needed = True  # what is cached is ahead of what is saved
+            gone = set(partitions)
+            for d in [d for d, p in self.device_partition.items() if p in gone]:
+                self.states.pop(d, None)
+                self.device_partition.pop(d, None)
+            for p in gone:
+                self.generations.pop(p, None)
+                self._suspect.pop(p, None)
+
+    # ------------------------------------------------------------ flushing
+
+    async def flush(self, wait: bool = True) -> None:
+        """Take the checkpoint, then ack, save and commit it (in the background if not ``wait``).
+
+        The snapshot is serialised here, synchronously, so it holds exactly the fixes whose
+        offsets it commits. Called with the lock held; the next call waits for this one first.
+        """
+        await self._await_flush()
+        if self.checkpoint.empty():
+            self.checkpoint.take()  # restart the interval
+            return
+        pending: Pending = self.checkpoint.take()
+        loc = self.topics.locations
+        blob = self.store.pack_save(
+            pending.states,
+            pending.events,
+            {(loc, p): ds for p, ds in pending.new_devices.items()},
+            {(loc, p): g for p, g in self.generations.items()},
+        )
+        self._flushing = asyncio.create_task(self._ack_save_commit(blob, pending.offsets))
+        if wait:
+            await self._await_flush()
+
+    async def _ack_save_commit(self, blob: bytes | None, offsets: dict[int, int]) -> dict[int, int]:
+        undelivered = await self.producer.wait_acked()
+        if undelivered:
+            await self.outbox.undelivered(undelivered)
+        await self.store.save_packed(blob)
+        await self.consumer.commit(offsets)
+        return offsets
+
+    async def _await_flush(self) -> None:
+        task, self._flushing = self._flushing, None
+        if task is not None:
+            self.checkpoint.committed(await task)  # re-raises its error: the loop then reloads
+
+    # ------------------------------------------------------------ applying
+
+    async def _apply_batches(self, batches: Batches) -> None:
+        """Split, apply in chunks of at most ``chunk_fixes`` (yielding between them, so heartbeats
+        and /metrics stay served), queue reroutes and dead letters, then store the offsets."""
+        started = time.perf_counter()
+        received_ms = int(self.clock() * 1000)
+        s = self.settings
+        out = batch.split(chain.from_iterable(batches.values()), received_ms, s.max_clock_skew_ms, s.dead_max_bytes)
+        step = s.chunk_fixes
+        for i in range(0, len(out.fixes), step):
+            if i:
+                await asyncio.sleep(0)
+            await self._apply(out.fixes[i : i + step], out.partitions[i : i + step])
+        await self.outbox.reroutes(out.reroutes)
+        await self.outbox.dead_letters(out.dead, out.dead_reasons)
+        m = self.metrics
+        for rj in out.rejected:
+            m.fixes_dropped.labels(rj.reason).inc()
+        for p, rs in batches.items():  # only now is the whole batch applied
+            self.checkpoint.store_offset(p, rs[-1].offset + 1)
+        m.records.inc(out.records)
+        m.batch_seconds.observe(time.perf_counter() - started)
+
+    async def _apply(self, fixes: list[Fix], partitions: list[int]) -> None:
+        if not fixes:
+            return
+        # Devices never seen by this worker: the store may know them (e.g. after a restart).
+        missing = list({f.device_id for f in fixes if f.device_id not in self.states})
+        new: dict[int, list[str]] = {}
+        if missing:
+            self.states.update(await self.store.load_states(missing))
+            unknown = set(missing) - self.states.keys()
+            for f, p in zip(fixes, partitions, strict=True):
+                if f.device_id in unknown:
+                    unknown.discard(f.device_id)
+                    new.setdefault(p, []).append(f.device_id)
+        for f, p in zip(fixes, partitions, strict=True):
+            self.device_partition[f.device_id] = p
+        tenants, default = self.follower.tenants, self.settings.default_tenant
+        out = process(fixes, self.index, self.states, lambda d: tenants.get(d, default))
+        await self.outbox.events(out.events)
+        self.checkpoint.add(out.dirty, out.events)
+        for p, ds in new.items():
+            self.checkpoint.register(p, ds)
+        m = self.metrics
+        m.fixes_consumed.inc(len(fixes))
+        m.fixes_processed.inc(out.fixes)
+        if out.stale:
+            m.fixes_dropped.labels("out_of_order").inc(out.stale)
+        m.intersections.inc(out.inside)
+        m.point_tests.inc(out.candidates)
+        m.batch.observe(len(fixes))
+
+    async def _apply_isolated(self, batches: Batches) -> None:
+        """After a batch failed: apply it record by record; a record that raises (not a server
+        that does not answer) is dead-lettered (``processing_error``) and its offset moves on."""
+        for p, rs in batches.items():
+            for r in rs:
+                self.metrics.isolated.inc()
+                ids = {f.device_id for f in batch.split([r], int(self.clock() * 1000)).fixes}
+                before = {d: copy.deepcopy(self.states.get(d)) for d in ids}
+                try:
+                    await self._apply_batches({p: [r]})
+                except Unavailable:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - this record's fault: dead-lettered, not retried
+                    for d, st in before.items():
+                        if st is None:
+                            self.states.pop(d, None)
+                        else:
+                            self.states[d] = st
+                    await self.outbox.poisoned(r, exc)
+                    self.checkpoint.store_offset(p, r.offset + 1)
+            if rs[-1].offset >= self._suspect.get(p, (0, -1))[1]:
+                self._suspect.pop(p, None)

@@ -1,0 +1,395 @@
+"""The worker loop driven with in-memory fakes of its ports: crash points, rebalances,
+store errors, poisoned records, fencing and the ids of events re-evaluated after a fence change."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+import fencex.stream.loop as loop_module
+from fencex.errors import BrokerUnavailable, Fenced, StoreUnavailable
+from fencex.fix import Fix
+from fencex.index import FenceIndex
+from fencex.metrics import PushMetrics
+from fencex.pipeline import process
+from fencex.retrying import retrying
+from fencex.stream.checkpoint import Checkpoint, OffsetRegression
+from fencex.stream.config import LoopSettings
+from fencex.stream.loop import Processor
+from tests.unit.factory import fence
+from tests.unit.fakes import Broker, FakeConsumer, FakeFollower, FakeProducer, FakeStore
+
+T0 = 1_780_000_000_000
+INSIDE = (17.605, 59.805)
+OUTSIDE = (17.62, 59.805)
+NORTH = FenceIndex([fence("north")])
+TENANTS = {f"cow-{i}": "farm" for i in range(8)}
+
+
+@pytest.fixture(autouse=True)
+def fast_retries(monkeypatch):
+    monkeypatch.setattr(loop_module, "retrying", functools.partial(retrying, initial=0.001, max_delay=0.005))
+
+
+class Worker:
+    def __init__(self, broker: Broker, store: FakeStore, index: FenceIndex, **settings: Any) -> None:
+        self.consumer = FakeConsumer(broker)
+        self.producer = FakeProducer(broker)
+        self.follower = FakeFollower(index, TENANTS)
+        self.metrics = PushMetrics(CollectorRegistry())
+        self.proc = Processor(
+            store,
+            self.consumer,
+            self.producer,
+            self.follower,
+            self.metrics,
+            settings=LoopSettings(**{"flush_interval": 0.0, **settings}),
+            clock=lambda: T0 / 1000 + 60,
+        )
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self, partitions: list[int]) -> None:
+        await self.proc.start()
+        await self.consumer.rebalance(partitions)
+
+    def run(self) -> None:
+        self.task = asyncio.create_task(self.proc.run())
+
+    async def kill(self) -> None:
+        """SIGKILL: the loop stops where it is; what the producer had not delivered is lost."""
+        assert self.task is not None
+        self.task.cancel()
+        try:
+            await self.task
+        except asyncio.CancelledError:
+            pass
+        if self.proc._flushing is not None:
+            self.proc._flushing.cancel()
+        self.producer.crash()
+
+
+async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.002)
+
+
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(asyncio.wait_for(coro, 20))
+
+
+def track(broker: Broker, steps: int = 6) -> list[Fix]:
+    """Two cows crossing the fence's border back and forth, one fix a second each."""
+    fixes = []
+    for step in range(steps):
+        for i, cow in enumerate(("cow-1", "cow-2")):
+            lon, lat = INSIDE if (step + i) % 2 == 0 else OUTSIDE
+            broker.fix(cow, T0 + step * 1000, lon, lat)
+            fixes.append(Fix(cow, T0 + step * 1000, lon, lat))
+    return fixes
+
+
+def expected_ids(fixes: list[Fix], index: FenceIndex = NORTH) -> set[str]:
+    return {e.event_id for e in process(fixes, index, {}, lambda d: TENANTS.get(d, "default")).events}
+
+
+def delivered_ids(broker: Broker) -> list[str]:
+    return [e["event_id"] for e in broker.events()]
+
+
+# ---------------------------------------------------------------- checkpoint
+
+
+def test_checkpoint_offsets_only_move_forward():
+    cp = Checkpoint(interval=1.0)
+    cp.store_offset(0, 10)
+    cp.store_offset(0, 12)
+    with pytest.raises(OffsetRegression):
+        cp.store_offset(0, 12)  # the same again
+    with pytest.raises(OffsetRegression):
+        cp.store_offset(0, 11)  # backwards
+    pending = cp.take()
+    assert pending.offsets == {0: 12} and cp.empty()
+    cp.committed(pending.offsets)
+    with pytest.raises(OffsetRegression):
+        cp.store_offset(0, 12)  # at the committed offset: nothing applied since
+    cp.store_offset(1, 1)  # other partitions are independent
+    cp.reassigned()  # after a rebalance the committed offsets are the group's, not this worker's
+    cp.drop()
+    cp.store_offset(0, 5)
+
+
+# ---------------------------------------------------------------- happy path
+
+
+def test_events_published_states_saved_offsets_committed():
+    async def main():
+        broker, store = Broker(), FakeStore()
+        fixes = track(broker)
+        w = Worker(broker, store, NORTH)
+        await w.start([0, 1, 2, 3])
+        w.run()
+        await until(lambda: broker.committed == broker.end_offsets())
+        await w.kill()
+        assert set(delivered_ids(broker)) == expected_ids(fixes) and len(delivered_ids(broker)) == len(
+            expected_ids(fixes)
+        )
+        assert store.states["cow-1"]["ts"] == T0 + 5000
+        assert {d for devs in store.parts.values() for d in devs} == {"cow-1", "cow-2"}
+
+    run(main())
+
+
+# ---------------------------------------------------------------- crash points
+
+
+@pytest.mark.parametrize(
+    "point,error",
+    [
+        ("wait_acked", BrokerUnavailable("no acks")),
+        ("save_packed", StoreUnavailable("redis down")),
+        ("commit", BrokerUnavailable("commit failed")),
+    ],
+)
+def test_a_crash_at_any_step_of_the_flush_commits_nothing_and_the_replay_gives_the_same_ids(point, error):
+    async def main():
+        broker, store = Broker(), FakeStore()
+        fixes = track(broker)
+        target = w = Worker(broker, store, NORTH)
+        failing = {"wait_acked": w.producer, "save_packed": store, "commit": w.consumer}[point]
+        failing.fail(point, error, times=1000)  # it never comes back: the worker is killed
+        await w.start([0, 1, 2, 3])
+        w.run()
+        await until(lambda: failing.calls[point] >= 2)  # failed, reloaded, failed again
+        await target.kill()
+        assert broker.committed == {}  # nothing committed
+        if point != "commit":
+            assert store.saves == 0  # nor saved, when the acks or the save failed
+        published_before = set(e["event_id"] for e in w.producer.handed_events())
+        failing.fail(point, error, times=0)
+        failing._failures.clear()
+        # the next worker replays everything from the committed offsets
+        b = Worker(broker, store, NORTH)
+        await b.start([0, 1, 2, 3])
+        b.run()
+        await until(lambda: broker.committed == broker.end_offsets())
+        await b.kill()
+        replayed = set(delivered_ids(broker))
+        assert replayed == expected_ids(fixes)  # none lost, none made up
+        assert published_before <= replayed  # what the first worker had published has the same ids
+
+    run(main())
+
+
+def test_transient_errors_are_retried_then_the_loop_goes_on():
+    async def main():
+        broker, store = Broker(), FakeStore()
+        fixes = track(broker)
+        w = Worker(broker, store, NORTH)
+        await w.start([0, 1, 2, 3])
+        store.fail("save_packed", StoreUnavailable("redis down"), times=3)
+        store.fail("load_states", StoreUnavailable("redis down"), times=2)
+        w.producer.fail("wait_acked", BrokerUnavailable("no acks"), times=2)
+        w.run()
+        await until(lambda: broker.committed == broker.end_offsets())
+        await w.kill()
+        assert set(delivered_ids(broker)) == expected_ids(fixes)
+        assert w.metrics.store_errors._value.get() >= 3 and w.metrics.broker_errors._value.get() >= 2
+
+    run(main())
+
+
+def test_store_errors_while_loading_on_assignment_are_retried():
+    async def main():
+        broker, store = Broker(), FakeStore()
+        fixes = track(broker)
+        store.fail("partition_devices", StoreUnavailable("redis down"), times=3)
+        w = Worker(broker, store, NORTH)
+        await w.start([0, 1, 2, 3])  # returns once loaded
+        assert store.calls["partition_devices"] == 4
+        w.run()
+        await until(lambda: broker.committed == broker.end_offsets())
+        await w.kill()
+        assert set(delivered_ids(broker)) == expected_ids(fixes)
+
+    run(main())
+
+
+# ---------------------------------------------------------------- rebalances
+
+
+def test_revoke_flushes_and_a_moved_device_continues_on_its_new_owner():
+    async def main():
+        broker, store = Broker(), FakeStore()
+        p1 = broker.partition_of(b"cow-1")
+        broker.fix("cow-1", T0, *INSIDE)
+        a = Worker(broker, store, NORTH, flush_interval=3600.0)  # no flush but the revoke's
+        await a.start([p1])
+        await a.proc.step()
+        assert broker.committed == {} and store.states == {}  # applied, not yet flushed
+        await a.consumer.rebalance([])  # the partition goes to another worker
+        assert broker.committed == {p1: 1} and store.states["cow-1"]["in"].keys() == {"north"}
+        assert [e["type"] for e in broker.events()] == ["enter"]
+        assert a.proc.states == {}  # the revoked partition's devices are dropped
+        b = Worker(broker, store, NORTH)
+        await b.start([p1])  # assign loads the device's state
+        assert b.proc.states["cow-1"].members.keys() == {"north"}
+        broker.fix("cow-1", T0 + 1000, *OUTSIDE)
+        b.run()
+        await until(lambda: broker.committed == broker.end_offsets())
+        await b.kill()
+        assert [e["type"] for e in broker.events()] == ["enter", "exit"]  # no second enter
+
+    run(main())
+
+
+def test_a_batch_fetched_across_a_rebalance_is_read_again():
+    async def main():
+        broker, store = Broker(), FakeStore()
+        fixes = track(broker)
+        w = Worker(broker, store, NORTH)
+        await w.start([0, 1, 2, 3])
+        real = w.consumer.getmany
+
+        async def rebalance_during_fetch(timeout_ms, max_records):
+            w.consumer.getmany = real
+            await w.consumer.rebalance([0, 1, 2, 3])  # the group rebalanced while getmany waited,
+            return await real(timeout_ms, max_records)  # then it fetched from the new positions
+
+        w.consumer.getmany = rebalance_during_fetch
+        w.run()
+        await until(lambda: broker.committed == broker.end_offsets())
+        await w.kill()
+        assert set(delivered_ids(broker)) == expected_ids(fixes)
+
+    run(main())
+
+
+# ---------------------------------------------------------------- poisoned records
+
+
+def test_a_record_that_fails_after_parsing_is_dead_lettered_once_and_the_loop_goes_on(monkeypatch):
+    real = loop_module.process
+
+    def poisoned_process(fixes, *args):
+        if any(f.device_id == "cow-3" for f in fixes):
+            raise ZeroDivisionError("a bug this record triggers")
+        return real(fixes, *args)
+
+    monkeypatch.setattr(loop_module, "process", poisoned_process)
+
+    async def main():
+        broker, store = Broker(partitions=1), FakeStore()
+        broker.fix("cow-1", T0, *INSIDE)
+        poison = broker.fix("cow-3", T0, *INSIDE)
+        broker.fix("cow-2", T0, *INSIDE)
+        w = Worker(broker, store, NORTH)
+        await w.start([0])
+        w.run()
+        await until(lambda: broker.committed == broker.end_offsets())
+        await w.kill()
+        assert sorted(e["device_id"] for e in broker.events()) == ["cow-1", "cow-2"]
+        (dead,) = broker.records("locations.dlq")
+        headers = dict(dead.headers)
+        assert headers["reason"] == b"processing_error" and b"ZeroDivisionError" in headers["detail"]
+        assert headers["source"] == f"locations/0/{poison.offset}".encode() and dead.value == poison.value
+        assert w.metrics.dlq.labels("processing_error")._value.get() == 1
+
+    run(main())
+
+
+def test_records_the_broker_refuses_for_good_become_stubs_and_the_loop_goes_on():
+    async def main():
+        broker, store = Broker(), FakeStore()
+        fixes = track(broker)
+        w = Worker(broker, store, NORTH)
+        w.producer.refuse = lambda topic, key, value: topic == "fence-events" and key == b"cow-2"
+        await w.start([0, 1, 2, 3])
+        w.run()
+        await until(lambda: broker.committed == broker.end_offsets())
+        await w.kill()
+        cow2 = {e.event_id for e in process(fixes, NORTH, {}, TENANTS.get).events if e.device_id == "cow-2"}
+        assert set(delivered_ids(broker)) == expected_ids(fixes) - cow2
+        stubs = broker.records("locations.dlq")
+        assert len(stubs) == len(cow2) and all(dict(s.headers)["reason"] == b"undelivered" for s in stubs)
+        assert dict(stubs[0].headers)["topic"] == b"fence-events" and stubs[0].key == b"cow-2"
+        assert w.metrics.undelivered.labels("events", "too_large")._value.get() == len(cow2)
+
+    run(main())
+
+
+# ---------------------------------------------------------------- fence changes (issue 9 #8)
+
+
+def test_events_of_a_fence_change_have_the_same_ids_after_a_crash():
+    """The fence is deleted while the device's last fix is applied but not saved; the worker
+    crashes right after publishing the exit. The next owner must publish the same exit."""
+
+    async def main():
+        broker, store = Broker(partitions=1), FakeStore()
+        broker.fix("cow-1", T0, *INSIDE)
+        broker.fix("cow-1", T0 + 1000, *INSIDE)
+        a = Worker(broker, store, NORTH, flush_interval=3600.0, max_records=1)
+        await a.start([0])
+        await a.proc.step()  # T0: enter
+        async with a.proc.lock:
+            await a.proc.flush()  # saved at T0
+        await a.proc.step()  # T0 + 1000: applied, not saved
+        gone = FenceIndex([])
+        a.follower.push(gone)  # the fence is deleted
+        await a.proc.step()  # the exit is published
+        exits_a = [e["event_id"] for e in a.producer.handed_events() if e["type"] == "exit"]
+        assert len(exits_a) == 1
+        a.producer.crash()  # killed before the next flush
+        b = Worker(broker, store, gone)
+        await b.start([0])
+        b.run()
+        await until(lambda: broker.committed == broker.end_offsets())
+        await b.kill()
+        exits_b = [e["event_id"] for e in b.producer.handed_events() if e["type"] == "exit"]
+        assert exits_b == exits_a
+
+    run(main())
+
+
+# ---------------------------------------------------------------- fencing (issue 9 #9)
+
+
+def test_a_worker_stalled_past_its_session_cannot_overwrite_the_new_owners_state():
+    async def main():
+        broker, store = Broker(partitions=1), FakeStore()
+        broker.fix("cow-1", T0, *INSIDE)
+        old = Worker(broker, store, NORTH, flush_interval=3600.0)
+        await old.start([0])
+        await old.proc.step()  # applied, then the worker stalls before its flush
+        new = Worker(broker, store, NORTH)
+        await new.start([0])  # the group gave the partition away meanwhile
+        broker.fix("cow-1", T0 + 5000, *OUTSIDE)
+        new.run()
+        await until(lambda: broker.committed == broker.end_offsets())
+        await new.kill()
+        saved = dict(store.states["cow-1"])
+        assert saved["ts"] == T0 + 5000
+        # the stalled worker wakes up: its save is refused, nothing committed, its pending work dropped
+        committed = dict(broker.committed)
+        old.proc.checkpoint.interval = 0.0  # its flush is due when it wakes
+        old.run()
+        await until(lambda: old.metrics.saves_fenced._value.get() == 1)
+        assert store.states["cow-1"] == saved and broker.committed == committed
+        assert old.proc.states == {} and old.proc.checkpoint.empty()
+        async with old.proc.lock:
+            with pytest.raises(Fenced):
+                old.proc.checkpoint.add({"cow-1": new.proc.states["cow-1"]}, [])
+                await old.proc.flush()
+        await old.consumer.rebalance([])  # the rebalance reaches it at last
+        await old.kill()
+        assert store.states["cow-1"] == saved
+
+    run(main())

@@ -300,12 +300,16 @@ class FixStream(threading.Thread):
         self._lock = threading.Lock()
         self._halt = threading.Event()
         self._go = threading.Event()
+        self._idle = threading.Event()
         self._go.set()
 
     def run(self) -> None:
         next_at = time.monotonic()
         while not self._halt.is_set():
-            self._go.wait()
+            if not self._go.is_set():
+                self._idle.set()
+                self._go.wait()
+                self._idle.clear()
             if self._halt.is_set():
                 break
             lon, lat = self.herd.step()
@@ -343,7 +347,10 @@ class FixStream(threading.Thread):
         return done
 
     def pause(self) -> None:
+        """Stop after the current step; return when all that was sent is acknowledged."""
         self._go.clear()
+        if not self._idle.wait(30):
+            raise AssertionError("the fix stream did not pause")
         self.producer.flush(60)
 
     def resume(self) -> None:

@@ -118,6 +118,7 @@ def create_app(settings: Settings) -> ApiEdge:
             orjson.dumps({"status": "ready" if ok else "not ready", "checks": checks}),
             status_code=200 if ok else 503,
             media_type="application/json",
+            headers=None if ok else {"Retry-After": "2"},
         )
 
     @app.get(

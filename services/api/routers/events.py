@@ -112,7 +112,8 @@ async def stream(
         raise Problem(422, "Last-Event-ID must be an id this stream sent")
     hub = state.hub
     hub.check(tenant)  # 429 before touching Redis
-    start = last_event_id or await store.last_event_id(tenant)  # 503 while Redis is down
+    newest = await store.last_event_id(tenant)  # and a 503 now while Redis is down, not a silent stream
+    start = last_event_id or newest
     sub = hub.subscribe(tenant, start)
     state.sse_clients += 1
 

@@ -10,31 +10,50 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any
 
-import orjson
 import shapely
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from shapely.geometry.base import BaseGeometry
 
 from fencex.errors import InvalidFence
 
 DEFAULT_MAX_VERTICES = 10_000
+# Coordinates this far (degrees) outside [-180, 180] or [-90, 90] are floating-point noise from
+# real exports (180.00000000000006): clamped onto the range. Farther out is refused.
+COORDINATE_TOLERANCE = 1e-9
 DEFAULT_TENANT = "default"
+
+_STORED: dict[str, bool] = {"stored": True}  # validation context of a record read back from the store
 
 FenceId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
+def _number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _clamp(value: float, limit: float) -> float:
+    """``value`` pulled back onto ``[-limit, limit]`` when it is over by floating-point noise only."""
+    if limit < abs(value) <= limit + COORDINATE_TOLERANCE:
+        return math.copysign(limit, value)
+    return value
+
+
 def _position(pos: Any, where: str) -> tuple[float, float]:
+    """A position as ``(lon, lat)``: ``[lon, lat]`` or ``[lon, lat, altitude]`` of finite numbers
+    (RFC 7946 3.1.1); the altitude is checked and dropped (fencex is 2-D)."""
     if not isinstance(pos, (list, tuple)) or len(pos) not in (2, 3):
-        raise InvalidFence(f"{where}: a position is [longitude, latitude], got {pos!r}")
-    lon, lat = pos[0], pos[1]
-    for name, value in (("longitude", lon), ("latitude", lat)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidFence(
+            f"{where}: a position is [longitude, latitude] or [longitude, latitude, altitude], got {pos!r}"
+        )
+    for name, value in zip(("longitude", "latitude", "altitude"), pos):
+        if not _number(value):
             raise InvalidFence(f"{where}: {name} must be a finite number, got {value!r}")
+    lon, lat = _clamp(float(pos[0]), 180.0), _clamp(float(pos[1]), 90.0)
     if not -180.0 <= lon <= 180.0:
         raise InvalidFence(f"{where}: longitude {lon} is outside [-180, 180] (GeoJSON puts longitude first)")
     if not -90.0 <= lat <= 90.0:
         raise InvalidFence(f"{where}: latitude {lat} is outside [-90, 90] (GeoJSON puts longitude first)")
-    return float(lon), float(lat)
+    return lon, lat
 
 
 def _rings(polygon: Any, where: str) -> list[list[tuple[float, float]]]:
@@ -59,11 +78,8 @@ def _rings(polygon: Any, where: str) -> list[list[tuple[float, float]]]:
     return rings
 
 
-def parse_geometry(geometry: Any, max_vertices: int = DEFAULT_MAX_VERTICES) -> BaseGeometry:
-    """Check a GeoJSON geometry object and return it as a valid shapely geometry.
-
-    Raises InvalidFence with a message naming the problem and where it is.
-    """
+def _checked(geometry: Any, max_vertices: int) -> tuple[dict[str, Any], BaseGeometry]:
+    """The geometry normalised (``type`` and 2-D float ``coordinates`` only) and as shapely."""
     if not isinstance(geometry, dict):
         raise InvalidFence("geometry must be a GeoJSON object")
     kind = geometry.get("type")
@@ -86,7 +102,26 @@ def parse_geometry(geometry: Any, max_vertices: int = DEFAULT_MAX_VERTICES) -> B
         raise InvalidFence(f"invalid geometry: {reason} (rings must not cross themselves or each other)")
     if geom.is_empty or geom.area == 0.0:
         raise InvalidFence("the fence encloses no area")
-    return geom
+    lists = [[[list(pos) for pos in ring] for ring in p] for p in polygons]
+    return {"type": kind, "coordinates": lists[0] if kind == "Polygon" else lists}, geom
+
+
+def parse_geometry(geometry: Any, max_vertices: int = DEFAULT_MAX_VERTICES) -> BaseGeometry:
+    """Check a GeoJSON geometry object and return it as a valid shapely geometry.
+
+    Raises InvalidFence with a message naming the problem and where it is.
+    """
+    return _checked(geometry, max_vertices)[1]
+
+
+def normalize_geometry(geometry: Any, max_vertices: int = DEFAULT_MAX_VERTICES) -> dict[str, Any]:
+    """Check a GeoJSON geometry object and return what fencex stores of it: ``type`` and
+    ``coordinates`` of ``[lon, lat]`` floats (altitudes and unknown members dropped, coordinates
+    over the range by floating-point noise clamped onto it).
+
+    Raises InvalidFence as :func:`parse_geometry` does.
+    """
+    return _checked(geometry, max_vertices)[0]
 
 
 class FenceProperties(BaseModel):
@@ -119,9 +154,10 @@ class Fence(FenceProperties):
 
     @field_validator("geometry")
     @classmethod
-    def _valid_geometry(cls, value: dict[str, Any]) -> dict[str, Any]:
-        parse_geometry(value, max_vertices=10**9)
-        return value
+    def _valid_geometry(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if info.context is _STORED:
+            return value  # checked on the way in; what still does not build, the index quarantines
+        return normalize_geometry(value, max_vertices=10**9)
 
     def shape(self) -> BaseGeometry:
         return shapely.geometry.shape(self.geometry)
@@ -131,8 +167,14 @@ class Fence(FenceProperties):
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Fence:
-        # Stored fences were validated on the way in; skip the geometry check.
-        return cls.model_construct(**orjson.loads(data))
+        """A stored fence. Its fields are checked (cheaply), its geometry is not: that was
+        checked before it was stored. Raises InvalidFence if the record is unreadable."""
+        try:
+            return cls.model_validate_json(data, context=_STORED)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "record"
+            raise InvalidFence(f"stored fence unreadable: {where}: {first['msg']}") from None
 
     def feature(self) -> dict[str, Any]:
         """The fence as a GeoJSON Feature."""

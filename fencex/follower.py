@@ -4,6 +4,14 @@ Used by the processor workers and the API alike: load every fence once, then
 apply each created, changed or deleted fence (and device registration) as it
 arrives, building a new immutable :class:`FenceIndex` off the event loop and
 handing it over whole. Changes that arrive together are applied in one rebuild.
+
+The feed is capped: a follower that lags past its cap (or a store wiped under it)
+would miss changes, so after each read it asks whether entries after its position
+are gone and then reloads everything (fences and device registrations).
+
+A fence that cannot be read or built is quarantined, never fatal: it is left out of
+the index and listed in :attr:`FenceFollower.quarantined` (fence id -> tenant,
+version, reason) for ``/readyz`` and its farm.
 """
 
 from __future__ import annotations
@@ -11,21 +19,40 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
-from fencex.errors import StoreUnavailable
 from fencex.fence import Fence
-from fencex.index import FenceIndex
-from fencex.store.redis import RedisStore
+from fencex.index import FenceIndex, Quarantined
+from fencex.retrying import retrying
+from fencex.store.base import Change
 
 log = logging.getLogger("fencex.follower")
+
+
+class FeedStore(Protocol):
+    """What the follower needs of the store (``fencex.store.redis.RedisStore`` has it)."""
+
+    async def last_change_id(self) -> str: ...
+
+    async def changes(self, after: str, block_ms: int = ..., count: int = ...) -> list[Change]: ...
+
+    async def changes_trimmed(self, after: str) -> bool: ...
+
+    async def fences(self, tenant: str | None = None, *, unreadable: dict[str, str] | None = None) -> list[Fence]: ...
+
+    async def fences_by_id(
+        self, ids: list[str], *, unreadable: dict[str, str] | None = None
+    ) -> dict[str, Fence | None]: ...
+
+    async def device_tenants(self) -> dict[str, str]: ...
 
 
 class FenceFollower:
     def __init__(
         self,
-        store: RedisStore,
+        store: FeedStore,
         on_index: Callable[[FenceIndex], None] | None = None,
-        on_error: Callable[[Exception], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.store = store
         self.on_index = on_index
@@ -34,54 +61,82 @@ class FenceFollower:
         self.tenants: dict[str, str] = {}  # device id -> tenant
         self.index = FenceIndex([])
         self.applied = 0  # change-feed entries applied
+        self.reloads = 0  # full reloads because the feed had lost changes past this follower
+        self.unreadable: dict[str, Quarantined] = {}  # stored records that cannot be read at all
         self._after = "0-0"
+
+    @property
+    def quarantined(self) -> dict[str, Quarantined]:
+        """Fences left out of the index: unreadable records and fences that do not build."""
+        return {**self.unreadable, **self.index.quarantined}
+
+    def quarantined_of(self, tenant: str) -> dict[str, str]:
+        """The tenant's quarantined fences: fence id -> reason."""
+        return {fid: q.reason for fid, q in self.quarantined.items() if q.tenant == tenant}
 
     async def load(self) -> FenceIndex:
         """Read every fence and device registration; the feed is followed from here on."""
         self._after = await self.store.last_change_id()  # first: no change slips between
-        self.fences = {f.id: f for f in await self.store.fences()}
+        unreadable: dict[str, str] = {}
+        self.fences = {f.id: f for f in await self.store.fences(unreadable=unreadable)}
+        self.unreadable = {fid: Quarantined("", 0, reason) for fid, reason in unreadable.items()}
         self.tenants = await self.store.device_tenants()
-        self.index = await asyncio.to_thread(FenceIndex, list(self.fences.values()), 0)
+        self.index = await asyncio.to_thread(FenceIndex, list(self.fences.values()), self.applied, self.index)
         return self.index
 
     async def follow(self, block_ms: int = 250) -> None:
+        """Apply changes until cancelled; while the store does not answer, retry with backoff."""
         while True:
-            try:
-                await self.step(block_ms)
-            except StoreUnavailable as exc:
-                if self.on_error is not None:
-                    self.on_error(exc)
-                log.warning("change feed: %s; retrying in 1 s", exc)
-                await asyncio.sleep(1.0)
+            async for attempt in retrying("following the fence change feed", on_error=self.on_error, logger=log):
+                with attempt:
+                    await self.step(block_ms)
 
     async def step(self, block_ms: int = 250) -> bool:
         """Apply what the feed holds now (waiting up to ``block_ms``); True if the index changed."""
-        changes = await self.store.changes(self._after, block_ms=block_ms)
+        after = self._after
+        changes = await self.store.changes(after, block_ms=block_ms)
+        if await self.store.changes_trimmed(after):
+            self.reloads += 1
+            log.warning(
+                "fence change feed: changes after %s were trimmed before this follower read them; reloading", after
+            )
+            await self.load()
+            self._handover(len(self.fences), "reloaded in full")
+            return True
         if not changes:
             return False
-        fence_ids: set[str] = set()
+        fence_ids: dict[str, str] = {}  # fence id -> tenant
         for c in changes:
             if c.kind == "device":
                 self.tenants[c.key] = c.tenant
             else:
-                fence_ids.add(c.key)
+                fence_ids[c.key] = c.tenant
         if fence_ids:
-            for fid, fence in (await self.store.fences_by_id(sorted(fence_ids))).items():
+            unreadable: dict[str, str] = {}
+            for fid, fence in (await self.store.fences_by_id(sorted(fence_ids), unreadable=unreadable)).items():
+                self.unreadable.pop(fid, None)
                 if fence is None:
                     self.fences.pop(fid, None)
                 else:
                     self.fences[fid] = fence
+            for fid, reason in unreadable.items():
+                self.unreadable[fid] = Quarantined(fence_ids[fid], 0, reason)
         self._after = changes[-1].id
         self.applied += len(changes)
         if not fence_ids:
             return False
         self.index = await asyncio.to_thread(FenceIndex, list(self.fences.values()), self.applied, self.index)
+        self._handover(len(fence_ids), "changed")
+        return True
+
+    def _handover(self, changed: int, how: str) -> None:
         log.info(
-            "fence index rebuilt: %d fences (%d changed) in %.3f s",
+            "fence index rebuilt: %d fences (%d %s, %d quarantined) in %.3f s",
             len(self.index),
-            len(fence_ids),
+            changed,
+            how,
+            len(self.quarantined),
             self.index.build_seconds,
         )
         if self.on_index is not None:
             self.on_index(self.index)
-        return True

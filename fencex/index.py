@@ -17,9 +17,12 @@ inside stays inside until it leaves the outer geometry.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterable, Sequence
+from functools import cached_property
+from typing import Any, NamedTuple
 
 import numpy as np
 import shapely
@@ -32,6 +35,10 @@ METRES_PER_DEGREE_LON_EQUATOR = 111_320.0
 _EMPTY: tuple[int, ...] = ()
 _KEY_OFFSET = 1 << 30
 MAX_CELLS_PER_FENCE = 64
+
+_POLYGONAL = (3, 6)  # shapely type ids of Polygon and MultiPolygon
+
+log = logging.getLogger("fencex.index")
 
 
 class _Grid:
@@ -56,7 +63,7 @@ class _Grid:
         self.keys, self.starts, self.counts = np.unique(keys_a, return_index=True, return_counts=True)
 
     @staticmethod
-    def _key(ix, iy):
+    def _key(ix: Any, iy: Any) -> Any:  # ints or int64 arrays alike
         return ((ix + _KEY_OFFSET) << 32) | (iy + _KEY_OFFSET)
 
     def candidates(self, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -93,39 +100,103 @@ def grow(geom: BaseGeometry, metres: float) -> BaseGeometry:
     return shapely.transform(shapely.transform(geom, to_m).buffer(metres, quad_segs=4), to_deg)
 
 
+class Quarantined(NamedTuple):
+    """A fence the index left out because it does not build (it never stops the others)."""
+
+    tenant: str  # "" when the stored record is too broken to tell
+    version: int
+    reason: str
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
 class FenceIndex:
-    """All fences of all tenants, for batch point lookups. Immutable once built."""
+    """All fences of all tenants, for batch point lookups.
+
+    Immutable once built: what a lookup reads is fixed by the constructor. The scalar path
+    (:meth:`containing`) keeps two derived tables (``_cells``, ``_bounds_list``) that are
+    computed on its first call only, because the workers never use them and the build is on
+    the path of every fence change; computing them twice in a race gives equal values.
+
+    A fence that does not build (a geometry stored by an older version, non-finite
+    coordinates, a shapely error) is left out and listed in :attr:`quarantined`: one bad
+    fence never stops the index for the others.
+    """
 
     def __init__(self, fences: Iterable[Fence], version: int = 0, previous: FenceIndex | None = None) -> None:
-        """``previous``: the snapshot this one replaces; its geometries of unchanged fences
-        (same id, tenant and version) are reused instead of converted from GeoJSON again,
-        which is most of the cost of a rebuild."""
+        """``previous``: the snapshot this one replaces; its geometries (and grown outer
+        geometries) of unchanged fences (same id, tenant and version) are reused instead of
+        converted from GeoJSON again, which is most of the cost of a rebuild."""
         started = time.perf_counter()
         self.version = version
-        self.fences: tuple[Fence, ...] = tuple(sorted(fences, key=lambda f: (f.tenant, f.id)))
+        self.quarantined: dict[str, Quarantined] = {}  # fence id -> why it is left out
+        known = previous._shapes if previous is not None else {}
+        known_outer = previous._grown if previous is not None else {}
+        self._shapes: dict[tuple[str, str, int], BaseGeometry] = {}
+        self._grown: dict[tuple[str, str, int], BaseGeometry] = {}
+        ok: list[Fence] = []
+        shapes: list[BaseGeometry] = []
+        outer: list[BaseGeometry] = []
+        buffered: list[int] = []
+        for f in sorted(fences, key=lambda f: (f.tenant, f.id)):
+            key = (f.id, f.tenant, f.version)
+            try:
+                geom = self._shapes[key] = known.get(key) or f.shape()
+                if f.exit_buffer_m:
+                    outer.append(known_outer.get(key) or grow(geom, f.exit_buffer_m))
+                    self._grown[key] = outer[-1]
+                    buffered.append(len(ok))
+            except Exception as exc:  # noqa: BLE001 - whatever a stored fence does, the others go on
+                self._shapes.pop(key, None)
+                self._quarantine(f, _reason(exc), previous)
+                continue
+            ok.append(f)
+            shapes.append(geom)
+        geoms = np.asarray(shapes, dtype=object) if shapes else np.empty(0, dtype=object)
+        bounds = shapely.bounds(geoms) if len(geoms) else np.empty((0, 4))
+        polygonal = np.isin(shapely.get_type_id(geoms), _POLYGONAL)
+        finite = np.asarray(np.isfinite(bounds).all(axis=1) & polygonal, dtype=bool)
+        if not finite.all():  # rare: empty or non-finite geometries cannot go on the grid
+            keep = np.nonzero(finite)[0]
+            for r in np.nonzero(~finite)[0].tolist():
+                self._shapes.pop((ok[r].id, ok[r].tenant, ok[r].version), None)
+                self._grown.pop((ok[r].id, ok[r].tenant, ok[r].version), None)
+                self._quarantine(
+                    ok[r], "the geometry is not a polygon, is empty or has non-finite coordinates", previous
+                )
+            new_row = np.full(len(ok), -1, dtype=np.intp)
+            new_row[keep] = np.arange(len(keep))
+            outer = [g for r, g in zip(buffered, outer) if finite[r]]
+            buffered = [int(new_row[r]) for r in buffered if finite[r]]
+            ok, geoms, bounds = [ok[r] for r in keep.tolist()], geoms[keep], bounds[keep]
+        self.fences: tuple[Fence, ...] = tuple(ok)
         self.by_id: dict[str, Fence] = {f.id: f for f in self.fences}
         self._tenant_code: dict[str, int] = {}
         codes = [self._tenant_code.setdefault(f.tenant, len(self._tenant_code)) for f in self.fences]
         self._codes = np.asarray(codes, dtype=np.int32)
-        known = previous._shapes if previous is not None else {}
-        self._shapes: dict[tuple[str, str, int], BaseGeometry] = {}
-        shapes = []
-        for f in self.fences:
-            key = (f.id, f.tenant, f.version)
-            geom = self._shapes[key] = known.get(key) or f.shape()
-            shapes.append(geom)
-        self._geoms = np.asarray(shapes, dtype=object) if shapes else np.empty(0, dtype=object)
+        self._geoms = geoms
         shapely.prepare(self._geoms)
-        self._grid, self._big_rows, self._big_tree = self._partition(self._geoms)
-        buffered = [i for i, f in enumerate(self.fences) if f.exit_buffer_m]
+        self._grid, self._big_rows, self._big_tree = self._partition(self._geoms, bounds)
         self._outer_rows = np.asarray(buffered, dtype=np.intp)
-        outer = [grow(self._geoms[i], self.fences[i].exit_buffer_m or 0.0) for i in buffered]
         self._outer = np.asarray(outer, dtype=object) if outer else np.empty(0, dtype=object)
         shapely.prepare(self._outer)
         self._outer_grid, self._outer_big_rows, self._outer_big_tree = self._partition(self._outer)
-        self._cells: dict[int, list[int]] | None = None  # built on the first scalar lookup
-        self._bounds_list: list[list[float]] | None = None
         self.build_seconds = time.perf_counter() - started
+
+    def _quarantine(self, fence: Fence, reason: str, previous: FenceIndex | None) -> None:
+        tenant, version = getattr(fence, "tenant", ""), getattr(fence, "version", 0)
+        fid = str(getattr(fence, "id", "?"))
+        entry = self.quarantined[fid] = Quarantined(tenant if isinstance(tenant, str) else "", version, reason)
+        if previous is None or previous.quarantined.get(fid) != entry:  # once, not on every rebuild
+            log.error(
+                "fence %r of tenant %r (version %s) quarantined: it does not build: %s", fid, tenant, version, reason
+            )
+
+    def quarantined_of(self, tenant: str) -> dict[str, str]:
+        """The tenant's quarantined fences: fence id -> reason."""
+        return {fid: q.reason for fid, q in self.quarantined.items() if q.tenant == tenant}
 
     def __len__(self) -> int:
         return len(self.fences)
@@ -137,12 +208,13 @@ class FenceIndex:
         return np.fromiter((get(t, -1) for t in tenants), dtype=np.int32, count=n)
 
     @staticmethod
-    def _partition(geoms: np.ndarray) -> tuple[_Grid, np.ndarray, shapely.STRtree]:
+    def _partition(geoms: np.ndarray, bounds: np.ndarray | None = None) -> tuple[_Grid, np.ndarray, shapely.STRtree]:
         """A grid for fences of ordinary size; an STRtree for the few much larger ones."""
         if len(geoms) == 0:
             empty = np.empty(0, dtype=np.intp)
             return _Grid(np.empty((0, 4)), empty, 1.0), empty, shapely.STRtree(np.empty(0, dtype=object))
-        bounds = shapely.bounds(geoms)
+        if bounds is None:
+            bounds = shapely.bounds(geoms)
         size = np.maximum(bounds[:, 2] - bounds[:, 0], bounds[:, 3] - bounds[:, 1])
         cell = max(float(np.median(size)), 1e-5)
         cells = (np.floor(bounds[:, 2] / cell) - np.floor(bounds[:, 0] / cell) + 1) * (
@@ -240,6 +312,17 @@ class FenceIndex:
     def has_buffers(self) -> bool:
         return len(self._outer) > 0
 
+    @cached_property
+    def _cells(self) -> dict[int, list[int]]:
+        """The grid as a dict, for the scalar path (computed on its first call)."""
+        grid = self._grid
+        return {int(k): grid.items[s : s + c].tolist() for k, s, c in zip(grid.keys, grid.starts, grid.counts)}
+
+    @cached_property
+    def _bounds_list(self) -> list[list[float]]:
+        """Each fence's bounding box as Python floats, for the scalar path (computed on its first call)."""
+        return shapely.bounds(self._geoms).tolist()  # type: ignore[no-any-return]
+
     def containing(self, tenant: str, lon: float, lat: float) -> list[Fence]:
         """The tenant's fences that contain one point (a scalar path: no arrays for one point)."""
         code = self._tenant_code.get(tenant)
@@ -247,14 +330,8 @@ class FenceIndex:
             return []
         grid = self._grid
         cells = self._cells
-        if cells is None:
-            cells = self._cells = {
-                int(k): grid.items[s : s + c].tolist() for k, s, c in zip(grid.keys, grid.starts, grid.counts)
-            }
         key = int(_Grid._key(math.floor(lon / grid.cell), math.floor(lat / grid.cell)))
         bounds = self._bounds_list
-        if bounds is None:
-            bounds = self._bounds_list = shapely.bounds(self._geoms).tolist()
         rows = []
         for r in cells.get(key, ()):  # the cell's fences; their boxes first, then the exact test
             b = bounds[r]

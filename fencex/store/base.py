@@ -24,7 +24,15 @@ Redis is the source of truth:
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from fencex.errors import InvalidFence
+from fencex.fence import Fence
+
+log = logging.getLogger("fencex.store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,3 +99,52 @@ class Change:
     key: str  # fence id or device id
     tenant: str
     version: int
+
+
+def stream_id(entry_id: str | bytes) -> tuple[int, int]:
+    """A Redis stream entry id (``"1700000000000-3"``) as a comparable pair."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def feed_trimmed(after: str, info: Mapping[str, Any] | None, cap: int) -> bool:
+    """Whether entries after ``after`` may be gone from the change feed (trimmed by its cap,
+    deleted, or the stream wiped), so a follower at ``after`` must reload in full.
+
+    ``info``: the stream's ``XINFO STREAM`` answer, None when the stream does not exist.
+    Redis 7 says exactly what was deleted last (``max-deleted-entry-id``). Redis 6 does not:
+    entries after ``after`` were trimmed only if the first entry left is past it; a follower
+    that loaded an empty feed (``after`` is ``0-0``) cannot tell a trimmed feed from a young
+    one except by its length, which trimming to the cap never takes below ``cap``.
+    Conservative: a rare false alarm costs a reload, a miss leaves an index wrong.
+    """
+    start = stream_id(after)
+    if info is None:
+        return start != (0, 0)  # the feed is gone: the store was wiped or restarted empty
+    deleted = info.get("max-deleted-entry-id")
+    if deleted is not None:
+        return stream_id(deleted) > start
+    first = info.get("first-entry")
+    if not first:
+        return start != (0, 0) and int(info.get("length", 0)) == 0 and stream_id(info["last-generated-id"]) > start
+    if stream_id(first[0]) <= start:
+        return False
+    return start != (0, 0) or int(info.get("length", 0)) >= cap
+
+
+def decode_fences(
+    ids: Sequence[str], raws: Sequence[bytes | str | None], unreadable: dict[str, str] | None = None
+) -> dict[str, Fence | None]:
+    """Stored fence records by id: None where there is none, and where the record cannot be
+    read (logged, and added to ``unreadable``: fence id -> reason, when given)."""
+    out: dict[str, Fence | None] = {}
+    for fid, raw in zip(ids, raws):
+        try:
+            out[fid] = Fence.from_json(raw) if raw is not None else None
+        except InvalidFence as exc:
+            log.error("stored fence %r is unreadable and left out: %s", fid, exc)
+            out[fid] = None
+            if unreadable is not None:
+                unreadable[fid] = str(exc)
+    return out

@@ -24,7 +24,7 @@ from fencex.detector import DeviceState
 from fencex.errors import Fenced, IdTaken, LimitExceeded, NotFound, StoreUnavailable, VersionConflict
 from fencex.event import Event
 from fencex.fence import Fence
-from fencex.store.base import Change, Keys
+from fencex.store.base import Change, Keys, decode_fences, feed_trimmed
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -149,20 +149,26 @@ class RedisStore:
         return fence
 
     @_guard
-    async def fences(self, tenant: str | None = None) -> list[Fence]:
+    async def fences(self, tenant: str | None = None, *, unreadable: dict[str, str] | None = None) -> list[Fence]:
+        """All fences, or a tenant's. A stored record that cannot be read is left out (and
+        added to ``unreadable``: fence id -> reason), so one broken record stops nobody."""
         key = self.keys.fences if tenant is None else self.keys.tenant_fences(tenant)
         ids = sorted(m.decode() for m in await self.redis.smembers(key))
         out: list[Fence] = []
         for start in range(0, len(ids), 5000):
-            raws = await self.redis.mget([self.keys.fence(i) for i in ids[start : start + 5000]])
-            out.extend(Fence.from_json(r) for r in raws if r is not None)
+            chunk = ids[start : start + 5000]
+            raws = await self.redis.mget([self.keys.fence(i) for i in chunk])
+            out.extend(f for f in decode_fences(chunk, raws, unreadable).values() if f is not None)
         return out
 
     @_guard
-    async def fences_by_id(self, ids: list[str]) -> dict[str, Fence | None]:
-        """The fences with these ids, whatever their tenant (None where deleted)."""
+    async def fences_by_id(
+        self, ids: list[str], *, unreadable: dict[str, str] | None = None
+    ) -> dict[str, Fence | None]:
+        """The fences with these ids, whatever their tenant (None where deleted or unreadable;
+        the unreadable ones are also added to ``unreadable``: fence id -> reason)."""
         raws = await self.redis.mget([self.keys.fence(i) for i in ids]) if ids else []
-        return {i: (Fence.from_json(r) if r is not None else None) for i, r in zip(ids, raws)}
+        return decode_fences(ids, raws, unreadable)
 
     @_guard
     async def put_fences(
@@ -283,6 +289,18 @@ class RedisStore:
                     )
                 )
         return out
+
+    @_guard
+    async def changes_trimmed(self, after: str) -> bool:
+        """Whether changes after ``after`` may be gone from the capped feed (see :func:`feed_trimmed`):
+        a follower at ``after`` must then reload in full. Ask it after reading from ``after``."""
+        try:
+            info = await self.redis.xinfo_stream(self.keys.changes)
+        except ResponseError as exc:
+            if "no such key" not in str(exc).lower():
+                raise
+            info = None
+        return feed_trimmed(after, info, CHANGES_MAXLEN)
 
     # ---------------------------------------------------------------- devices
 

@@ -30,6 +30,17 @@ HOLE = [[2, 2], [4, 2], [4, 4], [2, 4], [2, 2]]
         (poly([[0, 0], [1, 0], ["x", 1], [0, 0]]), "finite number"),
         (poly([[0, 0], [1, 0], [float("nan"), 1], [0, 0]]), "finite number"),
         (poly(OUTER, [[5, 5], [15, 5], [15, 6], [5, 6], [5, 5]]), "invalid geometry"),  # hole crosses the shell
+        # issue 9 #1: a third value is an altitude, a finite number; there is no fourth
+        (poly([[0, 0], [1, 0, "x"], [1, 1], [0, 1], [0, 0]]), "altitude must be a finite number"),
+        (poly([[0, 0], [1, 0, float("nan")], [1, 1], [0, 1], [0, 0]]), "altitude must be a finite number"),
+        (poly([[0, 0], [1, 0, float("inf")], [1, 1], [0, 1], [0, 0]]), "altitude must be a finite number"),
+        (poly([[0, 0], [1, 0, True], [1, 1], [0, 1], [0, 0]]), "altitude must be a finite number"),
+        (poly([[0, 0], [1, 0, None], [1, 1], [0, 1], [0, 0]]), "altitude must be a finite number"),
+        (poly([[0, 0], [1, 0, 1, 1], [1, 1], [0, 1], [0, 0]]), "a position is"),
+        (poly([[0, 0], [1, 0], [True, 1], [0, 1], [0, 0]]), "longitude must be a finite number"),
+        # issue 9 #16: floating-point noise is clamped (below); a real excess is still refused
+        (poly([[0, 0], [180.000001, 0], [180.000001, 1], [0, 1], [0, 0]]), "longitude 180.000001 is outside"),
+        (poly([[0, 0], [1, 0], [1, -90.000001], [0, -90.000001], [0, 0]]), "latitude -90.000001 is outside"),
     ],
 )
 def test_bad_geometry_is_refused_with_reason(geometry, message):
@@ -63,3 +74,61 @@ def test_fence_json_roundtrip_and_feature():
 def test_fence_model_refuses_bad_geometry():
     with pytest.raises(ValueError, match="not closed"):
         Fence(id="x", geometry=poly([[0, 0], [1, 0], [1, 1], [0, 1]]))
+
+
+def test_fence_stores_2d_float_positions_whatever_the_altitudes():
+    """Issue 9 #1: a ring mixing [lon, lat] and [lon, lat, alt] is stored as 2-D floats, so it builds."""
+    f = Fence(id="x", geometry=poly([[0, 0], [1, 0, 12.5], [1, 1, 3], [0, 1], [0, 0, 0]]))
+    assert f.geometry == {
+        "type": "Polygon",
+        "coordinates": [[[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [0.0, 0.0]]],
+    }
+    assert all(type(v) is float for ring in f.geometry["coordinates"] for pos in ring for v in pos)
+    assert f.shape().area == pytest.approx(1.0)
+
+
+def test_fence_keeps_only_what_fencex_understands():
+    """Issue 9 #6: unknown members of the geometry (a 5 MB junk field, a bbox) are not stored."""
+    geometry = {"type": "MultiPolygon", "coordinates": [[OUTER]], "bbox": [0, 0, 10, 10], "junk": "x" * 5_000_000}
+    f = Fence(id="x", geometry=geometry)
+    assert set(f.geometry) == {"type", "coordinates"}
+    assert f.geometry["coordinates"] == [[[[float(x), float(y)] for x, y in OUTER]]]
+    assert len(f.to_json()) < 1000
+
+
+@pytest.mark.parametrize(
+    "lon,lat,expected",
+    [
+        (180.00000000000006, 10, (180.0, 10.0)),
+        (-180.0000000001, 10, (-180.0, 10.0)),
+        (170, 90.00000000000001, (170.0, 90.0)),
+        (170, -90.0000000005, (170.0, -90.0)),
+    ],
+)
+def test_coordinates_over_the_range_by_noise_are_clamped(lon, lat, expected):
+    """Issue 9 #16: real exports carry 180.00000000000006; within 1e-9 degrees it is clamped, and imported."""
+    x, y = (-1 if lon < 0 else 1), (-1 if lat < 0 else 1)
+    ring = [[lon, lat], [lon - x, lat], [lon - x, lat - y], [lon, lat - y], [lon, lat]]
+    f = Fence(id="edge", geometry=poly(ring))
+    assert f.geometry["coordinates"][0][0] == list(expected)
+    assert f.geometry["coordinates"][0][-1] == list(expected)
+
+
+def test_stored_fence_is_read_back_without_a_geometry_check():
+    """What was stored is loaded as stored (the index quarantines what does not build)."""
+    raw = b'{"id": "old", "tenant": "farm", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0, "x"]]]}}'
+    assert Fence.from_json(raw).geometry["coordinates"] == [[[0, 0], [1, 0, "x"]]]
+
+
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        (b"{not json", "Invalid JSON"),
+        (b"[1, 2]", "object"),
+        (b'{"id": "x", "tenant": "farm"}', "geometry: Field required"),
+        (b'{"id": "x", "tenant": 5, "geometry": {}}', "tenant"),
+    ],
+)
+def test_unreadable_stored_fence_raises_invalid_fence(raw, message):
+    with pytest.raises(InvalidFence, match=message):
+        Fence.from_json(raw)

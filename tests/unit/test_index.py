@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import orjson
 import shapely
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -128,3 +129,67 @@ def test_rebuild_reuses_unchanged_geometries_and_takes_changes():
     assert new._shapes[("a", "farm", 1)] is old._shapes[("a", "farm", 1)]  # reused, not converted again
     assert ids(new, new.lookup([LON0 + 0.205], [LAT0 + 0.005], "farm")[0]) == ["b"]
     assert new.lookup([LON0 + 0.105], [LAT0 + 0.005], "farm")[0] == ()
+
+
+def stored(fid: str, coordinates, kind: str = "Polygon", tenant: str = "farm", **extra) -> Fence:
+    """A fence as an older fencex could have stored it: read back without the geometry check."""
+    record = {"id": fid, "tenant": tenant, "geometry": {"type": kind, "coordinates": coordinates}, **extra}
+    return Fence.from_json(orjson.dumps(record))
+
+
+RING = [[LON0, LAT0], [LON0 + 0.01, LAT0], [LON0 + 0.01, LAT0 + 0.01], [LON0, LAT0 + 0.01], [LON0, LAT0]]
+UNBUILDABLE = [
+    stored("mixed-3d", [[RING[0], [*RING[1], 5.0], *RING[2:]]]),  # issue 9 #1: [lon, lat] beside [lon, lat, alt]
+    stored("text-alt", [[RING[0], [*RING[1], "x"], *RING[2:]]]),
+    stored("null-alt", [[RING[0], [*RING[1], None], *RING[2:]]]),
+    stored("bool-alt", [[RING[0], [*RING[1], True], *RING[2:]]]),
+    stored("no-rings", []),
+    stored("a-point", [LON0, LAT0], kind="Point"),
+    stored("unknown", [[RING]], kind="Blob"),
+    stored("buffered-bad", [[RING[0], [*RING[1], "x"], *RING[2:]]], exit_buffer_m=10),
+    Fence.model_construct(  # a non-finite coordinate (JSON cannot carry one, a Python caller can)
+        id="nan", tenant="other", version=3, geometry={"type": "Polygon", "coordinates": [[[float("nan"), 0], *RING]]}
+    ),
+]
+
+
+def test_unbuildable_fences_are_quarantined_and_the_others_work(caplog):
+    """Issue 9 #1: one fence that does not build never stops the index for the other fences and farms."""
+    good = [fence("north"), fence("theirs", tenant="other"), fence("buffered", lon=LON0 + 0.1, exit_buffer_m=50)]
+    with caplog.at_level("ERROR", logger="fencex.index"):
+        index = FenceIndex([*UNBUILDABLE, *good])
+    assert sorted(f.id for f in index.fences) == ["buffered", "north", "theirs"]
+    assert sorted(index.quarantined) == sorted(f.id for f in UNBUILDABLE)
+    assert index.quarantined["nan"].tenant == "other" and index.quarantined["nan"].version == 3
+    assert set(index.quarantined_of("other")) == {"nan"}
+    assert "mixed-3d" in index.quarantined_of("farm") and "a-point" in index.quarantined_of("farm")
+    assert all(q.reason for q in index.quarantined.values())
+    assert len([r for r in caplog.records if "quarantined" in r.message]) == len(UNBUILDABLE)
+    # the good fences answer, by batch, near and scalar lookups
+    p = ([LON0 + 0.005], [LAT0 + 0.005])
+    assert ids(index, index.lookup(*p, "farm")[0]) == ["north"]
+    assert ids(index, index.lookup(*p, "other")[0]) == ["theirs"]
+    assert ids(index, index.lookup([LON0 + 0.0995], [LAT0 + 0.005], "farm", near=True)[0]) == ["buffered"]
+    assert [f.id for f in index.containing("farm", *p[0], *p[1])] == ["north"]
+    # a rebuild keeps them out without logging them again
+    caplog.clear()
+    with caplog.at_level("ERROR", logger="fencex.index"):
+        again = FenceIndex([*UNBUILDABLE, *good], previous=index)
+    assert again.quarantined == index.quarantined and len(again) == 3
+    assert not [r for r in caplog.records if "quarantined" in r.message]
+
+
+def test_only_unbuildable_fences_give_an_empty_index():
+    index = FenceIndex(UNBUILDABLE)
+    assert len(index) == 0 and len(index.quarantined) == len(UNBUILDABLE)
+    assert index.lookup([LON0], [LAT0], "farm")[0] == () and index.containing("farm", LON0, LAT0) == []
+
+
+def test_scalar_lookup_tables_are_derived_on_first_use_only():
+    """Issue 10 #5: the index is immutable; the scalar path's tables are computed once, when first used."""
+    index = FenceIndex([fence("north")])
+    assert "_cells" not in vars(index) and "_bounds_list" not in vars(index)  # the build does not pay for them
+    index.containing("farm", LON0 + 0.005, LAT0 + 0.005)
+    cells = vars(index)["_cells"]
+    index.containing("farm", LON0 + 0.005, LAT0 + 0.005)
+    assert vars(index)["_cells"] is cells

@@ -1,0 +1,193 @@
+"""The fence follower against an in-memory change feed: changes, quarantine, gaps, retries."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+
+from fencex.errors import StoreUnavailable
+from fencex.fence import Fence
+from fencex.follower import FeedStore, FenceFollower
+from fencex.index import FenceIndex
+from fencex.store.base import Change, decode_fences
+from tests.unit.factory import LAT0, LON0, fence
+
+INSIDE = (LON0 + 0.005, LAT0 + 0.005)
+MIXED_3D = {  # issue 9 #1: what an older fencex stored: [lon, lat] beside [lon, lat, alt]
+    "type": "Polygon",
+    "coordinates": [[[LON0, LAT0], [LON0 + 0.01, LAT0, 5], [LON0 + 0.01, LAT0 + 0.01], [LON0, LAT0]]],
+}
+
+
+class FakeFeed:
+    """The store as the follower sees it, in memory. The feed is trimmed like a capped stream:
+    a prefix of its entries goes, and ``changes_trimmed`` says whether any after a position went."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, bytes] = {}
+        self.devices: dict[str, str] = {}
+        self.entries: list[Change] = []
+        self.trimmed_up_to = 0  # the number of the last entry trimmed away
+        self.down = 0  # the next calls to changes() that fail
+
+    def _append(self, kind: str, op: str, key: str, tenant: str) -> None:
+        n = len(self.entries) + self.trimmed_up_to + 1
+        self.entries.append(Change(f"{n}-0", kind, op, key, tenant, 1))
+
+    def put(self, f: Fence) -> None:
+        self.put_raw(f.id, f.tenant, f.to_json())
+
+    def put_raw(self, fid: str, tenant: str, raw: bytes) -> None:
+        self.records[fid] = raw
+        self._append("fence", "upsert", fid, tenant)
+
+    def delete(self, fid: str, tenant: str) -> None:
+        del self.records[fid]
+        self._append("fence", "delete", fid, tenant)
+
+    def register(self, devices: dict[str, str]) -> None:
+        self.devices.update(devices)
+        for d, t in devices.items():
+            self._append("device", "upsert", d, t)
+
+    def trim(self, keep: int) -> None:
+        gone, self.entries = self.entries[: len(self.entries) - keep], self.entries[len(self.entries) - keep :]
+        self.trimmed_up_to += len(gone)
+
+    @staticmethod
+    def _n(entry_id: str) -> int:
+        return int(entry_id.split("-")[0])
+
+    async def last_change_id(self) -> str:
+        return self.entries[-1].id if self.entries else "0-0"
+
+    async def changes(self, after: str, block_ms: int = 0, count: int = 10_000) -> list[Change]:
+        if self.down:
+            self.down -= 1
+            raise StoreUnavailable("redis does not answer: fake")
+        found = [c for c in self.entries if self._n(c.id) > self._n(after)][:count]
+        if not found:
+            await asyncio.sleep(block_ms / 1000)  # XREAD BLOCK: the loop goes on meanwhile
+        return found
+
+    async def changes_trimmed(self, after: str) -> bool:
+        return self.trimmed_up_to > self._n(after)
+
+    async def fences(self, tenant: str | None = None, *, unreadable: dict[str, str] | None = None) -> list[Fence]:
+        ids = sorted(self.records)
+        found = decode_fences(ids, [self.records[i] for i in ids], unreadable)
+        return [f for f in found.values() if f is not None and tenant in (None, f.tenant)]
+
+    async def fences_by_id(
+        self, ids: list[str], *, unreadable: dict[str, str] | None = None
+    ) -> dict[str, Fence | None]:
+        return decode_fences(ids, [self.records.get(i) for i in ids], unreadable)
+
+    async def device_tenants(self) -> dict[str, str]:
+        return dict(self.devices)
+
+
+def stored(fid: str, geometry: dict, tenant: str = "farm", version: int = 1) -> bytes:
+    return orjson.dumps({"id": fid, "tenant": tenant, "version": version, "geometry": geometry})
+
+
+def inside(follower: FenceFollower, tenant: str = "farm") -> list[str]:
+    return sorted(f.id for f in follower.index.containing(tenant, *INSIDE))
+
+
+def test_the_fake_is_a_feed_store():
+    store: FeedStore = FakeFeed()  # mypy checks the fake against the Protocol
+    assert store is not None
+
+
+def test_changes_are_applied_in_one_rebuild_and_handed_over():
+    store = FakeFeed()
+    store.put(fence("north"))
+    follower = FenceFollower(store, on_index=(handed := []).append)
+    asyncio.run(follower.load())
+    store.put(fence("south", tenant="other"))
+    store.register({"cow-1": "farm", "cow-2": "other"})
+    store.delete("north", "farm")
+    assert asyncio.run(follower.step(0)) is True
+    assert inside(follower) == [] and inside(follower, "other") == ["south"]
+    assert follower.tenants == {"cow-1": "farm", "cow-2": "other"} and follower.applied == 4
+    assert handed == [follower.index]
+    assert asyncio.run(follower.step(0)) is False  # nothing new
+
+
+def test_a_fence_that_does_not_build_is_quarantined_not_fatal():
+    """Issue 9 #1: a stored fence that does not build, or a record that cannot be read, stops no farm."""
+    store = FakeFeed()
+    store.put(fence("north"))
+    store.put(fence("theirs", tenant="other"))
+    store.put_raw("old-3d", "farm", stored("old-3d", MIXED_3D, version=4))
+    store.put_raw("garbage", "farm", b"{not json")
+    follower = FenceFollower(store)
+    asyncio.run(follower.load())
+    assert inside(follower) == ["north"] and inside(follower, "other") == ["theirs"]
+    assert set(follower.quarantined) == {"old-3d", "garbage"}
+    assert follower.quarantined["old-3d"].tenant == "farm" and follower.quarantined["old-3d"].version == 4
+    assert "Invalid JSON" in follower.quarantined["garbage"].reason
+    # through the feed: the farm's tenant is known from the change
+    store.put_raw("bad-later", "other", b'{"id": "bad-later"}')
+    store.put_raw("old-3d-too", "other", stored("old-3d-too", MIXED_3D, tenant="other"))
+    asyncio.run(follower.step(0))
+    assert set(follower.quarantined_of("other")) == {"bad-later", "old-3d-too"}
+    assert inside(follower, "other") == ["theirs"]
+    # a good version lifts the quarantine
+    store.put(fence("old-3d", version=5))
+    store.put(fence("bad-later", tenant="other"))
+    asyncio.run(follower.step(0))
+    assert set(follower.quarantined) == {"garbage", "old-3d-too"}
+    assert inside(follower) == ["north", "old-3d"] and inside(follower, "other") == ["bad-later", "theirs"]
+
+
+def test_a_trimmed_feed_reloads_fences_and_registrations_in_full():
+    """Issue 9 #7: changes trimmed from the capped feed before a lagging follower read them."""
+    store = FakeFeed()
+    store.put(fence("north"))
+    follower = FenceFollower(store, on_index=(handed := []).append)
+    asyncio.run(follower.load())
+    store.put(fence("missed", tenant="other"))
+    store.register({f"cow-{i}": "farm" for i in range(100)})
+    store.delete("north", "farm")
+    store.register({"cow-last": "other"})
+    store.trim(keep=1)  # only the last registration is left in the feed
+    assert asyncio.run(follower.step(0)) is True
+    assert inside(follower) == [] and inside(follower, "other") == ["missed"]
+    assert len(follower.tenants) == 101 and follower.tenants["cow-7"] == "farm"
+    assert follower.reloads == 1 and handed == [follower.index]
+    # and it follows on from the reload
+    store.put(fence("after", tenant="other", lon=LON0 + 0.001))
+    asyncio.run(follower.step(0))
+    assert inside(follower, "other") == ["after", "missed"] and follower.reloads == 1
+
+
+def test_follow_retries_while_the_store_is_down():
+    store = FakeFeed()
+    follower = FenceFollower(store, on_error=(errors := []).append)
+    asyncio.run(follower.load())
+    store.down = 1
+    store.put(fence("north"))
+
+    async def run() -> None:
+        task = asyncio.create_task(follower.follow(block_ms=5))
+        try:
+            for _ in range(400):
+                if inside(follower):
+                    return
+                await asyncio.sleep(0.01)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(run())
+    assert inside(follower) == ["north"]
+    assert [type(e) for e in errors] == [StoreUnavailable]
+
+
+def test_index_of_a_follower_is_a_fence_index():
+    assert isinstance(FenceFollower(FakeFeed()).index, FenceIndex)

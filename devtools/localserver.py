@@ -24,8 +24,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fencex.errors import ServerStartError
 
@@ -175,6 +176,7 @@ class Server:
     proc: subprocess.Popen[bytes]
     log: Path
     workdir: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # what a client needs besides the address
 
     @property
     def address(self) -> str:
@@ -194,7 +196,13 @@ class Server:
 
 
 def _start(
-    name: str, argv: list[str], port: int, logdir: Path | None, timeout: float, workdir: Path | None = None
+    name: str,
+    argv: list[str],
+    port: int,
+    logdir: Path | None,
+    timeout: float,
+    workdir: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Server:
     if port_taken(port):
         raise ServerStartError(
@@ -204,7 +212,9 @@ def _start(
     logdir = logdir or Path(tempfile.mkdtemp(prefix=f"fencex-{name}-"))
     logdir.mkdir(parents=True, exist_ok=True)
     log = logdir / f"{name}-{port}.log"
-    proc = spawn(argv, log, cwd=workdir or logdir, die_signal=signal.SIGKILL)
+    proc = spawn(
+        argv, log, cwd=workdir or logdir, env=dict(os.environ, **env) if env else None, die_signal=signal.SIGKILL
+    )
     server = Server(name, port, proc, log, workdir)
     try:
         _wait_port(port, proc, name, log, timeout)
@@ -214,8 +224,15 @@ def _start(
     return server
 
 
-def start_broker(port: int | None = None, logdir: Path | None = None, timeout: float = 15.0) -> Server:
-    """Tansu, storage in memory: its data does not survive a restart."""
+def start_broker(
+    port: int | None = None,
+    logdir: Path | None = None,
+    timeout: float = 15.0,
+    storage: str = "memory://tansu/",
+    env: dict[str, str] | None = None,
+) -> Server:
+    """Tansu, storage in memory by default: its data does not survive a restart.
+    With ``storage="s3://tansu/"`` and ``env=s3.extra["env"]`` of :func:`start_s3` it does."""
     port = port or free_port()
     url = f"tcp://{HOST}:{port}"
     argv = [
@@ -226,9 +243,9 @@ def start_broker(port: int | None = None, logdir: Path | None = None, timeout: f
         "--advertised-listener-url",
         url,
         "--storage-engine",
-        "memory://tansu/",
+        storage,
     ]
-    server = _start("broker", argv, port, logdir, timeout)
+    server = _start("broker", argv, port, logdir, timeout, env=env)
     try:
         _wait_kafka(server, timeout)
     except BaseException:
@@ -253,10 +270,17 @@ def _wait_kafka(server: Server, timeout: float) -> None:
 
 
 def start_redis(
-    port: int | None = None, logdir: Path | None = None, timeout: float = 10.0, appendonly: bool = False
+    port: int | None = None,
+    logdir: Path | None = None,
+    timeout: float = 10.0,
+    appendonly: bool = False,
+    workdir: Path | None = None,
+    config: dict[str, str] | None = None,
 ) -> Server:
+    """redis-server; ``workdir`` restarts it on an earlier one's files (its append-only file),
+    ``config`` adds options (``{"appendfsync": "always"}``)."""
     port = port or free_port()
-    workdir = Path(tempfile.mkdtemp(prefix="fencex-redis-"))
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="fencex-redis-"))
     argv = [
         redis_path(),
         "--port",
@@ -272,7 +296,33 @@ def start_redis(
         "--protected-mode",
         "yes",
     ]
+    for k, v in (config or {}).items():
+        argv += [f"--{k}", v]
     server = _start("redis", argv, port, logdir, timeout, workdir=workdir)
+    return server
+
+
+def start_s3(
+    port: int | None = None, logdir: Path | None = None, timeout: float = 20.0, bucket: str = "tansu"
+) -> Server:
+    """A local S3 (moto's server) with one bucket, for a broker whose data survives a restart.
+    ``extra["env"]`` holds what the broker needs to reach it."""
+    binary = shutil.which("moto_server")
+    if not binary:
+        raise ServerStartError('moto_server is not installed: pip install "moto[server]"')
+    port = port or free_port()
+    server = _start("s3", [binary, "-H", HOST, "-p", str(port)], port, logdir, timeout)
+    import httpx
+
+    endpoint = f"http://{HOST}:{port}"
+    httpx.put(f"{endpoint}/{bucket}", timeout=10).raise_for_status()
+    server.extra["env"] = {
+        "AWS_ACCESS_KEY_ID": "fencex",
+        "AWS_SECRET_ACCESS_KEY": "fencex",
+        "AWS_DEFAULT_REGION": "eu-west-2",
+        "AWS_ENDPOINT": endpoint,
+        "AWS_ALLOW_HTTP": "true",
+    }
     return server
 
 

@@ -7,8 +7,10 @@ redis-py, aiokafka or confluent-kafka exception classes::
     FencexError
     ├── InvalidInput                 bad data from a user or a device
     │   ├── InvalidFence             geometry or properties a fence cannot have
-    │   └── InvalidFix               a GPS fix that cannot be processed
+    │   ├── InvalidFix               a GPS fix that cannot be processed
+    │   └── LimitExceeded            over a size limit or a quota (names which: HTTP 413 or 422)
     ├── NotFound                     no such fence, device or tenant
+    ├── IdTaken                      the id belongs to someone else (HTTP 409)
     ├── VersionConflict              If-Match no longer matches (HTTP 412)
     ├── Fenced                       a state save refused: its partitions have a newer owner
     ├── Unavailable                  a server does not answer
@@ -36,8 +38,21 @@ class InvalidFix(InvalidInput):
     """A GPS fix that cannot be processed (goes to the dead-letter topic)."""
 
 
+class LimitExceeded(InvalidInput):
+    """Over a limit: ``limit`` names the setting; ``too_large`` for a size (413), else a count (422)."""
+
+    def __init__(self, message: str, limit: str, too_large: bool = False) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.too_large = too_large
+
+
 class NotFound(FencexError, LookupError):
     """The fence, device or tenant does not exist (or is another tenant's)."""
+
+
+class IdTaken(FencexError):
+    """The id (a fence's, a device's) is another tenant's."""
 
 
 class VersionConflict(FencexError):

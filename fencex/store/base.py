@@ -16,6 +16,7 @@ Redis is the source of truth:
 ``{p}:in:{t}:{fence}``         sorted set: devices inside the fence, scored by since (ms)
 ``{p}:tenants``                hash tenant -> name
 ``{p}:key:{sha256}``           API key hash -> tenant
+``{p}:tenant-keys:{t}``        hash: tenant t's key ids -> JSON (digest, created_at)
 ``{p}:events:{t}``             stream: tenant t's recent events (capped)
 ``{p}:seen:{event_id}``        de-duplication marker for the event history (expires)
 =============================  ==========================================================
@@ -77,6 +78,9 @@ class Keys:
 
     def api_key(self, digest: str) -> str:
         return f"{self.prefix}:key:{digest}"
+
+    def tenant_keys(self, tenant: str) -> str:
+        return f"{self.prefix}:tenant-keys:{tenant}"
 
     def events(self, tenant: str) -> str:
         return f"{self.prefix}:events:{tenant}"

@@ -17,11 +17,11 @@ import msgpack
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError, WatchError
+from redis.exceptions import OutOfMemoryError, ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fencex.detector import DeviceState
-from fencex.errors import Fenced, NotFound, StoreUnavailable, VersionConflict
+from fencex.errors import Fenced, IdTaken, LimitExceeded, NotFound, StoreUnavailable, VersionConflict
 from fencex.event import Event
 from fencex.fence import Fence
 from fencex.store.base import Change, Keys, decode_fences, feed_trimmed
@@ -83,12 +83,24 @@ def _guard(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             return await fn(*args, **kwargs)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise StoreUnavailable(f"redis does not answer: {exc}") from exc
+        except ResponseError as exc:
+            # Out of memory (maxmemory, noeviction) refuses writes until memory is freed: unavailable,
+            # not a bug. redis-py raises OutOfMemoryError for a command or a pipeline, and a plain
+            # ResponseError ("Error running script ... -OOM command not allowed ...") from a script.
+            if isinstance(exc, OutOfMemoryError) or "OOM command not allowed" in str(exc):
+                raise StoreUnavailable(f"redis is out of memory: {exc}") from exc
+            raise
 
     return wrapper
 
 
 def key_digest(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def key_id(api_key: str) -> str:
+    """A key's public id: a prefix of its hash, safe to show and log."""
+    return key_digest(api_key)[:16]
 
 
 class RedisStore:
@@ -160,27 +172,35 @@ class RedisStore:
 
     @_guard
     async def put_fences(
-        self, fences: Iterable[Fence], if_match: Mapping[str, int] | None = None, create_only: bool = False
+        self,
+        fences: Iterable[Fence],
+        if_match: Mapping[str, int] | None = None,
+        create_only: bool = False,
+        max_per_tenant: int | None = None,
     ) -> list[Fence]:
         """Create or replace fences atomically (all or none), each with its version raised by one.
 
         ``if_match``: fence id -> the version the caller last saw (HTTP If-Match); a
         mismatch raises VersionConflict and nothing is written. A fence id owned by
-        another tenant raises NotFound.
+        another tenant raises IdTaken. ``max_per_tenant``: a tenant that would hold more
+        fences than this gets LimitExceeded, checked in the same transaction as the write.
         """
         fences = list(fences)
         keys = [self.keys.fence(f.id) for f in fences]
+        tenants = sorted({f.tenant for f in fences})
         while True:
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:
-                    await pipe.watch(*keys)
+                    await pipe.watch(*keys, *(self.keys.tenant_fences(t) for t in tenants))
                     current = await pipe.mget(keys) if keys else []
+                    if max_per_tenant is not None:
+                        await self._check_quota(pipe, fences, current, max_per_tenant)
                     now = time.time()
                     stored: list[Fence] = []
                     for fence, raw in zip(fences, current):
                         old = Fence.from_json(raw) if raw is not None else None
                         if old is not None and old.tenant != fence.tenant:
-                            raise NotFound(f"fence id {fence.id!r} is taken")
+                            raise IdTaken(f"fence id {fence.id!r} is taken: choose another")
                         if create_only and old is not None:
                             raise VersionConflict(None, old.version)
                         expected = (if_match or {}).get(fence.id)
@@ -198,6 +218,19 @@ class RedisStore:
                     return stored
                 except WatchError:
                     continue
+
+    async def _check_quota(self, pipe: Any, fences: list[Fence], current: list[Any], limit: int) -> None:
+        new: dict[str, int] = {}
+        for fence, raw in zip(fences, current):
+            if raw is None:
+                new[fence.tenant] = new.get(fence.tenant, 0) + 1
+        for tenant, n in new.items():
+            held = int(await pipe.scard(self.keys.tenant_fences(tenant)))
+            if held + n > limit:
+                raise LimitExceeded(
+                    f"the farm holds {held} fences; {n} more would pass its limit of {limit}",
+                    "max_fences_per_tenant",
+                )
 
     @_guard
     async def delete_fence(self, tenant: str, fid: str, if_match: int | None = None) -> Fence:
@@ -285,6 +318,26 @@ class RedisStore:
                 for device_id, tenant in chunk.items():
                     self._feed(pipe, "device", "upsert", device_id, tenant, 1)
                 await pipe.execute()
+
+    @_guard
+    async def claim_device(self, device_id: str, tenant: str) -> str:
+        """Register an unregistered device to ``tenant``, atomically (set-if-absent, with its
+        change-feed entry in the same transaction); returns the device's owner after the claim:
+        ``tenant`` unless another tenant holds it. A transfer is :meth:`register_devices`."""
+        while True:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(self.keys.devices)
+                    owner = await pipe.hget(self.keys.devices, device_id)
+                    if owner is not None:
+                        return str(owner.decode())
+                    pipe.multi()
+                    pipe.hset(self.keys.devices, device_id, tenant)
+                    self._feed(pipe, "device", "upsert", device_id, tenant, 1)
+                    await pipe.execute()
+                    return tenant
+                except WatchError:
+                    continue
 
     @_guard
     async def device_tenants(self) -> dict[str, str]:
@@ -436,8 +489,47 @@ class RedisStore:
         return bool(await self.redis.hexists(self.keys.tenants, tenant))
 
     @_guard
-    async def add_api_key(self, tenant: str, api_key: str) -> None:
-        await self.redis.set(self.keys.api_key(key_digest(api_key)), tenant)
+    async def add_api_key(self, tenant: str, api_key: str) -> str:
+        """Store a key (its hash only) for ``tenant``; returns its id (:func:`key_id`)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            self._add_key(pipe, tenant, api_key)
+            await pipe.execute()
+        return key_id(api_key)
+
+    def _add_key(self, pipe: Any, tenant: str, api_key: str) -> None:
+        digest = key_digest(api_key)
+        pipe.set(self.keys.api_key(digest), tenant)
+        record = orjson.dumps({"digest": digest, "created_at": time.time()})
+        pipe.hset(self.keys.tenant_keys(tenant), key_id(api_key), record)
+
+    @_guard
+    async def api_keys(self, tenant: str) -> list[dict[str, Any]]:
+        """Tenant's keys as ``{"id", "created_at"}``, oldest first (never the key nor its hash)."""
+        raw = await self.redis.hgetall(self.keys.tenant_keys(tenant))
+        keys = [{"id": k.decode(), "created_at": orjson.loads(v)["created_at"]} for k, v in raw.items()]
+        return sorted(keys, key=lambda k: (k["created_at"], k["id"]))
+
+    @_guard
+    async def replace_api_key(self, tenant: str, old_id: str, new_key: str | None) -> bool:
+        """Revoke the tenant's key ``old_id`` and, in the same transaction, add ``new_key``
+        (a rotation; None only revokes). False if the tenant has no key with that id."""
+        index = self.keys.tenant_keys(tenant)
+        while True:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(index)
+                    raw = await pipe.hget(index, old_id)
+                    if raw is None:
+                        return False
+                    pipe.multi()
+                    pipe.delete(self.keys.api_key(orjson.loads(raw)["digest"]))
+                    pipe.hdel(index, old_id)
+                    if new_key is not None:
+                        self._add_key(pipe, tenant, new_key)
+                    await pipe.execute()
+                    return True
+                except WatchError:
+                    continue
 
     @_guard
     async def tenant_for_key(self, api_key: str) -> str | None:
@@ -470,6 +562,17 @@ class RedisStore:
         return got[0][0].decode() if got else "0-0"
 
     @_guard
-    async def follow(self, tenant: str, after: str, block_ms: int = 15_000) -> list[tuple[str, dict[str, Any]]]:
-        got = await self.redis.xread({self.keys.events(tenant): after}, block=block_ms, count=1000)
-        return [(i.decode(), orjson.loads(f[b"e"])) for _s, entries in got or [] for i, f in entries]
+    async def follow(
+        self, after: Mapping[str, str], block_ms: int = 1000, count: int = 1000
+    ) -> list[tuple[str, str, dict[str, Any]]]:
+        """Events after the given ids in these tenants' histories, as (tenant, id, event),
+        waiting up to ``block_ms``: one blocking read however many tenants."""
+        if not after:
+            return []
+        names = {self.keys.events(t): t for t in after}
+        got = await self.redis.xread({k: after[t] for k, t in names.items()}, block=block_ms, count=count)
+        return [
+            (names[stream.decode()], i.decode(), orjson.loads(f[b"e"]))
+            for stream, entries in got or []
+            for i, f in entries
+        ]

@@ -15,9 +15,10 @@ from fencex.errors import StoreUnavailable
 from fencex.follower import FenceFollower
 from fencex.kafka.producer import Producer
 from fencex.store.redis import RedisStore
-from services.api.fastpath import ApiEdge
+from services.api.fastpath import ApiEdge, flat_routes, role_of
+from services.api.openapi import install as install_openapi
 from services.api.problem import install as install_problems
-from services.api.routers import admin, devices, events, fences, locations, query
+from services.api.routers import admin, devices, events, fences, keys, locations, query
 from services.api.settings import Settings
 from services.api.state import ApiCollector, ApiState, PullMetrics
 
@@ -50,7 +51,7 @@ def create_app(settings: Settings) -> ApiEdge:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(_start(state))]
+        tasks = [asyncio.create_task(_start(state)), asyncio.create_task(state.hub.run())]
         yield
         for t in tasks:
             t.cancel()
@@ -64,19 +65,21 @@ def create_app(settings: Settings) -> ApiEdge:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        generate_unique_id_function=lambda route: route.name,  # operationIds: the handlers' names
         openapi_tags=[
             {"name": "fences", "description": "pastures drawn by farmers"},
             {"name": "queries", "description": "point-in-fence and devices-in-area"},
             {"name": "devices"},
             {"name": "events"},
             {"name": "ingest"},
+            {"name": "keys", "description": "my farm's API keys"},
             {"name": "admin", "description": "operator only: the admin key"},
             {"name": "operations"},
         ],
     )
     app.state.fencex = state
     install_problems(app)
-    for r in (fences.router, query.router, devices.router, events.router, locations.router, admin.router):
+    for r in (fences.router, query.router, devices.router, events.router, locations.router, keys.router, admin.router):
         app.include_router(r)
 
     @app.get(
@@ -115,6 +118,7 @@ def create_app(settings: Settings) -> ApiEdge:
             orjson.dumps({"status": "ready" if ok else "not ready", "checks": checks}),
             status_code=200 if ok else 503,
             media_type="application/json",
+            headers=None if ok else {"Retry-After": "2"},
         )
 
     @app.get(
@@ -126,6 +130,13 @@ def create_app(settings: Settings) -> ApiEdge:
     async def metrics_page() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    def role(method: str, path: str) -> str | None:
+        for r in flat_routes(app.routes):
+            if getattr(r, "path_format", None) == path and method in (getattr(r, "methods", None) or ()):
+                return role_of(r)
+        return None
+
+    install_openapi(app, role)
     return ApiEdge(app, state)
 
 

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from fencex.errors import InvalidInput, NotFound, Unavailable, VersionConflict
+from fencex.errors import IdTaken, InvalidInput, LimitExceeded, NotFound, Unavailable, VersionConflict
 
 PROBLEM = "application/problem+json"
 TITLES = {
@@ -24,16 +24,29 @@ TITLES = {
     413: "Content too large",
     422: "Unprocessable content",
     428: "Precondition required",
+    429: "Too many requests",
+    500: "Internal server error",
     503: "Service unavailable",
 }
 
 
 class Problem(Exception):
-    def __init__(self, status: int, detail: str, **extra: Any) -> None:
+    """Raise to answer with a problem: the status, a sentence saying what is wrong, extra headers
+    (``Retry-After``, ``WWW-Authenticate``) and extension members of the body."""
+
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.headers = headers
         self.extra = extra
+
+    def asgi(self, instance: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        """Status, body and headers, for answering from raw ASGI exactly as FastAPI would."""
+        body = problem_body(self.status, self.detail, instance, **self.extra)
+        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (self.headers or {}).items()]
+        headers += [(b"content-length", str(len(body)).encode()), (b"content-type", PROBLEM.encode())]
+        return self.status, body, headers
 
 
 def problem_body(status: int, detail: str, instance: str | None = None, **extra: Any) -> bytes:
@@ -56,7 +69,7 @@ def problem(
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> Response:
-        return problem(exc.status, exc.detail, request.url.path, **exc.extra)
+        return problem(exc.status, exc.detail, request.url.path, headers=exc.headers, **exc.extra)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
@@ -77,6 +90,14 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(InvalidInput)
     async def _invalid(request: Request, exc: InvalidInput) -> Response:
         return problem(422, str(exc), request.url.path)
+
+    @app.exception_handler(LimitExceeded)
+    async def _limit(request: Request, exc: LimitExceeded) -> Response:
+        return problem(413 if exc.too_large else 422, str(exc), request.url.path, limit=exc.limit)
+
+    @app.exception_handler(IdTaken)
+    async def _taken(request: Request, exc: IdTaken) -> Response:
+        return problem(409, str(exc), request.url.path)
 
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound) -> Response:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Path
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
+from pydantic.fields import FieldInfo
 
 from fencex.fence import FenceId, FenceProperties
+
+DeviceId = Annotated[str, Field(min_length=1, max_length=128, examples=["collar-7"])]
+DeviceIdPath = Annotated[str, Path(min_length=1, max_length=128, description="the collar's id", examples=["collar-7"])]
+TenantId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
 
 EXAMPLE_POLYGON = {
     "type": "Polygon",
@@ -14,13 +20,56 @@ EXAMPLE_POLYGON = {
 }
 
 
-class Geometry(BaseModel):
-    """A GeoJSON Polygon or MultiPolygon, longitude first (RFC 7946)."""
+Position = Annotated[
+    list[Annotated[float, Field(strict=True, allow_inf_nan=False)]],
+    Field(min_length=2, max_length=3),
+    WithJsonSchema(
+        {
+            "type": "array",
+            "description": "[longitude, latitude] or [longitude, latitude, altitude]: numbers only, "
+            "longitude first (values a hair outside the range, floating-point noise, are clamped)",
+            "prefixItems": [
+                {"type": "number", "minimum": -180, "maximum": 180},
+                {"type": "number", "minimum": -90, "maximum": 90},
+            ],
+            "items": {"type": "number"},
+            "minItems": 2,
+            "maxItems": 3,
+        }
+    ),
+]
+Ring = Annotated[
+    list[Position],
+    Field(
+        min_length=4,
+        description="a closed ring: at least 4 positions, the last equal to the first; "
+        "rings must not cross themselves or each other",
+    ),
+]
+PolygonCoordinates = Annotated[list[Ring], Field(min_length=1, description="the outer ring, then any holes")]
 
-    model_config = ConfigDict(extra="allow", json_schema_extra={"example": EXAMPLE_POLYGON})
 
-    type: Literal["Polygon", "MultiPolygon"]
-    coordinates: list[Any]
+class Polygon(BaseModel):
+    """A GeoJSON Polygon, longitude first (RFC 7946). Only ``type`` and ``coordinates`` are
+    kept: other members are dropped."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"example": EXAMPLE_POLYGON})
+
+    type: Literal["Polygon"]
+    coordinates: PolygonCoordinates
+
+
+class MultiPolygon(BaseModel):
+    """A GeoJSON MultiPolygon: polygons that must not overlap. Only ``type`` and
+    ``coordinates`` are kept."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["MultiPolygon"]
+    coordinates: Annotated[list[PolygonCoordinates], Field(min_length=1)]
+
+
+Geometry = Annotated[Polygon | MultiPolygon, Field(discriminator="type")]
 
 
 class FenceCreate(BaseModel):
@@ -43,17 +92,25 @@ class FenceCreate(BaseModel):
     properties: FenceProperties = Field(default_factory=FenceProperties)
 
 
-class FenceUpdate(BaseModel):
-    """PATCH: the properties to change; the others stay."""
+def _optional_fields(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's fields with the same types and constraints, each left out by default."""
+    fields: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        field = FieldInfo.merge_field_infos(info, default=None)
+        field.default_factory = None
+        fields[name] = (info.annotation, field)
+    return fields
 
-    model_config = ConfigDict(
+
+# PATCH: the core's fence properties, each optional: the same constraints as FenceProperties.
+FenceUpdate = create_model(
+    "FenceUpdate",
+    __config__=ConfigDict(
         extra="forbid", json_schema_extra={"example": {"name": "North paddock (rested)", "dwell_s": 900}}
-    )
-
-    name: str | None = Field(None, max_length=200)
-    tags: list[str] | None = Field(None, max_length=50)
-    dwell_s: float | None = Field(None, gt=0)
-    exit_buffer_m: float | None = Field(None, ge=0, le=10_000)
+    ),
+    __doc__="PATCH: the properties to change; the others stay. null clears dwell_s or exit_buffer_m.",
+    **_optional_fields(FenceProperties),
+)
 
 
 class FencePublicProperties(FenceProperties):
@@ -111,7 +168,7 @@ class FenceImport(BaseModel):
     )
 
     type: Literal["FeatureCollection"] = "FeatureCollection"
-    features: list[dict[str, Any]] = Field(max_length=10_000)
+    features: list[FenceCreate] = Field(max_length=10_000)
 
 
 class FenceRef(BaseModel):
@@ -192,8 +249,8 @@ class DevicePublic(BaseModel):
 class DeviceRegistration(BaseModel):
     model_config = ConfigDict(json_schema_extra={"example": {"device_id": "collar-7", "tenant": "hillside-farm"}})
 
-    device_id: str
-    tenant: str
+    device_id: DeviceId
+    tenant: TenantId
 
 
 class DeviceQuery(BaseModel):
@@ -219,15 +276,25 @@ class DeviceHit(BaseModel):
 class TenantCreate(BaseModel):
     model_config = ConfigDict(json_schema_extra={"example": {"id": "hillside-farm", "name": "Hillside Farm"}})
 
-    id: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    id: TenantId = Field(description='a farm\'s id; "default" is reserved (devices of no farm)')
     name: str = Field("", max_length=200)
 
 
 class TenantKey(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"example": {"tenant": "hillside-farm", "api_key": "fx_3q2...k9"}})
+    model_config = ConfigDict(
+        json_schema_extra={"example": {"tenant": "hillside-farm", "id": "3f9a0c2b7d1e4a55", "api_key": "fx_3q2...k9"}}
+    )
 
     tenant: str
+    id: str = Field(description="the key's public id: to list, revoke or rotate it")
     api_key: str = Field(description="shown once: store it; the server keeps only its hash")
+
+
+class KeyInfo(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"id": "3f9a0c2b7d1e4a55", "created_at": 1780000000.0}})
+
+    id: str = Field(description="the key's public id (a prefix of its hash), never the key")
+    created_at: float = Field(description="unix seconds")
 
 
 class LocationsAccepted(BaseModel):

@@ -9,13 +9,18 @@ from services.settings import ServiceSettings
 
 class Settings(ServiceSettings):
     admin_key: SecretStr = SecretStr("")  # empty: the admin endpoints are off
-    default_tenant: str = "default"
-    max_vertices: int = 10_000
-    max_body_bytes: int = 20 * 1024 * 1024
+    # Limits (each refusal is a problem that names the setting)
+    max_body_bytes: int = 20 * 1024 * 1024  # a request body, counted as it streams in (413)
+    max_vertices: int = 10_000  # positions in one fence (422)
+    max_fence_bytes: int = 1_000_000  # one stored fence, as JSON (413)
+    max_fences_per_tenant: int = 10_000  # fences one farm may hold (422)
     max_batch_points: int = 100_000
     max_fixes_per_request: int = 10_000
-    page_limit: int = 100
-    key_cache_s: float = 10.0
+    sse_max_per_tenant: int = 10  # live event streams one farm may hold open on one API process (429)
+    sse_max_per_process: int = 500  # live event streams on one API process, all farms (429)
+    rate_limit_per_s: float = 50_000.0  # requests a second per API key per process; 0 turns it off (429)
+    rate_limit_burst: float = 50_000.0
+    key_cache_s: float = 10.0  # a revoked key may still work this long on other API processes
     host: str = "0.0.0.0"
     port: int = 8000
     workers: int = 1  # API processes (granian workers)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -12,10 +11,14 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from fencex import heap
+from fencex.errors import Unavailable
 from fencex.follower import FenceFollower
 from fencex.kafka.producer import Producer
 from fencex.metrics import process_collectors
+from fencex.retrying import retrying
 from fencex.store.redis import RedisStore
+from services.api.auth import RateLimiter
+from services.api.hub import EventHub
 from services.api.settings import Settings
 
 log = logging.getLogger("fencex.api")
@@ -67,6 +70,21 @@ class ApiState:
     ready: bool = False
     broker_ok: bool = False
     _keys: dict[str, tuple[str | None, float]] = field(default_factory=dict)
+    admin_key: bytes = b""
+    limiter: RateLimiter = field(init=False)
+    hub: EventHub = field(init=False)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.admin_key = s.admin_key.get_secret_value().encode()
+        self.limiter = RateLimiter(s.rate_limit_per_s, s.rate_limit_burst)
+        self.hub = EventHub(
+            self.store, s.sse_max_per_tenant, s.sse_max_per_process, on_error=lambda e: self.metrics.store_errors.inc()
+        )
+
+    def forget_keys(self) -> None:
+        """Drop this process's key cache (after a key is revoked or rotated here)."""
+        self._keys.clear()
 
     async def tenant_for_key(self, api_key: str) -> str | None:
         hit = self._keys.get(api_key)
@@ -80,34 +98,24 @@ class ApiState:
         return tenant
 
     async def start(self) -> None:
-        """Connect, retrying with a clear log line while Redis or the broker are down."""
-        delay = 1.0
-        while True:
-            try:
-                await self.store.connect()
-                await self.follower.load()
-                break
-            except Exception as exc:  # noqa: BLE001 - StoreUnavailable and friends: wait and retry
-                log.warning("waiting for redis at %s: %s (retrying in %.0f s)", self.settings.redis_url, exc, delay)
-                await self.store.close()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        """Connect and load the fences, waiting (and saying so in the log) while Redis is down."""
+        async for attempt in retrying(f"waiting for redis at {self.settings.redis_url}", (Unavailable,), logger=log):
+            with attempt:
+                try:
+                    await self.store.connect()
+                    await self.follower.load()
+                except Unavailable:
+                    await self.store.close()
+                    raise
         heap.settle()  # fences and the index are loaded: out of the collector's sight
         self.ready = True
         log.info("api ready: %d fences in the index", len(self.follower.index))
 
     async def connect_broker(self) -> None:
-        delay = 1.0
-        while not self.broker_ok:
-            try:
+        async for attempt in retrying(f"waiting for the broker at {self.settings.kafka_bootstrap}", logger=log):
+            with attempt:
                 await self.producer.start()
-                self.broker_ok = True
-            except Exception as exc:  # noqa: BLE001
-                log.warning(
-                    "waiting for the broker at %s: %s (retrying in %.0f s)", self.settings.kafka_bootstrap, exc, delay
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        self.broker_ok = True
 
 
 class ApiCollector(Collector):

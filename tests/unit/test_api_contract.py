@@ -33,6 +33,11 @@ EXPECTED = {
     ("post", "/admin/tenants"),
     ("post", "/admin/tenants/{tenant}/keys"),
     ("put", "/admin/devices/{device_id}"),
+    ("get", "/admin/tenants/{tenant}/keys"),
+    ("delete", "/admin/tenants/{tenant}/keys/{key_id}"),
+    ("post", "/admin/tenants/{tenant}/keys/{key_id}/rotate"),
+    ("get", "/keys"),
+    ("post", "/keys/rotate"),
 }
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, status
 
 from fencex.event import rfc3339
 from services.api.deps import State, Store, Tenant
 from services.api.problem import Problem
 from services.api.routers.fences import FenceIdPath
-from services.api.schema import DeviceInFence, DevicePublic, DeviceRegistration
+from services.api.schema import DeviceIdPath, DeviceInFence, DevicePublic, DeviceRegistration
 
 router = APIRouter(tags=["devices"])
 
@@ -19,7 +21,7 @@ router = APIRouter(tags=["devices"])
     summary="Where is this device, which fences is it in, when was it last seen",
     responses={404: {"description": "no fix from this device yet, or another farm's device"}},
 )
-async def get_device(device_id: str, tenant: Tenant, store: Store, state: State) -> dict:
+async def get_device(device_id: DeviceIdPath, tenant: Tenant, store: Store, state: State) -> dict[str, Any]:
     s = await store.device_state(tenant, device_id)
     state.metrics.queries.labels("device").inc()
     return {
@@ -38,16 +40,18 @@ async def get_device(device_id: str, tenant: Tenant, store: Store, state: State)
     response_model=DeviceRegistration,
     status_code=status.HTTP_200_OK,
     summary="Register a collar to my farm (one not registered to another farm)",
-    responses={409: {"description": "the device belongs to another farm"}},
+    description="The claim is atomic: of two farms claiming one collar at once, one gets 200 and the other 409. "
+    "A claim shows nothing from before it: what an unregistered collar sent belongs to no farm, and the "
+    "device starts afresh for its new farm at its first fix after the claim. Moving a registered collar "
+    "to another farm is the operator's (PUT /admin/devices/{device_id}).",
+    responses={
+        409: {"description": "the device belongs to another farm"},
+    },
 )
-async def claim_device(device_id: str, tenant: Tenant, store: Store) -> dict:
-    if not device_id or len(device_id) > 128:
-        raise Problem(422, "device ids are 1 to 128 characters")
-    owner = await store.device_tenant(device_id)
-    if owner is not None and owner != tenant:
+async def claim_device(device_id: DeviceIdPath, tenant: Tenant, store: Store) -> dict[str, Any]:
+    owner = await store.claim_device(device_id, tenant)
+    if owner != tenant:
         raise Problem(409, "this device is registered to another farm; ask the operator to move it")
-    if owner is None:
-        await store.register_device(device_id, tenant)
     return {"device_id": device_id, "tenant": tenant}
 
 
@@ -57,7 +61,7 @@ async def claim_device(device_id: str, tenant: Tenant, store: Store) -> dict:
     tags=["fences"],
     summary="Which devices are inside this fence now, and since when",
 )
-async def fence_devices(fence_id: FenceIdPath, tenant: Tenant, store: Store, state: State) -> list[dict]:
+async def fence_devices(fence_id: FenceIdPath, tenant: Tenant, store: Store, state: State) -> list[dict[str, Any]]:
     await store.get_fence(tenant, fence_id)  # 404 unless it is the caller's
     state.metrics.queries.labels("fence_devices").inc()
     return [{"device_id": d, "since": rfc3339(since)} for d, since in await store.devices_inside(tenant, fence_id)]

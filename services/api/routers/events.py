@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
 from fencex.errors import Unavailable
 from services.api.deps import State, Store, Tenant
+from services.api.hub import entry_key
 from services.api.problem import Problem
 
 router = APIRouter(prefix="/events", tags=["events"])
+LAST_EVENT_ID = re.compile(r"[0-9]{1,20}(?:-[0-9]{1,20})?")
+KEEP_ALIVE_S = 15.0
 EXAMPLE_EVENT = {
     "event_id": "5f0c3a0e2b1d4f7a9c8e6d5b4a392817",
     "type": "enter",
@@ -95,44 +99,58 @@ async def history(
     },
 )
 async def stream(
-    request: Request,
     tenant: Tenant,
     store: Store,
     state: State,
-    device: Annotated[str | None, Query()] = None,
-    fence: Annotated[str | None, Query()] = None,
-    last_event_id: Annotated[str | None, Header()] = None,
+    device: Annotated[str | None, Query(description="only this device")] = None,
+    fence: Annotated[str | None, Query(description="only this fence")] = None,
+    last_event_id: Annotated[
+        str | None, Header(description="the id of the last event you received: the stream resumes after it")
+    ] = None,
 ) -> StreamingResponse:
-    start = last_event_id or "$"
-    if start != "$" and not all(p.isdigit() for p in start.split("-", 1)):
+    if last_event_id is not None and not LAST_EVENT_ID.fullmatch(last_event_id):
         raise Problem(422, "Last-Event-ID must be an id this stream sent")
+    hub = state.hub
+    hub.check(tenant)  # 429 before touching Redis
+    newest = await store.last_event_id(tenant)  # and a 503 now while Redis is down, not a silent stream
+    start = last_event_id or newest
+    sub = hub.subscribe(tenant, start)
+    state.sse_clients += 1
+
+    def frame(entry_id: str, e: dict[str, Any]) -> bytes:
+        return b"id: %s\nevent: %s\ndata: %s\n\n" % (entry_id.encode(), e["type"].encode(), orjson.dumps(e))
 
     async def events() -> AsyncIterator[bytes]:
-        nonlocal start
-        state.sse_clients += 1
         try:
-            if start == "$":
-                start = await store.last_event_id(tenant)
             yield b": connected\n\n"
-            while not await request.is_disconnected():
+            sent = entry_key(start)
+            cursor = start
+            while True:  # catch up from the history: what came after start, before the reader had us
                 try:
-                    got = await store.follow(tenant, start, block_ms=5000)
+                    chunk = await store.history(tenant, cursor, 1000)
                 except Unavailable:
-                    yield b": redis unavailable, retrying\n\n"
-                    await asyncio.sleep(1.0)
-                    continue
-                if not got:
+                    break  # the reader hands us the rest when Redis is back
+                for entry_id, e in chunk:
+                    sent = max(sent, entry_key(entry_id))
+                    if _matches(e, device, fence, None):
+                        yield frame(entry_id, e)
+                if len(chunk) < 1000:
+                    break
+                cursor = chunk[-1][0]
+            while not sub.overflowed:
+                try:
+                    entry_id, e = await asyncio.wait_for(sub.queue.get(), KEEP_ALIVE_S)
+                except TimeoutError:
                     yield b": keep-alive\n\n"
                     continue
-                for entry_id, e in got:
-                    start = entry_id
-                    if _matches(e, device, fence, None):
-                        yield b"id: %s\nevent: %s\ndata: %s\n\n" % (
-                            entry_id.encode(),
-                            e["type"].encode(),
-                            orjson.dumps(e),
-                        )
+                key = entry_key(entry_id)
+                if key <= sent:
+                    continue
+                sent = key
+                if _matches(e, device, fence, None):
+                    yield frame(entry_id, e)
         finally:
+            hub.unsubscribe(sub)
             state.sse_clients -= 1
 
     return StreamingResponse(

@@ -7,12 +7,14 @@ from typing import Annotated, Any
 
 import shapely
 from fastapi import APIRouter, Header, Path, Query, Response, status
+from pydantic import ValidationError
 
-from fencex.errors import InvalidFence, VersionConflict
+from fencex.errors import InvalidFence, LimitExceeded, VersionConflict
 from fencex.fence import Fence, FenceProperties, parse_geometry
 from services.api.deps import State, Store, Tenant
 from services.api.problem import Problem
 from services.api.schema import FenceCollection, FenceCreate, FenceImport, FencePublic, FenceUpdate
+from services.api.settings import Settings
 
 router = APIRouter(prefix="/fences", tags=["fences"])
 FenceIdPath = Annotated[str, Path(description="the fence's id", examples=["north-paddock"])]
@@ -39,9 +41,37 @@ def parse_if_match(value: str | None) -> int | None:
         raise Problem(412, f'If-Match {value!r} is not a fence ETag (they look like "3")') from None
 
 
-def build(tenant: str, fid: str, geometry: dict[str, Any], props: FenceProperties, max_vertices: int) -> Fence:
-    parse_geometry(geometry, max_vertices)  # raises InvalidFence with the reason
-    return Fence(id=fid, tenant=tenant, geometry=geometry, **props.model_dump())
+def build(tenant: str, fid: str, geometry: dict[str, Any], props: FenceProperties, settings: Settings) -> Fence:
+    """The fence to store, within the limits: vertices (422) and bytes (413), each named."""
+    vertices = sum(len(ring) for polygon in polygons(geometry) for ring in polygon)
+    if vertices > settings.max_vertices:
+        raise LimitExceeded(
+            f"the fence has {vertices} vertices, more than the limit of {settings.max_vertices}", "max_vertices"
+        )
+    parse_geometry(geometry, settings.max_vertices)  # raises InvalidFence with the reason
+    try:
+        fence = Fence(id=fid, tenant=tenant, geometry=geometry, **props.model_dump())
+    except ValidationError as exc:  # the core's own checks: a 422 that says which
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        raise InvalidFence(f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg"))) from None
+    return within_bytes(fence, settings)
+
+
+def polygons(geometry: dict[str, Any]) -> list[Any]:
+    coordinates = geometry.get("coordinates") or []
+    return list(coordinates) if geometry.get("type") == "MultiPolygon" else [coordinates]
+
+
+def within_bytes(fence: Fence, settings: Settings) -> Fence:
+    size = len(fence.to_json())
+    if size > settings.max_fence_bytes:
+        raise LimitExceeded(
+            f"fence {fence.id!r} is {size} bytes stored; the limit is {settings.max_fence_bytes}",
+            "max_fence_bytes",
+            too_large=True,
+        )
+    return fence
 
 
 def public(fence: Fence) -> dict[str, Any]:
@@ -58,11 +88,15 @@ def public(fence: Fence) -> dict[str, Any]:
         422: {"description": "invalid geometry or properties"},
     },
 )
-async def create_fence(body: FenceCreate, tenant: Tenant, store: Store, state: State, response: Response) -> dict:
+async def create_fence(
+    body: FenceCreate, tenant: Tenant, store: Store, state: State, response: Response
+) -> dict[str, Any]:
     fid = body.id or uuid.uuid4().hex[:12]
-    fence = build(tenant, fid, body.geometry.model_dump(), body.properties, state.settings.max_vertices)
+    fence = build(tenant, fid, body.geometry.model_dump(), body.properties, state.settings)
     try:
-        (stored,) = await store.put_fences([fence], create_only=True)
+        (stored,) = await store.put_fences(
+            [fence], create_only=True, max_per_tenant=state.settings.max_fences_per_tenant
+        )
     except VersionConflict:
         raise Problem(409, f"fence {fid!r} exists: PUT /fences/{fid} replaces it") from None
     response.headers["ETag"] = etag(stored)
@@ -82,7 +116,7 @@ async def list_fences(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> dict:
+) -> dict[str, Any]:
     fences = await store.fences(tenant)
     if tag:
         fences = [f for f in fences if tag in f.tags]
@@ -113,30 +147,27 @@ async def list_fences(
     response_model=FenceCollection,
     summary="Import a whole FeatureCollection: all fences or none",
 )
-async def import_fences(body: FenceImport, tenant: Tenant, store: Store, state: State) -> dict:
+async def import_fences(body: FenceImport, tenant: Tenant, store: Store, state: State) -> dict[str, Any]:
     fences, errors = [], []
     seen: set[str] = set()
-    for i, feature in enumerate(body.features):
+    for i, item in enumerate(body.features):
+        fid = item.id or uuid.uuid4().hex[:12]
         try:
-            item = FenceCreate.model_validate(feature)
-            fid = item.id or uuid.uuid4().hex[:12]
             if fid in seen:
                 raise InvalidFence(f"id {fid!r} appears twice in the collection")
             seen.add(fid)
-            fences.append(build(tenant, fid, item.geometry.model_dump(), item.properties, state.settings.max_vertices))
-        except (InvalidFence, ValueError) as exc:
-            errors.append(
-                {
-                    "feature": i,
-                    "id": feature.get("id") if isinstance(feature, dict) else None,
-                    "message": str(exc).splitlines()[0] if not isinstance(exc, InvalidFence) else str(exc),
-                }
-            )
+            fences.append(build(tenant, fid, item.geometry.model_dump(), item.properties, state.settings))
+        except LimitExceeded:
+            raise
+        except InvalidFence as exc:
+            errors.append({"feature": i, "id": item.id, "message": str(exc)})
     if errors:
         raise Problem(
             422, f"{len(errors)} of {len(body.features)} features are invalid; nothing was imported", errors=errors
         )
-    stored = await store.put_fences(fences)
+    if not fences:
+        return {"type": "FeatureCollection", "features": [], "total": 0, "next_offset": None}
+    stored = await store.put_fences(fences, max_per_tenant=state.settings.max_fences_per_tenant)
     return {
         "type": "FeatureCollection",
         "features": [public(f) for f in stored],
@@ -151,7 +182,7 @@ async def import_fences(body: FenceImport, tenant: Tenant, store: Store, state: 
     summary="Read one fence",
     responses={404: {"description": "no such fence (or another farm's)"}},
 )
-async def get_fence(fence_id: FenceIdPath, tenant: Tenant, store: Store, response: Response) -> dict:
+async def get_fence(fence_id: FenceIdPath, tenant: Tenant, store: Store, response: Response) -> dict[str, Any]:
     fence = await store.get_fence(tenant, fence_id)
     response.headers["ETag"] = etag(fence)
     return public(fence)
@@ -171,12 +202,16 @@ async def replace_fence(
     state: State,
     response: Response,
     if_match: IfMatch = None,
-) -> dict:
+) -> dict[str, Any]:
     if body.id is not None and body.id != fence_id:
         raise Problem(422, f"the body's id {body.id!r} differs from the URL's {fence_id!r}")
-    fence = build(tenant, fence_id, body.geometry.model_dump(), body.properties, state.settings.max_vertices)
+    fence = build(tenant, fence_id, body.geometry.model_dump(), body.properties, state.settings)
     expected = parse_if_match(if_match)
-    (stored,) = await store.put_fences([fence], if_match={fence_id: expected} if expected is not None else None)
+    (stored,) = await store.put_fences(
+        [fence],
+        if_match={fence_id: expected} if expected is not None else None,
+        max_per_tenant=state.settings.max_fences_per_tenant,
+    )
     response.headers["ETag"] = etag(stored)
     if stored.version == 1:
         response.status_code = status.HTTP_201_CREATED
@@ -190,14 +225,20 @@ async def replace_fence(
     responses={412: {"description": "If-Match does not match the current version"}},
 )
 async def patch_fence(
-    fence_id: FenceIdPath, body: FenceUpdate, tenant: Tenant, store: Store, response: Response, if_match: IfMatch = None
-) -> dict:
+    fence_id: FenceIdPath,
+    body: FenceUpdate,
+    tenant: Tenant,
+    store: Store,
+    state: State,
+    response: Response,
+    if_match: IfMatch = None,
+) -> dict[str, Any]:
     current = await store.get_fence(tenant, fence_id)
     expected = parse_if_match(if_match)
     if expected is not None and expected != current.version:
         raise VersionConflict(expected, current.version)
     changes = body.model_dump(exclude_unset=True)
-    merged = Fence(**{**current.model_dump(), **changes})
+    merged = within_bytes(current.model_copy(update=changes), state.settings)
     (stored,) = await store.put_fences([merged], if_match={fence_id: current.version})
     response.headers["ETag"] = etag(stored)
     return public(stored)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import orjson
@@ -100,7 +100,7 @@ def _box_metres(geom) -> tuple[float, float, float, float]:
     response_model=list[DeviceHit],
     summary="Which of my devices are, by their last position, inside a polygon or within a radius",
 )
-async def devices_in(body: DeviceQuery, tenant: Tenant, store: Store, state: State) -> list[dict]:
+async def devices_in(body: DeviceQuery, tenant: Tenant, store: Store, state: State) -> list[dict[str, Any]]:
     if (body.polygon is None) == (body.point is None):
         raise Problem(422, "give either polygon, or point and radius_m")
     if body.polygon is not None:

@@ -19,6 +19,7 @@ from services.api.fastpath import ApiEdge, flat_routes, role_of
 from services.api.openapi import install as install_openapi
 from services.api.problem import install as install_problems
 from services.api.routers import admin, devices, events, fences, keys, locations, query
+from services.api.schema import FixIn
 from services.api.settings import Settings
 from services.api.state import ApiCollector, ApiState, PullMetrics
 
@@ -136,7 +137,7 @@ def create_app(settings: Settings) -> ApiEdge:
                 return role_of(r)
         return None
 
-    install_openapi(app, role)
+    install_openapi(app, role, (FixIn,))
     return ApiEdge(app, state)
 
 

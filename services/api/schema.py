@@ -19,7 +19,7 @@ StrictLon = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-180, le
 StrictLat = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-90, le=90)]
 
 
-EXAMPLE_POLYGON = {
+EXAMPLE_POLYGON: dict[str, Any] = {
     "type": "Polygon",
     "coordinates": [[[17.60, 59.80], [17.61, 59.80], [17.61, 59.81], [17.60, 59.81], [17.60, 59.80]]],
 }
@@ -131,7 +131,7 @@ class FencePublicProperties(FenceProperties):
     updated_at: float
 
 
-EXAMPLE_FEATURE = {
+EXAMPLE_FEATURE: dict[str, Any] = {
     "type": "Feature",
     "id": "north-paddock",
     "geometry": EXAMPLE_POLYGON,

@@ -123,15 +123,18 @@ class ApiEdge:
         self.state.metrics.duration.labels(route).observe(time.perf_counter() - started)
 
     async def _handle(self, scope: dict[str, Any], receive: Receive, send: Send, role: Role | None) -> int:
+        length = _header(scope, b"content-length")
+        has_body = (length is not None and length != "0") or _header(scope, b"transfer-encoding") is not None
+        # An answer given before the body is read ends the connection: the unread body is not a next request.
+        unread = {"Connection": "close"} if has_body else None
         if role is not None:
             try:
                 scope[SCOPE_KEY] = (role, await authenticate(self.state, _header(scope, b"authorization"), role))
             except Problem as p:
-                return await _answer(send, p, scope["path"])
-        length = _header(scope, b"content-length")
+                return await _answer(send, p, scope["path"], unread)
         if length is not None and length.isdigit() and int(length) > self._max_body:
-            return await _answer(send, self._too_large(f"the body is {int(length)} bytes"), scope["path"])
-        if (length is not None and length != "0") or _header(scope, b"transfer-encoding") is not None:
+            return await _answer(send, self._too_large(f"the body is {int(length)} bytes"), scope["path"], unread)
+        if has_body:
             chunks: list[bytes] = []
             size = 0
             while True:  # count what arrives: a chunked body has no Content-Length to trust
@@ -141,7 +144,8 @@ class ApiEdge:
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > self._max_body:
-                    return await _answer(send, self._too_large(f"the body is over {size} bytes"), scope["path"])
+                    problem = self._too_large(f"the body is over {size} bytes")
+                    return await _answer(send, problem, scope["path"], unread)
                 chunks.append(chunk)
                 if not message.get("more_body", False):
                     break
@@ -223,7 +227,9 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-async def _answer(send: Send, problem: Problem, instance: str) -> int:
+async def _answer(send: Send, problem: Problem, instance: str, extra: dict[str, str] | None = None) -> int:
+    if extra:
+        problem.headers = {**(problem.headers or {}), **extra}
     status, body, headers = problem.asgi(instance)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

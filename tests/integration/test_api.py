@@ -1,4 +1,4 @@
-"""The query API, black box: a real uvicorn process against the real broker and redis-server."""
+"""The query API, black box: a real API process (granian) against the real broker and redis-server."""
 
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -259,7 +260,12 @@ def main() -> None:
         )
         with (logs / "api.log").open("wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "services.api"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "services.api"],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # granian's workers too, stopped as a group
             )
         try:
             base = f"http://127.0.0.1:{port}"
@@ -275,7 +281,7 @@ def main() -> None:
                 time.sleep(0.2)
             code = _run(base, args.admin_key, args)
         finally:
-            proc.terminate()
+            os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(10)
     sys.exit(code)
 

@@ -10,6 +10,7 @@ import logging
 
 from granian import Granian
 from granian.constants import Interfaces, Loops, RuntimeModes
+from granian.log import LogLevels
 
 from services.api.settings import Settings
 
@@ -27,7 +28,7 @@ def main() -> None:
         runtime_mode=RuntimeModes.st,
         runtime_threads=1,
         websockets=False,
-        log_level=settings.log_level.lower(),
+        log_level=LogLevels(settings.log_level.lower()),
         respawn_failed_workers=True,
     ).serve()
 

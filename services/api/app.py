@@ -19,6 +19,7 @@ from services.api.fastpath import ApiEdge, flat_routes, role_of
 from services.api.openapi import install as install_openapi
 from services.api.problem import install as install_problems
 from services.api.routers import admin, devices, events, fences, keys, locations, query
+from services.api.schema import FixIn
 from services.api.settings import Settings
 from services.api.state import ApiCollector, ApiState, PullMetrics
 
@@ -35,7 +36,7 @@ send it back as `If-Match` and a write that would overwrite someone else's chang
 
 def create_app(settings: Settings) -> ApiEdge:
     """The ASGI app: FastAPI behind the edge layer (metrics, body limit, the direct point query)."""
-    disable_created_metrics()
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
     metrics = PullMetrics(registry)
     store = RedisStore(settings.redis_url, settings.key_prefix)
@@ -136,7 +137,7 @@ def create_app(settings: Settings) -> ApiEdge:
                 return role_of(r)
         return None
 
-    install_openapi(app, role)
+    install_openapi(app, role, (FixIn,))
     return ApiEdge(app, state)
 
 

@@ -80,12 +80,24 @@ class ApiEdge:
         self._max_body = state.settings.max_body_bytes
         self.routes = [(r, role_of(r)) for r in flat_routes(app.routes)]
 
-    def match(self, scope: dict[str, Any]) -> tuple[str, Role | None]:
-        """The route template (a metric label; "unmatched" when none) and the role it needs."""
+    def match(self, scope: dict[str, Any]) -> tuple[str, Role | None, set[str]]:
+        """The route template (a metric label; "unmatched" when none), the role it needs, and
+        when only the method is wrong, the methods the path allows."""
+        allowed: set[str] = set()
+        partial = None  # the first route whose path matches: its template's methods are allowed
         for route, role in self.routes:
-            if route.matches(scope)[0] is Match.FULL:
-                return getattr(route, "path", "unmatched"), role
-        return "unmatched", None
+            found = route.matches(scope)[0]
+            if found is Match.FULL:
+                return getattr(route, "path", "unmatched"), role, allowed
+            if found is Match.PARTIAL and getattr(route, "path", None) in (None, partial):
+                continue
+            if found is Match.PARTIAL and partial is None:
+                partial = getattr(route, "path", None)
+        if partial is not None:
+            for route, _ in self.routes:
+                if getattr(route, "path", None) == partial:
+                    allowed |= getattr(route, "methods", None) or set()
+        return "unmatched", None, allowed
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -100,21 +112,29 @@ class ApiEdge:
                 self.state.metrics.requests.labels(POINT_ROUTE, "GET", str(status)).inc()
             self._point_duration.observe(time.perf_counter() - started)
             return
-        route, role = self.match(scope)
-        status = await self._handle(scope, receive, send, role)
+        route, role, allowed = self.match(scope)
+        if route == "unmatched" and allowed:
+            allow = ", ".join(sorted(allowed))
+            problem = Problem(405, f"{scope['method']} is not allowed here; try {allow}", headers={"Allow": allow})
+            status = await _answer(send, problem, scope["path"])
+        else:
+            status = await self._handle(scope, receive, send, role)
         self.state.metrics.requests.labels(route, method_label(scope["method"]), str(status)).inc()
         self.state.metrics.duration.labels(route).observe(time.perf_counter() - started)
 
     async def _handle(self, scope: dict[str, Any], receive: Receive, send: Send, role: Role | None) -> int:
+        length = _header(scope, b"content-length")
+        has_body = (length is not None and length != "0") or _header(scope, b"transfer-encoding") is not None
+        # An answer given before the body is read ends the connection: the unread body is not a next request.
+        unread = {"Connection": "close"} if has_body else None
         if role is not None:
             try:
                 scope[SCOPE_KEY] = (role, await authenticate(self.state, _header(scope, b"authorization"), role))
             except Problem as p:
-                return await _answer(send, p, scope["path"])
-        length = _header(scope, b"content-length")
+                return await _answer(send, p, scope["path"], unread)
         if length is not None and length.isdigit() and int(length) > self._max_body:
-            return await _answer(send, self._too_large(f"the body is {int(length)} bytes"), scope["path"])
-        if (length is not None and length != "0") or _header(scope, b"transfer-encoding") is not None:
+            return await _answer(send, self._too_large(f"the body is {int(length)} bytes"), scope["path"], unread)
+        if has_body:
             chunks: list[bytes] = []
             size = 0
             while True:  # count what arrives: a chunked body has no Content-Length to trust
@@ -124,7 +144,8 @@ class ApiEdge:
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > self._max_body:
-                    return await _answer(send, self._too_large(f"the body is over {size} bytes"), scope["path"])
+                    problem = self._too_large(f"the body is over {size} bytes")
+                    return await _answer(send, problem, scope["path"], unread)
                 chunks.append(chunk)
                 if not message.get("more_body", False):
                     break
@@ -206,7 +227,9 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-async def _answer(send: Send, problem: Problem, instance: str) -> int:
+async def _answer(send: Send, problem: Problem, instance: str, extra: dict[str, str] | None = None) -> int:
+    if extra:
+        problem.headers = {**(problem.headers or {}), **extra}
     status, body, headers = problem.asgi(instance)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
+from pydantic import BaseModel
 
 from services.api.problem import PROBLEM, TITLES
 
@@ -26,6 +27,8 @@ PROBLEM_SCHEMA = {
     "additionalProperties": True,
 }
 WHY = {
+    400: "the body is not JSON",
+    405: "the method is not allowed here (see Allow)",
     401: "no API key, an unknown one, or the wrong kind (the admin key for farm data, or the reverse)",
     403: "the admin endpoints are off (no admin key set)",
     404: "no such resource, or another farm's",
@@ -62,7 +65,7 @@ def errors_of(op: dict[str, Any], role: str | None) -> set[int]:
     if op.get("parameters") or "requestBody" in op:
         out.add(422)
     if "requestBody" in op:
-        out.add(413)
+        out |= {400, 413}  # 400: the body is not JSON
     if any(p.get("in") == "path" for p in op.get("parameters", [])):
         out.add(404)
     if any(p.get("in") == "header" and p.get("name") == "if-match" for p in op.get("parameters", [])):
@@ -70,8 +73,11 @@ def errors_of(op: dict[str, Any], role: str | None) -> set[int]:
     return out
 
 
-def install(app: FastAPI, role_of_operation: Callable[[str, str], str | None]) -> None:
-    """Replace ``app.openapi`` with one that documents problems and links."""
+def install(
+    app: FastAPI, role_of_operation: Callable[[str, str], str | None], models: tuple[type[BaseModel], ...] = ()
+) -> None:
+    """Replace ``app.openapi`` with one that documents problems and links (and ``models`` that
+    bodies parsed by hand refer to)."""
     plain = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -80,6 +86,8 @@ def install(app: FastAPI, role_of_operation: Callable[[str, str], str | None]) -
         spec = plain()
         schemas = spec.setdefault("components", {}).setdefault("schemas", {})
         schemas["Problem"] = PROBLEM_SCHEMA
+        for model in models:
+            schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
         for name in ("HTTPValidationError", "ValidationError"):
             schemas.pop(name, None)
         ref = {"$ref": "#/components/schemas/Problem"}

@@ -84,7 +84,7 @@ def install(app: FastAPI) -> None:
         first = errors[0] if errors else {"location": [], "message": "invalid request"}
         where = ".".join(str(x) for x in first["location"])
         return problem(
-            422, f"{where}: {first['message']}" if where else first["message"], request.url.path, errors=errors
+            422, f"{where}: {first['message']}" if where else str(first["message"]), request.url.path, errors=errors
         )
 
     @app.exception_handler(InvalidInput)

@@ -5,16 +5,21 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import Path
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, WithJsonSchema, create_model
 from pydantic.fields import FieldInfo
 
 from fencex.fence import FenceId, FenceProperties
 
+MIN_TS_MS = 946_684_800_000  # 2000-01-01: fixes before it are unit or clock errors (issue 9 #2)
 DeviceId = Annotated[str, Field(min_length=1, max_length=128, examples=["collar-7"])]
 DeviceIdPath = Annotated[str, Path(min_length=1, max_length=128, description="the collar's id", examples=["collar-7"])]
 TenantId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
 
-EXAMPLE_POLYGON = {
+StrictLon = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-180, le=180)]
+StrictLat = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-90, le=90)]
+
+
+EXAMPLE_POLYGON: dict[str, Any] = {
     "type": "Polygon",
     "coordinates": [[[17.60, 59.80], [17.61, 59.80], [17.61, 59.81], [17.60, 59.81], [17.60, 59.80]]],
 }
@@ -72,6 +77,12 @@ class MultiPolygon(BaseModel):
 Geometry = Annotated[Polygon | MultiPolygon, Field(discriminator="type")]
 
 
+class FencePropertiesIn(FenceProperties):
+    """The core's fence properties, read strictly: a number is a number, a name is text."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
 class FenceCreate(BaseModel):
     """A GeoJSON Feature: the fence's shape and its properties."""
 
@@ -89,7 +100,7 @@ class FenceCreate(BaseModel):
     type: Literal["Feature"] = "Feature"
     id: FenceId | None = Field(None, description="chosen by you, or made up by the server when left out")
     geometry: Geometry
-    properties: FenceProperties = Field(default_factory=FenceProperties)
+    properties: FencePropertiesIn = Field(default_factory=FencePropertiesIn)
 
 
 def _optional_fields(model: type[BaseModel]) -> dict[str, Any]:
@@ -106,7 +117,9 @@ def _optional_fields(model: type[BaseModel]) -> dict[str, Any]:
 FenceUpdate = create_model(
     "FenceUpdate",
     __config__=ConfigDict(
-        extra="forbid", json_schema_extra={"example": {"name": "North paddock (rested)", "dwell_s": 900}}
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"example": {"name": "North paddock (rested)", "dwell_s": 900}},
     ),
     __doc__="PATCH: the properties to change; the others stay. null clears dwell_s or exit_buffer_m.",
     **_optional_fields(FenceProperties),
@@ -118,7 +131,7 @@ class FencePublicProperties(FenceProperties):
     updated_at: float
 
 
-EXAMPLE_FEATURE = {
+EXAMPLE_FEATURE: dict[str, Any] = {
     "type": "Feature",
     "id": "north-paddock",
     "geometry": EXAMPLE_POLYGON,
@@ -197,7 +210,9 @@ class PointQueryResult(BaseModel):
 class BatchQuery(BaseModel):
     model_config = ConfigDict(json_schema_extra={"example": {"points": [[17.605, 59.805], [17.7, 59.9]]}})
 
-    points: list[tuple[float, float]] = Field(description="[longitude, latitude] pairs, at most 100,000")
+    points: list[tuple[StrictLon, StrictLat]] = Field(
+        description="[longitude, latitude] pairs, at most max_batch_points (100,000 by default; more: 413)"
+    )
 
 
 class BatchQueryResult(BaseModel):
@@ -246,6 +261,14 @@ class DevicePublic(BaseModel):
     fences: list[Membership]
 
 
+class DeviceTransfer(BaseModel):
+    """Which farm a device belongs to from now on (the URL names the device)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"tenant": "hillside-farm"}})
+
+    tenant: TenantId
+
+
 class DeviceRegistration(BaseModel):
     model_config = ConfigDict(json_schema_extra={"example": {"device_id": "collar-7", "tenant": "hillside-farm"}})
 
@@ -253,16 +276,47 @@ class DeviceRegistration(BaseModel):
     tenant: TenantId
 
 
-class DeviceQuery(BaseModel):
-    """Either a polygon, or a point and a radius in metres."""
+class PolygonQuery(BaseModel):
+    """Devices whose last position is inside a polygon."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"polygon": EXAMPLE_POLYGON}})
+
+    polygon: Geometry
+
+
+class RadiusQuery(BaseModel):
+    """Devices within a radius (metres) of a point."""
 
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"example": {"point": [17.605, 59.805], "radius_m": 250}}
     )
 
-    polygon: Geometry | None = None
-    point: tuple[float, float] | None = None
-    radius_m: float | None = Field(None, gt=0, le=100_000)
+    point: tuple[StrictLon, StrictLat] = Field(description="[longitude, latitude]")
+    radius_m: float = Field(gt=0, le=100_000, allow_inf_nan=False)
+
+
+DeviceQuery = PolygonQuery | RadiusQuery
+
+
+class FixIn(BaseModel):
+    """One GPS fix, as the collars send it (the same checks as the push path)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {"device_id": "collar-7", "ts": "2026-05-28T20:26:41Z", "lon": 17.605, "lat": 59.805}
+        }
+    )
+
+    device_id: DeviceId
+    ts: Annotated[float, Field(strict=True, ge=MIN_TS_MS, allow_inf_nan=False)] | AwareDatetime = Field(
+        description="epoch milliseconds (from 2000 on), or RFC 3339 with a time zone; "
+        "not more than a few minutes ahead of the server's clock"
+    )
+    lon: StrictLon
+    lat: StrictLat
+    accuracy_m: float | None = Field(None, allow_inf_nan=False)
+    speed_mps: float | None = Field(None, allow_inf_nan=False)
+    battery: float | None = Field(None, allow_inf_nan=False)
 
 
 class DeviceHit(BaseModel):

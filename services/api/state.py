@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -122,7 +123,7 @@ class ApiCollector(Collector):
     def __init__(self, state: ApiState) -> None:
         self.state = state
 
-    def collect(self):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         yield GaugeMetricFamily(
             "fencex_sse_clients", "Server-sent-event clients connected", value=self.state.sse_clients
         )

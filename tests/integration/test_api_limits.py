@@ -89,6 +89,19 @@ def test_no_key_no_body_read(api):
     assert raw(str(api.base_url), head, b"{", wait=5.0).startswith(b"HTTP/1.1 401")
 
 
+def test_a_client_goes_on_after_an_early_answer(api):
+    """An answer given before the body was read says Connection: close, so a client does not send
+    its next request down a connection the server drops (it did: "Server disconnected")."""
+    auth = farm(api, "farm-a")
+    for _ in range(3):
+        r = api.post("/fences", content=b"x" * 300_000)
+        assert r.status_code == 401 and r.headers["connection"] == "close"
+        assert api.get("/fences", headers=auth).status_code == 200
+        r = api.post("/locations", content=b"[" + b" " * 200_000 + b"]", headers=auth)
+        assert r.status_code == 413 and r.headers["connection"] == "close"
+        assert api.get("/fences", headers=auth).status_code == 200
+
+
 def test_metric_labels_stay_in_closed_sets(api):
     """#13: made-up methods and paths made one series each."""
     for i in range(20):

@@ -161,7 +161,7 @@ CASES: dict[tuple[str, str], Case] = {
         lambda f: ("POST", f"/admin/tenants/farm-a/keys/{f.a_key_id}/rotate", {}), admin_only
     ),
     ("PUT", "/admin/devices/{device_id}"): Case(
-        lambda f: ("PUT", "/admin/devices/a-cow", {"json": {"device_id": "a-cow", "tenant": "farm-b"}}), admin_only
+        lambda f: ("PUT", "/admin/devices/a-cow", {"json": {"tenant": "farm-b"}}), admin_only
     ),
     # public: no key, no farm data
     ("GET", "/healthz"): Case(lambda f: ("GET", "/healthz", {}), nothing_of_a),

@@ -74,3 +74,45 @@ def test_fence_writes_document_if_match_and_412():
         op = SPEC["paths"]["/fences/{fence_id}"][method]
         assert any(p["name"] == "if-match" for p in op["parameters"])
         assert "412" in op["responses"]
+
+
+def test_every_error_is_documented_as_problem_json():
+    """Issue 9 #15: problem+json bodies and 401/413/429/503 were not in the document."""
+    for path, item in SPEC["paths"].items():
+        for method, op in item.items():
+            responses = op["responses"]
+            errors = [code for code in responses if code.isdigit() and int(code) >= 400]
+            if path == "/readyz":
+                continue
+            for code in errors:
+                assert list(responses[code]["content"]) == ["application/problem+json"], (method, path, code)
+            needs_key = any("HTTPBearer" in s for s in op.get("security", []))
+            if needs_key:
+                assert {"401", "429", "503"} <= set(responses), (method, path)
+            if "requestBody" in op:
+                assert {"400", "413", "422"} <= set(responses), (method, path)
+            for code in ("429", "503"):
+                if code in responses:
+                    assert "Retry-After" in responses[code]["headers"], (method, path)
+    assert "HTTPValidationError" not in COMPONENTS
+
+
+def test_links_let_a_fuzzer_follow_a_fence_and_a_device():
+    created = SPEC["paths"]["/fences"]["post"]["responses"]["201"]["links"]
+    assert {link["operationId"] for link in created.values()} >= {
+        "get_fence",
+        "patch_fence",
+        "replace_fence",
+        "delete_fence",
+    }
+    claimed = SPEC["paths"]["/devices/{device_id}"]["put"]["responses"]["200"]["links"]
+    assert [link["operationId"] for link in claimed.values()] == ["get_device"]
+
+
+def test_patch_schema_is_the_core_properties_made_optional():
+    """Issue 10 #4: FenceUpdate was looser than FenceProperties ({"tags": [""]} answered 500)."""
+    core = COMPONENTS["FencePropertiesIn"]["properties"]  # the core's FenceProperties, read strictly
+    patch = COMPONENTS["FenceUpdate"]["properties"]
+    assert set(patch) == set(core)
+    assert patch["tags"]["items"]["minLength"] == 1 and patch["tags"]["maxItems"] == core["tags"]["maxItems"]
+    assert COMPONENTS["FenceUpdate"]["additionalProperties"] is False

@@ -11,11 +11,14 @@ from fencex.fence import DEFAULT_TENANT
 from fencex.store.redis import key_id
 from services.api.deps import Admin, State, Store
 from services.api.problem import Problem
-from services.api.schema import DeviceIdPath, DeviceRegistration, KeyInfo, TenantCreate, TenantKey
+from services.api.schema import DeviceRegistration, DeviceTransfer, KeyInfo, TenantCreate, TenantKey
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 TenantPath = Annotated[str, Path(min_length=1, max_length=64, description="the farm's id", examples=["hillside-farm"])]
 KeyIdPath = Annotated[str, Path(min_length=1, max_length=64, description="a key's id", examples=["3f9a0c2b7d1e4a55"])]
+AdminDeviceIdPath = Annotated[
+    str, Path(min_length=1, max_length=128, description="the collar's id", examples=["collar-12"])
+]
 
 
 def new_key() -> str:
@@ -109,9 +112,7 @@ async def rotate_key(tenant: TenantPath, key_id: KeyIdPath, _: Admin, store: Sto
     summary="Register a device to a tenant, or move it from one to another",
     responses={404: {"description": "no such tenant"}},
 )
-async def register_device(device_id: DeviceIdPath, body: DeviceRegistration, _: Admin, store: Store) -> dict[str, Any]:
-    if body.device_id != device_id:
-        raise Problem(422, "the body's device_id differs from the URL's")
+async def register_device(device_id: AdminDeviceIdPath, body: DeviceTransfer, _: Admin, store: Store) -> dict[str, Any]:
     await existing(store, body.tenant)
     await store.register_device(device_id, body.tenant)
     return {"device_id": device_id, "tenant": body.tenant}

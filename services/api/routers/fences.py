@@ -17,10 +17,20 @@ from services.api.schema import FenceCollection, FenceCreate, FenceImport, Fence
 from services.api.settings import Settings
 
 router = APIRouter(prefix="/fences", tags=["fences"])
-FenceIdPath = Annotated[str, Path(description="the fence's id", examples=["north-paddock"])]
+NUMBER = r"\s*[-+]?[0-9]{1,12}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?\s*"
+BBOX = rf"^{NUMBER},{NUMBER},{NUMBER},{NUMBER}$"
+FENCE_ID = r"^[A-Za-z0-9_.:-]+$"  # the core's FenceId
+FenceIdPath = Annotated[
+    str,
+    Path(description="the fence's id", examples=["north-paddock"], min_length=1, max_length=128, pattern=FENCE_ID),
+]
+IF_MATCH = r'^\s*(\*|(W/)?"?[0-9]{1,18}"?)\s*$'
 IfMatch = Annotated[
-    str | None,
-    Header(description='the ETag you last saw, e.g. "3": the write fails with 412 if the fence changed since'),
+    str,
+    Header(
+        description='the ETag you last saw, e.g. "3" (or *): the write fails with 412 if the fence changed since',
+        pattern=IF_MATCH,
+    ),
 ]
 
 
@@ -112,7 +122,12 @@ async def list_fences(
     tag: Annotated[str | None, Query(description="only fences with this tag", examples=["sheep"])] = None,
     bbox: Annotated[
         str | None,
-        Query(description="minLon,minLat,maxLon,maxLat: fences that intersect it", examples=["17.5,59.7,17.7,59.9"]),
+        Query(
+            description="minLon,minLat,maxLon,maxLat: fences that intersect it (corners in either order; "
+            "the world's edges bound it)",
+            examples=["17.5,59.7,17.7,59.9"],
+            pattern=BBOX,
+        ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
@@ -121,15 +136,10 @@ async def list_fences(
     if tag:
         fences = [f for f in fences if tag in f.tags]
     if bbox:
-        try:
-            minx, miny, maxx, maxy = (float(x) for x in bbox.split(","))
-        except ValueError:
-            raise Problem(422, "bbox is minLon,minLat,maxLon,maxLat: four numbers") from None
-        if not (-180 <= minx <= maxx <= 180 and -90 <= miny <= maxy <= 90):
-            raise Problem(
-                422, "bbox must have minLon <= maxLon within [-180, 180] and minLat <= maxLat within [-90, 90]"
-            )
-        box = shapely.box(minx, miny, maxx, maxy)
+        x0, y0, x1, y1 = (float(x) for x in bbox.split(","))
+        box = shapely.box(
+            max(min(x0, x1), -180.0), max(min(y0, y1), -90.0), min(max(x0, x1), 180.0), min(max(y0, y1), 90.0)
+        )
         fences = [f for f in fences if shapely.intersects(f.shape(), box)]
     page = fences[offset : offset + limit]
     nxt = offset + limit if offset + limit < len(fences) else None
@@ -192,7 +202,11 @@ async def get_fence(fence_id: FenceIdPath, tenant: Tenant, store: Store, respons
     "/{fence_id}",
     response_model=FencePublic,
     summary="Replace a fence (or create it with this id)",
-    responses={412: {"description": "If-Match does not match the current version"}},
+    responses={
+        201: {"model": FencePublic, "description": "created: there was no fence with this id"},
+        409: {"description": "the id is another farm's"},
+        412: {"description": "If-Match does not match the current version"},
+    },
 )
 async def replace_fence(
     fence_id: FenceIdPath,
@@ -201,7 +215,7 @@ async def replace_fence(
     store: Store,
     state: State,
     response: Response,
-    if_match: IfMatch = None,
+    if_match: IfMatch = None,  # type: ignore[assignment]
 ) -> dict[str, Any]:
     if body.id is not None and body.id != fence_id:
         raise Problem(422, f"the body's id {body.id!r} differs from the URL's {fence_id!r}")
@@ -231,7 +245,7 @@ async def patch_fence(
     store: Store,
     state: State,
     response: Response,
-    if_match: IfMatch = None,
+    if_match: IfMatch = None,  # type: ignore[assignment]
 ) -> dict[str, Any]:
     current = await store.get_fence(tenant, fence_id)
     expected = parse_if_match(if_match)
@@ -250,6 +264,6 @@ async def patch_fence(
     summary="Delete a fence",
     responses={412: {"description": "If-Match does not match the current version"}},
 )
-async def delete_fence(fence_id: FenceIdPath, tenant: Tenant, store: Store, if_match: IfMatch = None) -> Response:
+async def delete_fence(fence_id: FenceIdPath, tenant: Tenant, store: Store, if_match: IfMatch = None) -> Response:  # type: ignore[assignment]
     await store.delete_fence(tenant, fence_id, parse_if_match(if_match))
     return Response(status_code=status.HTTP_204_NO_CONTENT)

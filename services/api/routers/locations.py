@@ -10,7 +10,7 @@ from fencex.errors import InvalidFix
 from fencex.fix import fix_from_obj, reason_of
 from services.api.deps import State, Tenant
 from services.api.problem import Problem, problem
-from services.api.schema import LocationsAccepted
+from services.api.schema import MIN_TS_MS, LocationsAccepted
 
 router = APIRouter(tags=["ingest"])
 
@@ -25,7 +25,13 @@ router = APIRouter(tags=["ingest"])
             "required": True,
             "content": {
                 "application/json": {
-                    "example": [{"device_id": "collar-7", "ts": "2026-05-28T20:26:41Z", "lon": 17.605, "lat": 59.805}]
+                    "schema": {
+                        "oneOf": [
+                            {"$ref": "#/components/schemas/FixIn"},
+                            {"type": "array", "items": {"$ref": "#/components/schemas/FixIn"}, "maxItems": 10_000},
+                        ]
+                    },
+                    "example": [{"device_id": "collar-7", "ts": "2026-05-28T20:26:41Z", "lon": 17.605, "lat": 59.805}],
                 }
             },
         }
@@ -43,7 +49,10 @@ async def post_locations(request: Request, tenant: Tenant, state: State) -> Resp
     parsed, errors = [], []
     for i, item in enumerate(items):
         try:
-            parsed.append((i, fix_from_obj(item), item))
+            fix = fix_from_obj(item)
+            if fix.ts_ms < MIN_TS_MS:  # the core's parser checks this too once issue 9 #2 lands
+                raise InvalidFix(f"ts {fix.ts_ms} ms is before 2000-01-01 (epoch milliseconds expected)")
+            parsed.append((i, fix, item))
         except InvalidFix as exc:
             errors.append({"index": i, "message": str(exc)})
             state.metrics.fixes_rejected.labels(reason_of(str(exc))).inc()

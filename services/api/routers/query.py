@@ -15,7 +15,14 @@ from fencex.fence import parse_geometry
 from fencex.index import METRES_PER_DEGREE_LAT, METRES_PER_DEGREE_LON_EQUATOR
 from services.api.deps import State, Store, Tenant
 from services.api.problem import Problem
-from services.api.schema import BatchQuery, BatchQueryResult, DeviceHit, DeviceQuery, PointQueryResult
+from services.api.schema import (
+    BatchQuery,
+    BatchQueryResult,
+    DeviceHit,
+    DeviceQuery,
+    PointQueryResult,
+    PolygonQuery,
+)
 
 router = APIRouter(prefix="/query", tags=["queries"])
 Lon = Annotated[
@@ -63,6 +70,8 @@ async def fences_at_many(request: Request, tenant: Tenant, state: State) -> Resp
         pts = pts.reshape(0, 2)
     if pts.ndim != 2 or pts.shape[1] != 2:
         raise Problem(422, "every point is a [longitude, latitude] pair")
+    if {type(x) for p in body["points"] for x in p} - {int, float}:  # numpy reads true and "1" as numbers
+        raise Problem(422, "every point is a [longitude, latitude] pair of numbers")
     limit = state.settings.max_batch_points
     if len(pts) > limit:
         raise Problem(413, f"{len(pts)} points; the limit is {limit} a request")
@@ -88,7 +97,7 @@ async def fences_at_many(request: Request, tenant: Tenant, state: State) -> Resp
     )
 
 
-def _box_metres(geom) -> tuple[float, float, float, float]:
+def _box_metres(geom: Any) -> tuple[float, float, float, float]:
     minx, miny, maxx, maxy = geom.bounds
     lat = (miny + maxy) / 2
     kx = METRES_PER_DEGREE_LON_EQUATOR * max(math.cos(math.radians(lat)), 1e-6)
@@ -101,20 +110,14 @@ def _box_metres(geom) -> tuple[float, float, float, float]:
     summary="Which of my devices are, by their last position, inside a polygon or within a radius",
 )
 async def devices_in(body: DeviceQuery, tenant: Tenant, store: Store, state: State) -> list[dict[str, Any]]:
-    if (body.polygon is None) == (body.point is None):
-        raise Problem(422, "give either polygon, or point and radius_m")
-    if body.polygon is not None:
+    if isinstance(body, PolygonQuery):
         area = parse_geometry(body.polygon.model_dump(), state.settings.max_vertices)
         lon, lat, w, h = _box_metres(area)
         shapely.prepare(area)
         candidates = await store.devices_near(tenant, lon, lat, w, h)
         hits = [c for c in candidates if shapely.intersects_xy(area, c[1], c[2])]
     else:
-        if body.radius_m is None:
-            raise Problem(422, "a point query needs radius_m")
-        lon, lat = body.point  # type: ignore[misc]
-        if not (-180 <= lon <= 180 and -90 <= lat <= 90):
-            raise Problem(422, "point is [longitude, latitude] within [-180, 180] x [-90, 90]")
+        lon, lat = body.point
         r = body.radius_m
         candidates = await store.devices_near(tenant, lon, lat, 2 * r + 2, 2 * r + 2)
         hits = [c for c in candidates if _haversine(lon, lat, c[1], c[2]) <= r]

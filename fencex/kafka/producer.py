@@ -178,13 +178,15 @@ class Producer:
             raise BrokerUnavailable(f"{left} records unacknowledged; delivery errors: {errors[:3]}")
         return undelivered
 
-    async def send_all(self, topic: str, records: Iterable[Outgoing]) -> int:
-        """Send records and wait until the broker has acknowledged all of them.
+    async def send_all(self, topic: str, records: Iterable[Outgoing], timeout: float = 30.0) -> int:
+        """Send records and wait up to ``timeout`` seconds until the broker has acknowledged all of them.
 
-        Raises BrokerUnavailable if any was not delivered (for good or not): the caller answers 503.
+        Raises BrokerUnavailable if any was not delivered (for good or not) or is still waiting
+        for its acknowledgement: the caller answers 503. Records still queued may yet be
+        delivered; a client that sends them again causes no harm (a repeated fix is stale).
         """
         n = await self.send(topic, records)
-        undelivered = await self.wait_acked()
+        undelivered = await self.wait_acked(timeout)
         if undelivered:
             raise BrokerUnavailable(f"{len(undelivered)} records refused: {undelivered[0].error}")
         return n

@@ -16,6 +16,7 @@ class Settings(ServiceSettings):
     max_fences_per_tenant: int = 10_000  # fences one farm may hold (422)
     max_batch_points: int = 100_000
     max_fixes_per_request: int = 10_000
+    ingest_ack_timeout_s: float = 5.0  # ingest answers 503 when the broker has not acknowledged by then
     sse_max_per_tenant: int = 10  # live event streams one farm may hold open on one API process (429)
     sse_max_per_process: int = 500  # live event streams on one API process, all farms (429)
     rate_limit_per_s: float = 50_000.0  # requests a second per API key per process; 0 turns it off (429)

@@ -10,7 +10,7 @@ from fencex.errors import InvalidFix
 from fencex.fix import fix_from_obj, reason_of
 from services.api.deps import State, Tenant
 from services.api.problem import Problem, problem
-from services.api.schema import MIN_TS_MS, LocationsAccepted
+from services.api.schema import LocationsAccepted
 
 router = APIRouter(tags=["ingest"])
 
@@ -49,10 +49,7 @@ async def post_locations(request: Request, tenant: Tenant, state: State) -> Resp
     parsed, errors = [], []
     for i, item in enumerate(items):
         try:
-            fix = fix_from_obj(item)
-            if fix.ts_ms < MIN_TS_MS:  # the core's parser checks this too once issue 9 #2 lands
-                raise InvalidFix(f"ts {fix.ts_ms} ms is before 2000-01-01 (epoch milliseconds expected)")
-            parsed.append((i, fix, item))
+            parsed.append((i, fix_from_obj(item), item))  # ts within [2000, now + the skew], as the worker checks
         except InvalidFix as exc:
             errors.append({"index": i, "message": str(exc)})
             state.metrics.fixes_rejected.labels(reason_of(str(exc))).inc()
@@ -74,7 +71,7 @@ async def post_locations(request: Request, tenant: Tenant, state: State) -> Resp
     if good:
         if not state.broker_ok:
             raise Problem(503, "the broker is not reachable yet; nothing was produced")
-        await state.producer.send_all(state.settings.locations_topic, good)
+        await state.producer.send_all(state.settings.locations_topic, good, state.settings.ingest_ack_timeout_s)
         state.metrics.fixes_ingested.inc(len(good))
     if errors:
         return problem(

@@ -8,7 +8,7 @@ at scrape time by a collector, not updated on the hot path.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, PlatformCollector, ProcessCollector
@@ -142,6 +142,20 @@ class HistoryMetrics:
         )
 
 
+def quarantine_metrics(
+    prefix: str, quarantined: int, reloads: int
+) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """What a fence follower left out, and how often it reloaded after a gap in the change feed."""
+    yield GaugeMetricFamily(
+        f"{prefix}_fences_quarantined",
+        "Fences left out of the index: unreadable, or their geometry does not build (listed per farm by the API)",
+        value=quarantined,
+    )
+    yield CounterMetricFamily(
+        f"{prefix}_fence_feed_reloads", "Full reloads of fences after a gap in the change feed", value=reloads
+    )
+
+
 class StateCollector(Collector):
     """Gauges read from the running worker at scrape time."""
 
@@ -163,6 +177,7 @@ class StateCollector(Collector):
         yield GaugeMetricFamily(
             "fencex_index_version", "Change-feed entries applied to the index", value=s["index_version"]
         )
+        yield from quarantine_metrics("fencex", s["quarantined"], s["feed_reloads"])
         yield GaugeMetricFamily(
             "fencex_devices_cached", "Device states held for the assigned partitions", value=s["devices"]
         )

@@ -131,6 +131,8 @@ class Processor:
             "lag": self.consumer.lag(),
             "fences": len(self.index),
             "index_version": self.follower.applied,
+            "quarantined": len(self.follower.quarantined),
+            "feed_reloads": self.follower.reloads,
             "devices": len(self.states),
             "running": int(self.running),
             "occupancy": occupancy.most_common(HERD_SERIES),

@@ -8,7 +8,7 @@ them; the unit tests drive the loop with in-memory fakes of them
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from fencex.detector import DeviceState
 from fencex.event import Event
@@ -93,7 +93,11 @@ class Follower(Protocol):
     index: FenceIndex
     tenants: dict[str, str]
     applied: int
+    reloads: int  # full reloads after a gap in the change feed
     on_index: Callable[[FenceIndex], None] | None
+
+    @property
+    def quarantined(self) -> Mapping[str, Any]: ...  # fence id -> why it is left out of the index
 
     async def load(self) -> FenceIndex: ...
     async def follow(self) -> None: ...

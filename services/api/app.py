@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import orjson
 from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, disable_created_metrics, generate_latest
@@ -99,7 +100,13 @@ def create_app(settings: Settings) -> ApiEdge:
         responses={
             200: {
                 "content": {
-                    "application/json": {"example": {"status": "ready", "checks": {"redis": True, "broker": True}}}
+                    "application/json": {
+                        "example": {
+                            "status": "ready",
+                            "checks": {"redis": True, "broker": True},
+                            "quarantined_fences": 0,
+                        }
+                    }
                 }
             },
             503: {"description": "not ready"},
@@ -113,10 +120,14 @@ def create_app(settings: Settings) -> ApiEdge:
             except StoreUnavailable:
                 pass
         ok = all(checks.values())
-        import orjson
-
+        # fences left out of the index are reported (each farm sees its own at /fences/quarantined), not fatal
+        body = {
+            "status": "ready" if ok else "not ready",
+            "checks": checks,
+            "quarantined_fences": len(state.follower.quarantined),
+        }
         return Response(
-            orjson.dumps({"status": "ready" if ok else "not ready", "checks": checks}),
+            orjson.dumps(body),
             status_code=200 if ok else 503,
             media_type="application/json",
             headers=None if ok else {"Retry-After": "2"},

@@ -155,6 +155,16 @@ class FencePublic(BaseModel):
     properties: FencePublicProperties
 
 
+class QuarantinedFence(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"example": {"id": "north", "version": 3, "reason": "IllegalArgumentException: ..."}}
+    )
+
+    id: str
+    version: int
+    reason: str = Field(description="why the fence could not be read or built")
+
+
 class FenceCollection(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={

@@ -15,7 +15,7 @@ from fencex import heap
 from fencex.errors import Unavailable
 from fencex.follower import FenceFollower
 from fencex.kafka.producer import Producer
-from fencex.metrics import process_collectors
+from fencex.metrics import process_collectors, quarantine_metrics
 from fencex.retrying import retrying
 from fencex.store.redis import RedisStore
 from services.api.auth import RateLimiter
@@ -136,3 +136,4 @@ class ApiCollector(Collector):
             value=self.state.follower.applied,
         )
         yield GaugeMetricFamily("fencex_api_up", "1 while the API is ready", value=int(self.state.ready))
+        yield from quarantine_metrics("fencex_api", len(self.state.follower.quarantined), self.state.follower.reloads)

@@ -17,11 +17,13 @@ import httpx
 import pytest
 
 from devtools.localserver import free_port, start_redis
+from fencex.store.redis import RedisStore
 from services.api.app import create_app
 from services.api.fastpath import flat_routes, role_of
 from services.api.settings import Settings
-from tests.integration.conftest import wait_api, wait_ready
+from tests.integration.conftest import run, wait_api, wait_ready
 from tests.integration.test_api import ADMIN, feature, is_problem
+from tests.integration.test_fences_robust import write_broken
 
 pytestmark = pytest.mark.integration
 
@@ -111,6 +113,10 @@ def b_stream_carries_nothing_of_a(f: Farms, r: httpx.Response) -> None:
     assert r.status_code == 200
 
 
+def b_sees_no_quarantine_of_a(f: Farms, r: httpx.Response) -> None:
+    assert r.status_code == 200 and r.json() == [], r.text  # A's broken fence is A's to see
+
+
 CASES: dict[tuple[str, str], Case] = {
     ("POST", "/fences"): Case(lambda f: ("POST", "/fences", {"json": feature("a-fence", geometry=B_SQUARE)}), taken),
     ("GET", "/fences"): Case(lambda f: ("GET", "/fences", {}), b_gets_only_b),
@@ -118,6 +124,7 @@ CASES: dict[tuple[str, str], Case] = {
         lambda f: ("POST", "/fences/import", {"json": {"features": [feature("a-fence", geometry=B_SQUARE)]}}), taken
     ),
     ("GET", "/fences/{fence_id}"): Case(lambda f: ("GET", "/fences/a-fence", {}), not_found),
+    ("GET", "/fences/quarantined"): Case(lambda f: ("GET", "/fences/quarantined", {}), b_sees_no_quarantine_of_a),
     ("PUT", "/fences/{fence_id}"): Case(
         lambda f: ("PUT", "/fences/a-fence", {"json": feature(geometry=B_SQUARE)}), taken
     ),
@@ -173,9 +180,12 @@ CASES: dict[tuple[str, str], Case] = {
     ("GET", "/redoc"): Case(lambda f: ("GET", "/redoc", {}), nothing_of_a),
 }
 # answered from the API's memory (the fence index), not Redis: they keep answering while it is down
-FROM_MEMORY = {("GET", "/query/fences"), ("POST", "/query/fences"), ("GET", "/healthz")} | {
-    ("GET", p) for p in ("/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
-}
+FROM_MEMORY = {
+    ("GET", "/query/fences"),
+    ("POST", "/query/fences"),
+    ("GET", "/healthz"),
+    ("GET", "/fences/quarantined"),
+} | {("GET", p) for p in ("/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")}
 
 
 def _no_key_of_a(f: Farms, r: httpx.Response) -> None:
@@ -208,6 +218,15 @@ def call(f: Farms, case: Case, headers: dict[str, str]) -> httpx.Response:
         return s
 
 
+async def _broken_fences_of(tenant: str, live: Any) -> None:
+    store = RedisStore(live.redis_url, live.prefix)
+    await store.connect()
+    try:
+        await write_broken(store, tenant)
+    finally:
+        await store.close()
+
+
 @pytest.fixture
 def farms(live) -> Iterator[Farms]:
     proc, port = live.start_worker()
@@ -221,6 +240,11 @@ def farms(live) -> Iterator[Farms]:
         assert api.post("/fences", json=feature("a-fence", geometry=A_SQUARE, name="A"), headers=a).status_code == 201
         assert api.post("/fences", json=feature("b-fence", geometry=B_SQUARE), headers=b).status_code == 201
         assert api.put("/devices/a-cow", headers=a).status_code == 200
+        run(_broken_fences_of("farm-a", live))  # A has a fence the index quarantines: A's alone to see
+        deadline = time.monotonic() + 10
+        while len(api.get("/fences/quarantined", headers=a).json()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert [q["id"] for q in api.get("/fences/quarantined", headers=a).json()] == ["garbage", "old-3d"]
         wait_ready(port, proc)
         time.sleep(1.0)  # the claim reaches the worker through the change feed
         fixes = [

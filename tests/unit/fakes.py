@@ -243,6 +243,8 @@ class FakeFollower:
         self.index = index
         self.tenants = dict(tenants or {})
         self.applied = 0
+        self.reloads = 0
+        self.quarantined: dict[str, object] = {}
         self.on_index = None
 
     async def load(self) -> FenceIndex:

@@ -13,6 +13,7 @@ EXPECTED = {
     ("post", "/fences"),
     ("get", "/fences"),
     ("get", "/fences/{fence_id}"),
+    ("get", "/fences/quarantined"),
     ("put", "/fences/{fence_id}"),
     ("patch", "/fences/{fence_id}"),
     ("delete", "/fences/{fence_id}"),

@@ -60,6 +60,8 @@ def exported_names() -> set[str]:
         "lag": {0: 1},
         "fences": 1,
         "index_version": 1,
+        "quarantined": 0,
+        "feed_reloads": 0,
         "devices": 1,
         "running": 1,
         "occupancy": [(("t", "f"), 1)],
@@ -68,7 +70,11 @@ def exported_names() -> set[str]:
     reg.register(StateCollector(lambda: snap))
     PullMetrics(reg)
     reg.register(
-        ApiCollector(SimpleNamespace(sse_clients=0, ready=True, follower=SimpleNamespace(index=[], applied=0)))
+        ApiCollector(
+            SimpleNamespace(
+                sse_clients=0, ready=True, follower=SimpleNamespace(index=[], applied=0, quarantined={}, reloads=0)
+            )
+        )
     )
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",), "info": ("_info",)}
     names = {fam.name + sfx for fam in reg.collect() for sfx in suffixes.get(fam.type, ("",))}

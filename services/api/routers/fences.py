@@ -13,7 +13,7 @@ from fencex.errors import InvalidFence, LimitExceeded, VersionConflict
 from fencex.fence import Fence, FenceProperties, parse_geometry
 from services.api.deps import State, Store, Tenant
 from services.api.problem import Problem
-from services.api.schema import FenceCollection, FenceCreate, FenceImport, FencePublic, FenceUpdate
+from services.api.schema import FenceCollection, FenceCreate, FenceImport, FencePublic, FenceUpdate, QuarantinedFence
 from services.api.settings import Settings
 
 router = APIRouter(prefix="/fences", tags=["fences"])
@@ -184,6 +184,22 @@ async def import_fences(body: FenceImport, tenant: Tenant, store: Store, state: 
         "total": len(stored),
         "next_offset": None,
     }
+
+
+@router.get(
+    "/quarantined",
+    response_model=list[QuarantinedFence],
+    summary="My fences left out of the index (their geometry does not build, or the record is unreadable), and why",
+    description="Such a fence takes part in no query and no event until it is replaced (PUT) or deleted. "
+    "The API refuses such geometries today; these come from older versions or damaged records.",
+)
+async def quarantined_fences(tenant: Tenant, state: State) -> list[dict[str, Any]]:
+    q = state.follower.quarantined
+    return [
+        {"id": fid, "version": item.version, "reason": item.reason}
+        for fid, item in sorted(q.items())
+        if item.tenant == tenant
+    ]
 
 
 @router.get(

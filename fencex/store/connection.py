@@ -7,7 +7,7 @@ No I/O in ``__init__``: ``connect()`` opens the connection and checks it.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
@@ -23,7 +23,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def guard(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def guard(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Map redis-py's errors raised by a coroutine function to fencex's (StoreUnavailable)."""
+
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeAlias, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -21,6 +21,11 @@ from fencex.store.scripts import APPEND_EVENTS, SAVE_BATCH
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+# The store's client keeps redis-py's default decode_responses=False, so every reply is bytes;
+# redis-py types replies for either setting (bytes | str), and the store narrows them with cast().
+StreamEntries: TypeAlias = list[tuple[bytes, dict[bytes, bytes]]]  # XRANGE, XREVRANGE: (id, fields)
+StreamsRead: TypeAlias = list[tuple[bytes, StreamEntries]] | None  # XREAD: (stream, entries), None if none came
 
 
 def guard(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:

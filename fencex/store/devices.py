@@ -4,7 +4,7 @@ the devices each partition has seen, and the partitions' generations that fence 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 import orjson
@@ -32,7 +32,8 @@ class RedisDevices(RedisFeed):
         for start in range(0, len(items), 5000):
             chunk = dict(items[start : start + 5000])
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self.keys.devices, mapping=chunk)
+                # redis-py's mapping type has an invariant key (Mapping[bytes | str | ..., ...]): dict[str, str] is fine
+                pipe.hset(self.keys.devices, mapping=chunk)  # type: ignore[arg-type]
                 for device_id, tenant in chunk.items():
                     self._feed(pipe, "device", "upsert", device_id, tenant, 1)
                 await pipe.execute()
@@ -46,10 +47,10 @@ class RedisDevices(RedisFeed):
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:
                     await pipe.watch(self.keys.devices)
-                    owner = await pipe.hget(self.keys.devices, device_id)
+                    owner = cast(bytes | None, await pipe.hget(self.keys.devices, device_id))
                     if owner is not None:
                         return str(owner.decode())
-                    pipe.multi()
+                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves Pipeline.multi unannotated
                     pipe.hset(self.keys.devices, device_id, tenant)
                     self._feed(pipe, "device", "upsert", device_id, tenant, 1)
                     await pipe.execute()
@@ -59,12 +60,12 @@ class RedisDevices(RedisFeed):
 
     @guard
     async def device_tenants(self) -> dict[str, str]:
-        raw = await self.redis.hgetall(self.keys.devices)
+        raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.keys.devices))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     @guard
     async def device_tenant(self, device_id: str) -> str | None:
-        raw = await self.redis.hget(self.keys.devices, device_id)
+        raw = cast(bytes | None, await self.redis.hget(self.keys.devices, device_id))
         return raw.decode() if raw is not None else None
 
     @guard
@@ -72,7 +73,7 @@ class RedisDevices(RedisFeed):
         """Each device's registered tenant (None where unregistered)."""
         if not device_ids:
             return {}
-        raws = await self.redis.hmget(self.keys.devices, device_ids)
+        raws = cast(list[bytes | None], await self.redis.hmget(self.keys.devices, device_ids))
         return {d: (r.decode() if r is not None else None) for d, r in zip(device_ids, raws)}
 
     @guard
@@ -91,7 +92,8 @@ class RedisDevices(RedisFeed):
         """Device id -> partition, for the devices seen on these partitions."""
         out: dict[str, int] = {}
         for p in partitions:
-            out.update((m.decode(), p) for m in await self.redis.smembers(self.keys.partition(topic, p)))
+            members = cast(set[bytes], await self.redis.smembers(self.keys.partition(topic, p)))
+            out.update((m.decode(), p) for m in members)
         return out
 
     @guard
@@ -166,7 +168,9 @@ class RedisDevices(RedisFeed):
 
     @guard
     async def devices_inside(self, tenant: str, fid: str) -> list[tuple[str, int]]:
-        got = await self.redis.zrange(self.keys.inside(tenant, fid), 0, -1, withscores=True)
+        got = cast(
+            list[tuple[bytes, float]], await self.redis.zrange(self.keys.inside(tenant, fid), 0, -1, withscores=True)
+        )
         return [(d.decode(), int(s)) for d, s in got]
 
     @guard
@@ -182,7 +186,7 @@ class RedisDevices(RedisFeed):
         self, tenant: str, lon: float, lat: float, width_m: float, height_m: float
     ) -> list[tuple[str, float, float]]:
         """Devices whose last position is in the box around (lon, lat): candidates for an exact test."""
-        got = await self.redis.execute_command(
+        got = await self.redis.execute_command(  # type: ignore[no-untyped-call]  # unannotated in redis-py
             "GEOSEARCH",
             self.keys.geo(tenant),
             "FROMLONLAT",

@@ -3,12 +3,12 @@ transaction as each change and read by the followers (``fencex.follower``)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from redis.exceptions import ResponseError
 
 from fencex.store.base import Change, feed_trimmed
-from fencex.store.connection import RedisConnection, guard
+from fencex.store.connection import RedisConnection, StreamEntries, StreamsRead, guard
 
 CHANGES_MAXLEN = 100_000
 
@@ -26,12 +26,12 @@ class RedisFeed(RedisConnection):
 
     @guard
     async def last_change_id(self) -> str:
-        entries = await self.redis.xrevrange(self.keys.changes, count=1)
+        entries = cast(StreamEntries, await self.redis.xrevrange(self.keys.changes, count=1))
         return entries[0][0].decode() if entries else "0-0"
 
     @guard
     async def changes(self, after: str, block_ms: int = 500, count: int = 10_000) -> list[Change]:
-        got = await self.redis.xread({self.keys.changes: after}, block=block_ms, count=count)
+        got = cast(StreamsRead, await self.redis.xread({self.keys.changes: after}, block=block_ms, count=count))
         out: list[Change] = []
         for _stream, entries in got or []:
             for entry_id, f in entries:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from redis.exceptions import WatchError
 
@@ -34,7 +34,7 @@ class RedisFences(RedisFeed):
         """All fences, or a tenant's. A stored record that cannot be read is left out (and
         added to ``unreadable``: fence id -> reason), so one broken record stops nobody."""
         key = self.keys.fences if tenant is None else self.keys.tenant_fences(tenant)
-        ids = sorted(m.decode() for m in await self.redis.smembers(key))
+        ids = sorted(m.decode() for m in cast(set[bytes], await self.redis.smembers(key)))
         out: list[Fence] = []
         for start in range(0, len(ids), 5000):
             chunk = ids[start : start + 5000]
@@ -89,7 +89,7 @@ class RedisFences(RedisFeed):
                             raise VersionConflict(expected, old.version if old else None)
                         version = old.version + 1 if old is not None else 1
                         stored.append(fence.model_copy(update={"version": version, "updated_at": now}))
-                    pipe.multi()
+                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves Pipeline.multi unannotated
                     for fence in stored:
                         pipe.set(self.keys.fence(fence.id), fence.to_json())
                         pipe.sadd(self.keys.fences, fence.id)
@@ -128,7 +128,7 @@ class RedisFences(RedisFeed):
                         raise NotFound(f"no fence {fid!r}")
                     if if_match is not None and if_match != old.version:
                         raise VersionConflict(if_match, old.version)
-                    pipe.multi()
+                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves Pipeline.multi unannotated
                     pipe.delete(key)
                     pipe.srem(self.keys.fences, fid)
                     pipe.srem(self.keys.tenant_fences(tenant), fid)

@@ -4,11 +4,11 @@ event (``fencex.store.scripts.APPEND_EVENTS``), read by page and followed live."
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
-from fencex.store.connection import RedisConnection, guard
+from fencex.store.connection import RedisConnection, StreamEntries, StreamsRead, guard
 
 
 class RedisHistory(RedisConnection):
@@ -31,12 +31,12 @@ class RedisHistory(RedisConnection):
     @guard
     async def history(self, tenant: str, after: str = "-", count: int = 1000) -> list[tuple[str, dict[str, Any]]]:
         start = after if after == "-" else f"({after}"
-        got = await self.redis.xrange(self.keys.events(tenant), min=start, max="+", count=count)
+        got = cast(StreamEntries, await self.redis.xrange(self.keys.events(tenant), min=start, max="+", count=count))
         return [(i.decode(), orjson.loads(f[b"e"])) for i, f in got]
 
     @guard
     async def last_event_id(self, tenant: str) -> str:
-        got = await self.redis.xrevrange(self.keys.events(tenant), count=1)
+        got = cast(StreamEntries, await self.redis.xrevrange(self.keys.events(tenant), count=1))
         return got[0][0].decode() if got else "0-0"
 
     @guard
@@ -48,7 +48,9 @@ class RedisHistory(RedisConnection):
         if not after:
             return []
         names = {self.keys.events(t): t for t in after}
-        got = await self.redis.xread({k: after[t] for k, t in names.items()}, block=block_ms, count=count)
+        got = cast(
+            StreamsRead, await self.redis.xread({k: after[t] for k, t in names.items()}, block=block_ms, count=count)
+        )
         return [
             (names[stream.decode()], i.decode(), orjson.loads(f[b"e"]))
             for stream, entries in got or []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from redis.exceptions import WatchError
@@ -49,7 +49,7 @@ class RedisTenants(RedisConnection):
     @guard
     async def api_keys(self, tenant: str) -> list[dict[str, Any]]:
         """Tenant's keys as ``{"id", "created_at"}``, oldest first (never the key nor its hash)."""
-        raw = await self.redis.hgetall(self.keys.tenant_keys(tenant))
+        raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.keys.tenant_keys(tenant)))
         keys = [{"id": k.decode(), "created_at": orjson.loads(v)["created_at"]} for k, v in raw.items()]
         return sorted(keys, key=lambda k: (k["created_at"], k["id"]))
 
@@ -65,7 +65,7 @@ class RedisTenants(RedisConnection):
                     raw = await pipe.hget(index, old_id)
                     if raw is None:
                         return False
-                    pipe.multi()
+                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves Pipeline.multi unannotated
                     pipe.delete(self.keys.api_key(orjson.loads(raw)["digest"]))
                     pipe.hdel(index, old_id)
                     if new_key is not None:
@@ -77,5 +77,5 @@ class RedisTenants(RedisConnection):
 
     @guard
     async def tenant_for_key(self, api_key: str) -> str | None:
-        raw = await self.redis.get(self.keys.api_key(key_digest(api_key)))
+        raw = cast(bytes | None, await self.redis.get(self.keys.api_key(key_digest(api_key))))
         return raw.decode() if raw is not None else None

@@ -1,0 +1,201 @@
+"""Devices in Redis: which farm each belongs to, their states, positions and fence memberships,
+the devices each partition has seen, and the partitions' generations that fence a stalled worker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, cast
+
+import msgpack
+import orjson
+from redis.exceptions import WatchError
+
+from fencex.detector import DeviceState
+from fencex.errors import Fenced, NotFound
+from fencex.event import Event
+from fencex.store.connection import guard
+from fencex.store.feed import RedisFeed
+
+GEO_LAT_LIMIT = 85.05112878  # Redis GEO cannot hold the poles
+
+
+class RedisDevices(RedisFeed):
+    """Device registry, states and the worker's batch save (``fencex.store.scripts.SAVE_BATCH``)."""
+
+    async def register_device(self, device_id: str, tenant: str) -> None:
+        await self.register_devices({device_id: tenant})
+
+    @guard
+    async def register_devices(self, tenants: Mapping[str, str]) -> None:
+        """Assign devices to tenants; running workers hear it through the change feed."""
+        items = list(tenants.items())
+        for start in range(0, len(items), 5000):
+            chunk = dict(items[start : start + 5000])
+            async with self.redis.pipeline(transaction=True) as pipe:
+                # redis-py's mapping type has an invariant key (Mapping[bytes | str | ..., ...]): dict[str, str] is fine
+                pipe.hset(self.keys.devices, mapping=chunk)  # type: ignore[arg-type]
+                for device_id, tenant in chunk.items():
+                    self._feed(pipe, "device", "upsert", device_id, tenant, 1)
+                await pipe.execute()
+
+    @guard
+    async def claim_device(self, device_id: str, tenant: str) -> str:
+        """Register an unregistered device to ``tenant``, atomically (set-if-absent, with its
+        change-feed entry in the same transaction); returns the device's owner after the claim:
+        ``tenant`` unless another tenant holds it. A transfer is :meth:`register_devices`."""
+        while True:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(self.keys.devices)
+                    owner = cast(bytes | None, await pipe.hget(self.keys.devices, device_id))
+                    if owner is not None:
+                        return str(owner.decode())
+                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves Pipeline.multi unannotated
+                    pipe.hset(self.keys.devices, device_id, tenant)
+                    self._feed(pipe, "device", "upsert", device_id, tenant, 1)
+                    await pipe.execute()
+                    return tenant
+                except WatchError:
+                    continue
+
+    @guard
+    async def device_tenants(self) -> dict[str, str]:
+        raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.keys.devices))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    @guard
+    async def device_tenant(self, device_id: str) -> str | None:
+        raw = cast(bytes | None, await self.redis.hget(self.keys.devices, device_id))
+        return raw.decode() if raw is not None else None
+
+    @guard
+    async def tenants_of(self, device_ids: list[str]) -> dict[str, str | None]:
+        """Each device's registered tenant (None where unregistered)."""
+        if not device_ids:
+            return {}
+        raws = cast(list[bytes | None], await self.redis.hmget(self.keys.devices, device_ids))
+        return {d: (r.decode() if r is not None else None) for d, r in zip(device_ids, raws)}
+
+    @guard
+    async def load_states(self, device_ids: list[str]) -> dict[str, DeviceState]:
+        out: dict[str, DeviceState] = {}
+        for start in range(0, len(device_ids), 10_000):
+            chunk = device_ids[start : start + 10_000]
+            raws = await self.redis.mget([self.keys.device(d) for d in chunk])
+            for did, raw in zip(chunk, raws):
+                if raw is not None:
+                    out[did] = DeviceState.from_obj(orjson.loads(raw))
+        return out
+
+    @guard
+    async def partition_devices(self, topic: str, partitions: Iterable[int]) -> dict[str, int]:
+        """Device id -> partition, for the devices seen on these partitions."""
+        out: dict[str, int] = {}
+        for p in partitions:
+            members = cast(set[bytes], await self.redis.smembers(self.keys.partition(topic, p)))
+            out.update((m.decode(), p) for m in members)
+        return out
+
+    @guard
+    async def claim_partitions(self, topic: str, partitions: Sequence[int]) -> dict[int, int]:
+        """Raise each partition's generation by one (a new owner); the new generations.
+
+        A save carrying an older generation (a worker that stalled past its session and
+        lost the partition) is refused by :meth:`save_packed`.
+        """
+        if not partitions:
+            return {}
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for p in partitions:
+                pipe.incr(self.keys.generation(topic, p))
+            gens = await pipe.execute()
+        return {p: int(g) for p, g in zip(partitions, gens)}
+
+    def pack_save(
+        self,
+        states: Mapping[str, DeviceState],
+        events: Iterable[Event],
+        new_devices: Mapping[tuple[str, int], list[str]] | None = None,
+        generations: Mapping[tuple[str, int], int] | None = None,
+    ) -> bytes | None:
+        """Serialise a save now (a snapshot), to send later with :meth:`save_packed`.
+
+        ``generations``: (topic, partition) -> the generation the saver holds; the save is
+        refused (Fenced) if any has moved on, so a stalled worker's commit is fenced too.
+        """
+        if not states and not new_devices and not generations:
+            return None
+        k = self.keys
+        flat: list[Any] = []
+        geo: dict[str, list[Any]] = {}
+        dumps = orjson.dumps
+        for d, st in states.items():
+            flat.append(k.device(d))
+            flat.append(dumps(st.to_obj()))
+            if -GEO_LAT_LIMIT <= st.lat <= GEO_LAT_LIMIT:
+                g = geo.get(st.tenant)
+                if g is None:
+                    g = geo[st.tenant] = []
+                g.extend((st.lon, st.lat, d))
+        geo_keys = {k.geo(t): v for t, v in geo.items()}
+        # membership changes in event order: an exit then an enter leaves the device inside
+        members = [
+            (1 if e.type == "enter" else 0, k.inside(e.tenant, e.fence_id), e.ts_ms, e.device_id)
+            for e in events
+            if e.type != "dwell"
+        ]
+        sadd = {k.partition(topic, p): devices for (topic, p), devices in (new_devices or {}).items() if devices}
+        gens: list[Any] = []
+        for (topic, p), gen in (generations or {}).items():
+            gens.extend((k.generation(topic, p), gen))
+        return msgpack.packb([flat, geo_keys, members, sadd, gens], use_bin_type=False)  # type: ignore[no-any-return]
+
+    @guard
+    async def save_packed(self, blob: bytes | None) -> None:
+        """Run a packed save; Fenced (nothing written) if a partition's generation moved on."""
+        if blob is not None and int(await self._save_batch(args=[blob])) < 0:
+            raise Fenced("the save was refused: another worker owns these partitions now")
+
+    @guard
+    async def device_state(self, tenant: str, device_id: str) -> DeviceState:
+        raw = await self.redis.get(self.keys.device(device_id))
+        if raw is None:
+            raise NotFound(f"no device {device_id!r}")
+        state = DeviceState.from_obj(orjson.loads(raw))
+        if state.tenant != tenant:
+            raise NotFound(f"no device {device_id!r}")
+        return state
+
+    @guard
+    async def devices_inside(self, tenant: str, fid: str) -> list[tuple[str, int]]:
+        got = cast(
+            list[tuple[bytes, float]], await self.redis.zrange(self.keys.inside(tenant, fid), 0, -1, withscores=True)
+        )
+        return [(d.decode(), int(s)) for d, s in got]
+
+    @guard
+    async def occupancy(self, tenant: str, fence_ids: list[str]) -> dict[str, int]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for fid in fence_ids:
+                pipe.zcard(self.keys.inside(tenant, fid))
+            counts = await pipe.execute()
+        return dict(zip(fence_ids, counts))
+
+    @guard
+    async def devices_near(
+        self, tenant: str, lon: float, lat: float, width_m: float, height_m: float
+    ) -> list[tuple[str, float, float]]:
+        """Devices whose last position is in the box around (lon, lat): candidates for an exact test."""
+        got = await self.redis.execute_command(  # type: ignore[no-untyped-call]  # unannotated in redis-py
+            "GEOSEARCH",
+            self.keys.geo(tenant),
+            "FROMLONLAT",
+            lon,
+            lat,
+            "BYBOX",
+            max(width_m, 1.0),
+            max(height_m, 1.0),
+            "m",
+            "WITHCOORD",
+        )
+        return [(name.decode(), float(xy[0]), float(xy[1])) for name, xy in got]

@@ -1,0 +1,58 @@
+"""The event history in Redis: each tenant's capped stream of recent events, written once per
+event (``fencex.store.scripts.APPEND_EVENTS``), read by page and followed live."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
+
+import orjson
+
+from fencex.store.connection import RedisConnection, StreamEntries, StreamsRead, guard
+
+
+class RedisHistory(RedisConnection):
+    """Appends to and reads from the tenants' event histories."""
+
+    history_maxlen: int
+
+    @guard
+    async def append_events(self, events: Iterable[dict[str, Any]]) -> int:
+        """Add events to their tenants' capped histories, each once (by event_id)."""
+        keys: list[str] = []
+        argv: list[Any] = [self.history_maxlen]
+        for e in events:
+            keys.extend((self.keys.seen(e["event_id"]), self.keys.events(e["tenant"])))
+            argv.append(orjson.dumps(e))
+        if not keys:
+            return 0
+        return int(await self._append_events(keys=keys, args=argv))
+
+    @guard
+    async def history(self, tenant: str, after: str = "-", count: int = 1000) -> list[tuple[str, dict[str, Any]]]:
+        start = after if after == "-" else f"({after}"
+        got = cast(StreamEntries, await self.redis.xrange(self.keys.events(tenant), min=start, max="+", count=count))
+        return [(i.decode(), orjson.loads(f[b"e"])) for i, f in got]
+
+    @guard
+    async def last_event_id(self, tenant: str) -> str:
+        got = cast(StreamEntries, await self.redis.xrevrange(self.keys.events(tenant), count=1))
+        return got[0][0].decode() if got else "0-0"
+
+    @guard
+    async def follow(
+        self, after: Mapping[str, str], block_ms: int = 1000, count: int = 1000
+    ) -> list[tuple[str, str, dict[str, Any]]]:
+        """Events after the given ids in these tenants' histories, as (tenant, id, event),
+        waiting up to ``block_ms``: one blocking read however many tenants."""
+        if not after:
+            return []
+        names = {self.keys.events(t): t for t in after}
+        got = cast(
+            StreamsRead, await self.redis.xread({k: after[t] for k, t in names.items()}, block=block_ms, count=count)
+        )
+        return [
+            (names[stream.decode()], i.decode(), orjson.loads(f[b"e"]))
+            for stream, entries in got or []
+            for i, f in entries
+        ]

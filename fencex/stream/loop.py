@@ -41,7 +41,6 @@ import asyncio
 import copy
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from itertools import chain
 from typing import Any
@@ -50,12 +49,13 @@ from fencex.detector import DeviceState
 from fencex.errors import BrokerUnavailable, Fenced, StoreUnavailable, Unavailable
 from fencex.fix import Fix
 from fencex.index import FenceIndex
-from fencex.metrics import HERD_SERIES, PushMetrics
+from fencex.metrics import PushMetrics
 from fencex.pipeline import Processed, process, reevaluate_all
 from fencex.retrying import retrying
 from fencex.stream import batch
 from fencex.stream.checkpoint import Checkpoint, Pending
 from fencex.stream.config import LoopSettings, Topics
+from fencex.stream.gauges import worker_gauges
 from fencex.stream.outbox import Outbox
 from fencex.stream.ports import Consumer, DeviceStore, Follower, Producer, Record
 
@@ -121,23 +121,8 @@ class Processor:
         await self.store.close()
 
     def snapshot(self) -> dict[str, Any]:
-        """What the metrics collector reads at scrape time (not kept up to date on the hot path)."""
-        occupancy: Counter[tuple[str, str]] = Counter()
-        for state in list(self.states.values()):
-            for fid in state.members:
-                occupancy[(state.tenant, fid)] += 1
-        return {
-            "partitions": self.consumer.assignment(),
-            "lag": self.consumer.lag(),
-            "fences": len(self.index),
-            "index_version": self.follower.applied,
-            "quarantined": len(self.follower.quarantined),
-            "feed_reloads": self.follower.reloads,
-            "devices": len(self.states),
-            "running": int(self.running),
-            "occupancy": occupancy.most_common(HERD_SERIES),
-            "fence_events": self.outbox.fence_events.most_common(HERD_SERIES),
-        }
+        """What the metrics collector reads at scrape time (:func:`fencex.stream.gauges.worker_gauges`)."""
+        return worker_gauges(self)
 
     def _new_index(self, index: FenceIndex) -> None:
         self.metrics.index_rebuild.observe(index.build_seconds)

@@ -176,6 +176,17 @@ def test_fence_limits_name_the_limit(live):
         assert r.status_code == 413 and r.json()["limit"] == "max_fence_bytes"
 
 
+def test_request_size_limits_name_the_limit(live):
+    """Every limit's refusal names its setting: fixes a request, points a batch query."""
+    with start(live, FENCEX_MAX_FIXES_PER_REQUEST="3", FENCEX_MAX_BATCH_POINTS="4") as api:
+        a = farm(api, "farm-a")
+        fix = {"device_id": "c", "ts": "2026-05-28T20:26:41Z", "lon": 17.6, "lat": 59.8}
+        r = api.post("/locations", json=[fix] * 4, headers=a)
+        assert r.status_code == 413 and r.json()["limit"] == "max_fixes_per_request", r.text
+        r = api.post("/query/fences", json={"points": [[17.6, 59.8]] * 5}, headers=a)
+        assert r.status_code == 413 and r.json()["limit"] == "max_batch_points", r.text
+
+
 def test_claims_are_atomic(api):
     """#10: claims read then wrote: two farms could both be told they own a collar."""
     farms = [farm(api, f"farm-{i}") for i in range(4)]

@@ -45,7 +45,11 @@ async def post_locations(request: Request, tenant: Tenant, state: State) -> Resp
         raise Problem(422, f"the body is not JSON: {exc}") from None
     items = body if isinstance(body, list) else [body]
     if len(items) > state.settings.max_fixes_per_request:
-        raise Problem(413, f"{len(items)} fixes; the limit is {state.settings.max_fixes_per_request} a request")
+        raise Problem(
+            413,
+            f"{len(items)} fixes; the limit is {state.settings.max_fixes_per_request} a request",
+            limit="max_fixes_per_request",
+        )
     parsed, errors = [], []
     for i, item in enumerate(items):
         try:
@@ -70,7 +74,7 @@ async def post_locations(request: Request, tenant: Tenant, state: State) -> Resp
         good.append((fix.device_id.encode(), orjson.dumps(item), None))
     if good:
         if not state.broker_ok:
-            raise Problem(503, "the broker is not reachable yet; nothing was produced")
+            raise Problem(503, "the broker is not reachable yet; nothing was produced", headers={"Retry-After": "2"})
         await state.producer.send_all(state.settings.locations_topic, good, state.settings.ingest_ack_timeout_s)
         state.metrics.fixes_ingested.inc(len(good))
     if errors:

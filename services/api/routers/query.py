@@ -74,7 +74,7 @@ async def fences_at_many(request: Request, tenant: Tenant, state: State) -> Resp
         raise Problem(422, "every point is a [longitude, latitude] pair of numbers")
     limit = state.settings.max_batch_points
     if len(pts) > limit:
-        raise Problem(413, f"{len(pts)} points; the limit is {limit} a request")
+        raise Problem(413, f"{len(pts)} points; the limit is {limit} a request", limit="max_batch_points")
     bad = ~(np.isfinite(pts).all(axis=1) & (np.abs(pts[:, 0]) <= 180) & (np.abs(pts[:, 1]) <= 90))
     if bad.any():
         first = int(np.nonzero(bad)[0][0])

@@ -5,7 +5,8 @@ partitions), the fixes to reroute (packed under another device's key) and the de
 letters, one per bad record. No I/O: the loop does the sending.
 
 A dead letter is bounded whatever the record held: its value is the original cut to
-``max_bytes`` (headers ``size`` and ``sha256`` describe the original), and its headers
+``max_bytes`` (headers ``size`` and ``sha256`` describe the original), its key to :data:`MAX_KEY`
+(``key_size``, ``key_sha256``), and its headers
 list at most :data:`MAX_LISTED` bad elements as ``[index, reason]`` pairs (``errors``,
 with ``errors_total``), the first one's ``reason`` and ``detail``, and the ``source``
 ``topic/partition/offset``.
@@ -26,6 +27,7 @@ from fencex.stream.ports import Record
 
 MAX_LISTED = 100  # bad elements listed in a dead letter's headers
 MAX_DETAIL = 1024  # characters of the first bad element's detail
+MAX_KEY = 1024  # bytes of a record's key kept in its dead letter (a longer one: cut, its size and hash in headers)
 
 
 @dataclass(slots=True)
@@ -61,7 +63,11 @@ def dead_letter(
     ]
     if len(raw) > max_bytes:
         headers.append(("truncated", b"1"))
-    return (record.key, raw[:max_bytes], headers), first.reason
+    key = record.key
+    if key is not None and len(key) > MAX_KEY:
+        headers += [("key_size", str(len(key)).encode()), ("key_sha256", hashlib.sha256(key).hexdigest().encode())]
+        key = key[:MAX_KEY]
+    return (key, raw[:max_bytes], headers), first.reason
 
 
 def split(
@@ -101,7 +107,7 @@ def undelivered_stub(topic: str, key: bytes | None, headers: Headers, reason: st
     """A small dead letter standing for a record the broker refused for good: where it came from, why."""
     kept = [(k, v) for k, v in headers if k in ("source", "reason", "sha256", "size")]
     return (
-        key,
+        key[:MAX_KEY] if key is not None else None,
         b"",
         [
             ("reason", b"undelivered"),

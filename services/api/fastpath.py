@@ -132,6 +132,8 @@ class ApiEdge:
                 scope[SCOPE_KEY] = (role, await authenticate(self.state, _header(scope, b"authorization"), role))
             except Problem as p:
                 return await _answer(send, p, scope["path"], unread)
+        if role is None and has_body:  # no route without a key takes a body: answer, and leave it unread
+            return await self._app(scope, receive, send, close=True)
         if length is not None and length.isdigit() and int(length) > self._max_body:
             return await _answer(send, self._too_large(f"the body is {int(length)} bytes"), scope["path"], unread)
         if has_body:
@@ -155,13 +157,15 @@ class ApiEdge:
     def _too_large(self, what: str) -> Problem:
         return Problem(413, f"{what}; the limit is {self._max_body}", limit="max_body_bytes")
 
-    async def _app(self, scope: dict[str, Any], receive: Receive, send: Send) -> int:
+    async def _app(self, scope: dict[str, Any], receive: Receive, send: Send, close: bool = False) -> int:
         status = 500
 
         async def send_with_status(message: MutableMapping[str, Any]) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if close:
+                    message["headers"] = [*message.get("headers", ()), (b"connection", b"close")]
             await send(message)
 
         await self.app(scope, receive, send_with_status)

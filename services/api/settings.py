@@ -15,6 +15,7 @@ class Settings(ServiceSettings):
     max_fence_bytes: int = 1_000_000  # one stored fence, as JSON (413)
     max_fences_per_tenant: int = 10_000  # fences one farm may hold (422)
     max_batch_points: int = 100_000
+    max_batch_matches: int = 1_000_000  # point-in-fence pairs one batch point query may answer (422)
     max_fixes_per_request: int = 10_000
     ingest_ack_timeout_s: float = 5.0  # ingest answers 503 when the broker has not acknowledged by then
     sse_max_per_tenant: int = 10  # live event streams one farm may hold open on one API process (429)

@@ -8,7 +8,7 @@ import orjson
 from confluent_kafka import KafkaError
 
 from fencex.kafka.producer import Producer, is_permanent
-from fencex.stream.batch import MAX_LISTED, split
+from fencex.stream.batch import MAX_KEY, MAX_LISTED, split, undelivered_stub
 from tests.unit.fakes import Rec
 
 NOW = 1_780_000_060_000
@@ -64,3 +64,18 @@ def test_producers_use_murmur2_and_keep_per_key_order():
     assert idempotent["partitioner"] == "murmur2_random" and idempotent["enable.idempotence"] is True
     plain = Producer("127.0.0.1:1", idempotence=False)._config
     assert plain["enable.idempotence"] is False and plain["max.in.flight.requests.per.connection"] == 1
+
+
+def test_a_dead_letter_is_bounded_whatever_its_key():
+    """Found in review: the key was copied whole; a bad record with a 1.5 MB key made a dead
+    letter (and its undelivered stub) over the producer's limit, so it never reached the DLQ."""
+    big = b"k" * 1_500_000
+    ((key, value, headers),) = split([rec(b"not json", key=big)], NOW).dead
+    h = dict(headers)
+    assert key is not None and len(key) <= MAX_KEY and big.startswith(key)
+    assert h["key_size"] == b"1500000" and h["key_sha256"] == hashlib.sha256(big).hexdigest().encode()
+    assert value == b"not json" and h["reason"] == b"not_json"
+    stub_key, _, _ = undelivered_stub("fence-events", big, [], "too_large", "refused")
+    assert stub_key is not None and len(stub_key) <= MAX_KEY
+    ((key, _, headers),) = split([rec(b"not json")], NOW).dead
+    assert key == b"cow-1" and "key_size" not in dict(headers)  # a key of ordinary size is kept as it is

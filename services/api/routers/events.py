@@ -120,7 +120,7 @@ async def stream(
     hub.check(tenant)  # 429 before touching Redis
     newest = await store.last_event_id(tenant)  # and a 503 now while Redis is down, not a silent stream
     start = last_event_id or newest
-    sub = hub.subscribe(tenant, start)
+    sub = hub.subscribe(tenant, newest)  # the reader follows the tail; this client catches up from its own start
     state.sse_clients += 1
 
     def frame(entry_id: str, e: dict[str, Any]) -> bytes:

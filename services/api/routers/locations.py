@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from fencex.errors import InvalidFix
-from fencex.fix import fix_from_obj, reason_of
+from fencex.fix import fix_from_obj, fix_json, reason_of
 from services.api.deps import State, Tenant
 from services.api.problem import Problem, problem
 from services.api.schema import LocationsAccepted
@@ -53,14 +53,14 @@ async def post_locations(request: Request, tenant: Tenant, state: State) -> Resp
     parsed, errors = [], []
     for i, item in enumerate(items):
         try:
-            parsed.append((i, fix_from_obj(item), item))  # ts within [2000, now + the skew], as the worker checks
+            parsed.append((i, fix_from_obj(item)))  # ts within [2000, now + the skew], as the worker checks
         except InvalidFix as exc:
             errors.append({"index": i, "message": str(exc)})
             state.metrics.fixes_rejected.labels(reason_of(str(exc))).inc()
     # a farm moves only its own collars: the device must be registered to the caller's farm
-    owners = await state.store.tenants_of(sorted({f.device_id for _, f, _ in parsed}))
+    owners = await state.store.tenants_of(sorted({f.device_id for _, f in parsed}))
     good = []
-    for i, fix, item in parsed:
+    for i, fix in parsed:
         if owners.get(fix.device_id) != tenant:
             errors.append(
                 {
@@ -71,7 +71,8 @@ async def post_locations(request: Request, tenant: Tenant, state: State) -> Resp
             )
             state.metrics.fixes_rejected.labels("not_your_device").inc()
             continue
-        good.append((fix.device_id.encode(), orjson.dumps(item), None))
+        # the fix as fencex reads it, not as sent: no unknown members carried into the shared topic
+        good.append((fix.device_id.encode(), fix_json(fix), None))
     if good:
         if not state.broker_ok:
             raise Problem(503, "the broker is not reachable yet; nothing was produced", headers={"Retry-After": "2"})

@@ -25,6 +25,7 @@ from services.api.schema import (
 )
 
 router = APIRouter(prefix="/query", tags=["queries"])
+BATCH_CHUNK = 10_000  # points joined at a time, so that the match cap is checked as the answer grows
 Lon = Annotated[
     float, Query(ge=-180, le=180, description="longitude (GeoJSON order: longitude first)", examples=[17.605])
 ]
@@ -85,7 +86,18 @@ async def fences_at_many(request: Request, tenant: Tenant, state: State) -> Resp
             invalid_points=np.nonzero(bad)[0][:100].tolist(),
         )
     index = state.follower.index
-    point, rows = index.pairs(pts[:, 0], pts[:, 1], tenant)
+    cap = state.settings.max_batch_matches
+    points, found = [], []
+    for at in range(0, len(pts), BATCH_CHUNK):  # by chunks: stop before the answer grows past the cap
+        p, r = index.pairs(pts[at : at + BATCH_CHUNK, 0], pts[at : at + BATCH_CHUNK, 1], tenant)
+        points.append(p + at)
+        found.append(r)
+        if sum(len(x) for x in found) > cap:
+            raise Problem(
+                422, f"over {cap} point-in-fence matches; send fewer points a request", limit="max_batch_matches"
+            )
+    point = np.concatenate(points) if points else np.zeros(0, dtype=np.int64)
+    rows = np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
     ids = [index.fences[r].id for r in rows.tolist()]
     state.metrics.queries.labels("batch_point").inc(len(pts))
     return Response(

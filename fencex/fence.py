@@ -92,6 +92,13 @@ def _checked(geometry: Any, max_vertices: int) -> tuple[dict[str, Any], BaseGeom
         polygons = [_rings(p, f"polygon {i}") for i, p in enumerate(coords)]
     else:
         raise InvalidFence(f"geometry type must be Polygon or MultiPolygon, got {kind!r}")
+    for i, p in enumerate(polygons):
+        lons = [pos[0] for pos in p[0]]
+        if max(lons) - min(lons) > 180.0:
+            raise InvalidFence(
+                f"polygon {i} spans {max(lons) - min(lons):g} degrees of longitude: a fence that crosses the "
+                "180th meridian must be cut there into two polygons of a MultiPolygon (RFC 7946 3.1.9)"
+            )
     vertices = sum(len(r) for p in polygons for r in p)
     if vertices > max_vertices:
         raise InvalidFence(f"the fence has {vertices} vertices, more than the limit of {max_vertices}")

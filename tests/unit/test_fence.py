@@ -41,6 +41,8 @@ HOLE = [[2, 2], [4, 2], [4, 4], [2, 4], [2, 2]]
         # issue 9 #16: floating-point noise is clamped (below); a real excess is still refused
         (poly([[0, 0], [180.000001, 0], [180.000001, 1], [0, 1], [0, 0]]), "longitude 180.000001 is outside"),
         (poly([[0, 0], [1, 0], [1, -90.000001], [0, -90.000001], [0, 0]]), "latitude -90.000001 is outside"),
+        # a ring meant across the 180th meridian would be read the long way round: cut it there
+        (poly([[179, 0], [-179, 0], [-179, 1], [179, 1], [179, 0]]), "spans 358 degrees of longitude"),
     ],
 )
 def test_bad_geometry_is_refused_with_reason(geometry, message):

@@ -134,8 +134,10 @@ def map_case(ctx: Any, case: Any) -> Any:
     path = case.operation.path
     if isinstance(body, dict):
         body = _repair_body(body)
-        if path == "/fences/{fence_id}" and "id" in body:  # the body's id, if any, is the URL's
-            body = {**body, "id": (case.path_parameters or {}).get("fence_id", body["id"])}
+        if path == "/fences/{fence_id}" and "id" in body:
+            # the body's id, if any, must be the URL's; the stateful phase fills the URL from a link
+            # after this hook, so a positive case leaves the (optional) body id out
+            body = {k: v for k, v in body.items() if k != "id"}
     if path == "/locations":
         body = [_fix(b) for b in body] if isinstance(body, list) else _fix(body)
     case.body = body

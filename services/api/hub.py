@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from fencex.errors import Unavailable
+from fencex.retrying import retrying
 from fencex.store.redis import RedisStore
 from services.api.problem import Problem
 
@@ -107,14 +107,9 @@ class EventHub:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            try:
-                got = await self.store.follow(dict(self._after), block_ms=self.block_ms)
-            except Unavailable as exc:
-                if self.on_error is not None:
-                    self.on_error(exc)
-                log.warning("live events: %s; retrying in 1 s", exc)
-                await asyncio.sleep(1.0)
-                continue
+            async for attempt in retrying("live events", on_error=self.on_error, max_delay=2.0, logger=log):
+                with attempt:
+                    got = await self.store.follow(dict(self._after), block_ms=self.block_ms)
             for tenant, entry_id, event in got:
                 if tenant in self._after:
                     self._after[tenant] = entry_id

@@ -233,6 +233,8 @@ def _herd(
 ) -> None:
     """Escape and return: ``confirm`` consecutive fixes (``fresh``), or at once when a fence
     change turns the verdict of the accepted fix."""
+    if not (mob.pastures or mob.exclusions or new.out or new.streak):
+        return  # no herd to keep: the fence detector alone, and a state saved as before
     members = new.members
     here = first(members, mob.pastures)
     gone = [fid for fid in before if fid not in members]

@@ -93,6 +93,8 @@ def is_out(members: Collection[str], mob: Mob, fences: Mapping[str, Fence]) -> b
             if m in exclusions:
                 return True
     pastures = mob.pastures
+    if not pastures:
+        return False
     for m in members:
         if m in pastures:
             return False

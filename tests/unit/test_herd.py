@@ -415,3 +415,13 @@ def test_state_roundtrip_with_herd_fields():
     s.low, s.battery = True, 12.5
     assert DeviceState.from_obj(s.to_obj()) == s
     assert math.isfinite(DeviceState.from_obj(s.to_obj()).battery)
+
+
+def test_without_herd_rules_a_state_saves_as_before():
+    # the pipeline without rules_of: no herd fields creep into saved states (a fence deleted, a battery low)
+    out = reevaluate(dev("P"), "cow-1", [], [], {"Q": Q}, NO_MOB)
+    assert [e.type for e in out.events] == ["exit"]
+    assert set(out.state.to_obj()) == {"tenant", "ts", "lon", "lat", "in"}
+    plain = detect(dev(), fx(battery=3.0, accuracy_m=500.0), "farm", ["P"], [], FENCES)
+    assert [e.type for e in plain.events] == ["enter"] and not plain.untrusted
+    assert set(plain.state.to_obj()) == {"tenant", "ts", "lon", "lat", "in", "bat"}  # the reading is kept

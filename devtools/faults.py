@@ -495,7 +495,7 @@ def alternation_breaks(events: list[dict]) -> list[str]:
         by_pair[(e["device_id"], e["fence_id"])].append(e)
     breaks = []
     for pair, evs in by_pair.items():
-        evs.sort(key=lambda e: (e["ts"], e["fence_version"], _ORDER[e["type"]]))
+        evs.sort(key=lambda e: (e["ts"], e["fence_version"], _ORDER.get(e["type"], 3)))
         inside: bool | None = None  # unknown before the first event
         for e in evs:
             t = e["type"]

@@ -16,10 +16,12 @@ from fencex.errors import (
 from fencex.event import EVENT_SCHEMA, Event, event_id
 from fencex.fence import DEFAULT_TENANT, Fence, FenceProperties, parse_geometry
 from fencex.fix import Fix, Rejected, parse_record
+from fencex.herd import DEFAULT_RULES, HerdRules, Mob
 from fencex.index import FenceIndex
-from fencex.pipeline import Processed, process, reevaluate_all
+from fencex.pipeline import Processed, default_rules, process, reevaluate_all
 
 __all__ = [
+    "DEFAULT_RULES",
     "DEFAULT_TENANT",
     "EVENT_SCHEMA",
     "BrokerUnavailable",
@@ -30,10 +32,12 @@ __all__ = [
     "FenceProperties",
     "FencexError",
     "Fix",
+    "HerdRules",
     "InvalidFence",
     "InvalidFix",
     "InvalidInput",
     "Membership",
+    "Mob",
     "NotFound",
     "Outcome",
     "Processed",
@@ -42,6 +46,7 @@ __all__ = [
     "StoreUnavailable",
     "Unavailable",
     "VersionConflict",
+    "default_rules",
     "detect",
     "event_id",
     "parse_geometry",

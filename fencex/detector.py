@@ -11,21 +11,39 @@ On top of that:
 - *fence changes*: :func:`reevaluate` applies the same rules to the device's
   last fix when fences are reshaped or deleted.
 
-:func:`is_stale` and :func:`unchanged` are the two predicates the batch
-pipeline's fast path asks before it skips the full transition; they are the
-detector's own rules, not copies, and a property test holds them to
-:func:`detect`.
+The herd's rules (escape and return, battery, fixes not to trust) are in
+:mod:`fencex.herd`; :func:`detect` applies them after the fence rules.
+
+:func:`is_stale`, :func:`unchanged` and :func:`fencex.herd.steady` are the
+predicates the batch pipeline's fast path asks before it skips the full
+transition; they are the detector's own rules, not copies, and a property test
+holds them to :func:`detect`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from fencex.event import Event
 from fencex.fence import Fence
 from fencex.fix import Fix
+from fencex.herd import (
+    ACCEPTED,
+    JUMP,
+    NO_FIX,
+    NO_HERD,
+    NO_MOB,
+    HerdRules,
+    Mob,
+    battery_step,
+    first,
+    is_out,
+    verdict,
+)
+
+Distance = Callable[[Collection[str], float, float], float | None]
 
 
 @dataclass(slots=True)
@@ -37,29 +55,73 @@ class Membership:
 
 @dataclass(slots=True)
 class DeviceState:
+    """A device's state. ``last_ts``/``lon``/``lat``: its last fix that was not stale (last seen);
+    ``acc``: its last *accepted* fix (ts, lon, lat) when that is another one (None: the same),
+    the place its fences were decided and the jump rule's reference; ``pending``: a jump
+    fix waiting for a second that agrees; ``out``/``streak``: out of its pastures, and how
+    many consecutive fixes said otherwise; ``pasture``: the last pasture it left;
+    ``low``/``battery``: the battery alarm and the last reading."""
+
     tenant: str
     last_ts: int
     lon: float
     lat: float
     members: dict[str, Membership] = field(default_factory=dict)
+    acc: tuple[int, float, float] | None = None
+    pending: tuple[int, float, float] | None = None
+    out: bool = False
+    streak: int = 0
+    pasture: str = ""
+    low: bool = False
+    battery: float | None = None
+
+    @property
+    def accepted(self) -> tuple[int, float, float]:
+        """The last accepted fix (ts, lon, lat); ts -1: none yet."""
+        acc = self.acc
+        return (self.last_ts, self.lon, self.lat) if acc is None else acc
 
     def to_obj(self) -> dict[str, Any]:
-        return {
+        obj: dict[str, Any] = {
             "tenant": self.tenant,
             "ts": self.last_ts,
             "lon": self.lon,
             "lat": self.lat,
             "in": {k: [m.since_ms, m.version, int(m.dwelled)] for k, m in self.members.items()},
         }
+        # the herd's fields only when set: a state saved by an older version reads as defaults
+        if self.acc is not None:
+            obj["acc"] = list(self.acc)
+        if self.pending is not None:
+            obj["pend"] = list(self.pending)
+        if self.out:
+            obj["out"] = 1
+        if self.streak:
+            obj["streak"] = self.streak
+        if self.pasture:
+            obj["pas"] = self.pasture
+        if self.low:
+            obj["low"] = 1
+        if self.battery is not None:
+            obj["bat"] = self.battery
+        return obj
 
     @classmethod
     def from_obj(cls, obj: dict[str, Any]) -> DeviceState:
+        acc, pend = obj.get("acc"), obj.get("pend")
         return cls(
             obj["tenant"],
             obj["ts"],
             obj["lon"],
             obj["lat"],
             {k: Membership(v[0], v[1], bool(v[2])) for k, v in obj["in"].items()},
+            (int(acc[0]), float(acc[1]), float(acc[2])) if acc else None,
+            (int(pend[0]), float(pend[1]), float(pend[2])) if pend else None,
+            bool(obj.get("out", 0)),
+            int(obj.get("streak", 0)),
+            str(obj.get("pas", "")),
+            bool(obj.get("low", 0)),
+            obj.get("bat"),
         )
 
 
@@ -68,6 +130,7 @@ class Outcome:
     state: DeviceState | None
     events: list[Event]
     stale: bool = False
+    untrusted: str = ""  # INACCURATE or JUMP: the fix was not applied to the device's fences
 
 
 def is_stale(state: DeviceState | None, ts_ms: int) -> bool:
@@ -82,11 +145,19 @@ def dwell_due(member: Membership, fence: Fence, ts_ms: int) -> bool:
 
 
 def unchanged(
-    state: DeviceState, ts_ms: int, inside: Collection[str], near: Collection[str], fences: Mapping[str, Fence]
+    state: DeviceState,
+    ts_ms: int,
+    inside: Collection[str],
+    near: Collection[str],
+    fences: Mapping[str, Fence],
+    mob: Mob = NO_MOB,
+    fresh: bool = True,
 ) -> bool:
-    """Whether a fresh fix at ``ts_ms`` changes nothing but the device's position and time:
-    the same set of fences (those held by an exit buffer included), none of them reshaped or
-    deleted, no dwell due. Then :func:`detect` gives no event and the same memberships."""
+    """Whether a fresh fix at ``ts_ms`` (``fresh``) or a fence change (not ``fresh``: the
+    accepted fix again) changes nothing but the device's position and time: the same set of
+    fences (those held by an exit buffer included), none of them reshaped or deleted, no
+    dwell due, and no escape or return under way. Then :func:`detect` (or :func:`reevaluate`)
+    gives no event and the same memberships. The fix's own herd rules are :func:`steady`'s."""
     members = state.members
     for fid in inside:
         if fid not in members:
@@ -99,11 +170,14 @@ def unchanged(
         fence = fences.get(fid)
         if fence is None or fence.version != m.version or dwell_due(m, fence, ts_ms):
             return False  # deleted, reshaped, or a dwell to fire
-    return True
+    out = is_out(members, mob, fences)
+    if fresh:
+        return out == state.out and state.streak == 0  # else a confirmation counts on
+    return out == (state.out != (state.streak > 0))  # the fence change leaves the verdict as it was
 
 
-def _transition(
-    state: DeviceState | None,
+def _memberships(
+    before: dict[str, Membership],
     tenant: str,
     device_id: str,
     ts: int,
@@ -112,8 +186,7 @@ def _transition(
     inside: Collection[str],
     near: Collection[str],
     fences: Mapping[str, Fence],
-) -> Outcome:
-    before = state.members if state is not None else {}
+) -> tuple[dict[str, Membership], list[Event]]:
     now_ids = set(inside)
     now_ids.update(fid for fid in near if fid in before)  # still within the exit buffer
     events: list[Event] = []
@@ -134,7 +207,64 @@ def _transition(
             member.dwelled = True
             events.append(Event("dwell", tenant, device_id, fid, fence.version, ts, lon, lat, fence.dwell_s))
         members[fid] = member
-    return Outcome(DeviceState(tenant, ts, lon, lat, members), events)
+    return members, events
+
+
+def _copy(state: DeviceState, members: dict[str, Membership]) -> DeviceState:
+    s = state
+    return DeviceState(
+        s.tenant, s.last_ts, s.lon, s.lat, members, s.acc, s.pending, s.out, s.streak, s.pasture, s.low, s.battery
+    )
+
+
+def _herd(
+    before: Mapping[str, Membership],
+    new: DeviceState,
+    device_id: str,
+    ts: int,
+    lon: float,
+    lat: float,
+    mob: Mob,
+    fences: Mapping[str, Fence],
+    confirm: int,
+    distance: Distance | None,
+    events: list[Event],
+    fresh: bool,
+) -> None:
+    """Escape and return: ``confirm`` consecutive fixes (``fresh``), or at once when a fence
+    change turns the verdict of the accepted fix."""
+    if not (mob.pastures or mob.exclusions or new.out or new.streak):
+        return  # no herd to keep: the fence detector alone, and a state saved as before
+    members = new.members
+    here = first(members, mob.pastures)
+    gone = [fid for fid in before if fid not in members]
+    if gone:  # the pasture it left (or a deleted fence, whatever it was): named by a later escape
+        left = first(gone, mob.pastures) or min((fid for fid in gone if fid not in fences), default="")
+        if left:
+            new.pasture = left
+    out = is_out(members, mob, fences)
+    if fresh:
+        if out == new.out:
+            new.streak = 0
+            return
+        new.streak += 1
+        if new.streak < confirm:
+            return
+    else:
+        if out == (new.out != (new.streak > 0)):
+            return  # the fence change did not turn the verdict: a confirmation under way goes on
+        new.streak = 0
+        if out == new.out:
+            return
+    new.out, new.streak = out, 0
+    if out:
+        fid = first(members, mob.exclusions) or new.pasture
+        d = distance(mob.pastures, lon, lat) if distance is not None else None
+    else:
+        fid, d = here, None
+    fence = fences.get(fid)
+    version = fence.version if fence is not None else 0
+    events.append(Event("escape" if out else "return", new.tenant, device_id, fid, version, ts, lon, lat, None, d))
 
 
 def detect(
@@ -144,21 +274,82 @@ def detect(
     inside: Collection[str],
     near: Collection[str],
     fences: Mapping[str, Fence],
+    rules: HerdRules = NO_HERD,
+    mob: Mob = NO_MOB,
+    distance: Distance | None = None,
 ) -> Outcome:
     """Apply one fix to a device's state.
 
     ``inside``: ids of the tenant's fences containing the fix (boundary included);
     ``near``: ids of buffered fences whose outer geometry contains it;
-    ``fences``: the current fences by id (deleted ones are absent).
+    ``fences``: the current fences by id (deleted ones are absent);
+    ``rules``: the farm's herd rules; ``mob``: the device's pastures and exclusion zones;
+    ``distance``: metres from a point to the nearest boundary of the named pastures.
     """
-    if is_stale(state, fix.ts_ms):
+    ts, lon, lat = fix.ts_ms, fix.lon, fix.lat
+    if is_stale(state, ts):
         return Outcome(state, [], stale=True)
-    return _transition(state, tenant, fix.device_id, fix.ts_ms, fix.lon, fix.lat, inside, near, fences)
+    why = verdict(state, fix, rules)
+    if why == ACCEPTED:
+        members, events = _memberships(
+            state.members if state is not None else {}, tenant, fix.device_id, ts, lon, lat, inside, near, fences
+        )
+        new = DeviceState(tenant, ts, lon, lat, members) if state is None else _copy(state, members)
+        new.last_ts, new.lon, new.lat, new.acc, new.pending = ts, lon, lat, None, None
+        before = state.members if state is not None else {}
+        _herd(before, new, fix.device_id, ts, lon, lat, mob, fences, rules.confirm_fixes, distance, events, True)
+    else:
+        events = []
+        if state is None:  # a first fix too inaccurate to place the device in its fences
+            new = DeviceState(tenant, ts, lon, lat, {}, NO_FIX)
+        else:
+            new = _copy(state, dict(state.members))
+            new.acc = state.accepted
+            new.last_ts = ts
+            if why == JUMP:
+                new.pending = (ts, lon, lat)  # held back; the device stays where it was
+            else:
+                new.lon, new.lat = lon, lat  # seen here, roughly: its fences stay
+    extra = fix.extra
+    if extra is not None:
+        reading = extra.get("battery")
+        if reading is not None:
+            new.battery = reading
+            low = battery_step(new.low, reading, rules)
+            if low is not None:
+                new.low = low
+                kind = "battery_low" if low else "battery_ok"
+                events.append(Event(kind, tenant, fix.device_id, "", 0, ts, lon, lat, battery=reading))
+    return Outcome(new, events, untrusted=why)
+
+
+def move(state: DeviceState, fix: Fix) -> None:
+    """What a fix that is :func:`unchanged` and :func:`steady` does: moves the device
+    (and keeps its battery reading). The pipeline's fast path."""
+    state.last_ts, state.lon, state.lat = fix.ts_ms, fix.lon, fix.lat
+    extra = fix.extra
+    if extra is not None:
+        reading = extra.get("battery")
+        if reading is not None:
+            state.battery = reading
 
 
 def reevaluate(
-    state: DeviceState, device_id: str, inside: Collection[str], near: Collection[str], fences: Mapping[str, Fence]
+    state: DeviceState,
+    device_id: str,
+    inside: Collection[str],
+    near: Collection[str],
+    fences: Mapping[str, Fence],
+    mob: Mob = NO_MOB,
+    distance: Distance | None = None,
 ) -> Outcome:
-    """Re-apply a device's last fix after fences changed: exits from deleted or
-    shrunk fences, enters into new or grown ones, at the last fix's time and place."""
-    return _transition(state, state.tenant, device_id, state.last_ts, state.lon, state.lat, inside, near, fences)
+    """Re-apply a device's last accepted fix after fences changed: exits from deleted or
+    shrunk fences, enters into new or grown ones, escapes and returns (at once: no
+    confirmation), at the accepted fix's time and place. ``inside``/``near`` are of that place."""
+    ts, lon, lat = state.accepted
+    if ts < 0:
+        return Outcome(state, [])  # never placed in its fences
+    members, events = _memberships(state.members, state.tenant, device_id, ts, lon, lat, inside, near, fences)
+    new = _copy(state, members)
+    _herd(state.members, new, device_id, ts, lon, lat, mob, fences, 1, distance, events, False)
+    return Outcome(new, events)

@@ -2,8 +2,14 @@
 
 The vocabulary follows Tile38's: ``enter`` and ``exit`` when a device's set of
 fences changes, plus ``dwell`` once a device has stayed inside a fence for the
-fence's ``dwell_s``. ``event_id`` is a hash of what the event is about, so the
-same fix processed twice yields the same id and consumers can drop duplicates.
+fence's ``dwell_s``. The herd's words come in the same envelope: ``escape`` and
+``return`` (a device out of every pasture of its mob, or in one of its exclusion
+zones, and back), ``battery_low`` and ``battery_ok`` (a collar's battery across
+the farm's threshold; their ``fence_id`` is ``""`` and ``fence_version`` 0).
+``event_id`` is a hash of what the event is about, so the same fix processed
+twice yields the same id and consumers can drop duplicates; a herd event's id
+leaves the fence's version out (device, fence or ``""``, type, fix time), so a
+fence reshaped meanwhile does not make a replayed escape new.
 The JSON Schema is ``schema/fence-event.schema.json``; a test keeps it true.
 """
 
@@ -16,7 +22,9 @@ from typing import Any
 
 import orjson
 
-EVENT_TYPES: tuple[str, ...] = ("enter", "exit", "dwell")
+FENCE_TYPES: tuple[str, ...] = ("enter", "exit", "dwell")
+HERD_TYPES: tuple[str, ...] = ("escape", "return", "battery_low", "battery_ok")
+EVENT_TYPES: tuple[str, ...] = FENCE_TYPES + HERD_TYPES
 
 
 def rfc3339(ms: int | float) -> str:
@@ -41,10 +49,13 @@ class Event:
     lon: float
     lat: float
     dwell_s: float | None = None
+    distance_m: float | None = None  # escape: metres to the nearest pasture boundary of the mob
+    battery: float | None = None  # battery_low / battery_ok: the reading, in percent
 
     @property
     def event_id(self) -> str:
-        return event_id(self.device_id, self.fence_id, self.fence_version, self.type, self.ts_ms)
+        version = self.fence_version if self.type in FENCE_TYPES else 0
+        return event_id(self.device_id, self.fence_id, version, self.type, self.ts_ms)
 
     def to_dict(self, detected_at_ms: float) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -61,6 +72,10 @@ class Event:
         }
         if self.dwell_s is not None:
             out["dwell_s"] = self.dwell_s
+        if self.distance_m is not None:
+            out["distance_m"] = self.distance_m
+        if self.battery is not None:
+            out["battery"] = self.battery
         return out
 
     def to_json(self, detected_at_ms: float) -> bytes:
@@ -71,8 +86,8 @@ EVENT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": "https://fencex.dev/schema/fence-event.schema.json",
     "title": "fencex fence event",
-    "description": "One enter, exit or dwell of a device in a fence. "
-    "Published as JSON on topic fence-events, keyed by device_id.",
+    "description": "One enter, exit or dwell of a device in a fence, or a herd event: escape, return, "
+    "battery_low, battery_ok. Published as JSON on topic fence-events, keyed by device_id.",
     "type": "object",
     "additionalProperties": False,
     "required": [
@@ -96,11 +111,15 @@ EVENT_SCHEMA: dict[str, Any] = {
         "type": {"enum": list(EVENT_TYPES)},
         "tenant": {"type": "string", "minLength": 1, "description": "the farm that owns the fence and the device"},
         "device_id": {"type": "string", "minLength": 1},
-        "fence_id": {"type": "string", "minLength": 1},
+        "fence_id": {
+            "type": "string",
+            "description": "the fence; escape: the pasture left or the exclusion zone entered; "
+            "return: the pasture it is back in; empty for battery events or when there is none",
+        },
         "fence_version": {
             "type": "integer",
-            "minimum": 1,
-            "description": "the fence's version when the event was detected",
+            "minimum": 0,
+            "description": "the fence's version when the event was detected (0 when fence_id is empty)",
         },
         "ts": {
             "type": "string",
@@ -115,5 +134,20 @@ EVENT_SCHEMA: dict[str, Any] = {
             "exclusiveMinimum": 0,
             "description": "dwell events only: the fence's dwell time",
         },
+        "distance_m": {
+            "type": "number",
+            "minimum": 0,
+            "description": "escape events only: metres from the nearest pasture boundary of the device's mob",
+        },
+        "battery": {
+            "type": "number",
+            "description": "battery_low and battery_ok events only: the collar's battery reading (percent)",
+        },
     },
+    "allOf": [
+        {
+            "if": {"properties": {"type": {"enum": list(FENCE_TYPES)}}},
+            "then": {"properties": {"fence_id": {"minLength": 1}, "fence_version": {"minimum": 1}}},
+        }
+    ],
 }

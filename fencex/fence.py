@@ -8,7 +8,7 @@ stored, and every refusal says what is wrong and where.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import shapely
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -146,6 +146,11 @@ class FenceProperties(BaseModel):
     exit_buffer_m: float | None = Field(
         default=None, ge=0, le=10_000, description="exit fires only once a device is this far outside", examples=[15]
     )
+    kind: Literal["pasture", "exclusion", "zone"] = Field(
+        default="pasture",
+        description="pasture: animals belong inside (leaving every pasture of its mob is an escape); "
+        "exclusion: animals must stay out (entering is an escape); zone: enter and exit only",
+    )
 
 
 class Fence(FenceProperties):
@@ -194,6 +199,7 @@ class Fence(FenceProperties):
                 "tags": list(self.tags),
                 "dwell_s": self.dwell_s,
                 "exit_buffer_m": self.exit_buffer_m,
+                "kind": self.kind,
                 "version": self.version,
                 "updated_at": self.updated_at,
             },

@@ -29,6 +29,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from fencex.fence import Fence
+from fencex.herd import NO_MOB, Mob, boundary_distance_m
 
 METRES_PER_DEGREE_LAT = 110_574.0
 METRES_PER_DEGREE_LON_EQUATOR = 111_320.0
@@ -173,6 +174,14 @@ class FenceIndex:
             ok, geoms, bounds = [ok[r] for r in keep.tolist()], geoms[keep], bounds[keep]
         self.fences: tuple[Fence, ...] = tuple(ok)
         self.by_id: dict[str, Fence] = {f.id: f for f in self.fences}
+        kinds: dict[tuple[str, str], set[str]] = {}
+        for f in self.fences:
+            kinds.setdefault((f.tenant, f.kind), set()).add(f.id)
+        self._mobs = {
+            t: Mob(frozenset(kinds.get((t, "pasture"), ())), frozenset(kinds.get((t, "exclusion"), ())))
+            for t, kind in kinds
+            if kind != "zone"
+        }
         self._tenant_code: dict[str, int] = {}
         codes = [self._tenant_code.setdefault(f.tenant, len(self._tenant_code)) for f in self.fences]
         self._codes = np.asarray(codes, dtype=np.int32)
@@ -308,6 +317,21 @@ class FenceIndex:
         )
         order = np.lexsort((rows, pt))
         return pt[order], rows[order]
+
+    def mob(self, tenant: str) -> Mob:
+        """The farm's default mob: all its pastures and exclusion zones."""
+        return self._mobs.get(tenant, NO_MOB)
+
+    def distance_m(self, fence_ids: Iterable[str], lon: float, lat: float) -> float | None:
+        """Metres (to 0.1 m) from a point to the nearest boundary of the named fences; None if none is here."""
+        best: float | None = None
+        for fid in fence_ids:
+            f = self.by_id.get(fid)
+            geom = self._shapes.get((f.id, f.tenant, f.version)) if f is not None else None
+            if geom is not None:
+                d = boundary_distance_m(geom, lon, lat)
+                best = d if best is None or d < best else best
+        return None if best is None else round(best, 1)
 
     def has_buffers(self) -> bool:
         return len(self._outer) > 0

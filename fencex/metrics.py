@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, PlatformCol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from fencex.event import EVENT_TYPES
 from fencex.kafka.producer import UNDELIVERED_REASONS
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -122,7 +123,7 @@ class PushMetrics:
             self.fixes_dropped.labels(reason)
         for reason in DLQ_REASONS:
             self.dlq.labels(reason)
-        for t in ("enter", "exit", "dwell"):
+        for t in EVENT_TYPES:
             self.events.labels(t)
         for topic in TOPIC_ROLES:
             for reason in UNDELIVERED_REASONS:

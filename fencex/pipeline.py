@@ -4,7 +4,15 @@ Pure: no Kafka, no Redis. The processor service feeds it a batch of fixes read
 from the broker and the device states it holds; it returns the events to
 publish, the states to save and the counts for the metrics. The geometry is one
 vectorised index lookup per batch; the per-fix Python work is the detector, with
-a fast path for the common case of a device whose set of fences did not change.
+a fast path for the common case of a device whose set of fences did not change
+and of whose fix the herd rules have nothing to say.
+
+The herd rules apply when the caller says which hold per farm (``rules_of``:
+tenant -> :class:`~fencex.herd.HerdRules`; :func:`default_rules` gives every farm
+the defaults) and, optionally, which fences are a device's pastures and exclusion
+zones (``mob_of``: device id -> :class:`~fencex.herd.Mob`, or None for the farm's
+default mob: all its pastures and exclusion zones). Without ``rules_of``, the
+fence rules alone (enter, exit, dwell), as before.
 """
 
 from __future__ import annotations
@@ -12,10 +20,19 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 
-from fencex.detector import DeviceState, Outcome, detect, is_stale, reevaluate, unchanged
+from fencex.detector import DeviceState, Outcome, detect, is_stale, move, reevaluate, unchanged
 from fencex.event import Event
 from fencex.fix import Fix
+from fencex.herd import DEFAULT_RULES, NO_HERD, NO_MOB, HerdRules, Mob, steady
 from fencex.index import FenceIndex
+
+RulesOf = Callable[[str], HerdRules]  # tenant -> the farm's herd rules
+MobOf = Callable[[str], Mob | None]  # device id -> its mob (None: the farm's default mob)
+
+
+def default_rules(tenant: str) -> HerdRules:
+    """Every farm: the default herd rules."""
+    return DEFAULT_RULES
 
 
 @dataclass(slots=True)
@@ -26,10 +43,18 @@ class Processed:
     stale: int = 0  # fixes dropped: not newer than the device's last accepted fix
     inside: int = 0  # fixes inside at least one fence (FenceX's "intersections")
     candidates: int = 0  # (fix, fence) pairs tested exactly
+    untrusted: dict[str, int] = field(
+        default_factory=dict
+    )  # applied fixes not trusted, by reason (herd.UNTRUSTED_REASONS)
 
 
 def process(
-    fixes: list[Fix], index: FenceIndex, states: MutableMapping[str, DeviceState], tenant_of: Callable[[str], str]
+    fixes: list[Fix],
+    index: FenceIndex,
+    states: MutableMapping[str, DeviceState],
+    tenant_of: Callable[[str], str],
+    rules_of: RulesOf | None = None,
+    mob_of: MobOf | None = None,
 ) -> Processed:
     """Apply ``fixes`` in order. ``states`` holds every known device of these
     fixes (missing = never seen) and is updated in place."""
@@ -45,8 +70,18 @@ def process(
     by_id = index.by_id
     events = out.events
     dirty = out.dirty
+    untrusted = out.untrusted
+    rules_by_tenant: dict[str, HerdRules] = {}
+    mob_of_farm = index.mob
+    distance = index.distance_m
     for i, fix in enumerate(fixes):
         tenant = tenants[i]
+        rules = rules_by_tenant.get(tenant)
+        if rules is None:
+            rules = rules_by_tenant[tenant] = NO_HERD if rules_of is None else rules_of(tenant)
+        mob = NO_MOB
+        if rules_of is not None:
+            mob = (mob_of(fix.device_id) if mob_of is not None else None) or mob_of_farm(tenant)
         inside = inside_rows[i]
         state = states.get(fix.device_id)
         if state is not None and state.tenant != tenant:
@@ -62,28 +97,40 @@ def process(
             out.inside += 1
         inside_ids = [rows[r].id for r in inside] if inside else ()
         near_ids = [rows[r].id for r in near_rows[i]] if near_rows is not None and near_rows[i] else ()
-        if state is not None and unchanged(state, fix.ts_ms, inside_ids, near_ids, by_id):
-            # Fast path: the detector's own rule says nothing changes. Move the device.
-            state.last_ts, state.lon, state.lat = fix.ts_ms, fix.lon, fix.lat
+        if (
+            state is not None
+            and steady(state, fix, rules)
+            and unchanged(state, fix.ts_ms, inside_ids, near_ids, by_id, mob)
+        ):
+            # Fast path: the detector's own rules say nothing changes. Move the device.
+            move(state, fix)
             dirty[fix.device_id] = state
             continue
-        result: Outcome = detect(state, fix, tenant, inside_ids, near_ids, by_id)
+        result: Outcome = detect(state, fix, tenant, inside_ids, near_ids, by_id, rules, mob, distance)
         states[fix.device_id] = dirty[fix.device_id] = result.state  # type: ignore[assignment]
         events.extend(result.events)
+        if result.untrusted:
+            untrusted[result.untrusted] = untrusted.get(result.untrusted, 0) + 1
     return out
 
 
 def reevaluate_all(
-    index: FenceIndex, states: MutableMapping[str, DeviceState], devices: Iterable[str] | None = None
+    index: FenceIndex,
+    states: MutableMapping[str, DeviceState],
+    devices: Iterable[str] | None = None,
+    mob_of: MobOf | None = None,
+    herd: bool = False,
 ) -> Processed:
-    """After fences changed: re-apply every (or each named) device's last fix."""
+    """After fences (or mobs) changed: re-apply every (or each named) device's last accepted fix.
+    ``herd``: escapes and returns too (``mob_of`` as for :func:`process`)."""
     out = Processed()
-    ids = [d for d in (states.keys() if devices is None else devices) if d in states]
+    ids = [d for d in (states.keys() if devices is None else devices) if d in states and states[d].accepted[0] >= 0]
     if not ids:
         return out
     sts = [states[d] for d in ids]
-    lons = [s.lon for s in sts]
-    lats = [s.lat for s in sts]
+    places = [s.accepted for s in sts]
+    lons = [p[1] for p in places]
+    lats = [p[2] for p in places]
     tenants = [s.tenant for s in sts]
     inside_rows = index.lookup(lons, lats, tenants)
     near_rows = index.lookup(lons, lats, tenants, near=True) if index.has_buffers() else None
@@ -92,10 +139,13 @@ def reevaluate_all(
         inside_ids = [rows[r].id for r in inside_rows[i]]
         near_ids = [rows[r].id for r in near_rows[i]] if near_rows is not None else ()
         state = sts[i]
-        if unchanged(state, state.last_ts, inside_ids, near_ids, index.by_id):
+        mob = NO_MOB
+        if herd:
+            mob = (mob_of(device_id) if mob_of is not None else None) or index.mob(state.tenant)
+        if unchanged(state, places[i][0], inside_ids, near_ids, index.by_id, mob, fresh=False):
             continue
-        # something changes: an enter or exit, a dwell due, or a member's new version to keep
-        result = reevaluate(state, device_id, inside_ids, near_ids, index.by_id)
+        # something changes: an enter or exit, a dwell due, a member's new version to keep, an escape or return
+        result = reevaluate(state, device_id, inside_ids, near_ids, index.by_id, mob, index.distance_m)
         states[device_id] = out.dirty[device_id] = result.state  # type: ignore[assignment]
         out.events.extend(result.events)
     return out

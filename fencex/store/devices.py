@@ -142,7 +142,7 @@ class RedisDevices(RedisFeed):
         members = [
             (1 if e.type == "enter" else 0, k.inside(e.tenant, e.fence_id), e.ts_ms, e.device_id)
             for e in events
-            if e.type != "dwell"
+            if e.type in ("enter", "exit")  # dwell and the herd's alerts change no membership
         ]
         sadd = {k.partition(topic, p): devices for (topic, p), devices in (new_devices or {}).items() if devices}
         gens: list[Any] = []

@@ -28,5 +28,34 @@ def test_events_validate_against_schema():
     raise AssertionError("an unknown event type passed the schema")
 
 
+def _valid(obj: dict) -> bool:
+    try:
+        jsonschema.validate(obj, EVENT_SCHEMA, format_checker=jsonschema.FormatChecker())
+    except jsonschema.ValidationError:
+        return False
+    return True
+
+
+def test_herd_events_validate_and_fence_events_keep_their_fence():
+    escape = Event("escape", "farm", "cow", "north", 2, 1700000000123, 17.6, 59.8, distance_m=40.5)
+    low = Event("battery_low", "farm", "cow", "", 0, 1700000000123, 17.6, 59.8, battery=19.0)
+    assert _valid(escape.to_dict(1700000000200.0))
+    assert _valid(low.to_dict(1700000000200.0))
+    assert _valid(Event("return", "farm", "cow", "", 0, 1, 17.6, 59.8).to_dict(2.0))
+    # enter, exit and dwell still name a fence and its version
+    assert not _valid(Event("enter", "farm", "cow", "", 0, 1, 17.6, 59.8).to_dict(2.0))
+    assert not _valid(Event("exit", "farm", "cow", "north", 0, 1, 17.6, 59.8).to_dict(2.0))
+    assert not _valid({**low.to_dict(2.0), "mood": "grumpy"})  # additionalProperties stays false
+
+
+def test_herd_event_ids_leave_the_fence_version_out():
+    a = Event("escape", "farm", "cow", "north", 2, 1700000000123, 17.6, 59.8, distance_m=40.5)
+    b = Event("escape", "farm", "cow", "north", 3, 1700000000123, 17.6, 59.8, distance_m=41.0)
+    assert a.event_id == b.event_id  # a reshaped pasture does not make a replayed escape new
+    assert a.event_id != Event("return", "farm", "cow", "north", 2, 1700000000123, 17.6, 59.8).event_id
+    enter = Event("enter", "farm", "cow", "north", 2, 1, 17.6, 59.8)
+    assert enter.event_id != Event("enter", "farm", "cow", "north", 3, 1, 17.6, 59.8).event_id  # as before
+
+
 def test_rfc3339():
     assert rfc3339(1700000000123) == "2023-11-14T22:13:20.123Z"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from fencex.errors import InvalidFence
@@ -134,3 +135,13 @@ def test_stored_fence_is_read_back_without_a_geometry_check():
 def test_unreadable_stored_fence_raises_invalid_fence(raw, message):
     with pytest.raises(InvalidFence, match=message):
         Fence.from_json(raw)
+
+
+def test_fence_kinds_existing_fences_stay_pastures():
+    stored = b'{"id":"north","tenant":"farm","version":2,"geometry":' + orjson.dumps(square(17.6, 59.8)) + b"}"
+    assert Fence.from_json(stored).kind == "pasture"  # a fence saved before kinds existed
+    pond = Fence(id="pond", kind="exclusion", geometry=square(17.6, 59.8))
+    assert Fence.from_json(pond.to_json()).kind == "exclusion"
+    assert pond.feature()["properties"]["kind"] == "exclusion"
+    with pytest.raises(ValueError):
+        Fence(id="x", kind="moat", geometry=square(17.6, 59.8))

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import orjson
 import shapely
@@ -193,3 +195,23 @@ def test_scalar_lookup_tables_are_derived_on_first_use_only():
     cells = vars(index)["_cells"]
     index.containing("farm", LON0 + 0.005, LAT0 + 0.005)
     assert vars(index)["_cells"] is cells
+
+
+def test_default_mob_is_the_farms_pastures_and_exclusion_zones_and_distances_are_metres():
+    from fencex.herd import NO_MOB, Mob
+
+    idx = FenceIndex(
+        [
+            fence("P1", lon=0.0, lat=0.0, size=1.0),
+            fence("P2", lon=2.0, lat=0.0, size=1.0),
+            fence("X", lon=0.2, lat=0.2, size=0.1, kind="exclusion"),
+            fence("W", lon=0.5, lat=0.5, size=0.1, kind="zone"),
+            fence("O", lon=0.0, lat=0.0, size=1.0, tenant="other", kind="zone"),
+        ]
+    )
+    assert idx.mob("farm") == Mob(frozenset({"P1", "P2"}), frozenset({"X"}))
+    assert idx.mob("other") is NO_MOB and idx.mob("nobody") is NO_MOB  # zones only, or no fence: no herd
+    # 0.1 degree east of P1 (at latitude 0.5), 0.9 degrees west of P2: the nearer, in metres
+    assert idx.distance_m(["P1", "P2"], 1.1, 0.5) == round(0.1 * 111320.0 * math.cos(math.radians(0.5)), 1)
+    assert idx.distance_m(["P1"], 0.5, 0.5) == round(0.5 * 110574.0, 1)  # inside: to the nearest side (north/south)
+    assert idx.distance_m(["gone"], 0.5, 0.5) is None

@@ -88,6 +88,16 @@ def public(fence: Fence) -> dict[str, Any]:
     return fence.feature()
 
 
+def collection(fences: list[Fence], total: int, next_offset: int | None) -> dict[str, Any]:
+    """A page of fences as a GeoJSON FeatureCollection (``FenceCollection``)."""
+    return {
+        "type": "FeatureCollection",
+        "features": [public(f) for f in fences],
+        "total": total,
+        "next_offset": next_offset,
+    }
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
@@ -137,12 +147,7 @@ async def list_fences(
         chosen = await store.fences_by_id(ids[offset : offset + limit])
         page = [f for f in chosen.values() if f is not None and f.tenant == tenant]
         nxt = offset + limit if offset + limit < len(ids) else None
-        return {
-            "type": "FeatureCollection",
-            "features": [public(f) for f in page],
-            "total": len(ids),
-            "next_offset": nxt,
-        }
+        return collection(page, len(ids), nxt)
     fences = await store.fences(tenant)
     if tag:
         fences = [f for f in fences if tag in f.tags]
@@ -154,12 +159,7 @@ async def list_fences(
         fences = [f for f in fences if shapely.intersects(f.shape(), box)]
     page = fences[offset : offset + limit]
     nxt = offset + limit if offset + limit < len(fences) else None
-    return {
-        "type": "FeatureCollection",
-        "features": [public(f) for f in page],
-        "total": len(fences),
-        "next_offset": nxt,
-    }
+    return collection(page, len(fences), nxt)
 
 
 @router.post(
@@ -187,14 +187,9 @@ async def import_fences(body: FenceImport, tenant: Tenant, store: Store, state: 
             422, f"{len(errors)} of {len(body.features)} features are invalid; nothing was imported", errors=errors
         )
     if not fences:
-        return {"type": "FeatureCollection", "features": [], "total": 0, "next_offset": None}
+        return collection([], 0, None)
     stored = await store.put_fences(fences, max_per_tenant=state.settings.max_fences_per_tenant)
-    return {
-        "type": "FeatureCollection",
-        "features": [public(f) for f in stored],
-        "total": len(stored),
-        "next_offset": None,
-    }
+    return collection(stored, len(stored), None)
 
 
 @router.get(

@@ -11,6 +11,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeAlias, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -65,9 +67,21 @@ class RedisConnection:
 
     @guard
     async def connect(self) -> None:
-        self._redis = aioredis.Redis.from_url(
-            self.url, socket_connect_timeout=3, socket_timeout=10, health_check_interval=30
+        # A blocking pool: a burst of requests beyond its connections (max_connections in the URL,
+        # 50 by default) waits up to 5 s for one instead of failing at once with "Too many connections".
+        # A connection Redis dropped (a restart) fails once on its next use: that command is sent
+        # again on a new connection (twice at most, after a few ms). Timeouts are not retried: a
+        # paused Redis answers 503 after one socket timeout, not three.
+        retry = Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.2), 2, supported_errors=(RedisConnectionError,))
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url,
+            timeout=5,
+            socket_connect_timeout=3,
+            socket_timeout=10,
+            health_check_interval=30,
+            retry=retry,
         )
+        self._redis = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
         await self._redis.ping()
         self._append_events = self._redis.register_script(APPEND_EVENTS)
         self._save_batch = self._redis.register_script(SAVE_BATCH)

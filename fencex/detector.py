@@ -60,7 +60,9 @@ class DeviceState:
     the place its fences were decided and the jump rule's reference; ``pending``: a jump
     fix waiting for a second that agrees; ``out``/``streak``: out of its pastures, and how
     many consecutive fixes said otherwise; ``pasture``: the last pasture it left;
-    ``low``/``battery``: the battery alarm and the last reading."""
+    ``low``/``battery``: the battery alarm and the last reading; ``seen_ms``: when its last
+    fix arrived, on the worker's clock (0: unknown), and ``silent``: a ``silent`` event was
+    sent since (no fix for the farm's ``silence_s``)."""
 
     tenant: str
     last_ts: int
@@ -74,6 +76,8 @@ class DeviceState:
     pasture: str = ""
     low: bool = False
     battery: float | None = None
+    seen_ms: int = 0
+    silent: bool = False
 
     @property
     def accepted(self) -> tuple[int, float, float]:
@@ -104,6 +108,10 @@ class DeviceState:
             obj["low"] = 1
         if self.battery is not None:
             obj["bat"] = self.battery
+        if self.seen_ms:
+            obj["seen"] = self.seen_ms
+        if self.silent:
+            obj["sil"] = 1
         return obj
 
     @classmethod
@@ -122,6 +130,8 @@ class DeviceState:
             str(obj.get("pas", "")),
             bool(obj.get("low", 0)),
             obj.get("bat"),
+            int(obj.get("seen", 0)),
+            bool(obj.get("sil", 0)),
         )
 
 
@@ -213,7 +223,20 @@ def _memberships(
 def _copy(state: DeviceState, members: dict[str, Membership]) -> DeviceState:
     s = state
     return DeviceState(
-        s.tenant, s.last_ts, s.lon, s.lat, members, s.acc, s.pending, s.out, s.streak, s.pasture, s.low, s.battery
+        s.tenant,
+        s.last_ts,
+        s.lon,
+        s.lat,
+        members,
+        s.acc,
+        s.pending,
+        s.out,
+        s.streak,
+        s.pasture,
+        s.low,
+        s.battery,
+        s.seen_ms,
+        s.silent,
     )
 
 

@@ -5,7 +5,9 @@ fences changes, plus ``dwell`` once a device has stayed inside a fence for the
 fence's ``dwell_s``. The herd's words come in the same envelope: ``escape`` and
 ``return`` (a device out of every pasture of its mob, or in one of its exclusion
 zones, and back), ``battery_low`` and ``battery_ok`` (a collar's battery across
-the farm's threshold; their ``fence_id`` is ``""`` and ``fence_version`` 0).
+the farm's threshold), ``silent`` and ``resumed`` (no fix has arrived from a collar for the
+farm's silence time, judged on the worker's clock; and its next fix). Collar events have
+``fence_id`` ``""`` and ``fence_version`` 0; ``silent``'s ``ts`` is the last fix's time.
 ``event_id`` is a hash of what the event is about, so the same fix processed
 twice yields the same id and consumers can drop duplicates; a herd event's id
 leaves the fence's version out (device, fence or ``""``, type, fix time), so a
@@ -23,7 +25,7 @@ from typing import Any
 import orjson
 
 FENCE_TYPES: tuple[str, ...] = ("enter", "exit", "dwell")
-HERD_TYPES: tuple[str, ...] = ("escape", "return", "battery_low", "battery_ok")
+HERD_TYPES: tuple[str, ...] = ("escape", "return", "battery_low", "battery_ok", "silent", "resumed")
 EVENT_TYPES: tuple[str, ...] = FENCE_TYPES + HERD_TYPES
 
 
@@ -87,7 +89,7 @@ EVENT_SCHEMA: dict[str, Any] = {
     "$id": "https://fencex.dev/schema/fence-event.schema.json",
     "title": "fencex fence event",
     "description": "One enter, exit or dwell of a device in a fence, or a herd event: escape, return, "
-    "battery_low, battery_ok. Published as JSON on topic fence-events, keyed by device_id.",
+    "battery_low, battery_ok, silent, resumed. Published as JSON on topic fence-events, keyed by device_id.",
     "type": "object",
     "additionalProperties": False,
     "required": [
@@ -114,7 +116,7 @@ EVENT_SCHEMA: dict[str, Any] = {
         "fence_id": {
             "type": "string",
             "description": "the fence; escape: the pasture left or the exclusion zone entered; "
-            "return: the pasture it is back in; empty for battery events or when there is none",
+            "return: the pasture it is back in; empty for collar events (battery, silence) or when there is none",
         },
         "fence_version": {
             "type": "integer",
@@ -124,7 +126,7 @@ EVENT_SCHEMA: dict[str, Any] = {
         "ts": {
             "type": "string",
             "format": "date-time",
-            "description": "time of the fix that caused the event (RFC 3339, UTC)",
+            "description": "time of the fix that caused the event (RFC 3339, UTC); silent: the last fix's time",
         },
         "lon": {"type": "number", "minimum": -180, "maximum": 180},
         "lat": {"type": "number", "minimum": -90, "maximum": 90},

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from fencex.fence import Fence
+from fencex.herd import DEFAULT_RULES, HerdRules, Mob
 from fencex.index import FenceIndex, Quarantined
 from fencex.retrying import retrying
 from fencex.store.base import Change
@@ -63,7 +64,17 @@ class FenceFollower:
         self.applied = 0  # change-feed entries applied
         self.reloads = 0  # full reloads because the feed had lost changes past this follower
         self.unreadable: dict[str, Quarantined] = {}  # stored records that cannot be read at all
+        self.rules: dict[str, HerdRules] = {}  # tenant -> its stored herd settings
+        self.mobs: dict[str, Mob] = {}  # device id -> its mob, resolved against the index
         self._after = "0-0"
+
+    def rules_of(self, tenant: str) -> HerdRules:
+        """The farm's herd rules: its stored settings, else the defaults."""
+        return self.rules.get(tenant, DEFAULT_RULES)
+
+    def mob_of(self, device_id: str) -> Mob | None:
+        """The device's mob (None: the farm's default mob, :meth:`FenceIndex.mob`)."""
+        return self.mobs.get(device_id)
 
     @property
     def quarantined(self) -> dict[str, Quarantined]:

@@ -10,6 +10,9 @@ the caller: the detector knows nothing of where rules and mobs are stored.
   ``return``) fires, so one jittery fix raises no alarm. A fence change decides at once.
 - *battery*: ``battery_low`` once when a reading falls below ``battery_low_pct``,
   ``battery_ok`` once it is above ``battery_low_pct + battery_margin_pct``: no flapping.
+- *silence*: ``silent`` when no fix has arrived for ``silence_s`` on the worker's clock
+  (the sweep is the worker's; the rule is :func:`fencex.detector.silence_due`), ``resumed``
+  with the next fix.
 - *trust*: a fix with ``accuracy_m`` worse than ``accuracy_limit_m`` moves the device
   (last position and time) but not its fences; a fix implying more than ``max_speed_mps``
   from the last accepted fix (a *jump*) is held back; the next fix that agrees with it
@@ -54,18 +57,21 @@ class HerdRules:
     battery_margin_pct: float = 5.0
     accuracy_limit_m: float = 25.0
     max_speed_mps: float = 20.0
+    silence_s: float = 3600.0  # no fix arrived for this long (worker's clock): silent
 
     def __post_init__(self) -> None:
         if self.confirm_fixes < 1:
             raise ValueError("confirm_fixes must be at least 1")
         if self.battery_margin_pct < 0 or self.accuracy_limit_m < 0 or self.max_speed_mps <= 0:
             raise ValueError("battery_margin_pct and accuracy_limit_m must be >= 0, max_speed_mps > 0")
+        if self.silence_s <= 0:
+            raise ValueError("silence_s must be > 0")
 
 
 DEFAULT_RULES = HerdRules()
 # The fence detector alone, as before the herd rules: no fix distrusted, no battery alarm
 # (and, with NO_MOB, no escape). What the detector and pipeline do unless given rules.
-NO_HERD = HerdRules(1, -math.inf, 0.0, math.inf, math.inf)
+NO_HERD = HerdRules(1, -math.inf, 0.0, math.inf, math.inf, math.inf)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from fencex.detector import DeviceState
 from fencex.event import Event
+from fencex.herd import HerdRules, Mob
 from fencex.index import FenceIndex
 from fencex.kafka.producer import Outgoing, Undelivered
 
@@ -101,3 +102,9 @@ class Follower(Protocol):
 
     async def load(self) -> FenceIndex: ...
     async def follow(self) -> None: ...
+
+    def rules_of(self, tenant: str) -> HerdRules:
+        """The farm's herd rules (its stored settings, else the defaults)."""
+
+    def mob_of(self, device_id: str) -> Mob | None:
+        """The device's mob resolved against the current index (None: the farm's default mob)."""

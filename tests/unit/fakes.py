@@ -21,6 +21,7 @@ import orjson
 from fencex.detector import DeviceState
 from fencex.errors import Fenced
 from fencex.event import Event
+from fencex.herd import DEFAULT_RULES, HerdRules, Mob
 from fencex.index import FenceIndex
 from fencex.kafka.producer import Outgoing, Undelivered
 from fencex.stream.ports import PartitionsCallback
@@ -246,6 +247,14 @@ class FakeFollower:
         self.reloads = 0
         self.quarantined: dict[str, object] = {}
         self.on_index = None
+        self.rules: dict[str, HerdRules] = {}
+        self.mobs: dict[str, Mob] = {}
+
+    def rules_of(self, tenant: str) -> HerdRules:
+        return self.rules.get(tenant, DEFAULT_RULES)
+
+    def mob_of(self, device_id: str) -> Mob | None:
+        return self.mobs.get(device_id)
 
     async def load(self) -> FenceIndex:
         return self.index

@@ -148,6 +148,17 @@ def is_stale(state: DeviceState | None, ts_ms: int) -> bool:
     return state is not None and ts_ms <= state.last_ts
 
 
+def silence_due(state: DeviceState, now_ms: int, rules: HerdRules) -> bool:
+    """The one silence rule: no fix has arrived for the farm's ``silence_s`` on the worker's clock
+    (from ``seen_ms``, when the last one arrived: 0, unknown, is never due), and none sent since."""
+    return not state.silent and 0 < state.seen_ms <= now_ms - rules.silence_s * 1000.0
+
+
+def silent_event(device_id: str, state: DeviceState) -> Event:
+    """``silent`` at the last fix's time and place: its id is a function of the device and that fix."""
+    return Event("silent", state.tenant, device_id, "", 0, state.last_ts, state.lon, state.lat)
+
+
 def dwell_due(member: Membership, fence: Fence, ts_ms: int) -> bool:
     """The one dwell rule: ``dwell_s`` of fix time inside, and not fired yet since the enter."""
     dwell_s = fence.dwell_s
@@ -300,6 +311,7 @@ def detect(
     rules: HerdRules = NO_HERD,
     mob: Mob = NO_MOB,
     distance: Distance | None = None,
+    now_ms: int = 0,
 ) -> Outcome:
     """Apply one fix to a device's state.
 
@@ -307,7 +319,9 @@ def detect(
     ``near``: ids of buffered fences whose outer geometry contains it;
     ``fences``: the current fences by id (deleted ones are absent);
     ``rules``: the farm's herd rules; ``mob``: the device's pastures and exclusion zones;
-    ``distance``: metres from a point to the nearest boundary of the named pastures.
+    ``distance``: metres from a point to the nearest boundary of the named pastures;
+    ``now_ms``: when the fix arrived, on the worker's clock (0: not told): the device's ``seen_ms``.
+    A silent device's next fresh fix, trusted or not, first gives ``resumed``.
     """
     ts, lon, lat = fix.ts_ms, fix.lon, fix.lat
     if is_stale(state, ts):
@@ -333,6 +347,11 @@ def detect(
                 new.pending = (ts, lon, lat)  # held back; the device stays where it was
             else:
                 new.lon, new.lat = lon, lat  # seen here, roughly: its fences stay
+    if now_ms:
+        new.seen_ms = now_ms
+    if new.silent:
+        new.silent = False
+        events.insert(0, Event("resumed", tenant, fix.device_id, "", 0, ts, lon, lat))
     extra = fix.extra
     if extra is not None:
         reading = extra.get("battery")
@@ -346,10 +365,12 @@ def detect(
     return Outcome(new, events, untrusted=why)
 
 
-def move(state: DeviceState, fix: Fix) -> None:
+def move(state: DeviceState, fix: Fix, now_ms: int = 0) -> None:
     """What a fix that is :func:`unchanged` and :func:`steady` does: moves the device
-    (and keeps its battery reading). The pipeline's fast path."""
+    (and keeps its battery reading and arrival time). The pipeline's fast path."""
     state.last_ts, state.lon, state.lat = fix.ts_ms, fix.lon, fix.lat
+    if now_ms:
+        state.seen_ms = now_ms
     extra = fix.extra
     if extra is not None:
         reading = extra.get("battery")

@@ -155,11 +155,11 @@ def battery_step(low: bool, reading: float, rules: HerdRules) -> bool | None:
 
 def steady(state: DeviceState, fix: Fix, rules: HerdRules) -> bool:
     """Whether the herd rules have nothing to say about a fresh fix beyond moving the device
-    (and keeping its battery reading): accurate enough, no battery crossing, no jump pending,
+    (and keeping its battery reading): not silent, accurate enough, no battery crossing, no jump pending,
     and surely no jump (a bound without the cosine: it never calls a jump steady).
     The fence rules are :func:`fencex.detector.unchanged`'s."""
-    if state.acc is not None or state.pending is not None:
-        return False
+    if state.acc is not None or state.pending is not None or state.silent:
+        return False  # a fence decision or a jump under way, or a silent collar to resume
     extra = fix.extra
     if extra is not None:
         accuracy = extra.get("accuracy_m")

@@ -55,9 +55,12 @@ def process(
     tenant_of: Callable[[str], str],
     rules_of: RulesOf | None = None,
     mob_of: MobOf | None = None,
+    now_ms: int = 0,
 ) -> Processed:
     """Apply ``fixes`` in order. ``states`` holds every known device of these
-    fixes (missing = never seen) and is updated in place."""
+    fixes (missing = never seen) and is updated in place. ``now_ms``: when the fixes
+    arrived, on the worker's clock: each fresh fix's device is seen then (``seen_ms``,
+    what silence is judged from); 0 leaves ``seen_ms`` alone."""
     out = Processed()
     if not fixes:
         return out
@@ -103,10 +106,10 @@ def process(
             and unchanged(state, fix.ts_ms, inside_ids, near_ids, by_id, mob)
         ):
             # Fast path: the detector's own rules say nothing changes. Move the device.
-            move(state, fix)
+            move(state, fix, now_ms)
             dirty[fix.device_id] = state
             continue
-        result: Outcome = detect(state, fix, tenant, inside_ids, near_ids, by_id, rules, mob, distance)
+        result: Outcome = detect(state, fix, tenant, inside_ids, near_ids, by_id, rules, mob, distance, now_ms)
         states[fix.device_id] = dirty[fix.device_id] = result.state  # type: ignore[assignment]
         events.extend(result.events)
         if result.untrusted:

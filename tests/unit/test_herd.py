@@ -11,7 +11,8 @@ import math
 
 import pytest
 
-from fencex.detector import DeviceState, Membership, detect, reevaluate, unchanged
+from fencex.detector import DeviceState, Membership, detect, reevaluate, silence_due, silent_event, unchanged
+from fencex.event import event_id
 from fencex.fix import Fix
 from fencex.herd import DEFAULT_RULES, NO_FIX, NO_MOB, HerdRules, Mob, steady
 from tests.unit.factory import fence
@@ -262,6 +263,27 @@ CASES = [
         [("exit", "P")],
         {"pending": None},
     ),
+    # -- silence: resumed with the next fix
+    (
+        "a silent collar's next fix: resumed at that fix's time, before the fix's own events",
+        dev("P", silent=True),
+        fx(),
+        [],
+        [],
+        MOB,
+        [("resumed", ""), ("exit", "P")],
+        {"silent": False, "streak": 1},
+    ),
+    (
+        "a silent collar's fix not to trust still resumes it (a fix arrived), and moves no fence",
+        dev("P", silent=True),
+        fx(accuracy_m=80.0),
+        [],
+        [],
+        MOB,
+        [("resumed", "")],
+        {"silent": False, "acc": (T, L0, A0)},
+    ),
 ]
 
 
@@ -277,7 +299,7 @@ def test_herd_table(before, fix_, inside, near, mob, expected, after):
 
 def _herd_fields(s: DeviceState) -> tuple:
     members = {k: (m.since_ms, m.version, m.dwelled) for k, m in s.members.items()}
-    return members, s.acc, s.pending, s.out, s.streak, s.pasture, s.low
+    return members, s.acc, s.pending, s.out, s.streak, s.pasture, s.low, s.silent
 
 
 @pytest.mark.parametrize(
@@ -425,3 +447,87 @@ def test_without_herd_rules_a_state_saves_as_before():
     plain = detect(dev(), fx(battery=3.0, accuracy_m=500.0), "farm", ["P"], [], FENCES)
     assert [e.type for e in plain.events] == ["enter"] and not plain.untrusted
     assert set(plain.state.to_obj()) == {"tenant", "ts", "lon", "lat", "in", "bat"}  # the reading is kept
+
+
+# -- silence: judged on the worker's clock, from when the last fix arrived (seen_ms)
+
+NOW = T + 86_400_000  # the worker's clock, a day after the fixes' own times
+HOUR = 3_600_000
+
+
+def saved(state: DeviceState) -> DeviceState:
+    """The state as the next worker loads it (a restart, or its partition moved)."""
+    return DeviceState.from_obj(state.to_obj())
+
+
+SILENCE = [
+    # (id, state, now_ms, rules, due)
+    ("no fix arrived for the silence time (1 h): due", dev(seen_ms=NOW - HOUR), NOW, DEFAULT_RULES, True),
+    (
+        "the last fix arrived just under the silence time ago: not due",
+        dev(seen_ms=NOW - HOUR + 1),
+        NOW,
+        DEFAULT_RULES,
+        False,
+    ),
+    (
+        "an old fix (a backlog, a replay) that arrived just now: judged by arrival, not due",
+        dev(ts=NOW - 10 * HOUR, seen_ms=NOW),
+        NOW,
+        DEFAULT_RULES,
+        False,
+    ),
+    (
+        "silent already: not due again (one silent per silence)",
+        dev(seen_ms=NOW - 2 * HOUR, silent=True),
+        NOW,
+        DEFAULT_RULES,
+        False,
+    ),
+    ("arrival unknown (saved before silence was kept): never due", dev(seen_ms=0), NOW, DEFAULT_RULES, False),
+    ("the farm's own silence time (60 s)", dev(seen_ms=NOW - 60_000), NOW, HerdRules(silence_s=60), True),
+    (
+        "silence across a restart: the next worker judges the saved arrival time",
+        saved(dev(seen_ms=NOW - HOUR)),
+        NOW,
+        DEFAULT_RULES,
+        True,
+    ),
+    (
+        "the silent mark across a restart: the next worker does not send it again",
+        saved(dev(seen_ms=NOW - 2 * HOUR, silent=True)),
+        NOW,
+        DEFAULT_RULES,
+        False,
+    ),
+]
+
+
+@pytest.mark.parametrize("state,now_ms,rules,due", [c[1:] for c in SILENCE], ids=[c[0] for c in SILENCE])
+def test_silence_table(state, now_ms, rules, due):
+    assert silence_due(state, now_ms, rules) is due
+
+
+def test_silent_ids_are_a_function_of_the_device_and_its_last_fix():
+    s = dev("P", ts=T + 7000, lon=L0 + 0.0001, seen_ms=NOW - HOUR)
+    e = silent_event("cow-1", s)
+    assert (e.type, e.fence_id, e.fence_version, e.ts_ms, e.lon) == ("silent", "", 0, T + 7000, L0 + 0.0001)
+    assert e.event_id == event_id("cow-1", "", 0, "silent", T + 7000) == silent_event("cow-1", saved(s)).event_id
+    resumed = detect(dev(silent=True), fx(2000), "farm", [], [], FENCES, DEFAULT_RULES, MOB).events[0]
+    assert resumed.event_id == event_id("cow-1", "", 0, "resumed", T + 2000)
+
+
+@pytest.mark.parametrize(
+    "before,fix_",
+    [(dev("P"), fx()), (dev("P"), fx(accuracy_m=80.0)), (dev("P"), fx(lon=FAR)), (None, fx())],
+    ids=["accepted", "inaccurate", "jump", "first fix"],
+)
+def test_every_fresh_fix_sets_the_arrival_time(before, fix_):
+    out = detect(before, fix_, "farm", ["P"], [], FENCES, DEFAULT_RULES, MOB, None, NOW)
+    assert out.state.seen_ms == NOW
+
+
+def test_a_stale_fix_neither_sets_the_arrival_time_nor_resumes():
+    before = dev("P", ts=T + 5000, seen_ms=NOW - 2 * HOUR, silent=True)
+    out = detect(before, fx(), "farm", ["P"], [], FENCES, DEFAULT_RULES, MOB, None, NOW)
+    assert out.stale and out.events == [] and out.state.seen_ms == NOW - 2 * HOUR and out.state.silent

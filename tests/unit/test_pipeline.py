@@ -135,17 +135,30 @@ def _lookup(index: FenceIndex, tenant: str, lon: float, lat: float) -> tuple[lis
     return inside, near
 
 
-def herd_reference(fixes: list[Fix]) -> tuple[list[tuple], tuple, dict[str, DeviceState]]:
-    states: dict[str, DeviceState] = {}
+def silent_states(devices: set[str]) -> dict[str, DeviceState]:
+    """Devices a sweep marked silent before these fixes (never placed in a fence)."""
+    return {d: DeviceState(TENANT(d), -1, 0.0, 0.0, seen_ms=5, silent=True) for d in sorted(devices)}
+
+
+def arrival(k: int, batch: int) -> int:
+    """The worker's clock when fix ``k`` arrived: one time per batch."""
+    return 1_000_000 + k // batch
+
+
+def herd_reference(
+    fixes: list[Fix], batch: int = 1, silent: set[str] = frozenset()
+) -> tuple[list[tuple], tuple, dict[str, DeviceState]]:
+    states: dict[str, DeviceState] = silent_states(set(silent))
     events = []
     applied = stale = inside_count = 0
     untrusted: dict[str, int] = {}
-    for f in fixes:
+    for k, f in enumerate(fixes):
         t = TENANT(f.device_id)
         inside, near = _lookup(HERD_INDEX, t, f.lon, f.lat)
         mob = MOBS.get(f.device_id) or HERD_INDEX.mob(t)
+        now = arrival(k, batch)
         out = detect(
-            states.get(f.device_id), f, t, inside, near, HERD_INDEX.by_id, RULES[t], mob, HERD_INDEX.distance_m
+            states.get(f.device_id), f, t, inside, near, HERD_INDEX.by_id, RULES[t], mob, HERD_INDEX.distance_m, now
         )
         if out.stale:
             stale += 1
@@ -178,24 +191,28 @@ herd_fix_st = st.builds(
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(herd_fix_st, max_size=60), st.integers(1, 7), st.booleans())
-def test_batches_match_fix_by_fix_detection_with_the_herd_rules(fixes, batch, in_order):
+@given(
+    st.lists(herd_fix_st, max_size=60), st.integers(1, 7), st.booleans(), st.sets(st.sampled_from(["a", "b", "c", "d"]))
+)
+def test_batches_match_fix_by_fix_detection_with_the_herd_rules(fixes, batch, in_order, silent):
     if in_order:  # mostly in time order, as collars send: escapes and returns get confirmed
         fixes = sorted(fixes, key=lambda f: f.ts_ms)
-    states: dict[str, DeviceState] = {}
+    states: dict[str, DeviceState] = silent_states(silent)  # silent collars: resumed with their next fix
     got = []
     counts = [0, 0, 0]
     untrusted: dict[str, int] = {}
     for i in range(0, len(fixes), batch):
-        out = process(fixes[i : i + batch], HERD_INDEX, states, TENANT, RULES.__getitem__, MOBS.get)
+        now = arrival(i, batch)
+        out = process(fixes[i : i + batch], HERD_INDEX, states, TENANT, RULES.__getitem__, MOBS.get, now)
         got.extend(_key(e) for e in out.events)
         counts = [counts[0] + out.fixes, counts[1] + out.stale, counts[2] + out.inside]
         for reason, n in out.untrusted.items():
             untrusted[reason] = untrusted.get(reason, 0) + n
-    events, (applied, stale, inside, expected_untrusted), ref_states = herd_reference(fixes)
+    events, (applied, stale, inside, expected_untrusted), ref_states = herd_reference(fixes, batch, silent)
     assert got == events
     assert (counts[0], counts[1], counts[2], untrusted) == (applied, stale, inside, expected_untrusted)
-    assert {d: s.to_obj() for d, s in states.items()} == {d: s.to_obj() for d, s in ref_states.items()}
+    assert {d: s.to_obj() for d, s in states.items()} == {d: s.to_obj() for d, s in ref_states.items()}  # seen, sil
+    assert [e[0] for e in got].count("resumed") == len({f.device_id for f in fixes} & silent)
     # then pastures are deleted: the batch re-evaluation equals the detector device by device
     expected = []
     for d in sorted(ref_states):

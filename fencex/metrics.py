@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from fencex.event import EVENT_TYPES
+from fencex.herd import UNTRUSTED_REASONS
 from fencex.kafka.producer import UNDELIVERED_REASONS
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -119,6 +120,20 @@ class PushMetrics:
             "Records processed one by one after their batch failed after parsing",
             registry=registry,
         )
+        self.fixes_untrusted = Counter(
+            "fencex_fixes_untrusted_total",
+            "Fixes applied but not trusted with the device's fences (inaccurate, or a jump), by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.silence_sweep = Histogram(
+            "fencex_silence_sweep_seconds",
+            "Time the event loop spent in one sweep for silent devices",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        for reason in UNTRUSTED_REASONS:
+            self.fixes_untrusted.labels(reason)
         for reason in (*FIX_REASONS, "out_of_order"):
             self.fixes_dropped.labels(reason)
         for reason in DLQ_REASONS:

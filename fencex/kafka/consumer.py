@@ -10,6 +10,7 @@ by aiokafka's coordinator (the loop serialises them against its own steps).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
@@ -136,6 +137,28 @@ class BatchConsumer:
 
     def assignment(self) -> list[int]:
         return sorted(tp.partition for tp in self._consumer.assignment()) if self._consumer else []
+
+    async def settled_lag(self) -> dict[int, int]:
+        """:meth:`lag`, for the partitions whose position and high watermark are both known.
+
+        The position is aiokafka's (the next record ``getmany`` hands out; after an assignment,
+        the committed offset: waited for at most half a second); a partition whose high
+        watermark no fetch response has brought yet is left out: it is not known to be caught up.
+        """
+        if self._consumer is None:
+            return {}
+        out: dict[int, int] = {}
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                pos = await asyncio.wait_for(self._consumer.position(tp), 0.5)
+            except (TimeoutError, KafkaError) as exc:
+                log.debug("position of %s not known yet: %s", tp, exc)
+                continue
+            out[tp.partition] = max(high - pos, 0)
+        return out
 
     def lag(self) -> dict[int, int]:
         """Records behind the high watermark, per assigned partition.

@@ -38,3 +38,6 @@ class LoopSettings:
     default_tenant: str = DEFAULT_TENANT  # the tenant of unregistered devices
     max_clock_skew_ms: int = DEFAULT_MAX_SKEW_MS  # how far a fix's time may be ahead of the receiving clock
     dead_max_bytes: int = DEFAULT_DEAD_MAX_BYTES  # a dead letter's value is cut to this
+    herd_rules: bool = True  # escapes, batteries, fixes not to trust and silence, per farm (off: fences alone)
+    silence_sweep_s: float = 5.0  # seconds between two sweeps for silent devices
+    silence_max_lag: int = 20_000  # a partition further behind than this (records) is not swept

@@ -5,7 +5,10 @@ killed at any moment loses no event (at least once):
 
 1. read a batch of records (``getmany``) from the assigned partitions;
 2. split it into fixes, reroutes and dead letters (:func:`fencex.stream.batch.split`, pure),
-   run the pipeline against cached device state, queue the events and dead letters;
+   run the pipeline against cached device state with the farms' herd rules (``rules_of``,
+   ``mob_of``: the follower's; setting ``herd_rules`` off: the fence rules alone), queue
+   the events and dead letters; every ``silence_sweep_s``, sweep the held devices for
+   silent ones (:mod:`fencex.stream.silence`);
 3. add the changed states, events and next offsets to the :class:`Checkpoint`;
 4. every ``flush_interval`` (and before partitions are given up, and before fences are
    re-evaluated) take the checkpoint as one snapshot, serialised at once; then, in the
@@ -19,26 +22,23 @@ saved are stale and skipped, the others give the same events again, with the sam
 fence change runs only on states just saved (the checkpoint is flushed first).
 
 Errors: a server that does not answer (``Unavailable``) is retried with backoff
-(:func:`fencex.retrying.retrying`); the worker then reloads (back to the committed
-offsets, states from Redis). Anything else raised while a batch was being applied is
-the batch's fault: after the reload its offset range is applied record by record and
-the record that raises goes to the dead-letter topic (``processing_error``); the loop
-never spins on one record. A save refused because the partitions have a newer owner
+(:func:`fencex.retrying.retrying`); the worker then reloads (committed offsets, states
+from Redis). Anything else raised while a batch was applied is the batch's fault: after
+the reload its records are applied one by one and the one that raises is dead-lettered
+(``processing_error``). A save refused because the partitions have a newer owner
 (``Fenced``) drops the pending work and waits for the rebalance.
 
 Locking: ``self.lock`` guards the checkpoint, the device states and the index. It is
 held by each :meth:`Processor.step` (after ``getmany``), by the rebalance callbacks
-(:meth:`_on_assign`, :meth:`_on_revoke`, awaited by the consumer's coordinator task),
-by the reload after an error and by :meth:`stop`; nothing else touches that state.
-The background flush task touches only its own snapshot; it is awaited, under the
-lock, before the next flush starts. A batch fetched across a rebalance is dropped
-(``_epoch`` moved) and the consumer sent back to the committed offsets, to read it again.
+(awaited by the consumer's coordinator task), by the reload after an error and by
+:meth:`stop`. The background flush task touches only its own snapshot; it is awaited,
+under the lock, before the next flush starts. A batch fetched across a rebalance is
+dropped (``_epoch`` moved) and the consumer sent back to the committed offsets.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -46,18 +46,19 @@ from itertools import chain
 from typing import Any
 
 from fencex.detector import DeviceState
-from fencex.errors import BrokerUnavailable, Fenced, StoreUnavailable, Unavailable
+from fencex.errors import BrokerUnavailable, Fenced, StoreUnavailable
 from fencex.fix import Fix
 from fencex.index import FenceIndex
 from fencex.metrics import PushMetrics
-from fencex.pipeline import Processed, process, reevaluate_all
+from fencex.pipeline import Processed, RulesOf, process, reevaluate_all
 from fencex.retrying import retrying
-from fencex.stream import batch
+from fencex.stream import batch, isolation, silence
 from fencex.stream.checkpoint import Checkpoint, Pending
 from fencex.stream.config import LoopSettings, Topics
 from fencex.stream.gauges import worker_gauges
 from fencex.stream.outbox import Outbox
 from fencex.stream.ports import Consumer, DeviceStore, Follower, Producer, Record
+from fencex.stream.silence import SilenceWatch
 
 log = logging.getLogger(__name__)
 Batches = Mapping[int, Sequence[Record]]
@@ -74,6 +75,7 @@ class Processor:
         topics: Topics = Topics(),
         settings: LoopSettings = LoopSettings(),
         clock: Callable[[], float] = time.time,
+        rules_of: RulesOf | None = None,
     ) -> None:
         self.store, self.consumer, self.producer, self.follower = store, consumer, producer, follower
         self.metrics = metrics
@@ -88,6 +90,11 @@ class Processor:
         self.generations: dict[int, int] = {}  # partition -> the generation this worker holds
         self.running = False
         self.outbox = Outbox(producer, topics, metrics, clock, settings.dead_max_bytes)
+        self.rules_of = (rules_of or follower.rules_of) if settings.herd_rules else None
+        self.mob_of = follower.mob_of if settings.herd_rules else None
+        self.silence = SilenceWatch(self.rules_of)
+        self._swept = 0.0  # monotonic time of the last silence sweep
+        self._fetched = -1  # the epoch of the last getmany since an assignment or a reload
         self._next_index: FenceIndex | None = None
         self._flushing: asyncio.Task[dict[int, int]] | None = None
         self._epoch = 0  # moved by every rebalance
@@ -182,15 +189,18 @@ class Processor:
             if epoch != self._epoch:  # fetched across a rebalance: read it again from the committed offsets
                 await self.consumer.seek_to_committed()
             else:
+                self._fetched = epoch
                 assigned = set(self.consumer.assignment())
                 batches = {p: rs for p, rs in batches.items() if rs and p in assigned}
                 if batches:
                     self._inflight = {p: (rs[0].offset, rs[-1].offset) for p, rs in batches.items()}
                     if self._suspect:
-                        await self._apply_isolated(batches)
+                        await isolation.apply_isolated(self, batches)
                     else:
                         await self._apply_batches(batches)
                     self._inflight = {}
+            if self.rules_of is not None and time.monotonic() - self._swept >= self.settings.silence_sweep_s:
+                await silence.sweep(self)
             if self.checkpoint.due():
                 await self.flush(wait=False)
 
@@ -204,6 +214,7 @@ class Processor:
             self.checkpoint.drop()
             self.states.clear()
             self.device_partition.clear()
+            self._fetched = -1  # positions moved back: the lag is known again after the next fetch
             await self.consumer.seek_to_committed()
             if not self._fenced:
                 await self._load(self.consumer.assignment())
@@ -218,7 +229,11 @@ class Processor:
         await self.flush(wait=True)
         assert self._next_index is not None
         self.index, self._next_index = self._next_index, None
-        await self._publish_reevaluation(reevaluate_all(self.index, self.states))
+        await self._publish_reevaluation(self._reevaluate(None))
+        silence.rewatch(self, list(self.generations))  # a farm's silence time may have changed with it
+
+    def _reevaluate(self, devices: list[str] | None) -> Processed:
+        return reevaluate_all(self.index, self.states, devices, self.mob_of, herd=self.rules_of is not None)
 
     async def _publish_reevaluation(self, out: Processed) -> None:
         await self.outbox.events(out.events)
@@ -250,7 +265,8 @@ class Processor:
         self.states.update(states)
         self.device_partition.update(owned)
         # A fence may have changed while no worker held these devices: catch up now.
-        await self._publish_reevaluation(reevaluate_all(self.index, self.states, list(states)))
+        await self._publish_reevaluation(self._reevaluate(list(states)))
+        silence.rewatch(self, partitions)
         log.info("partitions %s: %d devices loaded", partitions, len(states))
 
     async def _on_revoke(self, partitions: list[int]) -> None:
@@ -269,6 +285,7 @@ class Processor:
                 self.states.pop(d, None)
                 self.device_partition.pop(d, None)
             for p in gone:
+                self.silence.heaps.pop(p, None)
                 self.generations.pop(p, None)
                 self._suspect.pop(p, None)
 
@@ -322,7 +339,7 @@ class Processor:
         for i in range(0, len(out.fixes), step):
             if i:
                 await asyncio.sleep(0)
-            await self._apply(out.fixes[i : i + step], out.partitions[i : i + step])
+            await self._apply(out.fixes[i : i + step], out.partitions[i : i + step], received_ms)
         await self.outbox.reroutes(out.reroutes)
         await self.outbox.dead_letters(out.dead, out.dead_reasons)
         m = self.metrics
@@ -333,7 +350,7 @@ class Processor:
         m.records.inc(out.records)
         m.batch_seconds.observe(time.perf_counter() - started)
 
-    async def _apply(self, fixes: list[Fix], partitions: list[int]) -> None:
+    async def _apply(self, fixes: list[Fix], partitions: list[int], now_ms: int) -> None:
         if not fixes:
             return
         # Devices never seen by this worker: the store may know them (e.g. after a restart).
@@ -349,8 +366,11 @@ class Processor:
         for f, p in zip(fixes, partitions, strict=True):
             self.device_partition[f.device_id] = p
         tenants, default = self.follower.tenants, self.settings.default_tenant
-        out = process(fixes, self.index, self.states, lambda d: tenants.get(d, default))
+        out = process(
+            fixes, self.index, self.states, lambda d: tenants.get(d, default), self.rules_of, self.mob_of, now_ms
+        )
         await self.outbox.events(out.events)
+        silence.watch_new(self, missing, out.events, now_ms)
         self.checkpoint.add(out.dirty, out.events)
         for p, ds in new.items():
             self.checkpoint.register(p, ds)
@@ -359,29 +379,8 @@ class Processor:
         m.fixes_processed.inc(out.fixes)
         if out.stale:
             m.fixes_dropped.labels("out_of_order").inc(out.stale)
+        for reason, n in out.untrusted.items():
+            m.fixes_untrusted.labels(reason).inc(n)
         m.intersections.inc(out.inside)
         m.point_tests.inc(out.candidates)
         m.batch.observe(len(fixes))
-
-    async def _apply_isolated(self, batches: Batches) -> None:
-        """After a batch failed: apply it record by record; a record that raises (not a server
-        that does not answer) is dead-lettered (``processing_error``) and its offset moves on."""
-        for p, rs in batches.items():
-            for r in rs:
-                self.metrics.isolated.inc()
-                ids = {f.device_id for f in batch.split([r], int(self.clock() * 1000)).fixes}
-                before = {d: copy.deepcopy(self.states.get(d)) for d in ids}
-                try:
-                    await self._apply_batches({p: [r]})
-                except Unavailable:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - this record's fault: dead-lettered, not retried
-                    for d, st in before.items():
-                        if st is None:
-                            self.states.pop(d, None)
-                        else:
-                            self.states[d] = st
-                    await self.outbox.poisoned(r, exc)
-                    self.checkpoint.store_offset(p, r.offset + 1)
-            if rs[-1].offset >= self._suspect.get(p, (0, -1))[1]:
-                self._suspect.pop(p, None)

@@ -52,6 +52,9 @@ class Consumer(Protocol):
     async def seek_to_committed(self) -> None: ...
     def assignment(self) -> list[int]: ...
     def lag(self) -> dict[int, int]: ...
+    async def settled_lag(self) -> dict[int, int]:
+        """Records behind the high watermark, only for partitions where both are known (a
+        partition missing is not known to be caught up): what the silence sweep waits for."""
 
 
 class Producer(Protocol):

@@ -140,6 +140,9 @@ class FakeConsumer(Failing):
     def lag(self) -> dict[int, int]:
         return {p: len(self.broker.logs[self.topic][p]) - self.positions.get(p, 0) for p in self.assigned}
 
+    async def settled_lag(self) -> dict[int, int]:
+        return self.lag()
+
 
 class FakeProducer(Failing):
     """Queues records; ``wait_acked`` delivers them to the broker (unless told to fail).

@@ -17,7 +17,7 @@ from fencex.errors import BrokerUnavailable, Fenced, StoreUnavailable
 from fencex.fix import Fix
 from fencex.index import FenceIndex
 from fencex.metrics import PushMetrics
-from fencex.pipeline import process
+from fencex.pipeline import default_rules, process
 from fencex.retrying import retrying
 from fencex.stream.checkpoint import Checkpoint, OffsetRegression
 from fencex.stream.config import LoopSettings
@@ -26,8 +26,10 @@ from tests.unit.factory import fence
 from tests.unit.fakes import Broker, FakeConsumer, FakeFollower, FakeProducer, FakeStore
 
 T0 = 1_780_000_000_000
-INSIDE = (17.605, 59.805)
-OUTSIDE = (17.62, 59.805)
+# 11 m apart, across the fence's east border: a cow's step (the herd rules distrust a fix
+# implying more than 20 m/s, so a track from the middle to 800 m out in a second would be jumps)
+INSIDE = (17.6099, 59.805)
+OUTSIDE = (17.6101, 59.805)
 NORTH = FenceIndex([fence("north")])
 TENANTS = {f"cow-{i}": "farm" for i in range(8)}
 
@@ -97,7 +99,8 @@ def track(broker: Broker, steps: int = 6) -> list[Fix]:
 
 
 def expected_ids(fixes: list[Fix], index: FenceIndex = NORTH) -> set[str]:
-    return {e.event_id for e in process(fixes, index, {}, lambda d: TENANTS.get(d, "default")).events}
+    """What the worker must publish: the pipeline with every farm's default herd rules, as the worker's."""
+    return {e.event_id for e in process(fixes, index, {}, lambda d: TENANTS.get(d, "default"), default_rules).events}
 
 
 def delivered_ids(broker: Broker) -> list[str]:
@@ -315,7 +318,9 @@ def test_records_the_broker_refuses_for_good_become_stubs_and_the_loop_goes_on()
         w.run()
         await until(lambda: broker.committed == broker.end_offsets())
         await w.kill()
-        cow2 = {e.event_id for e in process(fixes, NORTH, {}, TENANTS.get).events if e.device_id == "cow-2"}
+        cow2 = {
+            e.event_id for e in process(fixes, NORTH, {}, TENANTS.get, default_rules).events if e.device_id == "cow-2"
+        }
         assert set(delivered_ids(broker)) == expected_ids(fixes) - cow2
         stubs = broker.records("locations.dlq")
         assert len(stubs) == len(cow2) and all(dict(s.headers)["reason"] == b"undelivered" for s in stubs)

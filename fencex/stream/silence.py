@@ -1,0 +1,148 @@
+"""The worker's silence watch: which of the devices it holds have sent nothing for their farm's silence time.
+
+The rule is :func:`fencex.detector.silence_due` (the worker's clock, from ``seen_ms``: when the
+device's last fix *arrived*, saved with its state). Walking every held device on every sweep
+would cost a second of the event loop per million devices; instead each assigned partition
+keeps a heap of ``(due_ms, device id)``, so a sweep pops only what is due. The heap is lazy:
+a fix does not touch it (the hot path stays as it was); a popped device whose ``seen_ms`` moved
+on is pushed back at its new due time, so a device has about one entry whatever its fix rate.
+
+A partition is swept only once its consumer has caught up with it (:func:`caught_up`): after a
+restart with a backlog in Kafka, a device whose fixes wait in the backlog was not silent, and
+its ``seen_ms`` is only brought up to date when they are read. The silent mark is saved with
+the state (``DeviceState.silent``) through the checkpoint, fenced like every save, so a device
+whose partition moves is marked once: by the old owner (saved before it gives the partition
+up) or by the new one (which loads the state unmarked and finds it due), with the same event id.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections.abc import Iterable, Mapping
+from itertools import chain
+from typing import TYPE_CHECKING
+
+from fencex.detector import DeviceState, silence_due, silent_event
+from fencex.event import Event
+from fencex.pipeline import RulesOf
+
+if TYPE_CHECKING:
+    from fencex.stream.loop import Processor
+
+
+def caught_up(lag: Mapping[int, int], partitions: Iterable[int], max_lag: int) -> list[int]:
+    """The partitions whose lag is known (the fetch high watermark) and at most ``max_lag`` records."""
+    return [p for p in partitions if p in lag and lag[p] <= max_lag]
+
+
+class SilenceWatch:
+    """Per partition, a heap of ``(due_ms, device id)``; ``rules_of`` None (no herd rules): watches nothing."""
+
+    def __init__(self, rules_of: RulesOf | None) -> None:
+        self.rules_of = rules_of
+        self.heaps: dict[int, list[tuple[float, str]]] = {}
+
+    def _due(self, state: DeviceState, now_ms: int) -> float:
+        if state.silent or self.rules_of is None:
+            return math.inf  # marked: resumed (and watched again) with its next fix
+        if not state.seen_ms:
+            state.seen_ms = now_ms  # arrival unknown (saved before it was kept): counted from now
+        return state.seen_ms + self.rules_of(state.tenant).silence_s * 1000.0
+
+    def load(self, partition: int, devices: Iterable[str], states: Mapping[str, DeviceState], now_ms: int) -> None:
+        """Watch ``partition``'s devices from scratch (assigned, reloaded, or the rules changed)."""
+        heap = []
+        for d in devices:
+            state = states.get(d)
+            if state is not None:
+                due = self._due(state, now_ms)
+                if due != math.inf:
+                    heap.append((due, d))
+        heapq.heapify(heap)
+        self.heaps[partition] = heap
+
+    def watch(self, partition: int, device_id: str, state: DeviceState, now_ms: int) -> None:
+        """One more device (first seen, loaded on its first fix, or resumed)."""
+        due = self._due(state, now_ms)
+        if due != math.inf:
+            heapq.heappush(self.heaps.setdefault(partition, []), (due, device_id))
+
+    def size(self) -> int:
+        return sum(len(h) for h in self.heaps.values())
+
+    def sweep(
+        self,
+        partitions: Iterable[int],
+        states: Mapping[str, DeviceState],
+        device_partition: Mapping[str, int],
+        now_ms: int,
+        budget: int,
+    ) -> tuple[dict[str, DeviceState], list[Event]]:
+        """Mark silent the devices of ``partitions`` that are due (at most ``budget`` entries looked
+        at: the rest wait for the next sweep); the marked states and their ``silent`` events."""
+        dirty: dict[str, DeviceState] = {}
+        events: list[Event] = []
+        if self.rules_of is None:
+            return dirty, events
+        for p in partitions:
+            heap = self.heaps.get(p)
+            while heap and heap[0][0] <= now_ms and budget > 0:
+                budget -= 1
+                _, d = heapq.heappop(heap)
+                state = states.get(d)
+                if state is None or state.silent or device_partition.get(d) != p:
+                    continue  # gone, or marked: resumed and watched again with its next fix
+                rules = self.rules_of(state.tenant)
+                if silence_due(state, now_ms, rules):
+                    state.silent = True
+                    dirty[d] = state
+                    events.append(silent_event(d, state))
+                else:  # a fix arrived since (or the farm's silence time grew): watched from then on
+                    due = self._due(state, now_ms)
+                    if now_ms < due != math.inf:
+                        heapq.heappush(heap, (due, d))
+        return dirty, events
+
+
+# ------------------------------------------------------------------ the worker loop's side
+# (called by fencex.stream.loop.Processor with its lock held, as fencex.stream.gauges reads it)
+
+
+def rewatch(p: Processor, partitions: Iterable[int]) -> None:
+    """Watch the held devices of ``partitions`` from scratch (loaded, or the fences or mobs changed)."""
+    if p.rules_of is None:
+        return
+    by_partition: dict[int, list[str]] = {part: [] for part in partitions}
+    for d, part in p.device_partition.items():
+        if part in by_partition:
+            by_partition[part].append(d)
+    now_ms = int(p.clock() * 1000)
+    for part, devices in by_partition.items():
+        p.silence.load(part, devices, p.states, now_ms)
+
+
+def watch_new(p: Processor, loaded: Iterable[str], events: Iterable[Event], now_ms: int) -> None:
+    """Devices held from this batch on (first seen, or loaded for their fix), and silent ones resumed."""
+    if p.rules_of is None:
+        return
+    resumed = (e.device_id for e in events if e.type == "resumed")
+    for d in chain(loaded, resumed):
+        state = p.states.get(d)
+        if state is not None:
+            p.silence.watch(p.device_partition[d], d, state, now_ms)
+
+
+async def sweep(p: Processor) -> None:
+    """Mark silent the due devices of the partitions the worker has caught up with (a backlog still
+    to read may hold their fixes); the events are published, the marks saved with the next flush."""
+    p._swept = time.monotonic()
+    if p._fetched != p._epoch or p._fenced:
+        return  # nothing fetched since the assignment or the reload: the positions are not settled
+    ready = caught_up(await p.consumer.settled_lag(), p.generations, p.settings.silence_max_lag)
+    started = time.perf_counter()
+    dirty, events = p.silence.sweep(ready, p.states, p.device_partition, int(p.clock() * 1000), p.settings.chunk_fixes)
+    await p.outbox.events(events)
+    p.checkpoint.add(dirty, events)
+    p.metrics.silence_sweep.observe(time.perf_counter() - started)

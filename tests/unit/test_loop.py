@@ -14,7 +14,9 @@ from prometheus_client import CollectorRegistry
 
 import fencex.stream.loop as loop_module
 from fencex.errors import BrokerUnavailable, Fenced, StoreUnavailable
+from fencex.event import event_id
 from fencex.fix import Fix
+from fencex.herd import HerdRules
 from fencex.index import FenceIndex
 from fencex.metrics import PushMetrics
 from fencex.pipeline import default_rules, process
@@ -40,10 +42,19 @@ def fast_retries(monkeypatch):
 
 
 class Worker:
-    def __init__(self, broker: Broker, store: FakeStore, index: FenceIndex, **settings: Any) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        store: FakeStore,
+        index: FenceIndex,
+        clock: Callable[[], float] = lambda: T0 / 1000 + 60,
+        rules: dict[str, HerdRules] | None = None,
+        **settings: Any,
+    ) -> None:
         self.consumer = FakeConsumer(broker)
         self.producer = FakeProducer(broker)
         self.follower = FakeFollower(index, TENANTS)
+        self.follower.rules.update(rules or {})
         self.metrics = PushMetrics(CollectorRegistry())
         self.proc = Processor(
             store,
@@ -52,7 +63,7 @@ class Worker:
             self.follower,
             self.metrics,
             settings=LoopSettings(**{"flush_interval": 0.0, **settings}),
-            clock=lambda: T0 / 1000 + 60,
+            clock=clock,
         )
         self.task: asyncio.Task[None] | None = None
 
@@ -396,5 +407,162 @@ def test_a_worker_stalled_past_its_session_cannot_overwrite_the_new_owners_state
         await old.consumer.rebalance([])  # the rebalance reaches it at last
         await old.kill()
         assert store.states["cow-1"] == saved
+
+    run(main())
+
+
+# ---------------------------------------------------------------- silence (issue 11 item 4)
+
+SILENT_10S = {"farm": HerdRules(silence_s=10)}
+
+
+class Clock:
+    """The workers' wall clock, moved by the test (seconds)."""
+
+    def __init__(self, s: float = T0 / 1000 + 60) -> None:
+        self.s = s
+
+    def __call__(self) -> float:
+        return self.s
+
+
+def silent_ids(events: list[dict], device: str = "cow-1") -> list[str]:
+    return [e["event_id"] for e in events if e["type"] == "silent" and e["device_id"] == device]
+
+
+async def steps(w: Worker, n: int = 3) -> None:
+    for _ in range(n):
+        await w.proc.step()
+
+
+def test_a_silent_collar_is_reported_once_then_resumed_with_its_next_fix():
+    async def main():
+        broker, store, clock = Broker(partitions=1), FakeStore(), Clock()
+        broker.fix("cow-1", T0, *INSIDE)
+        w = Worker(broker, store, NORTH, clock, SILENT_10S, silence_sweep_s=0.0)
+        await w.start([0])
+        await steps(w)
+        clock.s += 9.9
+        await steps(w)
+        assert silent_ids(w.producer.handed_events()) == []  # 9.9 s without a fix: not yet
+        clock.s += 0.2
+        await steps(w)
+        first = event_id("cow-1", "", 0, "silent", T0)
+        assert silent_ids(broker.events()) == [first]  # published, and
+        assert store.states["cow-1"]["sil"] == 1  # the mark saved with the flush
+        clock.s += 3600
+        await steps(w)
+        assert silent_ids(w.producer.handed_events()) == [first]  # once per silence
+        broker.fix("cow-1", T0 + 5000, *INSIDE)
+        await steps(w)
+        assert [e["type"] for e in broker.events()][-1] == "resumed" and "sil" not in store.states["cow-1"]
+        clock.s += 10.1
+        await steps(w)  # silent again: a new silence, a new id (its last fix's)
+        assert silent_ids(broker.events()) == [first, event_id("cow-1", "", 0, "silent", T0 + 5000)]
+
+    run(main())
+
+
+@pytest.mark.parametrize("swept_before_the_move", [True, False])
+def test_a_device_whose_partition_moves_goes_silent_once(swept_before_the_move):
+    async def main():
+        broker, store, clock = Broker(partitions=1), FakeStore(), Clock()
+        broker.fix("cow-1", T0, *INSIDE)
+        a = Worker(broker, store, NORTH, clock, SILENT_10S, silence_sweep_s=0.0, flush_interval=3600.0)
+        await a.start([0])
+        await steps(a)
+        if swept_before_the_move:
+            clock.s += 11
+            await steps(a)  # marked silent by the old owner; saved by the revoke's flush
+        await a.consumer.rebalance([])
+        b = Worker(broker, store, NORTH, clock, SILENT_10S, silence_sweep_s=0.0)
+        await b.start([0])
+        clock.s += 11
+        await steps(b, 5)
+        handed = silent_ids(a.producer.handed_events()) + silent_ids(b.producer.handed_events())
+        assert handed == [event_id("cow-1", "", 0, "silent", T0)]  # not zero times, not twice
+        assert silent_ids(broker.events()) == handed
+
+    run(main())
+
+
+def test_a_crash_before_the_mark_is_saved_gives_the_same_silent_id_again():
+    async def main():
+        broker, store, clock = Broker(partitions=1), FakeStore(), Clock()
+        broker.fix("cow-1", T0, *INSIDE)
+        a = Worker(broker, store, NORTH, clock, SILENT_10S, silence_sweep_s=0.0, flush_interval=3600.0)
+        await a.start([0])
+        await steps(a)
+        async with a.proc.lock:
+            await a.proc.flush()  # the fix is saved
+        clock.s += 11
+        await steps(a)  # the sweep hands the silent event to the producer...
+        (sent,) = silent_ids(a.producer.handed_events())
+        a.run()
+        await a.kill()  # ...and the worker dies before its flush: neither acked nor the mark saved
+        assert "sil" not in store.states["cow-1"] and broker.events() == [broker.events()[0]]
+        b = Worker(broker, store, NORTH, clock, SILENT_10S, silence_sweep_s=0.0)
+        await b.start([0])
+        await steps(b)
+        assert silent_ids(broker.events()) == [sent]  # the same id: a replay, not a new silence
+        assert store.states["cow-1"]["sil"] == 1
+
+    run(main())
+
+
+def test_a_backlog_does_not_make_collars_silent():
+    """The service was down for two hours while the collars sent fixes: the restarted worker must
+    not call a collar silent whose fixes wait in the backlog. It sweeps a partition only once it has
+    caught up with it; cow-2, which really sent nothing, goes silent then, once."""
+
+    async def main():
+        broker, store, clock = Broker(partitions=1), FakeStore(), Clock()
+        broker.fix("cow-1", T0, *INSIDE)
+        broker.fix("cow-2", T0, *INSIDE)
+        a = Worker(broker, store, NORTH, clock, SILENT_10S, silence_sweep_s=0.0)
+        await a.start([0])
+        await steps(a)
+        a.run()
+        await a.kill()
+        for k in range(1, 30):  # cow-1 kept sending while no worker ran
+            broker.fix("cow-1", T0 + k * 240_000, *INSIDE)
+        clock.s += 2 * 3600
+        b = Worker(broker, store, NORTH, clock, SILENT_10S, silence_sweep_s=0.0, max_records=2, silence_max_lag=0)
+        await b.start([0])
+        while broker.committed != broker.end_offsets():
+            await b.proc.step()
+            if silent_ids(b.producer.handed_events(), "cow-2"):
+                assert b.consumer.lag() == {0: 0}  # swept only once caught up
+        await steps(b)
+        assert silent_ids(b.producer.handed_events(), "cow-1") == []  # its fixes arrived: not silent
+        assert silent_ids(broker.events(), "cow-2") == [event_id("cow-2", "", 0, "silent", T0)]
+        assert b.metrics.silence_sweep._sum.get() > 0
+
+    run(main())
+
+
+def test_herd_rules_switched_off_give_the_fence_rules_alone():
+    async def main():
+        broker, store, clock = Broker(partitions=1), FakeStore(), Clock()
+        broker.fix("cow-1", T0, *INSIDE)
+        broker.fix("cow-1", T0 + 1000, *OUTSIDE)
+        broker.fix("cow-1", T0 + 2000, 17.7, 59.805)  # 5 km in a second: a jump, were the rules on
+        broker.fix("cow-1", T0 + 3000, 17.7, 59.805)
+        on = Worker(broker, store, NORTH, clock, SILENT_10S, silence_sweep_s=0.0)
+        await on.start([0])
+        await steps(on)
+        clock.s += 11
+        await steps(on)
+        assert [e["type"] for e in on.producer.handed_events()] == ["enter", "exit", "escape", "silent"]
+        assert on.metrics.fixes_untrusted.labels("jump")._value.get() == 1
+        off = Worker(Broker(partitions=1), FakeStore(), NORTH, clock, SILENT_10S, herd_rules=False)
+        for r in broker.records("locations"):
+            off.consumer.broker.append("locations", r.key, r.value)
+        await off.start([0])
+        await steps(off)
+        clock.s += 3600
+        await steps(off)
+        assert [e["type"] for e in off.producer.handed_events()] == ["enter", "exit"]
+        assert off.metrics.fixes_untrusted.labels("jump")._value.get() == 0
 
     run(main())

@@ -50,7 +50,7 @@ from fencex.fence import Fence
 from fencex.fix import Fix
 from fencex.index import FenceIndex
 from fencex.kafka.admin import ensure_topics
-from fencex.pipeline import process
+from fencex.pipeline import default_rules, process
 from fencex.store.redis import RedisStore
 from services.simulator.herd import Herd, pastures
 
@@ -314,7 +314,7 @@ class FixStream(threading.Thread):
             if self._halt.is_set():
                 break
             lon, lat = self.herd.step()
-            ts = self.t0_ms + self.steps * 1000
+            ts = self.t0_ms + self.steps * 5000  # a fix every 5 s: the herd's steps are a walk at that pace
             rows = list(zip(self.herd.ids, lon.tolist(), lat.tolist()))
             # spread over the step, not in one burst: at any moment the workers hold fixes not saved yet
             for i in range(0, len(rows), self.CHUNK):
@@ -476,7 +476,7 @@ class EventReader(threading.Thread):
 def predict(fences: list[Fence], tenants: dict[str, str], fixes: list[Fix]) -> dict[str, dict]:
     """The events the pure pipeline makes of these fixes (in order per device), by id."""
     states: dict[str, DeviceState] = {}
-    out = process(fixes, FenceIndex(fences), states, lambda d: tenants.get(d, "default"))
+    out = process(fixes, FenceIndex(fences), states, lambda d: tenants.get(d, "default"), default_rules)
     return {
         e.event_id: {"type": e.type, "device_id": e.device_id, "fence_id": e.fence_id, "ts_ms": e.ts_ms}
         for e in out.events

@@ -36,7 +36,7 @@ from fencex.detector import DeviceState
 from fencex.fence import Fence
 from fencex.fix import Fix
 from fencex.index import FenceIndex
-from fencex.pipeline import process
+from fencex.pipeline import default_rules, process
 from services.simulator.herd import CELL_LAT, CELL_LON, pastures
 
 # The dead-letter reasons a worker may give (the metric's closed label set).
@@ -212,7 +212,7 @@ def predict(cases: list[Case], fences: list[Fence], tenants: dict[str, str]) -> 
     index = FenceIndex(fences)
     states: dict[str, DeviceState] = {}
     fixes = [f for c in cases for f in c.good]
-    out = process(fixes, index, states, lambda d: tenants.get(d, "default"))
+    out = process(fixes, index, states, lambda d: tenants.get(d, "default"), default_rules)  # the workers' rules
     return {e.event_id for e in out.events}
 
 

@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, disable_cr
 from fencex import heap
 from fencex.errors import Unavailable
 from fencex.follower import FenceFollower
+from fencex.herd import HerdRules
 from fencex.kafka.consumer import BatchConsumer
 from fencex.kafka.producer import Producer
 from fencex.metrics import HistoryMetrics, PushMetrics, StateCollector
@@ -83,7 +84,12 @@ def create_app(settings: Settings) -> tuple[faust.App, PushService]:
     )
     follower = FenceFollower(store, on_error=lambda e: metrics.store_errors.inc())
     producer = Producer(settings.kafka_bootstrap, idempotence=settings.producer_idempotence)
-    processor = Processor(store, consumer, producer, follower, metrics, topics, settings.loop)
+    defaults = settings.default_rules
+
+    def rules_of(tenant: str) -> HerdRules:  # the farm's stored herd settings, else the service's defaults
+        return follower.rules.get(tenant, defaults)
+
+    processor = Processor(store, consumer, producer, follower, metrics, topics, settings.loop, rules_of=rules_of)
     registry.register(StateCollector(processor.snapshot))
 
     app = faust.App(

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+from pydantic import Field
+
 from fencex.fix import DEFAULT_MAX_SKEW_MS
+from fencex.herd import DEFAULT_RULES, HerdRules
 from fencex.stream.config import DEFAULT_DEAD_MAX_BYTES, DLQ, EVENTS, LoopSettings, Topics
 from services.settings import ServiceSettings
 
@@ -27,6 +32,17 @@ class Settings(ServiceSettings):
     # Per-key order: idempotent producers (librdkafka's InitProducerId works against the local
     # broker, Tansu); off, one request in flight per connection instead.
     producer_idempotence: bool = True
+    # The herd rules (escapes, batteries, fixes not to trust, silence) per farm; off: the fence rules alone.
+    herd_rules: bool = True
+    silence_sweep_s: float = Field(default=5.0, gt=0)  # seconds between two sweeps for silent collars
+    silence_max_lag: int = Field(default=20_000, ge=0)  # a partition further behind (records) is not swept yet
+    # The silence time of a farm without its own herd settings (the API's PUT /herd/settings)
+    default_silence_s: float = Field(default=DEFAULT_RULES.silence_s, gt=0)
+
+    @property
+    def default_rules(self) -> HerdRules:
+        """The herd rules of a farm that has not set its own."""
+        return dataclasses.replace(DEFAULT_RULES, silence_s=self.default_silence_s)
 
     @property
     def topics(self) -> Topics:
@@ -40,4 +56,7 @@ class Settings(ServiceSettings):
             default_tenant=self.default_tenant,
             max_clock_skew_ms=int(self.max_clock_skew_s * 1000),
             dead_max_bytes=self.dlq_max_bytes,
+            herd_rules=self.herd_rules,
+            silence_sweep_s=self.silence_sweep_s,
+            silence_max_lag=self.silence_max_lag,
         )

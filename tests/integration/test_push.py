@@ -18,7 +18,7 @@ from fencex.fix import Fix
 from fencex.index import FenceIndex
 from fencex.kafka.admin import ensure_topics
 from fencex.kafka.producer import Producer
-from fencex.pipeline import process
+from fencex.pipeline import default_rules, process
 from fencex.store.redis import RedisStore
 from services.simulator.herd import Herd, pastures
 from tests.integration.conftest import events_of, metric, read, run, wait_ready
@@ -29,8 +29,10 @@ SQUARE = {
     "type": "Polygon",
     "coordinates": [[[17.60, 59.80], [17.61, 59.80], [17.61, 59.81], [17.60, 59.81], [17.60, 59.80]]],
 }
-INSIDE = (17.605, 59.805)
-OUTSIDE = (17.62, 59.805)
+# 11 m apart across the east border: a cow's step (the herd rules, on by default, hold back a
+# fix that implies more than 20 m/s as a jump)
+INSIDE = (17.6099, 59.805)
+OUTSIDE = (17.6101, 59.805)
 T0 = 1_780_000_000_000
 
 
@@ -143,12 +145,14 @@ def test_fence_changes_reach_running_workers_within_a_second(live):
         return time.monotonic() - started
 
     far = {"type": "Polygon", "coordinates": [[[18.0, 60.0], [18.01, 60.0], [18.01, 60.01], [18.0, 60.0]]]}
-    # reshaped so the cow is now outside: exit at the new version
-    t1 = timed(lambda s: s.put_fences([Fence(id="north", tenant="farm", geometry=far)]), [("exit", "north", 2)])
-    # a new fence drawn around the cow: enter, without a new fix
-    t2 = timed(lambda s: s.put_fences([Fence(id="south", tenant="farm", geometry=SQUARE)]), [("enter", "south", 1)])
-    # deleted: exit
-    t3 = timed(lambda s: s.delete_fence("farm", "south"), [("exit", "south", 1)])
+    # reshaped so the cow is now outside: exit at the new version, and (a pasture) escape at once
+    north = Fence(id="north", tenant="farm", geometry=far)
+    t1 = timed(lambda s: s.put_fences([north]), [("exit", "north", 2), ("escape", "north", 2)])
+    # a new pasture drawn around the cow: enter and return, without a new fix
+    south = Fence(id="south", tenant="farm", geometry=SQUARE)
+    t2 = timed(lambda s: s.put_fences([south]), [("enter", "south", 1), ("return", "south", 1)])
+    # deleted: exit, and out of its pastures again (escape names the deleted one, version 0)
+    t3 = timed(lambda s: s.delete_fence("farm", "south"), [("exit", "south", 1), ("escape", "south", 0)])
     assert max(t1, t2, t3) < 1.0, (t1, t2, t3)
 
 
@@ -156,7 +160,7 @@ def expected_events(fences, herd: Herd, fixes: list[Fix]) -> set[str]:
     index = FenceIndex(fences)
     states: dict[str, DeviceState] = {}
     tenants = herd.tenants()
-    out = process(fixes, index, states, lambda d: tenants.get(d, "default"))
+    out = process(fixes, index, states, lambda d: tenants.get(d, "default"), default_rules)  # the worker's rules
     return {e.event_id for e in out.events}
 
 
@@ -169,8 +173,8 @@ def test_sigkill_loses_no_event(live):
     fixes: list[Fix] = []
     for step in range(steps):
         lon, lat = herd.step()
-        fixes.extend(
-            Fix(d, T0 + step * 1000, float(x), float(y)) for d, x, y in zip(herd.ids, lon.tolist(), lat.tolist())
+        fixes.extend(  # a fix every 5 s: the simulator's steps are a walk at that pace (at 1 s, half are jumps)
+            Fix(d, T0 + step * 5000, float(x), float(y)) for d, x, y in zip(herd.ids, lon.tolist(), lat.tolist())
         )
     expected = expected_events(fences, herd, fixes)
     assert len(expected) > 200  # a stream with real crossings

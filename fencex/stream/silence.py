@@ -79,13 +79,13 @@ class SilenceWatch:
         device_partition: Mapping[str, int],
         now_ms: int,
         budget: int,
-    ) -> tuple[dict[str, DeviceState], list[Event]]:
+    ) -> tuple[dict[str, DeviceState], list[Event], bool]:
         """Mark silent the devices of ``partitions`` that are due (at most ``budget`` entries looked
-        at: the rest wait for the next sweep); the marked states and their ``silent`` events."""
+        at); the marked states, their ``silent`` events, and whether the budget ran out first."""
         dirty: dict[str, DeviceState] = {}
         events: list[Event] = []
         if self.rules_of is None:
-            return dirty, events
+            return dirty, events, False
         for p in partitions:
             heap = self.heaps.get(p)
             while heap and heap[0][0] <= now_ms and budget > 0:
@@ -103,7 +103,7 @@ class SilenceWatch:
                     due = self._due(state, now_ms)
                     if now_ms < due != math.inf:
                         heapq.heappush(heap, (due, d))
-        return dirty, events
+        return dirty, events, budget <= 0
 
 
 # ------------------------------------------------------------------ the worker loop's side
@@ -136,13 +136,18 @@ def watch_new(p: Processor, loaded: Iterable[str], events: Iterable[Event], now_
 
 async def sweep(p: Processor) -> None:
     """Mark silent the due devices of the partitions the worker has caught up with (a backlog still
-    to read may hold their fixes); the events are published, the marks saved with the next flush."""
+    to read may hold their fixes), at most ``chunk_fixes`` a step, so the lock is held ~0.1 s at most;
+    the events are published, the marks saved with the next flush."""
     p._swept = time.monotonic()
     if p._fetched != p._epoch or p._fenced:
         return  # nothing fetched since the assignment or the reload: the positions are not settled
     ready = caught_up(await p.consumer.settled_lag(), p.generations, p.settings.silence_max_lag)
     started = time.perf_counter()
-    dirty, events = p.silence.sweep(ready, p.states, p.device_partition, int(p.clock() * 1000), p.settings.chunk_fixes)
+    dirty, events, more = p.silence.sweep(
+        ready, p.states, p.device_partition, int(p.clock() * 1000), p.settings.chunk_fixes
+    )
+    if more:  # a mass silence (a gateway down): the next chunk at the next step, not a sweep period later
+        p._swept = 0.0
     await p.outbox.events(events)
     p.checkpoint.add(dirty, events)
     p.metrics.silence_sweep.observe(time.perf_counter() - started)

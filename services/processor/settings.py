@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pydantic import NonNegativeInt
+
 from fencex.fix import DEFAULT_MAX_SKEW_MS
+from fencex.metrics import FARMS_MAX
 from fencex.stream.config import DEFAULT_DEAD_MAX_BYTES, DLQ, EVENTS, LoopSettings, Topics
 from services.settings import ServiceSettings
 
@@ -27,6 +30,9 @@ class Settings(ServiceSettings):
     # Per-key order: idempotent producers (librdkafka's InitProducerId works against the local
     # broker, Tansu); off, one request in flight per connection instead.
     producer_idempotence: bool = True
+    # The herd metrics carry a farm label for the first this many farms a worker sees; the
+    # rest share the label "_other", so the number of series is bounded whatever the farms.
+    metrics_farms_max: NonNegativeInt = FARMS_MAX
 
     @property
     def topics(self) -> Topics:

@@ -107,4 +107,3 @@ class Scenarios:
                 self._last_bad, bad = c, False
             out.append((key, track))
         return out
-

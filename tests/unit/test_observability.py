@@ -157,7 +157,9 @@ tests:
           - exp_labels: {{severity: warning, farm: hill}}
             exp_annotations:
               summary: "Animals of farm hill have been out of their pastures for more than 15 minutes"
-              description: "1 animals out now. GET /alerts?kind=out lists them with the pasture they left; a fence with a gap, a gate left open, or a pasture drawn too small. (_other: the farms beyond FENCEX_METRICS_FARMS_MAX.)"
+              description: "1 animals out now. GET /alerts?kind=out lists them with the pasture they left;
+                a fence with a gap, a gate left open, or a pasture drawn too small.
+                (_other: the farms beyond FENCEX_METRICS_FARMS_MAX.)"
       # one silent collar is the farmer's business (GET /alerts); six at once on vale are a gateway down
       - eval_time: 7m
         alertname: FencexHerdCollarsSilent
@@ -168,7 +170,8 @@ tests:
           - exp_labels: {{severity: warning, farm: vale}}
             exp_annotations:
               summary: "6 collars of farm vale are silent"
-              description: "Many collars quiet at once: a gateway or base station is down, or the farm lost coverage. GET /alerts?kind=silent lists them."
+              description: "Many collars quiet at once: a gateway or base station is down, or the farm lost
+                coverage. GET /alerts?kind=silent lists them."
 """
 
 

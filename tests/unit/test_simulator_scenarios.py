@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -58,7 +59,10 @@ def test_every_alarm_is_acted_out():
     assert not [t for t in q if QUIET_AT <= t < QUIET_AT + 150] and min(q) < QUIET_AT and max(q) >= QUIET_AT + 150
     # jumps of about 2 km, and a few fixes wildly inaccurate
     j = sent[ids[scen.jumper]]
-    hops = [abs(b["lon"] - a["lon"]) * 111_320 * math.cos(math.radians(a["lat"])) for (_, a), (_, b) in zip(j, j[1:])]
+    hops = [
+        abs(b["lon"] - a["lon"]) * 111_320 * math.cos(math.radians(a["lat"]))
+        for (_, a), (_, b) in itertools.pairwise(j)
+    ]
     assert sum(h > 1500 for h in hops) >= 2 * 4  # there and back, at least four times in 700 s
     bad = [f for i in scen.inaccurate for _t, f in sent[ids[i]] if "accuracy_m" in f]
     assert len(bad) >= 5 and all(f["accuracy_m"] > 100 for f in bad)

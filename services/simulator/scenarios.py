@@ -11,6 +11,9 @@ A seeded cast and a script that repeats every ``cycle_s`` seconds of the simulat
 - a *jumper* sends one fix 2 km away now and then, and a few collars send a *wildly
   inaccurate* fix (``accuracy_m`` of hundreds of metres, placed far off) now and then.
 
+The rest of the herd grazes calmly (``CALM_ROAM``): the lanes between pastures are outside
+every pasture, so an animal that lingers in one has escaped, and only the cast should.
+
 Without ``--scenarios`` none of it happens: the fixes are the herd's alone (the benchmarks).
 """
 
@@ -29,6 +32,7 @@ RUN_DOWN_FROM, RUN_DOWN_PER_S = 32.0, 0.1  # % at the cycle's start, % lost per 
 REPLACED_AT = 400.0  # the first run-down collar gets a new battery
 QUIET_AT = 240.0  # the quiet collar stops sending, for quiet_s
 JUMP_EVERY_S, INACCURATE_EVERY_S = 150.0, 97.0
+CALM_ROAM = 0.3  # the rest of the herd grazes within its pastures: out in a lane is an escape now
 
 
 @dataclass
@@ -46,6 +50,10 @@ class Scenarios:
 
     def __post_init__(self) -> None:
         rng = np.random.default_rng(self.seed + 2000)
+        h = self.herd
+        h.roam = min(h.roam, CALM_ROAM)
+        h.lon = h.home_lon + (h.lon - h.home_lon) * 0.4  # and starts in its pastures, not in the lanes
+        h.lat = h.home_lat + (h.lat - h.home_lat) * 0.4
         n = len(self.herd.ids)
         # at home on the grid's south edge: south of it is open ground, no pasture
         edge = [i for i in range(n) if self.herd.home_lat[i] < ORIGIN_LAT + CELL_LAT]

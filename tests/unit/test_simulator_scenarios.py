@@ -8,6 +8,10 @@ import math
 import numpy as np
 import shapely
 
+from fencex.fix import fix_from_obj
+from fencex.herd import DEFAULT_RULES
+from fencex.index import FenceIndex
+from fencex.pipeline import process
 from services.simulator.herd import Herd, pastures, records
 from services.simulator.scenarios import QUIET_AT, REPLACED_AT, WANDER, Scenarios
 
@@ -21,7 +25,7 @@ def run(seed: int = 1, seconds: int = 700) -> tuple[Scenarios, dict[str, list[tu
     sent: dict[str, list[tuple[float, dict]]] = {d: [] for d in herd.ids}
     for t in range(seconds):
         scen.before_step(float(t))
-        batch = scen.apply(records(herd, idx, 1, 1_000_000 + t * 1000), idx.tolist(), float(t))
+        batch = scen.apply(records(herd, idx, 1, 1_780_000_000_000 + t * 1000), idx.tolist(), float(t))
         for key, track in batch:
             sent[key].extend((float(t), f) for f in track)
     return scen, sent
@@ -68,3 +72,33 @@ def test_every_alarm_is_acted_out():
     assert len(bad) >= 5 and all(f["accuracy_m"] > 100 for f in bad)
     # the others: no accuracy field, no jump
     assert not any("accuracy_m" in f for i in range(len(ids)) if i not in scen.inaccurate for _t, f in sent[ids[i]])
+
+
+def test_the_detector_tells_the_scenarios_apart():
+    """The scenario's fixes through the pipeline with the default herd rules: the wanderers'
+    escapes and returns, the batteries' alarms, and no escape from a jump or an inaccurate fix."""
+    scen, sent = run(seconds=700)
+    index = FenceIndex(scen.fences)
+    tenants = scen.herd.tenants()
+    states: dict = {}
+    events, untrusted = [], {}
+    by_time: dict[float, list] = {}
+    for _device, fixes in sent.items():
+        for t, f in fixes:
+            by_time.setdefault(t, []).append(fix_from_obj(f))
+    for t in sorted(by_time):
+        out = process(by_time[t], index, states, tenants.__getitem__, rules_of=lambda _t: DEFAULT_RULES)
+        events.extend(out.events)
+        for reason, n in out.untrusted.items():
+            untrusted[reason] = untrusted.get(reason, 0) + n
+    ids = scen.herd.ids
+    of = {(e.type, e.device_id) for e in events}
+    first = ids[scen.wanderers[0]]
+    escape = next(e for e in events if e.type == "escape" and e.device_id == first)
+    assert escape.fence_id.startswith("pasture-") and escape.distance_m is not None and escape.distance_m > 10
+    assert ("return", first) in of
+    assert all(("battery_low", ids[i]) in of for i in scen.run_down)
+    assert ("battery_ok", ids[scen.run_down[0]]) in of
+    cast = {*(ids[i] for i in scen.wanderers), *(ids[i] for i in scen.run_down)}
+    assert {e.device_id for e in events if e.type in ("escape", "battery_low")} <= cast
+    assert untrusted.get("jump", 0) >= 4 and untrusted.get("inaccurate", 0) >= 5

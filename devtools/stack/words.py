@@ -31,6 +31,7 @@ def words(e: Mapping[str, Any], names: Mapping[str, str]) -> str:
     (an id without a name is shown as it is)."""
     device, fid, kind = e["device_id"], e.get("fence_id") or "", e["type"]
     fence = names.get(fid) or fid
+    collar = device if device.lower().startswith("collar") else f"collar {device}"
     if kind == "enter":
         return f"{device} went into {fence}"
     if kind == "exit":
@@ -44,13 +45,13 @@ def words(e: Mapping[str, Any], names: Mapping[str, str]) -> str:
     if kind == "return":
         return f"{device} is back in {fence}" if fence else f"{device} is back in its pasture"
     if kind == "battery_low":
-        return f"collar {device}: battery low{_pct(e)}"
+        return f"{collar}: battery low{_pct(e)}"
     if kind == "battery_ok":
-        return f"collar {device}: battery ok again{_pct(e)}"
+        return f"{collar}: battery ok again{_pct(e)}"
     if kind == "silent":
-        return f"collar {device} silent since {e['ts'][11:16]}"  # the last fix's time (UTC, as the lines)
+        return f"{collar} silent since {e['ts'][11:16]}"  # the last fix's time (UTC, as the lines)
     if kind == "resumed":
-        return f"collar {device} is sending again"
+        return f"{collar} is sending again"
     return f"{device}: {kind} {fence}".rstrip()
 
 

@@ -191,6 +191,45 @@ DASHBOARDS: dict[str, dict] = {
         "title": "fencex / Herd",
         "panels": [
             (
+                "Animals out of their pastures, per farm",
+                "devices",
+                [("sum by (farm) (fencex_herd_devices_out)", "{{farm}}")],
+            ),
+            (
+                "Escapes and returns in the last 15 minutes, per farm",
+                "events",
+                [
+                    ('sum by (farm) (increase(fencex_herd_events_total{type="escape"}[15m]))', "{{farm}} escapes"),
+                    ('sum by (farm) (increase(fencex_herd_events_total{type="return"}[15m]))', "{{farm}} returns"),
+                ],
+            ),
+            (
+                "Collars silent, per farm",
+                "collars",
+                [("sum by (farm) (fencex_herd_devices_silent)", "{{farm}}")],
+            ),
+            (
+                "Collars low on battery, per farm",
+                "collars",
+                [("sum by (farm) (fencex_herd_devices_battery_low)", "{{farm}}")],
+            ),
+            (
+                "Herd events per minute, by type",
+                "events/min",
+                [
+                    (
+                        "sum by (type) (increase(fencex_herd_events_total"
+                        '{type=~"escape|return|battery_low|battery_ok|silent|resumed"}[5m])) / 5',
+                        "{{type}}",
+                    )
+                ],
+            ),
+            (
+                "Events per minute, by type",
+                "events/min",
+                [("sum by (type) (increase(fencex_events_published_total[1m]))", "{{type}}")],
+            ),
+            (
                 "Busiest fences: events per second",
                 "events/s",
                 [("topk(10, sum by (fence) (rate(fencex_fence_events_total[5m])))", "{{fence}}")],
@@ -204,11 +243,6 @@ DASHBOARDS: dict[str, dict] = {
                 "Devices inside any fence, and devices tracked",
                 "devices",
                 [("sum(fencex_fence_occupancy_devices)", "inside a fence"), ("sum(fencex_devices_cached)", "tracked")],
-            ),
-            (
-                "Enter, exit and dwell per minute",
-                "events/min",
-                [("sum by (type) (increase(fencex_events_published_total[1m]))", "{{type}}")],
             ),
         ],
     },

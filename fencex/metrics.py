@@ -8,7 +8,7 @@ at scrape time by a collector, not updated on the hot path.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, PlatformCollector, ProcessCollector
@@ -28,6 +28,13 @@ FIX_REASONS = ("not_json", "bad_device_id", "bad_ts", "bad_lon", "bad_lat", "bad
 # a dead letter's reason: a bad fix's, a record that failed after parsing, a record the broker refused
 DLQ_REASONS = (*FIX_REASONS, "processing_error", "undelivered")
 TOPIC_ROLES = ("events", "dlq", "locations")
+FARMS_MAX = 100  # farms with a label of their own in the per-farm herd metrics (processor setting)
+OTHER_FARMS = "_other"  # the label of every farm beyond them (no farm id starts with "_")
+HERD_GAUGES = (  # DeviceState's flag, the gauge's name, its help
+    ("out", "fencex_herd_devices_out", "Devices out of their pastures (escaped, not returned), per farm"),
+    ("silent", "fencex_herd_devices_silent", "Collars silent (no fix for the farm's silence time), per farm"),
+    ("low", "fencex_herd_devices_battery_low", "Collars whose battery is below the farm's threshold, per farm"),
+)
 
 
 def process_collectors(registry: CollectorRegistry) -> None:
@@ -37,9 +44,10 @@ def process_collectors(registry: CollectorRegistry) -> None:
 
 
 class PushMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, farms_max: int = FARMS_MAX) -> None:
         self.registry = registry
         process_collectors(registry)
+        self.herd = HerdMetrics(registry, farms_max)  # counted by the outbox, per farm
         self.records = Counter(
             "fencex_records_consumed_total", "Kafka records read from the locations topic", registry=registry
         )
@@ -143,6 +151,82 @@ class PushMetrics:
         for topic in TOPIC_ROLES:
             for reason in UNDELIVERED_REASONS:
                 self.undelivered.labels(topic, reason)
+
+
+class FarmLabels:
+    """A farm's metric label: its id for the first ``farms_max`` farms this process sees, then
+    ``_other`` for all the rest, so the label set stays bounded whatever the number of farms.
+    (With no more farms than ``farms_max``, every farm has its own label on every worker.)"""
+
+    def __init__(self, farms_max: int) -> None:
+        self.farms_max = farms_max
+        self.own: dict[str, str] = {}
+        self.other_seen = False
+        self.on_new: Callable[[str], None] = lambda label: None
+
+    def __call__(self, tenant: str) -> str:
+        label = self.own.get(tenant)
+        if label is not None:
+            return label
+        if len(self.own) < self.farms_max:
+            self.own[tenant] = tenant
+            self.on_new(tenant)
+            return tenant
+        if not self.other_seen:
+            self.other_seen = True
+            self.on_new(OTHER_FARMS)
+        return OTHER_FARMS
+
+    def labels(self) -> list[str]:
+        """Every label given so far."""
+        return [*self.own.values(), *([OTHER_FARMS] if self.other_seen else [])]
+
+
+class HerdMetrics:
+    """The herd per farm: events published by type and farm (counted by
+    :class:`fencex.stream.outbox.Outbox`, where every event passes). The gauges of devices out,
+    silent and low on battery are :class:`HerdCollector`'s, read at scrape time."""
+
+    def __init__(self, registry: CollectorRegistry, farms_max: int = FARMS_MAX) -> None:
+        self.farms = FarmLabels(farms_max)
+        self.events = Counter(
+            "fencex_herd_events_total",
+            f"Events published, by farm (the first {farms_max} farms seen; the rest as {OTHER_FARMS}) and type",
+            ["farm", "type"],
+            registry=registry,
+        )
+        self._children: dict[tuple[str, str], Any] = {}
+        self.farms.on_new = self._new_farm
+
+    def _new_farm(self, farm: str) -> None:
+        for t in EVENT_TYPES:  # every type of a farm from its first event: rates and alerts see zeros
+            self._children[(farm, t)] = self.events.labels(farm, t)
+
+    def count(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """Add events counted by (tenant, type)."""
+        children, farms = self._children, self.farms
+        for (tenant, type_), n in counts.items():
+            key = (farms(tenant), type_)
+            child = children.get(key)
+            if child is None:  # a type outside EVENT_TYPES: counted all the same
+                child = children[key] = self.events.labels(*key)
+            child.inc(n)
+
+
+class HerdCollector(Collector):
+    """Devices out, silent and low on battery per farm, read at scrape time: ``read`` gives
+    farm label -> (out, silent, low) (:class:`fencex.stream.gauges.HerdGauges`)."""
+
+    def __init__(self, read: Callable[[], Mapping[str, Sequence[int]]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        counts = self.read()
+        for i, (_flag, name, help_) in enumerate(HERD_GAUGES):
+            g = GaugeMetricFamily(name, help_, labels=["farm"])
+            for farm, values in sorted(counts.items()):
+                g.add_metric([farm], values[i])
+            yield g
 
 
 class HistoryMetrics:

@@ -1,8 +1,9 @@
 """python -m devtools.stack (or ./dev stack): the whole push path on this machine.
 
 Starts the Kafka-protocol broker and redis-server, one or more processor
-workers, the query API and the simulator's herd, and prints fence events live
-as they happen.
+workers, the query API and the simulator's herd (acting out the herd's alarms:
+``--scenarios``), sets each farm's silence time to 2 minutes, and prints events
+live as they happen, in the farm's words ("collar-000017 escaped from Pasture 17, 40 m out").
 Ctrl-C, SIGTERM or SIGHUP (a closed terminal) stops everything it started; on
 Linux, so does SIGKILL (each child dies with the stack).
 """
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+import httpx
 import orjson
 from confluent_kafka import Consumer
 
@@ -35,13 +37,15 @@ from devtools.localserver import (
     stop_all,
 )
 from devtools.stack.prometheus import write_config
+from devtools.stack.words import is_herd, line
 from fencex.errors import ServerStartError
 from fencex.kafka.admin import ensure_topics
 from fencex.stream.config import Topics
+from services.simulator.herd import pastures
 
 TOPICS = Topics()  # the stack runs with the default topic names
 
-COLOURS = {"enter": "\033[32m", "exit": "\033[33m", "dwell": "\033[36m"}
+SILENCE_S = 120  # the stack's farms: a quiet collar shows within a few minutes, not the default hour
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -66,8 +70,10 @@ def _port(wanted: int) -> int:
     return wanted if not port_taken(wanted) else free_port()
 
 
-def show_events(bootstrap: str, topic: str, stop: threading.Event, colour: bool) -> None:
-    """Print each fence event as it arrives (a closed terminal ends the thread, nothing else)."""
+def show_events(
+    bootstrap: str, topic: str, stop: threading.Event, colour: bool, names: dict[str, str], herd_only: bool = False
+) -> None:
+    """Print each event as it arrives, in the farm's words (a closed terminal ends the thread, nothing else)."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -85,14 +91,42 @@ def show_events(bootstrap: str, topic: str, stop: threading.Event, colour: bool)
             if value is None:
                 continue
             e = orjson.loads(value)
-            c, r = (COLOURS.get(e["type"], ""), "\033[0m") if colour else ("", "")
-            extra = f" after {e['dwell_s']:.0f} s" if "dwell_s" in e else ""
-            say(
-                f"{e['ts'][11:19]} {c}{e['type']:<5}{r} {e['device_id']} {'into' if e['type'] != 'exit' else 'out of'} "
-                f"{e['fence_id']} ({e['tenant']}){extra}"
-            )
+            if herd_only and not is_herd(e):
+                continue
+            say(line(e, names, colour))
     finally:
         consumer.close()
+
+
+def set_herd_settings(base: str, admin_key: str, farms: list[str], stop: threading.Event) -> None:
+    """Each farm's herd settings, through the API as a farmer sets them: a key for the farm
+    (once the simulator has created it), then ``PUT /herd/settings``."""
+    admin = {"Authorization": f"Bearer {admin_key}"}
+    deadline = time.monotonic() + 120
+    with httpx.Client(base_url=base, timeout=10) as http:
+        for farm in farms:
+            while not stop.is_set():
+                try:
+                    r = http.post(f"/admin/tenants/{farm}/keys", headers=admin)
+                    if r.status_code == 201:
+                        key = r.json()["api_key"]
+                        r = http.put(
+                            "/herd/settings", json={"silence_s": SILENCE_S}, headers={"Authorization": f"Bearer {key}"}
+                        )
+                        if r.status_code == 404:
+                            say("stack: the API has no /herd/settings yet: collars go silent after the default hour")
+                            return
+                        if r.status_code >= 400:
+                            say(f"stack: herd settings of {farm}: {r.status_code} {r.text[:200]}", file=sys.stderr)
+                        break
+                except httpx.HTTPError:
+                    pass  # the API is starting
+                if time.monotonic() > deadline:
+                    say(f"stack: could not set the herd settings of {farm} (no API or no farm)", file=sys.stderr)
+                    return
+                stop.wait(1.0)
+    if not stop.is_set():
+        say(f"stack: {len(farms)} farms: a collar is silent after {SILENCE_S} s without a fix")
 
 
 def main() -> int:
@@ -112,6 +146,8 @@ def main() -> int:
         help="the API's admin key (FENCEX_ADMIN_KEY); the default is for this machine only",
     )
     ap.add_argument("--quiet-events", action="store_true", help="do not print events")
+    ap.add_argument("--herd-only", action="store_true", help="print only the herd's events (escapes, collars)")
+    ap.add_argument("--no-scenarios", action="store_true", help="the herd only grazes: no escapes, no collar alarms")
     ap.add_argument("--logdir", type=Path, default=Path("out/stack"))
     args = ap.parse_args()
     args.logdir.mkdir(parents=True, exist_ok=True)
@@ -157,14 +193,23 @@ def main() -> int:
         simulator = [
             *(sys.executable, "-m", "services.simulator", "--setup", "--bad-every", "1000"),
             *("--fences", str(args.fences), "--devices", str(args.devices), "--rate", str(args.rate)),
+            *(() if args.no_scenarios else ("--scenarios", "--quiet-s", str(2 * SILENCE_S))),
         ]
         procs["simulator"] = spawn(simulator, args.logdir / "simulator.log", env=env)
         say(
             f"simulator   {args.devices} animals on {args.fences} pastures, {args.rate:.0f} fixes/s "
             f"(log {args.logdir}/simulator.log)\nevents as they happen (Ctrl-C stops the stack):"
         )
+        seeded = pastures(args.fences)  # the simulator's: the same seed draws the same fences
+        names = {f.id: f.name or f.id for f in seeded}
+        farms = sorted({f.tenant for f in seeded})
+        threading.Thread(
+            target=set_herd_settings, args=(f"http://127.0.0.1:{api_port}", args.admin_key, farms, stop), daemon=True
+        ).start()
         viewer = threading.Thread(
-            target=show_events, args=(bootstrap, TOPICS.events, stop, sys.stdout.isatty()), daemon=True
+            target=show_events,
+            args=(bootstrap, TOPICS.events, stop, sys.stdout.isatty(), names, args.herd_only),
+            daemon=True,
         )
         if not args.quiet_events:
             viewer.start()

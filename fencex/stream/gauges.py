@@ -1,15 +1,21 @@
-"""What a worker's metrics collector reads at scrape time (``fencex.metrics.StateCollector``):
-state gauges computed when Prometheus asks, never kept up to date on the hot path."""
+"""What a worker's metrics collectors read at scrape time (``fencex.metrics.StateCollector`` and
+``fencex.metrics.HerdCollector``): state gauges computed when Prometheus asks, never kept up to
+date on the hot path."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from fencex.metrics import HERD_SERIES
+from fencex.metrics import HERD_SERIES, FarmLabels
 
 if TYPE_CHECKING:
+    from fencex.detector import DeviceState
     from fencex.stream.loop import Processor
+
+WALK_CHUNK = 50_000  # states counted between two yields to the event loop
 
 
 def worker_gauges(p: Processor) -> dict[str, Any]:
@@ -30,3 +36,64 @@ def worker_gauges(p: Processor) -> dict[str, Any]:
         "occupancy": occupancy.most_common(HERD_SERIES),
         "fence_events": p.outbox.fence_events.most_common(HERD_SERIES),
     }
+
+
+def count_flags(states: Iterable[DeviceState], into: dict[str, list[int]]) -> None:
+    """Add each state's ``out``, ``silent`` and ``low`` to its farm's [out, silent, low]."""
+    for s in states:
+        if s.out or s.silent or s.low:
+            c = into.get(s.tenant)
+            if c is None:
+                c = into[s.tenant] = [0, 0, 0]
+            c[0] += s.out
+            c[1] += s.silent
+            c[2] += s.low
+
+
+class HerdGauges:
+    """Devices out, silent and low on battery per farm label, from the states the worker holds.
+
+    A walk over the states when Prometheus scrapes (the states are the truth: loaded after a
+    rebalance or a restart, dropped when partitions go, changed by fixes, sweeps and fence
+    changes), so nothing is kept up to date on the hot path. :meth:`refresh`, awaited by the
+    ``/metrics`` page before it renders, walks a snapshot of the states in chunks of
+    ``WALK_CHUNK`` and yields between them, so a worker holding a million devices is not
+    stalled for the whole walk; :meth:`read` (the collector's) takes that result, or walks
+    at once when no refresh came first. Every farm label given so far is reported, zeros included.
+    """
+
+    def __init__(self, states: Callable[[], Mapping[str, DeviceState]], farms: FarmLabels) -> None:
+        self.states = states
+        self.farms = farms
+        self._fresh: dict[str, list[int]] | None = None
+
+    async def refresh(self) -> None:
+        values = list(self.states().values())
+        counts: dict[str, list[int]] = {}
+        for i in range(0, len(values), WALK_CHUNK):
+            if i:
+                await asyncio.sleep(0)
+            count_flags(values[i : i + WALK_CHUNK], counts)
+        self._fresh = counts
+
+    def read(self) -> dict[str, list[int]]:
+        counts, self._fresh = self._fresh, None
+        if counts is None:
+            counts = {}
+            count_flags(list(self.states().values()), counts)
+        return self.labelled(counts)
+
+    def labelled(self, counts: Mapping[str, list[int]]) -> dict[str, list[int]]:
+        """Per farm label: farms beyond the label limit summed under one."""
+        out: dict[str, list[int]] = {}
+        for tenant, c in counts.items():
+            label = self.farms(tenant)
+            acc = out.get(label)
+            if acc is None:
+                out[label] = list(c)
+            else:
+                for i, n in enumerate(c):
+                    acc[i] += n
+        for label in self.farms.labels():
+            out.setdefault(label, [0, 0, 0])
+        return out

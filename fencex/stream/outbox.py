@@ -44,10 +44,13 @@ class Outbox:
         await self.producer.send(self.topics.events, payloads)
         counter, observe, now = self.metrics.events, self.metrics.latency.observe, now_ms / 1000.0
         per_fence = self.fence_events
+        per_farm: Counter[tuple[str, str]] = Counter()
         for e in events:
             counter.labels(e.type).inc()
             observe(max(now - e.ts_ms / 1000.0, 0.0))
             per_fence[(e.tenant, e.fence_id)] += 1
+            per_farm[(e.tenant, e.type)] += 1
+        self.metrics.herd.count(per_farm)
 
     async def reroutes(self, fixes: list[Fix]) -> None:
         """Fixes packed under another key go back to the topic under their device's key."""

@@ -24,9 +24,10 @@ from fencex.follower import FenceFollower
 from fencex.herd import HerdRules
 from fencex.kafka.consumer import BatchConsumer
 from fencex.kafka.producer import Producer
-from fencex.metrics import HistoryMetrics, PushMetrics, StateCollector
+from fencex.metrics import HerdCollector, HistoryMetrics, PushMetrics, StateCollector
 from fencex.retrying import retrying
 from fencex.store.redis import RedisStore
+from fencex.stream.gauges import HerdGauges
 from fencex.stream.history import HistoryWriter, history_agent
 from fencex.stream.loop import Processor
 from services.processor.settings import Settings
@@ -72,7 +73,7 @@ def create_app(settings: Settings) -> tuple[faust.App, PushService]:
     """The Faust app and the push service to run beside it in one worker."""
     disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
-    metrics = PushMetrics(registry)
+    metrics = PushMetrics(registry, settings.metrics_farms_max)
     topics = settings.topics
     store = RedisStore(settings.redis_url, settings.key_prefix, settings.history_maxlen)
     consumer = BatchConsumer(
@@ -91,6 +92,8 @@ def create_app(settings: Settings) -> tuple[faust.App, PushService]:
 
     processor = Processor(store, consumer, producer, follower, metrics, topics, settings.loop, rules_of=rules_of)
     registry.register(StateCollector(processor.snapshot))
+    herd_gauges = HerdGauges(lambda: processor.states, metrics.herd.farms)
+    registry.register(HerdCollector(herd_gauges.read))
 
     app = faust.App(
         settings.history_group,
@@ -132,6 +135,7 @@ def create_app(settings: Settings) -> tuple[faust.App, PushService]:
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
+        await herd_gauges.refresh()  # the walk over the states, in chunks: the loop runs between them
         return web.bytes(generate_latest(registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     return app, push

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from pydantic import Field
+from pydantic import Field, NonNegativeInt
 
 from fencex.fix import DEFAULT_MAX_SKEW_MS
 from fencex.herd import DEFAULT_RULES, HerdRules
+from fencex.metrics import FARMS_MAX
 from fencex.stream.config import DEFAULT_DEAD_MAX_BYTES, DLQ, EVENTS, LoopSettings, Topics
 from services.settings import ServiceSettings
 
@@ -38,6 +39,9 @@ class Settings(ServiceSettings):
     silence_max_lag: int = Field(default=20_000, ge=0)  # a partition further behind (records) is not swept yet
     # The silence time of a farm without its own herd settings (the API's PUT /herd/settings)
     default_silence_s: float = Field(default=DEFAULT_RULES.silence_s, gt=0)
+    # The herd metrics carry a farm label for the first this many farms a worker sees; the
+    # rest share the label "_other", so the number of series is bounded whatever the farms.
+    metrics_farms_max: NonNegativeInt = FARMS_MAX
 
     @property
     def default_rules(self) -> HerdRules:

@@ -22,6 +22,7 @@ from fencex.kafka.producer import client_config
 from fencex.store.redis import RedisStore
 from services.simulator.herd import Herd, pastures
 from services.simulator.herd import records as herd_records
+from services.simulator.scenarios import Scenarios
 from services.simulator.settings import Settings
 
 
@@ -50,6 +51,10 @@ def run(settings: Settings) -> int:
                 f"registered {len(herd.ids)} collars",
                 flush=True,
             )
+    scenarios = Scenarios(herd, fences, settings.seed, settings.quiet_s) if settings.scenarios else None
+    if scenarios is not None and not settings.quiet:
+        cast = "; ".join(f"{role}: {', '.join(ids)}" for role, ids in scenarios.cast().items())
+        print(f"simulator: scenarios ({cast})", flush=True)
     producer = Producer(
         client_config(  # murmur2, as every fencex producer: a device's key lands where a Java client puts it
             settings.kafka_bootstrap,
@@ -89,7 +94,11 @@ def run(settings: Settings) -> int:
             # each collar's track ends now, a millisecond a fix, and is newer than its last one
             base = np.maximum(int(time.time() * 1000) - (pack - 1), last_ts[idx] + 1)
             last_ts[idx] = base + pack - 1
+            if scenarios is not None:
+                scenarios.before_step(now - started)
             batch = herd_records(herd, idx, pack, base, step_ms=1)
+            if scenarios is not None:
+                batch = scenarios.apply(batch, idx.tolist(), now - started)
             fixes = [f for _, track in batch for f in track]
             for key, track in batch:
                 records += 1

@@ -27,3 +27,9 @@ class Settings(ServiceSettings):
         default=0, description="every Nth record is malformed, to exercise the dead-letter topic (0: never)"
     )
     quiet: bool = False
+    scenarios: bool = Field(
+        default=False,
+        description="act out the herd's alarms: animals out and back, batteries running down, a quiet collar, "
+        "jumps and inaccurate fixes (services/simulator/scenarios.py)",
+    )
+    quiet_s: float = Field(default=200.0, description="with --scenarios: how long the quiet collar sends nothing")

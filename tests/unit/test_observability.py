@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from deploy.build import DASHBOARDS, expressions, render_all
 from devtools.stack.prometheus import ALERTS, write_config
-from fencex.metrics import PushMetrics, StateCollector
+from fencex.metrics import HerdCollector, PushMetrics, StateCollector
 from services.api.state import ApiCollector, PullMetrics
 
 ROOT = Path(__file__).parents[2]
@@ -45,6 +45,8 @@ PROMQL_WORDS = {
     "without",
     "and",
     "unless",
+    "farm",
+    "max_over_time",
 }
 
 
@@ -68,6 +70,7 @@ def exported_names() -> set[str]:
         "fence_events": [(("t", "f"), 1)],
     }
     reg.register(StateCollector(lambda: snap))
+    reg.register(HerdCollector(lambda: {"farm-000": [1, 1, 1]}))
     PullMetrics(reg)
     reg.register(
         ApiCollector(
@@ -119,4 +122,64 @@ def test_promtool_accepts_rules_and_config(tmp_path):
     cfg = write_config(tmp_path / "prometheus.yml", ["127.0.0.1:6066"], ["127.0.0.1:8000"])
     out = subprocess.run(["promtool", "check", "config", str(cfg)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "5 rules found" in out.stdout
+    assert "7 rules found" in out.stdout
+
+
+# A farm's herd as the compose stack labels it: one gauge per worker (job, instance) and farm.
+HERD_RULE_TESTS = """
+rule_files: [{alerts}]
+evaluation_interval: 1m
+tests:
+  # hill: one ewe out for 20 minutes; half way, a rebalance moves it from processor-1 (its series
+  # goes stale at 9m) to processor-2 (first scraped at 10m): the alert fires at 15 minutes all the same.
+  # vale: an animal out for 10 minutes, then back: no alert.
+  - interval: 1m
+    input_series:
+      - series: 'fencex_herd_devices_out{{job="fencex-processor",instance="processor-1:6066",farm="hill"}}'
+        values: '1x8 stale'
+      - series: 'fencex_herd_devices_out{{job="fencex-processor",instance="processor-2:6066",farm="hill"}}'
+        values: '_x10 1x20'
+      - series: 'fencex_herd_devices_out{{job="fencex-processor",instance="processor-1:6066",farm="vale"}}'
+        values: '1x9 0x20'
+      - series: 'fencex_herd_devices_silent{{job="fencex-processor",instance="processor-1:6066",farm="hill"}}'
+        values: '1x30'
+      - series: 'fencex_herd_devices_silent{{job="fencex-processor",instance="processor-1:6066",farm="vale"}}'
+        values: '2x30'
+      - series: 'fencex_herd_devices_silent{{job="fencex-processor",instance="processor-2:6066",farm="vale"}}'
+        values: '0x3 4x30'
+    alert_rule_test:
+      - eval_time: 14m
+        alertname: FencexHerdAnimalsOut
+        exp_alerts: []
+      - eval_time: 16m
+        alertname: FencexHerdAnimalsOut
+        exp_alerts:
+          - exp_labels: {{severity: warning, farm: hill}}
+            exp_annotations:
+              summary: "Animals of farm hill have been out of their pastures for more than 15 minutes"
+              description: "1 animals out now. GET /alerts?kind=out lists them with the pasture they left;
+                a fence with a gap, a gate left open, or a pasture drawn too small.
+                (_other: the farms beyond FENCEX_METRICS_FARMS_MAX.)"
+      # one silent collar is the farmer's business (GET /alerts); six at once on vale are a gateway down
+      - eval_time: 7m
+        alertname: FencexHerdCollarsSilent
+        exp_alerts: []
+      - eval_time: 10m
+        alertname: FencexHerdCollarsSilent
+        exp_alerts:
+          - exp_labels: {{severity: warning, farm: vale}}
+            exp_annotations:
+              summary: "6 collars of farm vale are silent"
+              description: "Many collars quiet at once: a gateway or base station is down, or the farm lost
+                coverage. GET /alerts?kind=silent lists them."
+"""
+
+
+@pytest.mark.skipif(
+    not shutil.which("promtool"), reason="promtool comes with Debian's prometheus package (./dev test installs it)"
+)
+def test_herd_alerts_fire_for_a_farm_with_animals_out_15_minutes_and_for_many_silent_collars(tmp_path):
+    tests = tmp_path / "herd-tests.yml"
+    tests.write_text(HERD_RULE_TESTS.format(alerts=ALERTS))
+    out = subprocess.run(["promtool", "test", "rules", str(tests)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -38,14 +38,14 @@ class MobProperties(BaseModel):
     name: str = Field(default="", max_length=200, examples=["Ewes"])
     fences: list[FenceId] = Field(
         default_factory=list,
-        description="the mob's pastures and exclusion zones, by fence id (the fence's kind says which; "
-        "plain zones are ignored); empty: the farm's pastures and exclusion zones, as for a device in no mob",
-        examples=[["north-paddock", "pond"]],
+        description='the mob\'s pastures and exclusion zones, by fence id, e.g. ["north-paddock", "pond"] '
+        "(the farm's own fences; each fence's kind says which, plain zones are ignored); empty: the farm's "
+        "pastures and exclusion zones, as for a device in no mob",
     )
     devices: list[DeviceRef] = Field(
         default_factory=list,
-        description="the collars in the mob; a collar is in at most one mob of its farm",
-        examples=[["collar-7", "collar-12"]],
+        description="the collars in the mob (registered to the farm); a collar is in at most one mob of its farm",
+        examples=[["collar-7"]],
     )
 
     @field_validator("fences", "devices")

@@ -102,7 +102,8 @@ def test_herd_settings_the_farms_and_the_admins(api):
         ({"confirm_fixes": 0}, "confirm_fixes"),
         ({"confirm_fixes": 1000}, "confirm_fixes"),
         ({"battery_low_pct": -1}, "battery_low_pct"),
-        ({"battery_low_pct": 99}, "battery_ok could never be sent"),
+        ({"battery_low_pct": 95}, "battery_low_pct"),  # bounded: battery_ok stays reachable
+        ({"battery_margin_pct": 11}, "battery_margin_pct"),
         ({"max_speed_mps": 0}, "max_speed_mps"),
         ({"silence_s": -5}, "silence_s"),
         ({"accuracy_limit_m": "25"}, "accuracy_limit_m"),
@@ -171,5 +172,10 @@ def test_the_device_shows_its_herd_state_and_the_farm_its_alerts(api):
     assert [a["device_id"] for a in silent["alerts"]] == ["cow-2", "cow-3", "cow-4"]
     assert silent["counts"] == {"silent": 3} and silent["next_cursor"] is None
     assert api.get("/alerts", headers=api.b).json()["alerts"] == []  # farm B's lists are its own
-    is_problem(api.get("/alerts", params={"cursor": "bm9wZQ"}, headers=api.a), 422, "cursor")
+    is_problem(api.get("/alerts", params={"cursor": "lost.1.cow-1"}, headers=api.a), 422, "cursor")
+    # a cursor of a list before the one asked for: that list from its start
+    after_out = api.get("/alerts", params={"kind": "silent", "cursor": "out.1.cow-1"}, headers=api.a).json()
+    assert [a["device_id"] for a in after_out["alerts"]] == ["cow-2", "cow-3", "cow-4"]
+    past = api.get("/alerts", params={"kind": "out", "cursor": "silent.1.cow-1"}, headers=api.a).json()
+    assert past["alerts"] == [] and past["next_cursor"] is None  # past the end of the list asked for
     is_problem(api.get("/alerts", params={"kind": "lost"}, headers=api.a), 422)

@@ -6,7 +6,7 @@ import dataclasses
 from typing import Annotated, Any, Literal
 
 from fastapi import Path
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, WithJsonSchema, create_model
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, create_model
 from pydantic.fields import FieldInfo
 
 from fencex.fence import FenceId, FenceProperties
@@ -441,6 +441,10 @@ def _rule(name: str, **constraints: Any) -> Any:
     return Field(getattr(DEFAULT_RULES, name), allow_inf_nan=False, **constraints)
 
 
+# JSON Schema's integer: 17.0 is one (strict pydantic refuses it); 17.5 and "17" are not
+WholeNumber = Annotated[int, BeforeValidator(lambda v: int(v) if isinstance(v, float) and v.is_integer() else v)]
+
+
 class HerdSettings(BaseModel):
     """A farm's herd settings (``fencex.herd.HerdRules``). In a PUT, a field left out takes its default."""
 
@@ -450,7 +454,7 @@ class HerdSettings(BaseModel):
         json_schema_extra={"example": {**dataclasses.asdict(DEFAULT_RULES), "silence_s": 1800.0}},
     )
 
-    confirm_fixes: int = Field(
+    confirm_fixes: WholeNumber = Field(
         DEFAULT_RULES.confirm_fixes,
         ge=1,
         le=20,

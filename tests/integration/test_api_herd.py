@@ -94,13 +94,15 @@ def test_herd_settings_the_farms_and_the_admins(api):
         "max_speed_mps": 20.0,
         "silence_s": 3600.0,
     }
-    put = api.put("/herd/settings", json={"silence_s": 120, "confirm_fixes": 3}, headers=api.a)
+    put = api.put("/herd/settings", json={"silence_s": 120, "confirm_fixes": 3.0}, headers=api.a)  # 3.0: an integer
     assert put.status_code == 200 and put.json() == {**defaults, "silence_s": 120.0, "confirm_fixes": 3}
     assert api.get("/herd/settings", headers=api.a).json()["silence_s"] == 120.0
     assert api.get("/herd/settings", headers=api.b).json() == defaults  # farm B's own
     for bad, where in (
         ({"confirm_fixes": 0}, "confirm_fixes"),
         ({"confirm_fixes": 1000}, "confirm_fixes"),
+        ({"confirm_fixes": 2.5}, "confirm_fixes"),
+        ({"confirm_fixes": "2"}, "confirm_fixes"),
         ({"battery_low_pct": -1}, "battery_low_pct"),
         ({"battery_low_pct": 95}, "battery_low_pct"),  # bounded: battery_ok stays reachable
         ({"battery_margin_pct": 11}, "battery_margin_pct"),

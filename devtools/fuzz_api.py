@@ -115,6 +115,17 @@ def _own(item: Any) -> Any:
     return item
 
 
+def _own_mob(body: dict[str, Any]) -> dict[str, Any]:
+    """A mob names only the farm's own fences and collars: none of the generated fence ids is
+    promised to be the farm's (left out), any collars are the farm's own collar."""
+    out = dict(body)
+    if isinstance(out.get("fences"), list):
+        out["fences"] = []
+    if isinstance(out.get("devices"), list) and out["devices"]:
+        out["devices"] = [FUZZ_DEVICE]  # in another mob already: 409, a valid refusal
+    return out
+
+
 @schemathesis.hook
 def map_body(ctx: Any, body: Any) -> Any:
     """Every phase, examples included: fixes are about the farm's own collar (a well-formed id
@@ -124,7 +135,8 @@ def map_body(ctx: Any, body: Any) -> Any:
     return [_own(b) for b in body] if isinstance(body, list) else _own(body)
 
 
-_FENCE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_FENCE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")  # fence and mob ids alike
+_PUT_ID = {"/fences/{fence_id}": "fence_id", "/mobs/{mob_id}": "mob_id"}  # PUTs whose body may repeat the URL's id
 
 
 @schemathesis.hook
@@ -133,8 +145,9 @@ def before_call(ctx: Any, case: Any, **kwargs: Any) -> None:
     PUT /fences/{fence_id} is the URL's (a rule across fields that JSON Schema cannot state; a
     malformed id is left as it is, so negative cases stay negative)."""
     body = case.body
-    if case.operation.path == "/fences/{fence_id}" and case.method.upper() == "PUT" and isinstance(body, dict):
-        fid = (case.path_parameters or {}).get("fence_id")
+    param = _PUT_ID.get(case.operation.path)
+    if param is not None and case.method.upper() == "PUT" and isinstance(body, dict):
+        fid = (case.path_parameters or {}).get(param)
         if isinstance(body.get("id"), str) and _FENCE_ID.match(body["id"]) and isinstance(fid, str):
             body["id"] = fid
 
@@ -142,17 +155,20 @@ def before_call(ctx: Any, case: Any, **kwargs: Any) -> None:
 @schemathesis.hook
 def map_case(ctx: Any, case: Any) -> Any:
     """Positive cases keep the promises JSON Schema cannot state: valid rings; fixes of the
-    farm's own collar at a current time; a transfer's body naming the device of its URL."""
+    farm's own collar at a current time; a transfer's body naming the device of its URL; a mob
+    naming only the farm's own collar and no fence."""
     if not _is_positive(case):
         return case
     body = case.body
     path = case.operation.path
     if isinstance(body, dict):
         body = _repair_body(body)
-        if path == "/fences/{fence_id}" and "id" in body:
+        if path in _PUT_ID and "id" in body:
             # the body's id, if any, must be the URL's; the stateful phase fills the URL from a link
             # after this hook, so a positive case leaves the (optional) body id out
             body = {k: v for k, v in body.items() if k != "id"}
+        if path in ("/mobs", "/mobs/{mob_id}"):
+            body = _own_mob(body)
     if path == "/locations":
         body = [_fix(b) for b in body] if isinstance(body, list) else _fix(body)
     case.body = body

@@ -11,6 +11,7 @@ redis-py, aiokafka or confluent-kafka exception classes::
     │   └── LimitExceeded            over a size limit or a quota (names which: HTTP 413 or 422)
     ├── NotFound                     no such fence, device or tenant
     ├── IdTaken                      the id belongs to someone else (HTTP 409)
+    ├── InAnotherMob                 a device is in another mob of its farm already (HTTP 409)
     ├── VersionConflict              If-Match no longer matches (HTTP 412)
     ├── Fenced                       a state save refused: its partitions have a newer owner
     ├── Unavailable                  a server does not answer
@@ -55,13 +56,23 @@ class IdTaken(FencexError):
     """The id (a fence's, a device's) is another tenant's."""
 
 
-class VersionConflict(FencexError):
-    """The caller's version (If-Match) is not the stored version."""
+class InAnotherMob(FencexError):
+    """Devices that are in another mob of their farm already: ``mob`` names it."""
 
-    def __init__(self, expected: int | None, actual: int | None) -> None:
-        super().__init__(f"fence version is {actual}, not {expected}")
+    def __init__(self, mob: str, devices: list[str]) -> None:
+        super().__init__(f"{', '.join(repr(d) for d in devices)} already in mob {mob!r}: take them out of it first")
+        self.mob = mob
+        self.devices = devices
+
+
+class VersionConflict(FencexError):
+    """The caller's version (If-Match) is not the stored version (``what``: of a fence, a mob)."""
+
+    def __init__(self, expected: int | None, actual: int | None, what: str = "fence") -> None:
+        super().__init__(f"{what} version is {actual}, not {expected}")
         self.expected = expected
         self.actual = actual
+        self.what = what
 
 
 class Fenced(FencexError):

@@ -12,6 +12,13 @@ are gone and then reloads everything (fences and device registrations).
 A fence that cannot be read or built is quarantined, never fatal: it is left out of
 the index and listed in :attr:`FenceFollower.quarantined` (fence id -> tenant,
 version, reason) for ``/readyz`` and its farm.
+
+The herd follows the same feed: each farm's herd settings (:meth:`FenceFollower.rules_of`)
+and its mobs, resolved against the current index into :attr:`FenceFollower.mobs` (device id
+-> :class:`~fencex.herd.Mob`: the mob's fence ids that are the farm's pastures and exclusion
+zones now; a device counts only in a mob of the farm it is registered to). They are resolved
+again whenever fences, mobs or registrations change; a changed mob hands the index over again
+(``on_index``), so the worker re-evaluates escapes and returns as after a fence change.
 """
 
 from __future__ import annotations
@@ -21,9 +28,10 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from fencex.fence import Fence
+from fencex.fence import DEFAULT_TENANT, Fence
 from fencex.herd import DEFAULT_RULES, HerdRules, Mob
 from fencex.index import FenceIndex, Quarantined
+from fencex.mob import MobRecord, resolve
 from fencex.retrying import retrying
 from fencex.store.base import Change
 
@@ -47,6 +55,14 @@ class FeedStore(Protocol):
 
     async def device_tenants(self) -> dict[str, str]: ...
 
+    async def herd_rules(self) -> dict[str, HerdRules]: ...
+
+    async def get_herd_rules(self, tenant: str) -> HerdRules: ...
+
+    async def mobs(self, tenant: str | None = None) -> list[MobRecord]: ...
+
+    async def mobs_by_id(self, tenant: str, ids: list[str]) -> dict[str, MobRecord | None]: ...
+
 
 class FenceFollower:
     def __init__(
@@ -66,6 +82,7 @@ class FenceFollower:
         self.unreadable: dict[str, Quarantined] = {}  # stored records that cannot be read at all
         self.rules: dict[str, HerdRules] = {}  # tenant -> its stored herd settings
         self.mobs: dict[str, Mob] = {}  # device id -> its mob, resolved against the index
+        self.mob_records: dict[tuple[str, str], MobRecord] = {}  # (tenant, mob id) -> the stored mob
         self._after = "0-0"
 
     def rules_of(self, tenant: str) -> HerdRules:
@@ -92,8 +109,26 @@ class FenceFollower:
         self.fences = {f.id: f for f in await self.store.fences(unreadable=unreadable)}
         self.unreadable = {fid: Quarantined("", 0, reason) for fid, reason in unreadable.items()}
         self.tenants = await self.store.device_tenants()
+        self.rules = await self.store.herd_rules()
+        self.mob_records = {(m.tenant, m.id): m for m in await self.store.mobs()}
         self.index = await asyncio.to_thread(FenceIndex, list(self.fences.values()), self.applied, self.index)
+        self._resolve()
         return self.index
+
+    def _resolve(self) -> None:
+        """Each device in a mob of its own farm -> that mob against the current index. A mob that
+        names no fence maps no device: its devices belong to the farm's default mob."""
+        by_id = self.index.by_id
+        tenants = self.tenants
+        mobs: dict[str, Mob] = {}
+        for record in self.mob_records.values():
+            mob = resolve(record, by_id)
+            if mob is None:
+                continue
+            for device in record.devices:
+                if tenants.get(device, DEFAULT_TENANT) == record.tenant:
+                    mobs[device] = mob
+        self.mobs = mobs
 
     async def follow(self, block_ms: int = 250) -> None:
         """Apply changes until cancelled; while the store does not answer, retry with backoff."""
@@ -117,11 +152,29 @@ class FenceFollower:
         if not changes:
             return False
         fence_ids: dict[str, str] = {}  # fence id -> tenant
+        mob_ids: dict[str, set[str]] = {}  # tenant -> its changed mob ids
+        herd: set[str] = set()  # farms whose herd settings changed
+        registered = False
         for c in changes:
             if c.kind == "device":
                 self.tenants[c.key] = c.tenant
-            else:
+                registered = True
+            elif c.kind == "herd":
+                herd.add(c.tenant)
+            elif c.kind == "mob":
+                mob_ids.setdefault(c.tenant, set()).add(c.key)
+            elif c.kind == "fence":
                 fence_ids[c.key] = c.tenant
+            else:
+                log.warning("change feed: unknown kind %r of %r ignored", c.kind, c.key)
+        for tenant in sorted(herd):
+            self.rules[tenant] = await self.store.get_herd_rules(tenant)
+        for tenant, ids in sorted(mob_ids.items()):
+            for mid, record in (await self.store.mobs_by_id(tenant, sorted(ids))).items():
+                if record is None:
+                    self.mob_records.pop((tenant, mid), None)
+                else:
+                    self.mob_records[(tenant, mid)] = record
         if fence_ids:
             unreadable: dict[str, str] = {}
             for fid, fence in (await self.store.fences_by_id(sorted(fence_ids), unreadable=unreadable)).items():
@@ -135,8 +188,14 @@ class FenceFollower:
         self._after = changes[-1].id
         self.applied += len(changes)
         if not fence_ids:
-            return False
+            if mob_ids or registered:
+                self._resolve()
+            if not mob_ids:
+                return False
+            self._handover(0, f"kept; {sum(len(i) for i in mob_ids.values())} mobs changed")
+            return True
         self.index = await asyncio.to_thread(FenceIndex, list(self.fences.values()), self.applied, self.index)
+        self._resolve()
         self._handover(len(fence_ids), "changed")
         return True
 

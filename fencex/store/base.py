@@ -19,6 +19,14 @@ Redis is the source of truth:
 ``{p}:tenant-keys:{t}``        hash: tenant t's key ids -> JSON (digest, created_at)
 ``{p}:events:{t}``             stream: tenant t's recent events (capped)
 ``{p}:seen:{event_id}``        de-duplication marker for the event history (expires)
+``{p}:herd``                   hash tenant -> its herd settings, JSON (``HerdRules``' fields)
+``{p}:mob:{t}:{id}``           tenant t's mob, JSON (``MobRecord.to_json``): mob ids are per farm
+``{p}:tenant-mobs:{t}``        set of tenant t's mob ids
+``{p}:mob-farms``              set of the tenants that have held a mob
+``{p}:mob-of:{t}``             hash: tenant t's devices in a mob -> the mob's id (one mob each)
+``{p}:alerts:{t}:{kind}``      sorted set: tenant t's devices out, silent or low on battery
+                               (kind ``out``, ``silent``, ``battery_low``), scored by the
+                               time (ms) of the event that raised the alert
 =============================  ==========================================================
 """
 
@@ -33,6 +41,17 @@ from fencex.errors import InvalidFence
 from fencex.fence import Fence
 
 log = logging.getLogger("fencex.store")
+
+ALERT_KINDS: tuple[str, ...] = ("out", "silent", "battery_low")  # a farm's alert lists
+# event type -> (the alert list it changes, True: the device joins it, False: it leaves it)
+ALERT_OF: dict[str, tuple[str, bool]] = {
+    "escape": ("out", True),
+    "return": ("out", False),
+    "silent": ("silent", True),
+    "resumed": ("silent", False),
+    "battery_low": ("battery_low", True),
+    "battery_ok": ("battery_low", False),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,15 +107,35 @@ class Keys:
     def seen(self, event_id: str) -> str:
         return f"{self.prefix}:seen:{event_id}"
 
+    @property
+    def herd(self) -> str:
+        return f"{self.prefix}:herd"
+
+    def mob(self, tenant: str, mob_id: str) -> str:
+        return f"{self.prefix}:mob:{tenant}:{mob_id}"
+
+    def tenant_mobs(self, tenant: str) -> str:
+        return f"{self.prefix}:tenant-mobs:{tenant}"
+
+    @property
+    def mob_farms(self) -> str:
+        return f"{self.prefix}:mob-farms"
+
+    def mob_of(self, tenant: str) -> str:
+        return f"{self.prefix}:mob-of:{tenant}"
+
+    def alerts(self, tenant: str, kind: str) -> str:
+        return f"{self.prefix}:alerts:{tenant}:{kind}"
+
 
 @dataclass(frozen=True, slots=True)
 class Change:
     """One entry of the change feed."""
 
     id: str  # the stream entry id
-    kind: str  # "fence" | "device"
+    kind: str  # "fence" | "device" | "herd" (a farm's herd settings) | "mob"
     op: str  # "upsert" | "delete"
-    key: str  # fence id or device id
+    key: str  # fence id, device id, tenant (herd) or mob id (ids of mobs are per tenant)
     tenant: str
     version: int
 

@@ -13,6 +13,7 @@ from redis.exceptions import WatchError
 from fencex.detector import DeviceState
 from fencex.errors import Fenced, NotFound
 from fencex.event import Event
+from fencex.store.base import ALERT_OF
 from fencex.store.connection import guard
 from fencex.store.feed import RedisFeed
 
@@ -138,12 +139,16 @@ class RedisDevices(RedisFeed):
                     g = geo[st.tenant] = []
                 g.extend((st.lon, st.lat, d))
         geo_keys = {k.geo(t): v for t, v in geo.items()}
-        # membership changes in event order: an exit then an enter leaves the device inside
-        members = [
-            (1 if e.type == "enter" else 0, k.inside(e.tenant, e.fence_id), e.ts_ms, e.device_id)
-            for e in events
-            if e.type in ("enter", "exit")  # dwell and the herd's alerts change no membership
-        ]
+        # membership and alert-list changes in event order: an exit then an enter leaves the
+        # device inside, an escape then a return leaves it off the farm's list of devices out
+        members: list[tuple[int, str, int, str]] = []
+        for e in events:
+            t = e.type
+            if t == "enter" or t == "exit":
+                members.append((1 if t == "enter" else 0, k.inside(e.tenant, e.fence_id), e.ts_ms, e.device_id))
+            elif t in ALERT_OF:  # dwell changes nothing here
+                kind, raised = ALERT_OF[t]
+                members.append((1 if raised else 0, k.alerts(e.tenant, kind), e.ts_ms, e.device_id))
         sadd = {k.partition(topic, p): devices for (topic, p), devices in (new_devices or {}).items() if devices}
         gens: list[Any] = []
         for (topic, p), gen in (generations or {}).items():

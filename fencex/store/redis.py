@@ -6,6 +6,7 @@
 ``scripts``                the Lua scripts run in Redis (event history, batch save)
 ``feed``                   the change feed: written with each change, read by followers
 ``fences``                 fences: read, create or replace, delete
+``herd``                   herd settings, mobs and alert lists, per farm
 ``devices``                devices: registry, states, positions, memberships, the batch save
                            and the partitions' generations
 ``tenants``                tenants and their API keys (:func:`key_id`, :func:`key_digest`)
@@ -21,13 +22,14 @@ from __future__ import annotations
 from fencex.store.base import Keys
 from fencex.store.devices import RedisDevices
 from fencex.store.fences import RedisFences
+from fencex.store.herd import RedisHerd
 from fencex.store.history import RedisHistory
 from fencex.store.tenants import RedisTenants, key_digest, key_id
 
 __all__ = ["RedisStore", "key_digest", "key_id"]
 
 
-class RedisStore(RedisFences, RedisDevices, RedisTenants, RedisHistory):
+class RedisStore(RedisFences, RedisHerd, RedisDevices, RedisTenants, RedisHistory):
     def __init__(self, url: str, prefix: str = "fx", history_maxlen: int = 10_000) -> None:
         self.url = url
         self.keys = Keys(prefix)

@@ -19,7 +19,7 @@ from fencex.store.redis import RedisStore
 from services.api.fastpath import ApiEdge, flat_routes, role_of
 from services.api.openapi import install as install_openapi
 from services.api.problem import install as install_problems
-from services.api.routers import admin, devices, events, fences, keys, locations, query
+from services.api.routers import admin, devices, events, fences, herd, keys, locations, mobs, query
 from services.api.schema import FixIn
 from services.api.settings import Settings
 from services.api.state import ApiCollector, ApiState, PullMetrics
@@ -72,6 +72,8 @@ def create_app(settings: Settings) -> ApiEdge:
             {"name": "fences", "description": "pastures drawn by farmers"},
             {"name": "queries", "description": "point-in-fence and devices-in-area"},
             {"name": "devices"},
+            {"name": "mobs", "description": "my collars in herds, each with its pastures and exclusion zones"},
+            {"name": "herd", "description": "my farm's herd settings, and the collars out, silent or low on battery"},
             {"name": "events"},
             {"name": "ingest"},
             {"name": "keys", "description": "my farm's API keys"},
@@ -81,8 +83,9 @@ def create_app(settings: Settings) -> ApiEdge:
     )
     app.state.fencex = state
     install_problems(app)
-    for r in (fences.router, query.router, devices.router, events.router, locations.router, keys.router, admin.router):
-        app.include_router(r)
+    routers = (fences, mobs, herd, query, devices, events, locations, keys, admin)
+    for r in routers:
+        app.include_router(r.router)
 
     @app.get(
         "/healthz",

@@ -32,7 +32,7 @@ WHY = {
     401: "no API key, an unknown one, or the wrong kind (the admin key for farm data, or the reverse)",
     403: "the admin endpoints are off (no admin key set)",
     404: "no such resource, or another farm's",
-    409: "the id is taken",
+    409: "the id is taken (or a collar is in another mob)",
     412: "If-Match does not match the current version",
     413: "over a size limit: the body (max_body_bytes), a fence (max_fence_bytes) or a batch",
     422: "invalid input, or over a count limit (the problem's limit member names it)",
@@ -47,11 +47,19 @@ FENCE_LINKS = {
     "FenceDevices": ("fence_devices", {"fence_id": "$response.body#/id"}),
 }
 DEVICE_LINKS = {"GetDevice": ("get_device", {"device_id": "$response.body#/device_id"})}
+MOB_LINKS = {
+    "GetMob": ("get_mob", {"mob_id": "$response.body#/id"}),
+    "ReplaceMob": ("replace_mob", {"mob_id": "$response.body#/id"}),
+    "DeleteMob": ("delete_mob", {"mob_id": "$response.body#/id"}),
+}
 LINKS: dict[tuple[str, str], dict[str, tuple[str, dict[str, str]]]] = {
     ("create_fence", "201"): FENCE_LINKS,
     ("replace_fence", "200"): FENCE_LINKS,
     ("replace_fence", "201"): FENCE_LINKS,
     ("claim_device", "200"): DEVICE_LINKS,
+    ("create_mob", "201"): MOB_LINKS,
+    ("replace_mob", "200"): MOB_LINKS,
+    ("replace_mob", "201"): MOB_LINKS,
 }
 
 

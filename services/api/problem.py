@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from fencex.errors import IdTaken, InvalidInput, LimitExceeded, NotFound, Unavailable, VersionConflict
+from fencex.errors import IdTaken, InAnotherMob, InvalidInput, LimitExceeded, NotFound, Unavailable, VersionConflict
 
 PROBLEM = "application/problem+json"
 TITLES = {
@@ -99,6 +99,10 @@ def install(app: FastAPI) -> None:
     async def _taken(request: Request, exc: IdTaken) -> Response:
         return problem(409, str(exc), request.url.path)
 
+    @app.exception_handler(InAnotherMob)
+    async def _in_another_mob(request: Request, exc: InAnotherMob) -> Response:
+        return problem(409, str(exc), request.url.path, mob=exc.mob, devices=exc.devices)
+
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound) -> Response:
         return problem(404, str(exc), request.url.path)
@@ -107,7 +111,7 @@ def install(app: FastAPI) -> None:
     async def _conflict(request: Request, exc: VersionConflict) -> Response:
         return problem(
             412,
-            f"the fence is at version {exc.actual}; your If-Match was {exc.expected}. "
+            f"the {exc.what} is at version {exc.actual}; your If-Match was {exc.expected}. "
             "Fetch it again and reapply your change.",
             request.url.path,
             current_version=exc.actual,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any, Literal
 
 from fastapi import Path
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, WithJsonSchema, create_model
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, create_model
 from pydantic.fields import FieldInfo
 
 from fencex.fence import FenceId, FenceProperties
+from fencex.herd import DEFAULT_RULES, HerdRules
+from fencex.mob import MobId, MobProperties
 
 MIN_TS_MS = 946_684_800_000  # 2000-01-01: fixes before it are unit or clock errors (issue 9 #2)
 DeviceId = Annotated[str, Field(min_length=1, max_length=128, examples=["collar-7"])]
@@ -140,6 +143,7 @@ EXAMPLE_FEATURE: dict[str, Any] = {
         "tags": ["sheep"],
         "dwell_s": 600,
         "exit_buffer_m": 15,
+        "kind": "pasture",
         "version": 3,
         "updated_at": 1780000000.0,
     },
@@ -259,7 +263,14 @@ class DevicePublic(BaseModel):
                 "lon": 17.605,
                 "lat": 59.805,
                 "last_seen": "2026-05-28T20:26:41.000Z",
+                "last_arrival": "2026-05-28T20:26:42.310Z",
                 "fences": [{"fence_id": "north-paddock", "since": "2026-05-28T20:20:00.000Z", "dwelled": False}],
+                "mob": "ewes",
+                "out": False,
+                "pasture": None,
+                "battery": 64.0,
+                "battery_low": False,
+                "silent": False,
             }
         }
     )
@@ -267,8 +278,18 @@ class DevicePublic(BaseModel):
     device_id: str
     lon: float
     lat: float
-    last_seen: str
+    last_seen: str = Field(description="RFC 3339: the time of its last fix (the collar's clock)")
+    last_arrival: str | None = Field(
+        description="RFC 3339: when its last fix arrived at a worker (the server's clock; silence is judged "
+        "from it); null until a worker that knows the herd rules saw one"
+    )
     fences: list[Membership]
+    mob: str | None = Field(description="the id of its mob; null: the farm's default mob (all its pastures)")
+    out: bool = Field(description="out of its mob's pastures, or in one of its exclusion zones (escaped)")
+    pasture: str | None = Field(description="the pasture it last left (null: none yet)")
+    battery: float | None = Field(description="its last battery reading, percent")
+    battery_low: bool = Field(description="below the farm's battery threshold (battery_low sent)")
+    silent: bool = Field(description="no fix for the farm's silence time (silent sent, no fix since)")
 
 
 class DeviceTransfer(BaseModel):
@@ -367,3 +388,117 @@ class LocationsAccepted(BaseModel):
     accepted: int
     rejected: int = 0
     errors: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class MobPropertiesIn(MobProperties):
+    """The core's mob properties, read strictly: lists of ids, a name that is text."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+EXAMPLE_MOB: dict[str, Any] = {  # valid for any farm that owns collar-7: it names no fence
+    "id": "ewes",
+    "name": "Ewes",
+    "fences": [],
+    "devices": ["collar-7"],
+}
+
+
+class MobCreate(MobPropertiesIn):
+    """A mob: its name, its pastures and exclusion zones (fence ids of the farm) and its collars
+    (registered to the farm, each in at most one of its mobs)."""
+
+    model_config = ConfigDict(json_schema_extra={"example": EXAMPLE_MOB})
+
+    id: MobId | None = Field(None, description="chosen by you (per farm), or made up by the server when left out")
+
+
+class MobPublic(MobProperties):
+    model_config = ConfigDict(json_schema_extra={"example": {**EXAMPLE_MOB, "version": 3, "updated_at": 1780000000.0}})
+
+    id: str
+    version: int
+    updated_at: float
+
+
+class MobList(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "mobs": [{**EXAMPLE_MOB, "version": 3, "updated_at": 1780000000.0}],
+                "total": 1,
+                "next_offset": None,
+            }
+        }
+    )
+
+    mobs: list[MobPublic]
+    total: int = Field(description="the farm's mobs, on all pages")
+    next_offset: int | None = Field(None, description="pass as offset for the next page; null on the last")
+
+
+def _rule(name: str, **constraints: Any) -> Any:
+    return Field(getattr(DEFAULT_RULES, name), allow_inf_nan=False, **constraints)
+
+
+# JSON Schema's integer: 17.0 is one (strict pydantic refuses it); 17.5 and "17" are not
+WholeNumber = Annotated[int, BeforeValidator(lambda v: int(v) if isinstance(v, float) and v.is_integer() else v)]
+
+
+class HerdSettings(BaseModel):
+    """A farm's herd settings (``fencex.herd.HerdRules``). In a PUT, a field left out takes its default."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"example": {**dataclasses.asdict(DEFAULT_RULES), "silence_s": 1800.0}},
+    )
+
+    confirm_fixes: WholeNumber = Field(
+        DEFAULT_RULES.confirm_fixes,
+        ge=1,
+        le=20,
+        description="consecutive fixes that must agree before escape or return",
+    )
+    # bounded so that battery_ok is always reachable (threshold + margin <= 100)
+    battery_low_pct: float = _rule("battery_low_pct", ge=0, le=90, description="battery_low below this (percent)")
+    battery_margin_pct: float = _rule(
+        "battery_margin_pct", ge=0, le=10, description="battery_ok once above the threshold plus this (percent)"
+    )
+    accuracy_limit_m: float = _rule(
+        "accuracy_limit_m", gt=0, le=10_000, description="a fix less accurate than this moves no fence membership"
+    )
+    max_speed_mps: float = _rule(
+        "max_speed_mps", gt=0, le=1000, description="a fix implying a faster move is a jump, held back (m/s)"
+    )
+    silence_s: float = _rule(
+        "silence_s", gt=0, le=30 * 86_400, description="silent after this long without a fix (server's clock)"
+    )
+
+    def rules(self) -> HerdRules:
+        return HerdRules(**self.model_dump())
+
+
+AlertKind = Literal["out", "silent", "battery_low"]
+
+
+class Alert(BaseModel):
+    device_id: str
+    kind: AlertKind
+    since: str = Field(description="RFC 3339: the time of the event that raised it (escape, silent, battery_low)")
+
+
+class AlertPage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "alerts": [{"device_id": "collar-7", "kind": "out", "since": "2026-05-28T20:26:41.000Z"}],
+                "counts": {"out": 1, "silent": 0, "battery_low": 0},
+                "next_cursor": None,
+            }
+        }
+    )
+
+    alerts: list[Alert] = Field(description="by kind (out, silent, battery_low), then oldest first")
+    counts: dict[str, int] = Field(description="devices in each list asked for, on all pages")
+    next_cursor: str | None = Field(None, description="pass as cursor for the next page; null on the last")

@@ -14,6 +14,9 @@ class Settings(ServiceSettings):
     max_vertices: int = 10_000  # positions in one fence (422)
     max_fence_bytes: int = 1_000_000  # one stored fence, as JSON (413)
     max_fences_per_tenant: int = 10_000  # fences one farm may hold (422)
+    max_mobs_per_tenant: int = 1_000  # mobs one farm may hold (422)
+    max_devices_per_mob: int = 10_000  # collars one mob may name (422)
+    max_fences_per_mob: int = 1_000  # pastures and exclusion zones one mob may name (422)
     max_batch_points: int = 100_000
     max_batch_matches: int = 1_000_000  # point-in-fence pairs one batch point query may answer (422)
     max_fixes_per_request: int = 10_000

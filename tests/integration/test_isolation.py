@@ -113,6 +113,34 @@ def b_stream_carries_nothing_of_a(f: Farms, r: httpx.Response) -> None:
     assert r.status_code == 200
 
 
+def a_mob_untouched(f: Farms) -> None:
+    got = f.api.get("/mobs/a-mob", headers=f.a)
+    assert got.status_code == 200 and got.json()["version"] == 1 and got.json()["devices"] == ["a-cow"], got.text
+    assert f.api.get("/herd/settings", headers=f.a).json()["confirm_fixes"] == 5
+
+
+def mob_not_found(f: Farms, r: httpx.Response) -> None:
+    not_found(f, r)
+    a_mob_untouched(f)
+
+
+def b_cannot_name_a_fence(f: Farms, r: httpx.Response) -> None:
+    is_problem(r, 422, "no fence 'a-fence' on this farm")
+    no_a(r.text, ids=False)
+    a_mob_untouched(f)
+
+
+def b_has_its_own_settings(f: Farms, r: httpx.Response) -> None:
+    assert r.status_code == 200 and r.json()["confirm_fixes"] != 5, r.text
+    a_mob_untouched(f)
+
+
+def b_gets_only_b_mobs(f: Farms, r: httpx.Response) -> None:
+    b_gets_only_b(f, r)
+    assert "a-mob" not in r.text
+    a_mob_untouched(f)
+
+
 def b_sees_no_quarantine_of_a(f: Farms, r: httpx.Response) -> None:
     assert r.status_code == 200 and r.json() == [], r.text  # A's broken fence is A's to see
 
@@ -142,6 +170,27 @@ CASES: dict[tuple[str, str], Case] = {
     ("GET", "/devices/{device_id}"): Case(lambda f: ("GET", "/devices/a-cow", {}), not_found),
     ("PUT", "/devices/{device_id}"): Case(lambda f: ("PUT", "/devices/a-cow", {}), b_cannot_claim),
     ("GET", "/occupancy"): Case(lambda f: ("GET", "/occupancy", {}), b_gets_only_b),
+    ("POST", "/mobs"): Case(
+        lambda f: ("POST", "/mobs", {"json": {"id": "a-mob", "fences": ["a-fence"]}}), b_cannot_name_a_fence
+    ),
+    ("GET", "/mobs"): Case(lambda f: ("GET", "/mobs", {}), b_gets_only_b_mobs),
+    ("GET", "/mobs/{mob_id}"): Case(lambda f: ("GET", "/mobs/a-mob", {}), mob_not_found),
+    ("PUT", "/mobs/{mob_id}"): Case(
+        lambda f: ("PUT", "/mobs/a-mob", {"json": {"devices": ["a-cow"]}}),
+        lambda f, r: (is_problem(r, 422, "'a-cow' not registered to this farm"), a_mob_untouched(f)),
+    ),
+    ("DELETE", "/mobs/{mob_id}"): Case(lambda f: ("DELETE", "/mobs/a-mob", {}), mob_not_found),
+    ("GET", "/herd/settings"): Case(lambda f: ("GET", "/herd/settings", {}), b_has_its_own_settings),
+    ("PUT", "/herd/settings"): Case(
+        lambda f: ("PUT", "/herd/settings", {"json": {"confirm_fixes": 3}}), b_has_its_own_settings
+    ),
+    ("GET", "/alerts"): Case(lambda f: ("GET", "/alerts", {}), b_gets_only_b),
+    ("GET", "/admin/tenants/{tenant}/herd/settings"): Case(
+        lambda f: ("GET", "/admin/tenants/farm-a/herd/settings", {}), admin_only
+    ),
+    ("PUT", "/admin/tenants/{tenant}/herd/settings"): Case(
+        lambda f: ("PUT", "/admin/tenants/farm-a/herd/settings", {"json": {"confirm_fixes": 1}}), admin_only
+    ),
     ("GET", "/events"): Case(lambda f: ("GET", "/events", {"params": {"device": "a-cow"}}), b_gets_only_b),
     ("GET", "/events/stream"): Case(
         lambda f: ("GET", "/events/stream", {"headers": {"Last-Event-ID": f.a_event_id}}),
@@ -240,6 +289,9 @@ def farms(live) -> Iterator[Farms]:
         assert api.post("/fences", json=feature("a-fence", geometry=A_SQUARE, name="A"), headers=a).status_code == 201
         assert api.post("/fences", json=feature("b-fence", geometry=B_SQUARE), headers=b).status_code == 201
         assert api.put("/devices/a-cow", headers=a).status_code == 200
+        mob = {"id": "a-mob", "fences": ["a-fence"], "devices": ["a-cow"]}
+        assert api.post("/mobs", json=mob, headers=a).status_code == 201
+        assert api.put("/herd/settings", json={"confirm_fixes": 5}, headers=a).status_code == 200
         run(_broken_fences_of("farm-a", live))  # A has a fence the index quarantines: A's alone to see
         deadline = time.monotonic() + 10
         while len(api.get("/fences/quarantined", headers=a).json()) < 2 and time.monotonic() < deadline:

@@ -39,6 +39,16 @@ EXPECTED = {
     ("post", "/admin/tenants/{tenant}/keys/{key_id}/rotate"),
     ("get", "/keys"),
     ("post", "/keys/rotate"),
+    ("post", "/mobs"),
+    ("get", "/mobs"),
+    ("get", "/mobs/{mob_id}"),
+    ("put", "/mobs/{mob_id}"),
+    ("delete", "/mobs/{mob_id}"),
+    ("get", "/herd/settings"),
+    ("put", "/herd/settings"),
+    ("get", "/admin/tenants/{tenant}/herd/settings"),
+    ("put", "/admin/tenants/{tenant}/herd/settings"),
+    ("get", "/alerts"),
 }
 
 
@@ -70,11 +80,25 @@ def test_every_operation_is_documented_with_an_example():
     assert not missing, missing
 
 
-def test_fence_writes_document_if_match_and_412():
-    for method in ("put", "patch", "delete"):
-        op = SPEC["paths"]["/fences/{fence_id}"][method]
-        assert any(p["name"] == "if-match" for p in op["parameters"])
-        assert "412" in op["responses"]
+def test_fence_and_mob_writes_document_if_match_and_412():
+    for path, methods in (("/fences/{fence_id}", ("put", "patch", "delete")), ("/mobs/{mob_id}", ("put", "delete"))):
+        for method in methods:
+            op = SPEC["paths"][path][method]
+            assert any(p["name"] == "if-match" for p in op["parameters"]), (method, path)
+            assert "412" in op["responses"], (method, path)
+
+
+def test_herd_settings_are_the_core_rules_with_bounds():
+    """The API's settings are HerdRules' fields, each bounded (a new rule cannot be left out)."""
+    import dataclasses
+
+    from fencex.herd import HerdRules
+
+    settings = COMPONENTS["HerdSettings"]
+    assert set(settings["properties"]) == {f.name for f in dataclasses.fields(HerdRules)}
+    assert settings["additionalProperties"] is False
+    for name, prop in settings["properties"].items():
+        assert ("minimum" in prop or "exclusiveMinimum" in prop) and "maximum" in prop, name
 
 
 def test_every_error_is_documented_as_problem_json():
@@ -108,6 +132,8 @@ def test_links_let_a_fuzzer_follow_a_fence_and_a_device():
     }
     claimed = SPEC["paths"]["/devices/{device_id}"]["put"]["responses"]["200"]["links"]
     assert [link["operationId"] for link in claimed.values()] == ["get_device"]
+    mob = SPEC["paths"]["/mobs"]["post"]["responses"]["201"]["links"]
+    assert {link["operationId"] for link in mob.values()} == {"get_mob", "replace_mob", "delete_mob"}
 
 
 def test_patch_schema_is_the_core_properties_made_optional():

@@ -10,7 +10,9 @@ import pytest
 from fencex.errors import StoreUnavailable
 from fencex.fence import Fence
 from fencex.follower import FeedStore, FenceFollower
+from fencex.herd import DEFAULT_RULES, HerdRules
 from fencex.index import FenceIndex
+from fencex.mob import MobRecord
 from fencex.store.base import Change, decode_fences
 from tests.unit.factory import LAT0, LON0, fence
 
@@ -28,6 +30,8 @@ class FakeFeed:
     def __init__(self) -> None:
         self.records: dict[str, bytes] = {}
         self.devices: dict[str, str] = {}
+        self.rules: dict[str, HerdRules] = {}
+        self.mob_records: dict[tuple[str, str], MobRecord] = {}
         self.entries: list[Change] = []
         self.trimmed_up_to = 0  # the number of the last entry trimmed away
         self.down = 0  # the next calls to changes() that fail
@@ -51,6 +55,18 @@ class FakeFeed:
         self.devices.update(devices)
         for d, t in devices.items():
             self._append("device", "upsert", d, t)
+
+    def put_rules(self, tenant: str, rules: HerdRules) -> None:
+        self.rules[tenant] = rules
+        self._append("herd", "upsert", tenant, tenant)
+
+    def put_mob(self, mob: MobRecord) -> None:
+        self.mob_records[(mob.tenant, mob.id)] = mob
+        self._append("mob", "upsert", mob.id, mob.tenant)
+
+    def delete_mob(self, tenant: str, mob_id: str) -> None:
+        del self.mob_records[(tenant, mob_id)]
+        self._append("mob", "delete", mob_id, tenant)
 
     def trim(self, keep: int) -> None:
         gone, self.entries = self.entries[: len(self.entries) - keep], self.entries[len(self.entries) - keep :]
@@ -87,6 +103,18 @@ class FakeFeed:
 
     async def device_tenants(self) -> dict[str, str]:
         return dict(self.devices)
+
+    async def herd_rules(self) -> dict[str, HerdRules]:
+        return dict(self.rules)
+
+    async def get_herd_rules(self, tenant: str) -> HerdRules:
+        return self.rules.get(tenant, DEFAULT_RULES)
+
+    async def mobs(self, tenant: str | None = None) -> list[MobRecord]:
+        return [m for (t, _), m in sorted(self.mob_records.items()) if tenant in (None, t)]
+
+    async def mobs_by_id(self, tenant: str, ids: list[str]) -> dict[str, MobRecord | None]:
+        return {i: self.mob_records.get((tenant, i)) for i in ids}
 
 
 def stored(fid: str, geometry: dict, tenant: str = "farm", version: int = 1) -> bytes:
@@ -191,3 +219,103 @@ def test_follow_retries_while_the_store_is_down():
 
 def test_index_of_a_follower_is_a_fence_index():
     assert isinstance(FenceFollower(FakeFeed()).index, FenceIndex)
+
+
+# -------------------------------------------------------------- the herd: settings and mobs
+
+
+def herd_farm() -> tuple[FakeFeed, FenceFollower, list[FenceIndex]]:
+    """A farm with two pastures, a pond (exclusion), a water point (zone) and another farm's
+    pasture; cow-1 and cow-2 registered to the farm, cow-9 to the other farm."""
+    store = FakeFeed()
+    store.put(fence("north"))
+    store.put(fence("south", lat=LAT0 - 0.02))
+    store.put(fence("pond", lon=LON0 + 0.002, size=0.001, kind="exclusion"))
+    store.put(fence("water", lon=LON0 + 0.005, size=0.001, kind="zone"))
+    store.put(fence("theirs", lon=LON0 + 1, tenant="other"))
+    store.register({"cow-1": "farm", "cow-2": "farm", "cow-9": "other"})
+    follower = FenceFollower(store, on_index=(handed := []).append)
+    asyncio.run(follower.load())
+    return store, follower, handed
+
+
+def test_herd_settings_are_loaded_and_followed_per_farm():
+    store = FakeFeed()
+    store.put_rules("farm", HerdRules(confirm_fixes=3))
+    follower = FenceFollower(store, on_index=(handed := []).append)
+    asyncio.run(follower.load())
+    assert follower.rules_of("farm").confirm_fixes == 3
+    assert follower.rules_of("other") is DEFAULT_RULES  # no settings stored: the defaults
+    store.put_rules("other", HerdRules(silence_s=120))
+    assert asyncio.run(follower.step(0)) is False  # settings apply from the next fix: no handover
+    assert follower.rules_of("other").silence_s == 120 and follower.rules_of("farm").confirm_fixes == 3
+    assert handed == []
+
+
+def test_a_mob_is_resolved_to_the_farms_pastures_and_exclusion_zones():
+    store, follower, _ = herd_farm()
+    # a zone means nothing to the herd, another farm's fence and an unknown id are ignored
+    store.put_mob(
+        MobRecord(id="ewes", tenant="farm", fences=["north", "pond", "water", "theirs", "nope"], devices=["cow-1"])
+    )
+    asyncio.run(follower.step(0))
+    mob = follower.mob_of("cow-1")
+    assert mob is not None and mob.pastures == {"north"} and mob.exclusions == {"pond"}
+    assert follower.mob_of("cow-2") is None  # in no mob: the farm's default mob
+
+
+def test_a_mob_naming_no_fence_leaves_its_devices_in_the_default_mob():
+    store, follower, _ = herd_farm()
+    store.put_mob(MobRecord(id="all", tenant="farm", devices=["cow-1"]))
+    asyncio.run(follower.step(0))
+    assert follower.mob_of("cow-1") is None
+
+
+def test_a_device_counts_only_in_a_mob_of_the_farm_it_is_registered_to():
+    store, follower, _ = herd_farm()
+    # the other farm names the farm's cow (the API refuses it; a transfer can leave it so)
+    store.put_mob(MobRecord(id="rams", tenant="other", fences=["theirs"], devices=["cow-1", "cow-9"]))
+    asyncio.run(follower.step(0))
+    assert follower.mob_of("cow-1") is None and follower.mob_of("cow-9") is not None
+    store.register({"cow-1": "other"})  # moved to the other farm: now its mob applies
+    asyncio.run(follower.step(0))
+    assert follower.mob_of("cow-1") == follower.mob_of("cow-9")
+
+
+def test_a_mob_change_hands_the_index_over_and_a_delete_returns_the_default():
+    store, follower, handed = herd_farm()
+    store.put_mob(MobRecord(id="ewes", tenant="farm", fences=["south"], devices=["cow-1", "cow-2"]))
+    assert asyncio.run(follower.step(0)) is True
+    assert handed == [follower.index]  # the worker re-evaluates escapes and returns
+    assert follower.mob_of("cow-2") is not None and follower.mob_of("cow-2").pastures == {"south"}
+    store.put_mob(MobRecord(id="ewes", tenant="farm", fences=["south"], devices=["cow-1"]))
+    asyncio.run(follower.step(0))
+    assert follower.mob_of("cow-2") is None and len(handed) == 2
+    store.delete_mob("farm", "ewes")
+    asyncio.run(follower.step(0))
+    assert follower.mobs == {} and len(handed) == 3
+
+
+def test_a_fence_deleted_or_changed_is_resolved_again():
+    store, follower, _ = herd_farm()
+    store.put_mob(MobRecord(id="ewes", tenant="farm", fences=["north", "south"], devices=["cow-1"]))
+    asyncio.run(follower.step(0))
+    store.delete("south", "farm")  # its id stays in the mob: ignored
+    asyncio.run(follower.step(0))
+    assert follower.mob_of("cow-1").pastures == {"north"}
+    store.put(fence("north", kind="exclusion", version=2))  # north is an exclusion zone now
+    asyncio.run(follower.step(0))
+    assert follower.mob_of("cow-1").pastures == frozenset() and follower.mob_of("cow-1").exclusions == {"north"}
+    store.put(fence("south", lat=LAT0 - 0.02, version=2))  # recreated: counts again
+    asyncio.run(follower.step(0))
+    assert follower.mob_of("cow-1").pastures == {"south"}
+
+
+def test_a_reload_after_a_gap_brings_settings_and_mobs_back():
+    store, follower, _ = herd_farm()
+    store.put_mob(MobRecord(id="ewes", tenant="farm", fences=["north"], devices=["cow-1"]))
+    store.put_rules("farm", HerdRules(confirm_fixes=4))
+    store.trim(keep=0)  # the follower never read those changes
+    assert asyncio.run(follower.step(0)) is True
+    assert follower.reloads == 1 and follower.rules_of("farm").confirm_fixes == 4
+    assert follower.mob_of("cow-1").pastures == {"north"}

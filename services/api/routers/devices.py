@@ -18,20 +18,28 @@ router = APIRouter(tags=["devices"])
 @router.get(
     "/devices/{device_id}",
     response_model=DevicePublic,
-    summary="Where is this device, which fences is it in, when was it last seen",
+    summary="Where is this device, which fences is it in, its mob, escape, battery and silence",
     responses={404: {"description": "no fix from this device yet, or another farm's device"}},
 )
 async def get_device(device_id: DeviceIdPath, tenant: Tenant, store: Store, state: State) -> dict[str, Any]:
     s = await store.device_state(tenant, device_id)
+    mob = await store.mob_of_device(tenant, device_id)
     state.metrics.queries.labels("device").inc()
     return {
         "device_id": device_id,
         "lon": s.lon,
         "lat": s.lat,
         "last_seen": rfc3339(s.last_ts),
+        "last_arrival": rfc3339(s.seen_ms) if s.seen_ms else None,
         "fences": [
             {"fence_id": f, "since": rfc3339(m.since_ms), "dwelled": m.dwelled} for f, m in sorted(s.members.items())
         ],
+        "mob": mob,
+        "out": s.out,
+        "pasture": s.pasture or None,
+        "battery": s.battery,
+        "battery_low": s.low,
+        "silent": s.silent,
     }
 
 

@@ -48,7 +48,7 @@ def parse_if_match(value: str | None) -> int | None:
     try:
         return int(v)
     except ValueError:
-        raise Problem(412, f'If-Match {value!r} is not a fence ETag (they look like "3")') from None
+        raise Problem(412, f'If-Match {value!r} is not an ETag of ours (they look like "3")') from None
 
 
 def build(tenant: str, fid: str, geometry: dict[str, Any], props: FenceProperties, settings: Settings) -> Fence:

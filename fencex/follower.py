@@ -190,9 +190,12 @@ class FenceFollower:
         if not fence_ids:
             if mob_ids or registered:
                 self._resolve()
-            if not mob_ids:
+            if not mob_ids and not herd:
                 return False
-            self._handover(0, f"kept; {sum(len(i) for i in mob_ids.values())} mobs changed")
+            # handed over again: the worker re-evaluates escapes (mobs) and re-times silences (settings)
+            self._handover(
+                0, f"kept; {sum(len(i) for i in mob_ids.values())} mobs, {len(herd)} farms' settings changed"
+            )
             return True
         self.index = await asyncio.to_thread(FenceIndex, list(self.fences.values()), self.applied, self.index)
         self._resolve()

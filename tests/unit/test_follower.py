@@ -247,9 +247,10 @@ def test_herd_settings_are_loaded_and_followed_per_farm():
     assert follower.rules_of("farm").confirm_fixes == 3
     assert follower.rules_of("other") is DEFAULT_RULES  # no settings stored: the defaults
     store.put_rules("other", HerdRules(silence_s=120))
-    assert asyncio.run(follower.step(0)) is False  # settings apply from the next fix: no handover
+    # handed over again (the same index): the worker re-times its silences with the new silence_s
+    assert asyncio.run(follower.step(0)) is True
     assert follower.rules_of("other").silence_s == 120 and follower.rules_of("farm").confirm_fixes == 3
-    assert handed == []
+    assert handed == [follower.index]
 
 
 def test_a_mob_is_resolved_to_the_farms_pastures_and_exclusion_zones():

@@ -225,6 +225,11 @@ DASHBOARDS: dict[str, dict] = {
                 ],
             ),
             (
+                "Fixes not trusted (applied to no fence), per second, by reason",
+                "fixes/s",
+                [("sum by (reason) (rate(fencex_fixes_untrusted_total[5m]))", "{{reason}}")],
+            ),
+            (
                 "Events per minute, by type",
                 "events/min",
                 [("sum by (type) (increase(fencex_events_published_total[1m]))", "{{type}}")],

@@ -483,29 +483,40 @@ def predict(fences: list[Fence], tenants: dict[str, str], fixes: list[Fix]) -> d
     }
 
 
-_ORDER = {"enter": 0, "dwell": 1, "exit": 2}
+_ORDER = {"enter": 0, "dwell": 1, "exit": 2, "escape": 3, "return": 3}
+# what alternates: per device and fence, enter (dwell) exit; per device, escape and return
+_OPENS = {"enter": "fence", "exit": "fence", "dwell": "fence", "escape": "herd", "return": "herd"}
 
 
 def alternation_breaks(events: list[dict]) -> list[str]:
-    """Per device and fence, the distinct events must alternate enter (dwell) exit: two ids
-    for one transition show as two enters or two exits in a row."""
+    """Per device and fence, the distinct events must alternate enter (dwell) exit, and per
+    device escape and return: two ids for one transition show as two enters (exits, escapes,
+    returns) in a row. Collar events (battery, silence) are left out."""
     unique = {e["event_id"]: e for e in events}
     by_pair: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for e in unique.values():
-        by_pair[(e["device_id"], e["fence_id"])].append(e)
+        kind = _OPENS.get(e["type"])
+        if kind == "fence":
+            by_pair[(e["device_id"], e["fence_id"])].append(e)
+        elif kind == "herd":
+            by_pair[(e["device_id"], "(escape/return)")].append(e)
     breaks = []
     for pair, evs in by_pair.items():
-        evs.sort(key=lambda e: (e["ts"], e["fence_version"], _ORDER.get(e["type"], 3)))
-        inside: bool | None = None  # unknown before the first event
+        evs.sort(key=lambda e: (e["ts"], e["fence_version"], _ORDER[e["type"]]))
+        inside: bool | None = None  # unknown before the first event (for the herd: in, unless escaped)
         for e in evs:
             t = e["type"]
-            bad = (t == "enter" and inside is True) or (t in ("exit", "dwell") and inside is False)
+            bad = (
+                (t == "enter" and inside is True)
+                or (t in ("exit", "dwell") and inside is False)
+                or (t == "escape" and inside is False)
+                or (t == "return" and inside is True)
+            )
             if bad:
                 seq = [(x["type"], x["ts"], x["fence_version"], x["event_id"][:8]) for x in evs]
                 breaks.append(f"{pair}: {seq}")
                 break
-            inside = t != "exit"
-    return breaks
+            inside = t not in ("exit", "escape")
 
 
 @dataclass

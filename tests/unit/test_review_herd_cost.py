@@ -42,3 +42,30 @@ def test_an_escapes_distance_does_not_measure_every_pasture_of_a_big_farm(monkey
         assert len(calls) <= 10, f"{len(calls)} pastures measured exactly for one escape"
         brute = min(boundary_distance_m(idx._shapes[(f.id, f.tenant, f.version)], lon, lat) for f in fences)
         assert got == round(brute, 1)
+
+
+def test_a_stored_herd_settings_record_of_the_wrong_types_gives_the_defaults_not_a_failing_worker():
+    # rules_from_json took any JSON value for battery_low_pct (HerdRules checks no type and not that
+    # field): a record {"battery_low_pct": "20"} (an older writer, a hand edit, a restore) made every
+    # fix with a battery reading of that farm raise TypeError in the worker (battery_step compares
+    # the reading with "20"): each batch holding one was replayed record by record, every farm's.
+    from fencex.fix import Fix
+    from fencex.herd import DEFAULT_RULES, battery_step
+    from fencex.pipeline import process
+    from fencex.store.herd import rules_from_json
+
+    for raw in (
+        b'{"battery_low_pct": "20"}',
+        b'{"battery_low_pct": null}',
+        b'{"confirm_fixes": 2.5}',
+        b'{"confirm_fixes": true}',
+        b'{"silence_s": "60"}',
+        b'{"max_speed_mps": [1]}',
+    ):
+        rules = rules_from_json("farm", raw)
+        assert rules == DEFAULT_RULES, raw
+        battery_step(False, 10.0, rules)
+    fences = [Fence(id="p", tenant="farm", version=1, geometry=ring(10, 50, 0.01, 8))]
+    rules = rules_from_json("farm", b'{"battery_low_pct": "20"}')
+    fix = Fix("cow", 1000, 10.0, 50.0, {"battery": 10.0})
+    process([fix], FenceIndex(fences), {}, lambda d: "farm", lambda t: rules, None, 1)

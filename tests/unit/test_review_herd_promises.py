@@ -1,0 +1,36 @@
+"""Hostile review of issue 11: promises of the herd rules that do not hold."""
+
+from __future__ import annotations
+
+import pytest
+import shapely
+
+from fencex.detector import DeviceState, Membership, reevaluate
+from fencex.fix import Fix
+from fencex.herd import DEFAULT_RULES, Mob
+from fencex.index import FenceIndex
+from fencex.pipeline import process
+from fencex.store.base import ALERT_OF
+from tests.unit.factory import LAT0, LON0, fence
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a device moved to another farm leaves the old farm's silent and battery_low lists only by "
+    "resumed / battery_ok events of the old farm, which the transfer never sends (it sends exit and return)",
+)
+def test_a_device_moved_to_another_farm_leaves_the_old_farms_alert_lists():
+    idx = FenceIndex([fence("P", tenant="A"), fence("Q", tenant="B")])
+    inside = (LON0 + 0.005, LAT0 + 0.005)
+    # farm A's collar: out, silent and low on battery (it is on all three of A's lists)
+    old = DeviceState("A", 1_000, LON0 - 0.01, LAT0, {}, out=True, pasture="P", low=True, battery=5.0)
+    old.seen_ms, old.silent = 1, True
+    lists = {kind: {"cow"} for kind in ("out", "silent", "battery_low")}
+    states = {"cow": old}
+    got = process([Fix("cow", 2_000, *inside, {"battery": 90.0})], idx, states, lambda d: "B", lambda t: DEFAULT_RULES)
+    for e in got.events:
+        if e.tenant == "A" and e.type in ALERT_OF:
+            kind, up = ALERT_OF[e.type]
+            (lists[kind].add if up else lists[kind].discard)(e.device_id)
+    assert states["cow"].tenant == "B"
+    assert lists == {"out": set(), "silent": set(), "battery_low": set()}, "farm A still lists B's collar"

@@ -11,7 +11,10 @@ farm's silence time, judged on the worker's clock; and its next fix). Collar eve
 ``event_id`` is a hash of what the event is about, so the same fix processed
 twice yields the same id and consumers can drop duplicates; a herd event's id
 leaves the fence's version out (device, fence or ``""``, type, fix time), so a
-fence reshaped meanwhile does not make a replayed escape new.
+fence reshaped meanwhile does not make a replayed escape new. In its place, an
+escape's or return's id holds the device's count of escapes and returns so far
+(``turn``, saved with its state): fence changes that turn a device out, in and out
+again at one accepted fix give three ids, and a replay from the saved state the same three.
 The JSON Schema is ``schema/fence-event.schema.json``; a test keeps it true.
 """
 
@@ -53,10 +56,11 @@ class Event:
     dwell_s: float | None = None
     distance_m: float | None = None  # escape: metres to the nearest pasture boundary of the mob
     battery: float | None = None  # battery_low / battery_ok: the reading, in percent
+    turn: int = 0  # escape / return: the device's count of them, this one included (in the id only)
 
     @property
     def event_id(self) -> str:
-        version = self.fence_version if self.type in FENCE_TYPES else 0
+        version = self.fence_version if self.type in FENCE_TYPES else self.turn
         return event_id(self.device_id, self.fence_id, version, self.type, self.ts_ms)
 
     def to_dict(self, detected_at_ms: float) -> dict[str, Any]:

@@ -36,11 +36,6 @@ def test_a_device_moved_to_another_farm_leaves_the_old_farms_alert_lists():
     assert lists == {"out": set(), "silent": set(), "battery_low": set()}, "farm A still lists B's collar"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="herd event ids leave the fence version out: a second escape caused by a fence change at the "
-    "same accepted fix has the first escape's id, so a consumer dropping duplicates drops a real alarm",
-)
 def test_escape_return_escape_by_fence_changes_give_three_distinct_ids():
     mob = Mob(frozenset({"P"}))
     here = (LON0 + 0.005, LAT0 + 0.005)

@@ -132,8 +132,14 @@ class SilenceWatch:
                 entry = heapq.heappop(heap)
                 d = entry[1]
                 state = states.get(d)
-                if state is None or state.silent or device_partition.get(d) != p:
+                if state is None or state.silent:
                     continue  # gone, or marked: resumed and watched again with its next fix
+                held = device_partition.get(d)
+                if held != p:  # its fixes come on another partition now: watched there, if held here
+                    other = self.heaps.get(held) if held is not None else None
+                    if other is not None:
+                        heapq.heappush(other, entry)
+                    continue
                 if self._stale(entry, state, retimed):
                     continue  # its farm re-timed its silences since: watched by a newer entry
                 rules = self.rules_of(state.tenant)

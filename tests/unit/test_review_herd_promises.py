@@ -44,3 +44,23 @@ def test_escape_return_escape_by_fence_changes_give_three_distinct_ids():
         ids += [(e.type, e.event_id) for e in out.events if e.type in ("escape", "return")]
     assert [t for t, _ in ids] == ["escape", "return", "escape"]
     assert len({i for _, i in ids}) == 3, ids
+
+
+def test_a_held_collar_whose_partition_changes_is_still_watched_for_silence():
+    # the silence heap is per partition: a collar first held on partition 0 whose fixes now come on
+    # partition 1 (held by the same worker) was popped from 0's heap, found on another partition and
+    # dropped: never watched again, never silent
+    from fencex.herd import HerdRules
+    from fencex.stream.silence import SilenceWatch
+
+    watch = SilenceWatch(lambda t: HerdRules(silence_s=10))
+    state = DeviceState("farm", 1_000, LON0, LAT0)
+    state.seen_ms = 1_000
+    states = {"cow": state}
+    watch.load(0, ["cow"], states, 1_000)
+    watch.load(1, [], states, 1_000)
+    where = {"cow": 1}  # its fixes come on partition 1 now
+    events = []
+    for _ in range(2):  # moved to a heap swept before it (or after it, in the same sweep): silent once
+        events += watch.sweep([1, 0], states, where, 11_001, 100)[1]
+    assert [e.type for e in events] == ["silent"] and state.silent, "the collar is watched no more"

@@ -1,23 +1,21 @@
 """Per-device enter / exit / dwell detection: a pure function over sets of fence ids.
 
-As in traccar's geofence handler: ``enter = now - before``, ``exit = before - now``,
-and a fix no newer than the device's last accepted fix is stale and skipped.
-On top of that:
+As in traccar's geofence handler: ``enter = now - before``, ``exit = before - now``, and a fix no newer
+than the device's last accepted fix is stale and skipped. On top of that:
 
-- *dwell*: once a device has been inside a fence for the fence's ``dwell_s``
-  (measured in fix time), one ``dwell`` event, and no more until it exits;
-- *exit buffer*: a member stays a member while the fix is within the fence's
-  outer (grown) geometry, so GPS jitter on the border does not flap;
-- *fence changes*: :func:`reevaluate` applies the same rules to the device's
-  last fix when fences are reshaped or deleted.
+- *dwell*: once a device has been inside a fence for the fence's ``dwell_s`` (measured in fix time),
+  one ``dwell`` event, and no more until it exits;
+- *exit buffer*: a member stays a member while the fix is within the fence's outer (grown) geometry,
+  so GPS jitter on the border does not flap;
+- *fence changes*: :func:`reevaluate` applies the same rules to the device's last fix when fences
+  are reshaped or deleted.
 
-The herd's rules (escape and return, battery, fixes not to trust) are in
-:mod:`fencex.herd`; :func:`detect` applies them after the fence rules.
+The herd's rules (escape and return, battery, fixes not to trust) are in :mod:`fencex.herd`;
+:func:`detect` applies them after the fence rules.
 
-:func:`is_stale`, :func:`unchanged` and :func:`fencex.herd.steady` are the
-predicates the batch pipeline's fast path asks before it skips the full
-transition; they are the detector's own rules, not copies, and a property test
-holds them to :func:`detect`.
+:func:`is_stale`, :func:`unchanged` and :func:`fencex.herd.steady` are the predicates the batch
+pipeline's fast path asks before it skips the full transition; they are the detector's own rules,
+not copies, and a property test holds them to :func:`detect`.
 """
 
 from __future__ import annotations
@@ -55,14 +53,14 @@ class Membership:
 
 @dataclass(slots=True)
 class DeviceState:
-    """A device's state. ``last_ts``/``lon``/``lat``: its last fix that was not stale (last seen);
-    ``acc``: its last *accepted* fix (ts, lon, lat) when that is another one (None: the same),
-    the place its fences were decided and the jump rule's reference; ``pending``: a jump
-    fix waiting for a second that agrees; ``out``/``streak``: out of its pastures, and how
-    many consecutive fixes said otherwise; ``pasture``: the last pasture it left;
-    ``low``/``battery``: the battery alarm and the last reading; ``seen_ms``: when its last
-    fix arrived, on the worker's clock (0: unknown), and ``silent``: a ``silent`` event was
-    sent since (no fix for the farm's ``silence_s``)."""
+    """A device's state. ``last_ts``/``lon``/``lat``: its last fix that was not stale (last seen); ``acc``: its
+    last *accepted* fix (ts, lon, lat) when that is another one (None: the same), the place its fences were decided
+    and the jump rule's reference; ``pending``: a jump fix waiting for a second that agrees; ``out``/``streak``: out
+    of its pastures, and how many consecutive fixes said otherwise; ``pasture``: the last pasture it left;
+    ``low``/``battery``: the battery alarm and the last reading; ``seen_ms``: when its last fix arrived, on the
+    worker's clock (0: unknown), and ``silent``: a ``silent`` event was sent since (no fix for the farm's
+    ``silence_s``); ``turns``: its escapes and returns so far (each one's id holds it: distinct at one fix, the
+    same on a replay from the saved state)."""
 
     tenant: str
     last_ts: int
@@ -78,6 +76,7 @@ class DeviceState:
     battery: float | None = None
     seen_ms: int = 0
     silent: bool = False
+    turns: int = 0
 
     @property
     def accepted(self) -> tuple[int, float, float]:
@@ -112,6 +111,8 @@ class DeviceState:
             obj["seen"] = self.seen_ms
         if self.silent:
             obj["sil"] = 1
+        if self.turns:
+            obj["turns"] = self.turns
         return obj
 
     @classmethod
@@ -132,6 +133,7 @@ class DeviceState:
             obj.get("bat"),
             int(obj.get("seen", 0)),
             bool(obj.get("sil", 0)),
+            int(obj.get("turns", 0)),
         )
 
 
@@ -231,8 +233,7 @@ def _memberships(
     return members, events
 
 
-def _copy(state: DeviceState, members: dict[str, Membership]) -> DeviceState:
-    s = state
+def _copy(s: DeviceState, members: dict[str, Membership]) -> DeviceState:  # dataclasses.replace: 7x slower
     return DeviceState(
         s.tenant,
         s.last_ts,
@@ -248,6 +249,7 @@ def _copy(state: DeviceState, members: dict[str, Membership]) -> DeviceState:
         s.battery,
         s.seen_ms,
         s.silent,
+        s.turns,
     )
 
 
@@ -265,8 +267,7 @@ def _herd(
     events: list[Event],
     fresh: bool,
 ) -> None:
-    """Escape and return: ``confirm`` consecutive fixes (``fresh``), or at once when a fence
-    change turns the verdict of the accepted fix."""
+    """Escape and return: ``confirm`` consecutive fixes (``fresh``), or at once when a fence change turns it."""
     if not (mob.pastures or mob.exclusions or new.out or new.streak):
         return  # no herd to keep: the fence detector alone, and a state saved as before
     members = new.members
@@ -290,15 +291,15 @@ def _herd(
         new.streak = 0
         if out == new.out:
             return
-    new.out, new.streak = out, 0
+    new.out, new.streak, new.turns = out, 0, new.turns + 1
     if out:
         fid = first(members, mob.exclusions) or new.pasture
         d = distance(mob.pastures, lon, lat) if distance is not None else None
     else:
         fid, d = here, None
-    fence = fences.get(fid)
-    version = fence.version if fence is not None else 0
-    events.append(Event("escape" if out else "return", new.tenant, device_id, fid, version, ts, lon, lat, None, d))
+    version = fence.version if (fence := fences.get(fid)) is not None else 0
+    kind = "escape" if out else "return"
+    events.append(Event(kind, new.tenant, device_id, fid, version, ts, lon, lat, None, d, turn=new.turns))
 
 
 def detect(

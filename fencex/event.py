@@ -6,12 +6,17 @@ fence's ``dwell_s``. The herd's words come in the same envelope: ``escape`` and
 ``return`` (a device out of every pasture of its mob, or in one of its exclusion
 zones, and back), ``battery_low`` and ``battery_ok`` (a collar's battery across
 the farm's threshold), ``silent`` and ``resumed`` (no fix has arrived from a collar for the
-farm's silence time, judged on the worker's clock; and its next fix). Collar events have
-``fence_id`` ``""`` and ``fence_version`` 0; ``silent``'s ``ts`` is the last fix's time.
+farm's silence time, judged on the worker's clock; and its next fix), and ``transferred``
+(the collar is registered to another farm now: sent to the farm it left, which takes it off all
+its alert lists). Collar events have ``fence_id`` ``""`` and ``fence_version`` 0; ``silent``'s and
+``transferred``'s ``ts``, ``lon`` and ``lat`` are those of the last fix the farm had.
 ``event_id`` is a hash of what the event is about, so the same fix processed
 twice yields the same id and consumers can drop duplicates; a herd event's id
 leaves the fence's version out (device, fence or ``""``, type, fix time), so a
-fence reshaped meanwhile does not make a replayed escape new.
+fence reshaped meanwhile does not make a replayed escape new. In its place, an
+escape's or return's id holds the device's count of escapes and returns so far
+(``turn``, saved with its state): fence changes that turn a device out, in and out
+again at one accepted fix give three ids, and a replay from the saved state the same three.
 The JSON Schema is ``schema/fence-event.schema.json``; a test keeps it true.
 """
 
@@ -25,7 +30,15 @@ from typing import Any
 import orjson
 
 FENCE_TYPES: tuple[str, ...] = ("enter", "exit", "dwell")
-HERD_TYPES: tuple[str, ...] = ("escape", "return", "battery_low", "battery_ok", "silent", "resumed")
+HERD_TYPES: tuple[str, ...] = (
+    "escape",
+    "return",
+    "battery_low",
+    "battery_ok",
+    "silent",
+    "resumed",
+    "transferred",
+)
 EVENT_TYPES: tuple[str, ...] = FENCE_TYPES + HERD_TYPES
 
 
@@ -53,10 +66,11 @@ class Event:
     dwell_s: float | None = None
     distance_m: float | None = None  # escape: metres to the nearest pasture boundary of the mob
     battery: float | None = None  # battery_low / battery_ok: the reading, in percent
+    turn: int = 0  # escape / return: the device's count of them, this one included (in the id only)
 
     @property
     def event_id(self) -> str:
-        version = self.fence_version if self.type in FENCE_TYPES else 0
+        version = self.fence_version if self.type in FENCE_TYPES else self.turn
         return event_id(self.device_id, self.fence_id, version, self.type, self.ts_ms)
 
     def to_dict(self, detected_at_ms: float) -> dict[str, Any]:
@@ -89,7 +103,8 @@ EVENT_SCHEMA: dict[str, Any] = {
     "$id": "https://fencex.dev/schema/fence-event.schema.json",
     "title": "fencex fence event",
     "description": "One enter, exit or dwell of a device in a fence, or a herd event: escape, return, "
-    "battery_low, battery_ok, silent, resumed. Published as JSON on topic fence-events, keyed by device_id.",
+    "battery_low, battery_ok, silent, resumed, transferred. "
+    "Published as JSON on topic fence-events, keyed by device_id.",
     "type": "object",
     "additionalProperties": False,
     "required": [
@@ -126,7 +141,8 @@ EVENT_SCHEMA: dict[str, Any] = {
         "ts": {
             "type": "string",
             "format": "date-time",
-            "description": "time of the fix that caused the event (RFC 3339, UTC); silent: the last fix's time",
+            "description": "time of the fix that caused the event (RFC 3339, UTC); silent, transferred: "
+            "the last fix's time (transferred: the last fix the farm it was sent to had)",
         },
         "lon": {"type": "number", "minimum": -180, "maximum": 180},
         "lat": {"type": "number", "minimum": -90, "maximum": 90},

@@ -17,8 +17,10 @@ The herd follows the same feed: each farm's herd settings (:meth:`FenceFollower.
 and its mobs, resolved against the current index into :attr:`FenceFollower.mobs` (device id
 -> :class:`~fencex.herd.Mob`: the mob's fence ids that are the farm's pastures and exclusion
 zones now; a device counts only in a mob of the farm it is registered to). They are resolved
-again whenever fences, mobs or registrations change; a changed mob hands the index over again
-(``on_index``), so the worker re-evaluates escapes and returns as after a fence change.
+again whenever fences, mobs or registrations change. Without a fence change, the index is not
+handed over again: ``on_mobs`` is told which farms' mobs changed (the worker re-evaluates the
+escapes and returns of those farms' devices only) and ``on_rules`` which farms' settings changed
+(the worker re-times those farms' devices' silences only).
 """
 
 from __future__ import annotations
@@ -70,10 +72,14 @@ class FenceFollower:
         store: FeedStore,
         on_index: Callable[[FenceIndex], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
+        on_rules: Callable[[set[str]], None] | None = None,
+        on_mobs: Callable[[set[str]], None] | None = None,
     ) -> None:
         self.store = store
         self.on_index = on_index
         self.on_error = on_error
+        self.on_rules = on_rules  # told the farms whose herd settings changed (no fence did)
+        self.on_mobs = on_mobs  # told the farms whose mobs changed (no fence did)
         self.fences: dict[str, Fence] = {}
         self.tenants: dict[str, str] = {}  # device id -> tenant
         self.index = FenceIndex([])
@@ -138,7 +144,8 @@ class FenceFollower:
                     await self.step(block_ms)
 
     async def step(self, block_ms: int = 250) -> bool:
-        """Apply what the feed holds now (waiting up to ``block_ms``); True if the index changed."""
+        """Apply what the feed holds now (waiting up to ``block_ms``); True if the index, a farm's
+        herd settings or mobs changed (handed over, or told to ``on_rules`` / ``on_mobs``)."""
         after = self._after
         changes = await self.store.changes(after, block_ms=block_ms)
         if await self.store.changes_trimmed(after):
@@ -192,10 +199,13 @@ class FenceFollower:
                 self._resolve()
             if not mob_ids and not herd:
                 return False
-            # handed over again: the worker re-evaluates escapes (mobs) and re-times silences (settings)
-            self._handover(
-                0, f"kept; {sum(len(i) for i in mob_ids.values())} mobs, {len(herd)} farms' settings changed"
-            )
+            # the index is kept: the worker re-evaluates escapes (mobs) and re-times silences (settings)
+            # of the farms named only, not of every farm it holds
+            log.info("herd: %d farms' mobs, %d farms' settings changed", len(mob_ids), len(herd))
+            if mob_ids and self.on_mobs is not None:
+                self.on_mobs(set(mob_ids))
+            if herd and self.on_rules is not None:
+                self.on_rules(herd)
             return True
         self.index = await asyncio.to_thread(FenceIndex, list(self.fences.values()), self.applied, self.index)
         self._resolve()

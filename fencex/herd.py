@@ -60,6 +60,13 @@ class HerdRules:
     silence_s: float = 3600.0  # no fix arrived for this long (worker's clock): silent
 
     def __post_init__(self) -> None:
+        # a record read back from the store is checked here too: a string or null would raise in the worker
+        if type(self.confirm_fixes) is not int:
+            raise TypeError("confirm_fixes must be an integer")
+        for name in ("battery_low_pct", "battery_margin_pct", "accuracy_limit_m", "max_speed_mps", "silence_s"):
+            value = getattr(self, name)
+            if type(value) not in (int, float) or math.isnan(value):
+                raise TypeError(f"{name} must be a number")
         if self.confirm_fixes < 1:
             raise ValueError("confirm_fixes must be at least 1")
         if self.battery_margin_pct < 0 or self.accuracy_limit_m < 0 or self.max_speed_mps <= 0:

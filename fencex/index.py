@@ -29,10 +29,8 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from fencex.fence import Fence
-from fencex.herd import NO_MOB, Mob, boundary_distance_m
+from fencex.herd import METRES_PER_DEGREE_LAT, METRES_PER_DEGREE_LON_EQUATOR, NO_MOB, Mob, boundary_distance_m
 
-METRES_PER_DEGREE_LAT = 110_574.0
-METRES_PER_DEGREE_LON_EQUATOR = 111_320.0
 _EMPTY: tuple[int, ...] = ()
 _KEY_OFFSET = 1 << 30
 MAX_CELLS_PER_FENCE = 64
@@ -323,15 +321,32 @@ class FenceIndex:
         return self._mobs.get(tenant, NO_MOB)
 
     def distance_m(self, fence_ids: Iterable[str], lon: float, lat: float) -> float | None:
-        """Metres (to 0.1 m) from a point to the nearest boundary of the named fences; None if none is here."""
-        best: float | None = None
+        """Metres (to 0.1 m) from a point to the nearest boundary of the named fences; None if none is here.
+
+        Nearest bounding box first: a fence whose box (in the same local metres) is farther than
+        the nearest boundary found so far cannot be nearer, so a farm of many pastures costs one
+        or a few exact measures per escape, not one per pasture."""
+        geoms: list[BaseGeometry] = []
         for fid in fence_ids:
             f = self.by_id.get(fid)
             geom = self._shapes.get((f.id, f.tenant, f.version)) if f is not None else None
             if geom is not None:
-                d = boundary_distance_m(geom, lon, lat)
-                best = d if best is None or d < best else best
-        return None if best is None else round(best, 1)
+                geoms.append(geom)
+        if not geoms:
+            return None
+        if len(geoms) == 1:
+            return round(boundary_distance_m(geoms[0], lon, lat), 1)
+        b = shapely.bounds(np.array(geoms, dtype=object))
+        kx = METRES_PER_DEGREE_LON_EQUATOR * max(math.cos(math.radians(lat)), 1e-6)
+        dx = np.maximum(np.maximum(b[:, 0] - lon, lon - b[:, 2]), 0.0) * kx
+        dy = np.maximum(np.maximum(b[:, 1] - lat, lat - b[:, 3]), 0.0) * METRES_PER_DEGREE_LAT
+        low = np.hypot(dx, dy)
+        best = math.inf
+        for i in np.argsort(low, kind="stable").tolist():
+            if low[i] > best * (1 + 1e-9):
+                break  # this box, and every one after it, is farther than the nearest boundary found
+            best = min(best, boundary_distance_m(geoms[i], lon, lat))
+        return round(best, 1)
 
     def has_buffers(self) -> bool:
         return len(self._outer) > 0

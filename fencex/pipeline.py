@@ -88,9 +88,11 @@ def process(
         inside = inside_rows[i]
         state = states.get(fix.device_id)
         if state is not None and state.tenant != tenant:
-            # Re-registered to another farm: the old farm sees the device leave.
+            # Re-registered to another farm: the old farm sees the device leave its fences, and
+            # `transferred` (at the last fix it had) takes it off all its alert lists.
             gone = reevaluate(state, fix.device_id, (), (), by_id)
             events.extend(gone.events)
+            events.append(Event("transferred", state.tenant, fix.device_id, "", 0, state.last_ts, state.lon, state.lat))
             state = None
         if is_stale(state, fix.ts_ms):
             out.stale += 1

@@ -18,6 +18,7 @@ COLOURS = {
     "battery_ok": "\033[34m",  # blue
     "silent": "\033[1;35m",  # bold magenta: a collar gone quiet
     "resumed": "\033[34m",  # blue
+    "transferred": "\033[34m",  # blue
 }
 
 
@@ -52,6 +53,8 @@ def words(e: Mapping[str, Any], names: Mapping[str, str]) -> str:
         return f"{collar} silent since {e['ts'][11:16]}"  # the last fix's time (UTC, as the lines)
     if kind == "resumed":
         return f"{collar} is sending again"
+    if kind == "transferred":
+        return f"{collar} is registered to another farm now"
     return f"{device}: {kind} {fence}".rstrip()
 
 

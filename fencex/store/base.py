@@ -43,14 +43,15 @@ from fencex.fence import Fence
 log = logging.getLogger("fencex.store")
 
 ALERT_KINDS: tuple[str, ...] = ("out", "silent", "battery_low")  # a farm's alert lists
-# event type -> (the alert list it changes, True: the device joins it, False: it leaves it)
-ALERT_OF: dict[str, tuple[str, bool]] = {
-    "escape": ("out", True),
-    "return": ("out", False),
-    "silent": ("silent", True),
-    "resumed": ("silent", False),
-    "battery_low": ("battery_low", True),
-    "battery_ok": ("battery_low", False),
+# event type -> the alert lists it changes: (list, True: the device joins it, False: it leaves it)
+ALERT_OF: dict[str, tuple[tuple[str, bool], ...]] = {
+    "escape": (("out", True),),
+    "return": (("out", False),),
+    "silent": (("silent", True),),
+    "resumed": (("silent", False),),
+    "battery_low": (("battery_low", True),),
+    "battery_ok": (("battery_low", False),),
+    "transferred": tuple((kind, False) for kind in ALERT_KINDS),  # registered to another farm now
 }
 
 

@@ -147,8 +147,8 @@ class RedisDevices(RedisFeed):
             if t == "enter" or t == "exit":
                 members.append((1 if t == "enter" else 0, k.inside(e.tenant, e.fence_id), e.ts_ms, e.device_id))
             elif t in ALERT_OF:  # dwell changes nothing here
-                kind, raised = ALERT_OF[t]
-                members.append((1 if raised else 0, k.alerts(e.tenant, kind), e.ts_ms, e.device_id))
+                for kind, raised in ALERT_OF[t]:
+                    members.append((1 if raised else 0, k.alerts(e.tenant, kind), e.ts_ms, e.device_id))
         sadd = {k.partition(topic, p): devices for (topic, p), devices in (new_devices or {}).items() if devices}
         gens: list[Any] = []
         for (topic, p), gen in (generations or {}).items():

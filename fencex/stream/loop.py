@@ -11,7 +11,7 @@ killed at any moment loses no event (at least once):
    silent ones (:mod:`fencex.stream.silence`);
 3. add the changed states, events and next offsets to the :class:`Checkpoint`;
 4. every ``flush_interval`` (and before partitions are given up, and before fences are
-   re-evaluated) take the checkpoint as one snapshot, serialised at once; then, in the
+   re-evaluated: :mod:`fencex.stream.changes`) take the checkpoint as one snapshot, serialised at once; then, in the
    background while the next batches are processed, wait for the broker's acks of
    everything queued, save the snapshot to Redis (one atomic script, fenced by the
    partitions' generations), and commit its offsets. One flush runs at a time.
@@ -52,7 +52,7 @@ from fencex.index import FenceIndex
 from fencex.metrics import PushMetrics
 from fencex.pipeline import Processed, RulesOf, process, reevaluate_all
 from fencex.retrying import retrying
-from fencex.stream import batch, isolation, silence
+from fencex.stream import batch, changes, isolation, silence
 from fencex.stream.checkpoint import Checkpoint, Pending
 from fencex.stream.config import LoopSettings, Topics
 from fencex.stream.gauges import worker_gauges
@@ -96,6 +96,8 @@ class Processor:
         self._swept = 0.0  # monotonic time of the last silence sweep
         self._fetched = -1  # the epoch of the last getmany since an assignment or a reload
         self._next_index: FenceIndex | None = None
+        self._mobs_changed: set[str] = set()  # farms whose mobs changed: their devices re-evaluated next step
+        self._rules_changed: set[str] = set()  # farms whose herd settings changed: their silences re-timed
         self._flushing: asyncio.Task[dict[int, int]] | None = None
         self._epoch = 0  # moved by every rebalance
         self._reload_needed = False
@@ -103,6 +105,8 @@ class Processor:
         self._inflight: dict[int, tuple[int, int]] = {}  # the batch being applied: partition -> offsets
         self._suspect: dict[int, tuple[int, int]] = {}  # offset ranges to apply record by record
         follower.on_index = self._new_index
+        follower.on_mobs = self._mobs_changed.update
+        follower.on_rules = self._rules_changed.update
         consumer.listen(self._on_assign, self._on_revoke)
 
     # -------------------------------------------------------------- lifecycle
@@ -185,7 +189,9 @@ class Processor:
             if self._fenced:
                 return  # not ours any more: wait for the rebalance
             if self._next_index is not None:
-                await self._swap_index()
+                await changes.swap_index(self)
+            elif self._mobs_changed or self._rules_changed:
+                await changes.herd_changed(self)
             if epoch != self._epoch:  # fetched across a rebalance: read it again from the committed offsets
                 await self.consumer.seek_to_committed()
             else:
@@ -222,15 +228,6 @@ class Processor:
             self.metrics.reconnects.labels("redis").inc()
 
     # ---------------------------------------------------------- fence changes
-
-    async def _swap_index(self) -> None:
-        # Save first: the re-evaluated states are then the saved ones, so the events'
-        # ids (made of the last saved fix) come out the same when replayed after a crash.
-        await self.flush(wait=True)
-        assert self._next_index is not None
-        self.index, self._next_index = self._next_index, None
-        await self._publish_reevaluation(self._reevaluate(None))
-        silence.rewatch(self, list(self.generations))  # a farm's silence time may have changed with it
 
     def _reevaluate(self, devices: list[str] | None) -> Processed:
         return reevaluate_all(self.index, self.states, devices, self.mob_of, herd=self.rules_of is not None)

@@ -98,7 +98,9 @@ class Follower(Protocol):
     tenants: dict[str, str]
     applied: int
     reloads: int  # full reloads after a gap in the change feed
-    on_index: Callable[[FenceIndex], None] | None
+    on_index: Callable[[FenceIndex], None] | None  # a new index (fences changed, or reloaded in full)
+    on_rules: Callable[[set[str]], None] | None  # these farms' herd settings changed (and no fence)
+    on_mobs: Callable[[set[str]], None] | None  # these farms' mobs changed (and no fence)
 
     @property
     def quarantined(self) -> Mapping[str, Any]: ...  # fence id -> why it is left out of the index

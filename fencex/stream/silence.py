@@ -6,6 +6,9 @@ would cost a second of the event loop per million devices; instead each assigned
 keeps a heap of ``(due_ms, device id)``, so a sweep pops only what is due. The heap is lazy:
 a fix does not touch it (the hot path stays as it was); a popped device whose ``seen_ms`` moved
 on is pushed back at its new due time, so a device has about one entry whatever its fix rate.
+When a farm's silence time changes (:func:`retime`), its devices are pushed again at their new due
+times; their older entries, of an earlier generation than the farm's re-timing, are dropped when
+popped, so a device still has one entry however often its farm changes its settings.
 
 A partition is swept only once its consumer has caught up with it (:func:`caught_up`): after a
 restart with a backlog in Kafka, a device whose fixes wait in the backlog was not silent, and
@@ -38,11 +41,15 @@ def caught_up(lag: Mapping[int, int], partitions: Iterable[int], max_lag: int) -
 
 
 class SilenceWatch:
-    """Per partition, a heap of ``(due_ms, device id)``; ``rules_of`` None (no herd rules): watches nothing."""
+    """Per partition, a heap of ``(due_ms, device id, generation, tenant)``; ``rules_of`` None (no herd
+    rules): watches nothing. An entry is stale when its tenant was re-timed after it was pushed."""
 
     def __init__(self, rules_of: RulesOf | None) -> None:
         self.rules_of = rules_of
-        self.heaps: dict[int, list[tuple[float, str]]] = {}
+        self.heaps: dict[int, list[tuple[float, str, int, str]]] = {}
+        self.generation = 0  # raised by each re-timing
+        self.retimed: dict[str, int] = {}  # tenant -> the generation of its last re-timing
+        self.pushed = 0  # entries pushed by re-timings since the heaps were last rid of stale ones
 
     def _due(self, state: DeviceState, now_ms: int) -> float:
         if state.silent or self.rules_of is None:
@@ -59,7 +66,7 @@ class SilenceWatch:
             if state is not None:
                 due = self._due(state, now_ms)
                 if due != math.inf:
-                    heap.append((due, d))
+                    heap.append((due, d, self.generation, state.tenant))
         heapq.heapify(heap)
         self.heaps[partition] = heap
 
@@ -67,7 +74,38 @@ class SilenceWatch:
         """One more device (first seen, loaded on its first fix, or resumed)."""
         due = self._due(state, now_ms)
         if due != math.inf:
-            heapq.heappush(self.heaps.setdefault(partition, []), (due, device_id))
+            heapq.heappush(self.heaps.setdefault(partition, []), (due, device_id, self.generation, state.tenant))
+
+    def retime(
+        self,
+        tenants: Iterable[str],
+        held: Iterable[tuple[int, str, DeviceState]],
+        states: Mapping[str, DeviceState],
+        now_ms: int,
+    ) -> None:
+        """``tenants``' silence times changed: watch ``held`` (partition, device id, state: theirs) anew;
+        their entries pushed before are stale from now on. Once the re-timings have pushed as many
+        entries as half the heaps hold, the stale ones are dropped (amortised: a farm changing its
+        settings in a loop does not grow the heaps)."""
+        self.generation += 1
+        for t in tenants:
+            self.retimed[t] = self.generation
+        for partition, d, state in held:
+            self.watch(partition, d, state, now_ms)
+            self.pushed += 1
+        if self.pushed > self.size() // 2:
+            self.pushed = 0
+            retimed = self.retimed
+            for part, heap in self.heaps.items():
+                live = [e for e in heap if (st := states.get(e[1])) is not None and not self._stale(e, st, retimed)]
+                heapq.heapify(live)
+                self.heaps[part] = live
+
+    @staticmethod
+    def _stale(entry: tuple[float, str, int, str], state: DeviceState, retimed: Mapping[str, int]) -> bool:
+        """Its farm re-timed its silences after it was pushed (and it is still that farm's device)."""
+        tenant = entry[3]
+        return tenant == state.tenant and entry[2] < retimed.get(tenant, 0)
 
     def size(self) -> int:
         return sum(len(h) for h in self.heaps.values())
@@ -86,14 +124,24 @@ class SilenceWatch:
         events: list[Event] = []
         if self.rules_of is None:
             return dirty, events, False
+        retimed = self.retimed
         for p in partitions:
             heap = self.heaps.get(p)
             while heap and heap[0][0] <= now_ms and budget > 0:
                 budget -= 1
-                _, d = heapq.heappop(heap)
+                entry = heapq.heappop(heap)
+                d = entry[1]
                 state = states.get(d)
-                if state is None or state.silent or device_partition.get(d) != p:
+                if state is None or state.silent:
                     continue  # gone, or marked: resumed and watched again with its next fix
+                held = device_partition.get(d)
+                if held != p:  # its fixes come on another partition now: watched there, if held here
+                    other = self.heaps.get(held) if held is not None else None
+                    if other is not None:
+                        heapq.heappush(other, entry)
+                    continue
+                if self._stale(entry, state, retimed):
+                    continue  # its farm re-timed its silences since: watched by a newer entry
                 rules = self.rules_of(state.tenant)
                 if silence_due(state, now_ms, rules):
                     state.silent = True
@@ -102,7 +150,7 @@ class SilenceWatch:
                 else:  # a fix arrived since (or the farm's silence time grew): watched from then on
                     due = self._due(state, now_ms)
                     if now_ms < due != math.inf:
-                        heapq.heappush(heap, (due, d))
+                        heapq.heappush(heap, (due, d, self.generation, state.tenant))
         return dirty, events, budget <= 0
 
 
@@ -121,6 +169,15 @@ def rewatch(p: Processor, partitions: Iterable[int]) -> None:
     now_ms = int(p.clock() * 1000)
     for part, devices in by_partition.items():
         p.silence.load(part, devices, p.states, now_ms)
+
+
+def retime(p: Processor, tenants: set[str]) -> None:
+    """These farms' silence times changed: watch their held devices anew (a scan of the held states)."""
+    if p.rules_of is None:
+        return
+    held, where = p.generations, p.device_partition
+    theirs = [(where[d], d, s) for d, s in p.states.items() if s.tenant in tenants and where.get(d) in held]
+    p.silence.retime(tenants, theirs, p.states, int(p.clock() * 1000))
 
 
 def watch_new(p: Processor, loaded: Iterable[str], events: Iterable[Event], now_ms: int) -> None:

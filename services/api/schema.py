@@ -465,14 +465,25 @@ class HerdSettings(BaseModel):
     battery_margin_pct: float = _rule(
         "battery_margin_pct", ge=0, le=10, description="battery_ok once above the threshold plus this (percent)"
     )
+    # floors a farmer would accept: below them nearly every fix is slow-path (not trusted), or every
+    # collar between two fixes is called silent (a fix a minute is a common collar's rate)
     accuracy_limit_m: float = _rule(
-        "accuracy_limit_m", gt=0, le=10_000, description="a fix less accurate than this moves no fence membership"
+        "accuracy_limit_m",
+        ge=1,
+        le=10_000,
+        description="a fix less accurate than this moves no fence membership (metres, at least 1)",
     )
     max_speed_mps: float = _rule(
-        "max_speed_mps", gt=0, le=1000, description="a fix implying a faster move is a jump, held back (m/s)"
+        "max_speed_mps",
+        ge=1,
+        le=1000,
+        description="a fix implying a faster move is a jump, held back (m/s, at least 1)",
     )
     silence_s: float = _rule(
-        "silence_s", gt=0, le=30 * 86_400, description="silent after this long without a fix (server's clock)"
+        "silence_s",
+        ge=60,
+        le=30 * 86_400,
+        description="silent after this long without a fix (server's clock; seconds, at least 60)",
     )
 
     def rules(self) -> HerdRules:

@@ -108,6 +108,9 @@ def test_herd_settings_the_farms_and_the_admins(api):
         ({"battery_margin_pct": 11}, "battery_margin_pct"),
         ({"max_speed_mps": 0}, "max_speed_mps"),
         ({"silence_s": -5}, "silence_s"),
+        ({"silence_s": 59.9}, "silence_s"),  # floors: below them every collar or fix is an alarm or slow
+        ({"max_speed_mps": 0.5}, "max_speed_mps"),
+        ({"accuracy_limit_m": 0.1}, "accuracy_limit_m"),
         ({"accuracy_limit_m": "25"}, "accuracy_limit_m"),
         ({"colour": "red"}, "colour"),
     ):

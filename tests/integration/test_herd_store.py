@@ -149,12 +149,19 @@ async def test_the_mob_quota(store):
 
 @on_store
 async def test_the_follower_resolves_mobs_from_the_store(store):
-    follower = FenceFollower(store, on_index=(handed := []).append)
+    told: list[tuple[str, set[str]]] = []
+    follower = FenceFollower(
+        store,
+        on_index=(handed := []).append,
+        on_rules=lambda t: told.append(("rules", t)),
+        on_mobs=lambda t: told.append(("mobs", t)),
+    )
     await follower.load()
     assert follower.mob_of("cow-1") is None
     await store.put_herd_rules("farm", HerdRules(confirm_fixes=4))
     await store.put_mob(mob(fences=["north", "pond"], devices=["cow-1"]))
-    assert await follower.step(0) is True and handed == [follower.index]
+    assert await follower.step(0) is True and handed == []
+    assert told == [("mobs", {"farm"}), ("rules", {"farm"})]  # no fence changed: that farm's devices only
     got = follower.mob_of("cow-1")
     assert got is not None and got.pastures == {"north"} and got.exclusions == {"pond"}
     assert follower.rules_of("farm").confirm_fixes == 4

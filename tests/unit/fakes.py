@@ -250,6 +250,8 @@ class FakeFollower:
         self.reloads = 0
         self.quarantined: dict[str, object] = {}
         self.on_index = None
+        self.on_rules = None
+        self.on_mobs = None
         self.rules: dict[str, HerdRules] = {}
         self.mobs: dict[str, Mob] = {}
 
@@ -271,3 +273,17 @@ class FakeFollower:
         self.applied += 1
         if self.on_index is not None:
             self.on_index(index)
+
+    def put_rules(self, tenant: str, rules: HerdRules) -> None:
+        """A farm's herd settings changed (and no fence): the worker is told which farm."""
+        self.rules[tenant] = rules
+        self.applied += 1
+        if self.on_rules is not None:
+            self.on_rules({tenant})
+
+    def put_mobs(self, tenant: str, mobs: dict[str, Mob]) -> None:
+        """A farm's mobs changed (and no fence): its devices' mobs now, and the worker is told which farm."""
+        self.mobs = {d: m for d, m in self.mobs.items() if d not in mobs} | mobs
+        self.applied += 1
+        if self.on_mobs is not None:
+            self.on_mobs({tenant})

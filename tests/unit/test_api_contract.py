@@ -143,3 +143,18 @@ def test_patch_schema_is_the_core_properties_made_optional():
     assert set(patch) == set(core)
     assert patch["tags"]["items"]["minLength"] == 1 and patch["tags"]["maxItems"] == core["tags"]["maxItems"]
     assert COMPONENTS["FenceUpdate"]["additionalProperties"] is False
+
+
+def test_herd_settings_have_floors_a_farmer_would_accept():
+    """silence_s 0.001 made every collar silent between two fixes, max_speed_mps or accuracy_limit_m
+    0.001 made every fix untrusted (the slow path, for every fix of the farm): refused (422)."""
+    import pydantic
+    import pytest
+
+    from services.api.schema import HerdSettings
+
+    for bad in ({"silence_s": 59.9}, {"max_speed_mps": 0.99}, {"accuracy_limit_m": 0.5}):
+        with pytest.raises(pydantic.ValidationError):
+            HerdSettings(**bad)
+    ok = HerdSettings(silence_s=60.0, max_speed_mps=1.0, accuracy_limit_m=1.0).rules()
+    assert (ok.silence_s, ok.max_speed_mps, ok.accuracy_limit_m) == (60.0, 1.0, 1.0)

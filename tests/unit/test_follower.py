@@ -224,9 +224,10 @@ def test_index_of_a_follower_is_a_fence_index():
 # -------------------------------------------------------------- the herd: settings and mobs
 
 
-def herd_farm() -> tuple[FakeFeed, FenceFollower, list[FenceIndex]]:
+def herd_farm() -> tuple[FakeFeed, FenceFollower, list[FenceIndex | set[str]]]:
     """A farm with two pastures, a pond (exclusion), a water point (zone) and another farm's
-    pasture; cow-1 and cow-2 registered to the farm, cow-9 to the other farm."""
+    pasture; cow-1 and cow-2 registered to the farm, cow-9 to the other farm. The list holds what
+    the follower handed over (an index) or told ``on_mobs`` (the farms whose mobs changed)."""
     store = FakeFeed()
     store.put(fence("north"))
     store.put(fence("south", lat=LAT0 - 0.02))
@@ -234,7 +235,7 @@ def herd_farm() -> tuple[FakeFeed, FenceFollower, list[FenceIndex]]:
     store.put(fence("water", lon=LON0 + 0.005, size=0.001, kind="zone"))
     store.put(fence("theirs", lon=LON0 + 1, tenant="other"))
     store.register({"cow-1": "farm", "cow-2": "farm", "cow-9": "other"})
-    follower = FenceFollower(store, on_index=(handed := []).append)
+    follower = FenceFollower(store, on_index=(handed := []).append, on_mobs=handed.append)
     asyncio.run(follower.load())
     return store, follower, handed
 
@@ -242,15 +243,15 @@ def herd_farm() -> tuple[FakeFeed, FenceFollower, list[FenceIndex]]:
 def test_herd_settings_are_loaded_and_followed_per_farm():
     store = FakeFeed()
     store.put_rules("farm", HerdRules(confirm_fixes=3))
-    follower = FenceFollower(store, on_index=(handed := []).append)
+    follower = FenceFollower(store, on_index=(handed := []).append, on_rules=(told := []).append)
     asyncio.run(follower.load())
     assert follower.rules_of("farm").confirm_fixes == 3
     assert follower.rules_of("other") is DEFAULT_RULES  # no settings stored: the defaults
     store.put_rules("other", HerdRules(silence_s=120))
-    # handed over again (the same index): the worker re-times its silences with the new silence_s
+    # not handed over (no fence changed): the worker is told which farm, and re-times its silences only
     assert asyncio.run(follower.step(0)) is True
     assert follower.rules_of("other").silence_s == 120 and follower.rules_of("farm").confirm_fixes == 3
-    assert handed == [follower.index]
+    assert handed == [] and told == [{"other"}]
 
 
 def test_a_mob_is_resolved_to_the_farms_pastures_and_exclusion_zones():
@@ -283,11 +284,11 @@ def test_a_device_counts_only_in_a_mob_of_the_farm_it_is_registered_to():
     assert follower.mob_of("cow-1") == follower.mob_of("cow-9")
 
 
-def test_a_mob_change_hands_the_index_over_and_a_delete_returns_the_default():
+def test_a_mob_change_tells_its_farm_and_a_delete_returns_the_default():
     store, follower, handed = herd_farm()
     store.put_mob(MobRecord(id="ewes", tenant="farm", fences=["south"], devices=["cow-1", "cow-2"]))
     assert asyncio.run(follower.step(0)) is True
-    assert handed == [follower.index]  # the worker re-evaluates escapes and returns
+    assert handed == [{"farm"}]  # the worker re-evaluates that farm's escapes and returns, not every farm's
     assert follower.mob_of("cow-2") is not None and follower.mob_of("cow-2").pastures == {"south"}
     store.put_mob(MobRecord(id="ewes", tenant="farm", fences=["south"], devices=["cow-1"]))
     asyncio.run(follower.step(0))

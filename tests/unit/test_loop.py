@@ -566,3 +566,59 @@ def test_herd_rules_switched_off_give_the_fence_rules_alone():
         assert off.metrics.fixes_untrusted.labels("jump")._value.get() == 0
 
     run(main())
+
+
+def test_one_farms_settings_change_re_times_only_its_devices_and_keeps_the_heaps_small():
+    """A farm's new silence time: its collars go silent by it, another farm's do not, no device is
+    re-evaluated (no fence or mob changed) and a farm putting its settings in a loop does not grow the heaps."""
+
+    async def main():
+        broker, store, clock = Broker(partitions=1), FakeStore(), Clock()
+        broker.fix("cow-1", T0, *INSIDE)
+        broker.fix("sheep-1", T0, *INSIDE)
+        w = Worker(broker, store, NORTH, clock, {"farm": HerdRules(), "other": HerdRules()}, silence_sweep_s=0.0)
+        w.follower.tenants["sheep-1"] = "other"
+        await w.start([0])
+        await steps(w)
+        reevaluated = []
+        real = w.proc._reevaluate
+        w.proc._reevaluate = lambda devices: reevaluated.append(devices) or real(devices)
+        for s in (3600.0, 1800.0, 600.0, 300.0, 10.0):  # the last one holds
+            w.follower.put_rules("farm", HerdRules(silence_s=s))
+            await steps(w, 1)
+        assert w.proc.silence.size() <= 4, w.proc.silence.heaps
+        assert reevaluated == []
+        clock.s += 11
+        await steps(w)
+        assert silent_ids(w.producer.handed_events()) == [event_id("cow-1", "", 0, "silent", T0)]
+        assert silent_ids(w.producer.handed_events(), "sheep-1") == []
+        w.follower.put_rules("other", HerdRules(silence_s=3600.0))
+        w.follower.put_rules("other", HerdRules(silence_s=10.0))
+        await steps(w)
+        assert silent_ids(w.producer.handed_events(), "sheep-1") == [event_id("sheep-1", "", 0, "silent", T0)]
+        assert silent_ids(w.producer.handed_events()) == [event_id("cow-1", "", 0, "silent", T0)]  # once
+
+    run(main())
+
+
+def test_one_farms_mob_change_re_evaluates_only_its_devices():
+    async def main():
+        from fencex.herd import Mob
+
+        broker, store, clock = Broker(partitions=1), FakeStore(), Clock()
+        index = FenceIndex([fence("north"), fence("south", lat=59.0), fence("theirs", tenant="other")])
+        broker.fix("cow-1", T0, *INSIDE)
+        broker.fix("sheep-1", T0, *INSIDE)
+        w = Worker(broker, store, index, clock)
+        w.follower.tenants["sheep-1"] = "other"
+        await w.start([0])
+        await steps(w)
+        reevaluated = []
+        real = w.proc._reevaluate
+        w.proc._reevaluate = lambda devices: reevaluated.append(devices) or real(devices)
+        w.follower.put_mobs("farm", {"cow-1": Mob(frozenset({"south"}))})  # cow-1's pasture is south now
+        await steps(w, 1)
+        assert reevaluated == [["cow-1"]]
+        assert [(e["type"], e["device_id"]) for e in w.producer.handed_events()][-1] == ("escape", "cow-1")
+
+    run(main())

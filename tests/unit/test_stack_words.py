@@ -38,6 +38,7 @@ ROWS = [
     # silent: since the last fix's time (the event's ts), hours and minutes
     (ev("silent", "ewe-9"), f"collar ewe-9 silent since {HH_MM_SS[:5]}"),
     (ev("resumed", "ewe-9"), "collar ewe-9 is sending again"),
+    (ev("transferred", "ewe-9"), "collar ewe-9 is registered to another farm now"),
     # a device named after its collar is not called "collar collar-..."
     (ev("silent", "collar-000057"), f"collar-000057 silent since {HH_MM_SS[:5]}"),
 ]

@@ -77,7 +77,7 @@ def decode_cursor(cursor: str) -> tuple[str, int, str]:
     response_model=AlertPage,
     summary="My collars that are out, silent or low on battery (paged)",
     description="By kind (out, silent, battery_low), then oldest first. A collar leaves a list with its "
-    "return, resumed or battery_ok event.",
+    "return, resumed or battery_ok event, and from all three with transferred (registered to another farm).",
 )
 async def alerts(
     tenant: Tenant,

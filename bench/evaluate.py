@@ -37,7 +37,7 @@ from fencex.detector import DeviceState
 from fencex.fix import Fix
 from fencex.index import FenceIndex
 from fencex.kafka.admin import ensure_topics
-from fencex.pipeline import process
+from fencex.pipeline import default_rules, process
 from services.simulator.herd import records as herd_records
 
 ROOT = Path(__file__).parents[1]
@@ -286,7 +286,9 @@ class Evaluation(Bench):
         index = FenceIndex(self.fences)
         tenants = self.herd.tenants()
         fixes = [Fix(f["device_id"], f["ts"], f["lon"], f["lat"]) for f in record]
-        out = process(fixes, index, dict(states), lambda d: tenants.get(d, "default"))
+        out = process(
+            fixes, index, dict(states), lambda d: tenants.get(d, "default"), default_rules
+        )  # the workers' rules
         return {e.event_id for e in out.events}
 
     def _read_events(self, topic: str, expected: set[str], timeout: float = 60) -> list[str]:

@@ -301,7 +301,7 @@ def farms(live) -> Iterator[Farms]:
         time.sleep(1.0)  # the claim reaches the worker through the change feed
         fixes = [
             {"device_id": "a-cow", "ts": 1_780_000_000_000, **OUTSIDE},
-            {"device_id": "a-cow", "ts": 1_780_000_001_000, **POINT},
+            {"device_id": "a-cow", "ts": 1_780_000_060_000, **POINT},  # 600 m in a minute: a cow, not a jump
         ]
         assert api.post("/locations", json=fixes, headers=a).status_code == 202
         deadline = time.monotonic() + 20
@@ -345,7 +345,7 @@ def test_another_farm_sees_and_changes_nothing(farms):
         except AssertionError as exc:
             raise AssertionError(f"{method} {path}: {exc}") from exc
     # A's cow leaves A's fence: an event for A, none for B
-    out = {"device_id": "a-cow", "ts": 1_780_000_002_000, **OUTSIDE}
+    out = {"device_id": "a-cow", "ts": 1_780_000_120_000, **OUTSIDE}
     assert farms.api.post("/locations", json=out, headers=farms.a).status_code == 202
     deadline = time.monotonic() + 20
     while len(farms.api.get("/events", headers=farms.a).json()) < 2 and time.monotonic() < deadline:

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from fencex.fence import parse_geometry
-from fencex.index import METRES_PER_DEGREE_LAT, METRES_PER_DEGREE_LON_EQUATOR
+from fencex.herd import METRES_PER_DEGREE_LAT, METRES_PER_DEGREE_LON_EQUATOR
 from services.api.deps import State, Store, Tenant
 from services.api.problem import Problem
 from services.api.schema import (

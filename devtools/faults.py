@@ -955,7 +955,10 @@ def run_fault(fault: str, tmp: Path, seed: int = 1, warmup: float = 4.0) -> Outc
             fault_broker_freeze(w, out)
         elif fault == "worker-kill-fence-change":
             reshaped = fault_worker_kill_fence_change(w, out)
-            exact = lambda e: e["fence_id"] not in reshaped  # noqa: E731
+            # the reshaped fences' events, and every escape and return after it (a device's escape
+            # count, part of their ids, then depends on when the change met the stream), are
+            # checked by one id per transition, not against the prediction
+            exact = lambda e: e["fence_id"] not in reshaped and e["type"] not in ("escape", "return")  # noqa: E731
         elif fault == "worker-stall":
             fault_worker_stall(w, out)
         else:

@@ -119,9 +119,10 @@ class Bench:
             k = min(block, max(1, (total - sent) // pack))
             idx = np.arange(cursor, cursor + k) % n
             cursor = (cursor + k) % n
-            base = self.bases(idx, self.origin_ms + self.step * 1000, pack, 1000)  # time-lapse: a second a step
+            step_ms = int(self.args.step_s * 1000)  # time-lapse: a collar's fixes this far apart
+            base = self.bases(idx, self.origin_ms + self.step * step_ms, pack, step_ms)
             self.step += pack
-            for key, fixes in herd_records(self.herd, idx, pack, base):
+            for key, fixes in herd_records(self.herd, idx, pack, base, step_ms):
                 value = orjson.dumps(fixes if pack > 1 else fixes[0])
                 while True:
                     try:
@@ -359,6 +360,13 @@ def main() -> int:
         "--latency-rates",
         default="5000,10000,20000",
         help="fixes per second, one per record (10,000 is half the 20,000 target)",
+    )
+    ap.add_argument(
+        "--step-s",
+        type=float,
+        default=5.0,
+        help="seconds between a collar's fixes in the backlogs (the walk's steps are a cow's at 5 s; "
+        "at 1 s, a fifth of them would be faster than the herd rules' 20 m/s and held back as jumps)",
     )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default="out/bench")

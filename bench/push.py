@@ -69,7 +69,8 @@ class Bench:
         self.workers: list[subprocess.Popen] = []
         # every device's last fix time: each new fix is strictly newer, whatever phase made the last
         self.last_ts = np.zeros(len(self.herd.ids), dtype=np.int64)
-        self.origin_ms = int(time.time() * 1000) - 10_000_000
+        # far enough back that the last backlog's fixes are not ahead of the clock (about 10,020 steps)
+        self.origin_ms = int(time.time() * 1000) - int(11_000 * args.step_s * 1000)
 
     def bases(self, idx: np.ndarray, wanted_ms: int | np.ndarray, pack: int, step_ms: int) -> np.ndarray:
         """First fix time per device: ``wanted_ms`` unless that is not newer than its last fix."""

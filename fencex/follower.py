@@ -14,10 +14,10 @@ the index and listed in :attr:`FenceFollower.quarantined` (fence id -> tenant,
 version, reason) for ``/readyz`` and its farm.
 
 The herd follows the same feed: each farm's herd settings (:meth:`FenceFollower.rules_of`)
-and its mobs, resolved against the current index into :attr:`FenceFollower.mobs` (device id
--> :class:`~fencex.herd.Mob`: the mob's fence ids that are the farm's pastures and exclusion
+and its mobs, resolved against the current index into :attr:`FenceFollower.mobs` (farm ->
+device id -> :class:`~fencex.herd.Mob`: the mob's fence ids that are the farm's pastures and exclusion
 zones now; a device counts only in a mob of the farm it is registered to). They are resolved
-again whenever fences, mobs or registrations change. Without a fence change, the index is not
+again, farm by farm, whenever the farm's fences or mobs change. Without a fence change, the index is not
 handed over again: ``on_mobs`` is told which farms' mobs changed (the worker re-evaluates the
 escapes and returns of those farms' devices only) and ``on_rules`` which farms' settings changed
 (the worker re-times those farms' devices' silences only).
@@ -87,7 +87,7 @@ class FenceFollower:
         self.reloads = 0  # full reloads because the feed had lost changes past this follower
         self.unreadable: dict[str, Quarantined] = {}  # stored records that cannot be read at all
         self.rules: dict[str, HerdRules] = {}  # tenant -> its stored herd settings
-        self.mobs: dict[str, Mob] = {}  # device id -> its mob, resolved against the index
+        self.mobs: dict[str, dict[str, Mob]] = {}  # farm -> device id -> its mob, resolved against the index
         self.mob_records: dict[tuple[str, str], MobRecord] = {}  # (tenant, mob id) -> the stored mob
         self._after = "0-0"
 
@@ -97,7 +97,8 @@ class FenceFollower:
 
     def mob_of(self, device_id: str) -> Mob | None:
         """The device's mob (None: the farm's default mob, :meth:`FenceIndex.mob`)."""
-        return self.mobs.get(device_id)
+        farm = self.mobs.get(self.tenants.get(device_id, DEFAULT_TENANT))
+        return farm.get(device_id) if farm is not None else None  # a mob of the farm the device is registered to
 
     @property
     def quarantined(self) -> dict[str, Quarantined]:
@@ -121,20 +122,23 @@ class FenceFollower:
         self._resolve()
         return self.index
 
-    def _resolve(self) -> None:
-        """Each device in a mob of its own farm -> that mob against the current index. A mob that
-        names no fence maps no device: its devices belong to the farm's default mob."""
+    def _resolve(self, farms: set[str] | None = None) -> None:
+        """Each device in a mob of the farm -> that mob against the current index, for ``farms``
+        (None: every farm). Kept per farm, so that one farm's change costs that farm's mobs, and a
+        device counts only in a mob of the farm it is registered to (:meth:`mob_of` looks there).
+        A mob that names no fence maps no device: its devices belong to the farm's default mob."""
         by_id = self.index.by_id
-        tenants = self.tenants
-        mobs: dict[str, Mob] = {}
-        for record in self.mob_records.values():
+        if farms is None:
+            self.mobs = {}
+            records = list(self.mob_records.values())
+        else:
+            for farm in farms:
+                self.mobs.pop(farm, None)
+            records = [r for (tenant, _), r in self.mob_records.items() if tenant in farms]
+        for record in records:
             mob = resolve(record, by_id)
-            if mob is None:
-                continue
-            for device in record.devices:
-                if tenants.get(device, DEFAULT_TENANT) == record.tenant:
-                    mobs[device] = mob
-        self.mobs = mobs
+            if mob is not None:
+                self.mobs.setdefault(record.tenant, {}).update(dict.fromkeys(record.devices, mob))
 
     async def follow(self, block_ms: int = 250) -> None:
         """Apply changes until cancelled; while the store does not answer, retry with backoff."""
@@ -161,11 +165,9 @@ class FenceFollower:
         fence_ids: dict[str, str] = {}  # fence id -> tenant
         mob_ids: dict[str, set[str]] = {}  # tenant -> its changed mob ids
         herd: set[str] = set()  # farms whose herd settings changed
-        registered = False
         for c in changes:
             if c.kind == "device":
                 self.tenants[c.key] = c.tenant
-                registered = True
             elif c.kind == "herd":
                 herd.add(c.tenant)
             elif c.kind == "mob":
@@ -195,8 +197,8 @@ class FenceFollower:
         self._after = changes[-1].id
         self.applied += len(changes)
         if not fence_ids:
-            if mob_ids or registered:
-                self._resolve()
+            if mob_ids:
+                self._resolve(set(mob_ids))  # a registration needs none: mob_of looks in the device's farm
             if not mob_ids and not herd:
                 return False
             # the index is kept: the worker re-evaluates escapes (mobs) and re-times silences (settings)
@@ -208,7 +210,7 @@ class FenceFollower:
                 self.on_rules(herd)
             return True
         self.index = await asyncio.to_thread(FenceIndex, list(self.fences.values()), self.applied, self.index)
-        self._resolve()
+        self._resolve(set(fence_ids.values()) | set(mob_ids))
         self._handover(len(fence_ids), "changed")
         return True
 

@@ -321,3 +321,26 @@ def test_a_reload_after_a_gap_brings_settings_and_mobs_back():
     assert asyncio.run(follower.step(0)) is True
     assert follower.reloads == 1 and follower.rules_of("farm").confirm_fixes == 4
     assert follower.mob_of("cow-1").pastures == {"north"}
+
+
+def test_a_registration_or_another_farms_change_resolves_no_mob_of_this_farm(monkeypatch):
+    """Mobs are resolved farm by farm: a collar claimed, or another farm's fence or mob changed,
+    costs nothing for this farm's mobs (the review measured 0.64 s of every worker's loop per
+    registration with 100 mobs of 10,000 collars, when every mob was resolved again)."""
+    import fencex.follower as follower_module
+
+    store, follower, _ = herd_farm()
+    store.put_mob(MobRecord(id="ewes", tenant="farm", fences=["north"], devices=["cow-1"]))
+    asyncio.run(follower.step(0))
+    calls: list[str] = []
+    real = follower_module.resolve
+    monkeypatch.setattr(follower_module, "resolve", lambda r, f: calls.append(r.tenant) or real(r, f))
+    store.register({"cow-3": "farm"})
+    store.put_mob(MobRecord(id="theirs", tenant="other", fences=["theirs"], devices=["cow-9"]))
+    store.put(fence("theirs", lon=LON0 + 1.1, tenant="other"))
+    asyncio.run(follower.step(0))
+    assert calls == ["other"]  # once for the other farm's change, never for this farm's mob
+    assert follower.mob_of("cow-1") is not None and follower.mob_of("cow-9") is not None
+    store.register({"cow-1": "other"})  # moved: no longer in a mob of the farm it is registered to
+    asyncio.run(follower.step(0))
+    assert follower.mob_of("cow-1") is None

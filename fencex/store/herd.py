@@ -51,6 +51,16 @@ def decode_mobs(tenant: str, ids: list[str], raws: list[Any]) -> dict[str, MobRe
     return out
 
 
+def stored_version(raw: bytes | str) -> int:
+    """The version of a stored mob record that no longer reads as a mob (0 if none can be found):
+    enough to match an If-Match and to number its replacement."""
+    try:
+        version = orjson.loads(raw).get("version")
+    except (orjson.JSONDecodeError, AttributeError):
+        return 0
+    return version if isinstance(version, int) and not isinstance(version, bool) and version > 0 else 0
+
+
 class RedisHerd(RedisFeed):
     """Herd settings, mobs and alert lists, per farm."""
 
@@ -134,26 +144,25 @@ class RedisHerd(RedisFeed):
                 try:
                     await pipe.watch(*watched)
                     raw = await pipe.get(key)
-                    old = MobRecord.from_json(raw) if raw is not None else None
-                    if create_only and old is not None:
-                        raise VersionConflict(None, old.version, "mob")
-                    if if_match is not None and (old is None or old.version != if_match):
-                        raise VersionConflict(if_match, old.version if old else None, "mob")
-                    if old is None and max_per_tenant is not None:
+                    found = await self._stored_mob(pipe, t, mob.id, raw)
+                    old_version = found[0] if found else None
+                    if create_only and found is not None:
+                        raise VersionConflict(None, old_version, "mob")
+                    if if_match is not None and old_version != if_match:
+                        raise VersionConflict(if_match, old_version, "mob")
+                    if found is None and max_per_tenant is not None:
                         held = int(await pipe.scard(ids))
                         if held >= max_per_tenant:
                             raise LimitExceeded(
                                 f"the farm holds {held} mobs, its limit is {max_per_tenant}", "max_mobs_per_tenant"
                             )
                     await self._check_members(pipe, mob)
-                    stored = mob.model_copy(
-                        update={"version": old.version + 1 if old else 1, "updated_at": time.time()}
-                    )
+                    stored = mob.model_copy(update={"version": (old_version or 0) + 1, "updated_at": time.time()})
                     pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves Pipeline.multi unannotated
                     pipe.set(key, stored.to_json())
                     pipe.sadd(ids, mob.id)
                     pipe.sadd(self.keys.mob_farms, t)
-                    gone = [d for d in (old.devices if old else []) if d not in set(mob.devices)]
+                    gone = [d for d in (found[1] if found else []) if d not in set(mob.devices)]
                     if gone:
                         pipe.hdel(members, *gone)
                     if mob.devices:
@@ -189,31 +198,47 @@ class RedisHerd(RedisFeed):
             raise InAnotherMob(first, others[first])
 
     @guard
-    async def delete_mob(self, tenant: str, mob_id: str, if_match: int | None = None) -> MobRecord:
-        """Delete a mob; its devices go back to the farm's default mob."""
+    async def delete_mob(self, tenant: str, mob_id: str, if_match: int | None = None) -> int:
+        """Delete a mob (even one whose stored record no longer reads: the farm can always clear
+        it); its devices go back to the farm's default mob. Returns the deleted version."""
         key, members = self.keys.mob(tenant, mob_id), self.keys.mob_of(tenant)
         while True:
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:
                     await pipe.watch(key, members)
                     raw = await pipe.get(key)
-                    if raw is None:
+                    found = await self._stored_mob(pipe, tenant, mob_id, raw)
+                    if found is None:
                         raise NotFound(f"no mob {mob_id!r}")
-                    old = MobRecord.from_json(raw)
-                    if if_match is not None and if_match != old.version:
-                        raise VersionConflict(if_match, old.version, "mob")
-                    held = cast(list[bytes | None], await pipe.hmget(members, old.devices)) if old.devices else []
-                    mine = [d for d, m in zip(old.devices, held) if m is not None and m.decode() == mob_id]
+                    version, mine = found
+                    if if_match is not None and if_match != version:
+                        raise VersionConflict(if_match, version, "mob")
                     pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves Pipeline.multi unannotated
                     pipe.delete(key)
                     pipe.srem(self.keys.tenant_mobs(tenant), mob_id)
                     if mine:
                         pipe.hdel(members, *mine)
-                    self._feed(pipe, "mob", "delete", mob_id, tenant, old.version)
+                    self._feed(pipe, "mob", "delete", mob_id, tenant, version)
                     await pipe.execute()
-                    return old
+                    return version
                 except WatchError:
                     continue
+
+    async def _stored_mob(self, pipe: Any, tenant: str, mob_id: str, raw: Any) -> tuple[int, list[str]] | None:
+        """(version, the devices the farm's device -> mob table gives this mob) of a stored mob, or
+        None if there is none. A record that no longer reads as a mob (written by a broken or older
+        version) is still there: its version from its JSON if it has one, its devices from the
+        table (scanned: a rare repair), so the farm can replace or delete it."""
+        if raw is None:
+            return None
+        try:
+            old = MobRecord.from_json(raw)
+        except InvalidInput as exc:
+            log.warning("stored mob %r of farm %r unreadable (%s): replaced or deleted as asked", mob_id, tenant, exc)
+            table = cast(dict[bytes, bytes], await pipe.hgetall(self.keys.mob_of(tenant)))
+            return stored_version(raw), sorted(d.decode() for d, m in table.items() if m.decode() == mob_id)
+        held = cast(list[bytes | None], await pipe.hmget(self.keys.mob_of(tenant), old.devices)) if old.devices else []
+        return old.version, [d for d, m in zip(old.devices, held) if m is not None and m.decode() == mob_id]
 
     # alert lists
 

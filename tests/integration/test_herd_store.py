@@ -92,7 +92,7 @@ async def test_mob_versions_and_if_match(store):
         await store.put_mob(mob(), if_match=1)
     with pytest.raises(VersionConflict):
         await store.delete_mob("farm", "ewes", if_match=1)
-    assert (await store.delete_mob("farm", "ewes", if_match=2)) == two
+    assert (await store.delete_mob("farm", "ewes", if_match=2)) == 2  # the deleted version
     with pytest.raises(NotFound):
         await store.get_mob("farm", "ewes")
     assert await feed(store, "mob") == [
@@ -100,6 +100,24 @@ async def test_mob_versions_and_if_match(store):
         ("upsert", "ewes", "farm", 2),
         ("delete", "ewes", "farm", 2),
     ]
+
+
+@on_store
+async def test_a_mob_record_that_no_longer_reads_can_be_replaced_or_deleted(store):
+    """A stored mob that fails validation (an older or broken writer) is skipped by the followers;
+    its farm must still be able to overwrite or delete it, and its collars must not stay held by it
+    ("in another mob") when they are given to another mob."""
+    await store.put_mob(mob(fences=["north"], devices=["cow-1", "cow-2"]))
+    await store.redis.set(store.keys.mob("farm", "ewes"), b'{"id": "ewes", "version": 3, "fences": 7}')
+    with pytest.raises(VersionConflict) as stale:
+        await store.put_mob(mob(devices=["cow-1"]), if_match=1)
+    assert stale.value.actual == 3  # its version read from what is left of it
+    fixed = await store.put_mob(mob(fences=["north"], devices=["cow-1"]), if_match=3)
+    assert fixed.version == 4 and await store.mob_of_device("farm", "cow-2") is None  # cow-2 let go
+    await store.redis.set(store.keys.mob("farm", "ewes"), b"not json")
+    assert await store.delete_mob("farm", "ewes") == 0  # no version left: 0
+    assert await store.mob_of_device("farm", "cow-1") is None
+    assert (await store.put_mob(mob("rams", devices=["cow-1", "cow-2"]), create_only=True)).version == 1
 
 
 @on_store

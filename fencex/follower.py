@@ -97,6 +97,8 @@ class FenceFollower:
 
     def mob_of(self, device_id: str) -> Mob | None:
         """The device's mob (None: the farm's default mob, :meth:`FenceIndex.mob`)."""
+        if not self.mobs:
+            return None  # no farm has mobs (the hot path asks for every fix)
         farm = self.mobs.get(self.tenants.get(device_id, DEFAULT_TENANT))
         return farm.get(device_id) if farm is not None else None  # a mob of the farm the device is registered to
 

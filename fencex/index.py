@@ -135,6 +135,7 @@ class FenceIndex:
         known_outer = previous._grown if previous is not None else {}
         self._shapes: dict[tuple[str, str, int], BaseGeometry] = {}
         self._grown: dict[tuple[str, str, int], BaseGeometry] = {}
+        self._boxes: dict[frozenset[str], tuple[list[BaseGeometry], np.ndarray]] = {}  # see _boxes_of
         ok: list[Fence] = []
         shapes: list[BaseGeometry] = []
         outer: list[BaseGeometry] = []
@@ -326,17 +327,11 @@ class FenceIndex:
         Nearest bounding box first: a fence whose box (in the same local metres) is farther than
         the nearest boundary found so far cannot be nearer, so a farm of many pastures costs one
         or a few exact measures per escape, not one per pasture."""
-        geoms: list[BaseGeometry] = []
-        for fid in fence_ids:
-            f = self.by_id.get(fid)
-            geom = self._shapes.get((f.id, f.tenant, f.version)) if f is not None else None
-            if geom is not None:
-                geoms.append(geom)
+        geoms, b = self._boxes_of(fence_ids)
         if not geoms:
             return None
         if len(geoms) == 1:
             return round(boundary_distance_m(geoms[0], lon, lat), 1)
-        b = shapely.bounds(np.array(geoms, dtype=object))
         kx = METRES_PER_DEGREE_LON_EQUATOR * max(math.cos(math.radians(lat)), 1e-6)
         dx = np.maximum(np.maximum(b[:, 0] - lon, lon - b[:, 2]), 0.0) * kx
         dy = np.maximum(np.maximum(b[:, 1] - lat, lat - b[:, 3]), 0.0) * METRES_PER_DEGREE_LAT
@@ -347,6 +342,28 @@ class FenceIndex:
                 break  # this box, and every one after it, is farther than the nearest boundary found
             best = min(best, boundary_distance_m(geoms[i], lon, lat))
         return round(best, 1)
+
+    def _boxes_of(self, fence_ids: Iterable[str]) -> tuple[list[BaseGeometry], np.ndarray]:
+        """The named fences' geometries and bounding boxes; kept per set of ids when given a
+        frozenset (a mob's pastures: the same set for every escape of the mob), as this index's
+        fences never change."""
+        key = fence_ids if isinstance(fence_ids, frozenset) else None
+        if key is not None:
+            hit = self._boxes.get(key)
+            if hit is not None:
+                return hit
+        geoms: list[BaseGeometry] = []
+        for fid in fence_ids:
+            f = self.by_id.get(fid)
+            geom = self._shapes.get((f.id, f.tenant, f.version)) if f is not None else None
+            if geom is not None:
+                geoms.append(geom)
+        b = shapely.bounds(np.array(geoms, dtype=object)) if len(geoms) > 1 else np.empty((0, 4))
+        if key is not None:
+            if len(self._boxes) >= 10_000:
+                self._boxes.clear()  # bounded: as many sets as mobs are escaping, rebuilt on demand
+            self._boxes[key] = (geoms, b)
+        return geoms, b
 
     def has_buffers(self) -> bool:
         return len(self._outer) > 0

@@ -74,17 +74,16 @@ def process(
     events = out.events
     dirty = out.dirty
     untrusted = out.untrusted
-    rules_by_tenant: dict[str, HerdRules] = {}
-    mob_of_farm = index.mob
+    farms: dict[str, tuple[HerdRules, Mob]] = {}  # tenant -> its rules and default mob, looked up once a batch
     distance = index.distance_m
     for i, fix in enumerate(fixes):
         tenant = tenants[i]
-        rules = rules_by_tenant.get(tenant)
-        if rules is None:
-            rules = rules_by_tenant[tenant] = NO_HERD if rules_of is None else rules_of(tenant)
-        mob = NO_MOB
-        if rules_of is not None:
-            mob = (mob_of(fix.device_id) if mob_of is not None else None) or mob_of_farm(tenant)
+        farm = farms.get(tenant)
+        if farm is None:
+            farm = farms[tenant] = (NO_HERD, NO_MOB) if rules_of is None else (rules_of(tenant), index.mob(tenant))
+        rules, mob = farm
+        if mob_of is not None and rules_of is not None:
+            mob = mob_of(fix.device_id) or mob
         inside = inside_rows[i]
         state = states.get(fix.device_id)
         if state is not None and state.tenant != tenant:

@@ -37,6 +37,9 @@ from services.simulator.herd import records as herd_records
 ROOT = Path(__file__).parents[1]
 
 
+STEP_S = 5.0  # seconds between a collar's backlog fixes: the simulator's walk at a cow's pace
+
+
 def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -365,7 +368,7 @@ def main() -> int:
     ap.add_argument(
         "--step-s",
         type=float,
-        default=5.0,
+        default=STEP_S,
         help="seconds between a collar's fixes in the backlogs (the walk's steps are a cow's at 5 s; "
         "at 1 s, a fifth of them would be faster than the herd rules' 20 m/s and held back as jumps)",
     )

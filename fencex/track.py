@@ -78,6 +78,10 @@ class Track:
     snaps: list[DeviceState] = field(default_factory=list)  # states after the fix at their last_ts, ascending
     retracted: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # id -> (its fix ts, times retracted)
 
+    def __post_init__(self) -> None:
+        if self.base is not None and (self.base.seen_ms or self.base.silent):
+            self.base = frozen(self.base)  # a replay starts without the worker's clock
+
     @property
     def newest(self) -> int:
         """The newest fix's time; the base's when no fix is held; -1 when neither."""

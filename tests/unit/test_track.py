@@ -1,0 +1,93 @@
+"""A device's track: its bytes, what it records, and its bounds (window, cap) at snapshot boundaries."""
+
+from __future__ import annotations
+
+from fencex.detector import DeviceState, Membership
+from fencex.event import Event
+from fencex.fix import Fix
+from fencex.index import FenceIndex
+from fencex.late import merge
+from fencex.track import Track, append_bytes
+from tests.unit.factory import fence
+
+DEV = "cow-1"
+T = 1_700_000_000_000
+H = 3_600_000
+
+
+def state(ts: int, lon: float = 17.605, lat: float = 59.805) -> DeviceState:
+    return DeviceState("farm", ts, lon, lat, {"A": Membership(T, 1)}, battery=30.0, seen_ms=5, silent=True)
+
+
+def test_bytes_give_the_track_back_exactly():
+    track = Track(base=state(T - 1000))
+    fixes = [
+        Fix(DEV, T, 17.6051234, 59.8051234),  # 7 decimals: two int32
+        Fix(DEV, T + 1000, 17.605123456789, 59.80512345678, {"battery": 30.0}),  # float64 place; exact float32
+        Fix(DEV, T + 2000, 17.6, 59.8, {"accuracy_m": 3.3, "battery": 19.5}),  # 3.3: not a float32, float64
+        Fix(DEV, T + 2000 + (1 << 33), -179.9999999, -89.5, {"accuracy_m": 4.0}),  # a gap beyond 32 bits
+    ]
+    track.extend(fixes[:3], [Event("enter", "farm", DEV, "A", 1, T + 1000, 17.6, 59.8)], state(T + 2000), 2)
+    track.extend(fixes[3:], [Event("silent", "farm", DEV, "", 0, T + 2000, 17.6, 59.8)], state(T + 2000 + (1 << 33)))
+    track.retracted[b"\x01" * 16] = (T + 1000, 2)
+    back = Track.from_bytes(track.to_bytes())
+    assert back == track
+    assert back.fixes(DEV) == fixes
+    assert len(back.ids[T + 1000]) == 1 and T + 2000 not in back.ids  # silent is of the worker's clock: not kept
+    assert back.base is not None and back.base.seen_ms == 0 and not back.base.silent  # nor in the states kept
+    assert len(back.snaps) == 1 and back.snaps[0].last_ts == T + 2000
+
+
+def test_the_live_path_appends_bytes_without_reading_the_track():
+    track = Track(base=state(T - 1000))
+    track.extend([Fix(DEV, T, 17.6, 59.8)], [], state(T))
+    stored = track.to_bytes()
+    fixes = [Fix(DEV, T + 1000, 17.61, 59.8, {"battery": 12.0}), Fix(DEV, T + 2000, 17.62, 59.8)]
+    events = [
+        Event("exit", "farm", DEV, "A", 1, T + 1000, 17.61, 59.8),
+        Event("enter", "farm", DEV, "B", 1, T, 17.6, 59.8),  # a fence change re-deciding an older fix
+        Event("resumed", "farm", DEV, "", 0, T + 1000, 17.61, 59.8),
+    ]
+    stored += append_bytes(track.newest, fixes, events, state(T + 2000))
+    track.extend(fixes, events, state(T + 2000), snap_every=1)
+    assert Track.from_bytes(stored) == track
+
+
+def test_the_window_and_the_cap_drop_the_oldest_fixes_up_to_a_snapshot():
+    track = Track()
+    for i in range(30):  # a fix an hour, a snapshot every 4
+        ts = T + i * H
+        track.extend([Fix(DEV, ts, 17.6, 59.8)], [Event("enter", "farm", DEV, "A", 1, ts, 17.6, 59.8)], state(ts), 4)
+    track.trim(window_ms=24 * H, cap=2_000)
+    # the window starts at fix 5 (29 h - 24 h): the newest snapshot at or before fix 4 is after fix 3
+    assert track.base is not None and track.base.last_ts == T + 3 * H
+    assert track.ts[0] == T + 4 * H and min(track.ids) == T + 4 * H
+    assert all(s.last_ts > track.base.last_ts for s in track.snaps)
+    track.trim(window_ms=24 * H, cap=10)  # the cap: 10 fixes, cut at a snapshot
+    assert len(track) <= 10 + 4 and track.ts[-1] == T + 29 * H
+    assert track.base.last_ts == T + 19 * H
+
+
+def test_a_late_fix_older_than_the_base_is_too_old_even_within_the_window():
+    index = FenceIndex([fence("A")])
+    track = Track()
+    for i in range(12):
+        ts = T + i * 60_000
+        track.extend([Fix(DEV, ts, 17.605, 59.805)], [], state(ts), 4)
+    track.trim(cap=5)  # 5 of 12: the newest snapshot before the 8th fix is after the 4th, the base now
+    assert track.base is not None and track.base.last_ts == T + 3 * 60_000 and len(track) == 8
+    current = state(T + 11 * 60_000)
+    m = merge(DEV, current, track, [Fix(DEV, T + 3 * 60_000 - 1, 17.0, 59.0)], index)
+    assert (m.too_old, m.events) == (1, [])
+    m = merge(DEV, current, track, [Fix(DEV, T + 3 * 60_000, 17.0, 59.0)], index)  # the base's own fix
+    assert (m.duplicates, m.events) == (1, [])
+    m = merge(DEV, current, track, [Fix(DEV, T + 3 * 60_000 + 1, 17.0, 59.0)], index)  # after it: merged
+    assert [e.type for e in m.events] == ["exit", "enter"]
+
+
+def test_a_track_out_of_step_with_the_state_starts_again_from_it():
+    index = FenceIndex([fence("A")])
+    current = state(T + 60_000)
+    m = merge(DEV, current, Track(), [Fix(DEV, T, 17.0, 59.0)], index)  # tracks kept since now only
+    assert (m.too_old, m.events) == (1, [])
+    assert m.track.base is not None and m.track.base.last_ts == current.last_ts

@@ -23,8 +23,8 @@ def test_bytes_give_the_track_back_exactly():
     track = Track(base=state(T - 1000))
     fixes = [
         Fix(DEV, T, 17.6051234, 59.8051234),  # 7 decimals: two int32
-        Fix(DEV, T + 1000, 17.605123456789, 59.80512345678, {"battery": 30.0}),  # float64 place; exact float32
-        Fix(DEV, T + 2000, 17.6, 59.8, {"accuracy_m": 3.3, "battery": 19.5}),  # 3.3: not a float32, float64
+        Fix(DEV, T + 1000, 17.605123456789, 59.80512345678, {"battery": 30.25}),  # float64 place; hundredths
+        Fix(DEV, T + 2000, 17.6, 59.8, {"accuracy_m": 3.333, "battery": 19.5}),  # 3.333: not hundredths: float64
         Fix(DEV, T + 2000 + (1 << 33), -179.9999999, -89.5, {"accuracy_m": 4.0}),  # a gap beyond 32 bits
     ]
     track.extend(fixes[:3], [Event("enter", "farm", DEV, "A", 1, T + 1000, 17.6, 59.8)], state(T + 2000), 2)
@@ -91,3 +91,11 @@ def test_a_track_out_of_step_with_the_state_starts_again_from_it():
     m = merge(DEV, current, Track(), [Fix(DEV, T, 17.0, 59.0)], index)  # tracks kept since now only
     assert (m.too_old, m.events) == (1, [])
     assert m.track.base is not None and m.track.base.last_ts == current.last_ts
+
+
+def test_a_fix_as_collars_send_it_is_13_bytes_17_with_accuracy_and_battery():
+    assert len(append_bytes(T, [Fix(DEV, T + 60_000, 17.6051234, 59.8051234)], [])) == 13
+    assert (
+        len(append_bytes(T, [Fix(DEV, T + 60_000, 17.60512, 59.80512, {"accuracy_m": 4.7, "battery": 87.0})], [])) == 17
+    )
+    assert len(append_bytes(T, [Fix(DEV, T + 60_000, 17.605123456789, 59.8)], [])) == 21  # a place not in 1e-7 degrees

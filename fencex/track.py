@@ -244,6 +244,9 @@ class Track:
                 track.retracted[bytes(gone)] = (t, count)
             else:
                 raise ValueError(f"unknown track record {tag} at byte {pos - 1}")
+        held = set(ts)
+        if any(t not in held for t in ids):  # appended for a fix since trimmed or never held: not for a replay
+            track.ids = {t: v for t, v in ids.items() if t in held}
         return track
 
 

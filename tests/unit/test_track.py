@@ -46,6 +46,7 @@ def test_the_live_path_appends_bytes_without_reading_the_track():
     events = [
         Event("exit", "farm", DEV, "A", 1, T + 1000, 17.61, 59.8),
         Event("enter", "farm", DEV, "B", 1, T, 17.6, 59.8),  # a fence change re-deciding an older fix
+        Event("exit", "farm", DEV, "C", 1, T - 5000, 17.6, 59.8),  # at a fix not held (the base's): not kept
         Event("resumed", "farm", DEV, "", 0, T + 1000, 17.61, 59.8),
     ]
     stored += append_bytes(track.newest, fixes, events, state(T + 2000))

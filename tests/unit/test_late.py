@@ -270,3 +270,19 @@ def test_any_arrival_order_gives_the_in_order_events_and_state(steps, rnd, batch
     assert state is not None
     clockless = {k: v for k, v in states[DEV].to_obj().items() if k not in ("sil", "seen")}
     assert clockless == state.to_obj()
+
+
+def test_a_late_fix_beyond_the_exit_buffer_ends_a_membership_now():
+    """The issue's "membership now changes only with the newest fix" holds for the plain fence rules; the
+    exit buffer reads history: a late fix beyond it ends a membership the near fixes after it do not renew.
+    The state follows in-order arrival (as the property holds), and the late exit says so."""
+    c = fence("C", exit_buffer_m=20)
+    index = FenceIndex([c])
+    near = (17.6102, 59.805)  # about 11 m east of C: within its exit buffer
+    states: dict[str, DeviceState] = {}
+    track = Track()
+    live(index, [at(T, IN), at(T + 60_000, near)], states, track)
+    assert set(states[DEV].members) == {"C"}
+    m = merge(DEV, states[DEV], track, [at(T + 30_000, OUT)], index)
+    assert [key(e) for e in m.events] == [("exit", "C", 30_000, True)]
+    assert m.state.members == {}

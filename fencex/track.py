@@ -30,12 +30,12 @@ with up to 7 decimals), else two float64, and its extras as uint16 hundredths wh
 from __future__ import annotations
 
 import bisect
-import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import orjson
 
+from fencex import trackbytes as tb
 from fencex.detector import DeviceState
 from fencex.event import FENCE_TYPES, Event
 from fencex.fix import Fix
@@ -45,23 +45,6 @@ CAP = 2_000
 SNAP_EVERY = 100
 # the types a replay of fixes gives again (not silent / resumed, of the worker's clock; not transferred, retract)
 REPLAYED: frozenset[str] = frozenset((*FENCE_TYPES, "escape", "return", "battery_low", "battery_ok"))
-
-_MAGIC = b"\xfe\x01"
-_ABS, _F64, _ACC, _BAT, _X64 = 1, 2, 4, 8, 16  # fix record flags (tags 0..31)
-_IDS, _SNAP, _BASE, _GONE = 64, 65, 66, 67  # other records
-_SCALE = 1e7
-_I64 = struct.Struct("<q")
-_U32 = struct.Struct("<I")
-_U16 = struct.Struct("<H")
-_LL32 = struct.Struct("<ii")
-_LL64 = struct.Struct("<dd")
-_F64s = struct.Struct("<d")
-_GONE_REC = struct.Struct("<qH16s")
-
-
-def _centi_exact(x: float) -> bool:
-    """Whether ``x`` is a whole number of hundredths in 0..655.35 (as 3.7 m or 87 %): two bytes."""
-    return 0.0 <= x <= 655.35 and round(x * 100.0) / 100.0 == x
 
 
 @dataclass(slots=True)
@@ -175,18 +158,18 @@ class Track:
     # -- bytes --------------------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        out = bytearray(_MAGIC)
+        out = bytearray(tb.MAGIC)
         if self.base is not None:
-            _state_record(out, _BASE, self.base)
+            tb.state_record(out, tb.BASE, self.base)
         out += fix_records(self, 0, self.floor)
         for gone, (t, count) in self.retracted.items():
-            out.append(_GONE)
-            out += _GONE_REC.pack(t, count, gone)
+            out.append(tb.GONE)
+            out += tb.GONE_REC.pack(t, count, gone)
         return bytes(out)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Track:
-        if data[:2] != _MAGIC:
+        if data[:2] != tb.MAGIC:
             raise ValueError("not a track")
         track = cls()
         view = memoryview(data)
@@ -196,26 +179,26 @@ class Track:
             tag = data[pos]
             pos += 1
             if tag < 32:
-                if tag & _ABS:
-                    t = _I64.unpack_from(view, pos)[0]
+                if tag & tb.ABS:
+                    t = tb.I64.unpack_from(view, pos)[0]
                     pos += 8
                 else:
-                    t = prev + _U32.unpack_from(view, pos)[0]
+                    t = prev + tb.U32.unpack_from(view, pos)[0]
                     pos += 4
-                if tag & _F64:
-                    x, y = _LL64.unpack_from(view, pos)
+                if tag & tb.F64:
+                    x, y = tb.LL64.unpack_from(view, pos)
                     pos += 16
                 else:
-                    xi, yi = _LL32.unpack_from(view, pos)
-                    x, y = xi / _SCALE, yi / _SCALE
+                    xi, yi = tb.LL32.unpack_from(view, pos)
+                    x, y = xi / tb.SCALE, yi / tb.SCALE
                     pos += 8
                 a = b = None
-                wide = tag & _X64
-                if tag & _ACC:
-                    a = _F64s.unpack_from(view, pos)[0] if wide else _U16.unpack_from(view, pos)[0] / 100.0
+                wide = tag & tb.X64
+                if tag & tb.ACC:
+                    a = tb.F64S.unpack_from(view, pos)[0] if wide else tb.U16.unpack_from(view, pos)[0] / 100.0
                     pos += 8 if wide else 2
-                if tag & _BAT:
-                    b = _F64s.unpack_from(view, pos)[0] if wide else _U16.unpack_from(view, pos)[0] / 100.0
+                if tag & tb.BAT:
+                    b = tb.F64S.unpack_from(view, pos)[0] if wide else tb.U16.unpack_from(view, pos)[0] / 100.0
                     pos += 8 if wide else 2
                 ts.append(t)
                 lon.append(x)
@@ -223,24 +206,24 @@ class Track:
                 acc.append(a)
                 bat.append(b)
                 prev = t
-            elif tag == _IDS:
-                t = _I64.unpack_from(view, pos)[0]
+            elif tag == tb.IDS:
+                t = tb.I64.unpack_from(view, pos)[0]
                 n = data[pos + 8]
                 pos += 9
                 ids[t] = (*ids.get(t, ()), *(bytes(view[pos + 16 * j : pos + 16 * j + 16]) for j in range(n)))
                 pos += 16 * n
-            elif tag in (_SNAP, _BASE):
-                size = _U16.unpack_from(view, pos)[0]
+            elif tag in (tb.SNAP, tb.BASE):
+                size = tb.U16.unpack_from(view, pos)[0]
                 state = DeviceState.from_obj(orjson.loads(view[pos + 2 : pos + 2 + size]))
                 pos += 2 + size
-                if tag == _BASE:
+                if tag == tb.BASE:
                     track.base = state
                     prev = state.last_ts
                 else:
                     track.snaps.append(state)
-            elif tag == _GONE:
-                t, count, gone = _GONE_REC.unpack_from(view, pos)
-                pos += _GONE_REC.size
+            elif tag == tb.GONE:
+                t, count, gone = tb.GONE_REC.unpack_from(view, pos)
+                pos += tb.GONE_REC.size
                 track.retracted[bytes(gone)] = (t, count)
             else:
                 raise ValueError(f"unknown track record {tag} at byte {pos - 1}")
@@ -258,56 +241,22 @@ def frozen(state: DeviceState) -> DeviceState:
     return DeviceState.from_obj(obj)
 
 
-def _state_record(out: bytearray, tag: int, state: DeviceState) -> None:
-    obj = state.to_obj()
-    obj.pop("seen", None)
-    obj.pop("sil", None)
-    packed = orjson.dumps(obj)
-    out.append(tag)
-    out += _U16.pack(len(packed))
-    out += packed
-
-
 def fix_records(track: Track, start: int, prev: int) -> bytes:
     """The records of the fixes from position ``start`` (``prev``: the fix time before them, -1: none),
     with the ids published at them and the snapshots taken after them: what :meth:`Track.to_bytes`
-    holds for them, and what the live path appends to a stored track."""
+    holds for them."""
     out = bytearray()
     snaps = {s.last_ts: s for s in track.snaps}
     ts, lon, lat, acc, bat, ids = track.ts, track.lon, track.lat, track.acc, track.bat, track.ids
     for i in range(start, len(ts)):
-        t, x, y, a, b = ts[i], lon[i], lat[i], acc[i], bat[i]
-        tag = 0
-        dt = t - prev
-        if prev < 0 or not 0 < dt < 1 << 32:
-            tag |= _ABS
-        xi, yi = round(x * _SCALE), round(y * _SCALE)
-        if not (xi / _SCALE == x and yi / _SCALE == y and -(1 << 31) <= xi < 1 << 31 and -(1 << 31) <= yi < 1 << 31):
-            tag |= _F64
-        if a is not None:
-            tag |= _ACC
-        if b is not None:
-            tag |= _BAT
-        if (a is not None and not _centi_exact(a)) or (b is not None and not _centi_exact(b)):
-            tag |= _X64
-        out.append(tag)
-        out += _I64.pack(t) if tag & _ABS else _U32.pack(dt)
-        out += _LL64.pack(x, y) if tag & _F64 else _LL32.pack(xi, yi)
-        if a is not None:
-            out += _F64s.pack(a) if tag & _X64 else _U16.pack(round(a * 100.0))
-        if b is not None:
-            out += _F64s.pack(b) if tag & _X64 else _U16.pack(round(b * 100.0))
+        t = ts[i]
+        out += tb.fix_bytes(t, prev, lon[i], lat[i], acc[i], bat[i])
         got = ids.get(t)
         if got:
-            for j in range(0, len(got), 255):
-                chunk = got[j : j + 255]
-                out.append(_IDS)
-                out += _I64.pack(t)
-                out.append(len(chunk))
-                out += b"".join(chunk)
+            tb.ids_bytes(out, t, got)
         snap = snaps.get(t)
         if snap is not None:
-            _state_record(out, _SNAP, snap)
+            tb.state_record(out, tb.SNAP, snap)
         prev = t
     return bytes(out)
 
@@ -316,24 +265,35 @@ def append_bytes(
     newest: int, fixes: Sequence[Fix], events: Iterable[Event], snapshot: DeviceState | None = None
 ) -> bytes:
     """What the live path appends to a stored track (``newest``: its newest fix time, -1 for none) after
-    applying ``fixes`` (in order, newer) and publishing ``events``: the same records :meth:`Track.extend`
-    then :meth:`Track.to_bytes` would hold, without reading the stored track. ``snapshot``: the state
-    after the last of ``fixes``, when the worker keeps one (every :data:`SNAP_EVERY` fixes or so)."""
-    tail = Track()
-    for fix in fixes:
-        tail.add_fix(fix)
-    tail.record(events)
+    applying ``fixes`` (in order, newer) and publishing ``events`` (the device's): the records
+    :meth:`Track.extend` then :meth:`Track.to_bytes` would hold, without reading the stored track.
+    ``snapshot``: the state after the last of ``fixes``, when the worker keeps one (every
+    :data:`SNAP_EVERY` fixes or so)."""
+    by_ts: dict[int, list[bytes]] = {}
+    for e in events:
+        if e.type in REPLAYED:
+            by_ts.setdefault(e.ts_ms, []).append(bytes.fromhex(e.event_id))
+    out = bytearray()
+    prev = newest
+    for f in fixes:
+        t = f.ts_ms
+        if t <= prev:
+            raise ValueError(f"fix at {t} is not newer than the one before ({prev})")
+        extra = f.extra
+        if extra is None:
+            out += tb.fix_bytes(t, prev, f.lon, f.lat, None, None)
+        else:
+            out += tb.fix_bytes(t, prev, f.lon, f.lat, extra.get("accuracy_m"), extra.get("battery"))
+        if by_ts:
+            got = by_ts.pop(t, None)
+            if got:
+                tb.ids_bytes(out, t, got)
+        prev = t
     if snapshot is not None:
-        tail.snapshot(snapshot)
-    out = bytearray(fix_records(tail, 0, newest))
-    held = set(tail.ts)
-    older: dict[int, list[bytes]] = {}
-    for e in events:  # published at an older fix (a fence change re-deciding the last accepted one)
-        if e.type in REPLAYED and e.ts_ms not in held and e.ts_ms <= newest:
-            older.setdefault(e.ts_ms, []).append(bytes.fromhex(e.event_id))
-    for t, got in older.items():
-        out.append(_IDS)
-        out += _I64.pack(t)
-        out.append(len(got[:255]))
-        out += b"".join(got[:255])
+        if not fixes or snapshot.last_ts != prev:
+            raise ValueError("a snapshot is the state after the newest fix")
+        tb.state_record(out, tb.SNAP, snapshot)
+    for t, got in by_ts.items():  # published at an older fix (a fence change re-deciding the last accepted one)
+        if t <= newest:
+            tb.ids_bytes(out, t, got)
     return bytes(out)

@@ -15,6 +15,7 @@ CORE = [
     "fencex.pipeline",
     "fencex.track",
     "fencex.late",
+    "fencex.trackbytes",
     "fencex.errors",
 ]
 FORBIDDEN = ["redis", "faust", "fastapi", "prometheus_client", "aiokafka", "confluent_kafka", "mode", "starlette"]

@@ -262,25 +262,32 @@ def fix_records(track: Track, start: int, prev: int) -> bytes:
 
 
 def append_bytes(
-    newest: int, fixes: Sequence[Fix], events: Iterable[Event], snapshot: DeviceState | None = None
+    newest: int,
+    fixes: Sequence[Fix],
+    events: Iterable[Event],
+    snapshot: DeviceState | None = None,
+    records: Sequence[bytes] | None = None,
 ) -> bytes:
     """What the live path appends to a stored track (``newest``: its newest fix time, -1 for none) after
     applying ``fixes`` (in order, newer) and publishing ``events`` (the device's): the records
     :meth:`Track.extend` then :meth:`Track.to_bytes` would hold, without reading the stored track.
     ``snapshot``: the state after the last of ``fixes``, when the worker keeps one (every
-    :data:`SNAP_EVERY` fixes or so)."""
+    :data:`SNAP_EVERY` fixes or so). ``records``: the fixes' records when encoded already (a batch of
+    many devices at once: :func:`fencex.trackbytes.encode_fixes`)."""
     by_ts: dict[int, list[bytes]] = {}
     for e in events:
         if e.type in REPLAYED:
             by_ts.setdefault(e.ts_ms, []).append(bytes.fromhex(e.event_id))
     out = bytearray()
     prev = newest
-    for f in fixes:
+    for k, f in enumerate(fixes):
         t = f.ts_ms
         if t <= prev:
             raise ValueError(f"fix at {t} is not newer than the one before ({prev})")
         extra = f.extra
-        if extra is None:
+        if records is not None:
+            out += records[k]
+        elif extra is None:
             out += tb.fix_bytes(t, prev, f.lon, f.lat, None, None)
         else:
             out += tb.fix_bytes(t, prev, f.lon, f.lat, extra.get("accuracy_m"), extra.get("battery"))

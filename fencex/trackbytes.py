@@ -14,12 +14,15 @@ A track is ``MAGIC`` and then records, each a tag byte and its fields (little-en
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
 
+import numpy as np
 import orjson
 
 from fencex.detector import DeviceState
+from fencex.fix import Fix
 
 MAGIC = b"\xfe\x01"
 ABS, F64, ACC, BAT, X64 = 1, 2, 4, 8, 16  # fix record flags (tags 0..31)
@@ -96,3 +99,55 @@ def ids_bytes(out: bytearray, t: int, got: Sequence[bytes]) -> None:
         out += I64.pack(t)
         out.append(len(chunk))
         out += b"".join(chunk)
+
+
+def encode_fixes(fixes: Sequence[Fix], prev: Sequence[int]) -> list[bytes]:
+    """Each fix's record (as :func:`fix_bytes`), a batch at once: ``prev[i]`` is the time of the fix before
+    ``fixes[i]`` of its device (-1: none). The checks run over the batch's columns with numpy, the common
+    records are packed by layout in one structured array each; only the rest one by one."""
+    n = len(fixes)
+    if n == 0:
+        return []
+    ts = np.fromiter((f.ts_ms for f in fixes), np.int64, n)
+    pv = np.asarray(prev, dtype=np.int64)
+    x = np.fromiter((f.lon for f in fixes), np.float64, n)
+    y = np.fromiter((f.lat for f in fixes), np.float64, n)
+    nan = math.nan
+    a = np.fromiter(((f.extra or _NONE).get("accuracy_m", nan) for f in fixes), np.float64, n)
+    b = np.fromiter(((f.extra or _NONE).get("battery", nan) for f in fixes), np.float64, n)
+    dt = ts - pv
+    xi, yi = np.rint(x * SCALE), np.rint(y * SCALE)
+    a100, b100 = np.rint(a * 100.0), np.rint(b * 100.0)
+    has_a, has_b = ~np.isnan(a), ~np.isnan(b)
+    with np.errstate(invalid="ignore"):
+        ok = (pv >= 0) & (dt > 0) & (dt < 1 << 32) & (xi / SCALE == x) & (yi / SCALE == y)
+        ok &= (np.abs(xi) < LIMIT) & (np.abs(yi) < LIMIT)
+        ok &= ~has_a | ((a100 / 100.0 == a) & (a100 >= 0) & (a100 <= 65535))
+        ok &= ~has_b | ((b100 / 100.0 == b) & (b100 >= 0) & (b100 <= 65535))
+    out: list[bytes] = [b""] * n
+    layout = has_a.astype(np.int8) + 2 * has_b.astype(np.int8)
+    for k, fields in enumerate(_LAYOUTS):
+        rows = np.flatnonzero(ok & (layout == k))
+        if not len(rows):
+            continue
+        rec = np.empty(len(rows), dtype=np.dtype(fields))
+        rec["tag"] = (ACC if k & 1 else 0) | (BAT if k & 2 else 0)
+        rec["dt"], rec["x"], rec["y"] = dt[rows], xi[rows], yi[rows]
+        if k & 1:
+            rec["a"] = a100[rows]
+        if k & 2:
+            rec["b"] = b100[rows]
+        blob, size = rec.tobytes(), rec.dtype.itemsize
+        for j, i in enumerate(rows.tolist()):
+            out[i] = blob[j * size : (j + 1) * size]
+    for i in np.flatnonzero(~ok).tolist():
+        extra = fixes[i].extra or _NONE
+        out[i] = fix_bytes(
+            int(ts[i]), int(pv[i]), fixes[i].lon, fixes[i].lat, extra.get("accuracy_m"), extra.get("battery")
+        )
+    return out
+
+
+_NONE: dict[str, float] = {}
+_HEAD = [("tag", "u1"), ("dt", "<u4"), ("x", "<i4"), ("y", "<i4")]
+_LAYOUTS = [_HEAD, [*_HEAD, ("a", "<u2")], [*_HEAD, ("b", "<u2")], [*_HEAD, ("a", "<u2"), ("b", "<u2")]]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from fencex.detector import DeviceState, Membership
 from fencex.event import Event
 from fencex.fix import Fix
 from fencex.index import FenceIndex
 from fencex.late import merge
 from fencex.track import Track, append_bytes
+from fencex.trackbytes import BASE, MAGIC, encode_fixes, fix_bytes, state_record
 from tests.unit.factory import fence
 
 DEV = "cow-1"
@@ -100,3 +104,39 @@ def test_a_fix_as_collars_send_it_is_13_bytes_17_with_accuracy_and_battery():
         len(append_bytes(T, [Fix(DEV, T + 60_000, 17.60512, 59.80512, {"accuracy_m": 4.7, "battery": 87.0})], [])) == 17
     )
     assert len(append_bytes(T, [Fix(DEV, T + 60_000, 17.605123456789, 59.8)], [])) == 21  # a place not in 1e-7 degrees
+
+
+fix_st = st.builds(
+    lambda t, dt, x, y, a, b: (
+        Fix(DEV, t, x, y, {k: v for k, v in (("accuracy_m", a), ("battery", b)) if v is not None} or None),
+        t - dt,
+    ),
+    st.integers(T, T + 10 * H),
+    st.sampled_from([1, 60_000, 1 << 32, 1 << 33, 0]),  # gaps: small, a minute, beyond 32 bits; 0: no fix before
+    st.one_of(st.integers(-1_800_000_000, 1_800_000_000).map(lambda i: i / 1e7), st.floats(-180, 180)),
+    st.one_of(st.integers(-900_000_000, 900_000_000).map(lambda i: i / 1e7), st.floats(-90, 90)),
+    st.one_of(st.none(), st.integers(0, 70_000).map(lambda i: i / 100), st.floats(0, 1000)),
+    st.one_of(st.none(), st.integers(0, 10_000).map(lambda i: i / 100), st.floats(-5, 105)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(fix_st, max_size=30))
+def test_a_batch_encoded_at_once_gives_each_fix_its_own_record(rows):
+    fixes = [f for f, _ in rows]
+    prev = [p if p != f.ts_ms else -1 for f, p in rows]
+    extras = [f.extra or {} for f in fixes]
+    one_by_one = [
+        fix_bytes(f.ts_ms, p, f.lon, f.lat, e.get("accuracy_m"), e.get("battery"))
+        for f, p, e in zip(fixes, prev, extras, strict=True)
+    ]
+    assert encode_fixes(fixes, prev) == one_by_one
+    for f, p, rec in zip(fixes, prev, one_by_one, strict=True):  # and each reads back exactly
+        back = Track.from_bytes(MAGIC + bytes([BASE]) + _base(p) + rec) if p >= 0 else Track.from_bytes(MAGIC + rec)
+        assert back.fixes(DEV) == [f]
+
+
+def _base(ts: int) -> bytes:
+    out = bytearray()
+    state_record(out, BASE, DeviceState("farm", ts, 0.0, 0.0))
+    return bytes(out[1:])

@@ -17,6 +17,13 @@ fence reshaped meanwhile does not make a replayed escape new. In its place, an
 escape's or return's id holds the device's count of escapes and returns so far
 (``turn``, saved with its state): fence changes that turn a device out, in and out
 again at one accepted fix give three ids, and a replay from the saved state the same three.
+
+Late fixes (:mod:`fencex.late`): an event that in-order arrival gives and that was not published when
+its fixes came is published when they do, with ``late`` true and the id in-order arrival gives it; an event
+published that in-order arrival would not have given is withdrawn by a ``retract`` naming its id
+(``retracts``). A consumer that drops duplicate ids forgets an id when it is retracted: a later late fix
+can bring the same event back (the same id), and a second retraction of it has another id (``turn``:
+how many times that id was retracted before).
 The JSON Schema is ``schema/fence-event.schema.json``; a test keeps it true.
 """
 
@@ -39,7 +46,8 @@ HERD_TYPES: tuple[str, ...] = (
     "resumed",
     "transferred",
 )
-EVENT_TYPES: tuple[str, ...] = FENCE_TYPES + HERD_TYPES
+RETRACT = "retract"
+EVENT_TYPES: tuple[str, ...] = FENCE_TYPES + HERD_TYPES + (RETRACT,)
 
 
 def rfc3339(ms: int | float) -> str:
@@ -66,10 +74,14 @@ class Event:
     dwell_s: float | None = None
     distance_m: float | None = None  # escape: metres to the nearest pasture boundary of the mob
     battery: float | None = None  # battery_low / battery_ok: the reading, in percent
-    turn: int = 0  # escape / return: the device's count of them, this one included (in the id only)
+    turn: int = 0  # escape / return: the device's count of them, this one included; retract: the earlier ones
+    late: bool = False  # published after later fixes' events (a late fix): not in the id
+    retracts: str = ""  # retract: the event_id withdrawn
 
     @property
     def event_id(self) -> str:
+        if self.type == RETRACT:
+            return event_id(self.device_id, self.retracts, self.turn, RETRACT, self.ts_ms)
         version = self.fence_version if self.type in FENCE_TYPES else self.turn
         return event_id(self.device_id, self.fence_id, version, self.type, self.ts_ms)
 
@@ -92,6 +104,10 @@ class Event:
             out["distance_m"] = self.distance_m
         if self.battery is not None:
             out["battery"] = self.battery
+        if self.late:
+            out["late"] = True
+        if self.retracts:
+            out["retracts"] = self.retracts
         return out
 
     def to_json(self, detected_at_ms: float) -> bytes:
@@ -103,7 +119,8 @@ EVENT_SCHEMA: dict[str, Any] = {
     "$id": "https://fencex.dev/schema/fence-event.schema.json",
     "title": "fencex fence event",
     "description": "One enter, exit or dwell of a device in a fence, or a herd event: escape, return, "
-    "battery_low, battery_ok, silent, resumed, transferred. "
+    "battery_low, battery_ok, silent, resumed, transferred; or a retract, withdrawing an event published "
+    "before late fixes showed that in-order arrival would not have given it. "
     "Published as JSON on topic fence-events, keyed by device_id.",
     "type": "object",
     "additionalProperties": False,
@@ -161,11 +178,26 @@ EVENT_SCHEMA: dict[str, Any] = {
             "type": "number",
             "description": "battery_low and battery_ok events only: the collar's battery reading (percent)",
         },
+        "late": {
+            "const": True,
+            "description": "present (true) when the event comes from fixes that arrived after later ones: "
+            "it is what in-order arrival gives, published late (the same event_id as in order)",
+        },
+        "retracts": {
+            "type": "string",
+            "pattern": "^[0-9a-f]{32}$",
+            "description": "retract events only: the event_id withdrawn (ts, lon, lat: those of its fix)",
+        },
     },
     "allOf": [
         {
             "if": {"properties": {"type": {"enum": list(FENCE_TYPES)}}},
             "then": {"properties": {"fence_id": {"minLength": 1}, "fence_version": {"minimum": 1}}},
-        }
+        },
+        {
+            "if": {"properties": {"type": {"const": RETRACT}}},
+            "then": {"required": ["retracts"]},
+            "else": {"not": {"required": ["retracts"]}},
+        },
     ],
 }

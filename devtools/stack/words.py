@@ -19,6 +19,7 @@ COLOURS = {
     "silent": "\033[1;35m",  # bold magenta: a collar gone quiet
     "resumed": "\033[34m",  # blue
     "transferred": "\033[34m",  # blue
+    "retract": "\033[2m",  # dim: an earlier line withdrawn
 }
 
 
@@ -55,6 +56,8 @@ def words(e: Mapping[str, Any], names: Mapping[str, str]) -> str:
         return f"{collar} is sending again"
     if kind == "transferred":
         return f"{collar} is registered to another farm now"
+    if kind == "retract":
+        return f"{device}: event {e.get('retracts', '')[:8]} withdrawn (late fixes)"
     return f"{device}: {kind} {fence}".rstrip()
 
 

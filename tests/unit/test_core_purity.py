@@ -13,6 +13,9 @@ CORE = [
     "fencex.detector",
     "fencex.event",
     "fencex.pipeline",
+    "fencex.track",
+    "fencex.late",
+    "fencex.trackbytes",
     "fencex.errors",
 ]
 FORBIDDEN = ["redis", "faust", "fastapi", "prometheus_client", "aiokafka", "confluent_kafka", "mode", "starlette"]

@@ -59,3 +59,25 @@ def test_herd_event_ids_leave_the_fence_version_out():
 
 def test_rfc3339():
     assert rfc3339(1700000000123) == "2023-11-14T22:13:20.123Z"
+
+
+def test_late_events_keep_their_id_and_retracts_name_what_they_withdraw():
+    enter = Event("enter", "farm", "cow", "north", 2, 1700000000123, 17.6, 59.8)
+    late = Event("enter", "farm", "cow", "north", 2, 1700000000123, 17.6, 59.8, late=True)
+    assert late.event_id == enter.event_id  # the id in-order arrival gives it
+    assert _valid(late.to_dict(1700000000200.0)) and late.to_dict(1.0)["late"] is True
+    assert "late" not in enter.to_dict(1.0)
+    retract = Event("retract", "farm", "cow", "", 0, 1700000000123, 17.6, 59.8, retracts=enter.event_id)
+    assert _valid(retract.to_dict(1700000000200.0))
+    assert retract.event_id != enter.event_id
+    # a second retraction of the same id (after it came back) has another id; the same one the same
+    again = Event("retract", "farm", "cow", "", 0, 1700000000123, 17.6, 59.8, turn=1, retracts=enter.event_id)
+    assert again.event_id != retract.event_id
+    assert (
+        retract.event_id
+        == Event("retract", "farm", "cow", "", 0, 1700000000123, 17.6, 59.8, retracts=enter.event_id).event_id
+    )
+    # a retract must name its event; no other type may
+    assert not _valid({k: v for k, v in retract.to_dict(2.0).items() if k != "retracts"})
+    assert not _valid({**enter.to_dict(2.0), "retracts": enter.event_id})
+    assert not _valid({**enter.to_dict(2.0), "late": False})

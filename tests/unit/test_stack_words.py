@@ -39,6 +39,8 @@ ROWS = [
     (ev("silent", "ewe-9"), f"collar ewe-9 silent since {HH_MM_SS[:5]}"),
     (ev("resumed", "ewe-9"), "collar ewe-9 is sending again"),
     (ev("transferred", "ewe-9"), "collar ewe-9 is registered to another farm now"),
+    # late fixes showed an event published earlier did not happen: withdrawn, by its id
+    (ev("retract", retracts="0123456789abcdef0123456789abcdef"), "ewe-17: event 01234567 withdrawn (late fixes)"),
     # a device named after its collar is not called "collar collar-..."
     (ev("silent", "collar-000057"), f"collar-000057 silent since {HH_MM_SS[:5]}"),
 ]

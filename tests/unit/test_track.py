@@ -1,0 +1,142 @@
+"""A device's track: its bytes, what it records, and its bounds (window, cap) at snapshot boundaries."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fencex.detector import DeviceState, Membership
+from fencex.event import Event
+from fencex.fix import Fix
+from fencex.index import FenceIndex
+from fencex.late import merge
+from fencex.track import Track, append_bytes
+from fencex.trackbytes import BASE, MAGIC, encode_fixes, fix_bytes, state_record
+from tests.unit.factory import fence
+
+DEV = "cow-1"
+T = 1_700_000_000_000
+H = 3_600_000
+
+
+def state(ts: int, lon: float = 17.605, lat: float = 59.805) -> DeviceState:
+    return DeviceState("farm", ts, lon, lat, {"A": Membership(T, 1)}, battery=30.0, seen_ms=5, silent=True)
+
+
+def test_bytes_give_the_track_back_exactly():
+    track = Track(base=state(T - 1000))
+    fixes = [
+        Fix(DEV, T, 17.6051234, 59.8051234),  # 7 decimals: two int32
+        Fix(DEV, T + 1000, 17.605123456789, 59.80512345678, {"battery": 30.25}),  # float64 place; hundredths
+        Fix(DEV, T + 2000, 17.6, 59.8, {"accuracy_m": 3.333, "battery": 19.5}),  # 3.333: not hundredths: float64
+        Fix(DEV, T + 2000 + (1 << 33), -179.9999999, -89.5, {"accuracy_m": 4.0}),  # a gap beyond 32 bits
+    ]
+    track.extend(fixes[:3], [Event("enter", "farm", DEV, "A", 1, T + 1000, 17.6, 59.8)], state(T + 2000), 2)
+    track.extend(fixes[3:], [Event("silent", "farm", DEV, "", 0, T + 2000, 17.6, 59.8)], state(T + 2000 + (1 << 33)))
+    track.retracted[b"\x01" * 16] = (T + 1000, 2)
+    back = Track.from_bytes(track.to_bytes())
+    assert back == track
+    assert back.fixes(DEV) == fixes
+    assert len(back.ids[T + 1000]) == 1 and T + 2000 not in back.ids  # silent is of the worker's clock: not kept
+    assert back.base is not None and back.base.seen_ms == 0 and not back.base.silent  # nor in the states kept
+    assert len(back.snaps) == 1 and back.snaps[0].last_ts == T + 2000
+
+
+def test_the_live_path_appends_bytes_without_reading_the_track():
+    track = Track(base=state(T - 1000))
+    track.extend([Fix(DEV, T, 17.6, 59.8)], [], state(T))
+    stored = track.to_bytes()
+    fixes = [Fix(DEV, T + 1000, 17.61, 59.8, {"battery": 12.0}), Fix(DEV, T + 2000, 17.62, 59.8)]
+    events = [
+        Event("exit", "farm", DEV, "A", 1, T + 1000, 17.61, 59.8),
+        Event("enter", "farm", DEV, "B", 1, T, 17.6, 59.8),  # a fence change re-deciding an older fix
+        Event("exit", "farm", DEV, "C", 1, T - 5000, 17.6, 59.8),  # at a fix not held (the base's): not kept
+        Event("resumed", "farm", DEV, "", 0, T + 1000, 17.61, 59.8),
+    ]
+    stored += append_bytes(track.newest, fixes, events, state(T + 2000))
+    track.extend(fixes, events, state(T + 2000), snap_every=1)
+    assert Track.from_bytes(stored) == track
+
+
+def test_the_window_and_the_cap_drop_the_oldest_fixes_up_to_a_snapshot():
+    track = Track()
+    for i in range(30):  # a fix an hour, a snapshot every 4
+        ts = T + i * H
+        track.extend([Fix(DEV, ts, 17.6, 59.8)], [Event("enter", "farm", DEV, "A", 1, ts, 17.6, 59.8)], state(ts), 4)
+    track.trim(window_ms=24 * H, cap=2_000)
+    # the window starts at fix 5 (29 h - 24 h): the newest snapshot at or before fix 4 is after fix 3
+    assert track.base is not None and track.base.last_ts == T + 3 * H
+    assert track.ts[0] == T + 4 * H and min(track.ids) == T + 4 * H
+    assert all(s.last_ts > track.base.last_ts for s in track.snaps)
+    track.trim(window_ms=24 * H, cap=10)  # the cap: 10 fixes, cut at a snapshot
+    assert len(track) <= 10 + 4 and track.ts[-1] == T + 29 * H
+    assert track.base.last_ts == T + 19 * H
+
+
+def test_a_late_fix_older_than_the_base_is_too_old_even_within_the_window():
+    index = FenceIndex([fence("A")])
+    track = Track()
+    for i in range(12):
+        ts = T + i * 60_000
+        track.extend([Fix(DEV, ts, 17.605, 59.805)], [], state(ts), 4)
+    track.trim(cap=5)  # 5 of 12: the newest snapshot before the 8th fix is after the 4th, the base now
+    assert track.base is not None and track.base.last_ts == T + 3 * 60_000 and len(track) == 8
+    current = state(T + 11 * 60_000)
+    m = merge(DEV, current, track, [Fix(DEV, T + 3 * 60_000 - 1, 17.0, 59.0)], index)
+    assert (m.too_old, m.events) == (1, [])
+    m = merge(DEV, current, track, [Fix(DEV, T + 3 * 60_000, 17.0, 59.0)], index)  # the base's own fix
+    assert (m.duplicates, m.events) == (1, [])
+    m = merge(DEV, current, track, [Fix(DEV, T + 3 * 60_000 + 1, 17.0, 59.0)], index)  # after it: merged
+    assert [e.type for e in m.events] == ["exit", "enter"]
+
+
+def test_a_track_out_of_step_with_the_state_starts_again_from_it():
+    index = FenceIndex([fence("A")])
+    current = state(T + 60_000)
+    m = merge(DEV, current, Track(), [Fix(DEV, T, 17.0, 59.0)], index)  # tracks kept since now only
+    assert (m.too_old, m.events) == (1, [])
+    assert m.track.base is not None and m.track.base.last_ts == current.last_ts
+
+
+def test_a_fix_as_collars_send_it_is_13_bytes_17_with_accuracy_and_battery():
+    assert len(append_bytes(T, [Fix(DEV, T + 60_000, 17.6051234, 59.8051234)], [])) == 13
+    assert (
+        len(append_bytes(T, [Fix(DEV, T + 60_000, 17.60512, 59.80512, {"accuracy_m": 4.7, "battery": 87.0})], [])) == 17
+    )
+    assert len(append_bytes(T, [Fix(DEV, T + 60_000, 17.605123456789, 59.8)], [])) == 21  # a place not in 1e-7 degrees
+
+
+fix_st = st.builds(
+    lambda t, dt, x, y, a, b: (
+        Fix(DEV, t, x, y, {k: v for k, v in (("accuracy_m", a), ("battery", b)) if v is not None} or None),
+        t - dt,
+    ),
+    st.integers(T, T + 10 * H),
+    st.sampled_from([1, 60_000, 1 << 32, 1 << 33, 0]),  # gaps: small, a minute, beyond 32 bits; 0: no fix before
+    st.one_of(st.integers(-1_800_000_000, 1_800_000_000).map(lambda i: i / 1e7), st.floats(-180, 180)),
+    st.one_of(st.integers(-900_000_000, 900_000_000).map(lambda i: i / 1e7), st.floats(-90, 90)),
+    st.one_of(st.none(), st.integers(0, 70_000).map(lambda i: i / 100), st.floats(0, 1000)),
+    st.one_of(st.none(), st.integers(0, 10_000).map(lambda i: i / 100), st.floats(-5, 105)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(fix_st, max_size=30))
+def test_a_batch_encoded_at_once_gives_each_fix_its_own_record(rows):
+    fixes = [f for f, _ in rows]
+    prev = [p if p != f.ts_ms else -1 for f, p in rows]
+    extras = [f.extra or {} for f in fixes]
+    one_by_one = [
+        fix_bytes(f.ts_ms, p, f.lon, f.lat, e.get("accuracy_m"), e.get("battery"))
+        for f, p, e in zip(fixes, prev, extras, strict=True)
+    ]
+    assert encode_fixes(fixes, prev) == one_by_one
+    for f, p, rec in zip(fixes, prev, one_by_one, strict=True):  # and each reads back exactly
+        back = Track.from_bytes(MAGIC + bytes([BASE]) + _base(p) + rec) if p >= 0 else Track.from_bytes(MAGIC + rec)
+        assert back.fixes(DEV) == [f]
+
+
+def _base(ts: int) -> bytes:
+    out = bytearray()
+    state_record(out, BASE, DeviceState("farm", ts, 0.0, 0.0))
+    return bytes(out[1:])

@@ -26,12 +26,22 @@ come in time order, so almost every question is answered by the cache).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 MAX_WINDOWS = 50
 EARLIEST, LATEST = date(2000, 1, 1), date(2200, 12, 31)  # a schedule's dates and instants lie between
@@ -41,6 +51,37 @@ Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 _DAY = timedelta(days=1)
 _MS = timedelta(milliseconds=1)
 _WEEK_MS = 8 * 86_400_000  # a daily pattern repeats weekly: a week (and a day of slack) without a change is for good
+
+
+def _text(pattern: str, what: str, parse: Callable[[str], Any]) -> BeforeValidator:
+    """Read only a string of this form (not the numbers pydantic would take as times)."""
+    form = re.compile(pattern)
+
+    def read(value: Any) -> Any:
+        if isinstance(value, str) and form.match(value):
+            return parse(value.upper())
+        if isinstance(value, (datetime, date, time)):
+            return value  # built in Python
+        raise ValueError(f"{what}, got {value!r}"[:200])
+
+    return BeforeValidator(read)
+
+
+TIME = r"^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?$"
+Instant = Annotated[
+    AwareDatetime,
+    _text(
+        r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})$",
+        "an RFC 3339 instant with its offset, such as 2026-11-22T06:00:00+01:00",
+        datetime.fromisoformat,
+    ),
+]
+LocalTime = Annotated[
+    time,
+    _text(TIME, "a local time HH:MM or HH:MM:SS, without an offset", time.fromisoformat),
+    WithJsonSchema({"type": "string", "pattern": TIME, "examples": ["06:00"]}),
+]
+Day = Annotated[date, _text(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", "a date YYYY-MM-DD", date.fromisoformat)]
 
 
 def ms(dt: datetime) -> int:
@@ -68,8 +109,8 @@ class AbsoluteWindow(BaseModel):
     )
 
     kind: Literal["absolute"]
-    from_: AwareDatetime = Field(alias="from", description="RFC 3339 instant: active from here")
-    to: AwareDatetime = Field(description="RFC 3339 instant, after from: inactive again from here")
+    from_: Instant = Field(alias="from", description="RFC 3339 instant: active from here")
+    to: Instant = Field(description="RFC 3339 instant, after from: inactive again from here")
 
     @model_validator(mode="after")
     def _ordered(self) -> AbsoluteWindow:
@@ -89,23 +130,18 @@ class DailyWindow(BaseModel):
     )
 
     kind: Literal["daily"]
-    start: time = Field(description="local time (HH:MM[:SS]) the window opens")
-    end: time = Field(description="local time it closes; before start: the next day; equal to start: 24 hours")
+    start: LocalTime = Field(description="local time (HH:MM[:SS]) the window opens")
+    end: LocalTime = Field(description="local time it closes; before start: the next day; equal to start: 24 hours")
     days: tuple[Weekday, ...] | None = Field(
         None, min_length=1, max_length=7, description="the days it opens on (by the day it opens); null: every day"
     )
-    valid_from: date | None = Field(None, description="the first date it opens on (inclusive)")
-    valid_to: date | None = Field(None, description="the last date it opens on (inclusive)")
-
-    @field_validator("start", "end")
-    @classmethod
-    def _local(cls, value: time) -> time:
-        if value.tzinfo is not None:
-            raise ValueError("a local time without an offset: the schedule's timezone applies")
-        return value
+    valid_from: Day | None = Field(None, description="the first date it opens on (inclusive)")
+    valid_to: Day | None = Field(None, description="the last date it opens on (inclusive)")
 
     @model_validator(mode="after")
     def _dates(self) -> DailyWindow:
+        if self.start.tzinfo is not None or self.end.tzinfo is not None:
+            raise ValueError("a local time without an offset: the schedule's timezone applies")
         if self.valid_from is not None and self.valid_to is not None and self.valid_to < self.valid_from:
             raise ValueError("valid_to must not be before valid_from")
         _within(*(d for d in (self.valid_from, self.valid_to) if d is not None))

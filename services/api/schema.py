@@ -12,6 +12,7 @@ from pydantic.fields import FieldInfo
 from fencex.fence import FenceId, FenceProperties
 from fencex.herd import DEFAULT_RULES, HerdRules
 from fencex.mob import MobId, MobProperties
+from fencex.schedule import Schedule
 
 MIN_TS_MS = 946_684_800_000  # 2000-01-01: fixes before it are unit or clock errors (issue 9 #2)
 DeviceId = Annotated[str, Field(min_length=1, max_length=128, examples=["collar-7"])]
@@ -157,6 +158,58 @@ class FencePublic(BaseModel):
     id: str
     geometry: dict[str, Any]
     properties: FencePublicProperties
+
+
+class RotationStep(BaseModel):
+    """One paddock of a rotation: its new schedule (null: always active)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    fence_id: FenceId
+    schedule: Schedule | None = Field(description="when the fence is active from now on; null: always")
+    if_match: int | None = Field(
+        None, ge=1, le=10**18, description="the fence's version you last saw (its ETag): 412 if it changed since"
+    )
+
+
+class Rotation(BaseModel):
+    """A rotation: the schedules of several of the farm's fences, set together (all or none)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "example": {
+                "fences": [
+                    {
+                        "fence_id": "north-paddock",
+                        "schedule": {
+                            "timezone": "Europe/Stockholm",
+                            "windows": [
+                                {
+                                    "kind": "absolute",
+                                    "from": "2026-11-22T06:00:00+01:00",
+                                    "to": "2026-11-29T06:00:00+01:00",
+                                }
+                            ],
+                        },
+                    },
+                    {
+                        "fence_id": "south-paddock",
+                        "schedule": {
+                            "timezone": "Europe/Stockholm",
+                            "windows": [
+                                {"kind": "daily", "start": "06:00", "end": "18:00", "valid_from": "2026-11-29"}
+                            ],
+                        },
+                        "if_match": 3,
+                    },
+                ]
+            }
+        },
+    )
+
+    fences: list[RotationStep] = Field(min_length=1, max_length=1000)
 
 
 class QuarantinedFence(BaseModel):

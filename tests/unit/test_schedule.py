@@ -168,6 +168,10 @@ INVALID = [
     ("daily: an unknown day", one(**DAILY, days=["someday"])),
     ("daily: no day", one(**DAILY, days=[])),
     ("daily: a date out of range", one(**DAILY, valid_to="9999-12-31")),
+    ("daily: seconds since midnight, not a time", one(**{**DAILY, "start": 21600})),
+    ("daily: a time with a fraction", one(**{**DAILY, "start": "06:00:00.5"})),
+    ("absolute: epoch seconds, not an instant", one(kind="absolute", **{"from": 1780000000}, to="2026-11-23T06:00Z")),
+    ("daily: a date as a number", one(**DAILY, valid_from=20261122)),
     ("unknown kind", one(**{**DAILY, "kind": "weekly"})),
     ("unknown member", one(**DAILY, every=2)),
 ]

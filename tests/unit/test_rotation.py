@@ -4,8 +4,11 @@ the fix's time; a transition re-evaluates the devices at its instant (issue 12 p
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from unittest.mock import patch
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fencex.detector import DeviceState, Membership
 from fencex.fix import Fix
@@ -184,3 +187,21 @@ def test_a_mob_sees_only_its_active_pastures():
     assert out.events == []
     out = process([Fix("cow", OPEN, *IN_B)], INDEX, states, farm, rules_of, mob_of)
     assert [(e.type, e.fence_id) for e in out.events] == [("escape", "")]  # it left no pasture of its mob
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b"]), st.integers(T, CLOSE + 10_000), st.sampled_from([IN_A, IN_B, IN_X, (5.0, 5.0)])
+        ),
+        max_size=40,
+    )
+)
+def test_the_fast_path_skips_no_change_a_schedule_makes(moves):
+    """Fixes across the openings and closings: the pipeline gives what it gives with its fast path off."""
+    fixes = [Fix(d, ts, *where) for d, ts, where in moves]
+    fast = process(fixes, INDEX, {}, farm, rules_of)
+    with patch("fencex.pipeline.unchanged", lambda *args, **kw: False):
+        slow = process(fixes, INDEX, {}, farm, rules_of)
+    assert [e.event_id for e in fast.events] == [e.event_id for e in slow.events]

@@ -98,21 +98,15 @@ def _repair_schedule(schedule: Any) -> Any:
 
 
 def _repair_schedules(body: dict[str, Any]) -> dict[str, Any]:
-    """Schedules wherever a body holds them: a fence's properties, a PATCH, a rotation (each fence once)."""
+    """Schedules wherever a body holds them: a fence's properties, a PATCH, a rotation's fences."""
     if "schedule" in body:
         body = {**body, "schedule": _repair_schedule(body["schedule"])}
     props = body.get("properties")
     if isinstance(props, dict) and "schedule" in props:
         body = {**body, "properties": {**props, "schedule": _repair_schedule(props["schedule"])}}
-    if isinstance(body.get("fences"), list) and all(isinstance(f, dict) for f in body["fences"]):
-        seen: set[Any] = set()
-        steps = []
-        for step in body["fences"]:
-            if step.get("fence_id") in seen:
-                continue  # a fence twice in one rotation is refused, rightly
-            seen.add(step.get("fence_id"))
-            steps.append(_repair_schedules(step))
-        body = {**body, "fences": steps}
+    fences = body.get("fences")
+    if isinstance(fences, dict):  # a rotation: fence id -> step
+        body = {**body, "fences": {k: _repair_schedules(v) if isinstance(v, dict) else v for k, v in fences.items()}}
     return body
 
 

@@ -19,6 +19,9 @@ DeviceId = Annotated[str, Field(min_length=1, max_length=128, examples=["collar-
 DeviceIdPath = Annotated[str, Path(min_length=1, max_length=128, description="the collar's id", examples=["collar-7"])]
 TenantId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
 
+# JSON Schema's integer: 17.0 is one (strict pydantic refuses it); 17.5 and "17" are not
+WHOLE = BeforeValidator(lambda v: int(v) if isinstance(v, float) and v.is_integer() else v)
+WholeNumber = Annotated[int, WHOLE]
 StrictLon = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-180, le=180)]
 StrictLat = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-90, le=90)]
 
@@ -165,10 +168,9 @@ class RotationStep(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    fence_id: FenceId
     schedule: Schedule | None = Field(description="when the fence is active from now on; null: always")
-    if_match: int | None = Field(
-        None, ge=1, le=10**18, description="the fence's version you last saw (its ETag): 412 if it changed since"
+    if_match: Annotated[int, Field(ge=1, le=10**18), WHOLE] | None = Field(
+        None, description="the fence's version you last saw (its ETag): 412 if it changed since"
     )
 
 
@@ -180,9 +182,8 @@ class Rotation(BaseModel):
         strict=True,
         json_schema_extra={
             "example": {
-                "fences": [
-                    {
-                        "fence_id": "north-paddock",
+                "fences": {
+                    "north-paddock": {
                         "schedule": {
                             "timezone": "Europe/Stockholm",
                             "windows": [
@@ -194,8 +195,7 @@ class Rotation(BaseModel):
                             ],
                         },
                     },
-                    {
-                        "fence_id": "south-paddock",
+                    "south-paddock": {
                         "schedule": {
                             "timezone": "Europe/Stockholm",
                             "windows": [
@@ -204,12 +204,20 @@ class Rotation(BaseModel):
                         },
                         "if_match": 3,
                     },
-                ]
+                }
             }
         },
     )
 
-    fences: list[RotationStep] = Field(min_length=1, max_length=1000)
+    fences: dict[FenceId, RotationStep] = Field(
+        min_length=1,
+        max_length=1000,
+        description="fence id -> its new schedule (and, optionally, its version)",
+        json_schema_extra={
+            "additionalProperties": False,  # every key is a fence id (patternProperties alone allows any)
+            "propertyNames": {"minLength": 1, "maxLength": 128, "pattern": r"^[A-Za-z0-9_.:-]+$"},
+        },
+    )
 
 
 class QuarantinedFence(BaseModel):
@@ -492,10 +500,6 @@ class MobList(BaseModel):
 
 def _rule(name: str, **constraints: Any) -> Any:
     return Field(getattr(DEFAULT_RULES, name), allow_inf_nan=False, **constraints)
-
-
-# JSON Schema's integer: 17.0 is one (strict pydantic refuses it); 17.5 and "17" are not
-WholeNumber = Annotated[int, BeforeValidator(lambda v: int(v) if isinstance(v, float) and v.is_integer() else v)]
 
 
 class HerdSettings(BaseModel):

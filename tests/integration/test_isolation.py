@@ -153,7 +153,7 @@ CASES: dict[tuple[str, str], Case] = {
     ),
     ("GET", "/fences/{fence_id}"): Case(lambda f: ("GET", "/fences/a-fence", {}), not_found),
     ("POST", "/rotations"): Case(
-        lambda f: ("POST", "/rotations", {"json": {"fences": [{"fence_id": "a-fence", "schedule": None}]}}), not_found
+        lambda f: ("POST", "/rotations", {"json": {"fences": {"a-fence": {"schedule": None}}}}), not_found
     ),
     ("GET", "/fences/quarantined"): Case(lambda f: ("GET", "/fences/quarantined", {}), b_sees_no_quarantine_of_a),
     ("PUT", "/fences/{fence_id}"): Case(

@@ -53,9 +53,7 @@ def test_a_rotation_sets_the_schedules_of_several_fences_all_or_none(api):
     assert _schedule_of(api, "south") == (1, Schedule.model_validate(WEEK).model_dump(mode="json"))
     r = api.post(
         "/rotations",
-        json={
-            "fences": [{"fence_id": "north", "schedule": DAILY}, {"fence_id": "south", "schedule": None, "if_match": 1}]
-        },
+        json={"fences": {"north": {"schedule": DAILY}, "south": {"schedule": None, "if_match": 1}}},
         headers=a,
     )
     assert r.status_code == 200, r.text
@@ -66,33 +64,28 @@ def test_a_rotation_sets_the_schedules_of_several_fences_all_or_none(api):
     # one stale if_match: 412 naming that fence, and nothing written
     r = api.post(
         "/rotations",
-        json={
-            "fences": [
-                {"fence_id": "north", "schedule": WEEK, "if_match": 2},
-                {"fence_id": "south", "schedule": WEEK, "if_match": 1},
-            ]
-        },
+        json={"fences": {"north": {"schedule": WEEK, "if_match": 2}, "south": {"schedule": WEEK, "if_match": 1}}},
         headers=a,
     )
     is_problem(r, 412, "fence 'south'")
     assert _schedule_of(api, "north") == (2, daily) and _schedule_of(api, "south") == (2, None)
     # a fence not the farm's (another farm's is not there for it): 404, nothing written
-    b_side = api.post("/rotations", json={"fences": [{"fence_id": "north", "schedule": None}]}, headers=api.b)
+    b_side = api.post("/rotations", json={"fences": {"north": {"schedule": None}}}, headers=api.b)
     is_problem(b_side, 404, "no fence 'north' on this farm")
     r = api.post(
         "/rotations",
-        json={"fences": [{"fence_id": "north", "schedule": None}, {"fence_id": "nowhere", "schedule": None}]},
+        json={"fences": {"north": {"schedule": None}, "nowhere": {"schedule": None}}},
         headers=a,
     )
     is_problem(r, 404, "'nowhere'")
     assert _schedule_of(api, "north") == (2, daily)
-    # a bad zone, a bad window, a fence twice: 422
+    # a bad zone, a bad window, no fence, a version that is not a number: 422
     bad_zone = {**DAILY, "timezone": "Europe/Atlantis"}
-    is_problem(api.post("/rotations", json={"fences": [{"fence_id": "north", "schedule": bad_zone}]}, headers=a), 422)
+    is_problem(api.post("/rotations", json={"fences": {"north": {"schedule": bad_zone}}}, headers=a), 422)
     backwards = {"windows": [{"kind": "absolute", "from": "2026-11-29T00:00:00Z", "to": "2026-11-22T00:00:00Z"}]}
-    is_problem(api.post("/rotations", json={"fences": [{"fence_id": "north", "schedule": backwards}]}, headers=a), 422)
-    twice = {"fences": [{"fence_id": "north", "schedule": None}, {"fence_id": "north", "schedule": DAILY}]}
-    is_problem(api.post("/rotations", json=twice, headers=a), 422, "named twice")
+    is_problem(api.post("/rotations", json={"fences": {"north": {"schedule": backwards}}}, headers=a), 422)
+    is_problem(api.post("/rotations", json={"fences": {}}, headers=a), 422)
+    is_problem(api.post("/rotations", json={"fences": {"north": {"schedule": None, "if_match": "2"}}}, headers=a), 422)
     is_problem(api.post("/fences", json=feature("east", schedule=bad_zone), headers=a), 422)
     assert _schedule_of(api, "north") == (2, daily)
     # the fence routes carry it too: PATCH sets and clears it

@@ -27,24 +27,21 @@ router = APIRouter(prefix="/rotations", tags=["fences"])
     responses={
         404: {"description": "a fence that is not the farm's (the problem names it)"},
         412: {"description": "a fence's version is not its if_match (the problem names it)"},
-        422: {"description": "a bad schedule (time zone, window, limits) or a fence named twice"},
+        422: {"description": "a bad schedule (time zone, window, limits)"},
     },
 )
 async def plan_rotation(body: Rotation, tenant: Tenant, store: Store, state: State) -> dict[str, Any]:
-    ids = [step.fence_id for step in body.fences]
-    twice = sorted({fid for fid in ids if ids.count(fid) > 1})
-    if twice:
-        raise Problem(422, f"fence {twice[0]!r} is named twice in the rotation", fences=twice)
+    ids = list(body.fences)
     found = await store.fences_by_id(ids)
     current = {fid: f for fid, f in found.items() if f is not None and f.tenant == tenant}
     missing = [fid for fid in ids if fid not in current]
     if missing:
         raise Problem(404, f"no fence {missing[0]!r} on this farm", fences=missing)
     changed: list[Fence] = []
-    for step in body.fences:
-        fence = current[step.fence_id]
+    for fid, step in body.fences.items():
+        fence = current[fid]
         if step.if_match is not None and step.if_match != fence.version:
-            raise VersionConflict(step.if_match, fence.version, f"fence {step.fence_id!r}")
+            raise VersionConflict(step.if_match, fence.version, f"fence {fid!r}")
         changed.append(within_bytes(fence.model_copy(update={"schedule": step.schedule}), state.settings))
     # the versions read are the writes' preconditions: a fence changed meanwhile fails them all (412)
     stored = await store.put_fences(changed, if_match={fid: f.version for fid, f in current.items()})

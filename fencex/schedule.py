@@ -44,6 +44,7 @@ from pydantic import (
 )
 
 MAX_WINDOWS = 50
+MAX_SPANS = 2000  # spans next_change looks at, at most, in one call (a few milliseconds)
 EARLIEST, LATEST = date(2000, 1, 1), date(2200, 12, 31)  # a schedule's dates and instants lie between
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 WEEKDAYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -248,16 +249,21 @@ def active_at(schedule: Schedule | None, ts_ms: int) -> bool:
 
 
 def next_change(schedule: Schedule | None, after_ms: int) -> int | None:
-    """The first instant after ``after_ms`` at which the fence's activity flips (None: never)."""
+    """The first instant after ``after_ms`` at which the fence's activity flips (None: never), or,
+    for a fence that stays active longer than its next :data:`MAX_SPANS` spans, the start of the last
+    one looked at: an instant to ask again from, where it does not flip (so one farm's schedule of
+    whole days for centuries costs milliseconds, not minutes, and asking again is harmless)."""
     if schedule is None:
         return None
     horizon = _horizon(schedule, after_ms)
     run: tuple[int, int] | None = None  # the union of the spans so far that overlap
-    for s, e in _spans(schedule, after_ms):
+    for n, (s, e) in enumerate(_spans(schedule, after_ms)):
         if run is not None and s <= run[1]:
             run = (run[0], max(run[1], e))
             if run[1] > horizon:
                 return None  # active from here on (the pattern repeats)
+            if n >= MAX_SPANS and s > after_ms:
+                return s  # still active: ask again from here
             continue
         if run is not None:
             return run[0] if run[0] > after_ms else run[1]

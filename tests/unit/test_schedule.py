@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -204,3 +205,19 @@ def test_a_farms_schedules_answer_from_their_cache_and_agree_with_the_rule():
         at("2026-11-20T18:00"),
         at("2026-11-21T06:00"),
     ]
+
+
+def test_a_schedule_active_for_centuries_costs_little_to_ask():
+    """50 whole-day windows, every day until 2200: the fence is active for 174 years. Walking that
+    run window by window would hold the worker for minutes (one farm's schedule slowing everyone):
+    next_change stops after MAX_SPANS spans with an instant to ask again from, where nothing flips."""
+    s = Schedule.model_validate(
+        {"windows": [{"kind": "daily", "start": "00:00", "end": "00:00", "valid_to": "2200-12-31"}] * MAX_WINDOWS}
+    )
+    after = at("2026-11-22T12:00")
+    started = time.perf_counter()
+    again = next_change(s, after)
+    assert time.perf_counter() - started < 0.5
+    assert again is not None and again > after
+    assert active_at(s, again) and active_at(s, again - 1)  # a point to ask again from, not a flip
+    assert FarmSchedules({"f": s}).inactive_at(after) == frozenset()

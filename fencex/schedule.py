@@ -19,12 +19,12 @@ time); one that exists twice (the hour repeated when clocks go back) is its firs
 (summer time). A daily window whose end, so read, is not after its start is empty that day.
 
 :func:`active_at` and :func:`next_change` are the rules; :class:`FarmSchedules` answers them for
-all the scheduled fences of a farm at once, with a cache of the span it last answered for (fixes
-come in time order, so almost every question is answered by the cache).
+all the scheduled fences of a farm at once, from a table per day asked about (a bisection a fix).
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -44,6 +44,8 @@ from pydantic import (
 )
 
 MAX_WINDOWS = 50
+_DAY_MS = 86_400_000
+_DAYS_KEPT = 8  # days of a farm's activity tables kept (then all dropped: rebuilt as asked)
 MAX_SPANS = 2000  # spans next_change looks at, at most, in one call (a few milliseconds)
 EARLIEST, LATEST = date(2000, 1, 1), date(2200, 12, 31)  # a schedule's dates and instants lie between
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -290,22 +292,45 @@ def changes(schedule: Schedule | None, after_ms: int, until_ms: int, limit: int 
 
 class FarmSchedules:
     """A farm's scheduled fences (fence id -> schedule): which are inactive at an instant, and when
-    that next changes. Caches the answer for the span it last computed (valid until the next change)."""
+    that next changes. Which are inactive is kept per day (UTC) asked about, as the instants the set
+    changes and the set from each: a fix is answered by a bisection, in whatever order the fixes of the
+    farm's devices come; a few days are kept (fixes come from about now, and late ones from a day or so)."""
 
-    __slots__ = ("_cache", "schedules")
+    __slots__ = ("_days", "schedules")
 
     def __init__(self, schedules: dict[str, Schedule]) -> None:
         self.schedules = schedules
-        self._cache: tuple[int, int, frozenset[str]] = (0, -1, frozenset())  # [lo, hi): the inactive ids
+        self._days: dict[int, tuple[list[int], list[frozenset[str]]]] = {}  # day -> (starts, inactive ids)
 
     def inactive_at(self, ts_ms: int) -> frozenset[str]:
-        lo, hi, off = self._cache
-        if lo <= ts_ms < hi:
-            return off
-        off = frozenset(fid for fid, s in self.schedules.items() if not active_at(s, ts_ms))
-        nxt = self.next_change(ts_ms)
-        self._cache = (ts_ms, nxt if nxt is not None else 1 << 62, off)
-        return off
+        day = ts_ms // _DAY_MS
+        table = self._days.get(day)
+        if table is None:
+            if len(self._days) >= _DAYS_KEPT:
+                self._days.clear()
+            table = self._days[day] = self._day(day * _DAY_MS)
+        starts, offs = table
+        return offs[bisect.bisect_right(starts, ts_ms) - 1]
+
+    def _day(self, lo: int) -> tuple[list[int], list[frozenset[str]]]:
+        hi = lo + _DAY_MS
+        off = {fid for fid, s in self.schedules.items() if not active_at(s, lo)}
+        flips: dict[int, list[str]] = {}
+        for fid, s in self.schedules.items():
+            t = next_change(s, lo)
+            while t is not None and t < hi:
+                flips.setdefault(t, []).append(fid)
+                t = next_change(s, t)
+        starts, offs = [lo], [frozenset(off)]
+        for t in sorted(flips):
+            for fid in flips[t]:  # asked, not toggled: a point to ask again from is no flip
+                if active_at(self.schedules[fid], t):
+                    off.discard(fid)
+                else:
+                    off.add(fid)
+            starts.append(t)
+            offs.append(frozenset(off))
+        return starts, offs
 
     def next_change(self, after_ms: int) -> int | None:
         """The first instant after ``after_ms`` at which any of the farm's fences flips."""

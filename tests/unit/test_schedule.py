@@ -221,3 +221,25 @@ def test_a_schedule_active_for_centuries_costs_little_to_ask():
     assert again is not None and again > after
     assert active_at(s, again) and active_at(s, again - 1)  # a point to ask again from, not a flip
     assert FarmSchedules({"f": s}).inactive_at(after) == frozenset()
+
+
+def test_fixes_out_of_time_order_across_devices_do_not_recompute_the_farms_schedules(monkeypatch):
+    """A batch holds many devices' fixes, not in time order: asking at 10:00:01, then 10:00:00, ...
+    must not recompute every fence's schedule each time (a millisecond a fix for a farm of 20)."""
+    import fencex.schedule as module
+
+    calls = 0
+    real = module.next_change
+
+    def counted(schedule, after_ms):
+        nonlocal calls
+        calls += 1
+        return real(schedule, after_ms)
+
+    monkeypatch.setattr(module, "next_change", counted)
+    farm = FarmSchedules({f"f{i}": daily(f"{6 + i % 3:02d}:00", "18:00") for i in range(20)})
+    t = at("2026-11-22T10:00")
+    for k in range(2000):
+        ts = t + (k if k % 2 else -k)  # back and forth in time
+        assert farm.inactive_at(ts) == {fid for fid, s in farm.schedules.items() if not active_at(s, ts)}
+    assert calls <= 20 * 10, calls  # per fence: its flips over the day or two asked about

@@ -80,7 +80,38 @@ def _repair(geometry: Any) -> Any:
     return {**geometry, "coordinates": [[ring]]}
 
 
+def _repair_schedule(schedule: Any) -> Any:
+    """A schedule in a known time zone, its windows' dates ordered and within the years it allows."""
+    if not isinstance(schedule, dict):
+        return schedule
+    out = {**schedule, "timezone": "Europe/Stockholm"} if "timezone" in schedule else dict(schedule)
+    if isinstance(out.get("windows"), list):
+        windows = []
+        for w in out["windows"]:
+            if isinstance(w, dict) and w.get("kind") == "absolute":
+                w = {**w, "from": "2026-11-22T06:00:00+01:00", "to": "2026-11-29T18:00:00+01:00"}
+            elif isinstance(w, dict):
+                w = {**w, **{k: d for k, d in (("valid_from", "2026-11-22"), ("valid_to", "2026-12-22")) if k in w}}
+            windows.append(w)
+        out["windows"] = windows
+    return out
+
+
+def _repair_schedules(body: dict[str, Any]) -> dict[str, Any]:
+    """Schedules wherever a body holds them: a fence's properties, a PATCH, a rotation's fences."""
+    if "schedule" in body:
+        body = {**body, "schedule": _repair_schedule(body["schedule"])}
+    props = body.get("properties")
+    if isinstance(props, dict) and "schedule" in props:
+        body = {**body, "properties": {**props, "schedule": _repair_schedule(props["schedule"])}}
+    fences = body.get("fences")
+    if isinstance(fences, dict):  # a rotation: fence id -> step
+        body = {**body, "fences": {k: _repair_schedules(v) if isinstance(v, dict) else v for k, v in fences.items()}}
+    return body
+
+
 def _repair_body(body: dict[str, Any]) -> dict[str, Any]:
+    body = _repair_schedules(body)
     if "geometry" in body:
         body = {**body, "geometry": _repair(body["geometry"])}
     if body.get("polygon") is not None:
@@ -90,7 +121,7 @@ def _repair_body(body: dict[str, Any]) -> dict[str, Any]:
         features = []
         for f in body["features"]:
             if isinstance(f, dict) and "geometry" in f:
-                f = {**f, "geometry": _repair(f["geometry"])}
+                f = _repair_schedules({**f, "geometry": _repair(f["geometry"])})
                 if f.get("id") is not None:
                     if f["id"] in seen:
                         continue  # an id twice in one collection is refused, rightly

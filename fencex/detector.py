@@ -11,11 +11,9 @@ than the device's last accepted fix is stale and skipped. On top of that:
   are reshaped or deleted.
 
 The herd's rules (escape and return, battery, fixes not to trust) are in :mod:`fencex.herd`;
-:func:`detect` applies them after the fence rules.
-
-:func:`is_stale`, :func:`unchanged` and :func:`fencex.herd.steady` are the predicates the batch
-pipeline's fast path asks before it skips the full transition; they are the detector's own rules,
-not copies, and a property test holds them to :func:`detect`.
+:func:`detect` applies them after the fence rules. :func:`is_stale`, :func:`unchanged` and
+:func:`fencex.herd.steady` are the batch pipeline's fast path's predicates: the detector's own
+rules, not copies (a property test holds them to :func:`detect`).
 """
 
 from __future__ import annotations
@@ -60,7 +58,8 @@ class DeviceState:
     ``low``/``battery``: the battery alarm and the last reading; ``seen_ms``: when its last fix arrived, on the
     worker's clock (0: unknown), and ``silent``: a ``silent`` event was sent since (no fix for the farm's
     ``silence_s``); ``turns``: its escapes and returns so far (each one's id holds it: distinct at one fix, the
-    same on a replay from the saved state)."""
+    same on a replay from the saved state); ``sched_ms``: the last schedule transition it was re-evaluated at
+    (:mod:`fencex.schedule`: its fences' activity is judged at the later of that and its fix's time)."""
 
     tenant: str
     last_ts: int
@@ -77,6 +76,7 @@ class DeviceState:
     seen_ms: int = 0
     silent: bool = False
     turns: int = 0
+    sched_ms: int = 0
 
     @property
     def accepted(self) -> tuple[int, float, float]:
@@ -97,22 +97,14 @@ class DeviceState:
             obj["acc"] = list(self.acc)
         if self.pending is not None:
             obj["pend"] = list(self.pending)
-        if self.out:
-            obj["out"] = 1
-        if self.streak:
-            obj["streak"] = self.streak
         if self.pasture:
             obj["pas"] = self.pasture
-        if self.low:
-            obj["low"] = 1
         if self.battery is not None:
             obj["bat"] = self.battery
-        if self.seen_ms:
-            obj["seen"] = self.seen_ms
-        if self.silent:
-            obj["sil"] = 1
-        if self.turns:
-            obj["turns"] = self.turns
+        counts = (("out", int(self.out)), ("streak", self.streak), ("low", int(self.low)), ("seen", self.seen_ms))
+        for key, value in (*counts, ("sil", int(self.silent)), ("turns", self.turns), ("sched", self.sched_ms)):
+            if value:
+                obj[key] = value
         return obj
 
     @classmethod
@@ -134,6 +126,7 @@ class DeviceState:
             int(obj.get("seen", 0)),
             bool(obj.get("sil", 0)),
             int(obj.get("turns", 0)),
+            int(obj.get("sched", 0)),
         )
 
 
@@ -250,6 +243,7 @@ def _copy(s: DeviceState, members: dict[str, Membership]) -> DeviceState:  # dat
         s.seen_ms,
         s.silent,
         s.turns,
+        s.sched_ms,
     )
 
 
@@ -387,14 +381,18 @@ def reevaluate(
     fences: Mapping[str, Fence],
     mob: Mob = NO_MOB,
     distance: Distance | None = None,
+    at_ms: int = 0,
 ) -> Outcome:
     """Re-apply a device's last accepted fix after fences changed: exits from deleted or
     shrunk fences, enters into new or grown ones, escapes and returns (at once: no
-    confirmation), at the accepted fix's time and place. ``inside``/``near`` are of that place."""
+    confirmation), at the accepted fix's time and place. ``inside``/``near`` are of that place.
+    ``at_ms``: a schedule's transition: the events are at that instant, kept as ``sched_ms``."""
     ts, lon, lat = state.accepted
     if ts < 0:
         return Outcome(state, [])  # never placed in its fences
+    ts = at_ms or ts
     members, events = _memberships(state.members, state.tenant, device_id, ts, lon, lat, inside, near, fences)
     new = _copy(state, members)
+    new.sched_ms = max(new.sched_ms, at_ms)
     _herd(state.members, new, device_id, ts, lon, lat, mob, fences, 1, distance, events, False)
     return Outcome(new, events)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from shapely.geometry.base import BaseGeometry
 
 from fencex.errors import InvalidFence
+from fencex.schedule import Schedule
 
 DEFAULT_MAX_VERTICES = 10_000
 # Coordinates this far (degrees) outside [-180, 180] or [-90, 90] are floating-point noise from
@@ -151,6 +152,11 @@ class FenceProperties(BaseModel):
         description="pasture: animals belong inside (leaving every pasture of its mob is an escape); "
         "exclusion: animals must stay out (entering is an escape); zone: enter and exit only",
     )
+    schedule: Schedule | None = Field(
+        default=None,
+        description="when the fence is active (null: always); an inactive fence counts as absent: "
+        "no enter, exit or escape by it, and those inside exit when it closes and enter when it opens",
+    )
 
 
 class Fence(FenceProperties):
@@ -200,6 +206,7 @@ class Fence(FenceProperties):
                 "dwell_s": self.dwell_s,
                 "exit_buffer_m": self.exit_buffer_m,
                 "kind": self.kind,
+                "schedule": self.schedule.model_dump(mode="json") if self.schedule is not None else None,
                 "version": self.version,
                 "updated_at": self.updated_at,
             },

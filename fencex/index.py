@@ -30,6 +30,7 @@ from shapely.geometry.base import BaseGeometry
 
 from fencex.fence import Fence
 from fencex.herd import METRES_PER_DEGREE_LAT, METRES_PER_DEGREE_LON_EQUATOR, NO_MOB, Mob, boundary_distance_m
+from fencex.schedule import FarmSchedules, farm_schedules
 
 _EMPTY: tuple[int, ...] = ()
 _KEY_OFFSET = 1 << 30
@@ -115,10 +116,9 @@ class FenceIndex:
     """All fences of all tenants, for batch point lookups.
 
     Immutable once built: what a lookup reads is fixed by the constructor. The scalar path
-    (:meth:`containing`) keeps two derived tables (``_cells``, ``_bounds_list``) that are
-    computed on its first call only, because the workers never use them and the build is on
-    the path of every fence change; computing them twice in a race gives equal values.
-
+    (:meth:`containing`) keeps two derived tables (``_cells``, ``_bounds_list``) computed on its
+    first call only (the workers never use them; the build is on the path of every fence change);
+    computed twice in a race, they are equal, as are the schedules' cached answers.
     A fence that does not build (a geometry stored by an older version, non-finite
     coordinates, a shapely error) is left out and listed in :attr:`quarantined`: one bad
     fence never stops the index for the others.
@@ -173,6 +173,7 @@ class FenceIndex:
             ok, geoms, bounds = [ok[r] for r in keep.tolist()], geoms[keep], bounds[keep]
         self.fences: tuple[Fence, ...] = tuple(ok)
         self.by_id: dict[str, Fence] = {f.id: f for f in self.fences}
+        self.schedules: dict[str, FarmSchedules] = farm_schedules((f.tenant, f.id, f.schedule) for f in self.fences)
         kinds: dict[tuple[str, str], set[str]] = {}
         for f in self.fences:
             kinds.setdefault((f.tenant, f.kind), set()).add(f.id)
@@ -202,12 +203,11 @@ class FenceIndex:
                 "fence %r of tenant %r (version %s) quarantined: it does not build: %s", fid, tenant, version, reason
             )
 
-    def quarantined_of(self, tenant: str) -> dict[str, str]:
-        """The tenant's quarantined fences: fence id -> reason."""
+    def quarantined_of(self, tenant: str) -> dict[str, str]:  # fence id -> reason
         return {fid: q.reason for fid, q in self.quarantined.items() if q.tenant == tenant}
 
     def __len__(self) -> int:
-        return len(self.fences)
+        return len(self.fences)  # self.schedules: farm -> its fences with a schedule (farms with none left out)
 
     def _codes_of(self, tenants: Sequence[str] | str, n: int) -> np.ndarray:
         if isinstance(tenants, str):
@@ -369,14 +369,12 @@ class FenceIndex:
         return len(self._outer) > 0
 
     @cached_property
-    def _cells(self) -> dict[int, list[int]]:
-        """The grid as a dict, for the scalar path (computed on its first call)."""
+    def _cells(self) -> dict[int, list[int]]:  # the grid as a dict, for the scalar path
         grid = self._grid
         return {int(k): grid.items[s : s + c].tolist() for k, s, c in zip(grid.keys, grid.starts, grid.counts)}
 
     @cached_property
-    def _bounds_list(self) -> list[list[float]]:
-        """Each fence's bounding box as Python floats, for the scalar path (computed on its first call)."""
+    def _bounds_list(self) -> list[list[float]]:  # each fence's box as floats, for the scalar path
         return shapely.bounds(self._geoms).tolist()  # type: ignore[no-any-return]
 
     def containing(self, tenant: str, lon: float, lat: float) -> list[Fence]:

@@ -134,6 +134,11 @@ class PushMetrics:
             ["reason"],
             registry=registry,
         )
+        self.schedule_transitions = Counter(
+            "fencex_schedule_transitions_total",
+            "Rotation schedule transitions (a farm's fence opening or closing) applied to the held devices",
+            registry=registry,
+        )
         self.silence_sweep = Histogram(
             "fencex_silence_sweep_seconds",
             "Time the event loop spent in one sweep for silent devices",

@@ -13,21 +13,70 @@ the defaults) and, optionally, which fences are a device's pastures and exclusio
 zones (``mob_of``: device id -> :class:`~fencex.herd.Mob`, or None for the farm's
 default mob: all its pastures and exclusion zones). Without ``rules_of``, the
 fence rules alone (enter, exit, dwell), as before.
+
+Rotation schedules (:mod:`fencex.schedule`): a fence inactive at a fix's time counts as absent
+for it (its ids are taken out of the fix's fences and of the mob's pastures and exclusion zones),
+so a member exits it when it closes and one inside enters it when it opens. The time is the later
+of the fix's and the last transition the device was re-evaluated at (``DeviceState.sched_ms``):
+activity never goes back for a device. Only farms with a scheduled fence pay for it.
+:func:`reevaluate_all` with ``at_ms`` applies a transition: the events are at its instant.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from fencex.detector import DeviceState, Outcome, detect, is_stale, move, reevaluate, unchanged
 from fencex.event import Event
+from fencex.fence import Fence
 from fencex.fix import Fix
 from fencex.herd import DEFAULT_RULES, NO_HERD, NO_MOB, HerdRules, Mob, steady
 from fencex.index import FenceIndex
+from fencex.schedule import FarmSchedules
 
 RulesOf = Callable[[str], HerdRules]  # tenant -> the farm's herd rules
 MobOf = Callable[[str], Mob | None]  # device id -> its mob (None: the farm's default mob)
+
+
+class _Active(Mapping[str, Fence]):
+    """The index's fences but the inactive ones: an inactive fence is as a deleted one."""
+
+    __slots__ = ("fences", "off")
+
+    def __init__(self, fences: Mapping[str, Fence], off: frozenset[str]) -> None:
+        self.fences, self.off = fences, off
+
+    def __getitem__(self, fid: str) -> Fence:
+        if fid in self.off:
+            raise KeyError(fid)
+        return self.fences[fid]
+
+    def __iter__(self) -> Iterator[str]:
+        return (fid for fid in self.fences if fid not in self.off)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+Scope = tuple[Sequence[str], Sequence[str], Mob, Mapping[str, Fence]]  # inside, near, mob, fences
+
+
+def _active(plan: FarmSchedules, at_ms: int, scope: Scope, cache: dict[Any, Any]) -> Scope:
+    """A fix's fences, the device's mob and the fences by id without the farm's fences inactive at ``at_ms``."""
+    off = plan.inactive_at(at_ms)
+    if not off:
+        return scope
+    inside, near, mob, fences = scope
+    key = (mob, off)
+    active = cache.get(key)
+    if active is None:
+        active = cache[key] = Mob(mob.pastures - off, mob.exclusions - off)
+    view = cache.get(off)
+    if view is None:
+        view = cache[off] = _Active(fences, off)
+    return [f for f in inside if f not in off], [f for f in near if f not in off], active, view
 
 
 def default_rules(tenant: str) -> HerdRules:
@@ -76,6 +125,8 @@ def process(
     untrusted = out.untrusted
     farms: dict[str, tuple[HerdRules, Mob]] = {}  # tenant -> its rules and default mob, looked up once a batch
     distance = index.distance_m
+    scheduled = index.schedules
+    cache: dict[Any, Any] = {}  # (mob, inactive ids) -> the mob without them; inactive ids -> the fences without
     for i, fix in enumerate(fixes):
         tenant = tenants[i]
         farm = farms.get(tenant)
@@ -99,18 +150,22 @@ def process(
         out.fixes += 1
         if inside:
             out.inside += 1
-        inside_ids = [rows[r].id for r in inside] if inside else ()
-        near_ids = [rows[r].id for r in near_rows[i]] if near_rows is not None and near_rows[i] else ()
+        inside_ids: Sequence[str] = [rows[r].id for r in inside] if inside else ()
+        near_ids: Sequence[str] = [rows[r].id for r in near_rows[i]] if near_rows is not None and near_rows[i] else ()
+        fences: Mapping[str, Fence] = by_id
+        if scheduled and (plan := scheduled.get(tenant)) is not None:
+            at = fix.ts_ms if state is None else max(fix.ts_ms, state.sched_ms)
+            inside_ids, near_ids, mob, fences = _active(plan, at, (inside_ids, near_ids, mob, by_id), cache)
         if (
             state is not None
             and steady(state, fix, rules)
-            and unchanged(state, fix.ts_ms, inside_ids, near_ids, by_id, mob)
+            and unchanged(state, fix.ts_ms, inside_ids, near_ids, fences, mob)
         ):
             # Fast path: the detector's own rules say nothing changes. Move the device.
             move(state, fix, now_ms)
             dirty[fix.device_id] = state
             continue
-        result: Outcome = detect(state, fix, tenant, inside_ids, near_ids, by_id, rules, mob, distance, now_ms)
+        result: Outcome = detect(state, fix, tenant, inside_ids, near_ids, fences, rules, mob, distance, now_ms)
         states[fix.device_id] = dirty[fix.device_id] = result.state  # type: ignore[assignment]
         events.extend(result.events)
         if result.untrusted:
@@ -124,11 +179,16 @@ def reevaluate_all(
     devices: Iterable[str] | None = None,
     mob_of: MobOf | None = None,
     herd: bool = False,
+    at_ms: int = 0,
 ) -> Processed:
     """After fences (or mobs) changed: re-apply every (or each named) device's last accepted fix.
-    ``herd``: escapes and returns too (``mob_of`` as for :func:`process`)."""
+    ``herd``: escapes and returns too (``mob_of`` as for :func:`process`). ``at_ms``: a schedule's
+    transition at that instant: the devices that have not seen it (their last accepted fix and
+    transition are before it) are re-evaluated with the fences active then, their events at ``at_ms``."""
     out = Processed()
     ids = [d for d in (states.keys() if devices is None else devices) if d in states and states[d].accepted[0] >= 0]
+    if at_ms:
+        ids = [d for d in ids if max(states[d].accepted[0], states[d].sched_ms) < at_ms]
     if not ids:
         return out
     sts = [states[d] for d in ids]
@@ -139,17 +199,23 @@ def reevaluate_all(
     inside_rows = index.lookup(lons, lats, tenants)
     near_rows = index.lookup(lons, lats, tenants, near=True) if index.has_buffers() else None
     rows = index.fences
+    scheduled = index.schedules
+    cache: dict[Any, Any] = {}
     for i, device_id in enumerate(ids):
-        inside_ids = [rows[r].id for r in inside_rows[i]]
-        near_ids = [rows[r].id for r in near_rows[i]] if near_rows is not None else ()
+        inside_ids: Sequence[str] = [rows[r].id for r in inside_rows[i]]
+        near_ids: Sequence[str] = [rows[r].id for r in near_rows[i]] if near_rows is not None else ()
         state = sts[i]
         mob = NO_MOB
         if herd:
             mob = (mob_of(device_id) if mob_of is not None else None) or index.mob(state.tenant)
-        if unchanged(state, places[i][0], inside_ids, near_ids, index.by_id, mob, fresh=False):
+        fences: Mapping[str, Fence] = index.by_id
+        if scheduled and (plan := scheduled.get(state.tenant)) is not None:
+            at = at_ms or max(places[i][0], state.sched_ms)
+            inside_ids, near_ids, mob, fences = _active(plan, at, (inside_ids, near_ids, mob, fences), cache)
+        if unchanged(state, places[i][0], inside_ids, near_ids, fences, mob, fresh=False):
             continue
         # something changes: an enter or exit, a dwell due, a member's new version to keep, an escape or return
-        result = reevaluate(state, device_id, inside_ids, near_ids, index.by_id, mob, index.distance_m)
+        result = reevaluate(state, device_id, inside_ids, near_ids, fences, mob, index.distance_m, at_ms)
         states[device_id] = out.dirty[device_id] = result.state  # type: ignore[assignment]
         out.events.extend(result.events)
     return out

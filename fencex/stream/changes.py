@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fencex.stream import silence
+from fencex.stream import rotation, silence
 
 if TYPE_CHECKING:
     from fencex.stream.loop import Processor
@@ -28,6 +28,8 @@ async def swap_index(p: Processor) -> None:
     out = p._reevaluate(None)
     silence.rewatch(p, list(p.generations))  # a farm's silence time may have changed with it
     await p._publish_reevaluation(out)
+    p.rotation.rebuild(p.index, int(p.clock() * 1000))  # schedules may have changed with it: their
+    await rotation.catch_up(p)  # transitions up to now, at the devices' own times, are applied
 
 
 async def herd_changed(p: Processor) -> None:

@@ -41,3 +41,4 @@ class LoopSettings:
     herd_rules: bool = True  # escapes, batteries, fixes not to trust and silence, per farm (off: fences alone)
     silence_sweep_s: float = 5.0  # seconds between two sweeps for silent devices
     silence_max_lag: int = 20_000  # a partition further behind than this (records) is not swept
+    schedule_catchup_s: float = 7 * 86_400  # transitions missed while down: applied this far back at most

@@ -8,7 +8,8 @@ killed at any moment loses no event (at least once):
    run the pipeline against cached device state with the farms' herd rules (``rules_of``,
    ``mob_of``: the follower's; setting ``herd_rules`` off: the fence rules alone), queue
    the events and dead letters; every ``silence_sweep_s``, sweep the held devices for
-   silent ones (:mod:`fencex.stream.silence`);
+   silent ones (:mod:`fencex.stream.silence`); when the clock passes a scheduled fence's
+   opening or closing, re-evaluate that farm's devices at it (:mod:`fencex.stream.rotation`);
 3. add the changed states, events and next offsets to the :class:`Checkpoint`;
 4. every ``flush_interval`` (and before partitions are given up, and before fences are
    re-evaluated: :mod:`fencex.stream.changes`) take the checkpoint as one snapshot, serialised at once; then, in the
@@ -52,7 +53,7 @@ from fencex.index import FenceIndex
 from fencex.metrics import PushMetrics
 from fencex.pipeline import Processed, RulesOf, process, reevaluate_all
 from fencex.retrying import retrying
-from fencex.stream import batch, changes, isolation, silence
+from fencex.stream import batch, changes, isolation, rotation, silence
 from fencex.stream.checkpoint import Checkpoint, Pending
 from fencex.stream.config import LoopSettings, Topics
 from fencex.stream.gauges import worker_gauges
@@ -93,6 +94,7 @@ class Processor:
         self.rules_of = (rules_of or follower.rules_of) if settings.herd_rules else None
         self.mob_of = follower.mob_of if settings.herd_rules else None
         self.silence = SilenceWatch(self.rules_of)
+        self.rotation = rotation.TransitionHeap()  # the scheduled farms' next transitions
         self._swept = 0.0  # monotonic time of the last silence sweep
         self._fetched = -1  # the epoch of the last getmany since an assignment or a reload
         self._next_index: FenceIndex | None = None
@@ -115,6 +117,7 @@ class Processor:
         """Connect to Redis, load fences and device registrations, join the group."""
         await self.store.connect()
         self.index = await self.follower.load()
+        self.rotation.rebuild(self.index, int(self.clock() * 1000))
         self.metrics.index_rebuild.observe(self.index.build_seconds)
         log.info("loaded %d fences and %d device registrations", len(self.index), len(self.follower.tenants))
         await self.producer.start()
@@ -205,6 +208,9 @@ class Processor:
                     else:
                         await self._apply_batches(batches)
                     self._inflight = {}
+            due = self.rotation.next_due()
+            if due is not None and due <= self.clock() * 1000:
+                await rotation.apply_due(self)
             if self.rules_of is not None and time.monotonic() - self._swept >= self.settings.silence_sweep_s:
                 await silence.sweep(self)
             if self.checkpoint.due():
@@ -263,6 +269,7 @@ class Processor:
         self.device_partition.update(owned)
         # A fence may have changed while no worker held these devices: catch up now.
         await self._publish_reevaluation(self._reevaluate(list(states)))
+        await rotation.catch_up(self, list(states))  # and a schedule's transitions missed
         silence.rewatch(self, partitions)
         log.info("partitions %s: %d devices loaded", partitions, len(states))
 

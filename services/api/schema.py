@@ -12,12 +12,16 @@ from pydantic.fields import FieldInfo
 from fencex.fence import FenceId, FenceProperties
 from fencex.herd import DEFAULT_RULES, HerdRules
 from fencex.mob import MobId, MobProperties
+from fencex.schedule import Schedule
 
 MIN_TS_MS = 946_684_800_000  # 2000-01-01: fixes before it are unit or clock errors (issue 9 #2)
 DeviceId = Annotated[str, Field(min_length=1, max_length=128, examples=["collar-7"])]
 DeviceIdPath = Annotated[str, Path(min_length=1, max_length=128, description="the collar's id", examples=["collar-7"])]
 TenantId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
 
+# JSON Schema's integer: 17.0 is one (strict pydantic refuses it); 17.5 and "17" are not
+WHOLE = BeforeValidator(lambda v: int(v) if isinstance(v, float) and v.is_integer() else v)
+WholeNumber = Annotated[int, WHOLE]
 StrictLon = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-180, le=180)]
 StrictLat = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-90, le=90)]
 
@@ -157,6 +161,63 @@ class FencePublic(BaseModel):
     id: str
     geometry: dict[str, Any]
     properties: FencePublicProperties
+
+
+class RotationStep(BaseModel):
+    """One paddock of a rotation: its new schedule (null: always active)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    schedule: Schedule | None = Field(description="when the fence is active from now on; null: always")
+    if_match: Annotated[int, Field(ge=1, le=10**18), WHOLE] | None = Field(
+        None, description="the fence's version you last saw (its ETag): 412 if it changed since"
+    )
+
+
+class Rotation(BaseModel):
+    """A rotation: the schedules of several of the farm's fences, set together (all or none)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "example": {
+                "fences": {
+                    "north-paddock": {
+                        "schedule": {
+                            "timezone": "Europe/Stockholm",
+                            "windows": [
+                                {
+                                    "kind": "absolute",
+                                    "from": "2026-11-22T06:00:00+01:00",
+                                    "to": "2026-11-29T06:00:00+01:00",
+                                }
+                            ],
+                        },
+                    },
+                    "south-paddock": {
+                        "schedule": {
+                            "timezone": "Europe/Stockholm",
+                            "windows": [
+                                {"kind": "daily", "start": "06:00", "end": "18:00", "valid_from": "2026-11-29"}
+                            ],
+                        },
+                        "if_match": 3,
+                    },
+                }
+            }
+        },
+    )
+
+    fences: dict[FenceId, RotationStep] = Field(
+        min_length=1,
+        max_length=1000,
+        description="fence id -> its new schedule (and, optionally, its version)",
+        json_schema_extra={
+            "additionalProperties": False,  # every key is a fence id (patternProperties alone allows any)
+            "propertyNames": {"minLength": 1, "maxLength": 128, "pattern": r"^[A-Za-z0-9_.:-]+$"},
+        },
+    )
 
 
 class QuarantinedFence(BaseModel):
@@ -439,10 +500,6 @@ class MobList(BaseModel):
 
 def _rule(name: str, **constraints: Any) -> Any:
     return Field(getattr(DEFAULT_RULES, name), allow_inf_nan=False, **constraints)
-
-
-# JSON Schema's integer: 17.0 is one (strict pydantic refuses it); 17.5 and "17" are not
-WholeNumber = Annotated[int, BeforeValidator(lambda v: int(v) if isinstance(v, float) and v.is_integer() else v)]
 
 
 class HerdSettings(BaseModel):

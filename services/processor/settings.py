@@ -37,6 +37,8 @@ class Settings(ServiceSettings):
     herd_rules: bool = True
     silence_sweep_s: float = Field(default=5.0, gt=0)  # seconds between two sweeps for silent collars
     silence_max_lag: int = Field(default=20_000, ge=0)  # a partition further behind (records) is not swept yet
+    # Rotation schedules: transitions missed while no worker held a device are applied this far back at most
+    schedule_catchup_s: float = Field(default=7 * 86_400, gt=0)
     # The silence time of a farm without its own herd settings (the API's PUT /herd/settings)
     default_silence_s: float = Field(default=DEFAULT_RULES.silence_s, gt=0)
     # The herd metrics carry a farm label for the first this many farms a worker sees; the
@@ -63,4 +65,5 @@ class Settings(ServiceSettings):
             herd_rules=self.herd_rules,
             silence_sweep_s=self.silence_sweep_s,
             silence_max_lag=self.silence_max_lag,
+            schedule_catchup_s=self.schedule_catchup_s,
         )

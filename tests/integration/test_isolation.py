@@ -152,6 +152,9 @@ CASES: dict[tuple[str, str], Case] = {
         lambda f: ("POST", "/fences/import", {"json": {"features": [feature("a-fence", geometry=B_SQUARE)]}}), taken
     ),
     ("GET", "/fences/{fence_id}"): Case(lambda f: ("GET", "/fences/a-fence", {}), not_found),
+    ("POST", "/rotations"): Case(
+        lambda f: ("POST", "/rotations", {"json": {"fences": {"a-fence": {"schedule": None}}}}), not_found
+    ),
     ("GET", "/fences/quarantined"): Case(lambda f: ("GET", "/fences/quarantined", {}), b_sees_no_quarantine_of_a),
     ("PUT", "/fences/{fence_id}"): Case(
         lambda f: ("PUT", "/fences/a-fence", {"json": feature(geometry=B_SQUARE)}), taken

@@ -18,6 +18,7 @@ EXPECTED = {
     ("patch", "/fences/{fence_id}"),
     ("delete", "/fences/{fence_id}"),
     ("post", "/fences/import"),
+    ("post", "/rotations"),
     ("get", "/query/fences"),
     ("post", "/query/fences"),
     ("post", "/query/devices"),

@@ -273,7 +273,7 @@ async def patch_fence(
     expected = parse_if_match(if_match)
     if expected is not None and expected != current.version:
         raise VersionConflict(expected, current.version)
-    changes = body.model_dump(exclude_unset=True)
+    changes = {name: getattr(body, name) for name in body.model_fields_set}  # models stay models (schedule)
     merged = within_bytes(current.model_copy(update=changes), state.settings)
     (stored,) = await store.put_fences([merged], if_match={fence_id: current.version})
     response.headers["ETag"] = etag(stored)

@@ -1,0 +1,175 @@
+"""Rotation schedules in the worker loop, with the in-memory fakes: transitions on the worker's clock
+with no fix, once, across rebalances, crashes and restarts, with the same ids (issue 12 part 4)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fencex.event import event_id
+from fencex.index import FenceIndex
+from tests.unit.factory import fence
+from tests.unit.fakes import Broker, FakeStore
+from tests.unit.test_loop import INSIDE, T0, Clock, Worker, fast_retries, run, steps  # noqa: F401
+from tests.unit.test_rotation import window
+
+OPEN, CLOSE = T0 + 120_000, T0 + 240_000  # the zone is active between (the clock starts at T0 + 60 s)
+ZONE = FenceIndex([fence("north", kind="zone", schedule=window(OPEN, CLOSE))])
+
+
+def fence_events(events: list[dict]) -> list[tuple[str, str, str]]:
+    return [(e["type"], e["fence_id"], e["ts"]) for e in events if e["type"] in ("enter", "exit")]
+
+
+def enter_id(at: int = OPEN) -> str:
+    return event_id("cow-1", "north", 1, "enter", at)
+
+
+def ids(events: list[dict], kind: str) -> list[str]:
+    return [e["event_id"] for e in events if e["type"] == kind]
+
+
+def test_a_zone_opens_and_closes_on_the_workers_clock_with_no_fix_once_each():
+    async def main():
+        broker, store, clock = Broker(partitions=1), FakeStore(), Clock()
+        broker.fix("cow-1", T0, *INSIDE)
+        w = Worker(broker, store, ZONE, clock)
+        await w.start([0])
+        await steps(w)
+        assert w.producer.handed_events() == []  # inside, but the zone is not active yet
+        clock.s = OPEN / 1000 - 0.001
+        await steps(w)
+        assert w.producer.handed_events() == []  # not yet
+        clock.s = OPEN / 1000
+        await steps(w)
+        assert ids(broker.events(), "enter") == [enter_id()]  # at the transition's instant
+        assert store.states["cow-1"]["sched"] == OPEN and store.states["cow-1"]["in"]["north"][0] == OPEN
+        clock.s = CLOSE / 1000 + 3600
+        await steps(w, 5)
+        assert ids(broker.events(), "exit") == [event_id("cow-1", "north", 1, "exit", CLOSE)]
+        assert len(broker.events()) == 2  # once each
+        assert w.metrics.schedule_transitions._value.get() == 2
+
+    run(main())
+
+
+def test_a_transition_missed_while_no_worker_ran_is_applied_when_the_partitions_are_loaded_once():
+    async def main():
+        broker, store, clock = Broker(partitions=1), FakeStore(), Clock()
+        broker.fix("cow-1", T0, *INSIDE)
+        a = Worker(broker, store, ZONE, clock)
+        await a.start([0])
+        await steps(a)
+        a.run()
+        await a.kill()  # down from before the zone opens...
+        clock.s = OPEN / 1000 + 60  # ...until after
+        b = Worker(broker, store, ZONE, clock)
+        await b.start([0])  # the load applies it
+        await steps(b)
+        assert ids(b.producer.handed_events(), "enter") == [enter_id()]
+        await b.consumer.rebalance([])  # saved by the revoke's flush
+        c = Worker(broker, store, ZONE, clock)
+        await c.start([0])
+        await steps(c)
+        assert c.producer.handed_events() == []  # applied once
+        clock.s = CLOSE / 1000 + 1
+        await steps(c)
+        assert ids(c.producer.handed_events(), "exit") == [event_id("cow-1", "north", 1, "exit", CLOSE)]
+
+    run(main())
+
+
+def test_missed_transitions_are_applied_in_order():
+    async def main():
+        broker, store, clock = Broker(partitions=1), FakeStore(), Clock()
+        broker.fix("cow-1", T0, *INSIDE)
+        a = Worker(broker, store, ZONE, clock)
+        await a.start([0])
+        await steps(a)
+        a.run()
+        await a.kill()
+        clock.s = CLOSE / 1000 + 60  # down while the zone opened and closed
+        b = Worker(broker, store, ZONE, clock)
+        await b.start([0])
+        await steps(b)
+        assert [(e["type"], e["event_id"]) for e in b.producer.handed_events()] == [
+            ("enter", enter_id()),
+            ("exit", event_id("cow-1", "north", 1, "exit", CLOSE)),
+        ]
+
+    run(main())
+
+
+@pytest.mark.parametrize("saved", [True, False])
+def test_a_transition_across_a_rebalance_or_a_crash_is_published_once_with_one_id(saved):
+    """The old owner applies the transition; then either the revoke's flush saves it (the new owner
+    must not repeat it), or the worker dies before any flush (the new owner repeats it: same id)."""
+
+    async def main():
+        broker, store, clock = Broker(partitions=1), FakeStore(), Clock()
+        broker.fix("cow-1", T0, *INSIDE)
+        a = Worker(broker, store, ZONE, clock, flush_interval=3600.0)
+        await a.start([0])
+        await steps(a)
+        async with a.proc.lock:
+            await a.proc.flush()
+        clock.s = OPEN / 1000 + 1
+        real = a.proc.flush
+
+        async def no_flush(wait: bool = True) -> None:  # the worker dies before its flush completes
+            return None
+
+        if not saved:
+            a.proc.flush = no_flush
+        await steps(a, 1)
+        first = ids(a.producer.handed_events(), "enter")
+        assert first == [enter_id()]
+        if saved:
+            await a.consumer.rebalance([])
+            assert store.states["cow-1"]["sched"] == OPEN
+        else:
+            a.proc.flush = real
+            a.producer.crash()
+            assert "sched" not in store.states["cow-1"]
+        b = Worker(broker, store, ZONE, clock)
+        await b.start([0])
+        await steps(b)
+        again = ids(b.producer.handed_events(), "enter")
+        assert again == ([] if saved else first)
+        assert ids(broker.events(), "enter") == first  # delivered once, with one id
+
+    run(main())
+
+
+def test_a_schedule_set_on_a_fence_applies_its_past_transitions_at_the_devices_own_times():
+    """A fence with no schedule, a device inside it; then a schedule whose window closed 30 s after
+    the device's last fix: the device exits at the closing instant, with no fix."""
+
+    async def main():
+        broker, store, clock = Broker(partitions=1), FakeStore(), Clock()
+        broker.fix("cow-1", T0, *INSIDE)
+        w = Worker(broker, store, FenceIndex([fence("north", kind="zone")]), clock)
+        await w.start([0])
+        await steps(w)
+        assert ids(broker.events(), "enter") == [event_id("cow-1", "north", 1, "enter", T0)]
+        w.follower.push(
+            FenceIndex([fence("north", kind="zone", version=2, schedule=window(T0 - 3_600_000, T0 + 30_000))])
+        )
+        await steps(w)
+        assert ids(broker.events(), "exit") == [event_id("cow-1", "north", 2, "exit", T0 + 30_000)]
+        await steps(w)
+        assert len(broker.events()) == 2
+
+    run(main())
+
+
+def test_a_farm_without_schedules_has_no_transitions():
+    async def main():
+        broker, store, clock = Broker(partitions=1), FakeStore(), Clock()
+        w = Worker(broker, store, FenceIndex([fence("north")]), clock)
+        await w.start([0])
+        assert w.proc.rotation.heap == []
+        w.follower.push(ZONE)
+        await steps(w)
+        assert w.proc.rotation.heap == [(OPEN, "farm")]
+
+    run(main())

@@ -159,7 +159,8 @@ EVENT_SCHEMA: dict[str, Any] = {
             "type": "string",
             "format": "date-time",
             "description": "time of the fix that caused the event (RFC 3339, UTC); silent, transferred: "
-            "the last fix's time (transferred: the last fix the farm it was sent to had)",
+            "the last fix's time (transferred: the last fix the farm it was sent to had); at a "
+            "schedule's transition (a fence turned on or off): the transition's instant",
         },
         "lon": {"type": "number", "minimum": -180, "maximum": 180},
         "lat": {"type": "number", "minimum": -90, "maximum": 90},

@@ -14,6 +14,7 @@ redis-py, aiokafka or confluent-kafka exception classes::
     ├── InAnotherMob                 a device is in another mob of its farm already (HTTP 409)
     ├── VersionConflict              If-Match no longer matches (HTTP 412)
     ├── Fenced                       a state save refused: its partitions have a newer owner
+    ├── CorruptRecord                stored bytes that do not read (a track cut short or damaged)
     ├── Unavailable                  a server does not answer
     │   ├── StoreUnavailable         Redis
     │   └── BrokerUnavailable        the Kafka-protocol broker
@@ -77,6 +78,10 @@ class VersionConflict(FencexError):
 
 class Fenced(FencexError):
     """A worker's save was refused: another worker was assigned its partitions since (a newer generation)."""
+
+
+class CorruptRecord(FencexError, ValueError):
+    """Stored bytes (a device's track) that do not read back: cut short, damaged or not of fencex."""
 
 
 class Unavailable(FencexError, ConnectionError):

@@ -30,6 +30,8 @@ with up to 7 decimals), else two float64, and its extras as uint16 hundredths wh
 from __future__ import annotations
 
 import bisect
+import itertools
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -37,6 +39,7 @@ import orjson
 
 from fencex import trackbytes as tb
 from fencex.detector import DeviceState
+from fencex.errors import CorruptRecord
 from fencex.event import FENCE_TYPES, Event
 from fencex.fix import Fix
 
@@ -169,8 +172,23 @@ class Track:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Track:
+        """The track stored as ``data``; :class:`~fencex.errors.CorruptRecord` if it does not read (cut
+        short, damaged: fixes out of time order or a record that does not parse), never another error."""
         if data[:2] != tb.MAGIC:
-            raise ValueError("not a track")
+            raise CorruptRecord("not a track")
+        try:
+            track = cls._read(data)
+        except CorruptRecord:
+            raise
+        except (struct.error, IndexError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CorruptRecord(f"a track that does not read: {type(exc).__name__}: {exc}"[:200]) from None
+        ts = track.ts
+        if any(a >= b for a, b in itertools.pairwise(ts)) or (ts and ts[0] <= track.floor):
+            raise CorruptRecord("a track whose fixes are not in time order")
+        return track
+
+    @classmethod
+    def _read(cls, data: bytes) -> Track:
         track = cls()
         view = memoryview(data)
         pos, end, prev = 2, len(data), -1
@@ -226,7 +244,7 @@ class Track:
                 pos += tb.GONE_REC.size
                 track.retracted[bytes(gone)] = (t, count)
             else:
-                raise ValueError(f"unknown track record {tag} at byte {pos - 1}")
+                raise CorruptRecord(f"unknown track record {tag} at byte {pos - 1}")
         held = set(ts)
         if any(t not in held for t in ids):  # appended for a fix since trimmed or never held: not for a replay
             track.ids = {t: v for t, v in ids.items() if t in held}

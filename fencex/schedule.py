@@ -303,28 +303,38 @@ class FarmSchedules:
         self._days: dict[int, tuple[list[int], list[frozenset[str]]]] = {}  # day -> (starts, inactive ids)
 
     def inactive_at(self, ts_ms: int) -> frozenset[str]:
-        day = ts_ms // _DAY_MS
+        starts, offs = self._table(ts_ms // _DAY_MS)
+        return offs[bisect.bisect_right(starts, ts_ms) - 1]
+
+    def _table(self, day: int) -> tuple[list[int], list[frozenset[str]]]:
         table = self._days.get(day)
         if table is None:
             if len(self._days) >= _DAYS_KEPT:
                 self._days.clear()
             table = self._days[day] = self._day(day * _DAY_MS)
-        starts, offs = table
-        return offs[bisect.bisect_right(starts, ts_ms) - 1]
+        return table
 
     def _day(self, lo: int) -> tuple[list[int], list[frozenset[str]]]:
+        """The day's table from each fence's spans over it, merged (a fence's windows looked at once
+        each, not once per flip: 50 short windows a day cost 50 spans, not 100 walks of them)."""
         hi = lo + _DAY_MS
-        off = {fid for fid, s in self.schedules.items() if not active_at(s, lo)}
-        flips: dict[int, list[str]] = {}
+        off: set[str] = set()
+        flips: dict[int, list[tuple[str, bool]]] = {}
         for fid, s in self.schedules.items():
-            t = next_change(s, lo)
-            while t is not None and t < hi:
-                flips.setdefault(t, []).append(fid)
-                t = next_change(s, t)
+            on_at_lo = False
+            for a, b in _union(s, lo, hi):
+                if a <= lo:
+                    on_at_lo = True
+                else:
+                    flips.setdefault(a, []).append((fid, True))
+                if b < hi:
+                    flips.setdefault(b, []).append((fid, False))
+            if not on_at_lo:
+                off.add(fid)
         starts, offs = [lo], [frozenset(off)]
         for t in sorted(flips):
-            for fid in flips[t]:  # asked, not toggled: a point to ask again from is no flip
-                if active_at(self.schedules[fid], t):
+            for fid, on in flips[t]:  # a fence's spans are merged: it opens and closes at distinct instants
+                if on:
                     off.discard(fid)
                 else:
                     off.add(fid)
@@ -333,8 +343,15 @@ class FarmSchedules:
         return starts, offs
 
     def next_change(self, after_ms: int) -> int | None:
-        """The first instant after ``after_ms`` at which any of the farm's fences flips."""
-        found = [t for s in self.schedules.values() if (t := next_change(s, after_ms)) is not None]
+        """The first instant after ``after_ms`` at which the farm's inactive set changes (from the day's
+        table; past the day's last change, the fences' own rule, which may give an instant to ask again)."""
+        day = after_ms // _DAY_MS
+        starts, offs = self._table(day)
+        for j in range(bisect.bisect_right(starts, after_ms), len(starts)):
+            if offs[j] != offs[j - 1]:
+                return starts[j]
+        end = (day + 1) * _DAY_MS - 1  # nothing changes later this day: from its last instant on
+        found = [t for s in self.schedules.values() if (t := next_change(s, max(after_ms, end))) is not None]
         return min(found) if found else None
 
     def changes(self, after_ms: int, until_ms: int, limit: int = 1000) -> list[int]:
@@ -345,6 +362,27 @@ class FarmSchedules:
             out.append(nxt)
             t = nxt
         return out
+
+
+def _union(schedule: Schedule, lo: int, hi: int) -> Iterator[tuple[int, int]]:
+    """The schedule's spans that overlap ``[lo, hi)``, those that touch or overlap merged, by start."""
+    run: tuple[int, int] | None = None
+    for s, e in _spans(schedule, lo):
+        if run is not None and s <= run[1]:
+            run = (run[0], max(run[1], e))
+        else:
+            if run is not None:
+                yield run
+                run = None
+            if s >= hi:
+                return
+            if e > s:
+                run = (s, e)
+        if run is not None and run[1] >= hi:
+            yield run  # on past the day's end: nothing more flips in it (a run of whole days stops here)
+            return
+    if run is not None:
+        yield run
 
 
 def farm_schedules(fences: Iterable[tuple[str, str, Schedule | None]]) -> dict[str, FarmSchedules]:

@@ -243,3 +243,39 @@ def test_fixes_out_of_time_order_across_devices_do_not_recompute_the_farms_sched
         ts = t + (k if k % 2 else -k)  # back and forth in time
         assert farm.inactive_at(ts) == {fid for fid, s in farm.schedules.items() if not active_at(s, ts)}
     assert calls <= 20 * 10, calls  # per fence: its flips over the day or two asked about
+
+
+def test_a_farm_of_short_windows_costs_its_windows_a_day_not_a_walk_of_them_a_flip(monkeypatch):
+    """Review 12: 50 one-second windows a day (the limit), on 20 fences of a farm (of 10,000 it may hold):
+    the day's table walked every fence's windows once per flip (100 flips a fence): 1.3 s for the first
+    fix of the day of such a farm, 6.6 s for 100 fences, in the worker's loop; a week's catch-up 25 s."""
+    from fencex.schedule import DailyWindow
+
+    calls = 0
+    real = DailyWindow.span
+
+    def counted(self, day, zone):
+        nonlocal calls
+        calls += 1
+        return real(self, day, zone)
+
+    monkeypatch.setattr(DailyWindow, "span", counted)
+    windows = [
+        {"kind": "daily", "start": f"{h:02d}:{m:02d}:00", "end": f"{h:02d}:{m:02d}:01"}
+        for h in range(24)
+        for m in (0, 30)
+    ]
+    s = Schedule.model_validate({"timezone": "Europe/Stockholm", "windows": windows[:MAX_WINDOWS]})
+    farm = FarmSchedules({f"f{i}": s for i in range(20)})
+    t = at("2026-11-22T10:00")  # local time
+    assert farm.inactive_at(t + 1000) == {f"f{i}" for i in range(20)}
+    assert farm.inactive_at(t + 500) == frozenset()  # in the 10:00:00-10:00:01 window
+    assert calls <= 20 * MAX_WINDOWS * 4, calls  # a fence's windows, over the day and the day before
+    calls = 0
+    week = farm.changes(t - 7 * 86_400_000, t)
+    assert len(week) == 7 * 2 * 48
+    assert all(farm.inactive_at(c) != farm.inactive_at(c - 1) for c in week)
+    assert calls <= 8 * 20 * MAX_WINDOWS * 4 + 8 * 20 * 5 * MAX_WINDOWS, calls  # a table a day, a rule a day end
+    always = FarmSchedules({"f": daily("02:00", "02:00"), "g": daily("06:00", "18:00", valid_to="2200-12-31")})
+    assert always.inactive_at(t) == frozenset() and always.next_change(t) == at("2026-11-22T18:00")
+    assert always.inactive_at(at("2026-11-22T19:00")) == {"g"}

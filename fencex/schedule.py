@@ -117,8 +117,8 @@ class AbsoluteWindow(BaseModel):
 
     @model_validator(mode="after")
     def _ordered(self) -> AbsoluteWindow:
-        if self.to <= self.from_:
-            raise ValueError("to must be after from")
+        if ms(self.to) <= ms(self.from_):  # in the milliseconds fixes and transitions are counted in
+            raise ValueError("to must be after from (by a millisecond at least)")
         _within(self.from_.date(), self.to.date())
         return self
 

@@ -175,6 +175,12 @@ INVALID = [
     ("daily: a date as a number", one(**DAILY, valid_from=20261122)),
     ("unknown kind", one(**{**DAILY, "kind": "weekly"})),
     ("unknown member", one(**DAILY, every=2)),
+    # review 12: to after from by less than the millisecond the worker counts in: a span of no time, never
+    # active, whose start next_change gave as a flip (a transition re-evaluating the farm for nothing)
+    (
+        "absolute: within one millisecond",
+        one(kind="absolute", **{"from": "2026-11-22T06:00:00.0001Z"}, to="2026-11-22T06:00:00.0009Z"),
+    ),
 ]
 
 

@@ -281,20 +281,15 @@ def changes(schedule: Schedule | None, after_ms: int, until_ms: int, limit: int 
     """The instants in ``(after_ms, until_ms]`` at which the activity flips, in order (at most ``limit``)."""
     out: list[int] = []
     t = after_ms
-    while len(out) < limit:
-        nxt = next_change(schedule, t)
-        if nxt is None or nxt > until_ms:
-            break
+    while len(out) < limit and (nxt := next_change(schedule, t)) is not None and nxt <= until_ms:
         out.append(nxt)
         t = nxt
     return out
 
 
 class FarmSchedules:
-    """A farm's scheduled fences (fence id -> schedule): which are inactive at an instant, and when
-    that next changes. Which are inactive is kept per day (UTC) asked about, as the instants the set
-    changes and the set from each: a fix is answered by a bisection, in whatever order the fixes of the
-    farm's devices come; a few days are kept (fixes come from about now, and late ones from a day or so)."""
+    """A farm's scheduled fences (fence id -> schedule): which are inactive at an instant, and when that changes.
+    Kept per UTC day asked about (the instants the set changes, the set from each): a bisection a fix."""
 
     __slots__ = ("_days", "schedules")
 
@@ -315,29 +310,23 @@ class FarmSchedules:
         return table
 
     def _day(self, lo: int) -> tuple[list[int], list[frozenset[str]]]:
-        """The day's table from each fence's spans over it, merged (a fence's windows looked at once
-        each, not once per flip: 50 short windows a day cost 50 spans, not 100 walks of them)."""
+        """The day's table from each fence's spans over it (its windows once each, not once per flip)."""
         hi = lo + _DAY_MS
         off: set[str] = set()
         flips: dict[int, list[tuple[str, bool]]] = {}
         for fid, s in self.schedules.items():
-            on_at_lo = False
+            off.add(fid)
             for a, b in _union(s, lo, hi):
                 if a <= lo:
-                    on_at_lo = True
+                    off.discard(fid)
                 else:
                     flips.setdefault(a, []).append((fid, True))
                 if b < hi:
                     flips.setdefault(b, []).append((fid, False))
-            if not on_at_lo:
-                off.add(fid)
         starts, offs = [lo], [frozenset(off)]
         for t in sorted(flips):
             for fid, on in flips[t]:  # a fence's spans are merged: it opens and closes at distinct instants
-                if on:
-                    off.discard(fid)
-                else:
-                    off.add(fid)
+                (off.discard if on else off.add)(fid)
             starts.append(t)
             offs.append(frozenset(off))
         return starts, offs
@@ -353,6 +342,23 @@ class FarmSchedules:
         end = (day + 1) * _DAY_MS - 1  # nothing changes later this day: from its last instant on
         found = [t for s in self.schedules.values() if (t := next_change(s, max(after_ms, end))) is not None]
         return min(found) if found else None
+
+    def latest_change(self, after_ms: int, until_ms: int) -> int | None:
+        """The last instant in ``(after_ms, until_ms]`` the farm's inactive set changes (the days' tables, back)."""
+        day = until_ms // _DAY_MS
+        while (lo := day * _DAY_MS) + _DAY_MS > after_ms:
+            starts, offs = self._table(day)
+            for j in range(bisect.bisect_right(starts, until_ms) - 1, 0, -1):
+                if starts[j] <= after_ms:
+                    return None
+                if offs[j] != offs[j - 1]:
+                    return starts[j]
+            if lo <= after_ms:
+                return None
+            if offs[0] != self._table(day - 1)[1][-1]:  # changed at midnight (UTC)
+                return lo
+            day -= 1
+        return None
 
     def changes(self, after_ms: int, until_ms: int, limit: int = 1000) -> list[int]:
         """The instants in ``(after_ms, until_ms]`` at which any of the farm's fences flips, in order."""

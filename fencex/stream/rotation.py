@@ -17,7 +17,8 @@ transition up to the later of the two, and is never re-evaluated at one of those
 partitions are loaded, and when the index is swapped (a schedule may have changed under a device),
 the transitions each device has not seen, up to now, are applied in order (:func:`catch_up`; at most
 ``schedule_catchup_s`` back: older ones are left out, the device's fences are right from the first
-transition applied). A device whose state was saved with no change at a transition is judged at it
+transition applied; at most :data:`CATCH_UP_MAX` of them, then the latest, so they are right now).
+A device whose state was saved with no change at a transition is judged at it
 again: with the same state, it gives nothing again.
 """
 
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from fencex.stream.loop import Processor
 
 MAX_DUE = 1000  # transitions applied in one step at most (a worker asleep for years does not spin)
+CATCH_UP_MAX = 1000  # missed transitions applied in order at most (then the latest one: the state now)
 
 
 class TransitionHeap:
@@ -87,7 +89,11 @@ async def catch_up(p: Processor, devices: Iterable[str] | None = None) -> None:
     since = now_ms - int(p.settings.schedule_catchup_s * 1000)
     for farm, ids in _by_farm(p, devices, schedules).items():
         seen = min(max(p.states[d].accepted[0], p.states[d].sched_ms) for d in ids)
-        for at in schedules[farm].changes(max(seen, since), now_ms):
+        plan = schedules[farm]
+        ats = plan.changes(max(seen, since), now_ms, CATCH_UP_MAX)
+        if len(ats) == CATCH_UP_MAX and (last := plan.latest_change(ats[-1], now_ms)) is not None:
+            ats.append(last)  # more than a catch-up applies: the latest too, so the fences are right now
+        for at in ats:
             out = _reevaluate(p, ids, at)
             if out.events or out.dirty:
                 await p._publish_reevaluation(out)

@@ -173,3 +173,36 @@ def test_a_farm_without_schedules_has_no_transitions():
         assert w.proc.rotation.heap == [(OPEN, "farm")]
 
     run(main())
+
+
+def test_more_missed_transitions_than_a_catch_up_applies_leave_the_device_as_the_latest_one_says():
+    """Review 12: a zone of 50 ten-minute windows a day (100 transitions a day) and a worker down for
+    13 days, back while the zone is open: the catch-up took the first 1,000 transitions (10 days)
+    and stopped, leaving the cow out of the open zone, with no enter, until the zone next opened."""
+    from fencex.schedule import Schedule
+
+    windows = [
+        {"kind": "daily", "start": f"{m // 60:02d}:{m % 60:02d}", "end": f"{(m + 10) // 60:02d}:{(m + 10) % 60:02d}"}
+        for m in range(0, 50 * 20, 20)
+    ]
+    zone = FenceIndex([fence("north", kind="zone", schedule=Schedule.model_validate({"windows": windows}))])
+    day = 86_400_000
+    now = (T0 // day + 13) * day + 5 * 60_000  # 00:05 UTC, 13 days on: in the 00:00-00:10 window
+
+    async def main():
+        broker, store, clock = Broker(partitions=1), FakeStore(), Clock()
+        broker.fix("cow-1", T0, *INSIDE)
+        a = Worker(broker, store, zone, clock, schedule_catchup_s=14 * 86_400)
+        await a.start([0])
+        await steps(a)
+        a.run()
+        await a.kill()
+        clock.s = now / 1000
+        b = Worker(broker, store, zone, clock, schedule_catchup_s=14 * 86_400)
+        await b.start([0])
+        await steps(b)
+        last = [e for e in b.producer.handed_events() if e["type"] in ("enter", "exit")][-1]
+        assert (last["type"], last["event_id"]) == ("enter", event_id("cow-1", "north", 1, "enter", now - 5 * 60_000))
+        assert "north" in store.states["cow-1"]["in"]
+
+    run(main())

@@ -9,7 +9,7 @@ A track is ``MAGIC`` and then records, each a tag byte and its fields (little-en
 - ``IDS``: int64 fix time, uint8 n, n ids of 16 bytes: events published at that fix;
 - ``SNAP``, ``BASE``: uint16 length and the state's JSON (:meth:`DeviceState.to_obj`, without the
   worker's clock): the state after the fix at its time, or before the first fix held;
-- ``GONE``: int64 fix time, uint16 times, 16-byte id: an id retracted (so many times).
+- ``GONE``: int64 fix time, uint32 times, 16-byte id: an id retracted (so many times).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ U16 = struct.Struct("<H")
 LL32 = struct.Struct("<ii")
 LL64 = struct.Struct("<dd")
 F64S = struct.Struct("<d")
-GONE_REC = struct.Struct("<qH16s")
+GONE_REC = struct.Struct("<qI16s")  # uint32 times: a uint16 overflowed at 65,536 retractions
 
 
 def centi_exact(x: float) -> bool:

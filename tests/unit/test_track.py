@@ -15,6 +15,7 @@ from fencex.event import Event
 from fencex.fix import Fix
 from fencex.index import FenceIndex
 from fencex.late import merge
+from fencex.pipeline import process
 from fencex.track import Track, append_bytes
 from fencex.trackbytes import BASE, MAGIC, encode_fixes, fix_bytes, state_record
 from tests.unit.factory import fence
@@ -178,3 +179,20 @@ def test_bytes_cut_short_or_damaged_read_as_a_track_in_order_or_fail_with_corrup
         assert all(a < b for a, b in itertools.pairwise(back.ts)) and (not back.ts or back.ts[0] > back.floor)
     with pytest.raises(CorruptRecord):
         Track.from_bytes(data[:-1])
+
+
+def test_an_id_retracted_more_times_than_two_bytes_count_still_writes():
+    # Review 12: the times an id was retracted were a uint16: a track holding an id retracted 65,535
+    # times (an event brought back and withdrawn again by late fixes) that a merge retracts once more
+    # raised struct.error when written, failing the device's save.
+    states: dict[str, DeviceState] = {}
+    track = Track()
+    index = FenceIndex([fence("A")])
+    out, inside = (17.59, 59.79), (17.605, 59.805)
+    fixes = [Fix(DEV, T, *out), Fix(DEV, T + 60_000, *inside)]
+    track.extend(fixes, process(fixes, index, states, lambda d: "farm").events, states[DEV])
+    (entered,) = track.ids[T + 60_000]
+    track.retracted[entered] = (T + 60_000, 65_535)
+    merged = merge(DEV, states[DEV], track, [Fix(DEV, T + 30_000, *inside)], index)
+    assert [(e.type, e.turn) for e in merged.events if e.type == "retract"] == [("retract", 65_535)]
+    assert Track.from_bytes(merged.track.to_bytes()).retracted[entered] == (T + 60_000, 65_536)

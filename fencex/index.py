@@ -132,7 +132,7 @@ class FenceIndex:
         self.version = version
         self.quarantined: dict[str, Quarantined] = {}  # fence id -> why it is left out
         known = previous._shapes if previous is not None else {}
-        known_outer = previous._grown if previous is not None else {}
+        known_outer, plans = (previous._grown, previous.schedules) if previous is not None else ({}, None)
         self._shapes: dict[tuple[str, str, int], BaseGeometry] = {}
         self._grown: dict[tuple[str, str, int], BaseGeometry] = {}
         self._boxes: dict[frozenset[str], tuple[list[BaseGeometry], np.ndarray]] = {}  # see _boxes_of
@@ -173,7 +173,7 @@ class FenceIndex:
             ok, geoms, bounds = [ok[r] for r in keep.tolist()], geoms[keep], bounds[keep]
         self.fences: tuple[Fence, ...] = tuple(ok)
         self.by_id: dict[str, Fence] = {f.id: f for f in self.fences}
-        self.schedules: dict[str, FarmSchedules] = farm_schedules((f.tenant, f.id, f.schedule) for f in self.fences)
+        self.schedules: dict[str, FarmSchedules] = farm_schedules([(f.tenant, f.id, f.schedule) for f in ok], plans)
         kinds: dict[tuple[str, str], set[str]] = {}
         for f in self.fences:
             kinds.setdefault((f.tenant, f.kind), set()).add(f.id)

@@ -302,8 +302,7 @@ class FarmSchedules:
         return offs[bisect.bisect_right(starts, ts_ms) - 1]
 
     def _table(self, day: int) -> tuple[list[int], list[frozenset[str]]]:
-        table = self._days.get(day)
-        if table is None:
+        if (table := self._days.get(day)) is None:
             if len(self._days) >= _DAYS_KEPT:
                 self._days.clear()
             table = self._days[day] = self._day(day * _DAY_MS)
@@ -353,10 +352,8 @@ class FarmSchedules:
                     return None
                 if offs[j] != offs[j - 1]:
                     return starts[j]
-            if lo <= after_ms:
-                return None
-            if offs[0] != self._table(day - 1)[1][-1]:  # changed at midnight (UTC)
-                return lo
+            if lo <= after_ms or offs[0] != self._table(day - 1)[1][-1]:  # none; or a change at midnight (UTC)
+                return lo if lo > after_ms else None
             day -= 1
         return None
 
@@ -391,10 +388,13 @@ def _union(schedule: Schedule, lo: int, hi: int) -> Iterator[tuple[int, int]]:
         yield run
 
 
-def farm_schedules(fences: Iterable[tuple[str, str, Schedule | None]]) -> dict[str, FarmSchedules]:
-    """(tenant, fence id, schedule) -> tenant -> its scheduled fences (farms with none left out)."""
+def farm_schedules(
+    fences: Iterable[tuple[str, str, Schedule | None]], previous: dict[str, FarmSchedules] | None = None
+) -> dict[str, FarmSchedules]:
+    """(tenant, fence id, schedule) -> tenant -> its scheduled fences; ``previous``'s kept (tables and all) if equal."""
     by_farm: dict[str, dict[str, Schedule]] = {}
     for tenant, fid, schedule in fences:
         if schedule is not None:
             by_farm.setdefault(tenant, {})[fid] = schedule
-    return {t: FarmSchedules(s) for t, s in by_farm.items()}
+    old = previous or {}
+    return {t: old[t] if t in old and old[t].schedules == s else FarmSchedules(s) for t, s in by_farm.items()}

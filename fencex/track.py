@@ -231,9 +231,9 @@ class Track:
                 ids[t] = (*ids.get(t, ()), *(bytes(view[pos + 16 * j : pos + 16 * j + 16]) for j in range(n)))
                 pos += 16 * n
             elif tag in (tb.SNAP, tb.BASE):
-                size = tb.U16.unpack_from(view, pos)[0]
-                state = DeviceState.from_obj(orjson.loads(view[pos + 2 : pos + 2 + size]))
-                pos += 2 + size
+                size = tb.U32.unpack_from(view, pos)[0]
+                state = DeviceState.from_obj(orjson.loads(view[pos + 4 : pos + 4 + size]))
+                pos += 4 + size
                 if tag == tb.BASE:
                     track.base = state
                     prev = state.last_ts

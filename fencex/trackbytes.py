@@ -7,7 +7,7 @@ A track is ``MAGIC`` and then records, each a tag byte and its fields (little-en
   is given back bit for bit); ``ACC``, ``BAT``: accuracy_m and battery follow, as uint16 hundredths,
   or ``X64``: as float64;
 - ``IDS``: int64 fix time, uint8 n, n ids of 16 bytes: events published at that fix;
-- ``SNAP``, ``BASE``: uint16 length and the state's JSON (:meth:`DeviceState.to_obj`, without the
+- ``SNAP``, ``BASE``: uint32 length and the state's JSON (:meth:`DeviceState.to_obj`, without the
   worker's clock): the state after the fix at its time, or before the first fix held;
 - ``GONE``: int64 fix time, uint32 times, 16-byte id: an id retracted (so many times).
 """
@@ -48,7 +48,7 @@ def state_record(out: bytearray, tag: int, state: DeviceState) -> None:
     obj.pop("sil", None)
     packed = orjson.dumps(obj)
     out.append(tag)
-    out += U16.pack(len(packed))
+    out += U32.pack(len(packed))  # a device in thousands of fences: over 64 KiB
     out += packed
 
 

@@ -214,3 +214,18 @@ def test_an_append_replayed_after_a_crash_reads_back_as_the_track_once():
     once = append_bytes(track.newest, fixes, events)
     replayed = Track.from_bytes(stored + once + once)  # the batch processed again from the saved state
     assert replayed.ts == [T, T + 1000, T + 2000], replayed.ts
+
+
+def test_a_state_of_a_device_in_thousands_of_fences_is_kept():
+    # Review 12: a state's JSON had a uint16 length: a cow inside 3,000 overlapping fences of its farm
+    # (it may hold 10,000) has a state over 64 KiB, and keeping it raised struct.error (the save failed).
+    members = {f"paddock-{i:05d}": Membership(T, 1) for i in range(3000)}
+    big = DeviceState("farm", T, 17.6, 59.8, members)
+    track = Track(base=big)
+    track.extend([Fix(DEV, T + 1000, 17.6, 59.8)], [], DeviceState("farm", T + 1000, 17.6, 59.8, members), 1)
+    stored = track.to_bytes()
+    assert len(stored) > 2 * 65_536
+    assert Track.from_bytes(stored) == track
+    assert append_bytes(
+        T + 1000, [Fix(DEV, T + 2000, 17.6, 59.8)], [], DeviceState("farm", T + 2000, 17.6, 59.8, members)
+    )

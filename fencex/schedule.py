@@ -45,7 +45,7 @@ from pydantic import (
 
 MAX_WINDOWS = 50
 _DAY_MS = 86_400_000
-_DAYS_KEPT = 8  # days of a farm's activity tables kept (then all dropped: rebuilt as asked)
+_DAYS_KEPT = 12  # days of a farm's activity tables kept (then all dropped: rebuilt as asked)
 MAX_SPANS = 2000  # spans next_change looks at, at most, in one call (a few milliseconds)
 EARLIEST, LATEST = date(2000, 1, 1), date(2200, 12, 31)  # a schedule's dates and instants lie between
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -288,8 +288,7 @@ def changes(schedule: Schedule | None, after_ms: int, until_ms: int, limit: int 
 
 
 class FarmSchedules:
-    """A farm's scheduled fences (fence id -> schedule): which are inactive at an instant, and when that changes.
-    Kept per UTC day asked about (the instants the set changes, the set from each): a bisection a fix."""
+    """A farm's scheduled fences: which are inactive at an instant (a table per UTC day asked), and when next."""
 
     __slots__ = ("_days", "schedules")
 
@@ -331,14 +330,15 @@ class FarmSchedules:
         return starts, offs
 
     def next_change(self, after_ms: int) -> int | None:
-        """The first instant after ``after_ms`` at which the farm's inactive set changes (from the day's
-        table; past the day's last change, the fences' own rule, which may give an instant to ask again)."""
-        day = after_ms // _DAY_MS
-        starts, offs = self._table(day)
-        for j in range(bisect.bisect_right(starts, after_ms), len(starts)):
-            if offs[j] != offs[j - 1]:
-                return starts[j]
-        end = (day + 1) * _DAY_MS - 1  # nothing changes later this day: from its last instant on
+        """The first instant after ``after_ms`` its inactive set changes (else the rule's instant to ask again)."""
+        day, last = after_ms // _DAY_MS, frozenset[str]()
+        for d in range(day, day + 3):  # the day's table and the next two's; past them, the fences' own rule
+            starts, offs = self._table(d)
+            for j in range(bisect.bisect_right(starts, after_ms) if d == day else 0, len(starts)):
+                if offs[j] != (offs[j - 1] if j else last):
+                    return starts[j]
+            last = offs[-1]
+        end = (day + 3) * _DAY_MS - 1  # nothing changes in them: from their last instant on
         found = [t for s in self.schedules.values() if (t := next_change(s, max(after_ms, end))) is not None]
         return min(found) if found else None
 

@@ -27,6 +27,10 @@ Redis is the source of truth:
 ``{p}:alerts:{t}:{kind}``      sorted set: tenant t's devices out, silent or low on battery
                                (kind ``out``, ``silent``, ``battery_low``), scored by the
                                time (ms) of the event that raised the alert
+``{p}:track:{id}``             a device's recent track (:mod:`fencex.track`'s bytes): the live
+                               path appends, a late merge or a trim rewrites
+``{p}:graze:{t}:{day}``        hash: tenant t's grazing on a day (the farm's time zone,
+                               ``YYYY-MM-DD``): ``fence id\tmob id`` -> milliseconds inside
 =============================  ==========================================================
 """
 
@@ -127,6 +131,12 @@ class Keys:
 
     def alerts(self, tenant: str, kind: str) -> str:
         return f"{self.prefix}:alerts:{tenant}:{kind}"
+
+    def track(self, did: str) -> str:
+        return f"{self.prefix}:track:{did}"
+
+    def grazing(self, tenant: str, day: str) -> str:
+        return f"{self.prefix}:graze:{tenant}:{day}"
 
 
 @dataclass(frozen=True, slots=True)

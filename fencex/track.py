@@ -63,6 +63,7 @@ class Track:
     ids: dict[int, tuple[bytes, ...]] = field(default_factory=dict)  # fix ts -> published event ids
     snaps: list[DeviceState] = field(default_factory=list)  # states after the fix at their last_ts, ascending
     retracted: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # id -> (its fix ts, times retracted)
+    orphan: bool = False  # no base, and the state before the first fix is not known: see :meth:`adopted`
 
     def __post_init__(self) -> None:
         if self.base is not None and (self.base.seen_ms or self.base.silent):
@@ -162,10 +163,35 @@ class Track:
 
     # -- bytes --------------------------------------------------------------------------------
 
+    def adopted(self) -> Track:
+        """A track a replay can start from: this one, or, when it is an orphan, the part after its
+        first snapshot (which becomes its base); with no snapshot, an empty track (a merge then
+        starts again from the device's state)."""
+        if not self.orphan or self.base is not None:
+            return self
+        if not self.snaps:
+            return Track()
+        base = self.snaps[0]
+        n = bisect.bisect_right(self.ts, base.last_ts)
+        floor = base.last_ts
+        return Track(
+            base,
+            self.ts[n:],
+            self.lon[n:],
+            self.lat[n:],
+            self.acc[n:],
+            self.bat[n:],
+            {t: v for t, v in self.ids.items() if t > floor},
+            self.snaps[1:],
+            {i: v for i, v in self.retracted.items() if v[0] > floor},
+        )
+
     def to_bytes(self) -> bytes:
         out = bytearray(tb.MAGIC)
         if self.base is not None:
             tb.state_record(out, tb.BASE, self.base)
+        elif self.orphan:
+            out.append(tb.ORPHAN)
         out += fix_records(self, 0, self.floor)
         for gone, (t, count) in self.retracted.items():
             out.append(tb.GONE)
@@ -246,6 +272,8 @@ class Track:
                     prev = top = state.last_ts
                 elif not track.snaps or state.last_ts > track.snaps[-1].last_ts:  # else an append replayed
                     track.snaps.append(state)
+            elif tag == tb.ORPHAN:
+                track.orphan = True
             elif tag == tb.GONE:
                 t, count, gone = tb.GONE_REC.unpack_from(view, pos)
                 pos += tb.GONE_REC.size

@@ -9,7 +9,9 @@ A track is ``MAGIC`` and then records, each a tag byte and its fields (little-en
 - ``IDS``: int64 fix time, uint8 n, n ids of 16 bytes: events published at that fix;
 - ``SNAP``, ``BASE``: uint32 length and the state's JSON (:meth:`DeviceState.to_obj`, without the
   worker's clock): the state after the fix at its time, or before the first fix held;
-- ``GONE``: int64 fix time, uint32 times, 16-byte id: an id retracted (so many times).
+- ``GONE``: int64 fix time, uint32 times, 16-byte id: an id retracted (so many times);
+- ``ORPHAN`` (no fields, first): the track starts at a fix whose state before is not known (the
+  device had fixes before its track was kept, or its track was lost): no replay from its start.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from fencex.fix import Fix
 
 MAGIC = b"\xfe\x01"
 ABS, F64, ACC, BAT, X64 = 1, 2, 4, 8, 16  # fix record flags (tags 0..31)
-IDS, SNAP, BASE, GONE = 64, 65, 66, 67  # other records
+IDS, SNAP, BASE, GONE, ORPHAN = 64, 65, 66, 67, 68  # other records
 SCALE = 1e7
 I64 = struct.Struct("<q")
 U32 = struct.Struct("<I")

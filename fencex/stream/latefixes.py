@@ -11,9 +11,12 @@ resending) is not applied by the pipeline; the loop hands it here (:meth:`LateFi
 When a flush is due (or more than ``late_max`` fixes are held), :func:`merge_due` flushes what is
 pending and waits for it (so the stored tracks and states are the worker's), reads the held
 devices' tracks, and merges them one device at a time (:func:`fencex.late.merge`, the farm's
-rules, the device's mob, today's fences) until ``budget_ms`` has passed, oldest first: the
-rest wait for the next flush, so a farm uploading a week of fixes slows no other farm's live
-fixes by more than the budget per flush. Each merge's events (late ones, retracts) are published;
+rules, the device's mob, today's fences), at most :data:`SLICE` fixes of a device at once, until
+``budget_ms`` has passed, oldest first: the rest wait for the next flush, so a farm uploading a
+day of fixes slows no other farm's live fixes by more than the budget per flush. Past
+``late_max`` fixes held, the budget gives way to memory: merges go on until under it (a flood of
+late fixes then costs the worker about twice what the same fixes cost live; quotas per farm are
+the national-scale issue's). Each merge's events (late ones, retracts) are published;
 the device's state, its new track (written whole), and its fence memberships and alert lists set
 from the merged state go into the checkpoint; held offsets are released as their fixes are merged.
 
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
     from fencex.stream.loop import Processor
 
 log = logging.getLogger(__name__)
+SLICE = 500  # late fixes of one device merged at once at most (about 6 ms of replay): the budget holds
 
 
 @dataclass(slots=True)
@@ -111,16 +115,20 @@ async def merge_due(p: Processor) -> None:
     budget = late.budget_ms / 1000
     devices = list(late.held)
     events: list[Event] = []
-    while devices:
+    spent = False
+    while devices and not spent:
         chunk, devices = devices[:64], devices[64:]
         raws = await p.store.load_tracks([d for d in chunk if d in p.states])
         for d in chunk:
             h = late.held.pop(d)
-            late.count -= len(h.fixes)
-            events.extend(_merge_one(p, d, h, raws.get(d)))
-        spent = time.perf_counter() - started
-        if spent >= budget and late.count <= late.late_max:
-            break
+            take, rest = h.fixes[:SLICE], h.fixes[SLICE:]
+            late.count -= len(take)
+            if rest:  # one slice a device a merge: the rest at the next flush, after this one's save
+                late.held[d] = Held(rest, h.partition, h.hold, h.since)
+            events.extend(_merge_one(p, d, Held(take, h.partition, h.hold, h.since), raws.get(d)))
+            if time.perf_counter() - started >= budget and late.count <= late.late_max:
+                spent = True
+                break
     await p.outbox.events(events)
     p.checkpoint.holds = late.holds()
     p.metrics.late_merge_seconds.observe(time.perf_counter() - started)

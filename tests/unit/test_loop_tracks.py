@@ -215,3 +215,25 @@ def test_tracks_off_drops_late_fixes_as_before():
         assert store.tracks == {} and w.metrics.fixes_dropped.labels("out_of_order")._value.get() == 1
 
     run(main())
+
+
+def test_a_long_upload_is_merged_a_slice_at_a_time_and_gives_the_events_of_in_order_arrival():
+    async def main():
+        broker, store = Broker(), FakeStore()
+        live = [at(0, INSIDE), at(30, INSIDE)]
+        # 1,200 fixes a second apart from minute 1: out for a minute every five
+        late = [Fix("cow-1", T0 + MIN + s * 1000, *(OUTSIDE if (s // 60) % 5 == 1 else INSIDE)) for s in range(1200)]
+        send(broker, live)
+        w = Worker(broker, store, NORTH, clock=lambda: T0 / 1000 + 3600)
+        await w.start([0, 1, 2, 3])
+        w.run()
+        await drained(w, broker)
+        send(broker, late)
+        await drained(w, broker)
+        await w.kill()
+        assert set(standing(broker.events())) == set(in_order(live + late))
+        assert w.metrics.late_fixes.labels("merged")._value.get() == len(late)
+        samples = w.metrics.late_merge_seconds.collect()[0].samples
+        assert next(s.value for s in samples if s.name.endswith("_count")) >= 3  # 500 fixes of a device a merge
+
+    run(main())

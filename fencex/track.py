@@ -24,9 +24,8 @@ Bytes: a log of records, so the live path can append a batch's records to a stor
 or a trim. A fix is 1 tag byte, its time as milliseconds after the previous fix (4 bytes), its
 place as two int32 of 1e-7 degree when that gives the float back exactly (as for every fix sent
 with up to 7 decimals), else two float64, and its extras as uint16 hundredths when that is exact
-(as for 3.7 m or 87 %), else float64: 13 bytes a fix, 17 with accuracy and battery. The first fix
-of each append has its time absolute (4 bytes more), and a reader skips fixes no newer than the
-newest it holds: an append that ran twice reads back once.
+(as for 3.7 m or 87 %), else float64: 13 bytes a fix, 17 with accuracy and battery. A reader skips
+fixes no newer than the newest it holds.
 """
 
 from __future__ import annotations
@@ -248,7 +247,7 @@ class Track:
                     pos += 8 if wide else 2
                 prev = t  # the next record's time is relative to this one, read or skipped
                 if t <= top:
-                    continue  # an append replayed (at least once): its fixes are held already
+                    continue  # not newer than one held: not a fix of this track's (as after a lost save)
                 top = t
                 ts.append(t)
                 lon.append(x)
@@ -274,6 +273,9 @@ class Track:
                     track.snaps.append(state)
             elif tag == tb.ORPHAN:
                 track.orphan = True
+            elif tag == tb.ANCHOR:
+                prev = tb.I64.unpack_from(view, pos)[0]
+                pos += 8
             elif tag == tb.GONE:
                 t, count, gone = tb.GONE_REC.unpack_from(view, pos)
                 pos += tb.GONE_REC.size
@@ -328,9 +330,9 @@ def append_bytes(
     :data:`SNAP_EVERY` fixes or so). ``records``: the fixes' records when encoded already (a batch of
     many devices at once: :func:`fencex.trackbytes.encode_fixes`, the first with no fix before it).
 
-    The first fix's time is absolute (8 bytes, not 4 relative to ``newest``): an append that runs twice
-    (a save retried after its reply was lost) reads back as the same fixes once, and one to a track
-    lost meanwhile starts it again at the right times."""
+    The first fix's time is relative to ``newest``: the worker's save sends ``anchor(newest)`` with
+    it, which the save script puts first when the track is not there (an orphan); a save runs once
+    (its token), so an append is never applied twice."""
     by_ts: dict[int, list[bytes]] = {}
     for e in events:
         if e.type in REPLAYED:
@@ -342,7 +344,7 @@ def append_bytes(
         if t <= prev:
             raise ValueError(f"fix at {t} is not newer than the one before ({prev})")
         extra = f.extra
-        rel = prev if k else -1  # the first fix's time absolute: an append replayed reads back once
+        rel = prev
         if records is not None:
             out += records[k]
         elif extra is None:

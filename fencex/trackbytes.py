@@ -11,7 +11,9 @@ A track is ``MAGIC`` and then records, each a tag byte and its fields (little-en
   worker's clock): the state after the fix at its time, or before the first fix held;
 - ``GONE``: int64 fix time, uint32 times, 16-byte id: an id retracted (so many times);
 - ``ORPHAN`` (no fields, first): the track starts at a fix whose state before is not known (the
-  device had fixes before its track was kept, or its track was lost): no replay from its start.
+  device had fixes before its track was kept, or its track was lost): no replay from its start;
+- ``ANCHOR``: int64 time: the time the next fix's is relative to (what an append to a track that is
+  not there starts with: the save script puts ``ORPHAN`` and the append's anchor first).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from fencex.fix import Fix
 
 MAGIC = b"\xfe\x01"
 ABS, F64, ACC, BAT, X64 = 1, 2, 4, 8, 16  # fix record flags (tags 0..31)
-IDS, SNAP, BASE, GONE, ORPHAN = 64, 65, 66, 67, 68  # other records
+IDS, SNAP, BASE, GONE, ORPHAN, ANCHOR = 64, 65, 66, 67, 68, 69  # other records
 SCALE = 1e7
 I64 = struct.Struct("<q")
 U32 = struct.Struct("<I")
@@ -92,6 +94,11 @@ def fix_bytes(t: int, prev: int, x: float, y: float, a: float | None, b: float |
     if b is not None:
         out += F64S.pack(b) if tag & X64 else U16.pack(round(b * 100.0))
     return bytes(out)
+
+
+def anchor(t: int) -> bytes:
+    """An ``ANCHOR`` record: the fix after it is relative to ``t``."""
+    return bytes((ANCHOR,)) + I64.pack(t)
 
 
 def ids_bytes(out: bytearray, t: int, got: Sequence[bytes]) -> None:

@@ -17,7 +17,7 @@ from fencex.event import Event
 from fencex.store.base import ALERT_OF, SaveWrites
 from fencex.store.connection import guard
 from fencex.store.feed import RedisFeed
-from fencex.trackbytes import MAGIC, ORPHAN
+from fencex.trackbytes import MAGIC, ORPHAN, anchor
 
 GEO_LAT_LIMIT = 85.05112878  # Redis GEO cannot hold the poles
 GRAZING_TTL_S = 400 * 86400  # a farm's grazing of a day is kept 400 days (a year's comparison and more)
@@ -163,7 +163,10 @@ class RedisDevices(RedisFeed):
             gens.extend((k.generation(topic, p), gen))
         tracks: list[Any] = []
         for d in w.rewrites.keys() | w.tracks.keys():
-            tracks.extend((k.track(d), w.rewrites.get(d, False), bytes(w.tracks.get(d, b""))))
+            at = w.anchors.get(d, -1)
+            tracks.extend(
+                (k.track(d), w.rewrites.get(d, False), bytes(w.tracks.get(d, b"")), anchor(at) if at >= 0 else b"")
+            )
         token = f"{k.prefix}:saved:{os.urandom(12).hex()}"
         grazing = {key: [x for kv in fields.items() for x in kv] for key, fields in w.grazing.items()}
         orphan = MAGIC + bytes((ORPHAN,))  # a track started by an append: the state before it is not known

@@ -21,8 +21,9 @@ return added
 # the stored one, another worker owns the partition now and nothing is written ({-1}).
 # d[6] is the save's token: a save that ran already (its reply lost, the client sent it
 # again) writes nothing twice ({0}): APPEND and HINCRBY are not idempotent.
-# d[7] the tracks: {key, whole (or false), to append, ...}; a track written whole is SET
-# first; appended to a key that does not exist, the bytes start with the track's magic (d[9]).
+# d[7] the tracks: {key, whole (or false), to append, anchor, ...}; a track written whole is
+# SET first; appended to a key that does not exist, the bytes start with the magic of an
+# orphan track (d[9]) and the anchor (the time the first appended fix is relative to).
 # Returns {states saved, then each track key at least d[10] bytes long and its length}.
 # d[8] the grazing: hash key -> {field, ms, ...}, HINCRBY'd, the key kept d[11] seconds.
 SAVE_BATCH = """
@@ -53,7 +54,7 @@ for key, members in pairs(d[4]) do chunked('SADD', key, members, 1) end
 local out = {#d[1] / 2}
 local long = d[10]
 local tracks = d[7]
-for i = 1, #tracks, 3 do
+for i = 1, #tracks, 4 do
   local key, whole, more = tracks[i], tracks[i + 1], tracks[i + 2]
   local n
   if whole then
@@ -61,7 +62,7 @@ for i = 1, #tracks, 3 do
     n = #whole
     if #more > 0 then n = redis.call('APPEND', key, more) end
   elseif redis.call('EXISTS', key) == 0 then
-    n = redis.call('APPEND', key, d[9] .. more)
+    n = redis.call('APPEND', key, d[9] .. tracks[i + 3] .. more)
   else
     n = redis.call('APPEND', key, more)
   end

@@ -33,7 +33,7 @@ class Pending:
     # the devices' tracks (:mod:`fencex.stream.tracks`): bytes to append to each stored track, and the
     # tracks to write whole first (a merge's, a trim's, or a new one: ``fencex.trackbytes.MAGIC`` alone)
     tracks: dict[str, bytearray] = field(default_factory=dict)
-    started: set[str] = field(default_factory=set)  # devices whose bytes to append hold a fix already
+    anchors: dict[str, int] = field(default_factory=dict)  # device -> the fix time its first appended one follows
     rewrites: dict[str, bytes] = field(default_factory=dict)
     # devices whose fence memberships and alert lists are set from their state (after a late merge)
     resets: dict[str, tuple[DeviceState, DeviceState]] = field(default_factory=dict)  # (before, after)

@@ -170,6 +170,6 @@ def _merge_one(p: Processor, d: str, h: Held, raw: bytes | None) -> list[Event]:
     p.checkpoint.add({d: state}, out.events)
     pending.rewrites[d] = out.track.to_bytes()
     pending.tracks[d] = bytearray()  # the next live fix appends relative to the merged newest
-    pending.started.add(d)
+    pending.anchors[d] = -1  # written whole first: no anchor needed
     pending.resets[d] = (current, state)
     return out.events

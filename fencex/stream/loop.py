@@ -275,7 +275,7 @@ class Processor:
             pending.events,
             {(loc, p): ds for p, ds in pending.new_devices.items()},
             {(loc, p): g for p, g in self.generations.items()},
-            SaveWrites(pending.tracks, pending.rewrites, pending.resets, long_bytes=long_bytes),
+            SaveWrites(pending.tracks, pending.rewrites, pending.anchors, pending.resets, long_bytes=long_bytes),
         )
         self._flushing = asyncio.create_task(self._ack_save_commit(blob, pending.offsets))
         if wait:

@@ -3,12 +3,12 @@ stored track (:mod:`fencex.track` bytes) in the worker's atomic save, and long t
 
 Per batch (:meth:`TrackKeeper.record`, called by the loop after the pipeline): the applied fixes'
 records, encoded at once (:func:`fencex.trackbytes.encode_fixes`), go to the checkpoint's bytes to
-append for their devices; the first fix of a device in a snapshot has its time absolute (so an
-append that runs twice, or to a track lost meanwhile, reads back right), the others relative to
-the fix before. A device new to fencex, or moved to another farm, starts a new track (written
-whole: its old farm's fixes are not the new farm's). The ids of the events published at a fix
-follow it, and every ``snap_every`` fixes the device's state (a snapshot: what a late merge
-replays from, and where a trim may cut).
+append for their devices, each fix's time relative to the fix before; the time before a device's
+first fix in a snapshot is its anchor, which the save puts first if the track is not there (lost,
+or a device older than tracks: the track starts as an orphan). A device new to fencex, or moved
+to another farm, starts a new track (written whole: its old farm's fixes are not the new farm's).
+The ids of the events published at a fix follow it, and every ``snap_every`` fixes the device's
+state (a snapshot: what a late merge replays from, and where a trim may cut).
 
 Trims: the save names the tracks that grew past ``long_bytes`` (about twice the cap's bytes);
 before the next snapshot is taken (no save in flight, so the stored track is all there is before
@@ -76,7 +76,7 @@ class TrackKeeper:
         to ``pending``'s track bytes."""
         if not applied:
             return
-        tracks, started = pending.tracks, pending.started
+        tracks, anchors = pending.tracks, pending.anchors
         fx = [fixes[i] for i in applied]
         rel = list(prev)
         last: dict[str, int] = {}  # device -> its newest fix in this batch
@@ -86,11 +86,10 @@ class TrackKeeper:
             if rel[k] < 0:  # new to fencex or to its farm: a new track, written whole
                 pending.rewrites[d] = MAGIC
                 tracks[d] = bytearray()
-                started.add(d)
+                anchors[d] = -1
                 self.since[d] = 0
-            elif d not in started:
-                rel[k] = -1  # the device's first fix in this snapshot: its time absolute
-                started.add(d)
+            elif d not in anchors:  # the device's first fix in this snapshot: relative to its fix before
+                anchors[d] = rel[k]
                 if d not in tracks:
                     tracks[d] = bytearray()
             last[d] = f.ts_ms

@@ -101,3 +101,38 @@ def test_a_collar_back_from_an_outage_uploads_its_fixes_and_the_escape_it_missed
     assert state["ts"] == t0 + 26 * MIN and "north" in state["in"]  # its state now: its newest fix, inside
     assert track.ts == sorted(f.ts_ms for f in every)
     assert worker.poll() is None
+
+
+async def _save_twice(live) -> tuple[Track, dict, list, list]:
+    from fencex.detector import DeviceState
+    from fencex.store.base import SaveWrites
+    from fencex.track import append_bytes
+
+    store = RedisStore(live.redis_url, live.prefix)
+    await store.connect()
+    try:
+        t = 1_790_000_000_000
+        fixes = [Fix("cow-9", t + 1000, 17.61, 59.8), Fix("cow-9", t + 2000, 17.62, 59.8)]
+        key = store.keys.grazing("farm", "2026-11-20")
+        writes = SaveWrites(
+            tracks={"cow-9": append_bytes(t, fixes, [])},
+            anchors={"cow-9": t},
+            grazing={key: {"north\t": 5_000}},
+            long_bytes=20,
+        )
+        blob = store.pack_save({"cow-9": DeviceState("farm", t + 2000, 17.62, 59.8)}, [], None, None, writes)
+        first = await store.save_packed(blob)
+        again = await store.save_packed(blob)  # as redis-py resends a script whose reply was lost
+        raw = (await store.load_tracks(["cow-9"]))["cow-9"]
+        grazing = {k.decode(): int(v) for k, v in (await store.redis.hgetall(key)).items()}
+        return Track.from_bytes(raw), grazing, first, again
+    finally:
+        await store.close()
+
+
+def test_a_save_sent_twice_appends_and_adds_once_and_a_missing_track_starts_as_an_orphan(live):
+    track, grazing, first, again = run(_save_twice(live))
+    assert track.orphan and track.ts == [1_790_000_001_000, 1_790_000_002_000]
+    assert grazing == {"north\t": 5_000}
+    assert first == [("cow-9", first[0][1])] and first[0][1] > 20  # long: named for a trim
+    assert again == []  # the second run wrote nothing

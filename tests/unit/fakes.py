@@ -26,7 +26,7 @@ from fencex.index import FenceIndex
 from fencex.kafka.producer import Outgoing, Undelivered
 from fencex.store.base import SaveWrites
 from fencex.stream.ports import PartitionsCallback
-from fencex.trackbytes import MAGIC, ORPHAN
+from fencex.trackbytes import MAGIC, ORPHAN, anchor
 
 
 @dataclass(frozen=True)
@@ -233,7 +233,10 @@ class FakeStore(Failing):
         if not states and not new_devices and not generations and not (w.tracks or w.rewrites):
             return None
         objs = {d: s.to_obj() for d, s in states.items()}
-        tracks = {d: (w.rewrites.get(d), bytes(w.tracks.get(d, b""))) for d in w.rewrites.keys() | w.tracks.keys()}
+        tracks = {
+            d: (w.rewrites.get(d), bytes(w.tracks.get(d, b"")), w.anchors.get(d, -1))
+            for d in w.rewrites.keys() | w.tracks.keys()
+        }
         grazing = {k: dict(v) for k, v in w.grazing.items()}
         packed = (objs, dict(new_devices or {}), dict(generations or {}), tracks, grazing, w.long_bytes)
         return pickle.dumps(packed)
@@ -251,10 +254,11 @@ class FakeStore(Failing):
         for tp, devices in new.items():
             self.parts[tp].update(devices)
         long = []
-        for d, (whole, more) in tracks.items():
+        for d, (whole, more, at) in tracks.items():
             if whole is not None:
                 self.tracks[d] = whole
-            self.tracks[d] = self.tracks.get(d, MAGIC + bytes((ORPHAN,))) + more
+            orphan = MAGIC + bytes((ORPHAN,)) + (anchor(at) if at >= 0 else b"")
+            self.tracks[d] = self.tracks.get(d, orphan) + more
             if len(self.tracks[d]) >= long_bytes:
                 long.append((d, len(self.tracks[d])))
         for key, fields in grazing.items():

@@ -17,7 +17,7 @@ from fencex.index import FenceIndex
 from fencex.late import merge
 from fencex.pipeline import process
 from fencex.track import Track, append_bytes
-from fencex.trackbytes import BASE, MAGIC, encode_fixes, fix_bytes, state_record
+from fencex.trackbytes import BASE, MAGIC, ORPHAN, anchor, encode_fixes, fix_bytes, state_record
 from tests.unit.factory import fence
 
 DEV = "cow-1"
@@ -105,14 +105,11 @@ def test_a_track_out_of_step_with_the_state_starts_again_from_it():
 
 
 def test_a_fix_as_collars_send_it_is_13_bytes_17_with_accuracy_and_battery():
-    # the second fix of an append onwards (the first has its time absolute: 4 bytes more)
-    def size(fix):
-        return len(append_bytes(T, [Fix(DEV, T + 1000, 17.6, 59.8), fix], [])) - 17
-
-    assert size(Fix(DEV, T + 60_000, 17.6051234, 59.8051234)) == 13
-    assert size(Fix(DEV, T + 60_000, 17.60512, 59.80512, {"accuracy_m": 4.7, "battery": 87.0})) == 17
-    assert size(Fix(DEV, T + 60_000, 17.605123456789, 59.8)) == 21  # a place not in 1e-7 degrees
-    assert len(append_bytes(T, [Fix(DEV, T + 60_000, 17.6051234, 59.8051234)], [])) == 17  # first: absolute time
+    assert len(append_bytes(T, [Fix(DEV, T + 60_000, 17.6051234, 59.8051234)], [])) == 13
+    assert (
+        len(append_bytes(T, [Fix(DEV, T + 60_000, 17.60512, 59.80512, {"accuracy_m": 4.7, "battery": 87.0})], [])) == 17
+    )
+    assert len(append_bytes(T, [Fix(DEV, T + 60_000, 17.605123456789, 59.8)], [])) == 21  # a place not in 1e-7 degrees
 
 
 fix_st = st.builds(
@@ -201,15 +198,13 @@ def test_an_id_retracted_more_times_than_two_bytes_count_still_writes():
     assert Track.from_bytes(merged.track.to_bytes()).retracted[entered] == (T + 60_000, 65_536)
 
 
-def test_an_append_replayed_after_a_crash_reads_back_as_the_track_once():
-    track = Track(base=state(T - 1000))
-    track.extend([Fix(DEV, T, 17.6, 59.8)], [], state(T))
-    stored = track.to_bytes()
+def test_an_append_to_a_track_not_there_reads_back_from_its_anchor_as_an_orphan():
+    # The save script starts a missing track with ORPHAN and the append's anchor (the fix time before it).
     fixes = [Fix(DEV, T + 1000, 17.61, 59.8), Fix(DEV, T + 2000, 17.62, 59.8)]
-    events = [Event("exit", "farm", DEV, "A", 1, T + 1000, 17.61, 59.8)]
-    once = append_bytes(track.newest, fixes, events)
-    replayed = Track.from_bytes(stored + once + once)  # the batch processed again from the saved state
-    assert replayed.ts == [T, T + 1000, T + 2000], replayed.ts
+    stored = MAGIC + bytes((ORPHAN,)) + anchor(T) + append_bytes(T, fixes, [])
+    track = Track.from_bytes(stored)
+    assert track.orphan and track.base is None and track.ts == [T + 1000, T + 2000]
+    assert track.adopted() == Track()  # no snapshot yet: a merge starts again from the device's state
 
 
 def test_a_state_of_a_device_in_thousands_of_fences_is_kept():

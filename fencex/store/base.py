@@ -27,8 +27,9 @@ Redis is the source of truth:
 ``{p}:alerts:{t}:{kind}``      sorted set: tenant t's devices out, silent or low on battery
                                (kind ``out``, ``silent``, ``battery_low``), scored by the
                                time (ms) of the event that raised the alert
-``{p}:track:{id}``             a device's recent track (:mod:`fencex.track`'s bytes): the live
-                               path appends, a late merge or a trim rewrites
+``{p}:track:{id}``             list: a device's recent track (:mod:`fencex.track`'s bytes, the
+                               segments joined): the live path appends, a late merge or a trim
+                               rewrites
 ``{p}:graze:{t}:{day}``        hash: tenant t's grazing on a day (the farm's time zone,
                                ``YYYY-MM-DD``): ``fence id\tmob id`` -> milliseconds inside
 =============================  ==========================================================

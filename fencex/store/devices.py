@@ -186,7 +186,8 @@ class RedisDevices(RedisFeed):
     @guard
     async def save_packed(self, blob: bytes | None) -> list[tuple[str, int]]:
         """Run a packed save; Fenced (nothing written) if a partition's generation moved on. Returns the
-        devices whose tracks are now at least the save's ``long_bytes`` long, with their lengths."""
+        devices whose tracks are now at least the save's ``long_bytes`` long, with their lengths (a track is
+        a list of segments, joined every 64: its length is known then)."""
         if blob is None:
             return []
         got = await self._save_batch(args=[blob])
@@ -200,8 +201,11 @@ class RedisDevices(RedisFeed):
         """The stored tracks of these devices (those that have one)."""
         if not device_ids:
             return {}
-        raws = cast(list[bytes | None], await self.redis.mget([self.keys.track(d) for d in device_ids]))
-        return {d: r for d, r in zip(device_ids, raws) if r is not None}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for d in device_ids:
+                pipe.lrange(self.keys.track(d), 0, -1)
+            got = cast(list[list[bytes]], await pipe.execute())
+        return {d: b"".join(segments) for d, segments in zip(device_ids, got) if segments}
 
     @guard
     async def device_state(self, tenant: str, device_id: str) -> DeviceState:

@@ -125,14 +125,25 @@ async def _save_twice(live) -> tuple[Track, dict, list, list]:
         again = await store.save_packed(blob)  # as redis-py resends a script whose reply was lost
         raw = (await store.load_tracks(["cow-9"]))["cow-9"]
         grazing = {k.decode(): int(v) for k, v in (await store.redis.hgetall(key)).items()}
-        return Track.from_bytes(raw), grazing, first, again
+        named = []
+        for i in range(3, 70):  # one fix a save: joined at 64 segments, and named then (over 20 bytes)
+            more = SaveWrites(
+                tracks={"cow-9": append_bytes(t + (i - 1) * 1000, [Fix("cow-9", t + i * 1000, 17.6, 59.8)], [])},
+                long_bytes=20,
+            )
+            named.append(await store.save_packed(store.pack_save({}, [], None, None, more)))
+        joined = await store.redis.llen(store.keys.track("cow-9"))
+        whole = Track.from_bytes((await store.load_tracks(["cow-9"]))["cow-9"])
+        assert whole.ts == [t + i * 1000 for i in range(1, 70)] and joined < 64
+        return Track.from_bytes(raw), grazing, first, again, named
     finally:
         await store.close()
 
 
 def test_a_save_sent_twice_appends_and_adds_once_and_a_missing_track_starts_as_an_orphan(live):
-    track, grazing, first, again = run(_save_twice(live))
+    track, grazing, first, again, named = run(_save_twice(live))
     assert track.orphan and track.ts == [1_790_000_001_000, 1_790_000_002_000]
     assert grazing == {"north\t": 5_000}
-    assert first == [("cow-9", first[0][1])] and first[0][1] > 20  # long: named for a trim
-    assert again == []  # the second run wrote nothing
+    assert first == [] and again == []  # the second run wrote nothing
+    # the first save made segment 1; the 63rd save after it makes the 64th, which joins them
+    assert [i for i, got in enumerate(named) if got] == [62] and named[62][0][0] == "cow-9"

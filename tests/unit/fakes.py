@@ -259,7 +259,7 @@ class FakeStore(Failing):
                 self.tracks[d] = whole
             orphan = MAGIC + bytes((ORPHAN,)) + (anchor(at) if at >= 0 else b"")
             self.tracks[d] = self.tracks.get(d, orphan) + more
-            if len(self.tracks[d]) >= long_bytes:
+            if len(self.tracks[d]) >= long_bytes:  # (the script knows a list's length every 64 segments)
                 long.append((d, len(self.tracks[d])))
         for key, fields in grazing.items():
             into = self.grazing.setdefault(key, {})

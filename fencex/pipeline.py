@@ -72,7 +72,7 @@ def _active(plan: FarmSchedules, at_ms: int, scope: Scope, cache: dict[Any, Any]
     key = (mob, off)
     active = cache.get(key)
     if active is None:
-        active = cache[key] = Mob(mob.pastures - off, mob.exclusions - off)
+        active = cache[key] = Mob(mob.pastures - off, mob.exclusions - off, mob.id)
     view = cache.get(off)
     if view is None:
         view = cache[off] = _Active(fences, off)

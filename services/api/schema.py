@@ -6,11 +6,20 @@ import dataclasses
 from typing import Annotated, Any, Literal
 
 from fastapi import Path
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, create_model
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    create_model,
+    field_validator,
+)
 from pydantic.fields import FieldInfo
 
 from fencex.fence import FenceId, FenceProperties
-from fencex.herd import DEFAULT_RULES, HerdRules
+from fencex.herd import DEFAULT_RULES, HerdRules, zone
 from fencex.mob import MobId, MobProperties
 from fencex.schedule import Schedule
 
@@ -508,7 +517,9 @@ class HerdSettings(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         strict=True,
-        json_schema_extra={"example": {**dataclasses.asdict(DEFAULT_RULES), "silence_s": 1800.0}},
+        json_schema_extra={
+            "example": {**dataclasses.asdict(DEFAULT_RULES), "silence_s": 1800.0, "timezone": "Europe/Stockholm"}
+        },
     )
 
     confirm_fixes: WholeNumber = Field(
@@ -542,6 +553,27 @@ class HerdSettings(BaseModel):
         le=30 * 86_400,
         description="silent after this long without a fix (server's clock; seconds, at least 60)",
     )
+    timezone: str = Field(
+        DEFAULT_RULES.timezone,
+        min_length=1,
+        max_length=64,
+        description="the farm's IANA time zone: its days, for grazing time per day",
+        examples=["Europe/Stockholm"],
+    )
+    # a floor: an hour of coverage lost is common; a ceiling: a week of fixes kept per collar
+    track_window_s: float = _rule(
+        "track_window_s",
+        ge=3600,
+        le=7 * 86_400,
+        description="fixes arriving late (a collar offline) are merged up to this far behind the collar's newest; "
+        "older ones are dropped (seconds, 1 hour to 7 days)",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        zone(value)  # ValueError: a 422 naming the field
+        return value
 
     def rules(self) -> HerdRules:
         return HerdRules(**self.model_dump())

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from fencex.herd import DEFAULT_RULES
 from services.api.app import create_app
 from services.api.settings import Settings
 
@@ -99,7 +102,10 @@ def test_herd_settings_are_the_core_rules_with_bounds():
     assert set(settings["properties"]) == {f.name for f in dataclasses.fields(HerdRules)}
     assert settings["additionalProperties"] is False
     for name, prop in settings["properties"].items():
-        assert ("minimum" in prop or "exclusiveMinimum" in prop) and "maximum" in prop, name
+        if prop["type"] == "string":
+            assert "maxLength" in prop, name
+        else:
+            assert ("minimum" in prop or "exclusiveMinimum" in prop) and "maximum" in prop, name
 
 
 def test_every_error_is_documented_as_problem_json():
@@ -159,3 +165,30 @@ def test_herd_settings_have_floors_a_farmer_would_accept():
             HerdSettings(**bad)
     ok = HerdSettings(silence_s=60.0, max_speed_mps=1.0, accuracy_limit_m=1.0).rules()
     assert (ok.silence_s, ok.max_speed_mps, ok.accuracy_limit_m) == (60.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("fields", "where"),
+    [
+        ({"timezone": "Europe/Atlantis"}, "unknown time zone"),  # no such zone
+        ({"timezone": "../etc/passwd"}, "unknown time zone"),  # not a zone's name
+        ({"timezone": ""}, "at least 1 character"),
+        ({"track_window_s": 3599.0}, "greater than or equal to 3600"),  # floor: an hour
+        ({"track_window_s": 7 * 86_400 + 1.0}, "less than or equal to 604800"),  # ceiling: a week
+    ],
+)
+def test_herd_settings_time_zone_and_track_window_are_checked(fields, where):
+    import pydantic
+
+    from services.api.schema import HerdSettings
+
+    with pytest.raises(pydantic.ValidationError, match=where):
+        HerdSettings(**fields)
+
+
+def test_herd_settings_time_zone_and_track_window_reach_the_rules():
+    from services.api.schema import HerdSettings
+
+    rules = HerdSettings(timezone="Pacific/Auckland", track_window_s=7200.0).rules()
+    assert (rules.timezone, rules.track_window_s) == ("Pacific/Auckland", 7200.0)
+    assert HerdSettings().rules() == DEFAULT_RULES  # left out: the core's defaults (UTC, 24 h)

@@ -44,7 +44,7 @@ def window_ms(rules: HerdRules | None) -> int:
     """The farm's track window: late fixes older than this behind the newest are dropped."""
     if rules is None:
         return WINDOW_MS
-    return int(getattr(rules, "track_window_s", WINDOW_MS / 1000) * 1000)
+    return int(rules.track_window_s * 1000)
 
 
 class TrackKeeper:

@@ -237,3 +237,24 @@ def test_a_long_upload_is_merged_a_slice_at_a_time_and_gives_the_events_of_in_or
         assert next(s.value for s in samples if s.name.endswith("_count")) >= 3  # 500 fixes of a device a merge
 
     run(main())
+
+
+def test_a_farm_with_a_one_hour_window_drops_a_late_fix_two_hours_behind():
+    from fencex.herd import HerdRules
+
+    async def main():
+        broker, store = Broker(), FakeStore()
+        send(broker, [at(0, INSIDE), at(180, INSIDE)])
+        w = Worker(
+            broker, store, NORTH, clock=lambda: T0 / 1000 + 4 * 3600, rules={"farm": HerdRules(track_window_s=3600)}
+        )
+        await w.start([0, 1, 2, 3])
+        w.run()
+        await drained(w, broker)
+        send(broker, [at(60, OUTSIDE), at(150, OUTSIDE)])  # 2 h behind: dropped; 30 min behind: merged
+        await drained(w, broker)
+        await w.kill()
+        assert w.metrics.late_fixes.labels("too_old")._value.get() == 1
+        assert w.metrics.late_fixes.labels("merged")._value.get() == 1
+
+    run(main())

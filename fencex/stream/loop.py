@@ -251,7 +251,7 @@ class Processor:
         await self.outbox.events(out.events)
         self.checkpoint.add(out.dirty, out.events)
         if self.tracks is not None:
-            self.tracks.published(self.checkpoint.pending, out.events)
+            self.tracks.published(self.checkpoint.pending, out.events, self.states)
 
     # ------------------------------------------------------------ flushing
 

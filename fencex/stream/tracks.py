@@ -76,51 +76,53 @@ class TrackKeeper:
         to ``pending``'s track bytes."""
         if not applied:
             return
-        tracks, anchors = pending.tracks, pending.anchors
+        tracks, anchors, since = pending.tracks, pending.anchors, self.since
         fx = [fixes[i] for i in applied]
-        rel = list(prev)
-        last: dict[str, int] = {}  # device -> its newest fix in this batch
-        count: dict[str, int] = {}
-        for k, f in enumerate(fx):
+        ready: list[str] = []  # devices with snap_every fixes since their last snapshot
+        get, count, snap_every = tracks.get, since.get, self.snap_every
+        for f, rec, before in zip(fx, encode_fixes(fx, prev), prev, strict=True):
             d = f.device_id
-            if rel[k] < 0:  # new to fencex or to its farm: a new track, written whole
+            buf = get(d)
+            if before < 0:  # new to fencex or to its farm: a new track, written whole
                 pending.rewrites[d] = MAGIC
-                tracks[d] = bytearray()
+                buf = tracks[d] = bytearray()
                 anchors[d] = -1
-                self.since[d] = 0
-            elif d not in anchors:  # the device's first fix in this snapshot: relative to its fix before
-                anchors[d] = rel[k]
-                if d not in tracks:
-                    tracks[d] = bytearray()
-            last[d] = f.ts_ms
-            count[d] = count.get(d, 0) + 1
-        for f, rec in zip(fx, encode_fixes(fx, rel), strict=True):
-            tracks[f.device_id] += rec
-        for e in events:
-            if e.type in REPLAYED and e.device_id in last:
-                st = states.get(e.device_id)
-                if st is not None and st.tenant == e.tenant:  # not the old farm's exits of a moved collar
-                    ids_bytes(tracks[e.device_id], e.ts_ms, (bytes.fromhex(e.event_id),))
-        snap_every = self.snap_every
-        for d, n in count.items():
-            since = self.since.get(d, 0) + n
-            st = states.get(d)
-            if since >= snap_every and st is not None and st.last_ts == last[d]:
-                state_record(tracks[d], SNAP, st)
-                since = 0
-                at, _ = self.trimmed.setdefault(d, (last[d], 0))
-                if last[d] - at >= window_of(st.tenant) // 2:
-                    self.due.setdefault(d, 0)
-            self.since[d] = since
-
-    def published(self, pending: Pending, events: Iterable[Event]) -> None:
-        """Events published with no new fix (a fence or mob change re-deciding a device's last fix):
-        their ids, at that fix, go to the track too, so a merge over it does not publish them again."""
+                since[d] = 0
+            elif buf is None:  # the device's first fix in this snapshot: relative to its fix before
+                buf = tracks[d] = bytearray()
+                anchors[d] = before
+            buf += rec
+            n = since[d] = count(d, 0) + 1
+            if n == snap_every:
+                ready.append(d)
         for e in events:
             if e.type in REPLAYED:
+                st = states.get(e.device_id)
+                # a fix's (not the old farm's exits of a moved collar, nor a silence's)
+                if st is not None and st.tenant == e.tenant and e.device_id in tracks:
+                    ids_bytes(tracks[e.device_id], e.ts_ms, (bytes.fromhex(e.event_id),))
+        for d in ready:  # the state after the batch is the one after its last fix (every applied one is here)
+            st = states.get(d)
+            if st is None:
+                continue
+            state_record(tracks[d], SNAP, st)
+            since[d] = 0
+            ts = st.last_ts
+            at, _ = self.trimmed.setdefault(d, (ts, 0))
+            if ts - at >= window_of(st.tenant) // 2:
+                self.due.setdefault(d, 0)
+
+    def published(self, pending: Pending, events: Iterable[Event], states: Mapping[str, DeviceState]) -> None:
+        """Events published with no new fix (a fence or mob change re-deciding a device's last fix):
+        their ids, at that fix, go to the track too, so a merge over it does not publish them again.
+        (The bytes' anchor: the device's last fix, which the next fix appended follows.)"""
+        for e in events:
+            st = states.get(e.device_id)
+            if e.type in REPLAYED and st is not None:
                 buf = pending.tracks.get(e.device_id)
                 if buf is None:
                     buf = pending.tracks[e.device_id] = bytearray()
+                    pending.anchors[e.device_id] = st.last_ts
                 ids_bytes(buf, e.ts_ms, (bytes.fromhex(e.event_id),))
 
     def saved(self, long: Iterable[tuple[str, int]]) -> None:

@@ -26,6 +26,7 @@ EXPECTED = {
     ("get", "/occupancy"),
     ("get", "/devices/{device_id}"),
     ("put", "/devices/{device_id}"),
+    ("get", "/devices/{device_id}/track"),
     ("get", "/events"),
     ("get", "/events/stream"),
     ("post", "/locations"),
@@ -159,3 +160,16 @@ def test_herd_settings_have_floors_a_farmer_would_accept():
             HerdSettings(**bad)
     ok = HerdSettings(silence_s=60.0, max_speed_mps=1.0, accuracy_limit_m=1.0).rules()
     assert (ok.silence_s, ok.max_speed_mps, ok.accuracy_limit_m) == (60.0, 1.0, 1.0)
+
+
+def test_a_track_is_geojson_of_either_format_with_examples_of_both():
+    op = SPEC["paths"]["/devices/{device_id}/track"]["get"]
+    content = op["responses"]["200"]["content"]
+    assert list(content) == ["application/geo+json"]
+    assert set(content["application/geo+json"]["examples"]) == {"line", "points"}
+    refs = {s["$ref"].rsplit("/", 1)[-1] for s in content["application/geo+json"]["schema"]["anyOf"]}
+    assert refs == {"TrackLine", "TrackPoints"}
+    params = {p["name"]: p for p in op["parameters"]}
+    assert set(params) == {"device_id", "from", "to", "format", "limit", "cursor"}
+    assert params["limit"]["schema"]["maximum"] == 2000 and params["limit"]["schema"]["default"] == 500
+    assert {"404", "500"} <= set(op["responses"])

@@ -44,7 +44,7 @@ def _matches(e: dict[str, Any], device: str | None, fence: str | None, since: st
     )
 
 
-def _rfc3339_only(value: Any) -> Any:
+def rfc3339_only(value: Any) -> Any:
     """pydantic would read a number as unix seconds; ``since`` is RFC 3339 text only."""
     if isinstance(value, str) and not RFC3339_START.match(value):
         raise ValueError("since is RFC 3339, e.g. 2026-05-28T20:00:00Z")
@@ -68,7 +68,7 @@ async def history(
     fence: Annotated[str | None, Query(description="only this fence")] = None,
     since: Annotated[
         AwareDatetime,
-        BeforeValidator(_rfc3339_only),
+        BeforeValidator(rfc3339_only),
         Query(description="RFC 3339 with a time zone: only events of fixes at or after it"),
     ] = None,  # type: ignore[assignment]
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,

@@ -151,7 +151,7 @@ def create_app(settings: Settings) -> ApiEdge:
                 return role_of(r)
         return None
 
-    install_openapi(app, role, (FixIn,))
+    install_openapi(app, role, (FixIn,), {"Event": events.EVENT_COMPONENT})
     return ApiEdge(app, state)
 
 

@@ -162,6 +162,27 @@ def test_herd_settings_have_floors_a_farmer_would_accept():
     assert (ok.silence_s, ok.max_speed_mps, ok.accuracy_limit_m) == (60.0, 1.0, 1.0)
 
 
+def test_the_event_model_is_the_published_schema_and_documents_late_and_retracts():
+    """Issue 12: late events and retracts reach farmers through GET /events and the stream; the
+    document's Event is the event JSON Schema itself (one source), and the history answers a list of it."""
+    import jsonschema
+
+    from fencex.event import EVENT_SCHEMA
+    from services.api.routers.events import EXAMPLE_EVENT, EXAMPLE_LATE, EXAMPLE_RETRACT
+
+    event = COMPONENTS["Event"]
+    assert {k: v for k, v in EVENT_SCHEMA.items() if not k.startswith("$")} == event
+    assert "retract" in event["properties"]["type"]["enum"]
+    assert {"late", "retracts"} <= set(event["properties"])
+    history = SPEC["paths"]["/events"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert history["schema"] == {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}
+    for example in (EXAMPLE_EVENT, EXAMPLE_LATE, EXAMPLE_RETRACT):
+        jsonschema.validate(example, EVENT_SCHEMA, format_checker=jsonschema.FormatChecker())
+    assert [e["type"] for e in history["example"]] == ["enter", "retract", "exit"]  # a retract before its replacement
+    stream = SPEC["paths"]["/events/stream"]["get"]
+    assert "retract" in stream["description"] and "late" in stream["description"]
+
+
 def test_a_track_is_geojson_of_either_format_with_examples_of_both():
     op = SPEC["paths"]["/devices/{device_id}/track"]["get"]
     content = op["responses"]["200"]["content"]

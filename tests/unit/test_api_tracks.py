@@ -251,3 +251,12 @@ def test_a_track_that_does_not_read_is_a_500_problem_that_says_so_and_is_counted
     r = get(Farm(CorruptRecord("the stored track of device 'cow' does not read: not a track")), "/devices/cow/track")
     is_problem(r, 500, "the stored track of device 'cow' does not read")
     assert r.metrics.corrupt_records.labels("track")._value.get() == 1  # type: ignore[attr-defined]
+
+
+def test_a_range_within_one_millisecond_is_empty_not_an_error():
+    """from <= to, both inside one millisecond: from rounds up past to, yet the range is not reversed."""
+    r = get(
+        Farm(track_of([T0 - 1, T0 + 1])),
+        "/devices/cow/track?from=2026-05-28T20:26:40.0002Z&to=2026-05-28T20:26:40.0009Z",
+    )
+    assert r.status_code == 200 and r.json()["properties"]["times"] == [], r.text

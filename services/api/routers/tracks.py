@@ -158,7 +158,7 @@ async def device_track(
     state.metrics.queries.labels("track").inc()
     lo = epoch_ms(start, up=True) if start is not None else None
     hi = epoch_ms(end, up=False) if end is not None else None
-    if lo is not None and hi is not None and lo > hi:
+    if start is not None and end is not None and start > end:
         raise Problem(422, f"from ({start.isoformat()}) is after to ({end.isoformat()})")
     first = last = 0
     nxt = None

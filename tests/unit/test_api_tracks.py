@@ -18,7 +18,7 @@ from fencex.fix import Fix
 from fencex.herd import DEFAULT_RULES
 from fencex.track import Track
 from services.api.app import create_app
-from services.api.routers.tracks import epoch_ms, page, track_window_ms
+from services.api.routers.tracks import epoch_ms, page, times, track_window_ms
 from services.api.settings import Settings
 
 HOUR = 3_600_000
@@ -117,6 +117,12 @@ def test_epoch_ms_of_the_extreme_instants_does_not_overflow():
     low = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=23, minutes=59)))
     high = datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=timezone(timedelta(hours=-23, minutes=-59)))
     assert epoch_ms(low, True) < 0 < epoch_ms(high, False)
+
+
+def test_times_are_rfc3339_as_the_events_give_them():
+    ms = [946_684_800_000, 951_782_400_999, T0, T0 + 1, T0 + 86_399_999, 4_102_444_799_999]  # 2000 .. 2099, a leap day
+    assert times(ms) == [rfc3339(t) for t in ms]
+    assert times([]) == []
 
 
 def test_the_window_is_the_farms_and_24_hours_until_the_rules_have_one():

@@ -29,6 +29,7 @@ EXPECTED = {
     ("get", "/occupancy"),
     ("get", "/devices/{device_id}"),
     ("put", "/devices/{device_id}"),
+    ("get", "/devices/{device_id}/track"),
     ("get", "/events"),
     ("get", "/events/stream"),
     ("post", "/locations"),
@@ -192,3 +193,37 @@ def test_herd_settings_time_zone_and_track_window_reach_the_rules():
     rules = HerdSettings(timezone="Pacific/Auckland", track_window_s=7200.0).rules()
     assert (rules.timezone, rules.track_window_s) == ("Pacific/Auckland", 7200.0)
     assert HerdSettings().rules() == DEFAULT_RULES  # left out: the core's defaults (UTC, 24 h)
+
+
+def test_the_event_model_is_the_published_schema_and_documents_late_and_retracts():
+    """Issue 12: late events and retracts reach farmers through GET /events and the stream; the
+    document's Event is the event JSON Schema itself (one source), and the history answers a list of it."""
+    import jsonschema
+
+    from fencex.event import EVENT_SCHEMA
+    from services.api.routers.events import EXAMPLE_EVENT, EXAMPLE_LATE, EXAMPLE_RETRACT
+
+    event = COMPONENTS["Event"]
+    assert {k: v for k, v in EVENT_SCHEMA.items() if not k.startswith("$")} == event
+    assert "retract" in event["properties"]["type"]["enum"]
+    assert {"late", "retracts"} <= set(event["properties"])
+    history = SPEC["paths"]["/events"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert history["schema"] == {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}
+    for example in (EXAMPLE_EVENT, EXAMPLE_LATE, EXAMPLE_RETRACT):
+        jsonschema.validate(example, EVENT_SCHEMA, format_checker=jsonschema.FormatChecker())
+    assert [e["type"] for e in history["example"]] == ["enter", "retract", "exit"]  # a retract before its replacement
+    stream = SPEC["paths"]["/events/stream"]["get"]
+    assert "retract" in stream["description"] and "late" in stream["description"]
+
+
+def test_a_track_is_geojson_of_either_format_with_examples_of_both():
+    op = SPEC["paths"]["/devices/{device_id}/track"]["get"]
+    content = op["responses"]["200"]["content"]
+    assert list(content) == ["application/geo+json"]
+    assert set(content["application/geo+json"]["examples"]) == {"line", "points"}
+    refs = {s["$ref"].rsplit("/", 1)[-1] for s in content["application/geo+json"]["schema"]["anyOf"]}
+    assert refs == {"TrackLine", "TrackPoints"}
+    params = {p["name"]: p for p in op["parameters"]}
+    assert set(params) == {"device_id", "from", "to", "format", "limit", "cursor"}
+    assert params["limit"]["schema"]["maximum"] == 2000 and params["limit"]["schema"]["default"] == 500
+    assert {"404", "500"} <= set(op["responses"])

@@ -1,12 +1,16 @@
 """The Lua scripts the Redis store runs in Redis (registered by ``RedisStore.connect()``)."""
 
 # Add each event to its tenant's history once, however often it is delivered.
-# KEYS: (de-duplication marker, tenant's history stream) per event; ARGV: maxlen, then each event.
+# KEYS: (de-duplication marker, tenant's history stream, marker to forget) per event; ARGV:
+# maxlen, then each event. A retract forgets the marker of the event it withdraws (its third
+# key; the event's own marker otherwise), so that event, brought back by a later late upload
+# with the same id, is in the history again.
 APPEND_EVENTS = """
 local added = 0
-for i = 1, #KEYS, 2 do
+for i = 1, #KEYS, 3 do
   if redis.call('SET', KEYS[i], '1', 'NX', 'EX', 86400) then
-    redis.call('XADD', KEYS[i + 1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[(i + 1) / 2 + 1])
+    redis.call('XADD', KEYS[i + 1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[(i + 2) / 3 + 1])
+    if KEYS[i + 2] ~= KEYS[i] then redis.call('DEL', KEYS[i + 2]) end
     added = added + 1
   end
 end

@@ -48,9 +48,10 @@ async def _write(live: Any, device: str, tenant: str, state_ts: int, *blobs: byt
     await store.connect()
     try:
         state = {device: DeviceState(tenant, state_ts, 17.6, 59.8)}
-        for k, blob in enumerate(blobs):
-            writes = SaveWrites(rewrites={device: blob}) if k == 0 else SaveWrites(tracks={device: blob})
-            await store.save_packed(store.pack_save(state if k == 0 else {}, [], None, None, writes))
+        first = SaveWrites(rewrites={device: blobs[0]}) if blobs else None
+        await store.save_packed(store.pack_save(state, [], None, None, first))
+        for blob in blobs[1:]:
+            await store.save_packed(store.pack_save({}, [], None, None, SaveWrites(tracks={device: blob})))
     finally:
         await store.close()
 
@@ -178,13 +179,6 @@ def test_a_retract_and_its_replacement_reach_the_history_and_the_stream_in_order
     assert [(k, e["type"], e.get("retracts"), e.get("late")) for k, e in frames] == [(w[0], *w) for w in want]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: the history drops an event whose id it has seen (seen:{id}, 24 h) even after a retract "
-    "withdrew it: an event retracted and brought back by a later late upload (the same id, as fencex.event "
-    "says consumers should accept) never reaches GET /events or the stream. Needs APPEND_EVENTS "
-    "(fencex/store/scripts.py, the lead's) to DEL seen:{retracts} when it adds a retract.",
-)
 def test_an_event_retracted_and_brought_back_is_in_the_history_again(api):
     run(_history(api.live, [ENTER, EXIT]))
     run(_history(api.live, [GONE, LATE]))

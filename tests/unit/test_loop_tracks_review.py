@@ -206,3 +206,44 @@ def test_a_damaged_track_trimmed_reads_back_with_the_fixes_at_their_times():
 def test_trims_per_flush_is_the_settings():
     w = Worker(Broker(), FakeStore(), FenceIndex([fence("north")]), trims_per_flush=3)
     assert w.proc.tracks is not None and w.proc.tracks.trims_per_flush == 3
+
+
+@pytest.mark.xfail(strict=True, reason="review 12b: a merge over a schedule's transition does not replay it")
+def test_a_late_fix_after_a_zone_opened_with_the_cow_inside_adds_no_second_enter():
+    # The zone opens at 2 min with the cow inside: the worker publishes its enter at 2 min (no fix then).
+    # A late fix at 5 min, inside: in order, nothing more; the enter at the opening stands alone.
+    from fencex.event import rfc3339
+    from tests.unit.test_loop import Clock
+
+    zone = FenceIndex([fence("north", kind="zone", schedule=window(T0 + 2 * MIN, T0 + 60 * MIN))])
+
+    async def main():
+        broker, store, clock = Broker(partitions=1), FakeStore(), Clock(T0 / 1000 + 90)
+        w = Worker(broker, store, zone, clock)
+        await w.start([0])
+        send(broker, [at(0, INSIDE), at(1, INSIDE)])
+        await steps(w)
+        clock.s = T0 / 1000 + 2 * 60 + 1  # the zone opens, on the worker's clock
+        await steps(w)
+        clock.s = T0 / 1000 + 11 * 60
+        send(broker, [at(10, INSIDE)])
+        await steps(w)
+        enters = [e for e in broker.events() if e["type"] == "enter"]
+        assert [e["ts"] for e in enters] == [rfc3339(T0 + 2 * MIN)]  # at the opening
+        send(broker, [at(5, INSIDE)])
+        await steps(w)
+        assert w.metrics.late_fixes.labels("merged")._value.get() == 1
+        standing_enters = [e for e in standing(broker.events()).values() if e["type"] == "enter"]
+        assert [e["event_id"] for e in standing_enters] == [enters[0]["event_id"]]
+
+    run(main())
+
+
+@pytest.mark.xfail(strict=True, reason="review 12b: a device's late fixes on a second partition drop the first's hold")
+def test_late_fixes_of_one_device_on_two_partitions_hold_both():
+    from fencex.stream.latefixes import LateFixes
+
+    late = LateFixes()
+    late.add(Fix("cow-1", T0, *INSIDE), partition=0, offset=5)
+    late.add(Fix("cow-1", T0 + 1, *INSIDE), partition=1, offset=7)  # the topic grew: its key hashes elsewhere
+    assert late.holds() == {0: 5, 1: 7}  # neither partition commits past its held fix

@@ -98,7 +98,7 @@ class Processor:
         self.mob_of = follower.mob_of if settings.herd_rules else None
         self.silence = SilenceWatch(self.rules_of)
         self.rotation = rotation.TransitionHeap()  # the scheduled farms' next transitions
-        self.tracks = TrackKeeper(settings.track_cap) if settings.tracks else None
+        self.tracks = TrackKeeper(settings.track_cap, trims_per_flush=settings.trims_per_flush) if settings.tracks else None
         self.late = latefixes.LateFixes(settings.late_budget_ms, settings.late_max)
         self._swept = 0.0  # monotonic time of the last silence sweep
         self._fetched = -1  # the epoch of the last getmany since an assignment or a reload

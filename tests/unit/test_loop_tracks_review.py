@@ -202,7 +202,6 @@ def test_a_damaged_track_trimmed_reads_back_with_the_fixes_at_their_times():
     run(main())
 
 
-@pytest.mark.xfail(strict=True, reason="review 12b: LoopSettings.trims_per_flush is not passed to the TrackKeeper")
 def test_trims_per_flush_is_the_settings():
     w = Worker(Broker(), FakeStore(), FenceIndex([fence("north")]), trims_per_flush=3)
     assert w.proc.tracks is not None and w.proc.tracks.trims_per_flush == 3

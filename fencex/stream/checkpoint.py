@@ -106,6 +106,12 @@ class Checkpoint:
         self._pending = Pending()
         self._started = self._clock()
 
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Partitions given up: their offsets still pending (kept past a hold by :meth:`take`) are not
+        this worker's to commit any more (the held fixes before them were dropped, and are read again)."""
+        for part in partitions:
+            self._pending.offsets.pop(part, None)
+
     def committed(self, offsets: Mapping[int, int]) -> None:
         """Offsets the consumer committed (after the snapshot holding them was saved)."""
         self._committed.update(offsets)

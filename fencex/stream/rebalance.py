@@ -70,6 +70,7 @@ async def revoked(p: Processor, partitions: list[int]) -> None:
             p._reload_needed = True  # what is cached is ahead of what is saved
         gone = set(partitions)
         p.late.drop(gone)
+        p.checkpoint.forget(gone)  # an offset kept past a dropped hold must not be committed later
         p.checkpoint.holds = p.late.holds()
         devices = [d for d, n in p.device_partition.items() if n in gone]
         for d in devices:

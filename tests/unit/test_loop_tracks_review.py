@@ -156,7 +156,6 @@ def test_a_live_exit_after_a_late_merge_in_the_same_snapshot_leaves_the_cow_outs
     run(main())
 
 
-@pytest.mark.xfail(strict=True, reason="review 12b: a revoked partition's offset kept past its hold is committed later")
 def test_a_rebalance_while_a_late_fix_is_held_does_not_commit_past_it():
     async def main():
         broker, store = Broker(partitions=1), FakeStore()

@@ -171,5 +171,6 @@ def _merge_one(p: Processor, d: str, h: Held, raw: bytes | None) -> list[Event]:
     pending.rewrites[d] = out.track.to_bytes()
     pending.tracks[d] = bytearray()  # the next live fix appends relative to the merged newest
     pending.anchors[d] = -1  # written whole first: no anchor needed
-    pending.resets[d] = (current, state)
+    # before: the state saved (another merge of the device in this snapshot keeps the first's)
+    pending.resets[d] = (pending.resets[d][0] if d in pending.resets else current, state)
     return out.events

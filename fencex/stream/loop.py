@@ -98,7 +98,9 @@ class Processor:
         self.mob_of = follower.mob_of if settings.herd_rules else None
         self.silence = SilenceWatch(self.rules_of)
         self.rotation = rotation.TransitionHeap()  # the scheduled farms' next transitions
-        self.tracks = TrackKeeper(settings.track_cap, trims_per_flush=settings.trims_per_flush) if settings.tracks else None
+        self.tracks = (
+            TrackKeeper(settings.track_cap, trims_per_flush=settings.trims_per_flush) if settings.tracks else None
+        )
         self.late = latefixes.LateFixes(settings.late_budget_ms, settings.late_max)
         self._swept = 0.0  # monotonic time of the last silence sweep
         self._fetched = -1  # the epoch of the last getmany since an assignment or a reload
@@ -270,12 +272,15 @@ class Processor:
         pending: Pending = self.checkpoint.take()
         loc = self.topics.locations
         long_bytes = self.tracks.long_bytes if self.tracks is not None else 1 << 62
+        # a merge's memberships are set from the device's latest state: fixes applied after the merge
+        # in this snapshot changed them again (their events' rows come first, the resets' last)
+        resets = {d: (before, pending.states.get(d, after)) for d, (before, after) in pending.resets.items()}
         blob = self.store.pack_save(
             pending.states,
             pending.events,
             {(loc, p): ds for p, ds in pending.new_devices.items()},
             {(loc, p): g for p, g in self.generations.items()},
-            SaveWrites(pending.tracks, pending.rewrites, pending.anchors, pending.resets, long_bytes=long_bytes),
+            SaveWrites(pending.tracks, pending.rewrites, pending.anchors, resets, long_bytes=long_bytes),
         )
         self._flushing = asyncio.create_task(self._ack_save_commit(blob, pending.offsets))
         if wait:

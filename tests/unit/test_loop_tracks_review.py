@@ -136,7 +136,6 @@ def test_one_collar_flooding_late_fixes_is_merged_down_to_late_max_every_step():
     run(main())
 
 
-@pytest.mark.xfail(strict=True, reason="review 12b: a merge's membership reset is the merged state's, not the latest")
 def test_a_live_exit_after_a_late_merge_in_the_same_snapshot_leaves_the_cow_outside():
     async def main():
         broker, store = Broker(partitions=1), MemberStore()

@@ -30,7 +30,7 @@ from fencex.event import Event
 from fencex.fix import Fix
 from fencex.herd import HerdRules
 from fencex.track import CAP, REPLAYED, SNAP_EVERY, WINDOW_MS, Track
-from fencex.trackbytes import MAGIC, SNAP, encode_fixes, ids_bytes, state_record
+from fencex.trackbytes import MAGIC, ORPHAN, SNAP, anchor, encode_fixes, ids_bytes, state_record
 
 if TYPE_CHECKING:
     from fencex.stream.checkpoint import Pending
@@ -155,7 +155,11 @@ class TrackKeeper:
                 track = Track.from_bytes(raw)
             except CorruptRecord as exc:
                 log.warning("track of %s does not read (%s): started again", d, exc)
-                track = Track()
+                p.metrics.tracks_corrupt.inc()
+                # an orphan at the fix the pending bytes (and the next appends) are relative to
+                pending.rewrites[d] = MAGIC + bytes((ORPHAN,)) + anchor(pending.anchors.get(d, st.last_ts))
+                self.trimmed[d] = (st.last_ts, len(pending.rewrites[d]))
+                continue
             before = len(track)
             track.trim(window_of(p, st.tenant), self.cap)
             self.trimmed[d] = (track.newest, len(raw))

@@ -6,7 +6,8 @@ records, encoded at once (:func:`fencex.trackbytes.encode_fixes`), go to the che
 append for their devices, each fix's time relative to the fix before; the time before a device's
 first fix in a snapshot is its anchor, which the save puts first if the track is not there (lost,
 or a device older than tracks: the track starts as an orphan). A device new to fencex, or moved
-to another farm, starts a new track (written whole: its old farm's fixes are not the new farm's).
+to another farm, starts a new track (written whole: its old farm's fixes are not the new farm's; for a
+moved one, an orphan, so that no late fix from before the move is merged into it).
 The ids of the events published at a fix follow it, and every ``snap_every`` fixes the device's
 state (a snapshot: what a late merge replays from, and where a trim may cut).
 
@@ -68,7 +69,7 @@ class TrackKeeper:
         applied: Sequence[int],
         prev: Sequence[int],
         states: Mapping[str, DeviceState],
-        events: Iterable[Event],
+        events: Sequence[Event],
         window_of: Callable[[str], int],
     ) -> None:
         """Add the applied fixes (``applied``: positions in ``fixes``; ``prev``: each one's device's fix
@@ -80,11 +81,13 @@ class TrackKeeper:
         fx = [fixes[i] for i in applied]
         ready: list[str] = []  # devices with snap_every fixes since their last snapshot
         get, count, snap_every = tracks.get, since.get, self.snap_every
+        moved = {e.device_id for e in events if e.type == "transferred"}
         for f, rec, before in zip(fx, encode_fixes(fx, prev), prev, strict=True):
             d = f.device_id
             buf = get(d)
             if before < 0:  # new to fencex or to its farm: a new track, written whole
-                pending.rewrites[d] = MAGIC
+                # moved from another farm: an orphan (no replay from before its first fix: the old farm's)
+                pending.rewrites[d] = MAGIC + bytes((ORPHAN,)) if d in moved else MAGIC
                 buf = tracks[d] = bytearray()
                 anchors[d] = -1
                 since[d] = 0

@@ -87,9 +87,6 @@ def test_a_late_fix_inside_a_zone_closed_by_its_schedule_gives_no_enter():
     run(main())
 
 
-@pytest.mark.xfail(
-    strict=True, reason="review 12b: a late fix from before a transfer is merged into the new farm's track"
-)
 def test_a_late_fix_from_before_a_transfer_is_not_merged_into_the_new_farms_track():
     async def main():
         broker, store = Broker(), FakeStore()

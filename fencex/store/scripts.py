@@ -29,7 +29,8 @@ return added
 # segments read as their concatenation (appending to a string would let Redis grow its
 # allocation ahead of its length, to twice it); a track written whole replaces the list first;
 # appended to a key that does not exist, the bytes start with the magic of an orphan track
-# (d[9]) and the anchor (the time the first appended fix is relative to). Past 64 segments,
+# (d[9]) and the anchor (the time the first appended fix is relative to); a key of another type is no
+# track (set by hand): deleted, not failing every save. Past 64 segments,
 # a list is joined into one (compact, and its length known).
 # Returns {states saved, then each track key joined at least d[10] bytes long and its length}.
 # d[8] the grazing: hash key -> {field, ms, ...}, HINCRBY'd, the key kept d[11] seconds.
@@ -64,11 +65,16 @@ local tracks = d[7]
 for i = 1, #tracks, 4 do
   local key, whole, more = tracks[i], tracks[i + 1], tracks[i + 2]
   local n = 0
+  local kind = whole and 'list' or redis.call('TYPE', key)['ok']
+  if kind ~= 'list' and kind ~= 'none' then  -- not a track (set by hand): as lost
+    redis.call('DEL', key)
+    kind = 'none'
+  end
   if whole then
     redis.call('DEL', key)
     redis.call('RPUSH', key, whole)
     if #more > 0 then redis.call('RPUSH', key, more) end
-  elseif redis.call('EXISTS', key) == 0 then
+  elseif kind == 'none' then
     redis.call('RPUSH', key, d[9] .. tracks[i + 3] .. more)
   elseif #more > 0 and redis.call('RPUSH', key, more) >= 64 then
     local all = table.concat(redis.call('LRANGE', key, 0, -1))

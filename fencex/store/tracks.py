@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import cast
 
 import orjson
+from redis.exceptions import ResponseError
 
 from fencex.detector import DeviceState
 from fencex.errors import CorruptRecord, NotFound
@@ -32,9 +33,13 @@ class RedisTracks(RedisConnection):
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.get(self.keys.device(device_id))
             pipe.lrange(self.keys.track(device_id), 0, -1)  # a list of segments, read as one
-            raw_state, segments = cast(tuple[bytes | None, list[bytes]], await pipe.execute())
+            raw_state, segments = cast(
+                tuple[bytes | None, list[bytes] | ResponseError], await pipe.execute(raise_on_error=False)
+            )
         if raw_state is None or DeviceState.from_obj(orjson.loads(raw_state)).tenant != tenant:
             raise NotFound(f"no device {device_id!r}")
+        if isinstance(segments, ResponseError):  # a key of another type (set by hand): not a track
+            raise CorruptRecord(f"the stored track of device {device_id!r} does not read: {segments}"[:300])
         if not segments:
             return Track()
         try:

@@ -178,7 +178,6 @@ async def _wrong_type(url: str, prefix: str) -> tuple[dict, Track, Track]:
         await store.close()
 
 
-@pytest.mark.xfail(strict=True, reason="review 12b: a track key of another type fails every save (the worker stalls)")
 def test_a_track_key_of_another_type_is_no_track_and_the_save_starts_one(redis_server, prefix):
     loaded, track, served = run(_wrong_type(f"redis://{redis_server.address}/0", prefix))
     assert loaded == {}  # no track to merge with or trim, rather than an error every flush

@@ -116,19 +116,23 @@ async def merge_due(p: Processor) -> None:
     devices = list(late.held)
     events: list[Event] = []
     spent = False
+    rewrites = p.checkpoint.pending.rewrites  # empty after the flush: a merge's tracks, as they will be saved
     while devices and not spent:
         chunk, devices = devices[:64], devices[64:]
-        raws = await p.store.load_tracks([d for d in chunk if d in p.states])
+        raws = await p.store.load_tracks([d for d in chunk if d in p.states and d not in rewrites])
         for d in chunk:
             h = late.held.pop(d)
             take, rest = h.fixes[:SLICE], h.fixes[SLICE:]
             late.count -= len(take)
-            if rest:  # one slice a device a merge: the rest at the next flush, after this one's save
+            if rest:  # one slice a device a pass: the rest at the next flush, or in the next pass
                 late.held[d] = Held(rest, h.partition, h.hold, h.since)
-            events.extend(_merge_one(p, d, Held(take, h.partition, h.hold, h.since), raws.get(d)))
+            raw = rewrites.get(d, raws.get(d))  # merged in an earlier pass: its merged track (nothing appended)
+            events.extend(_merge_one(p, d, Held(take, h.partition, h.hold, h.since), raw))
             if time.perf_counter() - started >= budget and late.count <= late.late_max:
                 spent = True
                 break
+        if not devices and not spent and late.count > late.late_max:
+            devices = list(late.held)  # memory first: another slice of each device (a collar's flood)
     await p.outbox.events(events)
     p.checkpoint.holds = late.holds()
     p.metrics.late_merge_seconds.observe(time.perf_counter() - started)

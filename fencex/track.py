@@ -276,6 +276,10 @@ class Track:
             elif tag == tb.ANCHOR:
                 prev = tb.I64.unpack_from(view, pos)[0]
                 pos += 8
+                if top >= 0 and prev != top:  # appended after a fix this track lacks (or past its newest):
+                    track = _restarted(track)  # what came before is another history: an orphan from here
+                    ts, lon, lat, acc, bat, ids = track.ts, track.lon, track.lat, track.acc, track.bat, track.ids
+                    top = -1
             elif tag == tb.GONE:
                 t, count, gone = tb.GONE_REC.unpack_from(view, pos)
                 pos += tb.GONE_REC.size
@@ -286,6 +290,12 @@ class Track:
         if any(t not in held for t in ids):  # appended for a fix since trimmed or never held: not for a replay
             track.ids = {t: v for t, v in ids.items() if t in held}
         return track
+
+
+def _restarted(track: Track) -> Track:
+    """A track read so far that the next records do not follow (tracks kept off for a while, a state put
+    back): started again as an orphan."""
+    return Track(orphan=True)
 
 
 def frozen(state: DeviceState) -> DeviceState:

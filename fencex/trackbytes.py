@@ -13,7 +13,9 @@ A track is ``MAGIC`` and then records, each a tag byte and its fields (little-en
 - ``ORPHAN`` (no fields, first): the track starts at a fix whose state before is not known (the
   device had fixes before its track was kept, or its track was lost): no replay from its start;
 - ``ANCHOR``: int64 time: the time the next fix's is relative to (what an append to a track that is
-  not there starts with: the save script puts ``ORPHAN`` and the append's anchor first).
+  not there starts with: the save script puts ``ORPHAN`` and the append's anchor first; and a worker's
+  first append to a device's track: a time that is not the track's newest fix says the track missed
+  fixes (kept off for a while) or is ahead of the state (put back): the reader starts it again there).
 """
 
 from __future__ import annotations

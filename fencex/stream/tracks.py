@@ -94,6 +94,8 @@ class TrackKeeper:
             elif buf is None:  # the device's first fix in this snapshot: relative to its fix before
                 buf = tracks[d] = bytearray()
                 anchors[d] = before
+            if d not in since:  # this worker's first append: the fix before named, for the reader to check
+                buf += anchor(before)
             buf += rec
             n = since[d] = count(d, 0) + 1
             if n == snap_every:

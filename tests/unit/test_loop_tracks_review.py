@@ -273,25 +273,25 @@ def test_a_late_fix_does_not_take_back_a_zone_opening_applied_after_the_newest_f
     run(main())
 
 
-@pytest.mark.xfail(
-    strict=True, reason="review 12b: appends after FENCEX_TRACKS was off are relative to a fix the track lacks"
-)
 def test_tracks_turned_off_then_on_again_keep_the_fixes_at_their_times_and_merge_late_ones():
     async def main():
         broker, store = Broker(partitions=1), FakeStore()
         index = FenceIndex([fence("north")])
         clock = lambda: T0 / 1000 + 3600  # noqa: E731
-        for tracks, minutes in ((True, (0, 1)), (False, (10, 13)), (True, (20, 21))):
-            send(broker, [at(m, INSIDE) for m in minutes])
-            w = Worker(broker, store, index, clock, tracks=tracks)
+        back = [T0 + 20 * MIN + k * 10_000 for k in range(120)]  # tracks on again: 120 fixes, 10 s apart
+        phases = ((True, [T0, T0 + MIN]), (False, [T0 + 10 * MIN, T0 + 13 * MIN]), (True, back))
+        for tracks, times in phases:
+            send(broker, [Fix("cow-1", t, *INSIDE) for t in times])
+            w = Worker(broker, store, index, clock, tracks=tracks, max_records=50)  # a snapshot at the 100th
             await w.start([0])
             w.run()
             await drained(w, broker)
             await w.kill()
         track = Track.from_bytes(store.tracks["cow-1"])
-        sent = {T0 + m * MIN for m in (0, 1, 10, 13, 20, 21)}
+        sent = {t for _, times in phases for t in times}
         assert set(track.ts) <= sent, f"fixes at times never sent: {sorted(set(track.ts) - sent)}"
-        send(broker, [at(15, OUTSIDE)])  # a late fix within the window
+        assert track.ts[-1] == back[-1]
+        send(broker, [Fix("cow-1", back[110] + 5_000, *OUTSIDE)])  # a late fix within the window, past a snapshot
         w = Worker(broker, store, index, clock)
         await w.start([0])
         w.run()
@@ -320,5 +320,21 @@ def test_a_worker_goes_on_after_redis_restarted_empty():
             await until(lambda: store.states.get("cow-1", {}).get("ts") == T0 + 3 * MIN, timeout=2.0)
         finally:
             await w.kill()
+
+    run(main())
+
+
+def test_a_worker_restarted_with_tracks_on_throughout_appends_to_the_whole_track():
+    async def main():
+        broker, store = Broker(partitions=1), FakeStore()
+        for minutes in ((0, 1), (2, 3), (4, 5)):
+            send(broker, [at(m, INSIDE) for m in minutes])
+            w = Worker(broker, store, FenceIndex([fence("north")]), clock=lambda: T0 / 1000 + 3600)
+            await w.start([0])
+            w.run()
+            await drained(w, broker)
+            await w.kill()
+        track = Track.from_bytes(store.tracks["cow-1"])
+        assert track.ts == [T0 + m * MIN for m in range(6)] and not track.orphan  # each first append's anchor checked
 
     run(main())

@@ -10,6 +10,7 @@ import time
 import orjson
 import pytest
 
+from fencex.errors import CorruptRecord
 from fencex.fence import Fence
 from fencex.fix import Fix
 from fencex.index import FenceIndex
@@ -165,8 +166,11 @@ async def _wrong_type(url: str, prefix: str) -> tuple[dict, Track, Track]:
     await store.connect()
     try:
         t = 1_790_000_000_000
+        await store.save_packed(store.pack_save({"cow-7": DeviceState("farm", t, 17.61, 59.8)}, [], None, None))
         await store.redis.set(store.keys.track("cow-7"), b"not a list")  # set by hand (or a track of an old format)
         loaded = await store.load_tracks(["cow-7"])  # a merge's or a trim's read
+        with pytest.raises(CorruptRecord, match="cow-7"):  # the API's read: a 500 problem that says so
+            await store.device_track("farm", "cow-7")
         fix = Fix("cow-7", t + 1000, 17.61, 59.8)
         writes = SaveWrites(tracks={"cow-7": append_bytes(t, [fix], [])}, anchors={"cow-7": t})
         await store.save_packed(

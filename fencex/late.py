@@ -33,14 +33,17 @@ those bytes and cost up to the whole window of replay per late batch.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from fencex.detector import DeviceState, detect
 from fencex.event import RETRACT, Event
+from fencex.fence import Fence
 from fencex.fix import Fix
 from fencex.herd import NO_HERD, NO_MOB, HerdRules, Mob
 from fencex.index import FenceIndex
+from fencex.pipeline import _active
 from fencex.track import CAP, REPLAYED, SNAP_EVERY, WINDOW_MS, Track, frozen
 
 
@@ -120,10 +123,17 @@ def merge(
     state = frozen(start) if start is not None and (start.silent or start.seen_ms) else start
     snaps = list(track.snaps[:k])
     replayed: list[Event] = []
+    plan = index.schedules.get(tenant) if index.schedules else None
+    cache: dict[Any, Any] = {}
     for j, fix in enumerate(fixes):
-        inside = [rows[r].id for r in inside_rows[j]]
-        near = [rows[r].id for r in near_rows[j]] if near_rows is not None else ()
-        result = detect(state, fix, tenant, inside, near, by_id, rules, mob, index.distance_m)
+        inside: Sequence[str] = [rows[r].id for r in inside_rows[j]]
+        near: Sequence[str] = [rows[r].id for r in near_rows[j]] if near_rows is not None else ()
+        fences: Mapping[str, Fence] = by_id
+        m = mob
+        if plan is not None:  # as the pipeline: a fence inactive at the fix's time is as absent
+            at = fix.ts_ms if state is None else max(fix.ts_ms, state.sched_ms)
+            inside, near, m, fences = _active(plan, at, (inside, near, mob, by_id), cache)
+        result = detect(state, fix, tenant, inside, near, fences, rules, m, index.distance_m)
         state = result.state
         replayed.extend(e for e in result.events if e.type in REPLAYED)
         if (j + 1) % snap_every == 0 and state is not None:

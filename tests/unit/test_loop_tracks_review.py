@@ -62,7 +62,6 @@ class MemberStore(FakeStore):
         return set(self.zsets.get(self.real.keys.inside(tenant, fid), {}))
 
 
-@pytest.mark.xfail(strict=True, reason="review 12b: a late merge replays with every fence active (schedules ignored)")
 def test_a_late_fix_inside_a_zone_closed_by_its_schedule_gives_no_enter():
     # The zone was active from T0+2 min to T0+4 min only; the cow is inside it from T0+10 min on: no event
     # in order (a closed zone is as absent). A late fix at 12 min, inside too, must not make an enter up.

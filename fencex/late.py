@@ -131,19 +131,25 @@ def merge(
     replayed: list[Event] = []
     most = cap_of(rules)  # the grazing cap (not the track's)
     days = days_of(rules.timezone)
-    was = state  # the same span as it was: the held fixes alone, from the same state
+    # the span as it was credited: its held fixes alone, replayed too, from where the two replays part (the
+    # first late fix: before it they are one, and their credits cancel)
+    was, split = state, False
     before: Cells = {}
     after: Cells = {}
     for j, fix in enumerate(fixes):
         inside = [rows[r].id for r in inside_rows[j]]
         near = [rows[r].id for r in near_rows[j]] if near_rows is not None else ()
         if most is not None:
-            if state is not None:
-                credit_after(after, state, mob.id, fix.ts_ms, most, days)
-            if fix.ts_ms not in fresh:
-                if was is not None:
-                    credit_after(before, was, mob.id, fix.ts_ms, most, days)
-                was = detect(was, fix, tenant, inside, near, by_id, rules, mob, index.distance_m).state
+            late_fix = fix.ts_ms in fresh
+            if late_fix and not split:
+                was, split = state, True
+            if split:
+                if state is not None:
+                    credit_after(after, state, mob.id, fix.ts_ms, most, days)
+                if not late_fix:
+                    if was is not None:
+                        credit_after(before, was, mob.id, fix.ts_ms, most, days)
+                    was = detect(was, fix, tenant, inside, near, by_id, rules, mob, index.distance_m).state
         result = detect(state, fix, tenant, inside, near, by_id, rules, mob, index.distance_m)
         state = result.state
         replayed.extend(e for e in result.events if e.type in REPLAYED)

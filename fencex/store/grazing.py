@@ -10,6 +10,7 @@ here, a farm's own days only.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -24,6 +25,7 @@ log = logging.getLogger("fencex.store")
 GRAZING_TTL_S = 400 * 86_400  # the expiry the save sets on a day's grazing hash with each write
 SEP = "\t"  # between the fence id and the mob id in a field (neither id can hold a tab)
 DAYS_A_ROUND = 31  # days read in one round trip
+IN_A_THREAD = 5_000  # fields read in a round trip beyond which they are decoded off the event loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,12 @@ def rows_of(day: str, fields: Mapping[bytes, bytes], fence_ids: Collection[str] 
     return out
 
 
+def _decode(
+    days: Sequence[str], got: Sequence[Mapping[bytes, bytes]], fence_ids: Collection[str] | None
+) -> list[GrazingRow]:
+    return [row for day, fields in zip(days, got) for row in rows_of(day, fields, fence_ids)]
+
+
 class RedisGrazing(RedisConnection):
     """Reads the farms' grazing time; says what the worker's save adds to it."""
 
@@ -97,8 +105,10 @@ class RedisGrazing(RedisConnection):
                     for day in some:
                         pipe.hgetall(self.keys.grazing(tenant, day))
                     got = cast(list[dict[bytes, bytes]], await pipe.execute())
-            for day, fields in zip(some, got):
-                rows.extend(rows_of(day, fields, fence_ids))
+            if sum(len(fields) for fields in got) > IN_A_THREAD:  # a large farm's days: other farms' requests go on
+                rows.extend(await asyncio.to_thread(_decode, some, got, fence_ids))
+            else:
+                rows.extend(_decode(some, got, fence_ids))
         return rows
 
     async def _scan(self, tenant: str, days: Sequence[str], fence_ids: Iterable[str]) -> list[dict[bytes, bytes]]:

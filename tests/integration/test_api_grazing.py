@@ -17,7 +17,7 @@ from fencex.herd import Mob
 from fencex.index import FenceIndex
 from fencex.late import merge
 from fencex.pipeline import process
-from fencex.store.grazing import GRAZING_TTL_S
+from fencex.store.grazing import GRAZING_TTL_S, IN_A_THREAD, GrazingRow
 from fencex.store.redis import RedisStore
 from fencex.track import Track
 from tests.integration.conftest import run, wait_api
@@ -159,3 +159,28 @@ def test_a_year_of_days_reads_in_one_request(api):
     r = api.get("/fences/north/grazing", params={"from": "2025-11-22", "to": "2026-11-21"}, headers=api.a)
     assert r.status_code == 200 and r.json()["total"] == amount(125), r.text
     assert api.get("/grazing", params={"from": "2025-11-22", "to": "2026-11-21"}, headers=api.a).status_code == 200
+
+
+def test_a_large_farms_days_read_back_whole(live):
+    """Past IN_A_THREAD fields a round trip, the days are decoded off the event loop: the same rows."""
+
+    async def go() -> None:
+        store = RedisStore(live.redis_url, live.prefix)
+        await store.connect()
+        try:
+            fields = {f"f{i:05d}": i + 1 for i in range(IN_A_THREAD + 1)}
+            for day in ("2026-11-20", "2026-11-21"):
+                acc = {("farm-a", fid, "ewes", day): ms for fid, ms in fields.items()}
+                await save(store, acc)
+            rows = await store.grazing("farm-a", ["2026-11-20", "2026-11-21"])
+            assert len(rows) == 2 * len(fields) and sum(r.ms for r in rows) == 2 * sum(fields.values())
+            assert rows[0] == GrazingRow("2026-11-20", "f00000", "ewes", 1) and rows[-1].day == "2026-11-21"
+            few = await store.grazing("farm-a", ["2026-11-21"], ["f00007", "f00009"])
+            assert few == [
+                GrazingRow("2026-11-21", "f00007", "ewes", 8),
+                GrazingRow("2026-11-21", "f00009", "ewes", 10),
+            ]
+        finally:
+            await store.close()
+
+    run(go())

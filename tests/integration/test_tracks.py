@@ -117,7 +117,7 @@ async def _save_twice(live) -> tuple[Track, dict, list, list]:
         writes = SaveWrites(
             tracks={"cow-9": append_bytes(t, fixes, [])},
             anchors={"cow-9": t},
-            grazing={key: {"north\t": 5_000}},
+            grazing={("farm", "north", "", "2026-11-20"): 5_000},
             long_bytes=20,
         )
         blob = store.pack_save({"cow-9": DeviceState("farm", t + 2000, 17.62, 59.8)}, [], None, None, writes)

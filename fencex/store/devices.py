@@ -17,10 +17,10 @@ from fencex.event import Event
 from fencex.store.base import ALERT_OF, SaveWrites
 from fencex.store.connection import guard
 from fencex.store.feed import RedisFeed
-from fencex.trackbytes import MAGIC, ORPHAN, anchor
+from fencex.store.grazing import GRAZING_TTL_S, writes_of
+from fencex.trackbytes import ANCHOR, MAGIC, ORPHAN
 
 GEO_LAT_LIMIT = 85.05112878  # Redis GEO cannot hold the poles
-GRAZING_TTL_S = 400 * 86400  # a farm's grazing of a day is kept 400 days (a year's comparison and more)
 
 
 class RedisDevices(RedisFeed):
@@ -130,7 +130,7 @@ class RedisDevices(RedisFeed):
         ``writes``: the tracks, grazing and membership resets saved with the states (:class:`SaveWrites`).
         """
         w = writes or SaveWrites()
-        if not states and not new_devices and not generations and not (w.tracks or w.rewrites):
+        if not states and not new_devices and not generations and not (w.tracks or w.rewrites or w.grazing):
             return None
         k = self.keys
         flat: list[Any] = []
@@ -162,15 +162,16 @@ class RedisDevices(RedisFeed):
         for (topic, p), gen in (generations or {}).items():
             gens.extend((k.generation(topic, p), gen))
         tracks: list[Any] = []
-        for d in w.rewrites.keys() | w.tracks.keys():
-            at = w.anchors.get(d, -1)
-            tracks.extend(
-                (k.track(d), w.rewrites.get(d, False), bytes(w.tracks.get(d, b"")), anchor(at) if at >= 0 else b"")
-            )
+        rewrites, anchors, empty = w.rewrites, w.anchors, b""
+        for d, more in w.tracks.items():
+            tracks.extend((d, rewrites.get(d, False), bytes(more), anchors.get(d, -1)))
+        for d in rewrites.keys() - w.tracks.keys():
+            tracks.extend((d, rewrites[d], empty, -1))
         token = f"{k.prefix}:saved:{os.urandom(12).hex()}"
-        grazing = {key: [x for kv in fields.items() for x in kv] for key, fields in w.grazing.items()}
+        grazing = {key: [x for kv in fields.items() for x in kv] for key, fields in writes_of(k, w.grazing).items()}
         orphan = MAGIC + bytes((ORPHAN,))  # a track started by an append: the state before it is not known
         blob = [flat, geo_keys, members, sadd, gens, token, tracks, grazing, orphan, w.long_bytes, GRAZING_TTL_S]
+        blob.extend((k.track(""), bytes((ANCHOR,))))
         return msgpack.packb(blob, use_bin_type=False)  # type: ignore[no-any-return]
 
     def _reset_rows(self, d: str, before: DeviceState, after: DeviceState) -> list[tuple[int, str, int, str]]:
@@ -193,8 +194,7 @@ class RedisDevices(RedisFeed):
         got = await self._save_batch(args=[blob])
         if int(got[0]) < 0:
             raise Fenced("the save was refused: another worker owns these partitions now")
-        cut = len(self.keys.track(""))
-        return [(got[i][cut:].decode(), int(got[i + 1])) for i in range(1, len(got), 2)]
+        return [(got[i].decode(), int(got[i + 1])) for i in range(1, len(got), 2)]
 
     @guard
     async def load_tracks(self, device_ids: list[str]) -> dict[str, bytes]:

@@ -25,13 +25,13 @@ return added
 # the stored one, another worker owns the partition now and nothing is written ({-1}).
 # d[6] is the save's token: a save that ran already (its reply lost, the client sent it
 # again) writes nothing twice ({0}): APPEND and HINCRBY are not idempotent.
-# d[7] the tracks: {key, whole (or false), to append, anchor, ...}. A track is a list of byte
-# segments read as their concatenation (appending to a string would let Redis grow its
-# allocation ahead of its length, to twice it); a track written whole replaces the list first;
-# appended to a key that does not exist, the bytes start with the magic of an orphan track
-# (d[9]) and the anchor (the time the first appended fix is relative to); a key of another type is no
-# track (set by hand): deleted, not failing every save. Past 64 segments,
-# a list is joined into one (compact, and its length known).
+# d[7] the tracks: {device id (the key is d[12] .. id), whole (or false), to append, anchor,
+# ...}. A track is a list of byte segments read as their concatenation (appending to a string
+# would let Redis grow its allocation ahead of its length, to twice it); a track written whole
+# replaces the list first; appended to a key that was not there, the bytes are preceded by the
+# magic of an orphan track (d[9]) and the anchor (d[13], then int64: the time the first appended fix is
+# relative to; -1: none); a key of another type is no track (set by hand): deleted, not failing
+# every save. Past 64 segments, a list is joined into one (compact, and its length known).
 # Returns {states saved, then each track key joined at least d[10] bytes long and its length}.
 # d[8] the grazing: hash key -> {field, ms, ...}, HINCRBY'd, the key kept d[11] seconds.
 SAVE_BATCH = """
@@ -63,27 +63,30 @@ local out = {#d[1] / 2}
 local long = d[10]
 local tracks = d[7]
 for i = 1, #tracks, 4 do
-  local key, whole, more = tracks[i], tracks[i + 1], tracks[i + 2]
+  local key, whole, more = d[12] .. tracks[i], tracks[i + 1], tracks[i + 2]
   local n = 0
-  local kind = whole and 'list' or redis.call('TYPE', key)['ok']
-  if kind ~= 'list' and kind ~= 'none' then  -- not a track (set by hand): as lost
-    redis.call('DEL', key)
-    kind = 'none'
-  end
   if whole then
     redis.call('DEL', key)
     redis.call('RPUSH', key, whole)
     if #more > 0 then redis.call('RPUSH', key, more) end
-  elseif kind == 'none' then
-    redis.call('RPUSH', key, d[9] .. tracks[i + 3] .. more)
-  elseif #more > 0 and redis.call('RPUSH', key, more) >= 64 then
-    local all = table.concat(redis.call('LRANGE', key, 0, -1))
-    redis.call('DEL', key)
-    redis.call('RPUSH', key, all)
-    n = #all
+  elseif #more > 0 then
+    local segments = redis.pcall('RPUSH', key, more)
+    if type(segments) == 'table' then  -- a key of another type (set by hand, an old format): as lost
+      redis.call('DEL', key)
+      segments = redis.call('RPUSH', key, more)
+    end
+    if segments == 1 then
+      local at = tracks[i + 3]
+      redis.call('LPUSH', key, at >= 0 and (d[9] .. d[13] .. struct.pack('<i8', at)) or d[9])
+    elseif segments >= 64 then
+      local all = table.concat(redis.call('LRANGE', key, 0, -1))
+      redis.call('DEL', key)
+      redis.call('RPUSH', key, all)
+      n = #all
+    end
   end
   if n >= long then
-    out[#out + 1] = key
+    out[#out + 1] = tracks[i]
     out[#out + 1] = n
   end
 end

@@ -20,6 +20,7 @@ A track is ``MAGIC`` and then records, each a tag byte and its fields (little-en
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 from collections.abc import Sequence
@@ -116,6 +117,26 @@ def encode_fixes(fixes: Sequence[Fix], prev: Sequence[int]) -> list[bytes]:
     """Each fix's record (as :func:`fix_bytes`), a batch at once: ``prev[i]`` is the time of the fix before
     ``fixes[i]`` of its device (-1: none). The checks run over the batch's columns with numpy, the common
     records are packed by layout in one structured array each; only the rest one by one."""
+    got = _encode(fixes, prev)
+    if isinstance(got, list):
+        return got
+    blob, size = got.tobytes(), got.dtype.itemsize
+    return [blob[j * size : (j + 1) * size] for j in range(len(got))]
+
+
+def encode_blob(fixes: Sequence[Fix], prev: Sequence[int]) -> tuple[bytes, list[int]]:
+    """The records of :func:`encode_fixes` end to end, and where each ends: a run of one device's fixes
+    is then one slice (when every record has one layout, as a batch of collars of one kind does, the
+    blob is one structured array's bytes, with no record copied on its own)."""
+    got = _encode(fixes, prev)
+    if isinstance(got, list):
+        return b"".join(got), list(itertools.accumulate(map(len, got)))
+    size = got.dtype.itemsize
+    return got.tobytes(), list(range(size, size * (len(got) + 1), size))
+
+
+def _encode(fixes: Sequence[Fix], prev: Sequence[int]) -> list[bytes] | np.ndarray:
+    """The records: one structured array when all have one common layout, else each on its own."""
     n = len(fixes)
     if n == 0:
         return []
@@ -139,19 +160,27 @@ def encode_fixes(fixes: Sequence[Fix], prev: Sequence[int]) -> list[bytes]:
         ok &= (np.abs(xi) < LIMIT) & (np.abs(yi) < LIMIT)
         ok &= ~has_a | ((a100 / 100.0 == a) & (a100 >= 0) & (a100 <= 65535))
         ok &= ~has_b | ((b100 / 100.0 == b) & (b100 >= 0) & (b100 <= 65535))
-    out: list[bytes] = [b""] * n
     layout = has_a.astype(np.int8) + 2 * has_b.astype(np.int8)
-    for k, fields in enumerate(_LAYOUTS):
-        rows = np.flatnonzero(ok & (layout == k))
-        if not len(rows):
-            continue
-        rec = np.empty(len(rows), dtype=np.dtype(fields))
+
+    def packed(k: int, rows: np.ndarray) -> np.ndarray:
+        rec = np.empty(len(rows), dtype=np.dtype(_LAYOUTS[k]))
         rec["tag"] = (ACC if k & 1 else 0) | (BAT if k & 2 else 0)
         rec["dt"], rec["x"], rec["y"] = dt[rows], xi[rows], yi[rows]
         if k & 1:
             rec["a"] = a100[rows]
         if k & 2:
             rec["b"] = b100[rows]
+        return rec
+
+    first = int(layout[0])
+    if ok.all() and (layout == first).all():
+        return packed(first, np.arange(n))
+    out: list[bytes] = [b""] * n
+    for k in range(len(_LAYOUTS)):
+        rows = np.flatnonzero(ok & (layout == k))
+        if not len(rows):
+            continue
+        rec = packed(k, rows)
         blob, size = rec.tobytes(), rec.dtype.itemsize
         for j, i in enumerate(rows.tolist()):
             out[i] = blob[j * size : (j + 1) * size]

@@ -31,7 +31,7 @@ from fencex.event import Event
 from fencex.fix import Fix
 from fencex.herd import HerdRules
 from fencex.track import CAP, REPLAYED, SNAP_EVERY, WINDOW_MS, Track
-from fencex.trackbytes import MAGIC, ORPHAN, SNAP, anchor, encode_fixes, ids_bytes, state_record
+from fencex.trackbytes import MAGIC, ORPHAN, SNAP, anchor, encode_blob, ids_bytes, state_record
 
 if TYPE_CHECKING:
     from fencex.stream.checkpoint import Pending
@@ -79,11 +79,18 @@ class TrackKeeper:
             return
         tracks, anchors, since = pending.tracks, pending.anchors, self.since
         fx = [fixes[i] for i in applied]
+        devs = [f.device_id for f in fx]
+        blob, ends = encode_blob(fx, prev)
         ready: list[str] = []  # devices with snap_every fixes since their last snapshot
         get, count, snap_every = tracks.get, since.get, self.snap_every
         moved = {e.device_id for e in events if e.type == "transferred"}
-        for f, rec, before in zip(fx, encode_fixes(fx, prev), prev, strict=True):
-            d = f.device_id
+        i, n, start = 0, len(fx), 0
+        while i < n:  # a run of one device's fixes (a packed record's) at a time: one slice
+            d = devs[i]
+            j = i + 1
+            while j < n and devs[j] == d:
+                j += 1
+            before = prev[i]
             buf = get(d)
             if before < 0:  # new to fencex or to its farm: a new track, written whole
                 # moved from another farm: an orphan (no replay from before its first fix: the old farm's)
@@ -96,10 +103,14 @@ class TrackKeeper:
                 anchors[d] = before
             if d not in since:  # this worker's first append: the fix before named, for the reader to check
                 buf += anchor(before)
-            buf += rec
-            n = since[d] = count(d, 0) + 1
-            if n == snap_every:
+            end = ends[j - 1]
+            buf += blob[start:end]
+            start = end
+            had = count(d, 0)
+            since[d] = had + j - i
+            if had < snap_every <= had + j - i:
                 ready.append(d)
+            i = j
         for e in events:
             if e.type in REPLAYED:
                 st = states.get(e.device_id)

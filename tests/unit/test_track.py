@@ -17,7 +17,7 @@ from fencex.index import FenceIndex
 from fencex.late import merge
 from fencex.pipeline import process
 from fencex.track import Track, append_bytes
-from fencex.trackbytes import BASE, MAGIC, ORPHAN, anchor, encode_fixes, fix_bytes, state_record
+from fencex.trackbytes import BASE, MAGIC, ORPHAN, anchor, encode_blob, encode_fixes, fix_bytes, state_record
 from tests.unit.factory import fence
 
 DEV = "cow-1"
@@ -137,6 +137,8 @@ def test_a_batch_encoded_at_once_gives_each_fix_its_own_record(rows):
         for f, p, e in zip(fixes, prev, extras, strict=True)
     ]
     assert encode_fixes(fixes, prev) == one_by_one
+    blob, ends = encode_blob(fixes, prev)  # end to end, with where each ends: the same records
+    assert blob == b"".join(one_by_one) and ends == list(itertools.accumulate(map(len, one_by_one)))
     for f, p, rec in zip(fixes, prev, one_by_one, strict=True):  # and each reads back exactly
         back = Track.from_bytes(MAGIC + bytes([BASE]) + _base(p) + rec) if p >= 0 else Track.from_bytes(MAGIC + rec)
         assert back.fixes(DEV) == [f]

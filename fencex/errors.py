@@ -14,6 +14,7 @@ redis-py, aiokafka or confluent-kafka exception classes::
     ├── InAnotherMob                 a device is in another mob of its farm already (HTTP 409)
     ├── VersionConflict              If-Match no longer matches (HTTP 412)
     ├── Fenced                       a state save refused: its partitions have a newer owner
+    │   └── GenerationsLost          ... or none: their generations are gone (Redis restarted empty)
     ├── CorruptRecord                stored bytes that do not read (a track cut short or damaged)
     ├── Unavailable                  a server does not answer
     │   ├── StoreUnavailable         Redis
@@ -78,6 +79,11 @@ class VersionConflict(FencexError):
 
 class Fenced(FencexError):
     """A worker's save was refused: another worker was assigned its partitions since (a newer generation)."""
+
+
+class GenerationsLost(Fenced):
+    """A worker's save was refused because its partitions' generations are gone (Redis restarted empty):
+    no newer owner, nothing to wait for; the worker claims its partitions again."""
 
 
 class CorruptRecord(FencexError, ValueError):

@@ -43,7 +43,7 @@ def process_collectors(registry: CollectorRegistry) -> None:
     PlatformCollector(registry=registry)
 
 
-LATE_OUTCOMES = ("merged", "duplicate", "too_old", "newer")  # fencex_late_fixes_total's label
+LATE_OUTCOMES = ("merged", "duplicate", "too_old", "newer", "failed")  # fencex_late_fixes_total's label
 
 
 class PushMetrics:
@@ -151,7 +151,8 @@ class PushMetrics:
         self.late_fixes = Counter(
             "fencex_late_fixes_total",
             "Fixes older than their device's newest, by outcome: merged into its track (events as if in order), "
-            "a duplicate of one held, too old (behind the farm's track window), newer (none expected)",
+            "a duplicate of one held, too old (behind the farm's track window), newer (none expected), "
+            "failed (a bug: logged)",
             ["outcome"],
             registry=registry,
         )

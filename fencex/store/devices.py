@@ -12,7 +12,7 @@ import orjson
 from redis.exceptions import ResponseError, WatchError
 
 from fencex.detector import DeviceState
-from fencex.errors import Fenced, NotFound
+from fencex.errors import Fenced, GenerationsLost, NotFound
 from fencex.event import Event
 from fencex.store.base import ALERT_OF, SaveWrites
 from fencex.store.connection import guard
@@ -192,6 +192,8 @@ class RedisDevices(RedisFeed):
         if blob is None:
             return []
         got = await self._save_batch(args=[blob])
+        if int(got[0]) == -2:
+            raise GenerationsLost("the save was refused: the partitions' generations are gone (Redis lost its data)")
         if int(got[0]) < 0:
             raise Fenced("the save was refused: another worker owns these partitions now")
         return [(got[i].decode(), int(got[i + 1])) for i in range(1, len(got), 2)]

@@ -22,7 +22,8 @@ return added
 # The client sends a single msgpack blob: packing a command of 100,000 arguments
 # in redis-py's pure-Python encoder cost more than the rest of the batch.
 # d[5] holds the saver's partition generations (key, gen, ...): if any is no longer
-# the stored one, another worker owns the partition now and nothing is written ({-1}).
+# the stored one, another worker owns the partition now and nothing is written ({-1}; {-2}
+# when a generation is not there at all: Redis lost its data).
 # d[6] is the save's token: a save that ran already (its reply lost, the client sent it
 # again) writes nothing twice ({0}): APPEND and HINCRBY are not idempotent.
 # d[7] the tracks: {device id (the key is d[12] .. id), whole (or false), to append, anchor,
@@ -38,7 +39,9 @@ SAVE_BATCH = """
 local d = cmsgpack.unpack(ARGV[1])
 local gens = d[5]
 for i = 1, #gens, 2 do
-  if tonumber(redis.call('GET', gens[i]) or '0') ~= gens[i + 1] then return {-1} end
+  local gen = redis.call('GET', gens[i])
+  if not gen then return {-2} end  -- gone (Redis restarted empty): the saver claims again
+  if tonumber(gen) ~= gens[i + 1] then return {-1} end
 end
 if d[6] ~= '' and not redis.call('SET', d[6], '1', 'NX', 'EX', 3600) then return {0} end
 local function chunked(cmd, key, flat, width)

@@ -127,7 +127,11 @@ async def merge_due(p: Processor) -> None:
             if rest:  # one slice a device a pass: the rest at the next flush, or in the next pass
                 late.held[d] = Held(rest, h.partition, h.hold, h.since)
             raw = rewrites.get(d, raws.get(d))  # merged in an earlier pass: its merged track (nothing appended)
-            events.extend(_merge_one(p, d, Held(take, h.partition, h.hold, h.since), raw))
+            try:
+                events.extend(_merge_one(p, d, Held(take, h.partition, h.hold, h.since), raw))
+            except Exception:  # a merge that raises must not stop every farm's (counted, logged)
+                log.exception("merging %d late fixes of %s failed: dropped", len(take), d)
+                p.metrics.late_fixes.labels("failed").inc(len(take))
             if time.perf_counter() - started >= budget and late.count <= late.late_max:
                 spent = True
                 break

@@ -48,7 +48,7 @@ from itertools import chain
 from typing import Any
 
 from fencex.detector import DeviceState
-from fencex.errors import BrokerUnavailable, Fenced, StoreUnavailable
+from fencex.errors import BrokerUnavailable, Fenced, GenerationsLost, StoreUnavailable
 from fencex.fix import Fix
 from fencex.index import FenceIndex
 from fencex.metrics import PushMetrics
@@ -111,6 +111,7 @@ class Processor:
         self._epoch = 0  # moved by every rebalance
         self._reload_needed = False
         self._fenced = False
+        self._reclaim = False  # the partitions' generations were lost: claim them again at the reload
         self._inflight: dict[int, tuple[int, int]] = {}  # the batch being applied: partition -> offsets
         self._suspect: dict[int, tuple[int, int]] = {}  # offset ranges to apply record by record
         follower.on_index = self._new_index
@@ -164,6 +165,11 @@ class Processor:
                         await self._attempt()
             except asyncio.CancelledError:
                 raise
+            except GenerationsLost as exc:
+                self.metrics.saves_fenced.inc()
+                log.warning("%s; claiming the partitions again", exc)
+                self._reclaim = True
+                self._reload_needed = True
             except Fenced as exc:
                 self.metrics.saves_fenced.inc()
                 log.warning("%s; dropping pending work until the rebalance", exc)
@@ -239,6 +245,9 @@ class Processor:
             self.device_partition.clear()
             self._fetched = -1  # positions moved back: the lag is known again after the next fetch
             await self.consumer.seek_to_committed()
+            if self._reclaim:  # Redis lost the generations (and the states): this worker's partitions are its own
+                self.generations = await self.store.claim_partitions(self.topics.locations, self.consumer.assignment())
+                self._reclaim = False
             if not self._fenced:
                 await rebalance.load(self, self.consumer.assignment())
             self._reload_needed = False

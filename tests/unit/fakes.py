@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import orjson
 
 from fencex.detector import DeviceState
-from fencex.errors import Fenced
+from fencex.errors import Fenced, GenerationsLost
 from fencex.event import Event
 from fencex.herd import DEFAULT_RULES, HerdRules, Mob
 from fencex.index import FenceIndex
@@ -248,6 +248,8 @@ class FakeStore(Failing):
         if blob is None:
             return []
         objs, new, gens, tracks, grazing, long_bytes = pickle.loads(blob)
+        if any(tp not in self.gens for tp in gens):
+            raise GenerationsLost("the save was refused: the partitions' generations are gone")
         if any(self.gens[tp] != g for tp, g in gens.items()):
             raise Fenced("the save was refused: another worker owns these partitions now")
         self.states.update(objs)

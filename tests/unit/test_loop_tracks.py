@@ -258,3 +258,29 @@ def test_a_farm_with_a_one_hour_window_drops_a_late_fix_two_hours_behind():
         assert w.metrics.late_fixes.labels("merged")._value.get() == 1
 
     run(main())
+
+
+def test_a_merge_that_raises_is_counted_and_the_worker_goes_on(monkeypatch):
+    import fencex.stream.latefixes as latefixes
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the merge")
+
+    async def main():
+        broker, store = Broker(), FakeStore()
+        send(broker, [at(0, INSIDE), at(10, INSIDE)])
+        w = Worker(broker, store, NORTH)
+        await w.start([0, 1, 2, 3])
+        w.run()
+        await drained(w, broker)
+        monkeypatch.setattr(latefixes, "merge", broken)
+        send(broker, [at(3, OUTSIDE)])
+        await drained(w, broker)  # the offsets move on: no loop of reloads
+        monkeypatch.undo()
+        send(broker, [at(11, OUTSIDE)])  # and live fixes are applied
+        await drained(w, broker)
+        await w.kill()
+        assert w.metrics.late_fixes.labels("failed")._value.get() == 1
+        assert store.states["cow-1"]["ts"] == T0 + 11 * MIN
+
+    run(main())

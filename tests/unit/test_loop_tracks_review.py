@@ -301,9 +301,6 @@ def test_tracks_turned_off_then_on_again_keep_the_fixes_at_their_times_and_merge
     run(main())
 
 
-@pytest.mark.xfail(
-    strict=True, reason="review 12b: after Redis restarts empty every save is fenced and the worker waits forever"
-)
 def test_a_worker_goes_on_after_redis_restarted_empty():
     async def main():
         broker, store = Broker(partitions=1), FakeStore()

@@ -23,6 +23,7 @@ from services.api.routers import admin, devices, events, fences, herd, keys, loc
 from services.api.schema import FixIn
 from services.api.settings import Settings
 from services.api.state import ApiCollector, ApiState, PullMetrics
+from services.api.webapp import AppFiles
 
 log = logging.getLogger("fencex.api")
 
@@ -152,6 +153,7 @@ def create_app(settings: Settings) -> ApiEdge:
         return None
 
     install_openapi(app, role, (FixIn,))
+    app.mount("/app", AppFiles(settings), name="app")  # the farmers' web app: static files, no key needed
     return ApiEdge(app, state)
 
 

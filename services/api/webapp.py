@@ -1,0 +1,70 @@
+"""The farmers' web app under ``/app``: the files ``webapp/`` builds (``npm ci && npm run build``,
+run by ``./dev``'s setup) into ``services/api/static/app``, and ``/app/config.json``, the map's
+background from the settings.
+
+Bundles carry a content hash in their names and are cached for good; ``index.html`` and the
+config are revalidated each time, so a new build is seen at the next load. Without a build,
+``/app`` answers 503 with a problem that says how to build it (the JSON routes work regardless).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
+
+from services.api.problem import problem
+from services.api.settings import Settings
+
+BUILT = Path(__file__).parent / "static" / "app"
+HASHED = re.compile(r"-[A-Z0-9]{8}\.(js|css)$")  # esbuild's [name]-[hash]: the content decides the name
+NOT_BUILT = (
+    "the web app is not built: run `npm ci && npm run build` in webapp/ (./dev setup does it when node and npm "
+    "are installed: apt-get install nodejs npm)"
+)
+
+
+def app_config(settings: Settings) -> dict[str, Any]:
+    """What the page reads at start: the background map's tiles (empty: a plain background)."""
+    return {
+        "tiles": {
+            "url": settings.app_tiles_url,
+            "attribution": settings.app_tiles_attribution,
+            "max_zoom": settings.app_tiles_max_zoom,
+        }
+    }
+
+
+class AppFiles(StaticFiles):
+    """StaticFiles for the built app, with cache headers, the config, and a clear 503 when unbuilt."""
+
+    def __init__(self, settings: Settings, directory: Path = BUILT) -> None:
+        super().__init__(directory=directory, html=True, check_dir=False)
+        self.built = directory
+        self.config = orjson.dumps(app_config(settings))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = self.get_path(scope)
+        if path == "config.json":
+            response: Response = Response(
+                self.config, media_type="application/json", headers={"Cache-Control": "no-cache"}
+            )
+        elif not (self.built / "index.html").is_file():
+            response = problem(503, NOT_BUILT, scope.get("path"))
+        else:
+            await super().__call__(scope, receive, send)
+            return
+        await response(scope, receive, send)
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        if response.status_code in (200, 304):
+            hashed = HASHED.search(path) is not None
+            response.headers["Cache-Control"] = "public, max-age=31536000, immutable" if hashed else "no-cache"
+            response.headers["X-Content-Type-Options"] = "nosniff"
+        return response

@@ -1,0 +1,370 @@
+// The farmers' web app: sign in with the farm's key, the farm on a map, live events, fence editing.
+import "leaflet/dist/leaflet.css";
+import "@geoman-io/leaflet-geoman-free/dist/leaflet-geoman.css";
+import "./app.css";
+import L from "./leaflet-global.js";
+import "@geoman-io/leaflet-geoman-free";
+import { Api, ApiError, pool } from "./api.js";
+import { animalMarker, createMap, escapeHtml, fenceLayer, STATES, stateOf } from "./farmmap.js";
+import { follow } from "./live.js";
+import { Editor } from "./editor.js";
+import { startAdmin } from "./admin.js";
+
+const $ = (id) => document.getElementById(id);
+const KEY = "fencex.key";
+const FEED_MAX = 200;
+const ALERT_WORDS = { out: "out", silent: "silent", battery_low: "low battery" };
+
+export const farm = {
+  api: null,
+  map: null,
+  fences: new Map(), // id -> { feature, etag, layer }
+  animals: new Map(), // id -> { device, marker }
+  occupancy: {},
+  alerts: [],
+  stop: null,
+};
+
+async function loadConfig() {
+  try {
+    const r = await fetch("/app/config.json", { cache: "no-store" });
+    return r.ok ? await r.json() : {};
+  } catch {
+    return {};
+  }
+}
+
+// ---- sign in / out ----
+
+async function signIn(key) {
+  const api = new Api(key);
+  try {
+    await api.get("/fences?limit=1");
+    return { role: "farm", api };
+  } catch (e) {
+    if (!(e instanceof ApiError) || e.status !== 401) throw e;
+  }
+  try {
+    // the admin key is refused for farm data: is it the operator's? (404: no such farm, so the key is right)
+    await api.get("/admin/tenants/-/keys");
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 404) return { role: "admin", api };
+  }
+  throw new ApiError(401, { detail: "This key is not a farm's key. Check it and try again." });
+}
+
+function signOut() {
+  sessionStorage.removeItem(KEY);
+  if (farm.stop) farm.stop();
+  location.reload();
+}
+
+async function start(key) {
+  const { role, api } = await signIn(key);
+  sessionStorage.setItem(KEY, key);
+  $("signin").hidden = true;
+  if (role === "admin") {
+    $("admin").hidden = false;
+    startAdmin(api, signOut);
+    return;
+  }
+  farm.api = api;
+  $("app").hidden = false;
+  const config = await loadConfig();
+  farm.map = createMap($("map"), config);
+  farm.editor = new Editor(farm, { refresh: refreshFences, select: showTab });
+  setupTabs();
+  $("signout").addEventListener("click", signOut);
+  await refreshFences(true);
+  await loadAnimals();
+  await refreshAlerts();
+  farm.stop = follow(api, { onEvent, onStatus });
+}
+
+function onStatus(text) {
+  const el = $("conn");
+  el.textContent = text;
+  el.dataset.state = text;
+}
+
+// ---- fences ----
+
+export async function refreshFences(fit = false) {
+  const features = await farm.api.all("/fences", "features");
+  const seen = new Set();
+  for (const feature of features) {
+    seen.add(feature.id);
+    const old = farm.fences.get(feature.id);
+    if (old && old.feature.properties.version === feature.properties.version) continue;
+    if (old && farm.editor.editing(feature.id)) continue; // the farmer's unsaved shape stays
+    if (old) old.layer.remove();
+    const layer = fenceLayer(feature).addTo(farm.map);
+    layer.on("click", () => farm.editor.open(feature.id));
+    farm.fences.set(feature.id, { feature, etag: `"${feature.properties.version}"`, layer });
+  }
+  for (const [id, f] of farm.fences) {
+    if (!seen.has(id) && !farm.editor.editing(id)) {
+      f.layer.remove();
+      farm.fences.delete(id);
+    }
+  }
+  if (fit && features.length) {
+    const bounds = L.featureGroup([...farm.fences.values()].map((f) => f.layer)).getBounds();
+    farm.map.fitBounds(bounds, { padding: [20, 20], maxZoom: 17 });
+  }
+  await refreshOccupancy();
+}
+
+async function refreshOccupancy() {
+  try {
+    farm.occupancy = (await farm.api.get("/occupancy")).data;
+  } catch {
+    /* the counts stay as they were */
+  }
+  renderFenceList();
+}
+
+function renderFenceList() {
+  const list = $("fences");
+  const items = [...farm.fences.values()].sort((a, b) =>
+    (a.feature.properties.name || a.feature.id).localeCompare(b.feature.properties.name || b.feature.id),
+  );
+  list.replaceChildren(
+    ...items.map(({ feature }) => {
+      const li = document.createElement("li");
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = `row kind-${feature.properties.kind}`;
+      const n = farm.occupancy[feature.id] ?? 0;
+      b.innerHTML = `<span class="name">${escapeHtml(feature.properties.name || feature.id)}</span>
+        <span class="meta">${feature.properties.kind} · <span class="occupancy">${n}</span> inside</span>`;
+      b.addEventListener("click", () => {
+        farm.map.fitBounds(farm.fences.get(feature.id).layer.getBounds(), { maxZoom: 17 });
+        farm.editor.open(feature.id);
+      });
+      li.append(b);
+      return li;
+    }),
+  );
+}
+
+// ---- animals ----
+
+// No route lists a farm's animals: they are gathered from the mobs, the alerts, the devices inside
+// each fence and the recent history, then each one's state is read (GET /devices/{id}).
+async function loadAnimals() {
+  const ids = new Set();
+  const add = (d) => d && ids.add(d);
+  const tasks = [
+    farm.api.all("/mobs", "mobs").then((mobs) => mobs.forEach((m) => m.devices.forEach(add))),
+    farm.api.get("/alerts?limit=1000").then(({ data }) => data.alerts.forEach((a) => add(a.device_id))),
+    farm.api.get("/events?limit=2000").then(({ data }) => data.forEach((e) => add(e.device_id))),
+    pool([...farm.fences.keys()], 6, (fid) =>
+      farm.api.get(`/fences/${encodeURIComponent(fid)}/devices`).then(({ data }) => data.forEach((d) => add(d.device_id))),
+    ),
+  ];
+  await Promise.allSettled(tasks);
+  await pool([...ids], 8, readAnimal);
+}
+
+async function readAnimal(id) {
+  try {
+    const { data } = await farm.api.get(`/devices/${encodeURIComponent(id)}`);
+    placeAnimal(data);
+  } catch (e) {
+    if (!(e instanceof ApiError) || e.status !== 404) throw e;
+  }
+}
+
+function placeAnimal(device) {
+  let a = farm.animals.get(device.device_id);
+  if (!a) {
+    const marker = animalMarker(device).addTo(farm.map);
+    marker.on("click", () => showAnimal(device.device_id));
+    a = { device, marker };
+    farm.animals.set(device.device_id, a);
+  }
+  a.device = { ...a.device, ...device };
+  a.marker.setLatLng([a.device.lat, a.device.lon]);
+  const state = stateOf(a.device);
+  const el = a.marker.getElement();
+  if (el) {
+    el.classList.remove(...Object.keys(STATES).map((s) => `animal-${s}`));
+    el.classList.add(`animal-${state}`);
+  }
+  a.marker.setTooltipContent(`${escapeHtml(device.device_id)}: ${STATES[state]}`);
+}
+
+async function showAnimal(id) {
+  const a = farm.animals.get(id);
+  if (!a) return;
+  const d = a.device;
+  const fences = (d.fences || []).map((f) => escapeHtml(farm.fences.get(f.fence_id)?.feature.properties.name || f.fence_id));
+  L.popup()
+    .setLatLng([d.lat, d.lon])
+    .setContent(
+      `<strong>${escapeHtml(id)}</strong><br>${STATES[stateOf(d)]}` +
+        (d.battery != null ? `<br>battery ${Math.round(d.battery * 100) / 100}` : "") +
+        (d.last_seen ? `<br>last fix ${escapeHtml(d.last_seen)}` : "") +
+        (fences.length ? `<br>in ${fences.join(", ")}` : ""),
+    )
+    .openOn(farm.map);
+}
+
+// ---- alerts ----
+
+async function refreshAlerts() {
+  try {
+    const { data } = await farm.api.get("/alerts?limit=1000");
+    farm.alerts = data.alerts;
+    renderAlerts(data);
+  } catch {
+    /* kept as they were */
+  }
+}
+
+function renderAlerts(data) {
+  const alerts = [...data.alerts].sort((a, b) => (a.since < b.since ? 1 : a.since > b.since ? -1 : 0));
+  const total = Object.values(data.counts || {}).reduce((n, c) => n + c, 0) || alerts.length;
+  $("alert-count").textContent = String(total);
+  document.title = total ? `(${total}) fencex` : "fencex";
+  $("alerts-empty").hidden = alerts.length > 0;
+  $("alerts").replaceChildren(
+    ...alerts.map((a) => {
+      const li = document.createElement("li");
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = `row alert alert-${a.kind}`;
+      b.innerHTML = `<span class="name">${escapeHtml(a.device_id)}</span>
+        <span class="meta">${ALERT_WORDS[a.kind] || a.kind} since ${escapeHtml(shortTime(a.since))}</span>`;
+      b.addEventListener("click", () => {
+        const an = farm.animals.get(a.device_id);
+        if (an) {
+          farm.map.setView(an.marker.getLatLng(), Math.max(farm.map.getZoom(), 16));
+          showAnimal(a.device_id);
+        }
+      });
+      li.append(b);
+      return li;
+    }),
+  );
+}
+
+// ---- live events ----
+
+const later = new Map();
+function debounce(name, ms, fn) {
+  clearTimeout(later.get(name));
+  later.set(name, setTimeout(fn, ms));
+}
+
+const STATE_OF_EVENT = {
+  escape: { out: true },
+  return: { out: false },
+  enter: {},
+  exit: {},
+  silent: { silent: true },
+  resumed: { silent: false },
+  battery_low: { battery_low: true },
+  battery_ok: { battery_low: false },
+};
+
+function onEvent(e) {
+  addToFeed(e);
+  if (e.type === "transferred") {
+    const a = farm.animals.get(e.device_id);
+    if (a) a.marker.remove();
+    farm.animals.delete(e.device_id);
+  } else if (e.type in STATE_OF_EVENT && typeof e.lon === "number" && typeof e.lat === "number") {
+    const known = farm.animals.get(e.device_id);
+    const change = STATE_OF_EVENT[e.type];
+    if (known || e.type !== "exit") {
+      placeAnimal({ device_id: e.device_id, lon: e.lon, lat: e.lat, ...(known ? {} : { out: false }), ...change });
+    }
+    if (!known) debounce(`device:${e.device_id}`, 300, () => readAnimal(e.device_id));
+  }
+  if (["escape", "return", "silent", "resumed", "battery_low", "battery_ok", "transferred"].includes(e.type)) {
+    debounce("alerts", 300, refreshAlerts);
+  }
+  if (["enter", "exit"].includes(e.type)) debounce("occupancy", 1000, refreshOccupancy);
+}
+
+const EVENT_WORDS = {
+  enter: "entered",
+  exit: "left",
+  dwell: "has stayed in",
+  escape: "escaped from",
+  return: "returned to",
+  silent: "went silent",
+  resumed: "is heard again",
+  battery_low: "is low on battery",
+  battery_ok: "battery is fine again",
+  transferred: "moved to another farm",
+  retract: "withdrawn:",
+};
+
+function addToFeed(e) {
+  const li = document.createElement("li");
+  li.className = `event event-${e.type}`;
+  const fence = e.fence_id ? farm.fences.get(e.fence_id)?.feature.properties.name || e.fence_id : "";
+  const words = EVENT_WORDS[e.type] || e.type;
+  li.innerHTML = `<time>${escapeHtml(shortTime(e.ts || ""))}</time>
+    <span><strong>${escapeHtml(e.device_id || "")}</strong> ${escapeHtml(words)} ${escapeHtml(fence)}${e.late ? " (late)" : ""}</span>`;
+  const feed = $("feed");
+  feed.prepend(li);
+  while (feed.children.length > FEED_MAX) feed.lastElementChild.remove();
+  $("feed-empty").hidden = true;
+}
+
+function shortTime(ts) {
+  const d = new Date(ts);
+  if (Number.isNaN(d.getTime())) return ts;
+  return d.toLocaleString(undefined, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit" });
+}
+
+// ---- tabs ----
+
+function setupTabs() {
+  const tabs = [...document.querySelectorAll('[role="tab"]')];
+  tabs.forEach((t, i) => {
+    t.addEventListener("click", () => showTab(t.id.slice(4)));
+    t.addEventListener("keydown", (ev) => {
+      const step = ev.key === "ArrowRight" ? 1 : ev.key === "ArrowLeft" ? -1 : 0;
+      if (!step) return;
+      const next = tabs[(i + step + tabs.length) % tabs.length];
+      showTab(next.id.slice(4));
+      next.focus();
+    });
+  });
+}
+
+export function showTab(name) {
+  for (const t of document.querySelectorAll('[role="tab"]')) {
+    const on = t.id === `tab-${name}`;
+    t.setAttribute("aria-selected", String(on));
+    t.tabIndex = on ? 0 : -1;
+    $(t.getAttribute("aria-controls")).hidden = !on;
+  }
+}
+
+// ---- boot ----
+
+$("signin").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  $("signin-error").textContent = "";
+  try {
+    await start($("key").value.trim());
+  } catch (e) {
+    $("signin-error").textContent = e.message;
+  }
+});
+
+const saved = sessionStorage.getItem(KEY);
+if (saved) {
+  start(saved).catch((e) => {
+    sessionStorage.removeItem(KEY);
+    $("signin").hidden = false;
+    $("app").hidden = true;
+    $("signin-error").textContent = e.message;
+  });
+}

@@ -18,7 +18,7 @@ export class Editor {
     this.theirs = null; // the stored fence's layer while a conflict is shown
     this.errorTip = null;
     this.importLayer = null;
-    this.map.pm.setGlobalOptions({ allowSelfIntersection: true, snappable: false }); // the API judges shapes
+    this.map.pm.setGlobalOptions({ allowSelfIntersection: true }); // the API judges shapes
     this.map.on("pm:create", (e) => this.created(e.layer));
     this.map.on("pm:cut", (e) => this.cut(e));
     $("new-fence").addEventListener("click", () => this.draw());
@@ -91,10 +91,13 @@ export class Editor {
     this.showForm("New fence", true);
     $("draw-hint").hidden = false;
     $("save").disabled = true;
-    this.map.pm.enableDraw("Polygon", { allowSelfIntersection: true, templineStyle: {}, hintlineStyle: {} });
+    // two quick taps on a phone are a double tap: the map zoomed in between two corners
+    this.map.doubleClickZoom.disable();
+    this.map.pm.enableDraw("Polygon", { allowSelfIntersection: true });
   }
 
   created(layer) {
+    this.map.doubleClickZoom.enable();
     if (!this.current || this.current.id !== null) {
       layer.remove();
       return;
@@ -121,7 +124,7 @@ export class Editor {
   reshape() {
     const c = this.current;
     if (!c || !c.layer) return;
-    c.layer.pm.enable({ allowSelfIntersection: true, snappable: false });
+    c.layer.pm.enable({ allowSelfIntersection: true });
   }
 
   cutHole() {
@@ -140,6 +143,7 @@ export class Editor {
 
   close() {
     this.map.pm.disableDraw();
+    this.map.doubleClickZoom.enable();
     this.map.pm.disableGlobalCutMode?.();
     this.clearError();
     this.clearTheirs();

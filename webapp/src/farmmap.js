@@ -18,7 +18,7 @@ export function stateOf(d) {
 }
 
 export function createMap(element, config) {
-  const map = L.map(element, { zoomControl: true, keyboard: true, tap: true }).setView([20, 0], 2);
+  const map = L.map(element, { zoomControl: true, keyboard: true }).setView([20, 0], 2);
   const tiles = (config && config.tiles) || {};
   if (tiles.url) {
     L.tileLayer(tiles.url, { attribution: tiles.attribution || "", maxZoom: tiles.max_zoom || 19 }).addTo(map);

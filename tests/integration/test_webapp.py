@@ -270,7 +270,8 @@ def test_a_farmers_day_on_a_laptop(farm, pages):
     )[0]
     assert south["properties"]["tags"] == ["sheep", "spring"] and south["properties"]["kind"] == "pasture"
     assert len(south["geometry"]["coordinates"][0]) == 5
-    page.locator(".fence-label", has_text="South paddock").wait_for()
+    page.locator("#fences button", has_text="South paddock").wait_for(state="attached")
+    assert page.locator("path.fence-pasture").count() == 2  # its name shows where it fits: zoomed out, not here
 
     # the paddock is the collar's pasture; it walks in: the enter, live, within 2 s
     r = farm.http.put(f"/mobs/herd-{farm.cow}", json={"name": "Herd", "devices": [farm.cow], "fences": [south["id"]]})
@@ -442,7 +443,9 @@ def test_a_lost_connection_resumes_with_last_event_id(stack, farm, pages):
     port = free_port()
     api = start_api_on(stack, port)
     app = pages(**DESKTOP)
-    app.ignored.append(re.compile(r"net::ERR_(CONNECTION_REFUSED|INCOMPLETE_CHUNKED_ENCODING)"))  # the API killed
+    app.ignored.append(
+        re.compile(r"net::ERR_(CONNECTION_REFUSED|CONNECTION_RESET|INCOMPLETE_CHUNKED_ENCODING)")
+    )  # the API killed
     page = app.page
     streams: list[dict[str, str]] = []
     page.on("request", lambda r: "/events/stream" in r.url and streams.append(r.headers))
@@ -525,3 +528,57 @@ def test_on_a_phone_with_touch(farm, pages):
     app.feed_shows("escaped from North", EVENT_WITHIN_S + 3)
     assert time.monotonic() - sent < 5
     page.wait_for_function("document.title === '(1) fencex'")
+
+
+def test_a_hole_cut_in_a_paddock_is_saved_as_its_inner_ring(farm, pages):
+    app = pages(**DESKTOP)
+    page = app.page
+    app.sign_in(farm.key)
+    app.tab("Fences")
+    page.locator("#fences button", has_text="North").click()
+    page.get_by_role("button", name="Cut a hole").click()
+    b = page.locator("path.fence.selected").bounding_box()
+    x, y, w, h = b["x"], b["y"], b["width"], b["height"]
+    draw(
+        page,
+        [
+            (x + w * 0.6, y + h * 0.2),
+            (x + w * 0.8, y + h * 0.2),
+            (x + w * 0.8, y + h * 0.4),
+            (x + w * 0.6, y + h * 0.4),
+        ],
+    )
+    page.get_by_role("button", name="Save").click()
+    page.get_by_text("Saved North (version 2).").wait_for()
+    geometry = farm.http.get(f"/fences/{farm.north}").json()["geometry"]
+    assert geometry["type"] == "Polygon" and len(geometry["coordinates"]) == 2  # the outline and the hole
+    assert len(geometry["coordinates"][1]) == 5
+
+
+def test_keyboard_only(farm, pages):
+    """Sign in, move between the panels with the arrow keys, open a fence from the list and rename
+    it, all without a pointer."""
+    app = pages(**DESKTOP)
+    page = app.page
+    assert page.evaluate("document.activeElement.id") == "key"  # the key field has the focus
+    page.keyboard.type(farm.key)
+    page.keyboard.press("Enter")
+    page.locator("#conn[data-state='live']").wait_for()
+    page.focus("#tab-alerts")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    assert page.evaluate("document.activeElement.id") == "tab-fences"
+    assert page.get_by_role("tab", name="Fences").get_attribute("aria-selected") == "true"
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "new-fence"
+    for _ in range(2):  # past the import button to the first fence of the list
+        page.keyboard.press("Tab")
+    assert "North" in page.evaluate("document.activeElement.textContent")
+    page.keyboard.press("Enter")
+    page.get_by_label("Name", exact=True).wait_for()
+    page.focus("#f-name")
+    page.keyboard.press("ControlOrMeta+a")
+    page.keyboard.type("North by keyboard")
+    page.keyboard.press("Enter")
+    page.get_by_text("Saved North by keyboard (version 2).").wait_for()
+    assert farm.http.get(f"/fences/{farm.north}").json()["properties"]["name"] == "North by keyboard"

@@ -27,7 +27,8 @@ export function createMap(element, config) {
   }
   map.createPane("animals").style.zIndex = 660; // above the fences' names: a label never hides an animal
   L.control.scale({ imperial: false, position: "bottomleft" }).addTo(map);
-  const legend = L.control({ position: "bottomright" });
+  map.attributionControl.setPrefix(false); // the tiles' attribution stays; the library's flag makes room on a phone
+  const legend = L.control({ position: "topright" });
   legend.onAdd = () => {
     const div = L.DomUtil.create("div", "legend");
     div.innerHTML = Object.entries(STATES)
@@ -71,4 +72,16 @@ export function animalMarker(d) {
 
 export function escapeHtml(s) {
   return String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+}
+
+// A fence's name only where it fits: at a zoom where the fence is narrower than its label, the
+// labels of neighbouring paddocks would pile up over each other and over the animals.
+export function fitLabels(map, layers) {
+  for (const layer of layers) {
+    const el = layer.getTooltip() && layer.getTooltip().getElement();
+    if (!el || !layer.getBounds) continue;
+    const b = layer.getBounds();
+    const width = map.latLngToContainerPoint(b.getNorthEast()).x - map.latLngToContainerPoint(b.getSouthWest()).x;
+    el.classList.toggle("label-hidden", width < el.offsetWidth + 8);
+  }
 }

@@ -5,7 +5,7 @@ import "./app.css";
 import L from "./leaflet-global.js";
 import "@geoman-io/leaflet-geoman-free";
 import { Api, ApiError, pool } from "./api.js";
-import { animalMarker, createMap, escapeHtml, fenceLayer, STATES, stateOf } from "./farmmap.js";
+import { animalMarker, createMap, escapeHtml, fenceLayer, fitLabels, STATES, stateOf } from "./farmmap.js";
 import { follow } from "./live.js";
 import { Editor } from "./editor.js";
 import { startAdmin } from "./admin.js";
@@ -72,12 +72,16 @@ async function start(key) {
   $("app").hidden = false;
   const config = await loadConfig();
   farm.map = createMap($("map"), config);
+  const labels = () => fitLabels(farm.map, [...farm.fences.values()].map((f) => f.layer));
+  farm.map.on("zoomend", labels);
+  farm.labels = labels;
   farm.editor = new Editor(farm, { refresh: refreshFences, select: showTab });
   setupTabs();
   $("signout").addEventListener("click", signOut);
   await refreshFences(true);
   await loadAnimals();
   await refreshAlerts();
+  await recentEvents();
   farm.stop = follow(api, { onEvent, onStatus });
 }
 
@@ -110,8 +114,9 @@ export async function refreshFences(fit = false) {
   }
   if (fit && features.length) {
     const bounds = L.featureGroup([...farm.fences.values()].map((f) => f.layer)).getBounds();
-    farm.map.fitBounds(bounds, { padding: [20, 20], maxZoom: 17 });
+    farm.map.fitBounds(bounds, { padding: [20, 20], maxZoom: 17, animate: false });
   }
+  farm.labels();
   await refreshOccupancy();
 }
 
@@ -252,6 +257,18 @@ function renderAlerts(data) {
 
 // ---- live events ----
 
+const seen = new Set(); // event ids in the feed: the history read at start and the stream may overlap
+
+// The feed starts with the farm's recent history (the stream brings what comes after).
+async function recentEvents() {
+  try {
+    const { data } = await farm.api.get(`/events?limit=${FEED_MAX / 4}`);
+    data.forEach(addToFeed);
+  } catch {
+    /* the stream fills the feed */
+  }
+}
+
 const later = new Map();
 function debounce(name, ms, fn) {
   clearTimeout(later.get(name));
@@ -270,6 +287,7 @@ const STATE_OF_EVENT = {
 };
 
 function onEvent(e) {
+  if (e.event_id && seen.has(e.event_id)) return; // in the feed already (from the history read at start)
   addToFeed(e);
   if (e.type === "transferred") {
     const a = farm.animals.get(e.device_id);
@@ -304,6 +322,11 @@ const EVENT_WORDS = {
 };
 
 function addToFeed(e) {
+  if (e.event_id) {
+    if (seen.has(e.event_id)) return;
+    if (seen.size > 10000) seen.clear(); // only the start's overlap matters
+    seen.add(e.event_id);
+  }
   const li = document.createElement("li");
   li.className = `event event-${e.type}`;
   const fence = e.fence_id ? farm.fences.get(e.fence_id)?.feature.properties.name || e.fence_id : "";

@@ -23,7 +23,7 @@ from services.api.routers import admin, devices, events, fences, herd, keys, loc
 from services.api.schema import FixIn
 from services.api.settings import Settings
 from services.api.state import ApiCollector, ApiState, PullMetrics
-from services.api.webapp import AppFiles
+from services.api.webapp import web_app
 
 log = logging.getLogger("fencex.api")
 
@@ -153,7 +153,7 @@ def create_app(settings: Settings) -> ApiEdge:
         return None
 
     install_openapi(app, role, (FixIn,))
-    app.mount("/app", AppFiles(settings), name="app")  # the farmers' web app: static files, no key needed
+    app.mount("/app", web_app(settings), name="app")  # the farmers' web app: static files, no key needed
     return ApiEdge(app, state)
 
 

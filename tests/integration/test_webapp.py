@@ -242,28 +242,37 @@ def centroid(feature: dict[str, Any]) -> tuple[float, float]:
     return sum(p[0] for p in ring) / len(ring), sum(p[1] for p in ring) / len(ring)
 
 
-def test_a_farmers_day_on_a_laptop(farm, pages):
+@pytest.mark.parametrize("device", ["laptop", "phone"])
+def test_a_farmers_day(farm, pages, device):
     """Sign in; see the fence and the animal; draw a paddock and save it; the animal walks in and
     the enter is in the feed within 2 s; reshape the paddock so the animal is out: the escape, the
-    animal red, the alert counted in the title, with no layout shift; delete it; sign out."""
-    app = pages(**DESKTOP)
+    animal red, the alert counted in the title, with no layout shift; delete it; sign out. On a
+    laptop with a mouse, and on a 360 x 740 phone with touch (taps, and a finger dragging corners)."""
+    phone = device == "phone"
+    app = pages(**(PHONE if phone else DESKTOP))
     page = app.page
+    ui = Touch(page) if phone else Mouse(page)
     app.sign_in(farm.key)
     page.locator(".fence-label", has_text="North").wait_for()
     page.locator("path.animal.animal-in").wait_for()
     assert page.locator("path.fence-pasture").count() == 1 and page.title() == "fencex"
     page.locator(".leaflet-control-scale-line").wait_for()
+    if phone:  # nothing wider than the screen, the map and the panels on it
+        assert page.evaluate("document.documentElement.scrollWidth") <= 360
+        for element in ("#map", "#side", "#signout"):
+            b = page.locator(element).bounding_box()
+            assert b and b["x"] >= 0 and b["x"] + b["width"] <= 360.5 and b["height"] > 40, element
 
-    # draw a paddock beside North: click its corners (zoomed out a step to have room)
-    page.locator(".leaflet-control-zoom-out").click()
+    # draw a paddock beside North: click or tap its corners (zoomed out a step to have room)
+    ui.press(page.locator(".leaflet-control-zoom-out"))
     page.wait_for_timeout(400)
-    app.tab("Fences")
-    page.get_by_role("button", name="Draw a fence").click()
-    corners = square_right_of(page, "path.fence-pasture")
-    draw(page, corners)
+    ui.press(page.get_by_role("tab", name=re.compile("^Fences")))
+    ui.press(page.get_by_role("button", name="Draw a fence"))
+    corners = square_right_of(page, "path.fence-pasture", size=70 if phone else 110)
+    draw(page, corners, touch=phone)
     page.get_by_label("Name", exact=True).fill("South paddock")
     page.get_by_label("Tags (comma separated)").fill("sheep, spring")
-    page.get_by_role("button", name="Save").click()
+    ui.press(page.get_by_role("button", name="Save"))
     page.get_by_text("Saved South paddock (version 1).").wait_for()
     south = farm.wait_for(
         lambda: [f for f in farm.http.get("/fences").json()["features"] if f["properties"]["name"] == "South paddock"]
@@ -277,61 +286,100 @@ def test_a_farmers_day_on_a_laptop(farm, pages):
     r = farm.http.put(f"/mobs/herd-{farm.cow}", json={"name": "Herd", "devices": [farm.cow], "fences": [south["id"]]})
     assert r.status_code == 200, r.text
     time.sleep(1.0)  # the mob reaches the worker through the change feed
-    app.tab("Feed")
+    ui.press(page.get_by_role("tab", name=re.compile("^Feed")))
     page.evaluate(LAYOUT_SHIFTS)
     sent = farm.fix(farm.cow, *centroid(south))
     app.feed_shows("entered South paddock", EVENT_WITHIN_S)
     assert time.monotonic() - sent < EVENT_WITHIN_S + 0.5  # polled from the test: a little slack for its own turn
 
     # reshape: drag the paddock's two right corners left of the animal; save; the escape
-    page.get_by_role("tab", name=re.compile("^Fences")).click()
-    page.locator("#fences button", has_text="South paddock").click()
-    page.get_by_role("button", name="Reshape").click()
+    ui.press(page.get_by_role("tab", name=re.compile("^Fences")))
+    ui.press(page.locator("#fences button", has_text="South paddock"))
+    ui.press(page.get_by_role("button", name="Reshape"))
     page.wait_for_timeout(600)  # the map's zoom animation
-    b = page.locator("path.fence.selected").bounding_box()  # the list zoomed the map to it
-    x0, x1, y0, y1 = b["x"], b["x"] + b["width"], b["y"], b["y"] + b["height"]
-    for x, y in ((x1, y0), (x1, y1)):
-        drag_vertex(page, (x, y), (x0 + (x1 - x0) / 4, y))  # beyond the snapping distance of the left corners
-    page.get_by_role("button", name="Save").click()
+    handles = corner_handles(page)  # the list zoomed the map to the paddock
+    assert len(handles) == 4
+    left = min(x for x, _ in handles)
+    for x, y in sorted(handles)[2:]:  # the right two, left of the animal (past the left corners' snapping distance)
+        ui.drag((x, y), (left + (x - left) / 4, y))
+    ui.press(page.get_by_role("button", name="Save"))
     page.get_by_text("Saved South paddock (version 2).").wait_for()
-    app.tab("Feed")
-    app.feed_shows("escaped from", 10)
+    ring = farm.http.get(f"/fences/{south['id']}").json()["geometry"]["coordinates"][0]
+    assert max(p[0] for p in ring) < centroid(south)[0]  # the animal's place is outside now
+    ui.press(page.get_by_role("tab", name=re.compile("^Feed")))
+    app.feed_shows("escaped from South paddock", 10)
     page.locator("path.animal.animal-out").wait_for()
     page.wait_for_function("document.title === '(1) fencex'")
     assert page.locator("#alert-count").inner_text() == "1"
     assert page.evaluate("window.__moved") == [], "the page's layout moved as events came in"
+    shoot(page, f"webapp-{device}.png")
 
     # delete the paddock
     page.on("dialog", lambda d: d.accept())
-    app.tab("Fences")
-    page.locator("#fences button", has_text="South paddock").click()
-    page.get_by_role("button", name="Delete").click()
+    ui.press(page.get_by_role("tab", name=re.compile("^Fences")))
+    ui.press(page.locator("#fences button", has_text="South paddock"))
+    ui.press(page.get_by_role("button", name="Delete"))
     page.get_by_text("Deleted South paddock.").wait_for()
     assert farm.http.get(f"/fences/{south['id']}").status_code == 404
     page.locator(".fence-label", has_text="South paddock").wait_for(state="detached")  # after its fade
+    if phone:
+        assert page.evaluate("document.documentElement.scrollWidth") <= 360
 
     # sign out: the key is gone from the tab
-    page.get_by_role("button", name="Sign out").click()
+    ui.press(page.get_by_role("button", name="Sign out"))
     page.get_by_label("Farm API key").wait_for()
     assert page.evaluate("sessionStorage.length") == 0
 
 
-def drag_vertex(page: Any, at: tuple[float, float], to: tuple[float, float]) -> None:
-    """Drag the editing handle nearest ``at`` to ``to``."""
+class Mouse:
+    def __init__(self, page: Any) -> None:
+        self.page = page
+
+    def press(self, locator: Any) -> None:
+        locator.click()
+
+    def drag(self, at: tuple[float, float], to: tuple[float, float]) -> None:
+        self.page.mouse.move(*at)
+        self.page.mouse.down()
+        self.page.mouse.move(*to, steps=8)
+        self.page.mouse.up()
+        self.page.wait_for_timeout(100)
+
+
+class Touch:
+    """A finger: taps, and drags as touch events through the browser's input (as a phone's screen sends them)."""
+
+    def __init__(self, page: Any) -> None:
+        self.page = page
+        self.cdp = page.context.new_cdp_session(page)
+
+    def press(self, locator: Any) -> None:
+        locator.tap()
+
+    def drag(self, at: tuple[float, float], to: tuple[float, float]) -> None:
+        def touch(kind: str, x: float | None = None, y: float | None = None) -> None:
+            points = [] if x is None else [{"x": x, "y": y}]
+            self.cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": points})
+
+        touch("touchStart", *at)
+        for i in range(1, 9):
+            touch("touchMove", at[0] + (to[0] - at[0]) * i / 8, at[1] + (to[1] - at[1]) * i / 8)
+        touch("touchEnd")
+        self.page.wait_for_timeout(100)
+
+
+def shoot(page: Any, name: str) -> None:
+    """A screenshot for the README, when FENCEX_WEBAPP_SCREENSHOTS names a folder."""
+    folder = os.environ.get("FENCEX_WEBAPP_SCREENSHOTS")
+    if folder:
+        page.screenshot(path=str(Path(folder) / name))
+
+
+def corner_handles(page: Any) -> list[tuple[float, float]]:
+    """The centres of the corner handles of the shape being reshaped."""
     handles = page.locator(".marker-icon:not(.marker-icon-middle)")
-    best, dist = None, 1e9
-    for i in range(handles.count()):
-        b = handles.nth(i).bounding_box()
-        cx, cy = b["x"] + b["width"] / 2, b["y"] + b["height"] / 2
-        d = (cx - at[0]) ** 2 + (cy - at[1]) ** 2
-        if d < dist:
-            best, dist = (cx, cy), d
-    assert best is not None and dist < 100, f"no corner handle near {at}"
-    page.mouse.move(*best)
-    page.mouse.down()
-    page.mouse.move(*to, steps=8)
-    page.mouse.up()
-    page.wait_for_timeout(100)
+    boxes = [handles.nth(i).bounding_box() for i in range(handles.count())]
+    return [(b["x"] + b["width"] / 2, b["y"] + b["height"] / 2) for b in boxes]
 
 
 def test_a_conflict_shows_both_versions_and_the_farmer_chooses(farm, pages):
@@ -491,45 +539,6 @@ def start_api_on(stack: Stack, port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
-def test_on_a_phone_with_touch(farm, pages):
-    """360 x 740 with touch: nothing wider than the screen; the map and the panels; draw a paddock
-    by tapping its corners, save it; the escape arrives live."""
-    app = pages(**PHONE)
-    page = app.page
-    app.sign_in(farm.key)
-    page.locator(".fence-label", has_text="North").wait_for()
-    page.locator("path.animal.animal-in").wait_for()
-    assert page.evaluate("document.documentElement.scrollWidth") <= 360
-    for element in ("#map", "#side", "#signout"):
-        b = page.locator(element).bounding_box()
-        assert b and b["x"] >= 0 and b["x"] + b["width"] <= 360.5 and b["height"] > 40, element
-    page.locator(".leaflet-control-zoom-out").tap()
-    page.wait_for_timeout(400)
-    page.get_by_role("tab", name=re.compile("^Fences")).tap()
-    page.get_by_role("button", name="Draw a fence").tap()
-    m = map_box(page)
-    cx, cy, s = m["x"] + m["width"] * 0.75, m["y"] + m["height"] * 0.5, 50
-    draw(
-        page,
-        [(cx - s / 2, cy - s / 2), (cx + s / 2, cy - s / 2), (cx + s / 2, cy + s / 2), (cx - s / 2, cy + s / 2)],
-        touch=True,
-    )
-    page.get_by_label("Name", exact=True).fill("Phone paddock")
-    page.get_by_role("button", name="Save").tap()
-    page.get_by_text("Saved Phone paddock (version 1).").wait_for()
-    names = [f["properties"]["name"] for f in farm.http.get("/fences").json()["features"]]
-    assert "Phone paddock" in names
-    assert page.evaluate("document.documentElement.scrollWidth") <= 360
-    # the escape, live
-    assert farm.http.put(f"/mobs/herd-{farm.cow}", json={"name": "Herd", "devices": [farm.cow], "fences": [farm.north]})
-    time.sleep(1.0)
-    page.get_by_role("tab", name=re.compile("^Feed")).tap()
-    sent = farm.fix(farm.cow, *OUTSIDE_NORTH)
-    app.feed_shows("escaped from North", EVENT_WITHIN_S + 3)
-    assert time.monotonic() - sent < 5
-    page.wait_for_function("document.title === '(1) fencex'")
-
-
 def test_a_hole_cut_in_a_paddock_is_saved_as_its_inner_ring(farm, pages):
     app = pages(**DESKTOP)
     page = app.page
@@ -582,3 +591,64 @@ def test_keyboard_only(farm, pages):
     page.keyboard.press("Enter")
     page.get_by_text("Saved North by keyboard (version 2).").wait_for()
     assert farm.http.get(f"/fences/{farm.north}").json()["properties"]["name"] == "North by keyboard"
+
+
+# WCAG 2 contrast of every visible text on the page against the background it is drawn on (its
+# own, or the nearest ancestor's that is opaque); large text (24 px, or 18.66 px bold) needs 3:1.
+LOW_CONTRAST = """() => {
+  const rgb = (c) => (c.match(/[0-9.]+/g) || []).map(Number);
+  const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+  const lum = ([r, g, b]) => 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  const background = (el) => { for (; el; el = el.parentElement) { const c = rgb(getComputedStyle(el).backgroundColor);
+    if (c.length === 3 || c[3] > 0.5) return c.slice(0, 3); } return [255, 255, 255]; };
+  const low = [];
+  for (const el of document.querySelectorAll("body *")) {
+    const text = [...el.childNodes].filter((n) => n.nodeType === 3).map((n) => n.textContent.trim()).join("");
+    const style = getComputedStyle(el);
+    if (!text || !el.getClientRects().length || style.visibility === "hidden" || el.closest("[disabled]")) continue;
+    const a = lum(rgb(style.color)), b = lum(background(el));
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    const size = parseFloat(style.fontSize), bold = Number(style.fontWeight) >= 700;
+    const large = size >= 24 || (bold && size >= 18.66);
+    if (ratio < (large ? 3 : 4.5)) low.push(`${text.slice(0, 30)}: ${ratio.toFixed(2)}`);
+  }
+  return low;
+}"""
+
+
+def test_text_is_readable_in_sunlight(farm, pages):
+    """Every text on the page, panels and map alike, has at least WCAG AA contrast."""
+    app = pages(**DESKTOP)
+    page = app.page
+    assert page.evaluate(LOW_CONTRAST) == []  # the sign-in page
+    app.sign_in(farm.key)
+    farm.http.put(f"/mobs/herd-{farm.cow}", json={"name": "Herd", "devices": [farm.cow], "fences": [farm.north]})
+    time.sleep(1.0)
+    farm.fix(farm.cow, *OUTSIDE_NORTH)  # an escape: an alert and a feed entry
+    page.wait_for_function("document.title === '(1) fencex'")
+    for tab in ("Alerts", "Feed", "Fences"):
+        app.tab(tab)
+        assert page.evaluate(LOW_CONTRAST) == [], tab
+    page.locator("#fences button", has_text="North").click()  # the form
+    assert page.evaluate(LOW_CONTRAST) == []
+
+
+def test_the_operator_creates_a_farm_and_its_key(stack, pages):
+    app = pages(**DESKTOP)
+    app.allowed |= {401, 404}  # no route says whose a key is: a farm's route refuses it, an admin's finds no farm
+    page = app.page
+    page.get_by_label("Farm API key").fill(ADMIN_KEY)
+    page.get_by_role("button", name="Sign in").click()
+    farm_id = f"farm-{uuid.uuid4().hex[:6]}"
+    page.get_by_label("Farm id").first.fill(farm_id)
+    page.get_by_label("Farm name").fill("Hillside")
+    page.get_by_role("button", name="Create the farm and its first key").click()
+    result = page.locator("#admin-result")
+    result.get_by_text(f"Farm {farm_id} created").wait_for()
+    key = re.search(r"fx_[A-Za-z0-9_-]+", result.inner_text())
+    assert key is not None
+    r = httpx.get(f"{stack.base}/fences", headers={"Authorization": f"Bearer {key.group(0)}"})
+    assert r.status_code == 200 and r.json()["features"] == []  # the new farm's key works
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_label("Farm API key").wait_for()
+    assert page.evaluate("sessionStorage.length") == 0

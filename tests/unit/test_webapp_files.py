@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from services.api.app import create_app
 from services.api.settings import Settings
-from services.api.webapp import AppFiles
+from services.api.webapp import web_app
 
 
 def edge_with(built: Path, **settings: Any) -> Any:
@@ -23,7 +23,7 @@ def edge_with(built: Path, **settings: Any) -> Any:
     app: FastAPI = edge.app
     for route in app.routes:
         if getattr(route, "path", None) == "/app":
-            route.app = AppFiles(Settings(**settings), built)  # type: ignore[attr-defined]
+            route.app = web_app(Settings(**settings), built)  # type: ignore[attr-defined]
     return edge
 
 
@@ -39,7 +39,7 @@ def get(app: Any, url: str) -> httpx.Response:
 @pytest.fixture
 def built(tmp_path: Path) -> Path:
     (tmp_path / "index.html").write_text('<script src="/app/main-AB12CD34.js"></script>')
-    (tmp_path / "main-AB12CD34.js").write_text("console.log(1)")
+    (tmp_path / "main-AB12CD34.js").write_text("console.log(1);\n" * 1000)
     (tmp_path / "main-AB12CD34.js.LEGAL.txt").write_text("MIT")
     return tmp_path
 
@@ -51,6 +51,7 @@ def test_index_is_revalidated_and_hashed_bundles_are_cached_for_good(built):
     assert page.headers["cache-control"] == "no-cache" and page.headers["content-type"].startswith("text/html")
     js = get(edge, "/app/main-AB12CD34.js")
     assert js.status_code == 200 and js.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert js.headers["content-encoding"] == "gzip" and js.text == "console.log(1);\n" * 1000
     assert get(edge, "/app/main-AB12CD34.js.LEGAL.txt").headers["cache-control"] == "no-cache"
     assert get(edge, "/app/nothing-here.js").status_code == 404
     assert get(edge, "/app").status_code in (307, 308)  # to /app/, where the page's paths resolve

@@ -111,6 +111,7 @@ export class Editor {
 
   open(id) {
     if (this.editing(id)) return;
+    if (this.map.pm.globalDrawModeEnabled() || this.map.pm.globalCutModeEnabled()) return; // a corner, not a choice
     const f = this.farm.fences.get(id);
     if (!f) return;
     this.close();

@@ -144,7 +144,7 @@ function renderFenceList() {
       b.innerHTML = `<span class="name">${escapeHtml(feature.properties.name || feature.id)}</span>
         <span class="meta">${feature.properties.kind} · <span class="occupancy">${n}</span> inside</span>`;
       b.addEventListener("click", () => {
-        farm.map.fitBounds(farm.fences.get(feature.id).layer.getBounds(), { maxZoom: 17 });
+        farm.map.fitBounds(farm.fences.get(feature.id).layer.getBounds(), { maxZoom: 17, padding: [40, 40] }); // corners within reach of a finger
         farm.editor.open(feature.id);
       });
       li.append(b);
@@ -307,19 +307,28 @@ function onEvent(e) {
   if (["enter", "exit"].includes(e.type)) debounce("occupancy", 1000, refreshOccupancy);
 }
 
+// an event in the farm's words (as ./dev stack prints them): with its fence, or without one
 const EVENT_WORDS = {
-  enter: "entered",
-  exit: "left",
-  dwell: "has stayed in",
-  escape: "escaped from",
-  return: "returned to",
-  silent: "went silent",
-  resumed: "is heard again",
-  battery_low: "is low on battery",
-  battery_ok: "battery is fine again",
-  transferred: "moved to another farm",
-  retract: "withdrawn:",
+  enter: ["entered", "entered a fence"],
+  exit: ["left", "left a fence"],
+  dwell: ["has stayed in", "has stayed"],
+  escape: ["escaped from", "escaped"],
+  return: ["returned to", "is back in its pasture"],
+  silent: ["went silent", "went silent"],
+  resumed: ["is heard again", "is heard again"],
+  battery_low: ["is low on battery", "is low on battery"],
+  battery_ok: ["has a good battery again", "has a good battery again"],
+  transferred: ["moved to another farm", "moved to another farm"],
+  retract: ["withdrawn:", "withdrawn:"],
 };
+
+function describe(e) {
+  const fence = e.fence_id ? farm.fences.get(e.fence_id)?.feature.properties.name || e.fence_id : "";
+  const [withFence, alone] = EVENT_WORDS[e.type] || [e.type, e.type];
+  const words = fence && withFence !== alone ? `${withFence} ${fence}` : alone;
+  const out = e.type === "escape" && typeof e.distance_m === "number" ? `, ${Math.round(e.distance_m)} m out` : "";
+  return `${words}${out}${e.late ? " (late)" : ""}`;
+}
 
 function addToFeed(e) {
   if (e.event_id) {
@@ -329,10 +338,8 @@ function addToFeed(e) {
   }
   const li = document.createElement("li");
   li.className = `event event-${e.type}`;
-  const fence = e.fence_id ? farm.fences.get(e.fence_id)?.feature.properties.name || e.fence_id : "";
-  const words = EVENT_WORDS[e.type] || e.type;
   li.innerHTML = `<time>${escapeHtml(shortTime(e.ts || ""))}</time>
-    <span><strong>${escapeHtml(e.device_id || "")}</strong> ${escapeHtml(words)} ${escapeHtml(fence)}${e.late ? " (late)" : ""}</span>`;
+    <span><strong>${escapeHtml(e.device_id || "")}</strong> ${escapeHtml(describe(e))}</span>`;
   const feed = $("feed");
   feed.prepend(li);
   while (feed.children.length > FEED_MAX) feed.lastElementChild.remove();

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from starlette.middleware.gzip import GZipMiddleware
@@ -41,6 +42,36 @@ def app_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def tile_origin(url: str) -> str:
+    """Where the map's tiles come from, as a CSP source: scheme and host of the URL template
+    (its ``{s}`` subdomain a wildcard), or nothing for no tiles."""
+    if not url:
+        return ""
+    parts = urlsplit(url.replace("{s}", "tiles-subdomain"))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return ""
+    host = parts.netloc.replace("tiles-subdomain", "*")
+    return f"{parts.scheme}://{host}"
+
+
+def content_security_policy(settings: Settings) -> str:
+    """The page may load only its own files, its API and the configured tiles: nothing from a CDN
+    (the browser refuses it, and the tests fail on the console error it logs)."""
+    tiles = tile_origin(settings.app_tiles_url)
+    return "; ".join(
+        [
+            "default-src 'self'",
+            "script-src 'self'",
+            "style-src 'self' 'unsafe-inline'",  # the map library positions its layers with inline styles
+            f"img-src 'self' data: blob:{' ' + tiles if tiles else ''}",
+            "connect-src 'self'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ]
+    )
+
+
 class AppFiles(StaticFiles):
     """StaticFiles for the built app, with cache headers, the config, and a clear 503 when unbuilt."""
 
@@ -48,6 +79,7 @@ class AppFiles(StaticFiles):
         super().__init__(directory=directory, html=True, check_dir=False)
         self.built = directory
         self.config = orjson.dumps(app_config(settings))
+        self.csp = content_security_policy(settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = self.get_path(scope)
@@ -68,6 +100,8 @@ class AppFiles(StaticFiles):
             hashed = HASHED.search(path) is not None
             response.headers["Cache-Control"] = "public, max-age=31536000, immutable" if hashed else "no-cache"
             response.headers["X-Content-Type-Options"] = "nosniff"
+            if path.endswith(".html") or path in ("", "."):
+                response.headers["Content-Security-Policy"] = self.csp
         return response
 
 

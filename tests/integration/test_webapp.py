@@ -309,7 +309,7 @@ def test_a_farmers_day(farm, pages, device):
     ui.press(page.get_by_role("tab", name=re.compile("^Feed")))
     app.feed_shows("escaped from South paddock", 10)
     page.locator("path.animal.animal-out").wait_for()
-    page.wait_for_function("document.title === '(1) fencex'")
+    sync_api.expect(page).to_have_title("(1) fencex")
     assert page.locator("#alert-count").inner_text() == "1"
     assert page.evaluate("window.__moved") == [], "the page's layout moved as events came in"
     shoot(page, f"webapp-{device}.png")
@@ -625,7 +625,7 @@ def test_text_is_readable_in_sunlight(farm, pages):
     farm.http.put(f"/mobs/herd-{farm.cow}", json={"name": "Herd", "devices": [farm.cow], "fences": [farm.north]})
     time.sleep(1.0)
     farm.fix(farm.cow, *OUTSIDE_NORTH)  # an escape: an alert and a feed entry
-    page.wait_for_function("document.title === '(1) fencex'")
+    sync_api.expect(page).to_have_title("(1) fencex")
     for tab in ("Alerts", "Feed", "Fences"):
         app.tab(tab)
         assert page.evaluate(LOW_CONTRAST) == [], tab

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from services.api.app import create_app
 from services.api.settings import Settings
-from services.api.webapp import web_app
+from services.api.webapp import tile_origin, web_app
 
 
 def edge_with(built: Path, **settings: Any) -> Any:
@@ -77,3 +77,28 @@ def test_the_json_routes_are_unchanged(built):
     edge = edge_with(built)
     assert get(edge, "/healthz").json() == {"status": "ok"}
     assert not any(p.startswith("/app") for p in edge.app.openapi()["paths"])  # the app is not the API's contract
+
+
+def test_the_page_may_load_only_its_own_files_and_the_tiles():
+    built = Path(__file__).parents[2] / "services" / "api" / "static" / "app"
+    if not (built / "index.html").is_file():
+        pytest.skip("the web app is not built")
+    page = get(edge_with(built), "/app/")
+    csp = dict(d.strip().split(" ", 1) for d in page.headers["content-security-policy"].split(";"))
+    assert csp["script-src"] == "'self'" and csp["connect-src"] == "'self'" and csp["default-src"] == "'self'"
+    assert "https://tile.openstreetmap.org" in csp["img-src"].split()
+    assert '<script src="/app/' in page.text and "http" not in page.text.split("<body>")[1]  # no CDN
+
+
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [
+        ("https://tile.openstreetmap.org/{z}/{x}/{y}.png", "https://tile.openstreetmap.org"),
+        ("https://{s}.tile.example.org:8443/{z}/{x}/{y}.png", "https://*.tile.example.org:8443"),
+        ("", ""),
+        ("/tiles/{z}/{x}/{y}.png", ""),  # the API's own origin: 'self' covers it
+        ("javascript:alert(1)", ""),
+    ],
+)
+def test_the_tiles_origin(url, origin):
+    assert tile_origin(url) == origin

@@ -13,6 +13,7 @@ import { startAdmin } from "./admin.js";
 const $ = (id) => document.getElementById(id);
 const KEY = "fencex.key";
 const FEED_MAX = 200;
+const FENCES_EVERY_MS = 60_000;
 const ALERT_WORDS = { out: "out", silent: "silent", battery_low: "low battery" };
 
 export const farm = {
@@ -83,6 +84,12 @@ async function start(key) {
   await refreshAlerts();
   await recentEvents();
   farm.stop = follow(api, { onEvent, onStatus });
+  // fences changed elsewhere (another farmer, the API) carry no event: read them again now and then,
+  // and when the page comes back to the front
+  setInterval(() => document.visibilityState === "visible" && refreshFences().catch(() => {}), FENCES_EVERY_MS);
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "visible") refreshFences().catch(() => {});
+  });
 }
 
 function onStatus(text) {
@@ -142,7 +149,7 @@ function renderFenceList() {
       b.className = `row kind-${feature.properties.kind}`;
       const n = farm.occupancy[feature.id] ?? 0;
       b.innerHTML = `<span class="name">${escapeHtml(feature.properties.name || feature.id)}</span>
-        <span class="meta">${feature.properties.kind} · <span class="occupancy">${n}</span> inside</span>`;
+        <span class="meta">${escapeHtml(feature.properties.kind)} · <span class="occupancy">${n}</span> inside</span>`;
       b.addEventListener("click", () => {
         farm.map.fitBounds(farm.fences.get(feature.id).layer.getBounds(), { maxZoom: 17, padding: [40, 40] }); // corners within reach of a finger
         farm.editor.open(feature.id);
@@ -241,7 +248,7 @@ function renderAlerts(data) {
       b.type = "button";
       b.className = `row alert alert-${a.kind}`;
       b.innerHTML = `<span class="name">${escapeHtml(a.device_id)}</span>
-        <span class="meta">${ALERT_WORDS[a.kind] || a.kind} since ${escapeHtml(shortTime(a.since))}</span>`;
+        <span class="meta">${escapeHtml(ALERT_WORDS[a.kind] || a.kind)} since ${escapeHtml(shortTime(a.since))}</span>`;
       b.addEventListener("click", () => {
         const an = farm.animals.get(a.device_id);
         if (an) {

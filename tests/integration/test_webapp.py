@@ -652,3 +652,25 @@ def test_the_operator_creates_a_farm_and_its_key(stack, pages):
     page.get_by_role("button", name="Sign out").click()
     page.get_by_label("Farm API key").wait_for()
     assert page.evaluate("sessionStorage.length") == 0
+
+
+def test_a_paddock_open_by_day_is_a_daily_schedule(farm, pages):
+    app = pages(**DESKTOP)
+    page = app.page
+    app.sign_in(farm.key)
+    app.tab("Fences")
+    page.locator("#fences button", has_text="North").click()
+    assert page.get_by_label("When the fence is active").input_value() == "always"
+    page.get_by_label("When the fence is active").select_option("daily")
+    page.get_by_label("Opens at").fill("05:30")
+    page.get_by_label("Closes at").fill("20:00")
+    page.get_by_label("Time zone").fill("Europe/Stockholm")
+    page.get_by_role("button", name="Save").click()
+    page.get_by_text("Saved North (version 2).").wait_for()
+    schedule = farm.http.get(f"/fences/{farm.north}").json()["properties"]["schedule"]
+    assert schedule["timezone"] == "Europe/Stockholm"
+    assert [(w["kind"], w["start"][:5], w["end"][:5]) for w in schedule["windows"]] == [("daily", "05:30", "20:00")]
+    app.tab("Fences")
+    page.locator("#fences button", has_text="North").click()  # read back into the form
+    assert page.get_by_label("When the fence is active").input_value() == "daily"
+    assert page.get_by_label("Opens at").input_value() == "05:30"

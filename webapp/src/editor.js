@@ -4,6 +4,7 @@ import L from "./leaflet-global.js";
 import { kml } from "@tmcw/togeojson";
 import { ApiError } from "./api.js";
 import { escapeHtml, fenceLayer, fenceStyle } from "./farmmap.js";
+import { fillSchedule, readSchedule, showWhen } from "./schedule.js";
 
 const $ = (id) => document.getElementById(id);
 const PROPS = ["name", "tags", "dwell_s", "exit_buffer_m", "kind", "schedule"];
@@ -32,6 +33,7 @@ export class Editor {
     $("cut-hole").addEventListener("click", () => this.cutHole());
     $("keep-mine").addEventListener("click", () => this.resolve(true));
     $("take-theirs").addEventListener("click", () => this.resolve(false));
+    $("f-when").addEventListener("change", showWhen);
     $("import-file").addEventListener("change", (ev) => this.importFile(ev.target.files[0]));
   }
 
@@ -49,20 +51,12 @@ export class Editor {
     $("f-tags").value = (props.tags || []).join(", ");
     $("f-dwell").value = props.dwell_s ?? "";
     $("f-buffer").value = props.exit_buffer_m ?? "";
-    $("f-schedule").value = props.schedule ? JSON.stringify(props.schedule) : "";
+    fillSchedule(props.schedule || null);
   }
 
   props() {
     const num = (v) => (v.trim() === "" ? null : Number(v));
-    let schedule = null;
-    const text = $("f-schedule").value.trim();
-    if (text) {
-      try {
-        schedule = JSON.parse(text);
-      } catch {
-        throw new Error("The schedule is not valid JSON.");
-      }
-    }
+    const schedule = readSchedule();
     return {
       name: $("f-name").value.trim(),
       kind: $("f-kind").value,

@@ -83,10 +83,69 @@ def live(index: FenceIndex, fixes: list[Fix], per_batch: int = 1) -> tuple[dict[
     return states, track, appended, cost
 
 
+async def in_redis(devices: int, per_flush: int) -> None:
+    """What Redis holds for ``devices`` tracks of 2,000 fixes each, appended as the worker does (each save
+    appends each device's new fixes, ``per_flush`` of them), then written whole (as after a trim or a merge):
+    Redis grows an appended string ahead of its length, so a track built by appends takes more memory."""
+    from devtools.localserver import start_redis
+    from fencex.store.base import SaveWrites
+    from fencex.store.redis import RedisStore
+
+    rng = np.random.default_rng(7)
+    index = farm()
+    base = walk(N, 7, rng)
+    with start_redis() as server:
+        store = RedisStore(f"redis://{server.address}/0", "bench")
+        await store.connect()
+        try:
+            before = int((await store.redis.info("memory"))["used_memory"])
+            newest = [-1] * devices
+            for i in range(0, N, per_flush):
+                batch = base[i : i + per_flush]
+                tracks = {f"cow-{d}": append_bytes(newest[d], batch, []) for d in range(devices)}
+                newest = [batch[-1].ts_ms] * devices
+                await store.save_packed(store.pack_save({}, [], None, None, SaveWrites(tracks=tracks)))
+                if i % 500 == 0:
+                    print(f"  appending: {i:,}/{N:,} fixes a device", file=sys.stderr, flush=True)
+            keys = [store.keys.track(f"cow-{d}") for d in range(devices)]
+
+            async def usage() -> int:  # the keys' own memory (used_memory also holds the saves' query buffers)
+                return sum([int(await store.redis.memory_usage(k, samples=0) or 0) for k in keys])
+
+            appended = await usage()
+            raw = await store.load_tracks([f"cow-{d}" for d in range(devices)])
+            # written whole: what a trim or a merge leaves
+            await store.save_packed(store.pack_save({}, [], None, None, SaveWrites(rewrites=raw)))
+            whole = await usage()
+            grown = int((await store.redis.info("memory"))["used_memory"]) - before
+        finally:
+            await store.close()
+    size = len(raw["cow-0"])
+    print(
+        f"redis, {devices} devices x {N:,} fixes ({size:,} bytes each, {per_flush} a save): "
+        f"MEMORY USAGE {appended / devices:,.0f} B a device appended, {whole / devices:,.0f} B written whole; "
+        f"{appended / devices / N:.1f} and {whole / devices / N:.1f} B a fix "
+        f"(used_memory grew {grown / devices:,.0f} B a device, with the saves' buffers)"
+    )
+    index.mob("farm")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="merges timed (the median is printed)")
+    parser.add_argument(
+        "--redis",
+        type=int,
+        default=0,
+        metavar="DEVICES",
+        help="also store this many tracks in a redis-server and measure its memory",
+    )
+    parser.add_argument("--per-flush", type=int, default=1, help="fixes of a device a save appends (--redis)")
     args = parser.parse_args()
+    if args.redis:
+        import asyncio
+
+        asyncio.run(in_redis(args.redis, args.per_flush))
     rng = np.random.default_rng(12)
     index = farm()
     print(f"{'fixes sent as':<34} {'bytes/fix':>9} {'bytes/device':>12} {'snapshots':>9} {'event ids':>9}")

@@ -128,7 +128,8 @@ class FenceFollower:
         """Each device in a mob of the farm -> that mob against the current index, for ``farms``
         (None: every farm). Kept per farm, so that one farm's change costs that farm's mobs, and a
         device counts only in a mob of the farm it is registered to (:meth:`mob_of` looks there).
-        A mob that names no fence maps no device: its devices belong to the farm's default mob."""
+        A mob that names no fence maps its devices to the farm's default mob's fences under its own id
+        (grazing is kept per mob)."""
         by_id = self.index.by_id
         if farms is None:
             self.mobs = {}
@@ -138,7 +139,7 @@ class FenceFollower:
                 self.mobs.pop(farm, None)
             records = [r for (tenant, _), r in self.mob_records.items() if tenant in farms]
         for record in records:
-            mob = resolve(record, by_id)
+            mob = resolve(record, by_id, self.index.mob(record.tenant))  # no fence named: the default's, by its id
             if mob is not None:
                 self.mobs.setdefault(record.tenant, {}).update(dict.fromkeys(record.devices, mob))
 

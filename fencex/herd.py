@@ -17,6 +17,8 @@ the caller: the detector knows nothing of where rules and mobs are stored.
   (last position and time) but not its fences; a fix implying more than ``max_speed_mps``
   from the last accepted fix (a *jump*) is held back; the next fix that agrees with it
   (no jump between them) is accepted.
+- *time*: ``timezone`` (an IANA name) is the farm's day, for grazing time per day; ``track_window_s``
+  is how far behind a device's newest fix a late fix is still merged (older ones are dropped).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import shapely
@@ -58,12 +61,18 @@ class HerdRules:
     accuracy_limit_m: float = 25.0
     max_speed_mps: float = 20.0
     silence_s: float = 3600.0  # no fix arrived for this long (worker's clock): silent
+    timezone: str = "UTC"  # IANA name: the farm's day (grazing time is kept per day of the farm)
+    track_window_s: float = 86_400.0  # late fixes further than this behind the device's newest are dropped
 
     def __post_init__(self) -> None:
         # a record read back from the store is checked here too: a string or null would raise in the worker
         if type(self.confirm_fixes) is not int:
             raise TypeError("confirm_fixes must be an integer")
-        for name in ("battery_low_pct", "battery_margin_pct", "accuracy_limit_m", "max_speed_mps", "silence_s"):
+        if type(self.timezone) is not str:
+            raise TypeError("timezone must be a string")
+        zone(self.timezone)
+        numbers = ("battery_low_pct", "battery_margin_pct", "accuracy_limit_m", "max_speed_mps", "silence_s")
+        for name in (*numbers, "track_window_s"):
             value = getattr(self, name)
             if type(value) not in (int, float) or math.isnan(value):
                 raise TypeError(f"{name} must be a number")
@@ -71,8 +80,16 @@ class HerdRules:
             raise ValueError("confirm_fixes must be at least 1")
         if self.battery_margin_pct < 0 or self.accuracy_limit_m < 0 or self.max_speed_mps <= 0:
             raise ValueError("battery_margin_pct and accuracy_limit_m must be >= 0, max_speed_mps > 0")
-        if self.silence_s <= 0:
-            raise ValueError("silence_s must be > 0")
+        if self.silence_s <= 0 or self.track_window_s <= 0:
+            raise ValueError("silence_s and track_window_s must be > 0")
+
+
+def zone(name: str) -> ZoneInfo:
+    """The IANA time zone ``name`` (cached by zoneinfo); ValueError if there is none, as for a schedule's."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError(f"unknown time zone {name!r} (an IANA name such as Europe/Stockholm)") from None
 
 
 DEFAULT_RULES = HerdRules()
@@ -83,10 +100,11 @@ NO_HERD = HerdRules(1, -math.inf, 0.0, math.inf, math.inf, math.inf)
 
 @dataclass(frozen=True, slots=True)
 class Mob:
-    """The fence ids that count as a device's pastures and exclusion zones."""
+    """The fence ids that count as a device's pastures and exclusion zones, and the mob's id."""
 
     pastures: frozenset[str] = frozenset()
     exclusions: frozenset[str] = frozenset()
+    id: str = ""  # the mob's id: grazing time is kept per mob ("": the farm's default mob)
 
 
 NO_MOB = Mob()  # no pasture, no exclusion zone: never out

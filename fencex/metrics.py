@@ -43,6 +43,9 @@ def process_collectors(registry: CollectorRegistry) -> None:
     PlatformCollector(registry=registry)
 
 
+LATE_OUTCOMES = ("merged", "duplicate", "too_old", "newer")  # fencex_late_fixes_total's label
+
+
 class PushMetrics:
     def __init__(self, registry: CollectorRegistry, farms_max: int = FARMS_MAX) -> None:
         self.registry = registry
@@ -145,6 +148,27 @@ class PushMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.late_fixes = Counter(
+            "fencex_late_fixes_total",
+            "Fixes older than their device's newest, by outcome: merged into its track (events as if in order), "
+            "a duplicate of one held, too old (behind the farm's track window), newer (none expected)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.late_merge_seconds = Histogram(
+            "fencex_late_merge_seconds",
+            "Time the worker spent merging held late fixes at one flush (bounded by its budget)",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.tracks_corrupt = Counter(
+            "fencex_tracks_corrupt_total", "Stored tracks that did not read (started again)", registry=registry
+        )
+        self.tracks_trimmed = Counter(
+            "fencex_tracks_trimmed_total", "Stored tracks trimmed to their farm's window and the cap", registry=registry
+        )
+        for outcome in LATE_OUTCOMES:
+            self.late_fixes.labels(outcome)
         for reason in UNTRUSTED_REASONS:
             self.fixes_untrusted.labels(reason)
         for reason in (*FIX_REASONS, "out_of_order"):

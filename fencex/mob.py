@@ -78,12 +78,14 @@ class MobRecord(MobProperties):
             raise InvalidInput(f"stored mob unreadable: {where}: {first['msg']}") from None
 
 
-def resolve(mob: MobRecord, fences: Mapping[str, Fence]) -> Mob | None:
+def resolve(mob: MobRecord, fences: Mapping[str, Fence], default: Mob | None = None) -> Mob | None:
     """The detector's view of ``mob``: its fence ids that are the farm's pastures and exclusion
-    zones in ``fences`` (fence id -> fence: those that exist now). None when the mob names no
-    fence: its devices belong to the farm's default mob."""
+    zones in ``fences`` (fence id -> fence: those that exist now), with the mob's id. When the mob
+    names no fence its devices have the farm's default mob's fences: ``default`` (the farm's
+    :meth:`~fencex.index.FenceIndex.mob`) under this mob's id (grazing is kept per mob), or None
+    without one."""
     if not mob.fences:
-        return None
+        return None if default is None else Mob(default.pastures, default.exclusions, mob.id)
     pastures: set[str] = set()
     exclusions: set[str] = set()
     for fid in mob.fences:
@@ -94,4 +96,4 @@ def resolve(mob: MobRecord, fences: Mapping[str, Fence]) -> Mob | None:
             pastures.add(fid)
         elif fence.kind == "exclusion":
             exclusions.add(fid)
-    return Mob(frozenset(pastures), frozenset(exclusions))
+    return Mob(frozenset(pastures), frozenset(exclusions), mob.id)

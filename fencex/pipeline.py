@@ -72,7 +72,7 @@ def _active(plan: FarmSchedules, at_ms: int, scope: Scope, cache: dict[Any, Any]
     key = (mob, off)
     active = cache.get(key)
     if active is None:
-        active = cache[key] = Mob(mob.pastures - off, mob.exclusions - off)
+        active = cache[key] = Mob(mob.pastures - off, mob.exclusions - off, mob.id)
     view = cache.get(off)
     if view is None:
         view = cache[off] = _Active(fences, off)
@@ -95,6 +95,12 @@ class Processed:
     untrusted: dict[str, int] = field(
         default_factory=dict
     )  # applied fixes not trusted, by reason (herd.UNTRUSTED_REASONS)
+    # for the tracks (:mod:`fencex.track`): the positions in ``fixes`` of those applied, the time of each one's
+    # device's fix before it (-1: none: a new device, or one moved to another farm, whose track starts again),
+    # and of the fixes older than their device's last (not applied: late, for :mod:`fencex.late`)
+    applied: list[int] = field(default_factory=list)
+    prev: list[int] = field(default_factory=list)
+    late: list[int] = field(default_factory=list)
 
 
 def process(
@@ -146,8 +152,12 @@ def process(
             state = None
         if is_stale(state, fix.ts_ms):
             out.stale += 1
+            if fix.ts_ms < state.last_ts:  # type: ignore[union-attr]  # a stale fix has a state
+                out.late.append(i)
             continue
         out.fixes += 1
+        out.applied.append(i)
+        out.prev.append(-1 if state is None else state.last_ts)
         if inside:
             out.inside += 1
         inside_ids: Sequence[str] = [rows[r].id for r in inside] if inside else ()

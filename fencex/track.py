@@ -24,7 +24,8 @@ Bytes: a log of records, so the live path can append a batch's records to a stor
 or a trim. A fix is 1 tag byte, its time as milliseconds after the previous fix (4 bytes), its
 place as two int32 of 1e-7 degree when that gives the float back exactly (as for every fix sent
 with up to 7 decimals), else two float64, and its extras as uint16 hundredths when that is exact
-(as for 3.7 m or 87 %), else float64: 13 bytes a fix, 17 with accuracy and battery.
+(as for 3.7 m or 87 %), else float64: 13 bytes a fix, 17 with accuracy and battery. A reader skips
+fixes no newer than the newest it holds.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class Track:
     ids: dict[int, tuple[bytes, ...]] = field(default_factory=dict)  # fix ts -> published event ids
     snaps: list[DeviceState] = field(default_factory=list)  # states after the fix at their last_ts, ascending
     retracted: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # id -> (its fix ts, times retracted)
+    orphan: bool = False  # no base, and the state before the first fix is not known: see :meth:`adopted`
 
     def __post_init__(self) -> None:
         if self.base is not None and (self.base.seen_ms or self.base.silent):
@@ -160,10 +162,35 @@ class Track:
 
     # -- bytes --------------------------------------------------------------------------------
 
+    def adopted(self) -> Track:
+        """A track a replay can start from: this one, or, when it is an orphan, the part after its
+        first snapshot (which becomes its base); with no snapshot, an empty track (a merge then
+        starts again from the device's state)."""
+        if not self.orphan or self.base is not None:
+            return self
+        if not self.snaps:
+            return Track()
+        base = self.snaps[0]
+        n = bisect.bisect_right(self.ts, base.last_ts)
+        floor = base.last_ts
+        return Track(
+            base,
+            self.ts[n:],
+            self.lon[n:],
+            self.lat[n:],
+            self.acc[n:],
+            self.bat[n:],
+            {t: v for t, v in self.ids.items() if t > floor},
+            self.snaps[1:],
+            {i: v for i, v in self.retracted.items() if v[0] > floor},
+        )
+
     def to_bytes(self) -> bytes:
         out = bytearray(tb.MAGIC)
         if self.base is not None:
             tb.state_record(out, tb.BASE, self.base)
+        elif self.orphan:
+            out.append(tb.ORPHAN)
         out += fix_records(self, 0, self.floor)
         for gone, (t, count) in self.retracted.items():
             out.append(tb.GONE)
@@ -191,7 +218,7 @@ class Track:
     def _read(cls, data: bytes) -> Track:
         track = cls()
         view = memoryview(data)
-        pos, end, prev = 2, len(data), -1
+        pos, end, prev, top = 2, len(data), -1, -1  # prev: the record before; top: the newest fix held
         ts, lon, lat, acc, bat, ids = track.ts, track.lon, track.lat, track.acc, track.bat, track.ids
         while pos < end:
             tag = data[pos]
@@ -218,17 +245,22 @@ class Track:
                 if tag & tb.BAT:
                     b = tb.F64S.unpack_from(view, pos)[0] if wide else tb.U16.unpack_from(view, pos)[0] / 100.0
                     pos += 8 if wide else 2
+                prev = t  # the next record's time is relative to this one, read or skipped
+                if t <= top:
+                    continue  # not newer than one held: not a fix of this track's (as after a lost save)
+                top = t
                 ts.append(t)
                 lon.append(x)
                 lat.append(y)
                 acc.append(a)
                 bat.append(b)
-                prev = t
             elif tag == tb.IDS:
                 t = tb.I64.unpack_from(view, pos)[0]
                 n = data[pos + 8]
                 pos += 9
-                ids[t] = (*ids.get(t, ()), *(bytes(view[pos + 16 * j : pos + 16 * j + 16]) for j in range(n)))
+                had = ids.get(t, ())
+                got = tuple(bytes(view[pos + 16 * j : pos + 16 * j + 16]) for j in range(n))
+                ids[t] = (*had, *(i for i in got if i not in had))  # a replayed append names them again
                 pos += 16 * n
             elif tag in (tb.SNAP, tb.BASE):
                 size = tb.U32.unpack_from(view, pos)[0]
@@ -236,9 +268,14 @@ class Track:
                 pos += 4 + size
                 if tag == tb.BASE:
                     track.base = state
-                    prev = state.last_ts
-                else:
+                    prev = top = state.last_ts
+                elif not track.snaps or state.last_ts > track.snaps[-1].last_ts:  # else an append replayed
                     track.snaps.append(state)
+            elif tag == tb.ORPHAN:
+                track.orphan = True
+            elif tag == tb.ANCHOR:
+                prev = tb.I64.unpack_from(view, pos)[0]
+                pos += 8
             elif tag == tb.GONE:
                 t, count, gone = tb.GONE_REC.unpack_from(view, pos)
                 pos += tb.GONE_REC.size
@@ -291,7 +328,11 @@ def append_bytes(
     :meth:`Track.extend` then :meth:`Track.to_bytes` would hold, without reading the stored track.
     ``snapshot``: the state after the last of ``fixes``, when the worker keeps one (every
     :data:`SNAP_EVERY` fixes or so). ``records``: the fixes' records when encoded already (a batch of
-    many devices at once: :func:`fencex.trackbytes.encode_fixes`)."""
+    many devices at once: :func:`fencex.trackbytes.encode_fixes`, the first with no fix before it).
+
+    The first fix's time is relative to ``newest``: the worker's save sends ``anchor(newest)`` with
+    it, which the save script puts first when the track is not there (an orphan); a save runs once
+    (its token), so an append is never applied twice."""
     by_ts: dict[int, list[bytes]] = {}
     for e in events:
         if e.type in REPLAYED:
@@ -303,12 +344,13 @@ def append_bytes(
         if t <= prev:
             raise ValueError(f"fix at {t} is not newer than the one before ({prev})")
         extra = f.extra
+        rel = prev
         if records is not None:
             out += records[k]
         elif extra is None:
-            out += tb.fix_bytes(t, prev, f.lon, f.lat, None, None)
+            out += tb.fix_bytes(t, rel, f.lon, f.lat, None, None)
         else:
-            out += tb.fix_bytes(t, prev, f.lon, f.lat, extra.get("accuracy_m"), extra.get("battery"))
+            out += tb.fix_bytes(t, rel, f.lon, f.lat, extra.get("accuracy_m"), extra.get("battery"))
         if by_ts:
             got = by_ts.pop(t, None)
             if got:

@@ -9,7 +9,11 @@ A track is ``MAGIC`` and then records, each a tag byte and its fields (little-en
 - ``IDS``: int64 fix time, uint8 n, n ids of 16 bytes: events published at that fix;
 - ``SNAP``, ``BASE``: uint32 length and the state's JSON (:meth:`DeviceState.to_obj`, without the
   worker's clock): the state after the fix at its time, or before the first fix held;
-- ``GONE``: int64 fix time, uint32 times, 16-byte id: an id retracted (so many times).
+- ``GONE``: int64 fix time, uint32 times, 16-byte id: an id retracted (so many times);
+- ``ORPHAN`` (no fields, first): the track starts at a fix whose state before is not known (the
+  device had fixes before its track was kept, or its track was lost): no replay from its start;
+- ``ANCHOR``: int64 time: the time the next fix's is relative to (what an append to a track that is
+  not there starts with: the save script puts ``ORPHAN`` and the append's anchor first).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from fencex.fix import Fix
 
 MAGIC = b"\xfe\x01"
 ABS, F64, ACC, BAT, X64 = 1, 2, 4, 8, 16  # fix record flags (tags 0..31)
-IDS, SNAP, BASE, GONE = 64, 65, 66, 67  # other records
+IDS, SNAP, BASE, GONE, ORPHAN, ANCHOR = 64, 65, 66, 67, 68, 69  # other records
 SCALE = 1e7
 I64 = struct.Struct("<q")
 U32 = struct.Struct("<I")
@@ -92,6 +96,11 @@ def fix_bytes(t: int, prev: int, x: float, y: float, a: float | None, b: float |
     return bytes(out)
 
 
+def anchor(t: int) -> bytes:
+    """An ``ANCHOR`` record: the fix after it is relative to ``t``."""
+    return bytes((ANCHOR,)) + I64.pack(t)
+
+
 def ids_bytes(out: bytearray, t: int, got: Sequence[bytes]) -> None:
     for j in range(0, len(got), 255):
         chunk = got[j : j + 255]
@@ -108,13 +117,17 @@ def encode_fixes(fixes: Sequence[Fix], prev: Sequence[int]) -> list[bytes]:
     n = len(fixes)
     if n == 0:
         return []
-    ts = np.fromiter((f.ts_ms for f in fixes), np.int64, n)
+    ts = np.array([f.ts_ms for f in fixes], dtype=np.int64)  # list comprehensions: faster than fromiter
     pv = np.asarray(prev, dtype=np.int64)
-    x = np.fromiter((f.lon for f in fixes), np.float64, n)
-    y = np.fromiter((f.lat for f in fixes), np.float64, n)
+    x = np.array([f.lon for f in fixes], dtype=np.float64)
+    y = np.array([f.lat for f in fixes], dtype=np.float64)
     nan = math.nan
-    a = np.fromiter(((f.extra or _NONE).get("accuracy_m", nan) for f in fixes), np.float64, n)
-    b = np.fromiter(((f.extra or _NONE).get("battery", nan) for f in fixes), np.float64, n)
+    extras = [f.extra for f in fixes]
+    if any(extras):
+        a = np.array([(e or _NONE).get("accuracy_m", nan) for e in extras], dtype=np.float64)
+        b = np.array([(e or _NONE).get("battery", nan) for e in extras], dtype=np.float64)
+    else:
+        a = b = np.full(n, nan)
     dt = ts - pv
     xi, yi = np.rint(x * SCALE), np.rint(y * SCALE)
     a100, b100 = np.rint(a * 100.0), np.rint(b * 100.0)

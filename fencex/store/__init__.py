@@ -1,3 +1,3 @@
 """Storage adapters. ``base`` holds the key layout and the interface; ``redis`` the Redis backend
-(one ``RedisStore``, assembled from ``connection``, ``feed``, ``fences``, ``devices``, ``tenants``
-and ``history``; its Lua scripts in ``scripts``)."""
+(one ``RedisStore``, assembled from ``connection``, ``feed``, ``fences``, ``devices``, ``tenants``,
+``history`` and ``tracks``; its Lua scripts in ``scripts``)."""

@@ -27,8 +27,9 @@ Redis is the source of truth:
 ``{p}:alerts:{t}:{kind}``      sorted set: tenant t's devices out, silent or low on battery
                                (kind ``out``, ``silent``, ``battery_low``), scored by the
                                time (ms) of the event that raised the alert
-``{p}:track:{id}``             a device's recent track (:mod:`fencex.track`'s bytes): the live
-                               path appends, a late merge or a trim rewrites
+``{p}:track:{id}``             list: a device's recent track (:mod:`fencex.track`'s bytes, the
+                               segments joined): the live path appends, a late merge or a trim
+                               rewrites
 ``{p}:graze:{t}:{day}``        hash: tenant t's grazing on a day (the farm's time zone,
                                ``YYYY-MM-DD``): ``fence id\tmob id`` -> milliseconds inside
 =============================  ==========================================================
@@ -38,9 +39,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from fencex.detector import DeviceState
 from fencex.errors import InvalidFence
 from fencex.fence import Fence
 
@@ -57,6 +59,18 @@ ALERT_OF: dict[str, tuple[tuple[str, bool], ...]] = {
     "battery_ok": (("battery_low", False),),
     "transferred": tuple((kind, False) for kind in ALERT_KINDS),  # registered to another farm now
 }
+
+
+@dataclass(slots=True)
+class SaveWrites:
+    """What a worker's save holds besides states, events and offsets."""
+
+    tracks: Mapping[str, bytes | bytearray] = field(default_factory=dict)  # device -> bytes to append
+    rewrites: Mapping[str, bytes] = field(default_factory=dict)  # device -> its track written whole first
+    anchors: Mapping[str, int] = field(default_factory=dict)  # device -> the fix time its appended bytes follow
+    resets: Mapping[str, tuple[DeviceState, DeviceState]] = field(default_factory=dict)  # (before, after)
+    grazing: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # hash key -> field -> ms to add
+    long_bytes: int = 1 << 62  # tracks at least this long are named in the save's answer (to trim)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@ the devices each partition has seen, and the partitions' generations that fence 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
@@ -13,11 +14,13 @@ from redis.exceptions import WatchError
 from fencex.detector import DeviceState
 from fencex.errors import Fenced, NotFound
 from fencex.event import Event
-from fencex.store.base import ALERT_OF
+from fencex.store.base import ALERT_OF, SaveWrites
 from fencex.store.connection import guard
 from fencex.store.feed import RedisFeed
+from fencex.trackbytes import MAGIC, ORPHAN, anchor
 
 GEO_LAT_LIMIT = 85.05112878  # Redis GEO cannot hold the poles
+GRAZING_TTL_S = 400 * 86400  # a farm's grazing of a day is kept 400 days (a year's comparison and more)
 
 
 class RedisDevices(RedisFeed):
@@ -118,13 +121,16 @@ class RedisDevices(RedisFeed):
         events: Iterable[Event],
         new_devices: Mapping[tuple[str, int], list[str]] | None = None,
         generations: Mapping[tuple[str, int], int] | None = None,
+        writes: SaveWrites | None = None,
     ) -> bytes | None:
         """Serialise a save now (a snapshot), to send later with :meth:`save_packed`.
 
         ``generations``: (topic, partition) -> the generation the saver holds; the save is
         refused (Fenced) if any has moved on, so a stalled worker's commit is fenced too.
+        ``writes``: the tracks, grazing and membership resets saved with the states (:class:`SaveWrites`).
         """
-        if not states and not new_devices and not generations:
+        w = writes or SaveWrites()
+        if not states and not new_devices and not generations and not (w.tracks or w.rewrites):
             return None
         k = self.keys
         flat: list[Any] = []
@@ -149,17 +155,57 @@ class RedisDevices(RedisFeed):
             elif t in ALERT_OF:  # dwell changes nothing here
                 for kind, raised in ALERT_OF[t]:
                     members.append((1 if raised else 0, k.alerts(e.tenant, kind), e.ts_ms, e.device_id))
+        for d, (before, after) in w.resets.items():  # then set from the state: a merge's retractions
+            members.extend(self._reset_rows(d, before, after))
         sadd = {k.partition(topic, p): devices for (topic, p), devices in (new_devices or {}).items() if devices}
         gens: list[Any] = []
         for (topic, p), gen in (generations or {}).items():
             gens.extend((k.generation(topic, p), gen))
-        return msgpack.packb([flat, geo_keys, members, sadd, gens], use_bin_type=False)  # type: ignore[no-any-return]
+        tracks: list[Any] = []
+        for d in w.rewrites.keys() | w.tracks.keys():
+            at = w.anchors.get(d, -1)
+            tracks.extend(
+                (k.track(d), w.rewrites.get(d, False), bytes(w.tracks.get(d, b"")), anchor(at) if at >= 0 else b"")
+            )
+        token = f"{k.prefix}:saved:{os.urandom(12).hex()}"
+        grazing = {key: [x for kv in fields.items() for x in kv] for key, fields in w.grazing.items()}
+        orphan = MAGIC + bytes((ORPHAN,))  # a track started by an append: the state before it is not known
+        blob = [flat, geo_keys, members, sadd, gens, token, tracks, grazing, orphan, w.long_bytes, GRAZING_TTL_S]
+        return msgpack.packb(blob, use_bin_type=False)  # type: ignore[no-any-return]
+
+    def _reset_rows(self, d: str, before: DeviceState, after: DeviceState) -> list[tuple[int, str, int, str]]:
+        """The rows that make a device's fence memberships and alert lists those of ``after`` (its state
+        after a late merge; ``before``: its state before): out and low battery kept with their first time."""
+        k, t = self.keys, after.tenant
+        rows = [(0, k.inside(t, f), 0, d) for f in before.members.keys() - after.members.keys()]
+        rows.extend((1, k.inside(t, f), m.since_ms, d) for f, m in after.members.items())
+        for kind, on in (("out", after.out), ("battery_low", after.low)):
+            rows.append((2 if on else 0, k.alerts(t, kind), after.last_ts, d))
+        return rows
 
     @guard
-    async def save_packed(self, blob: bytes | None) -> None:
-        """Run a packed save; Fenced (nothing written) if a partition's generation moved on."""
-        if blob is not None and int(await self._save_batch(args=[blob])) < 0:
+    async def save_packed(self, blob: bytes | None) -> list[tuple[str, int]]:
+        """Run a packed save; Fenced (nothing written) if a partition's generation moved on. Returns the
+        devices whose tracks are now at least the save's ``long_bytes`` long, with their lengths (a track is
+        a list of segments, joined every 64: its length is known then)."""
+        if blob is None:
+            return []
+        got = await self._save_batch(args=[blob])
+        if int(got[0]) < 0:
             raise Fenced("the save was refused: another worker owns these partitions now")
+        cut = len(self.keys.track(""))
+        return [(got[i][cut:].decode(), int(got[i + 1])) for i in range(1, len(got), 2)]
+
+    @guard
+    async def load_tracks(self, device_ids: list[str]) -> dict[str, bytes]:
+        """The stored tracks of these devices (those that have one)."""
+        if not device_ids:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for d in device_ids:
+                pipe.lrange(self.keys.track(d), 0, -1)
+            got = cast(list[list[bytes]], await pipe.execute())
+        return {d: b"".join(segments) for d, segments in zip(device_ids, got) if segments}
 
     @guard
     async def device_state(self, tenant: str, device_id: str) -> DeviceState:

@@ -22,7 +22,9 @@ class RedisHistory(RedisConnection):
         keys: list[str] = []
         argv: list[Any] = [self.history_maxlen]
         for e in events:
-            keys.extend((self.keys.seen(e["event_id"]), self.keys.events(e["tenant"])))
+            seen = self.keys.seen(e["event_id"])
+            gone = e.get("retracts")
+            keys.extend((seen, self.keys.events(e["tenant"]), self.keys.seen(gone) if gone else seen))
             argv.append(orjson.dumps(e))
         if not keys:
             return 0

@@ -11,6 +11,7 @@
                            and the partitions' generations
 ``tenants``                tenants and their API keys (:func:`key_id`, :func:`key_digest`)
 ``history``                the tenants' event histories and live reads of them
+``tracks``                 a device's recent track, read for its farm
 =========================  ===============================================================
 
 The key layout is in ``fencex.store.base``. No I/O in ``__init__``: ``connect()`` opens the
@@ -25,11 +26,12 @@ from fencex.store.fences import RedisFences
 from fencex.store.herd import RedisHerd
 from fencex.store.history import RedisHistory
 from fencex.store.tenants import RedisTenants, key_digest, key_id
+from fencex.store.tracks import RedisTracks
 
 __all__ = ["RedisStore", "key_digest", "key_id"]
 
 
-class RedisStore(RedisFences, RedisHerd, RedisDevices, RedisTenants, RedisHistory):
+class RedisStore(RedisFences, RedisHerd, RedisDevices, RedisTenants, RedisHistory, RedisTracks):
     def __init__(self, url: str, prefix: str = "fx", history_maxlen: int = 10_000) -> None:
         self.url = url
         self.keys = Keys(prefix)

@@ -1,12 +1,16 @@
 """The Lua scripts the Redis store runs in Redis (registered by ``RedisStore.connect()``)."""
 
 # Add each event to its tenant's history once, however often it is delivered.
-# KEYS: (de-duplication marker, tenant's history stream) per event; ARGV: maxlen, then each event.
+# KEYS: (de-duplication marker, tenant's history stream, marker to forget) per event; ARGV:
+# maxlen, then each event. A retract forgets the marker of the event it withdraws (its third
+# key; the event's own marker otherwise), so that event, brought back by a later late upload
+# with the same id, is in the history again.
 APPEND_EVENTS = """
 local added = 0
-for i = 1, #KEYS, 2 do
+for i = 1, #KEYS, 3 do
   if redis.call('SET', KEYS[i], '1', 'NX', 'EX', 86400) then
-    redis.call('XADD', KEYS[i + 1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[(i + 1) / 2 + 1])
+    redis.call('XADD', KEYS[i + 1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[(i + 2) / 3 + 1])
+    if KEYS[i + 2] ~= KEYS[i] then redis.call('DEL', KEYS[i + 2]) end
     added = added + 1
   end
 end
@@ -18,13 +22,24 @@ return added
 # The client sends a single msgpack blob: packing a command of 100,000 arguments
 # in redis-py's pure-Python encoder cost more than the rest of the batch.
 # d[5] holds the saver's partition generations (key, gen, ...): if any is no longer
-# the stored one, another worker owns the partition now and nothing is written (-1).
+# the stored one, another worker owns the partition now and nothing is written ({-1}).
+# d[6] is the save's token: a save that ran already (its reply lost, the client sent it
+# again) writes nothing twice ({0}): APPEND and HINCRBY are not idempotent.
+# d[7] the tracks: {key, whole (or false), to append, anchor, ...}. A track is a list of byte
+# segments read as their concatenation (appending to a string would let Redis grow its
+# allocation ahead of its length, to twice it); a track written whole replaces the list first;
+# appended to a key that does not exist, the bytes start with the magic of an orphan track
+# (d[9]) and the anchor (the time the first appended fix is relative to). Past 64 segments,
+# a list is joined into one (compact, and its length known).
+# Returns {states saved, then each track key joined at least d[10] bytes long and its length}.
+# d[8] the grazing: hash key -> {field, ms, ...}, HINCRBY'd, the key kept d[11] seconds.
 SAVE_BATCH = """
 local d = cmsgpack.unpack(ARGV[1])
 local gens = d[5]
 for i = 1, #gens, 2 do
-  if tonumber(redis.call('GET', gens[i]) or '0') ~= gens[i + 1] then return -1 end
+  if tonumber(redis.call('GET', gens[i]) or '0') ~= gens[i + 1] then return {-1} end
 end
+if d[6] ~= '' and not redis.call('SET', d[6], '1', 'NX', 'EX', 3600) then return {0} end
 local function chunked(cmd, key, flat, width)
   local step = width * math.floor(6000 / width)
   for i = 1, #flat, step do
@@ -38,8 +53,37 @@ end
 chunked('MSET', nil, d[1], 2)
 for key, flat in pairs(d[2]) do chunked('GEOADD', key, flat, 3) end
 for _, z in ipairs(d[3]) do
-  if z[1] == 1 then redis.call('ZADD', z[2], z[3], z[4]) else redis.call('ZREM', z[2], z[4]) end
+  if z[1] == 1 then redis.call('ZADD', z[2], z[3], z[4])
+  elseif z[1] == 2 then redis.call('ZADD', z[2], 'NX', z[3], z[4])
+  else redis.call('ZREM', z[2], z[4]) end
 end
 for key, members in pairs(d[4]) do chunked('SADD', key, members, 1) end
-return #d[1] / 2
+local out = {#d[1] / 2}
+local long = d[10]
+local tracks = d[7]
+for i = 1, #tracks, 4 do
+  local key, whole, more = tracks[i], tracks[i + 1], tracks[i + 2]
+  local n = 0
+  if whole then
+    redis.call('DEL', key)
+    redis.call('RPUSH', key, whole)
+    if #more > 0 then redis.call('RPUSH', key, more) end
+  elseif redis.call('EXISTS', key) == 0 then
+    redis.call('RPUSH', key, d[9] .. tracks[i + 3] .. more)
+  elseif #more > 0 and redis.call('RPUSH', key, more) >= 64 then
+    local all = table.concat(redis.call('LRANGE', key, 0, -1))
+    redis.call('DEL', key)
+    redis.call('RPUSH', key, all)
+    n = #all
+  end
+  if n >= long then
+    out[#out + 1] = key
+    out[#out + 1] = n
+  end
+end
+for key, flat in pairs(d[8]) do
+  for i = 1, #flat, 2 do redis.call('HINCRBY', key, flat[i], flat[i + 1]) end
+  redis.call('EXPIRE', key, d[11])
+end
+return out
 """

@@ -30,6 +30,13 @@ class Pending:
     events: list[Event] = field(default_factory=list)
     new_devices: dict[int, list[str]] = field(default_factory=dict)  # partition -> devices first seen
     offsets: dict[int, int] = field(default_factory=dict)  # partition -> next offset to read
+    # the devices' tracks (:mod:`fencex.stream.tracks`): bytes to append to each stored track, and the
+    # tracks to write whole first (a merge's, a trim's, or a new one: ``fencex.trackbytes.MAGIC`` alone)
+    tracks: dict[str, bytearray] = field(default_factory=dict)
+    anchors: dict[str, int] = field(default_factory=dict)  # device -> the fix time its first appended one follows
+    rewrites: dict[str, bytes] = field(default_factory=dict)
+    # devices whose fence memberships and alert lists are set from their state (after a late merge)
+    resets: dict[str, tuple[DeviceState, DeviceState]] = field(default_factory=dict)  # (before, after)
 
 
 class Checkpoint:
@@ -38,6 +45,7 @@ class Checkpoint:
         self._clock = clock
         self._pending = Pending()
         self._committed: dict[int, int] = {}  # partition -> the last next-offset committed
+        self.holds: dict[int, int] = {}  # partition -> an offset not to commit past (:meth:`take`)
         self._started = clock()
 
     # ---------------------------------------------------------------- adding
@@ -64,20 +72,39 @@ class Checkpoint:
 
     def empty(self) -> bool:
         p = self._pending
-        return not (p.offsets or p.states or p.events or p.new_devices)
+        return not (p.offsets or p.states or p.events or p.new_devices or p.tracks or p.rewrites)
+
+    @property
+    def pending(self) -> Pending:
+        """What is pending now (to add track bytes and rewrites to: :mod:`fencex.stream.tracks`)."""
+        return self._pending
 
     def pending_offsets(self) -> dict[int, int]:
         return dict(self._pending.offsets)
 
     def take(self) -> Pending:
-        """Everything pending, as one snapshot; the checkpoint starts over."""
+        """Everything pending, as one snapshot; the checkpoint starts over.
+
+        An offset past a partition's hold (:attr:`holds`: the first offset of a batch with late fixes
+        not yet merged) is committed only up to the hold, and stays pending for a later snapshot: what
+        is committed is never read again, and a late fix must not be lost with a crash before its merge."""
         out, self._pending = self._pending, Pending()
         self._started = self._clock()
+        for part, hold in self.holds.items():
+            off = out.offsets.get(part)
+            if off is None or off <= hold:
+                continue
+            self._pending.offsets[part] = off
+            if hold > self._committed.get(part, -1):
+                out.offsets[part] = hold
+            else:
+                del out.offsets[part]
         return out
 
     def drop(self) -> None:
         """Forget what is pending (not committed: it is read again)."""
-        self.take()
+        self._pending = Pending()
+        self._started = self._clock()
 
     def committed(self, offsets: Mapping[int, int]) -> None:
         """Offsets the consumer committed (after the snapshot holding them was saved)."""

@@ -42,3 +42,8 @@ class LoopSettings:
     silence_sweep_s: float = 5.0  # seconds between two sweeps for silent devices
     silence_max_lag: int = 20_000  # a partition further behind than this (records) is not swept
     schedule_catchup_s: float = 7 * 86_400  # transitions missed while down: applied this far back at most
+    tracks: bool = True  # keep each device's recent track and merge late fixes (off: late fixes dropped, as before)
+    track_cap: int = 2_000  # fixes kept per device's track at most (and its farm's window)
+    trims_per_flush: int = 20  # long tracks read, trimmed and rewritten per flush at most
+    late_budget_ms: float = 20.0  # time spent merging held late fixes per flush (the rest wait for the next)
+    late_max: int = 100_000  # late fixes held at most: past it, all are merged at the next step

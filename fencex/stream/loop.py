@@ -40,6 +40,7 @@ dropped (``_epoch`` moved) and the consumer sent back to the committed offsets.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -53,13 +54,15 @@ from fencex.index import FenceIndex
 from fencex.metrics import PushMetrics
 from fencex.pipeline import Processed, RulesOf, process, reevaluate_all
 from fencex.retrying import retrying
-from fencex.stream import batch, changes, isolation, rotation, silence
+from fencex.store.base import SaveWrites
+from fencex.stream import batch, changes, isolation, latefixes, rebalance, rotation, silence
 from fencex.stream.checkpoint import Checkpoint, Pending
 from fencex.stream.config import LoopSettings, Topics
 from fencex.stream.gauges import worker_gauges
 from fencex.stream.outbox import Outbox
 from fencex.stream.ports import Consumer, DeviceStore, Follower, Producer, Record
 from fencex.stream.silence import SilenceWatch
+from fencex.stream.tracks import TrackKeeper, window_of
 
 log = logging.getLogger(__name__)
 Batches = Mapping[int, Sequence[Record]]
@@ -95,6 +98,8 @@ class Processor:
         self.mob_of = follower.mob_of if settings.herd_rules else None
         self.silence = SilenceWatch(self.rules_of)
         self.rotation = rotation.TransitionHeap()  # the scheduled farms' next transitions
+        self.tracks = TrackKeeper(settings.track_cap) if settings.tracks else None
+        self.late = latefixes.LateFixes(settings.late_budget_ms, settings.late_max)
         self._swept = 0.0  # monotonic time of the last silence sweep
         self._fetched = -1  # the epoch of the last getmany since an assignment or a reload
         self._next_index: FenceIndex | None = None
@@ -109,7 +114,7 @@ class Processor:
         follower.on_index = self._new_index
         follower.on_mobs = self._mobs_changed.update
         follower.on_rules = self._rules_changed.update
-        consumer.listen(self._on_assign, self._on_revoke)
+        consumer.listen(functools.partial(rebalance.assigned, self), functools.partial(rebalance.revoked, self))
 
     # -------------------------------------------------------------- lifecycle
 
@@ -213,6 +218,8 @@ class Processor:
                 await rotation.apply_due(self)
             if self.rules_of is not None and time.monotonic() - self._swept >= self.settings.silence_sweep_s:
                 await silence.sweep(self)
+            if self.late.due(self.checkpoint.due()):
+                await latefixes.merge_due(self)
             if self.checkpoint.due():
                 await self.flush(wait=False)
 
@@ -224,12 +231,14 @@ class Processor:
             except Exception:  # noqa: BLE001 - its offsets were not committed: they are read again
                 pass
             self.checkpoint.drop()
+            self.late.drop()
+            self.checkpoint.holds = {}
             self.states.clear()
             self.device_partition.clear()
             self._fetched = -1  # positions moved back: the lag is known again after the next fetch
             await self.consumer.seek_to_committed()
             if not self._fenced:
-                await self._load(self.consumer.assignment())
+                await rebalance.load(self, self.consumer.assignment())
             self._reload_needed = False
             self.metrics.reconnects.labels("redis").inc()
 
@@ -241,57 +250,8 @@ class Processor:
     async def _publish_reevaluation(self, out: Processed) -> None:
         await self.outbox.events(out.events)
         self.checkpoint.add(out.dirty, out.events)
-
-    # ---------------------------------------------------------- rebalancing
-
-    async def _on_assign(self, partitions: list[int]) -> None:
-        async with self.lock:
-            self._epoch += 1
-            self.metrics.rebalances.inc()
-            async for attempt in retrying("claiming partitions", on_error=self._count_error, logger=log):
-                with attempt:
-                    self.generations = await self.store.claim_partitions(self.topics.locations, partitions)
-            self._fenced = False
-            self.checkpoint.reassigned()
-            self._suspect = {p: r for p, r in self._suspect.items() if p in self.generations}
-            async for attempt in retrying("loading device state", on_error=self._count_error, logger=log):
-                with attempt:
-                    await self._load(partitions)
-
-    async def _load(self, partitions: list[int]) -> None:
-        owned = await self.store.partition_devices(self.topics.locations, partitions)
-        states = await self.store.load_states(list(owned))
-        mine = set(partitions)
-        for d in [d for d, p in self.device_partition.items() if p not in mine]:
-            self.states.pop(d, None)
-            self.device_partition.pop(d, None)
-        self.states.update(states)
-        self.device_partition.update(owned)
-        # A fence may have changed while no worker held these devices: catch up now.
-        await self._publish_reevaluation(self._reevaluate(list(states)))
-        await rotation.catch_up(self, list(states))  # and a schedule's transitions missed
-        silence.rewatch(self, partitions)
-        log.info("partitions %s: %d devices loaded", partitions, len(states))
-
-    async def _on_revoke(self, partitions: list[int]) -> None:
-        async with self.lock:
-            self._epoch += 1
-            try:
-                await self.flush()
-            except Exception as exc:  # noqa: BLE001 - not committed: the next owner reads it again
-                log.warning("flush before revoke failed: %s", exc)
-                if isinstance(exc, Fenced):
-                    self.metrics.saves_fenced.inc()
-                self.checkpoint.drop()
-                self._reload_needed = True  # what is cached is ahead of what is saved
-            gone = set(partitions)
-            for d in [d for d, p in self.device_partition.items() if p in gone]:
-                self.states.pop(d, None)
-                self.device_partition.pop(d, None)
-            for p in gone:
-                self.silence.heaps.pop(p, None)
-                self.generations.pop(p, None)
-                self._suspect.pop(p, None)
+        if self.tracks is not None:
+            self.tracks.published(self.checkpoint.pending, out.events, self.states)
 
     # ------------------------------------------------------------ flushing
 
@@ -302,16 +262,20 @@ class Processor:
         offsets it commits. Called with the lock held; the next call waits for this one first.
         """
         await self._await_flush()
+        if self.tracks is not None:
+            await self.tracks.trim_due(self)  # no save in flight: the stored tracks are all saved
         if self.checkpoint.empty():
             self.checkpoint.take()  # restart the interval
             return
         pending: Pending = self.checkpoint.take()
         loc = self.topics.locations
+        long_bytes = self.tracks.long_bytes if self.tracks is not None else 1 << 62
         blob = self.store.pack_save(
             pending.states,
             pending.events,
             {(loc, p): ds for p, ds in pending.new_devices.items()},
             {(loc, p): g for p, g in self.generations.items()},
+            SaveWrites(pending.tracks, pending.rewrites, pending.anchors, pending.resets, long_bytes=long_bytes),
         )
         self._flushing = asyncio.create_task(self._ack_save_commit(blob, pending.offsets))
         if wait:
@@ -321,7 +285,9 @@ class Processor:
         undelivered = await self.producer.wait_acked()
         if undelivered:
             await self.outbox.undelivered(undelivered)
-        await self.store.save_packed(blob)
+        long = await self.store.save_packed(blob)
+        if self.tracks is not None:
+            self.tracks.saved(long)
         await self.consumer.commit(offsets)
         return offsets
 
@@ -376,13 +342,18 @@ class Processor:
         await self.outbox.events(out.events)
         silence.watch_new(self, missing, out.events, now_ms)
         self.checkpoint.add(out.dirty, out.events)
+        if self.tracks is not None:
+            win = lambda t: window_of(self, t)  # noqa: E731
+            self.tracks.record(self.checkpoint.pending, fixes, out.applied, out.prev, self.states, out.events, win)
+            latefixes.hold(self, fixes, partitions, out.late)
         for p, ds in new.items():
             self.checkpoint.register(p, ds)
         m = self.metrics
         m.fixes_consumed.inc(len(fixes))
         m.fixes_processed.inc(out.fixes)
-        if out.stale:
-            m.fixes_dropped.labels("out_of_order").inc(out.stale)
+        duplicates = out.stale - (len(out.late) if self.tracks is not None else 0)
+        if duplicates:
+            m.fixes_dropped.labels("out_of_order").inc(duplicates)
         for reason, n in out.untrusted.items():
             m.fixes_untrusted.labels(reason).inc(n)
         m.intersections.inc(out.inside)

@@ -15,6 +15,7 @@ from fencex.event import Event
 from fencex.herd import HerdRules, Mob
 from fencex.index import FenceIndex
 from fencex.kafka.producer import Outgoing, Undelivered
+from fencex.store.base import SaveWrites
 
 PartitionsCallback = Callable[[list[int]], Awaitable[None]]
 
@@ -84,11 +85,16 @@ class DeviceStore(Protocol):
         events: Iterable[Event],
         new_devices: Mapping[tuple[str, int], list[str]] | None = None,
         generations: Mapping[tuple[str, int], int] | None = None,
+        writes: SaveWrites | None = None,
     ) -> bytes | None:
         """Serialise a save now (a snapshot) for :meth:`save_packed`."""
 
-    def save_packed(self, blob: bytes | None) -> Awaitable[None]:
-        """Save atomically; raise Fenced (nothing written) if a generation is no longer the saver's."""
+    def save_packed(self, blob: bytes | None) -> Awaitable[list[tuple[str, int]]]:
+        """Save atomically; raise Fenced (nothing written) if a generation is no longer the saver's.
+        Returns the devices whose tracks are now at least the save's ``long_bytes`` long, and their lengths."""
+
+    def load_tracks(self, device_ids: list[str]) -> Awaitable[dict[str, bytes]]:
+        """The stored tracks (:mod:`fencex.track` bytes) of these devices, those that have one."""
 
 
 class Follower(Protocol):

@@ -19,7 +19,7 @@ from fencex.store.redis import RedisStore
 from services.api.fastpath import ApiEdge, flat_routes, role_of
 from services.api.openapi import install as install_openapi
 from services.api.problem import install as install_problems
-from services.api.routers import admin, devices, events, fences, herd, keys, locations, mobs, query, rotations
+from services.api.routers import admin, devices, events, fences, herd, keys, locations, mobs, query, rotations, tracks
 from services.api.schema import FixIn
 from services.api.settings import Settings
 from services.api.state import ApiCollector, ApiState, PullMetrics
@@ -84,7 +84,7 @@ def create_app(settings: Settings) -> ApiEdge:
     )
     app.state.fencex = state
     install_problems(app)
-    routers = (fences, rotations, mobs, herd, query, devices, events, locations, keys, admin)
+    routers = (fences, rotations, mobs, herd, query, devices, tracks, events, locations, keys, admin)
     for r in routers:
         app.include_router(r.router)
 
@@ -152,7 +152,7 @@ def create_app(settings: Settings) -> ApiEdge:
                 return role_of(r)
         return None
 
-    install_openapi(app, role, (FixIn,))
+    install_openapi(app, role, (FixIn,), {"Event": events.EVENT_COMPONENT})
     app.mount("/app", web_app(settings), name="app")  # the farmers' web app: static files, no key needed
     return ApiEdge(app, state)
 

@@ -82,10 +82,14 @@ def errors_of(op: dict[str, Any], role: str | None) -> set[int]:
 
 
 def install(
-    app: FastAPI, role_of_operation: Callable[[str, str], str | None], models: tuple[type[BaseModel], ...] = ()
+    app: FastAPI,
+    role_of_operation: Callable[[str, str], str | None],
+    models: tuple[type[BaseModel], ...] = (),
+    schemas_by_name: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     """Replace ``app.openapi`` with one that documents problems and links (and ``models`` that
-    bodies parsed by hand refer to)."""
+    bodies parsed by hand refer to, and ``schemas_by_name``: JSON Schemas that responses written by
+    hand refer to, as ``#/components/schemas/{name}``)."""
     plain = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -96,6 +100,7 @@ def install(
         schemas["Problem"] = PROBLEM_SCHEMA
         for model in models:
             schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schemas_by_name or {})
         for name in ("HTTPValidationError", "ValidationError"):
             schemas.pop(name, None)
         ref = {"$ref": "#/components/schemas/Problem"}

@@ -10,7 +10,16 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from fencex.errors import IdTaken, InAnotherMob, InvalidInput, LimitExceeded, NotFound, Unavailable, VersionConflict
+from fencex.errors import (
+    CorruptRecord,
+    IdTaken,
+    InAnotherMob,
+    InvalidInput,
+    LimitExceeded,
+    NotFound,
+    Unavailable,
+    VersionConflict,
+)
 
 PROBLEM = "application/problem+json"
 TITLES = {
@@ -116,6 +125,10 @@ def install(app: FastAPI) -> None:
             request.url.path,
             current_version=exc.actual,
         )
+
+    @app.exception_handler(CorruptRecord)
+    async def _corrupt(request: Request, exc: CorruptRecord) -> Response:
+        return problem(500, f"stored data that does not read: {exc}", request.url.path)
 
     @app.exception_handler(Unavailable)
     async def _unavailable(request: Request, exc: Unavailable) -> Response:

@@ -6,11 +6,20 @@ import dataclasses
 from typing import Annotated, Any, Literal
 
 from fastapi import Path
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, create_model
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    create_model,
+    field_validator,
+)
 from pydantic.fields import FieldInfo
 
 from fencex.fence import FenceId, FenceProperties
-from fencex.herd import DEFAULT_RULES, HerdRules
+from fencex.herd import DEFAULT_RULES, HerdRules, zone
 from fencex.mob import MobId, MobProperties
 from fencex.schedule import Schedule
 
@@ -368,6 +377,77 @@ class DeviceRegistration(BaseModel):
     tenant: TenantId
 
 
+EXAMPLE_TRACK_TIMES: list[Any] = ["2026-05-28T20:20:00.000Z", "2026-05-28T20:21:00.000Z", "2026-05-28T20:22:00.000Z"]
+EXAMPLE_TRACK_COORDINATES: list[Any] = [[17.6031, 59.8042], [17.6038, 59.8047], [17.605, 59.805]]
+
+EXAMPLE_TRACK_LINE: dict[str, Any] = {
+    "type": "Feature",
+    "geometry": {"type": "LineString", "coordinates": EXAMPLE_TRACK_COORDINATES},
+    "properties": {"times": EXAMPLE_TRACK_TIMES},
+    "device_id": "collar-7",
+    "next_cursor": None,
+}
+EXAMPLE_TRACK_POINTS: dict[str, Any] = {
+    "type": "FeatureCollection",
+    "features": [
+        {
+            "type": "Feature",
+            "geometry": {"type": "Point", "coordinates": EXAMPLE_TRACK_COORDINATES[0]},
+            "properties": {"time": EXAMPLE_TRACK_TIMES[0], "accuracy_m": 3.5, "battery": 87.0},
+        },
+        {
+            "type": "Feature",
+            "geometry": {"type": "Point", "coordinates": EXAMPLE_TRACK_COORDINATES[1]},
+            "properties": {"time": EXAMPLE_TRACK_TIMES[1]},
+        },
+    ],
+    "device_id": "collar-7",
+    "next_cursor": "1779999720000",
+}
+
+
+class TrackLineProperties(BaseModel):
+    times: list[str] = Field(description="RFC 3339: each fix's time, one per position, oldest first")
+
+
+class TrackLine(BaseModel):
+    """A page of a device's track as one GeoJSON Feature: a LineString of its fixes, oldest first
+    (a Point when the page holds one fix, null when none), their times in ``properties``."""
+
+    model_config = ConfigDict(json_schema_extra={"example": EXAMPLE_TRACK_LINE})
+
+    type: Literal["Feature"] = "Feature"
+    geometry: dict[str, Any] | None = Field(
+        description="LineString of [longitude, latitude] (two fixes or more), Point (one), null (none)"
+    )
+    properties: TrackLineProperties
+    device_id: str
+    next_cursor: str | None = Field(description="pass as cursor (with the same from and to) for the next page")
+
+
+class TrackPointProperties(BaseModel):
+    time: str = Field(description="RFC 3339: the fix's time")
+    accuracy_m: float | None = Field(None, description="present when the fix had it: metres")
+    battery: float | None = Field(None, description="present when the fix had it: percent")
+
+
+class TrackPoint(BaseModel):
+    type: Literal["Feature"] = "Feature"
+    geometry: dict[str, Any] = Field(description="Point: [longitude, latitude]")
+    properties: TrackPointProperties
+
+
+class TrackPoints(BaseModel):
+    """A page of a device's track as a GeoJSON FeatureCollection of Points, oldest first."""
+
+    model_config = ConfigDict(json_schema_extra={"example": EXAMPLE_TRACK_POINTS})
+
+    type: Literal["FeatureCollection"] = "FeatureCollection"
+    features: list[TrackPoint]
+    device_id: str
+    next_cursor: str | None = Field(description="pass as cursor (with the same from and to) for the next page")
+
+
 class PolygonQuery(BaseModel):
     """Devices whose last position is inside a polygon."""
 
@@ -508,7 +588,9 @@ class HerdSettings(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         strict=True,
-        json_schema_extra={"example": {**dataclasses.asdict(DEFAULT_RULES), "silence_s": 1800.0}},
+        json_schema_extra={
+            "example": {**dataclasses.asdict(DEFAULT_RULES), "silence_s": 1800.0, "timezone": "Europe/Stockholm"}
+        },
     )
 
     confirm_fixes: WholeNumber = Field(
@@ -542,6 +624,27 @@ class HerdSettings(BaseModel):
         le=30 * 86_400,
         description="silent after this long without a fix (server's clock; seconds, at least 60)",
     )
+    timezone: str = Field(
+        DEFAULT_RULES.timezone,
+        min_length=1,
+        max_length=64,
+        description="the farm's IANA time zone: its days, for grazing time per day",
+        examples=["Europe/Stockholm"],
+    )
+    # a floor: an hour of coverage lost is common; a ceiling: a week of fixes kept per collar
+    track_window_s: float = _rule(
+        "track_window_s",
+        ge=3600,
+        le=7 * 86_400,
+        description="fixes arriving late (a collar offline) are merged up to this far behind the collar's newest; "
+        "older ones are dropped (seconds, 1 hour to 7 days)",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        zone(value)  # ValueError: a 422 naming the field
+        return value
 
     def rules(self) -> HerdRules:
         return HerdRules(**self.model_dump())

@@ -55,8 +55,15 @@ class PullMetrics:
         self.fixes_rejected = Counter(
             "fencex_api_fixes_rejected_total", "Fixes refused over HTTP, by reason", ["reason"], registry=registry
         )
-        for kind in ("point", "batch_point", "devices", "fence_devices", "occupancy", "device", "events"):
+        self.corrupt_records = Counter(
+            "fencex_api_corrupt_records_total",
+            "Stored records that did not read (answered 500 problem+json), by kind",
+            ["kind"],
+            registry=registry,
+        )
+        for kind in ("point", "batch_point", "devices", "fence_devices", "occupancy", "device", "events", "track"):
             self.queries.labels(kind)
+        self.corrupt_records.labels("track")
 
 
 @dataclass

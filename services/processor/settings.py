@@ -39,6 +39,12 @@ class Settings(ServiceSettings):
     silence_max_lag: int = Field(default=20_000, ge=0)  # a partition further behind (records) is not swept yet
     # Rotation schedules: transitions missed while no worker held a device are applied this far back at most
     schedule_catchup_s: float = Field(default=7 * 86_400, gt=0)
+    # Tracks (each collar's recent fixes) and late fixes merged into them, as if they had come in order;
+    # off: a fix older than its collar's newest is dropped, as before tracks were kept.
+    tracks: bool = True
+    track_cap: int = Field(default=2_000, ge=100, le=100_000)  # fixes kept per collar at most
+    late_budget_ms: float = Field(default=20.0, gt=0)  # merging late fixes per flush at most (the rest wait)
+    late_max: int = Field(default=100_000, ge=1)  # late fixes held at most before all are merged at once
     # The silence time of a farm without its own herd settings (the API's PUT /herd/settings)
     default_silence_s: float = Field(default=DEFAULT_RULES.silence_s, gt=0)
     # The herd metrics carry a farm label for the first this many farms a worker sees; the
@@ -66,4 +72,8 @@ class Settings(ServiceSettings):
             silence_sweep_s=self.silence_sweep_s,
             silence_max_lag=self.silence_max_lag,
             schedule_catchup_s=self.schedule_catchup_s,
+            tracks=self.tracks,
+            track_cap=self.track_cap,
+            late_budget_ms=self.late_budget_ms,
+            late_max=self.late_max,
         )

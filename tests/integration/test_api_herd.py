@@ -93,9 +93,15 @@ def test_herd_settings_the_farms_and_the_admins(api):
         "accuracy_limit_m": 25.0,
         "max_speed_mps": 20.0,
         "silence_s": 3600.0,
+        "timezone": "UTC",
+        "track_window_s": 86400.0,
     }
     put = api.put("/herd/settings", json={"silence_s": 120, "confirm_fixes": 3.0}, headers=api.a)  # 3.0: an integer
     assert put.status_code == 200 and put.json() == {**defaults, "silence_s": 120.0, "confirm_fixes": 3}
+    time = {"silence_s": 120, "confirm_fixes": 3, "timezone": "Europe/Stockholm", "track_window_s": 7200}
+    put = api.put("/herd/settings", json=time, headers=api.a)
+    assert put.status_code == 200 and put.json() == {**defaults, **time}
+    assert api.get("/herd/settings", headers=api.a).json()["timezone"] == "Europe/Stockholm"
     assert api.get("/herd/settings", headers=api.a).json()["silence_s"] == 120.0
     assert api.get("/herd/settings", headers=api.b).json() == defaults  # farm B's own
     for bad, where in (
@@ -113,6 +119,10 @@ def test_herd_settings_the_farms_and_the_admins(api):
         ({"accuracy_limit_m": 0.1}, "accuracy_limit_m"),
         ({"accuracy_limit_m": "25"}, "accuracy_limit_m"),
         ({"colour": "red"}, "colour"),
+        ({"timezone": "Europe/Atlantis"}, "timezone"),
+        ({"timezone": 1}, "timezone"),
+        ({"track_window_s": 60}, "track_window_s"),  # floor: an hour
+        ({"track_window_s": 30 * 86_400}, "track_window_s"),  # ceiling: a week
     ):
         is_problem(api.put("/herd/settings", json=bad, headers=api.a), 422, where)
     assert api.get("/herd/settings", headers=api.a).json()["silence_s"] == 120.0  # unchanged

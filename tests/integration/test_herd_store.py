@@ -66,7 +66,7 @@ async def feed(s: RedisStore, kind: str) -> list[tuple[str, str, str, int]]:
 @on_store
 async def test_herd_settings_per_farm_and_on_the_feed(store):
     assert await store.get_herd_rules("farm") is DEFAULT_RULES and await store.herd_rules() == {}
-    rules = HerdRules(confirm_fixes=3, silence_s=120.0)
+    rules = HerdRules(confirm_fixes=3, silence_s=120.0, timezone="America/Santiago", track_window_s=7200.0)
     assert await store.put_herd_rules("farm", rules) == rules
     assert await store.get_herd_rules("farm") == rules and await store.get_herd_rules("other") is DEFAULT_RULES
     assert await store.herd_rules() == {"farm": rules}

@@ -171,6 +171,7 @@ CASES: dict[tuple[str, str], Case] = {
         lambda f: ("POST", "/query/devices", {"json": {"polygon": A_SQUARE}}), b_gets_only_b
     ),
     ("GET", "/devices/{device_id}"): Case(lambda f: ("GET", "/devices/a-cow", {}), not_found),
+    ("GET", "/devices/{device_id}/track"): Case(lambda f: ("GET", "/devices/a-cow/track", {}), not_found),
     ("PUT", "/devices/{device_id}"): Case(lambda f: ("PUT", "/devices/a-cow", {}), b_cannot_claim),
     ("GET", "/occupancy"): Case(lambda f: ("GET", "/occupancy", {}), b_gets_only_b),
     ("POST", "/mobs"): Case(

@@ -62,7 +62,7 @@ def test_enter_dwell_exit_end_to_end(live):
             # a gateway's packed record, with an RFC 3339 time in it
             ("cow-1", orjson.dumps([fix("cow-1", "2026-05-28T20:26:41Z", INSIDE), fix("cow-1", T0 + 4000, INSIDE)])),
             ("cow-1", orjson.dumps(fix("cow-1", T0 + 5000, OUTSIDE))),
-            ("cow-1", orjson.dumps(fix("cow-1", T0 + 2000, INSIDE))),  # out of order: dropped
+            ("cow-1", orjson.dumps(fix("cow-1", T0 + 2000, INSIDE))),  # late: merged into its track, no event
             # an unregistered collar belongs to the default tenant, which has no fences
             ("stray", orjson.dumps(fix("stray", T0, INSIDE))),
         ]
@@ -79,7 +79,8 @@ def test_enter_dwell_exit_end_to_end(live):
     assert events[0]["ts"] == "2026-05-28T20:26:41.000Z" and events[1]["dwell_s"] == 2
     assert (events[2]["lon"], events[2]["lat"]) == OUTSIDE
     time.sleep(1.0)
-    assert metric(port, 'fencex_fixes_dropped_total{reason="out_of_order"}') == 1
+    assert metric(port, 'fencex_late_fixes_total{outcome="merged"}') == 1  # inside, as the fixes around it
+    assert metric(port, 'fencex_fixes_dropped_total{reason="out_of_order"}') == 0
     assert metric(port, "fencex_fixes_processed_total") == 5
 
     async def stored():

@@ -24,7 +24,9 @@ from fencex.event import Event
 from fencex.herd import DEFAULT_RULES, HerdRules, Mob
 from fencex.index import FenceIndex
 from fencex.kafka.producer import Outgoing, Undelivered
+from fencex.store.base import SaveWrites
 from fencex.stream.ports import PartitionsCallback
+from fencex.trackbytes import MAGIC, ORPHAN, anchor
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,8 @@ class FakeStore(Failing):
         self.states: dict[str, dict] = {}
         self.parts: dict[tuple[str, int], set[str]] = defaultdict(set)
         self.gens: dict[tuple[str, int], int] = defaultdict(int)
+        self.tracks: dict[str, bytes] = {}
+        self.grazing: dict[str, dict[str, int]] = {}
         self.saves = 0
 
     async def connect(self) -> None:
@@ -223,23 +227,50 @@ class FakeStore(Failing):
         events: Iterable[Event],
         new_devices: Mapping[tuple[str, int], list[str]] | None = None,
         generations: Mapping[tuple[str, int], int] | None = None,
+        writes: SaveWrites | None = None,
     ) -> bytes | None:
-        if not states and not new_devices and not generations:
+        w = writes or SaveWrites()
+        if not states and not new_devices and not generations and not (w.tracks or w.rewrites):
             return None
         objs = {d: s.to_obj() for d, s in states.items()}
-        return pickle.dumps((objs, dict(new_devices or {}), dict(generations or {})))
+        tracks = {
+            d: (w.rewrites.get(d), bytes(w.tracks.get(d, b"")), w.anchors.get(d, -1))
+            for d in w.rewrites.keys() | w.tracks.keys()
+        }
+        grazing = {k: dict(v) for k, v in w.grazing.items()}
+        packed = (objs, dict(new_devices or {}), dict(generations or {}), tracks, grazing, w.long_bytes)
+        return pickle.dumps(packed)
 
-    async def save_packed(self, blob: bytes | None) -> None:
+    async def save_packed(self, blob: bytes | None) -> list[tuple[str, int]]:
+        """As the save script: fenced, or everything at once; the tracks appended (the magic first
+        on a new one) or written whole; the devices whose tracks are now long."""
         self._maybe_fail("save_packed")
         if blob is None:
-            return
-        objs, new, gens = pickle.loads(blob)
+            return []
+        objs, new, gens, tracks, grazing, long_bytes = pickle.loads(blob)
         if any(self.gens[tp] != g for tp, g in gens.items()):
             raise Fenced("the save was refused: another worker owns these partitions now")
         self.states.update(objs)
         for tp, devices in new.items():
             self.parts[tp].update(devices)
+        long = []
+        for d, (whole, more, at) in tracks.items():
+            if whole is not None:
+                self.tracks[d] = whole
+            orphan = MAGIC + bytes((ORPHAN,)) + (anchor(at) if at >= 0 else b"")
+            self.tracks[d] = self.tracks.get(d, orphan) + more
+            if len(self.tracks[d]) >= long_bytes:  # (the script knows a list's length every 64 segments)
+                long.append((d, len(self.tracks[d])))
+        for key, fields in grazing.items():
+            into = self.grazing.setdefault(key, {})
+            for f, ms in fields.items():
+                into[f] = into.get(f, 0) + ms
         self.saves += 1
+        return long
+
+    async def load_tracks(self, device_ids: list[str]) -> dict[str, bytes]:
+        self._maybe_fail("load_tracks")
+        return {d: self.tracks[d] for d in device_ids if d in self.tracks}
 
 
 class FakeFollower:

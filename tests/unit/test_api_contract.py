@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from fencex.herd import DEFAULT_RULES
 from services.api.app import create_app
 from services.api.settings import Settings
 
@@ -26,6 +29,7 @@ EXPECTED = {
     ("get", "/occupancy"),
     ("get", "/devices/{device_id}"),
     ("put", "/devices/{device_id}"),
+    ("get", "/devices/{device_id}/track"),
     ("get", "/events"),
     ("get", "/events/stream"),
     ("post", "/locations"),
@@ -99,7 +103,10 @@ def test_herd_settings_are_the_core_rules_with_bounds():
     assert set(settings["properties"]) == {f.name for f in dataclasses.fields(HerdRules)}
     assert settings["additionalProperties"] is False
     for name, prop in settings["properties"].items():
-        assert ("minimum" in prop or "exclusiveMinimum" in prop) and "maximum" in prop, name
+        if prop["type"] == "string":
+            assert "maxLength" in prop, name
+        else:
+            assert ("minimum" in prop or "exclusiveMinimum" in prop) and "maximum" in prop, name
 
 
 def test_every_error_is_documented_as_problem_json():
@@ -159,3 +166,64 @@ def test_herd_settings_have_floors_a_farmer_would_accept():
             HerdSettings(**bad)
     ok = HerdSettings(silence_s=60.0, max_speed_mps=1.0, accuracy_limit_m=1.0).rules()
     assert (ok.silence_s, ok.max_speed_mps, ok.accuracy_limit_m) == (60.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("fields", "where"),
+    [
+        ({"timezone": "Europe/Atlantis"}, "unknown time zone"),  # no such zone
+        ({"timezone": "../etc/passwd"}, "unknown time zone"),  # not a zone's name
+        ({"timezone": ""}, "at least 1 character"),
+        ({"track_window_s": 3599.0}, "greater than or equal to 3600"),  # floor: an hour
+        ({"track_window_s": 7 * 86_400 + 1.0}, "less than or equal to 604800"),  # ceiling: a week
+    ],
+)
+def test_herd_settings_time_zone_and_track_window_are_checked(fields, where):
+    import pydantic
+
+    from services.api.schema import HerdSettings
+
+    with pytest.raises(pydantic.ValidationError, match=where):
+        HerdSettings(**fields)
+
+
+def test_herd_settings_time_zone_and_track_window_reach_the_rules():
+    from services.api.schema import HerdSettings
+
+    rules = HerdSettings(timezone="Pacific/Auckland", track_window_s=7200.0).rules()
+    assert (rules.timezone, rules.track_window_s) == ("Pacific/Auckland", 7200.0)
+    assert HerdSettings().rules() == DEFAULT_RULES  # left out: the core's defaults (UTC, 24 h)
+
+
+def test_the_event_model_is_the_published_schema_and_documents_late_and_retracts():
+    """Issue 12: late events and retracts reach farmers through GET /events and the stream; the
+    document's Event is the event JSON Schema itself (one source), and the history answers a list of it."""
+    import jsonschema
+
+    from fencex.event import EVENT_SCHEMA
+    from services.api.routers.events import EXAMPLE_EVENT, EXAMPLE_LATE, EXAMPLE_RETRACT
+
+    event = COMPONENTS["Event"]
+    assert {k: v for k, v in EVENT_SCHEMA.items() if not k.startswith("$")} == event
+    assert "retract" in event["properties"]["type"]["enum"]
+    assert {"late", "retracts"} <= set(event["properties"])
+    history = SPEC["paths"]["/events"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert history["schema"] == {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}
+    for example in (EXAMPLE_EVENT, EXAMPLE_LATE, EXAMPLE_RETRACT):
+        jsonschema.validate(example, EVENT_SCHEMA, format_checker=jsonschema.FormatChecker())
+    assert [e["type"] for e in history["example"]] == ["enter", "retract", "exit"]  # a retract before its replacement
+    stream = SPEC["paths"]["/events/stream"]["get"]
+    assert "retract" in stream["description"] and "late" in stream["description"]
+
+
+def test_a_track_is_geojson_of_either_format_with_examples_of_both():
+    op = SPEC["paths"]["/devices/{device_id}/track"]["get"]
+    content = op["responses"]["200"]["content"]
+    assert list(content) == ["application/geo+json"]
+    assert set(content["application/geo+json"]["examples"]) == {"line", "points"}
+    refs = {s["$ref"].rsplit("/", 1)[-1] for s in content["application/geo+json"]["schema"]["anyOf"]}
+    assert refs == {"TrackLine", "TrackPoints"}
+    params = {p["name"]: p for p in op["parameters"]}
+    assert set(params) == {"device_id", "from", "to", "format", "limit", "cursor"}
+    assert params["limit"]["schema"]["maximum"] == 2000 and params["limit"]["schema"]["default"] == 500
+    assert {"404", "500"} <= set(op["responses"])

@@ -10,7 +10,7 @@ import pytest
 from fencex.errors import StoreUnavailable
 from fencex.fence import Fence
 from fencex.follower import FeedStore, FenceFollower
-from fencex.herd import DEFAULT_RULES, HerdRules
+from fencex.herd import DEFAULT_RULES, HerdRules, Mob
 from fencex.index import FenceIndex
 from fencex.mob import MobRecord
 from fencex.store.base import Change, decode_fences
@@ -266,11 +266,24 @@ def test_a_mob_is_resolved_to_the_farms_pastures_and_exclusion_zones():
     assert follower.mob_of("cow-2") is None  # in no mob: the farm's default mob
 
 
-def test_a_mob_naming_no_fence_leaves_its_devices_in_the_default_mob():
+def test_a_mob_naming_no_fence_has_the_default_mobs_fences_under_its_own_id():
     store, follower, _ = herd_farm()
     store.put_mob(MobRecord(id="all", tenant="farm", devices=["cow-1"]))
     asyncio.run(follower.step(0))
-    assert follower.mob_of("cow-1") is None
+    default = follower.index.mob("farm")
+    assert default.pastures == {"north", "south"} and default.id == ""
+    # the herd rules see the default mob's fences; grazing is kept under the mob's id
+    assert follower.mob_of("cow-1") == Mob(default.pastures, default.exclusions, "all")
+    store.put(fence("east", lon=LON0 + 0.05))  # a new pasture of the farm: the mob's too
+    asyncio.run(follower.step(0))
+    assert follower.mob_of("cow-1") == Mob(frozenset({"north", "south", "east"}), frozenset({"pond"}), "all")
+
+
+def test_a_resolved_mob_carries_its_id():
+    store, follower, _ = herd_farm()
+    store.put_mob(MobRecord(id="ewes", tenant="farm", fences=["north"], devices=["cow-1"]))
+    asyncio.run(follower.step(0))
+    assert follower.mob_of("cow-1") == Mob(frozenset({"north"}), frozenset(), "ewes")
 
 
 def test_a_device_counts_only_in_a_mob_of_the_farm_it_is_registered_to():
@@ -334,7 +347,7 @@ def test_a_registration_or_another_farms_change_resolves_no_mob_of_this_farm(mon
     asyncio.run(follower.step(0))
     calls: list[str] = []
     real = follower_module.resolve
-    monkeypatch.setattr(follower_module, "resolve", lambda r, f: calls.append(r.tenant) or real(r, f))
+    monkeypatch.setattr(follower_module, "resolve", lambda r, f, d=None: calls.append(r.tenant) or real(r, f, d))
     store.register({"cow-3": "farm"})
     store.put_mob(MobRecord(id="theirs", tenant="other", fences=["theirs"], devices=["cow-9"]))
     store.put(fence("theirs", lon=LON0 + 1.1, tenant="other"))

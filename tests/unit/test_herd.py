@@ -531,3 +531,45 @@ def test_a_stale_fix_neither_sets_the_arrival_time_nor_resumes():
     before = dev("P", ts=T + 5000, seen_ms=NOW - 2 * HOUR, silent=True)
     out = detect(before, fx(), "farm", ["P"], [], FENCES, DEFAULT_RULES, MOB, None, NOW)
     assert out.stale and out.events == [] and out.state.seen_ms == NOW - 2 * HOUR and out.state.silent
+
+
+# --- the farm's time: its zone (its days, for grazing) and its track window (late fixes) ---
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"timezone": "Europe/Stockholm"}, None),  # an IANA name
+        ({"timezone": "UTC"}, None),  # the default
+        ({"timezone": "Europe/Atlantis"}, ValueError),  # no such zone (zoneinfo's KeyError made a ValueError)
+        ({"timezone": "../../etc/passwd"}, ValueError),  # not a zone's name
+        ({"timezone": ""}, ValueError),
+        ({"timezone": "x" * 300}, ValueError),  # zoneinfo's OSError (name too long) made a ValueError
+        ({"timezone": None}, TypeError),  # a stored record's null
+        ({"timezone": 1}, TypeError),
+        ({"track_window_s": 3600.0}, None),
+        ({"track_window_s": 0.0}, ValueError),  # no window at all
+        ({"track_window_s": -1.0}, ValueError),
+        ({"track_window_s": "86400"}, TypeError),  # a stored record's string
+        ({"track_window_s": math.nan}, TypeError),
+    ],
+)
+def test_time_zone_and_track_window_are_checked(fields, error):
+    if error is None:
+        rules = HerdRules(**fields)
+        assert all(getattr(rules, k) == v for k, v in fields.items())
+    else:
+        with pytest.raises(error):
+            HerdRules(**fields)
+
+
+def test_the_farms_time_defaults_and_reads_back_from_the_store():
+    from fencex.store.herd import rules_from_json, rules_to_json
+
+    assert (DEFAULT_RULES.timezone, DEFAULT_RULES.track_window_s) == ("UTC", 86_400.0)
+    rules = HerdRules(silence_s=120.0, timezone="Pacific/Auckland", track_window_s=7200.0)
+    assert rules_from_json("farm", rules_to_json(rules)) == rules
+    # a record written before these fields: their defaults
+    assert rules_from_json("farm", b'{"silence_s": 120.0}') == HerdRules(silence_s=120.0)
+    # a record naming a zone this machine does not know: the defaults, logged (it stops no farm)
+    assert rules_from_json("farm", b'{"timezone": "Mars/Olympus"}') is DEFAULT_RULES

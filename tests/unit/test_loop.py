@@ -21,6 +21,7 @@ from fencex.index import FenceIndex
 from fencex.metrics import PushMetrics
 from fencex.pipeline import default_rules, process
 from fencex.retrying import retrying
+from fencex.stream import rebalance
 from fencex.stream.checkpoint import Checkpoint, OffsetRegression
 from fencex.stream.config import LoopSettings
 from fencex.stream.loop import Processor
@@ -38,7 +39,9 @@ TENANTS = {f"cow-{i}": "farm" for i in range(8)}
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch):
-    monkeypatch.setattr(loop_module, "retrying", functools.partial(retrying, initial=0.001, max_delay=0.005))
+    fast = functools.partial(retrying, initial=0.001, max_delay=0.005)
+    monkeypatch.setattr(loop_module, "retrying", fast)
+    monkeypatch.setattr(rebalance, "retrying", fast)
 
 
 class Worker:

@@ -53,12 +53,20 @@ def test_the_stored_form_reads_back_and_a_broken_one_says_so():
 @pytest.mark.parametrize(
     ("fences", "want"),
     [
-        (["north", "pond"], Mob(frozenset({"north"}), frozenset({"pond"}))),  # a pasture, an exclusion zone
-        (["water"], Mob()),  # a plain zone means nothing to the herd rules
-        (["theirs"], Mob()),  # another farm's fence is not this mob's
-        (["gone", "north"], Mob(frozenset({"north"}))),  # a deleted fence is ignored
+        (["north", "pond"], Mob(frozenset({"north"}), frozenset({"pond"}), "ewes")),  # a pasture, an exclusion zone
+        (["water"], Mob(id="ewes")),  # a plain zone means nothing to the herd rules
+        (["theirs"], Mob(id="ewes")),  # another farm's fence is not this mob's
+        (["gone", "north"], Mob(frozenset({"north"}), id="ewes")),  # a deleted fence is ignored
         ([], None),  # no fence named: the farm's default mob
     ],
 )
 def test_resolution_against_the_fences_that_exist(fences, want):
     assert resolve(MobRecord(id="ewes", tenant="farm", fences=fences), FENCES) == want
+
+
+def test_a_mob_naming_no_fence_is_the_default_mobs_fences_under_its_id():
+    default = Mob(frozenset({"north"}), frozenset({"pond"}))
+    got = resolve(MobRecord(id="ewes", tenant="farm"), FENCES, default)
+    assert got == Mob(frozenset({"north"}), frozenset({"pond"}), "ewes")
+    # fences named: the default plays no part
+    assert resolve(MobRecord(id="ewes", tenant="farm", fences=["water"]), FENCES, default) == Mob(id="ewes")

@@ -17,7 +17,7 @@ from fencex.index import FenceIndex
 from fencex.late import merge
 from fencex.pipeline import process
 from fencex.track import Track, append_bytes
-from fencex.trackbytes import BASE, MAGIC, encode_fixes, fix_bytes, state_record
+from fencex.trackbytes import BASE, MAGIC, ORPHAN, anchor, encode_fixes, fix_bytes, state_record
 from tests.unit.factory import fence
 
 DEV = "cow-1"
@@ -198,22 +198,13 @@ def test_an_id_retracted_more_times_than_two_bytes_count_still_writes():
     assert Track.from_bytes(merged.track.to_bytes()).retracted[entered] == (T + 60_000, 65_536)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review 12: append_bytes' records hold times relative to the newest fix the worker knew; the live "
-    "path's APPEND is at least once (a crash between it and the offsets' commit replays the batch), and a "
-    "replayed append reads back as fixes at later, wrong times, not as the same fixes (needs an absolute first "
-    "time per append, or the append made conditional on the stored newest, when the worker is wired)",
-)
-def test_an_append_replayed_after_a_crash_reads_back_as_the_track_once():
-    track = Track(base=state(T - 1000))
-    track.extend([Fix(DEV, T, 17.6, 59.8)], [], state(T))
-    stored = track.to_bytes()
+def test_an_append_to_a_track_not_there_reads_back_from_its_anchor_as_an_orphan():
+    # The save script starts a missing track with ORPHAN and the append's anchor (the fix time before it).
     fixes = [Fix(DEV, T + 1000, 17.61, 59.8), Fix(DEV, T + 2000, 17.62, 59.8)]
-    events = [Event("exit", "farm", DEV, "A", 1, T + 1000, 17.61, 59.8)]
-    once = append_bytes(track.newest, fixes, events)
-    replayed = Track.from_bytes(stored + once + once)  # the batch processed again from the saved state
-    assert replayed.ts == [T, T + 1000, T + 2000], replayed.ts
+    stored = MAGIC + bytes((ORPHAN,)) + anchor(T) + append_bytes(T, fixes, [])
+    track = Track.from_bytes(stored)
+    assert track.orphan and track.base is None and track.ts == [T + 1000, T + 2000]
+    assert track.adopted() == Track()  # no snapshot yet: a merge starts again from the device's state
 
 
 def test_a_state_of_a_device_in_thousands_of_fences_is_kept():

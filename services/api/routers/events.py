@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import AwareDatetime, BeforeValidator
 
 from fencex.errors import Unavailable
-from fencex.event import rfc3339
+from fencex.event import EVENT_SCHEMA, RETRACT, rfc3339
 from services.api.deps import State, Store, Tenant
 from services.api.hub import entry_key
 
@@ -34,17 +34,58 @@ EXAMPLE_EVENT = {
     "lat": 59.805,
     "detected_at": "2026-05-28T20:26:41.052Z",
 }
+# a collar out of coverage from 02:00 uploads at 02:41: its exit really came at 02:10, not at 02:40
+EXAMPLE_RETRACT = {
+    "event_id": "9d3b1f0a7c6e4b2a8f5d1e0c3b7a6f42",
+    "type": "retract",
+    "tenant": "hillside-farm",
+    "device_id": "collar-7",
+    "fence_id": "",
+    "fence_version": 0,
+    "ts": "2026-05-29T02:40:00.000Z",
+    "lon": 17.612,
+    "lat": 59.807,
+    "detected_at": "2026-05-29T02:41:03.120Z",
+    "retracts": "3e8a5c1d9b0f4e7a2c6d8b1f0e5a9c73",
+}
+EXAMPLE_LATE = {
+    **EXAMPLE_EVENT,
+    "event_id": "c41f0b8e2d7a4c19b6e3a5d0f8c2e617",
+    "type": "exit",
+    "ts": "2026-05-29T02:10:00.000Z",
+    "lon": 17.611,
+    "lat": 59.806,
+    "detected_at": "2026-05-29T02:41:03.120Z",
+    "late": True,
+}
+
+
+# the OpenAPI document's Event: the published JSON Schema (schema/fence-event.schema.json), one source
+EVENT_COMPONENT: dict[str, Any] = {k: v for k, v in EVENT_SCHEMA.items() if not k.startswith("$")}
+EVENT_REF = {"$ref": "#/components/schemas/Event"}
+FENCE_FILTER = (
+    "only this fence's events; retracts pass too (a retract names the event it withdraws, not a fence: "
+    "drop one whose retracts you do not hold)"
+)
+RETRACTS = (
+    "Late fixes (a collar that was out of coverage uploads what it recorded) bring events marked "
+    "`late: true`, the events in-order arrival would have given, and `retract` events withdrawing "
+    "(by `retracts`, an event_id) events published that in-order arrival would not have given: "
+    "a retract comes before its replacement."
+)
 
 
 def _matches(e: dict[str, Any], device: str | None, fence: str | None, since: str | None) -> bool:
+    """Whether an event passes the filters. A retract carries no fence (``fence_id`` ""): it passes a
+    fence filter, so a client watching one fence still hears that an exit it holds was withdrawn."""
     return (
         (device is None or e["device_id"] == device)
-        and (fence is None or e["fence_id"] == fence)
+        and (fence is None or e["fence_id"] == fence or e["type"] == RETRACT)
         and (since is None or e["ts"] >= since)
     )
 
 
-def _rfc3339_only(value: Any) -> Any:
+def rfc3339_only(value: Any) -> Any:
     """pydantic would read a number as unix seconds; ``since`` is RFC 3339 text only."""
     if isinstance(value, str) and not RFC3339_START.match(value):
         raise ValueError("since is RFC 3339, e.g. 2026-05-28T20:00:00Z")
@@ -57,18 +98,29 @@ def _since(value: datetime | None) -> str | None:
 
 @router.get(
     "",
+    response_model=None,
     summary="Recent events of my farm (a capped history), oldest first",
-    responses={200: {"content": {"application/json": {"example": [EXAMPLE_EVENT]}}}},
+    description=RETRACTS,
+    responses={
+        200: {
+            "content": {
+                "application/json": {
+                    "schema": {"type": "array", "items": EVENT_REF},
+                    "example": [EXAMPLE_EVENT, EXAMPLE_RETRACT, EXAMPLE_LATE],
+                }
+            }
+        }
+    },
 )
 async def history(
     tenant: Tenant,
     store: Store,
     state: State,
     device: Annotated[str | None, Query(description="only this device")] = None,
-    fence: Annotated[str | None, Query(description="only this fence")] = None,
+    fence: Annotated[str | None, Query(description=FENCE_FILTER)] = None,
     since: Annotated[
         AwareDatetime,
-        BeforeValidator(_rfc3339_only),
+        BeforeValidator(rfc3339_only),
         Query(description="RFC 3339 with a time zone: only events of fixes at or after it"),
     ] = None,  # type: ignore[assignment]
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
@@ -90,7 +142,8 @@ async def history(
     "/stream",
     summary="My farm's events live, as Server-Sent Events",
     description="Each event's SSE id is its place in the history: reconnect with the Last-Event-ID "
-    "header (browsers do it for you) to get what you missed while away.",
+    "header (browsers do it for you) to get what you missed while away. Each frame's `event` is the "
+    "event's type (listen for `retract` too) and its `data` an Event (the schema of GET /events). " + RETRACTS,
     responses={
         200: {
             "content": {
@@ -106,7 +159,7 @@ async def stream(
     store: Store,
     state: State,
     device: Annotated[str | None, Query(description="only this device")] = None,
-    fence: Annotated[str | None, Query(description="only this fence")] = None,
+    fence: Annotated[str | None, Query(description=FENCE_FILTER)] = None,
     last_event_id: Annotated[
         str,  # noqa: RUF013 - absent or an id, never null: the OpenAPI document says so
         Header(

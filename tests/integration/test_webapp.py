@@ -674,3 +674,24 @@ def test_a_paddock_open_by_day_is_a_daily_schedule(farm, pages):
     page.locator("#fences button", has_text="North").click()  # read back into the form
     assert page.get_by_label("When the fence is active").input_value() == "daily"
     assert page.get_by_label("Opens at").input_value() == "05:30"
+
+
+def test_an_animals_recent_track_on_the_map(farm, pages):
+    """The animal's popup shows its track (GET /devices/{id}/track, every page): a line through its
+    fixes, and how many and since when; an event's position extends it live; hidden again on request."""
+    farm.fix(farm.cow, *OUTSIDE_NORTH)
+    farm.fix(farm.cow, LON + 0.003, LAT + 0.0015)
+    farm.wait_for(lambda: len(farm.http.get(f"/devices/{farm.cow}/track").json()["properties"]["times"]) == 3)
+    app = pages(**DESKTOP)
+    page = app.page
+    app.sign_in(farm.key)
+    page.locator("path.animal").click()
+    page.get_by_role("button", name="Show its track").click()
+    page.locator(".track-note", has_text="3 fixes from").wait_for()
+    line = page.locator("path.track")
+    assert line.count() == 1 and line.get_attribute("d").count("L") == 2  # three positions: a move and two lines
+    # out of North again: an exit, and its position on the line (the stream carries events, not every fix)
+    farm.fix(farm.cow, *OUTSIDE_NORTH)
+    sync_api.expect(line).to_have_attribute("d", re.compile(r"^M[^L]+(L[^L]+){3}$"))
+    page.get_by_role("button", name="Hide its track").click()
+    line.wait_for(state="detached")

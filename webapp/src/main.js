@@ -212,15 +212,75 @@ async function showAnimal(id) {
   if (!a) return;
   const d = a.device;
   const fences = (d.fences || []).map((f) => escapeHtml(farm.fences.get(f.fence_id)?.feature.properties.name || f.fence_id));
-  L.popup()
-    .setLatLng([d.lat, d.lon])
-    .setContent(
-      `<strong>${escapeHtml(id)}</strong><br>${STATES[stateOf(d)]}` +
-        (d.battery != null ? `<br>battery ${Math.round(d.battery * 100) / 100}` : "") +
-        (d.last_seen ? `<br>last fix ${escapeHtml(d.last_seen)}` : "") +
-        (fences.length ? `<br>in ${fences.join(", ")}` : ""),
-    )
-    .openOn(farm.map);
+  const box = document.createElement("div");
+  box.className = "animal-popup";
+  box.innerHTML =
+    `<strong>${escapeHtml(id)}</strong><br>${STATES[stateOf(d)]}` +
+    (d.battery != null ? `<br>battery ${Math.round(d.battery)}%` : "") +
+    (d.last_seen ? `<br>last fix ${escapeHtml(shortTime(d.last_seen))}` : "") +
+    (fences.length ? `<br>in ${fences.join(", ")}` : "");
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "track-button";
+  const showing = farm.track && farm.track.id === id;
+  button.textContent = showing ? "Hide its track" : "Show its track";
+  button.addEventListener("click", () => (farm.track && farm.track.id === id ? hideTrack() : showTrack(id)));
+  const note = document.createElement("p");
+  note.className = "track-note";
+  note.setAttribute("role", "status");
+  if (showing) note.textContent = farm.track.note;
+  box.append(button, note);
+  L.popup().setLatLng([d.lat, d.lon]).setContent(box).openOn(farm.map);
+}
+
+// ---- an animal's recent track: the farm's track window, every page joined into one line ----
+
+async function showTrack(id) {
+  hideTrack();
+  const coordinates = [];
+  const times = [];
+  let cursor = null;
+  try {
+    do {
+      const q = new URLSearchParams({ format: "line", limit: "2000" });
+      if (cursor) q.set("cursor", cursor);
+      const { data } = await farm.api.get(`/devices/${encodeURIComponent(id)}/track?${q}`);
+      const g = data.geometry;
+      if (g && g.type === "LineString") coordinates.push(...g.coordinates);
+      else if (g && g.type === "Point") coordinates.push(g.coordinates);
+      times.push(...data.properties.times);
+      cursor = data.next_cursor;
+    } while (cursor);
+  } catch (e) {
+    trackNote(e.status === 404 ? "No track: no fix from this collar yet." : e.message);
+    return;
+  }
+  const latlngs = coordinates.map(([lon, lat]) => [lat, lon]);
+  const layer = L.layerGroup().addTo(farm.map);
+  if (latlngs.length) {
+    L.polyline(latlngs, { className: "track", weight: 3, interactive: false }).addTo(layer);
+    L.circleMarker(latlngs[0], { className: "track-start", radius: 5, interactive: false }).addTo(layer);
+  }
+  const note = latlngs.length
+    ? `${latlngs.length} fixes from ${shortTime(times[0])} to ${shortTime(times[times.length - 1])}`
+    : "No fix in the track window.";
+  farm.track = { id, layer, note };
+  trackNote(note);
+  const button = document.querySelector(".animal-popup .track-button");
+  if (button) button.textContent = "Hide its track";
+}
+
+function hideTrack() {
+  if (farm.track) farm.track.layer.remove();
+  farm.track = null;
+  const button = document.querySelector(".animal-popup .track-button");
+  if (button) button.textContent = "Show its track";
+  trackNote("");
+}
+
+function trackNote(text) {
+  const note = document.querySelector(".animal-popup .track-note");
+  if (note) note.textContent = text;
 }
 
 // ---- alerts ----
@@ -307,6 +367,10 @@ function onEvent(e) {
       placeAnimal({ device_id: e.device_id, lon: e.lon, lat: e.lat, ...(known ? {} : { out: false }), ...change });
     }
     if (!known) debounce(`device:${e.device_id}`, 300, () => readAnimal(e.device_id));
+    if (farm.track && farm.track.id === e.device_id && !e.late) {
+      const line = farm.track.layer.getLayers().find((l) => l instanceof L.Polyline);
+      if (line) line.addLatLng([e.lat, e.lon]);
+    }
   }
   if (["escape", "return", "silent", "resumed", "battery_low", "battery_ok", "transferred"].includes(e.type)) {
     debounce("alerts", 300, refreshAlerts);

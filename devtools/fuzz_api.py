@@ -25,7 +25,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +167,32 @@ def map_body(ctx: Any, body: Any) -> Any:
     return [_own(b) for b in body] if isinstance(body, list) else _own(body)
 
 
+_DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+_GRAZING = ("/grazing", "/fences/{fence_id}/grazing")
+
+
+def _day(value: Any) -> date | None:
+    try:
+        return date.fromisoformat(value) if isinstance(value, str) and _DAY.match(value) else None
+    except ValueError:
+        return None
+
+
+def _repair_days(query: Any) -> Any:
+    """A grazing range the API takes (rules JSON Schema cannot state): days that exist, ``from`` not
+    after ``to`` and at most 366 days (else ``to`` is made ``from``; without ``to``, today is)."""
+    if not isinstance(query, dict):
+        return query
+    out = dict(query)
+    for k in ("from", "to"):
+        if isinstance(out.get(k), str) and _DAY.match(out[k]) and _day(out[k]) is None:
+            out[k] = "2026-11-20"  # 2026-02-30 and the like: well formed, no such day
+    first, last = _day(out.get("from")), _day(out.get("to"))
+    if first is not None and (last is None or not 0 <= (last - first).days < 366):
+        out["to"] = out["from"]
+    return out
+
+
 _FENCE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")  # fence and mob ids alike
 _PUT_ID = {"/fences/{fence_id}": "fence_id", "/mobs/{mob_id}": "mob_id"}  # PUTs whose body may repeat the URL's id
 
@@ -200,7 +226,8 @@ def _ordered_range(query: Any) -> Any:
 def map_case(ctx: Any, case: Any) -> Any:
     """Positive cases keep the promises JSON Schema cannot state: valid rings; fixes of the
     farm's own collar at a current time; a transfer's body naming the device of its URL; a mob
-    naming only the farm's own collar and no fence; a track's range in order."""
+    naming only the farm's own collar and no fence; a track's range in order; a farm's time zone that
+    exists; a grazing range of days that exist, in order."""
     if not _is_positive(case):
         return case
     body = case.body
@@ -213,8 +240,12 @@ def map_case(ctx: Any, case: Any) -> Any:
             body = {k: v for k, v in body.items() if k != "id"}
         if path in ("/mobs", "/mobs/{mob_id}"):
             body = _own_mob(body)
+        if path.endswith("/herd/settings") and "timezone" in body:
+            body = {**body, "timezone": "Europe/Stockholm"}  # an IANA name: a rule JSON Schema cannot state
     if path == "/locations":
         body = [_fix(b) for b in body] if isinstance(body, list) else _fix(body)
+    if path in _GRAZING:
+        case.query = _repair_days(case.query)
     case.body = body
     if path == "/devices/{device_id}/track":
         case.query = _ordered_range(case.query)

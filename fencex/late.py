@@ -24,6 +24,13 @@ fixes whose fences or rules changed since they were live, the replay's events ar
 fences, and the differences show as retractions and replacements (the in-order equivalence is for
 fences and rules that stay as they are over the span, as the property test holds them).
 
+Grazing (:mod:`fencex.grazing`): ``Merged.grazing`` is what the merge changes in the device's grazing
+time: the replay of the merged span (from the state the replay starts from to the newest fix) minus
+the same span as it was credited (its held fixes replayed from the same state), by the same rule as
+the live path (:func:`fencex.grazing.credit_after`); keys whose time does not change are left out.
+Added to the grazing kept, it gives the grazing of the fixes in order (the property test holds it).
+None with rules that keep none (``NO_HERD``: no finite ``silence_s``).
+
 Replay from snapshots, not from the base: the track keeps the state after every ``snap_every``
 fixes (about 1.5 bytes a fix at 100), so a merge replays the fixes after its first late fix plus at
 most ``snap_every``, not the whole track (2,000 fixes); replaying from the base alone would save
@@ -39,6 +46,7 @@ from dataclasses import dataclass, field, replace
 from fencex.detector import DeviceState, detect
 from fencex.event import RETRACT, Event
 from fencex.fix import Fix
+from fencex.grazing import Cells, Grazing, add, cap_of, credit_after, days_of, totals
 from fencex.herd import NO_HERD, NO_MOB, HerdRules, Mob
 from fencex.index import FenceIndex
 from fencex.track import CAP, REPLAYED, SNAP_EVERY, WINDOW_MS, Track, frozen
@@ -53,6 +61,7 @@ class Merged:
     duplicates: int = 0  # late fixes at the time of a fix already seen: nothing changed
     newer: list[Fix] = field(default_factory=list)  # not late (newer than the newest fix): for the live path
     replayed: int = 0  # fixes run through the detector
+    grazing: Grazing = field(default_factory=dict)  # the change in grazing time, to add (fencex.grazing)
 
 
 def merge(
@@ -120,15 +129,34 @@ def merge(
     state = frozen(start) if start is not None and (start.silent or start.seen_ms) else start
     snaps = list(track.snaps[:k])
     replayed: list[Event] = []
+    most = cap_of(rules)  # the grazing cap (not the track's)
+    days = days_of(rules.timezone)
+    # the span as it was credited: its held fixes alone, replayed too, from where the two replays part (the
+    # first late fix: before it they are one, and their credits cancel)
+    was, split = state, False
+    before: Cells = {}
+    after: Cells = {}
     for j, fix in enumerate(fixes):
         inside = [rows[r].id for r in inside_rows[j]]
         near = [rows[r].id for r in near_rows[j]] if near_rows is not None else ()
+        if most is not None:
+            late_fix = fix.ts_ms in fresh
+            if late_fix and not split:
+                was, split = state, True
+            if split:
+                if state is not None:
+                    credit_after(after, state, mob.id, fix.ts_ms, most, days)
+                if not late_fix:
+                    if was is not None:
+                        credit_after(before, was, mob.id, fix.ts_ms, most, days)
+                    was = detect(was, fix, tenant, inside, near, by_id, rules, mob, index.distance_m).state
         result = detect(state, fix, tenant, inside, near, by_id, rules, mob, index.distance_m)
         state = result.state
         replayed.extend(e for e in result.events if e.type in REPLAYED)
         if (j + 1) % snap_every == 0 and state is not None:
             snaps.append(state)  # detect returns a new state each fix and never changes it after
     assert state is not None  # at least one fix replayed
+    out.grazing = add(totals(after), totals(before), -1)
 
     new = Track(
         track.base,

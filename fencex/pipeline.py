@@ -20,6 +20,11 @@ so a member exits it when it closes and one inside enters it when it opens. The 
 of the fix's and the last transition the device was re-evaluated at (``DeviceState.sched_ms``):
 activity never goes back for a device. Only farms with a scheduled fence pay for it.
 :func:`reevaluate_all` with ``at_ms`` applies a transition: the events are at its instant.
+
+Grazing time (:mod:`fencex.grazing`) is kept with the herd rules (``rules_of``): each applied fix of a
+device with a state credits the fences it was a member of since its previous fix (capped at the farm's
+``silence_s``), into ``Processed.grazing``; so does a transition that changes a device's fences. The
+fast path pays a few dict operations for a device inside a fence, nothing for one outside all.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from fencex.detector import DeviceState, Outcome, detect, is_stale, move, reeval
 from fencex.event import Event
 from fencex.fence import Fence
 from fencex.fix import Fix
+from fencex.grazing import UTC_DAYS, Cells, Days, Grazing, cap_of, credit_after, days_of, totals
 from fencex.herd import DEFAULT_RULES, NO_HERD, NO_MOB, HerdRules, Mob, steady
 from fencex.index import FenceIndex
 from fencex.schedule import FarmSchedules
@@ -79,6 +85,15 @@ def _active(plan: FarmSchedules, at_ms: int, scope: Scope, cache: dict[Any, Any]
     return [f for f in inside if f not in off], [f for f in near if f not in off], active, view
 
 
+def _farm(tenant: str, index: FenceIndex, rules_of: RulesOf | None) -> tuple[HerdRules, Mob, int | None, Days]:
+    """A farm's rules, default mob, grazing cap and days (cap None: no grazing, as with the fence rules alone)."""
+    if rules_of is None:
+        return NO_HERD, NO_MOB, None, UTC_DAYS
+    rules = rules_of(tenant)
+    cap = cap_of(rules)
+    return rules, index.mob(tenant), cap, days_of(rules.timezone) if cap is not None else UTC_DAYS
+
+
 def default_rules(tenant: str) -> HerdRules:
     """Every farm: the default herd rules."""
     return DEFAULT_RULES
@@ -101,6 +116,7 @@ class Processed:
     applied: list[int] = field(default_factory=list)
     prev: list[int] = field(default_factory=list)
     late: list[int] = field(default_factory=list)
+    grazing: Grazing = field(default_factory=dict)  # (tenant, fence, mob, day) -> ms inside (fencex.grazing)
 
 
 def process(
@@ -129,7 +145,9 @@ def process(
     events = out.events
     dirty = out.dirty
     untrusted = out.untrusted
-    farms: dict[str, tuple[HerdRules, Mob]] = {}  # tenant -> its rules and default mob, looked up once a batch
+    # tenant -> its rules, default mob, grazing cap (None: no grazing) and days, looked up once a batch
+    farms: dict[str, tuple[HerdRules, Mob, int | None, Days]] = {}
+    grazing: Cells = {}
     distance = index.distance_m
     scheduled = index.schedules
     cache: dict[Any, Any] = {}  # (mob, inactive ids) -> the mob without them; inactive ids -> the fences without
@@ -137,8 +155,8 @@ def process(
         tenant = tenants[i]
         farm = farms.get(tenant)
         if farm is None:
-            farm = farms[tenant] = (NO_HERD, NO_MOB) if rules_of is None else (rules_of(tenant), index.mob(tenant))
-        rules, mob = farm
+            farm = farms[tenant] = _farm(tenant, index, rules_of)
+        rules, mob, cap, days = farm
         if mob_of is not None and rules_of is not None:
             mob = mob_of(fix.device_id) or mob
         inside = inside_rows[i]
@@ -160,6 +178,8 @@ def process(
         out.prev.append(-1 if state is None else state.last_ts)
         if inside:
             out.inside += 1
+        if cap is not None and state is not None and state.members:
+            credit_after(grazing, state, mob.id, fix.ts_ms, cap, days)
         inside_ids: Sequence[str] = [rows[r].id for r in inside] if inside else ()
         near_ids: Sequence[str] = [rows[r].id for r in near_rows[i]] if near_rows is not None and near_rows[i] else ()
         fences: Mapping[str, Fence] = by_id
@@ -180,6 +200,7 @@ def process(
         events.extend(result.events)
         if result.untrusted:
             untrusted[result.untrusted] = untrusted.get(result.untrusted, 0) + 1
+    out.grazing = totals(grazing)
     return out
 
 
@@ -190,11 +211,15 @@ def reevaluate_all(
     mob_of: MobOf | None = None,
     herd: bool = False,
     at_ms: int = 0,
+    rules_of: RulesOf | None = None,
 ) -> Processed:
     """After fences (or mobs) changed: re-apply every (or each named) device's last accepted fix.
     ``herd``: escapes and returns too (``mob_of`` as for :func:`process`). ``at_ms``: a schedule's
     transition at that instant: the devices that have not seen it (their last accepted fix and
-    transition are before it) are re-evaluated with the fences active then, their events at ``at_ms``."""
+    transition are before it) are re-evaluated with the fences active then, their events at ``at_ms``;
+    with ``rules_of`` (the farms' rules, as for :func:`process`), a device whose fences the transition
+    changes has its fences until then credited (``Processed.grazing``). A fence change credits nothing:
+    its events are at the device's last accepted fix, and so is the change of its grazing."""
     out = Processed()
     ids = [d for d in (states.keys() if devices is None else devices) if d in states and states[d].accepted[0] >= 0]
     if at_ms:
@@ -211,21 +236,32 @@ def reevaluate_all(
     rows = index.fences
     scheduled = index.schedules
     cache: dict[Any, Any] = {}
+    farms: dict[str, tuple[HerdRules, Mob, int | None, Days]] = {}
+    grazing: Cells = {}
     for i, device_id in enumerate(ids):
         inside_ids: Sequence[str] = [rows[r].id for r in inside_rows[i]]
         near_ids: Sequence[str] = [rows[r].id for r in near_rows[i]] if near_rows is not None else ()
         state = sts[i]
         mob = NO_MOB
-        if herd:
+        if herd or rules_of is not None:
             mob = (mob_of(device_id) if mob_of is not None else None) or index.mob(state.tenant)
+        owner = mob if herd else NO_MOB  # the mob whose pastures count for escapes (none without the herd)
         fences: Mapping[str, Fence] = index.by_id
         if scheduled and (plan := scheduled.get(state.tenant)) is not None:
             at = at_ms or max(places[i][0], state.sched_ms)
-            inside_ids, near_ids, mob, fences = _active(plan, at, (inside_ids, near_ids, mob, fences), cache)
-        if unchanged(state, places[i][0], inside_ids, near_ids, fences, mob, fresh=False):
+            inside_ids, near_ids, owner, fences = _active(plan, at, (inside_ids, near_ids, owner, fences), cache)
+        if unchanged(state, places[i][0], inside_ids, near_ids, fences, owner, fresh=False):
             continue
         # something changes: an enter or exit, a dwell due, a member's new version to keep, an escape or return
-        result = reevaluate(state, device_id, inside_ids, near_ids, fences, mob, index.distance_m, at_ms)
+        if at_ms and rules_of is not None:
+            farm = farms.get(state.tenant)
+            if farm is None:
+                farm = farms[state.tenant] = _farm(state.tenant, index, rules_of)
+            _, _, cap, days = farm
+            if cap is not None:
+                credit_after(grazing, state, mob.id, at_ms, cap, days)
+        result = reevaluate(state, device_id, inside_ids, near_ids, fences, owner, index.distance_m, at_ms)
         states[device_id] = out.dirty[device_id] = result.state  # type: ignore[assignment]
         out.events.extend(result.events)
+    out.grazing = totals(grazing)
     return out

@@ -69,7 +69,7 @@ class SaveWrites:
     rewrites: Mapping[str, bytes] = field(default_factory=dict)  # device -> its track written whole first
     anchors: Mapping[str, int] = field(default_factory=dict)  # device -> the fix time its appended bytes follow
     resets: Mapping[str, tuple[DeviceState, DeviceState]] = field(default_factory=dict)  # (before, after)
-    grazing: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # hash key -> field -> ms to add
+    grazing: Mapping[tuple[str, str, str, str], int] = field(default_factory=dict)  # fencex.grazing's, to add
     long_bytes: int = 1 << 62  # tracks at least this long are named in the save's answer (to trim)
 
 

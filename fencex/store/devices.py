@@ -17,10 +17,10 @@ from fencex.event import Event
 from fencex.store.base import ALERT_OF, SaveWrites
 from fencex.store.connection import guard
 from fencex.store.feed import RedisFeed
+from fencex.store.grazing import GRAZING_TTL_S, writes_of
 from fencex.trackbytes import MAGIC, ORPHAN, anchor
 
 GEO_LAT_LIMIT = 85.05112878  # Redis GEO cannot hold the poles
-GRAZING_TTL_S = 400 * 86400  # a farm's grazing of a day is kept 400 days (a year's comparison and more)
 
 
 class RedisDevices(RedisFeed):
@@ -130,7 +130,7 @@ class RedisDevices(RedisFeed):
         ``writes``: the tracks, grazing and membership resets saved with the states (:class:`SaveWrites`).
         """
         w = writes or SaveWrites()
-        if not states and not new_devices and not generations and not (w.tracks or w.rewrites):
+        if not states and not new_devices and not generations and not (w.tracks or w.rewrites or w.grazing):
             return None
         k = self.keys
         flat: list[Any] = []
@@ -168,7 +168,7 @@ class RedisDevices(RedisFeed):
                 (k.track(d), w.rewrites.get(d, False), bytes(w.tracks.get(d, b"")), anchor(at) if at >= 0 else b"")
             )
         token = f"{k.prefix}:saved:{os.urandom(12).hex()}"
-        grazing = {key: [x for kv in fields.items() for x in kv] for key, fields in w.grazing.items()}
+        grazing = {key: [x for kv in fields.items() for x in kv] for key, fields in writes_of(k, w.grazing).items()}
         orphan = MAGIC + bytes((ORPHAN,))  # a track started by an append: the state before it is not known
         blob = [flat, geo_keys, members, sadd, gens, token, tracks, grazing, orphan, w.long_bytes, GRAZING_TTL_S]
         return msgpack.packb(blob, use_bin_type=False)  # type: ignore[no-any-return]

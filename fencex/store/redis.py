@@ -12,6 +12,7 @@
 ``tenants``                tenants and their API keys (:func:`key_id`, :func:`key_digest`)
 ``history``                the tenants' event histories and live reads of them
 ``tracks``                 a device's recent track, read for its farm
+``grazing``                the farms' grazing time per day (read; the save writes it)
 =========================  ===============================================================
 
 The key layout is in ``fencex.store.base``. No I/O in ``__init__``: ``connect()`` opens the
@@ -23,6 +24,7 @@ from __future__ import annotations
 from fencex.store.base import Keys
 from fencex.store.devices import RedisDevices
 from fencex.store.fences import RedisFences
+from fencex.store.grazing import RedisGrazing
 from fencex.store.herd import RedisHerd
 from fencex.store.history import RedisHistory
 from fencex.store.tenants import RedisTenants, key_digest, key_id
@@ -31,7 +33,7 @@ from fencex.store.tracks import RedisTracks
 __all__ = ["RedisStore", "key_digest", "key_id"]
 
 
-class RedisStore(RedisFences, RedisHerd, RedisDevices, RedisTenants, RedisHistory, RedisTracks):
+class RedisStore(RedisFences, RedisHerd, RedisDevices, RedisTenants, RedisHistory, RedisTracks, RedisGrazing):
     def __init__(self, url: str, prefix: str = "fx", history_maxlen: int = 10_000) -> None:
         self.url = url
         self.keys = Keys(prefix)

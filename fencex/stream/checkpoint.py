@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from fencex.detector import DeviceState
 from fencex.event import Event
+from fencex.grazing import Grazing, add
 
 
 class OffsetRegression(RuntimeError):
@@ -37,6 +38,7 @@ class Pending:
     rewrites: dict[str, bytes] = field(default_factory=dict)
     # devices whose fence memberships and alert lists are set from their state (after a late merge)
     resets: dict[str, tuple[DeviceState, DeviceState]] = field(default_factory=dict)  # (before, after)
+    grazing: Grazing = field(default_factory=dict)  # animal-time inside to add (:mod:`fencex.grazing`)
 
 
 class Checkpoint:
@@ -50,9 +52,11 @@ class Checkpoint:
 
     # ---------------------------------------------------------------- adding
 
-    def add(self, states: Mapping[str, DeviceState], events: Iterable[Event]) -> None:
+    def add(self, states: Mapping[str, DeviceState], events: Iterable[Event], grazing: Grazing | None = None) -> None:
         self._pending.states.update(states)
         self._pending.events.extend(events)
+        if grazing:
+            add(self._pending.grazing, grazing)
 
     def register(self, partition: int, devices: Iterable[str]) -> None:
         """Devices seen for the first time on ``partition`` (loaded with it from then on)."""
@@ -72,7 +76,7 @@ class Checkpoint:
 
     def empty(self) -> bool:
         p = self._pending
-        return not (p.offsets or p.states or p.events or p.new_devices or p.tracks or p.rewrites)
+        return not (p.offsets or p.states or p.events or p.new_devices or p.tracks or p.rewrites or p.grazing)
 
     @property
     def pending(self) -> Pending:

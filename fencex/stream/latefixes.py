@@ -167,7 +167,7 @@ def _merge_one(p: Processor, d: str, h: Held, raw: bytes | None) -> list[Event]:
     state: DeviceState = out.state
     p.states[d] = state
     pending = p.checkpoint.pending
-    p.checkpoint.add({d: state}, out.events)
+    p.checkpoint.add({d: state}, out.events, out.grazing)
     pending.rewrites[d] = out.track.to_bytes()
     pending.tracks[d] = bytearray()  # the next live fix appends relative to the merged newest
     pending.anchors[d] = -1  # written whole first: no anchor needed

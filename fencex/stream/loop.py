@@ -249,7 +249,7 @@ class Processor:
 
     async def _publish_reevaluation(self, out: Processed) -> None:
         await self.outbox.events(out.events)
-        self.checkpoint.add(out.dirty, out.events)
+        self.checkpoint.add(out.dirty, out.events, out.grazing)
         if self.tracks is not None:
             self.tracks.published(self.checkpoint.pending, out.events, self.states)
 
@@ -275,7 +275,7 @@ class Processor:
             pending.events,
             {(loc, p): ds for p, ds in pending.new_devices.items()},
             {(loc, p): g for p, g in self.generations.items()},
-            SaveWrites(pending.tracks, pending.rewrites, pending.anchors, pending.resets, long_bytes=long_bytes),
+            SaveWrites(pending.tracks, pending.rewrites, pending.anchors, pending.resets, pending.grazing, long_bytes),
         )
         self._flushing = asyncio.create_task(self._ack_save_commit(blob, pending.offsets))
         if wait:
@@ -341,7 +341,7 @@ class Processor:
         )
         await self.outbox.events(out.events)
         silence.watch_new(self, missing, out.events, now_ms)
-        self.checkpoint.add(out.dirty, out.events)
+        self.checkpoint.add(out.dirty, out.events, out.grazing)
         if self.tracks is not None:
             win = lambda t: window_of(self, t)  # noqa: E731
             self.tracks.record(self.checkpoint.pending, fixes, out.applied, out.prev, self.states, out.events, win)

@@ -77,7 +77,8 @@ def _by_farm(p: Processor, devices: Iterable[str] | None, farms: Iterable[str]) 
 
 
 def _reevaluate(p: Processor, devices: list[str], at_ms: int) -> Processed:
-    return reevaluate_all(p.index, p.states, devices, p.mob_of, herd=p.rules_of is not None, at_ms=at_ms)
+    herd = p.rules_of is not None
+    return reevaluate_all(p.index, p.states, devices, p.mob_of, herd=herd, at_ms=at_ms, rules_of=p.rules_of)
 
 
 async def catch_up(p: Processor, devices: Iterable[str] | None = None) -> None:

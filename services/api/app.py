@@ -19,7 +19,20 @@ from fencex.store.redis import RedisStore
 from services.api.fastpath import ApiEdge, flat_routes, role_of
 from services.api.openapi import install as install_openapi
 from services.api.problem import install as install_problems
-from services.api.routers import admin, devices, events, fences, herd, keys, locations, mobs, query, rotations, tracks
+from services.api.routers import (
+    admin,
+    devices,
+    events,
+    fences,
+    grazing,
+    herd,
+    keys,
+    locations,
+    mobs,
+    query,
+    rotations,
+    tracks,
+)
 from services.api.schema import FixIn
 from services.api.settings import Settings
 from services.api.state import ApiCollector, ApiState, PullMetrics
@@ -75,6 +88,7 @@ def create_app(settings: Settings) -> ApiEdge:
             {"name": "devices"},
             {"name": "mobs", "description": "my collars in herds, each with its pastures and exclusion zones"},
             {"name": "herd", "description": "my farm's herd settings, and the collars out, silent or low on battery"},
+            {"name": "grazing", "description": "animal-time inside each fence, per day and per mob"},
             {"name": "events"},
             {"name": "ingest"},
             {"name": "keys", "description": "my farm's API keys"},
@@ -84,7 +98,7 @@ def create_app(settings: Settings) -> ApiEdge:
     )
     app.state.fencex = state
     install_problems(app)
-    routers = (fences, rotations, mobs, herd, query, devices, tracks, events, locations, keys, admin)
+    routers = (fences, rotations, mobs, herd, grazing, query, devices, tracks, events, locations, keys, admin)
     for r in routers:
         app.include_router(r.router)
 

@@ -32,6 +32,7 @@ A_SQUARE = {"type": "Polygon", "coordinates": [[[21.37, 63.51], [21.38, 63.51], 
 POINT = {"lon": 21.378, "lat": 63.512}  # inside farm A's fence
 OUTSIDE = {"lon": 21.39, "lat": 63.512}
 B_SQUARE = {"type": "Polygon", "coordinates": [[[18.0, 60.0], [18.01, 60.0], [18.01, 60.01], [18.0, 60.0]]]}
+GRAZING_DAYS = {"from": "2026-05-27", "to": "2026-05-29"}  # farm A's grazing is on 2026-05-28
 
 
 @dataclass
@@ -141,6 +142,13 @@ def b_gets_only_b_mobs(f: Farms, r: httpx.Response) -> None:
     a_mob_untouched(f)
 
 
+def b_sees_no_grazing_of_a(f: Farms, r: httpx.Response) -> None:
+    b_gets_only_b(f, r)
+    assert r.json()["fences"] == [], r.text
+    mine = f.api.get("/grazing", params=GRAZING_DAYS, headers=f.a).json()["fences"]
+    assert [(g["fence_id"], g["ms"]) for g in mine] == [("a-fence", 7_654_321)]  # A's, as it was
+
+
 def b_sees_no_quarantine_of_a(f: Farms, r: httpx.Response) -> None:
     assert r.status_code == 200 and r.json() == [], r.text  # A's broken fence is A's to see
 
@@ -162,6 +170,10 @@ CASES: dict[tuple[str, str], Case] = {
     ("PATCH", "/fences/{fence_id}"): Case(lambda f: ("PATCH", "/fences/a-fence", {"json": {"name": "B's"}}), not_found),
     ("DELETE", "/fences/{fence_id}"): Case(lambda f: ("DELETE", "/fences/a-fence", {}), not_found),
     ("GET", "/fences/{fence_id}/devices"): Case(lambda f: ("GET", "/fences/a-fence/devices", {}), not_found),
+    ("GET", "/fences/{fence_id}/grazing"): Case(
+        lambda f: ("GET", "/fences/a-fence/grazing", {"params": GRAZING_DAYS}), not_found
+    ),
+    ("GET", "/grazing"): Case(lambda f: ("GET", "/grazing", {"params": GRAZING_DAYS}), b_sees_no_grazing_of_a),
     ("GET", "/query/fences"): Case(lambda f: ("GET", "/query/fences", {"params": POINT}), b_gets_only_b),
     ("POST", "/query/fences"): Case(
         lambda f: ("POST", "/query/fences", {"json": {"points": [[POINT["lon"], POINT["lat"]]] * 3}}),
@@ -276,6 +288,10 @@ async def _broken_fences_of(tenant: str, live: Any) -> None:
     await store.connect()
     try:
         await write_broken(store, tenant)
+        # farm A's grazing of its fence, as the worker's save writes it (HINCRBY)
+        for key, fields in store.grazing_writes({(tenant, "a-fence", "a-mob", "2026-05-28"): 7_654_321}).items():
+            for field, ms in fields.items():
+                await store.redis.hincrby(key, field, ms)
     finally:
         await store.close()
 

@@ -117,7 +117,7 @@ async def _save_twice(live) -> tuple[Track, dict, list, list]:
         writes = SaveWrites(
             tracks={"cow-9": append_bytes(t, fixes, [])},
             anchors={"cow-9": t},
-            grazing={key: {"north\t": 5_000}},
+            grazing={("farm", "north", "", "2026-11-20"): 5_000},
             long_bytes=20,
         )
         blob = store.pack_save({"cow-9": DeviceState("farm", t + 2000, 17.62, 59.8)}, [], None, None, writes)
@@ -147,3 +147,34 @@ def test_a_save_sent_twice_appends_and_adds_once_and_a_missing_track_starts_as_a
     assert first == [] and again == []  # the second run wrote nothing
     # the first save made segment 1; the 63rd save after it makes the 64th, which joins them
     assert [i for i, got in enumerate(named) if got] == [62] and named[62][0][0] == "cow-9"
+
+
+async def _grazing(live, days: list[str]) -> int:
+    store = RedisStore(live.redis_url, live.prefix)
+    await store.connect()
+    try:
+        return sum(r.ms for r in await store.grazing("farm", days, ["north"]))
+    finally:
+        await store.close()
+
+
+def test_grazing_time_is_the_hand_computed_time_inside_and_a_late_fix_corrects_it(live):
+    run(_setup(live))
+    worker, port = live.start_worker()
+    wait_ready(port, worker)
+    t0 = (int(time.time()) - 50 * 60) * 1000
+    # in at 0 and 10 min, out at 20, in at 30 and 40: inside from 0 to 20 and from 30 to 40 (its exit at 20,
+    # its enter at 30): 30 minutes of one animal
+    _send(live, [Fix("cow-1", t0 + m * MIN, *(OUT if m == 20 else IN)) for m in (0, 10, 20, 30, 40)])
+    days = sorted({time.strftime("%Y-%m-%d", time.gmtime(t / 1000)) for t in (t0, t0 + 40 * MIN)})
+    deadline = time.monotonic() + 30
+    while run(_grazing(live, days)) != 30 * MIN and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert run(_grazing(live, days)) == 30 * MIN
+    # the collar's upload: it was out already at 15 min (its exit then, not at 20): 25 minutes
+    _send(live, [Fix("cow-1", t0 + 15 * MIN, *OUT)])
+    deadline = time.monotonic() + 30
+    while run(_grazing(live, days)) != 25 * MIN and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert run(_grazing(live, days)) == 25 * MIN
+    assert worker.poll() is None

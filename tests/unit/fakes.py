@@ -195,7 +195,7 @@ class FakeStore(Failing):
         self.parts: dict[tuple[str, int], set[str]] = defaultdict(set)
         self.gens: dict[tuple[str, int], int] = defaultdict(int)
         self.tracks: dict[str, bytes] = {}
-        self.grazing: dict[str, dict[str, int]] = {}
+        self.grazing: dict[tuple[str, str, str, str], int] = {}
         self.saves = 0
 
     async def connect(self) -> None:
@@ -230,14 +230,14 @@ class FakeStore(Failing):
         writes: SaveWrites | None = None,
     ) -> bytes | None:
         w = writes or SaveWrites()
-        if not states and not new_devices and not generations and not (w.tracks or w.rewrites):
+        if not states and not new_devices and not generations and not (w.tracks or w.rewrites or w.grazing):
             return None
         objs = {d: s.to_obj() for d, s in states.items()}
         tracks = {
             d: (w.rewrites.get(d), bytes(w.tracks.get(d, b"")), w.anchors.get(d, -1))
             for d in w.rewrites.keys() | w.tracks.keys()
         }
-        grazing = {k: dict(v) for k, v in w.grazing.items()}
+        grazing = dict(w.grazing)
         packed = (objs, dict(new_devices or {}), dict(generations or {}), tracks, grazing, w.long_bytes)
         return pickle.dumps(packed)
 
@@ -261,10 +261,8 @@ class FakeStore(Failing):
             self.tracks[d] = self.tracks.get(d, orphan) + more
             if len(self.tracks[d]) >= long_bytes:  # (the script knows a list's length every 64 segments)
                 long.append((d, len(self.tracks[d])))
-        for key, fields in grazing.items():
-            into = self.grazing.setdefault(key, {})
-            for f, ms in fields.items():
-                into[f] = into.get(f, 0) + ms
+        for key, ms in grazing.items():  # (tenant, fence, mob, day) -> ms, summed
+            self.grazing[key] = self.grazing.get(key, 0) + ms
         self.saves += 1
         return long
 

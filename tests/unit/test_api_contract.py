@@ -54,6 +54,8 @@ EXPECTED = {
     ("get", "/admin/tenants/{tenant}/herd/settings"),
     ("put", "/admin/tenants/{tenant}/herd/settings"),
     ("get", "/alerts"),
+    ("get", "/fences/{fence_id}/grazing"),
+    ("get", "/grazing"),
 }
 
 

@@ -15,6 +15,7 @@ CORE = [
     "fencex.pipeline",
     "fencex.track",
     "fencex.late",
+    "fencex.grazing",
     "fencex.trackbytes",
     "fencex.errors",
 ]

@@ -695,3 +695,27 @@ def test_an_animals_recent_track_on_the_map(farm, pages):
     sync_api.expect(line).to_have_attribute("d", re.compile(r"^M[^L]+(L[^L]+){3}$"))
     page.get_by_role("button", name="Hide its track").click()
     line.wait_for(state="detached")
+
+
+def test_a_paddocks_grazing_time(farm, pages):
+    """A calf inside North from 40 to 10 minutes ago: half an animal-hour, in the fence list (GET
+    /grazing) and in the fence's own days (GET /fences/{id}/grazing)."""
+    calf = f"calf-{farm.id}"
+    assert farm.http.put(f"/devices/{calf}").status_code == 200
+    time.sleep(1.0)  # the registration reaches the worker through the change feed
+    now = int(time.time() * 1000)
+    for ago_min, (lon, lat) in ((40, INSIDE_NORTH), (10, (LON + 0.0021, LAT + 0.001))):
+        r = farm.http.post("/locations", json={"device_id": calf, "ts": now - ago_min * 60_000, "lon": lon, "lat": lat})
+        assert r.status_code in (200, 202), r.text
+    hours = lambda: farm.http.get(f"/fences/{farm.north}/grazing").json()["total"]["animal_hours"]  # noqa: E731
+    farm.wait_for(lambda: hours() >= 0.5)
+    assert hours() == 0.5  # 30 minutes of one animal (the cow has a single fix: no time inside yet)
+    app = pages(**DESKTOP)
+    page = app.page
+    app.sign_in(farm.key)
+    app.tab("Fences")
+    row = page.locator("#fences button", has_text="North")
+    assert row.locator(".grazing").inner_text() == "0.5"
+    row.click()
+    page.locator(".grazing-total", has_text="0.5").wait_for()
+    assert page.locator("#fence-grazing tbody tr").count() >= 1

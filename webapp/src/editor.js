@@ -113,7 +113,34 @@ export class Editor {
     this.fill(f.feature.properties, id);
     this.showForm(`Fence: ${f.feature.properties.name || id}`, false);
     $("save").disabled = false;
+    this.grazing();
     f.layer.getElement()?.classList.add("selected");
+  }
+
+  // The fence's grazing over the farm's last 7 days, per day (GET /fences/{id}/grazing).
+  async grazing() {
+    const c = this.current;
+    const box = $("fence-grazing");
+    if (!c || !c.id) {
+      box.hidden = true;
+      return;
+    }
+    try {
+      const { data } = await this.farm.api.get(`/fences/${encodeURIComponent(c.id)}/grazing`);
+      if (!this.editing(c.id)) return;
+      const days = [...data.days].sort((a, b) => (a.date < b.date ? 1 : -1));
+      box.innerHTML =
+        `<h3>Grazing, ${escapeHtml(data.from)} to ${escapeHtml(data.to)} (${escapeHtml(data.timezone)})</h3>` +
+        `<p><strong class="grazing-total">${data.total.animal_hours.toFixed(1)}</strong> animal-hours` +
+        (days.length
+          ? `</p><table class="compare"><thead><tr><th>Day</th><th>Animal-hours</th><th>Mobs</th></tr></thead><tbody>${days
+              .map((d) => `<tr><td>${escapeHtml(d.date)}</td><td>${d.animal_hours.toFixed(1)}</td><td>${d.mobs.length}</td></tr>`)
+              .join("")}</tbody></table>`
+          : ": no animal inside yet.</p>");
+      box.hidden = false;
+    } catch {
+      box.hidden = true;
+    }
   }
 
   reshape() {
@@ -159,6 +186,7 @@ export class Editor {
       }
     }
     $("fence-form").hidden = true;
+    $("fence-grazing").hidden = true;
     $("edit-hint").hidden = false;
     $("draw-hint").hidden = true;
   }

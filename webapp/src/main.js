@@ -133,7 +133,26 @@ async function refreshOccupancy() {
   } catch {
     /* the counts stay as they were */
   }
+  await refreshGrazing();
   renderFenceList();
+}
+
+// Each fence's animal-hours over the farm's last 7 days (GET /grazing, every page).
+async function refreshGrazing() {
+  const hours = {};
+  try {
+    let cursor = null;
+    do {
+      const q = new URLSearchParams({ limit: "1000" });
+      if (cursor) q.set("cursor", cursor);
+      const { data } = await farm.api.get(`/grazing?${q}`);
+      for (const f of data.fences) hours[f.fence_id] = f.animal_hours;
+      cursor = data.next_cursor;
+    } while (cursor);
+    farm.grazing = hours;
+  } catch {
+    /* kept as they were */
+  }
 }
 
 function renderFenceList() {
@@ -148,8 +167,10 @@ function renderFenceList() {
       b.type = "button";
       b.className = `row kind-${feature.properties.kind}`;
       const n = farm.occupancy[feature.id] ?? 0;
+      const grazed = (farm.grazing || {})[feature.id] ?? 0;
       b.innerHTML = `<span class="name">${escapeHtml(feature.properties.name || feature.id)}</span>
-        <span class="meta">${escapeHtml(feature.properties.kind)} · <span class="occupancy">${n}</span> inside</span>`;
+        <span class="meta">${escapeHtml(feature.properties.kind)} · <span class="occupancy">${n}</span> inside ·
+        <span class="grazing">${formatHours(grazed)}</span> animal-hours in 7 days</span>`;
       b.addEventListener("click", () => {
         farm.map.fitBounds(farm.fences.get(feature.id).layer.getBounds(), { maxZoom: 17, padding: [40, 40] }); // corners within reach of a finger
         farm.editor.open(feature.id);
@@ -376,6 +397,7 @@ function onEvent(e) {
     debounce("alerts", 300, refreshAlerts);
   }
   if (["enter", "exit"].includes(e.type)) debounce("occupancy", 1000, refreshOccupancy);
+  if (farm.editor.current && e.fence_id === farm.editor.current.id) debounce("fence-grazing", 1000, () => farm.editor.grazing());
 }
 
 // an event in the farm's words (as ./dev stack prints them): with its fence, or without one
@@ -415,6 +437,10 @@ function addToFeed(e) {
   feed.prepend(li);
   while (feed.children.length > FEED_MAX) feed.lastElementChild.remove();
   $("feed-empty").hidden = true;
+}
+
+export function formatHours(h) {
+  return h >= 10 ? String(Math.round(h)) : String(Math.round(h * 10) / 10);
 }
 
 function shortTime(ts) {

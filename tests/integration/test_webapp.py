@@ -719,3 +719,25 @@ def test_a_paddocks_grazing_time(farm, pages):
     row.click()
     page.locator(".grazing-total", has_text="0.5").wait_for()
     assert page.locator("#fence-grazing tbody tr").count() >= 1
+
+
+def test_late_fixes_withdraw_an_event_in_the_feed(farm, pages):
+    """A collar's fixes arrive out of order: the exit published at the later fix is withdrawn (struck
+    through in the feed) and the exit at the earlier fix follows, marked late."""
+    app = pages(**DESKTOP)
+    page = app.page
+    app.sign_in(farm.key)
+    app.tab("Feed")
+    farm.ts += 60_000
+    late = farm.ts  # a minute after the cow's fix inside North; it arrives last
+    farm.ts += 60_000
+    farm.fix(farm.cow, *OUTSIDE_NORTH)  # out of North: the exit, published
+    exit_entry = page.locator("#feed li.event-exit")
+    exit_entry.first.wait_for()
+    r = farm.http.post("/locations", json={"device_id": farm.cow, "ts": late, "lon": LON + 0.005, "lat": LAT + 0.001})
+    assert r.status_code in (200, 202), r.text
+    page.locator("#feed li.event-retract").first.wait_for()
+    page.locator("#feed li.event-exit.retracted").first.wait_for()
+    page.locator("#feed li.event-exit", has_text="(late)").first.wait_for()
+    exits = [e for e in farm.http.get("/events", params={"device": farm.cow}).json() if e["type"] == "exit"]
+    assert any(e.get("late") for e in exits)

@@ -32,6 +32,12 @@ export class Editor {
     $("reshape").addEventListener("click", () => this.reshape());
     $("cut-hole").addEventListener("click", () => this.cutHole());
     $("keep-mine").addEventListener("click", () => this.resolve(true));
+    $("conflict").addEventListener("cancel", () => {
+      // Escape: neither version chosen; the farmer's edit stays in the form, unsaved
+      this.pending = null;
+      this.clearTheirs();
+      $("form-error").textContent = "Not saved: someone else changed this fence. Save again to choose.";
+    });
     $("take-theirs").addEventListener("click", () => this.resolve(false));
     $("f-when").addEventListener("change", showWhen);
     $("import-file").addEventListener("change", (ev) => this.importFile(ev.target.files[0]));

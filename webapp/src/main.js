@@ -412,7 +412,7 @@ const EVENT_WORDS = {
   battery_low: ["is low on battery", "is low on battery"],
   battery_ok: ["has a good battery again", "has a good battery again"],
   transferred: ["moved to another farm", "moved to another farm"],
-  retract: ["withdrawn:", "withdrawn:"],
+  retract: ["— an earlier event was withdrawn (late fixes)", "— an earlier event was withdrawn (late fixes)"],
 };
 
 function describe(e) {
@@ -431,6 +431,13 @@ function addToFeed(e) {
   }
   const li = document.createElement("li");
   li.className = `event event-${e.type}`;
+  if (e.event_id) li.dataset.eventId = e.event_id;
+  if (e.type === "retract" && e.retracts) {
+    seen.delete(e.retracts); // a later upload may bring it back, with the same id
+    // a late upload showed this event did not happen as published: struck through, its replacement follows
+    const withdrawn = [...$("feed").children].find((x) => x.dataset.eventId === e.retracts);
+    if (withdrawn) withdrawn.classList.add("retracted");
+  }
   li.innerHTML = `<time>${escapeHtml(shortTime(e.ts || ""))}</time>
     <span><strong>${escapeHtml(e.device_id || "")}</strong> ${escapeHtml(describe(e))}</span>`;
   const feed = $("feed");

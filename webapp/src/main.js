@@ -75,6 +75,7 @@ async function start(key) {
   farm.map = createMap($("map"), config);
   const labels = () => fitLabels(farm.map, [...farm.fences.values()].map((f) => f.layer));
   farm.map.on("zoomend", labels);
+  farm.map.on("moveend", () => debounce("in-view", 400, animalsInView));
   farm.labels = labels;
   farm.editor = new Editor(farm, { refresh: refreshFences, select: showTab });
   setupTabs();
@@ -183,29 +184,75 @@ function renderFenceList() {
 
 // ---- animals ----
 
-// No route lists a farm's animals: they are gathered from the mobs, the alerts, the devices inside
-// each fence and the recent history, then each one's state is read (GET /devices/{id}).
+// No route lists a farm's animals with their states. Their positions come from the devices-in-area
+// query over the map's view (or the fences' area), their states from the alert lists (out, silent,
+// battery low; any other animal is in): two requests for a farm of any size. An animal in an alert
+// list but outside the area is read on its own (GET /devices/{id}).
 async function loadAnimals() {
-  const ids = new Set();
-  const add = (d) => d && ids.add(d);
-  const tasks = [
-    farm.api.all("/mobs", "mobs").then((mobs) => mobs.forEach((m) => m.devices.forEach(add))),
-    farm.api.get("/alerts?limit=1000").then(({ data }) => data.alerts.forEach((a) => add(a.device_id))),
-    farm.api.get("/events?limit=2000").then(({ data }) => data.forEach((e) => add(e.device_id))),
-    pool([...farm.fences.keys()], 6, (fid) =>
-      farm.api.get(`/fences/${encodeURIComponent(fid)}/devices`).then(({ data }) => data.forEach((d) => add(d.device_id))),
-    ),
-  ];
-  await Promise.allSettled(tasks);
-  await pool([...ids], 8, readAnimal);
+  const states = await alertStates();
+  const { data } = await farm.api.request("POST", "/query/devices", { body: { polygon: areaOfInterest() } });
+  const found = new Set();
+  for (const d of data) {
+    found.add(d.device_id);
+    placeAnimal({ ...d, ...stateFrom(states, d.device_id) });
+  }
+  const elsewhere = [...states.keys()].filter((id) => !found.has(id) && !farm.animals.has(id));
+  await pool(elsewhere, 6, readAnimal);
+  farm.states = states;
+}
+
+// device id -> its alert kinds, from every page of GET /alerts
+async function alertStates() {
+  const states = new Map();
+  let cursor = null;
+  do {
+    const q = new URLSearchParams({ limit: "1000" });
+    if (cursor) q.set("cursor", cursor);
+    const { data } = await farm.api.get(`/alerts?${q}`);
+    for (const a of data.alerts) states.set(a.device_id, new Set([...(states.get(a.device_id) || []), a.kind]));
+    cursor = data.next_cursor;
+  } while (cursor);
+  return states;
+}
+
+function stateFrom(states, id) {
+  const kinds = states.get(id) || new Set();
+  return { out: kinds.has("out"), silent: kinds.has("silent"), battery_low: kinds.has("battery_low") };
+}
+
+// The map's view, or where the fences are when the view is wider than a farm (a polygon for the query)
+function areaOfInterest() {
+  let b = farm.map.getBounds();
+  if (b.getEast() - b.getWest() > 2 || b.getNorth() - b.getSouth() > 2) {
+    const layers = [...farm.fences.values()].map((f) => f.layer);
+    b = layers.length ? L.featureGroup(layers).getBounds() : L.latLngBounds([[-1, -1], [1, 1]]);
+  }
+  b = b.pad(0.5);
+  const w = Math.max(b.getWest(), -180), e = Math.min(b.getEast(), 180);
+  const s = Math.max(b.getSouth(), -85), n = Math.min(b.getNorth(), 85);
+  return { type: "Polygon", coordinates: [[[w, s], [e, s], [e, n], [w, n], [w, s]]] };
+}
+
+// Animals that come into view as the farmer pans: the query again, for those not on the map yet.
+async function animalsInView() {
+  try {
+    const { data } = await farm.api.request("POST", "/query/devices", { body: { polygon: areaOfInterest() } });
+    for (const d of data) {
+      if (!farm.animals.has(d.device_id)) placeAnimal({ ...d, ...stateFrom(farm.states || new Map(), d.device_id) });
+    }
+  } catch {
+    /* the next move asks again */
+  }
 }
 
 async function readAnimal(id) {
   try {
     const { data } = await farm.api.get(`/devices/${encodeURIComponent(id)}`);
     placeAnimal(data);
+    return data;
   } catch (e) {
     if (!(e instanceof ApiError) || e.status !== 404) throw e;
+    return null;
   }
 }
 
@@ -229,6 +276,7 @@ function placeAnimal(device) {
 }
 
 async function showAnimal(id) {
+  await readAnimal(id).catch(() => null); // its battery, fences and last fix, as they are now
   const a = farm.animals.get(id);
   if (!a) return;
   const d = a.device;

@@ -5,6 +5,7 @@ from the settings; a clear problem when the app is not built; the JSON routes un
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +103,14 @@ def test_the_page_may_load_only_its_own_files_and_the_tiles():
 )
 def test_the_tiles_origin(url, origin):
     assert tile_origin(url) == origin
+
+
+def test_the_first_load_is_under_a_megabyte():
+    """The issue's budget: the page's first load under 1 MB of JavaScript and CSS (539 KB at this writing)."""
+    built = Path(__file__).parents[2] / "services" / "api" / "static" / "app"
+    if not (built / "index.html").is_file():
+        pytest.skip("the web app is not built")
+    index = (built / "index.html").read_text()
+    loaded = [built / name for name in re.findall(r'(?:src|href)="/app/([^"]+\.(?:js|css))"', index)]
+    assert len(loaded) == 2 and all(p.is_file() for p in loaded)
+    assert sum(p.stat().st_size for p in loaded) < 1_000_000

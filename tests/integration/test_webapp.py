@@ -741,3 +741,18 @@ def test_late_fixes_withdraw_an_event_in_the_feed(farm, pages):
     page.locator("#feed li.event-exit", has_text="(late)").first.wait_for()
     exits = [e for e in farm.http.get("/events", params={"device": farm.cow}).json() if e["type"] == "exit"]
     assert any(e.get("late") for e in exits)
+
+
+def test_the_api_serves_the_app_compressed_and_cached(stack):
+    """Through the real server (granian, which offers to send files by path): the page revalidated,
+    the bundles gzipped and cached for good, under the issue's 1 MB."""
+    page = httpx.get(f"{stack.base}/app/", headers={"Accept-Encoding": "gzip"})
+    assert page.status_code == 200 and page.headers["cache-control"] == "no-cache"
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    wire = 0
+    for name in re.findall(r'(?:src|href)="/app/([^"]+\.(?:js|css))"', page.text):
+        with httpx.stream("GET", f"{stack.base}/app/{name}", headers={"Accept-Encoding": "gzip"}) as r:
+            assert r.status_code == 200 and r.headers["content-encoding"] == "gzip", name
+            assert r.headers["cache-control"] == "public, max-age=31536000, immutable"
+            wire += sum(len(chunk) for chunk in r.iter_raw())
+    assert 0 < wire < 250_000  # about 150 KB on the wire (540 KB unpacked)

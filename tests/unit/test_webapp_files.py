@@ -114,3 +114,38 @@ def test_the_first_load_is_under_a_megabyte():
     loaded = [built / name for name in re.findall(r'(?:src|href)="/app/([^"]+\.(?:js|css))"', index)]
     assert len(loaded) == 2 and all(p.is_file() for p in loaded)
     assert sum(p.stat().st_size for p in loaded) < 1_000_000
+
+
+def test_compressed_even_where_the_server_sends_files_by_path(built):
+    """granian offers http.response.pathsend; a file sent by path skipped the gzip middleware."""
+    app = web_app(Settings(), built)
+    sent: list[dict[str, Any]] = []
+    scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "server": ("api", 80),
+        "path": "/main-AB12CD34.js",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"accept-encoding", b"gzip")],
+        "extensions": {"http.response.pathsend": {}},
+    }
+
+    requested = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if requested:
+            await asyncio.sleep(3600)  # the client stays: FileResponse listens for a disconnect meanwhile
+        requested = True
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), 10))
+    assert sent[0]["type"] == "http.response.start"
+    assert (b"content-encoding", b"gzip") in sent[0]["headers"]
+    assert "http.response.pathsend" not in [m["type"] for m in sent]

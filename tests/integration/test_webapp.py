@@ -520,10 +520,10 @@ def test_a_lost_connection_resumes_with_last_event_id(stack, farm, pages):
     assert all(farm.key not in h.get("referer", "") for h in streams)
 
 
-def start_api_on(stack: Stack, port: int) -> subprocess.Popen[bytes]:
+def start_api_on(stack: Stack, port: int, tiles: str = "") -> subprocess.Popen[bytes]:
     """An API process of the stack's on this port (the module's own API keeps running)."""
     env = stack.env.env(
-        FENCEX_PORT=str(port), FENCEX_HOST="127.0.0.1", FENCEX_ADMIN_KEY=ADMIN_KEY, FENCEX_APP_TILES_URL=""
+        FENCEX_PORT=str(port), FENCEX_HOST="127.0.0.1", FENCEX_ADMIN_KEY=ADMIN_KEY, FENCEX_APP_TILES_URL=tiles
     )
     with (stack.env.tmp / f"api-{port}.log").open("ab") as log:
         proc = subprocess.Popen(
@@ -756,3 +756,23 @@ def test_the_api_serves_the_app_compressed_and_cached(stack):
             assert r.headers["cache-control"] == "public, max-age=31536000, immutable"
             wire += sum(len(chunk) for chunk in r.iter_raw())
     assert 0 < wire < 250_000  # about 150 KB on the wire (540 KB unpacked)
+
+
+def test_with_tiles_configured_but_unreachable_the_farm_still_shows(stack, farm, pages):
+    """A background map whose server does not answer (a farm's poor connection): the tiles are asked
+    for (the page's policy lets it), fail, and the fences, the animal, the scale and the tiles'
+    attribution show on a plain background."""
+    port, dead = free_port(), free_port()
+    start_api_on(stack, port, tiles=f"http://127.0.0.1:{dead}/{{z}}/{{x}}/{{y}}.png")
+    app = pages(**DESKTOP)
+    app.ignored.append(re.compile(r"net::ERR_CONNECTION_REFUSED"))  # the tiles, and only them (checked below)
+    page = app.page
+    tiles: list[str] = []
+    page.on("requestfailed", lambda r: tiles.append(r.url))
+    page.goto(f"http://127.0.0.1:{port}/app/")
+    app.sign_in(farm.key)
+    page.locator(".fence-label", has_text="North").wait_for()
+    page.locator("path.animal.animal-in").wait_for()
+    page.locator(".leaflet-control-scale-line").wait_for()
+    assert "OpenStreetMap" in page.locator(".leaflet-control-attribution").inner_text()
+    assert tiles and all(u.startswith(f"http://127.0.0.1:{dead}/") for u in tiles)

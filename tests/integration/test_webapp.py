@@ -282,10 +282,8 @@ def test_a_farmers_day(farm, pages, device):
     page.locator("#fences button", has_text="South paddock").wait_for(state="attached")
     assert page.locator("path.fence-pasture").count() == 2  # its name shows where it fits: zoomed out, not here
 
-    # the paddock is the collar's pasture; it walks in: the enter, live, within 2 s
-    r = farm.http.put(f"/mobs/herd-{farm.cow}", json={"name": "Herd", "devices": [farm.cow], "fences": [south["id"]]})
-    assert r.status_code == 200, r.text
-    time.sleep(1.0)  # the mob reaches the worker through the change feed
+    # the animal walks in (its mob names no fence: every pasture of the farm is its own, the new one
+    # too): the enter, live, within 2 s
     ui.press(page.get_by_role("tab", name=re.compile("^Feed")))
     page.evaluate(LAYOUT_SHIFTS)
     sent = farm.fix(farm.cow, *centroid(south))

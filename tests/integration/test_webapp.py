@@ -635,6 +635,10 @@ def test_the_operator_creates_a_farm_and_its_key(stack, pages):
     app = pages(**DESKTOP)
     app.allowed |= {401, 404}  # no route says whose a key is: a farm's route refuses it, an admin's finds no farm
     page = app.page
+    page.get_by_label("Farm API key").fill("fx_not-a-key-of-any-farm")  # a wrong key: said so, nothing kept
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("alert").get_by_text("This key is not a farm's key").wait_for()
+    assert page.evaluate("sessionStorage.length") == 0
     page.get_by_label("Farm API key").fill(ADMIN_KEY)
     page.get_by_role("button", name="Sign in").click()
     farm_id = f"farm-{uuid.uuid4().hex[:6]}"

@@ -778,3 +778,32 @@ def test_with_tiles_configured_but_unreachable_the_farm_still_shows(stack, farm,
     page.locator(".leaflet-control-scale-line").wait_for()
     assert "OpenStreetMap" in page.locator(".leaflet-control-attribution").inner_text()
     assert tiles and all(u.startswith(f"http://127.0.0.1:{dead}/") for u in tiles)
+
+
+def test_a_new_paddock_joins_a_mobs_pastures(farm, pages):
+    """A mob that names its pastures (North): a paddock drawn with the mob ticked is added to them
+    (PUT /mobs/{id} with its ETag); unticked later, it is taken out again."""
+    mob = f"herd-{farm.cow}"
+    r = farm.http.put(f"/mobs/{mob}", json={"name": "Herd", "devices": [farm.cow], "fences": [farm.north]})
+    assert r.status_code == 200, r.text
+    app = pages(**DESKTOP)
+    page = app.page
+    app.sign_in(farm.key)
+    page.locator(".leaflet-control-zoom-out").click()
+    page.wait_for_timeout(400)
+    app.tab("Fences")
+    page.get_by_role("button", name="Draw a fence").click()
+    draw(page, square_right_of(page, "path.fence-pasture"))
+    page.get_by_label("Name", exact=True).fill("East")
+    page.get_by_label("Herd").check()
+    page.get_by_role("button", name="Save").click()
+    page.get_by_text("Saved East (version 1).").wait_for()
+    east = next(f["id"] for f in farm.http.get("/fences").json()["features"] if f["properties"]["name"] == "East")
+    assert farm.http.get(f"/mobs/{mob}").json()["fences"] == [farm.north, east]
+    app.tab("Fences")
+    page.locator("#fences button", has_text="East").click()
+    assert page.get_by_label("Herd").is_checked()
+    page.get_by_label("Herd").uncheck()
+    page.get_by_role("button", name="Save").click()
+    page.get_by_text("Saved East (version 2).").wait_for()
+    assert farm.http.get(f"/mobs/{mob}").json()["fences"] == [farm.north]

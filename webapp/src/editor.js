@@ -4,6 +4,7 @@ import L from "./leaflet-global.js";
 import { kml } from "@tmcw/togeojson";
 import { ApiError } from "./api.js";
 import { escapeHtml, fenceLayer, fenceStyle } from "./farmmap.js";
+import { fillMobs, saveMobs } from "./mobs.js";
 import { fillSchedule, readSchedule, showWhen } from "./schedule.js";
 
 const $ = (id) => document.getElementById(id);
@@ -88,6 +89,7 @@ export class Editor {
     this.close();
     this.current = { id: null, layer: null, etag: null };
     this.fill({}, "");
+    fillMobs(this.farm.api, null);
     this.showForm("New fence", true);
     $("draw-hint").hidden = false;
     $("save").disabled = true;
@@ -117,6 +119,7 @@ export class Editor {
     this.close();
     this.current = { id, layer: f.layer, etag: f.etag };
     this.fill(f.feature.properties, id);
+    fillMobs(this.farm.api, id);
     this.showForm(`Fence: ${f.feature.properties.name || id}`, false);
     $("save").disabled = false;
     this.grazing();
@@ -224,6 +227,13 @@ export class Editor {
       const { data } = c.id
         ? await this.farm.api.request("PUT", `/fences/${encodeURIComponent(c.id)}`, { body, ifMatch: force || c.etag })
         : await this.farm.api.request("POST", "/fences", { body });
+      try {
+        await saveMobs(this.farm.api, data.id);
+      } catch (e) {
+        await this.saved(data);
+        $("edit-hint").textContent += ` Its mobs were not changed: ${e.message}`;
+        return;
+      }
       await this.saved(data);
     } catch (e) {
       if (e instanceof ApiError && e.status === 412) return this.conflict(body);

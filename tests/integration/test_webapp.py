@@ -145,7 +145,8 @@ class Farm:
 
 @pytest.fixture
 def farm(stack) -> Iterator[Farm]:
-    """A farm with the pasture North and one collar, cow-1, inside it (its state known to the API)."""
+    """A farm with the pasture North and one collar (``farm.cow``, in a mob that names no fence) inside
+    it, its state known to the API."""
     farm = Farm(stack.base)
     try:
         yield with_herd(farm)
@@ -194,8 +195,8 @@ class Page:
             if not ((m := HTTP_ERROR.search(e)) and int(m.group(1)) in self.allowed)
             and not any(p.search(e) for p in self.ignored)
         ]
-        assert not bad, f"console errors: {bad}"
         self.context.close()
+        assert not bad, f"console errors: {bad}"
 
 
 @pytest.fixture

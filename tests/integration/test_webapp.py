@@ -808,3 +808,28 @@ def test_a_new_paddock_joins_a_mobs_pastures(farm, pages):
     page.get_by_role("button", name="Save").click()
     page.get_by_text("Saved East (version 2).").wait_for()
     assert farm.http.get(f"/mobs/{mob}").json()["fences"] == [farm.north]
+
+
+def test_every_kind_of_fence_and_a_low_battery(farm, pages):
+    """Exclusion zones and zones are drawn apart from pastures; a collar low on battery is amber on the
+    map and in the alerts, newest first, counted in the title."""
+    farm.fence(f"pond-{farm.id}", [[LON + 0.0005, LAT + 0.0002], [LON + 0.001, LAT + 0.0002],
+                                   [LON + 0.001, LAT + 0.0006], [LON + 0.0005, LAT + 0.0002]],
+               name="Pond", kind="exclusion")  # fmt: skip
+    farm.fence(f"yard-{farm.id}", [[LON + 0.003, LAT + 0.0014], [LON + 0.0035, LAT + 0.0014],
+                                   [LON + 0.0035, LAT + 0.0018], [LON + 0.003, LAT + 0.0014]],
+               name="Yard", kind="zone")  # fmt: skip
+    app = pages(**DESKTOP)
+    page = app.page
+    app.sign_in(farm.key)
+    for kind in ("pasture", "exclusion", "zone"):
+        assert page.locator(f"path.fence-{kind}").count() == 1, kind
+    farm.ts += 1000
+    r = farm.http.post(
+        "/locations", json={"device_id": farm.cow, "ts": farm.ts, "lon": INSIDE_NORTH[0], "lat": INSIDE_NORTH[1],
+                            "battery": 8.0}
+    )  # fmt: skip
+    assert r.status_code in (200, 202), r.text
+    page.locator("path.animal.animal-low").wait_for()
+    sync_api.expect(page).to_have_title("(1) fencex")
+    page.locator("#alerts li", has_text="low battery").wait_for()

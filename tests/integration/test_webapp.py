@@ -833,3 +833,33 @@ def test_every_kind_of_fence_and_a_low_battery(farm, pages):
     page.locator("path.animal.animal-low").wait_for()
     sync_api.expect(page).to_have_title("(1) fencex")
     page.locator("#alerts li", has_text="low battery").wait_for()
+
+
+def test_drawing_a_paddock_with_the_keyboard(farm, pages):
+    """No pointer: the arrow keys move the map under the cross, a button adds a corner there, another
+    finishes the shape; Enter saves it."""
+    app = pages(**DESKTOP)
+    page = app.page
+    app.sign_in(farm.key)
+    page.focus("#tab-alerts")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")  # the Fences tab
+    page.keyboard.press("Tab")  # its first button: Draw a fence
+    page.keyboard.press("Enter")
+    for key in ("ArrowUp", "ArrowRight", "ArrowDown"):  # a corner, then the map moved on, three times
+        page.focus("#map")
+        for _ in range(3):
+            page.keyboard.press(key)
+        page.wait_for_timeout(300)  # the pan's animation
+        page.focus("#add-corner")
+        page.keyboard.press("Enter")
+    assert page.locator("#corner-count").inner_text() == "3 corners"
+    page.focus("#finish-shape")
+    page.keyboard.press("Enter")
+    page.focus("#f-name")
+    page.keyboard.type("Keyboard paddock")
+    page.keyboard.press("Enter")
+    page.get_by_text("Saved Keyboard paddock (version 1).").wait_for()
+    saved = [f for f in farm.http.get("/fences").json()["features"] if f["properties"]["name"] == "Keyboard paddock"]
+    ring = saved[0]["geometry"]["coordinates"][0]
+    assert len(ring) == 4 and len({tuple(p) for p in ring}) == 3  # a triangle: three corners and the closing one

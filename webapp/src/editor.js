@@ -31,6 +31,8 @@ export class Editor {
     $("cancel").addEventListener("click", () => this.close());
     $("delete").addEventListener("click", () => this.remove());
     $("reshape").addEventListener("click", () => this.reshape());
+    $("add-corner").addEventListener("click", () => this.addCorner());
+    $("finish-shape").addEventListener("click", () => this.finishCorners());
     $("cut-hole").addEventListener("click", () => this.cutHole());
     $("keep-mine").addEventListener("click", () => this.resolve(true));
     $("conflict").addEventListener("cancel", () => {
@@ -93,13 +95,48 @@ export class Editor {
     this.showForm("New fence", true);
     $("draw-hint").hidden = false;
     $("save").disabled = true;
+    this.corners = [];
+    this.cornerCount();
+    this.map.getContainer().classList.add("crosshair");
     // two quick taps on a phone are a double tap: the map zoomed in between two corners
     this.map.doubleClickZoom.disable();
     this.map.pm.enableDraw("Polygon", { allowSelfIntersection: true });
   }
 
+  // Drawing without a pointer: a corner where the cross (the map's centre) is, moved with the keys.
+  addCorner() {
+    if (!this.current || this.current.id !== null || this.current.layer) return;
+    this.corners.push(this.map.getCenter());
+    if (this.draft) this.draft.setLatLngs(this.corners);
+    else this.draft = L.polyline(this.corners, { className: "draft", dashArray: "6 4", interactive: false }).addTo(this.map);
+    this.cornerCount();
+  }
+
+  cornerCount() {
+    const n = (this.corners || []).length;
+    $("corner-count").textContent = n ? `${n} corner${n === 1 ? "" : "s"}` : "";
+    $("finish-shape").disabled = n < 3;
+  }
+
+  finishCorners() {
+    if (!this.corners || this.corners.length < 3) return;
+    const layer = L.polygon(this.corners).addTo(this.map);
+    this.map.pm.disableDraw();
+    this.clearCorners();
+    this.created(layer);
+  }
+
+  clearCorners() {
+    if (this.draft) this.draft.remove();
+    this.draft = null;
+    this.corners = [];
+    this.cornerCount();
+    this.map.getContainer().classList.remove("crosshair");
+  }
+
   created(layer) {
     this.map.doubleClickZoom.enable();
+    this.clearCorners();
     if (!this.current || this.current.id !== null) {
       layer.remove();
       return;
@@ -174,6 +211,7 @@ export class Editor {
 
   close() {
     this.map.pm.disableDraw();
+    this.clearCorners();
     this.map.doubleClickZoom.enable();
     this.map.pm.disableGlobalCutMode?.();
     this.clearError();

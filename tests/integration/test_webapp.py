@@ -863,3 +863,25 @@ def test_drawing_a_paddock_with_the_keyboard(farm, pages):
     saved = [f for f in farm.http.get("/fences").json()["features"] if f["properties"]["name"] == "Keyboard paddock"]
     ring = saved[0]["geometry"]["coordinates"][0]
     assert len(ring) == 4 and len({tuple(p) for p in ring}) == 3  # a triangle: three corners and the closing one
+
+
+def test_an_animal_moving_inside_its_paddock_moves_on_the_map(farm, pages):
+    """A fix inside the same paddock makes no event; the map asks for the animals in view again (as
+    it pans, and every 15 s) and the animal is where its last fix says."""
+    app = pages(**DESKTOP)
+    page = app.page
+    app.sign_in(farm.key)
+
+    def offset() -> tuple[float, float]:  # the animal's place relative to North's corner (a pan moves both)
+        a, n = page.locator("path.animal").bounding_box(), page.locator("path.fence-pasture").bounding_box()
+        return a["x"] + a["width"] / 2 - n["x"], a["y"] + a["height"] / 2 - n["y"]
+
+    before = offset()
+    farm.fix(farm.cow, LON + 0.001, LAT + 0.0015)  # still inside North, further west and north: no event
+    farm.wait_for(lambda: (d := farm.device(farm.cow)) and d["lon"] == LON + 0.001)
+    page.focus("#map")
+    page.keyboard.press("ArrowLeft")  # a pan
+    deadline = time.monotonic() + 5
+    while (after := offset()) and not (after[0] < before[0] - 20 and after[1] < before[1] - 20):
+        assert time.monotonic() < deadline, f"the animal stayed at {before}: {after}"
+        page.wait_for_timeout(100)

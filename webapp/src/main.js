@@ -14,6 +14,7 @@ const $ = (id) => document.getElementById(id);
 const KEY = "fencex.key";
 const FEED_MAX = 200;
 const FENCES_EVERY_MS = 60_000;
+const POSITIONS_EVERY_MS = 15_000;
 const ALERT_WORDS = { out: "out", silent: "silent", battery_low: "low battery" };
 
 export const farm = {
@@ -88,6 +89,7 @@ async function start(key) {
   // fences changed elsewhere (another farmer, the API) carry no event: read them again now and then,
   // and when the page comes back to the front
   setInterval(() => document.visibilityState === "visible" && refreshFences().catch(() => {}), FENCES_EVERY_MS);
+  setInterval(() => document.visibilityState === "visible" && animalsInView(), POSITIONS_EVERY_MS);
   document.addEventListener("visibilitychange", () => {
     if (document.visibilityState === "visible") refreshFences().catch(() => {});
   });
@@ -233,12 +235,14 @@ function areaOfInterest() {
   return { type: "Polygon", coordinates: [[[w, s], [e, s], [e, n], [w, n], [w, s]]] };
 }
 
-// Animals that come into view as the farmer pans: the query again, for those not on the map yet.
+// The animals in view, again: as the farmer pans, and every POSITIONS_EVERY_MS (the stream carries
+// events, not every fix: an animal grazing inside its paddock moves on the map this way).
 async function animalsInView() {
   try {
     const { data } = await farm.api.request("POST", "/query/devices", { body: { polygon: areaOfInterest() } });
     for (const d of data) {
-      if (!farm.animals.has(d.device_id)) placeAnimal({ ...d, ...stateFrom(farm.states || new Map(), d.device_id) });
+      const known = farm.animals.has(d.device_id);
+      placeAnimal(known ? d : { ...d, ...stateFrom(farm.states || new Map(), d.device_id) }); // known: its state stays
     }
   } catch {
     /* the next move asks again */

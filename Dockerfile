@@ -8,7 +8,17 @@
 # check and entry point. They run as a non-root user and need no writable root file system
 # (FENCEX_DATADIR is under /tmp: mount a tmpfs or an emptyDir there).
 ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
+ARG NODE_IMAGE=node:20.18.1-bookworm-slim
 ARG SERVICE
+
+# the farmers' web app, served by the API under /app: built here, only its output is kept
+FROM ${NODE_IMAGE} AS webapp
+WORKDIR /src/webapp
+COPY webapp/package.json webapp/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY webapp/build.mjs ./
+COPY webapp/src ./src
+RUN npm run build
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -17,6 +27,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY fencex ./fencex
 COPY services ./services
+COPY --from=webapp /src/services/api/static/app ./services/api/static/app
 # only the services' dependencies: no local broker, no plotting, no test tools
 RUN /venv/bin/pip install ".[service]"
 

@@ -1,7 +1,7 @@
 """python -m devtools.stack (or ./dev stack): the whole push path on this machine.
 
 Starts the Kafka-protocol broker and redis-server, one or more processor
-workers, the query API and the simulator's herd (acting out the herd's alarms:
+workers, the query API (with the farmers' web app at /app) and the simulator's herd (acting out the herd's alarms:
 ``--scenarios``), sets each farm's silence time to 2 minutes, and prints events
 live as they happen, in the farm's words ("collar-000017 escaped from Pasture 17, 40 m out").
 Ctrl-C, SIGTERM or SIGHUP (a closed terminal) stops everything it started; on
@@ -98,9 +98,12 @@ def show_events(
         consumer.close()
 
 
-def set_herd_settings(base: str, admin_key: str, farms: list[str], stop: threading.Event) -> None:
+def set_herd_settings(
+    base: str, admin_key: str, farms: list[str], stop: threading.Event, app_url: str | None = None
+) -> None:
     """Each farm's herd settings, through the API as a farmer sets them: a key for the farm
-    (once the simulator has created it), then ``PUT /herd/settings``."""
+    (once the simulator has created it), then ``PUT /herd/settings``. The first farm's key is
+    printed with the web app's address (``app_url``), to sign in with."""
     admin = {"Authorization": f"Bearer {admin_key}"}
     deadline = time.monotonic() + 120
     with httpx.Client(base_url=base, timeout=10) as http:
@@ -110,6 +113,8 @@ def set_herd_settings(base: str, admin_key: str, farms: list[str], stop: threadi
                     r = http.post(f"/admin/tenants/{farm}/keys", headers=admin)
                     if r.status_code == 201:
                         key = r.json()["api_key"]
+                        if app_url and farm == farms[0]:
+                            say(f"web app     {app_url}  (sign in with the key of {farm}: {key})")
                         r = http.put(
                             "/herd/settings", json={"silence_s": SILENCE_S}, headers={"Authorization": f"Bearer {key}"}
                         )
@@ -127,6 +132,18 @@ def set_herd_settings(base: str, admin_key: str, farms: list[str], stop: threadi
                 stop.wait(1.0)
     if not stop.is_set():
         say(f"stack: {len(farms)} farms: a collar is silent after {SILENCE_S} s without a fix")
+
+
+def lan_address() -> str:
+    """This machine's address on its network (the interface of the default route), for a phone's browser."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # a documentation address: UDP connect sends nothing, it picks a route
+            return str(s.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
 
 
 def main() -> int:
@@ -149,6 +166,11 @@ def main() -> int:
     ap.add_argument("--herd-only", action="store_true", help="print only the herd's events (escapes, collars)")
     ap.add_argument("--no-scenarios", action="store_true", help="the herd only grazes: no escapes, no collar alarms")
     ap.add_argument("--logdir", type=Path, default=Path("out/stack"))
+    ap.add_argument(
+        "--lan",
+        action="store_true",
+        help="serve the API and web app on every interface, for a phone on the same network (the admin key too!)",
+    )
     args = ap.parse_args()
     args.logdir.mkdir(parents=True, exist_ok=True)
     for sig in STOP_SIGNALS:
@@ -176,10 +198,13 @@ def main() -> int:
             procs[f"processor-{i}"] = spawn([sys.executable, "-m", "services.processor"], log, env=worker_env)
             say(f"processor-{i} http://127.0.0.1:{port}/metrics  (log processor-{i}.log)")
         api_port = _port(args.api_port)
-        api_env = dict(env, FENCEX_PORT=str(api_port), FENCEX_HOST="127.0.0.1", FENCEX_ADMIN_KEY=args.admin_key)
+        host = "0.0.0.0" if args.lan else "127.0.0.1"
+        api_env = dict(env, FENCEX_PORT=str(api_port), FENCEX_HOST=host, FENCEX_ADMIN_KEY=args.admin_key)
         # SIGTERM if the stack dies: granian then stops its own worker processes
         procs["api"] = spawn([sys.executable, "-m", "services.api"], args.logdir / "api.log", env=api_env)
         say(f"api         http://127.0.0.1:{api_port}  (docs: /docs; admin key: {args.admin_key}; log api.log)")
+        app_url = f"http://{lan_address() if args.lan else '127.0.0.1'}:{api_port}/app/"
+        say(f"web app     {app_url}  (a phone on this network: ./dev stack --lan)")
         if shutil.which("prometheus"):
             config = write_config(args.logdir / "prometheus.yml", worker_targets, [f"127.0.0.1:{api_port}"])
             prom = start_prometheus(config, _port(args.prometheus_port), args.logdir)
@@ -204,7 +229,9 @@ def main() -> int:
         names = {f.id: f.name or f.id for f in seeded}
         farms = sorted({f.tenant for f in seeded})
         threading.Thread(
-            target=set_herd_settings, args=(f"http://127.0.0.1:{api_port}", args.admin_key, farms, stop), daemon=True
+            target=set_herd_settings,
+            args=(f"http://127.0.0.1:{api_port}", args.admin_key, farms, stop, app_url),
+            daemon=True,
         ).start()
         viewer = threading.Thread(
             target=show_events,

@@ -36,6 +36,7 @@ from services.api.routers import (
 from services.api.schema import FixIn
 from services.api.settings import Settings
 from services.api.state import ApiCollector, ApiState, PullMetrics
+from services.api.webapp import web_app
 
 log = logging.getLogger("fencex.api")
 
@@ -166,6 +167,7 @@ def create_app(settings: Settings) -> ApiEdge:
         return None
 
     install_openapi(app, role, (FixIn,), {"Event": events.EVENT_COMPONENT})
+    app.mount("/app", web_app(settings), name="app")  # the farmers' web app: static files, no key needed
     return ApiEdge(app, state)
 
 

@@ -29,3 +29,10 @@ class Settings(ServiceSettings):
     host: str = "0.0.0.0"
     port: int = 8000
     workers: int = 1  # API processes (granian workers)
+    # The web app's background map (/app): a raster tile URL ({z}/{x}/{y}) and its attribution; empty: a plain
+    # background (fences, animals and a scale still show). Satellite imagery: see the README.
+    app_tiles_url: str = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+    app_tiles_attribution: str = (
+        '&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> contributors'
+    )
+    app_tiles_max_zoom: int = 19

@@ -34,7 +34,7 @@ async def _seed_track(live) -> None:
             track.add_fix(Fix(EXAMPLE_DEVICE, now - k * 120_000, 17.6 + k * 1e-5, 59.8, extra))
         state = DeviceState(FUZZ_TENANT, now, 17.6, 59.8)
         await store.redis.set(store.keys.device(EXAMPLE_DEVICE), orjson.dumps(state.to_obj()))
-        await store.redis.set(store.keys.track(EXAMPLE_DEVICE), track.to_bytes())
+        await store.redis.rpush(store.keys.track(EXAMPLE_DEVICE), track.to_bytes())  # a list of segments
     finally:
         await store.close()
 

@@ -68,7 +68,6 @@ def test_the_config_carries_the_background_map_from_the_settings(built):
     assert get(edge_with(built, app_tiles_url=""), "/app/config.json").json()["tiles"]["url"] == ""
 
 
-@pytest.mark.xfail(strict=True, reason="review 13: the page has no bound on a stream's silence (a dead spot)")
 def test_the_config_carries_how_long_a_silent_stream_is_trusted(built):
     assert get(edge_with(built), "/app/config.json").json()["stream"] == {"stall_s": 45.0}  # three keep-alives
     assert get(edge_with(built, app_stream_stall_s=3), "/app/config.json").json()["stream"] == {"stall_s": 3.0}

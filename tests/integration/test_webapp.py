@@ -1074,3 +1074,25 @@ def test_a_farms_names_are_shown_as_text_never_run(farm, pages):
     app.feed_shows(f"escaped from {evil}", 10)
     sync_api.expect(page).to_have_title("(1) fencex")
     assert page.evaluate("window.__xss") is None and page.locator("body img").count() == 0
+
+
+@pytest.mark.xfail(strict=True, reason="review 13: an event between the page's reads and its stream is lost")
+def test_an_event_while_the_stream_connects_is_not_lost(farm, pages):
+    """The farm is read, then the stream connects (on a slow connection, seconds later): an escape in
+    between is in the feed and the alerts all the same."""
+    app = pages(**DESKTOP)
+    page = app.page
+    held: list[Any] = []
+    page.route(re.compile(r"/events/stream"), lambda route: held.append(route))  # the stream, slow to connect
+    page.get_by_label("Farm API key").fill(farm.key)
+    page.get_by_role("button", name="Sign in").click()
+    deadline = time.monotonic() + 10
+    while not held:  # the farm read, the stream asked for
+        assert time.monotonic() < deadline, "the page never asked for its stream"
+        page.wait_for_timeout(100)
+    farm.fix(farm.cow, *OUTSIDE_NORTH)
+    farm.wait_for(lambda: farm.http.get("/alerts").json()["alerts"])
+    held[0].continue_()
+    app.tab("Feed")
+    app.feed_shows("escaped from North", 5)
+    sync_api.expect(page).to_have_title("(1) fencex")

@@ -1076,7 +1076,6 @@ def test_a_farms_names_are_shown_as_text_never_run(farm, pages):
     assert page.evaluate("window.__xss") is None and page.locator("body img").count() == 0
 
 
-@pytest.mark.xfail(strict=True, reason="review 13: an event between the page's reads and its stream is lost")
 def test_an_event_while_the_stream_connects_is_not_lost(farm, pages):
     """The farm is read, then the stream connects (on a slow connection, seconds later): an escape in
     between is in the feed and the alerts all the same."""

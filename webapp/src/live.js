@@ -9,10 +9,10 @@ import { fetchEventSource } from "@microsoft/fetch-event-source";
 class Retry extends Error {}
 class Fatal extends Error {}
 
-export function follow(api, { onEvent, onStatus, stallMs = 45_000 }) {
+export function follow(api, { onEvent, onStatus, stallMs = 45_000, since = null }) {
   const outer = new AbortController();
   let delay = 1000;
-  let lastId = null; // the id of the last event received, over every connection
+  let lastId = since; // the id of the last event received, over every connection (at first: where to start)
 
   const connect = () => {
     if (outer.signal.aborted) return;

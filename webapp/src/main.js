@@ -41,8 +41,11 @@ async function loadConfig() {
 async function signIn(key) {
   const api = new Api(key);
   try {
-    await api.get("/fences?limit=1");
-    return { role: "farm", api };
+    const { date } = await api.get("/fences?limit=1");
+    // the stream starts from here (the API's clock, a margin for its rounding to the second): an event
+    // while the farm loads is not lost between the reads and the stream; the feed drops the doubles
+    const t = Date.parse(date || "");
+    return { role: "farm", api, since: Number.isNaN(t) ? null : `${t - 2000}-0` };
   } catch (e) {
     if (!(e instanceof ApiError) || e.status !== 401) throw e;
   }
@@ -64,7 +67,7 @@ function signOut() {
 let started = false;
 
 async function start(key) {
-  const { role, api } = await signIn(key);
+  const { role, api, since } = await signIn(key);
   if (started) return; // signed in meanwhile (the form, while a reload was trying again)
   started = true;
   sessionStorage.setItem(KEY, key);
@@ -89,7 +92,7 @@ async function start(key) {
   await refreshAlerts();
   await recentEvents();
   const stallMs = ((config.stream && config.stream.stall_s) || 45) * 1000;
-  farm.stop = follow(api, { onEvent, onStatus, stallMs });
+  farm.stop = follow(api, { onEvent, onStatus, stallMs, since });
   // fences changed elsewhere (another farmer, the API) carry no event: read them again now and then,
   // and when the page comes back to the front
   setInterval(() => document.visibilityState === "visible" && refreshFences().catch(() => {}), FENCES_EVERY_MS);

@@ -7,7 +7,7 @@ from __future__ import annotations
 from devtools.stack.__main__ import DEV_ADMIN_KEY, admin_key
 
 
-def test_the_lan_gets_a_fresh_admin_key():
+def test_the_lan_gets_a_fresh_admin_key() -> None:
     assert admin_key(None, lan=False) == DEV_ADMIN_KEY  # this machine: the README's key
     a, b = admin_key(None, lan=True), admin_key(None, lan=True)
     assert a != DEV_ADMIN_KEY and a != b and len(a) >= 24

@@ -78,7 +78,6 @@ def test_the_history_shows_the_retract_before_its_replacement(query):
     assert r.json()[3]["ts"] == "2026-05-28T20:36:40.000Z"  # the late exit at its own fix's time
 
 
-@pytest.mark.xfail(strict=True, reason="review 13: GET /events?limit=N over a long history answers old events")
 def test_a_limit_gives_the_newest_events_of_a_long_history():
     """The web app's feed starts with GET /events?limit=50: the farm's newest 50, however long its
     history (it held 2,000 entries and more: the 50 after the oldest 1,950 came back)."""

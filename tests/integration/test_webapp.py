@@ -1097,7 +1097,6 @@ def test_an_event_while_the_stream_connects_is_not_lost(farm, pages):
     sync_api.expect(page).to_have_title("(1) fencex")
 
 
-@pytest.mark.xfail(strict=True, reason="review 13: a feature the map cannot draw throws (uncaught)")
 def test_an_import_with_shapes_no_map_can_draw_lists_their_errors(farm, pages, tmp_path):
     """A careless or hostile file: a geometry that is a string, a polygon of words. The errors are
     listed, the good feature drawn, nothing thrown."""

@@ -499,16 +499,20 @@ export class Editor {
     box.innerHTML = `<p>${escapeHtml(detail || `${errors.length} features of ${name} are invalid; nothing was imported`)}</p><ul>${errors
       .map((x) => `<li>feature ${x.feature + 1}: ${escapeHtml(x.message)}</li>`)
       .join("")}</ul>`;
-    this.importLayer = L.geoJSON(
-      { type: "FeatureCollection", features: collection.features.filter((f) => f.geometry) },
-      {
-        style: (f) => ({ className: byFeature.has(collection.features.indexOf(f)) ? "import-bad" : "import-ok", weight: 2 }),
-        onEachFeature: (f, layer) => {
-          const msg = byFeature.get(collection.features.indexOf(f));
-          if (msg) layer.bindTooltip(escapeHtml(msg), { permanent: true, className: "shape-error" });
-        },
-      },
-    ).addTo(this.map);
+    // one feature at a time: a shape the map cannot draw (a careless or hostile file) is left out, its
+    // error stays in the list, and the others are drawn
+    this.importLayer = L.featureGroup().addTo(this.map);
+    collection.features.forEach((f, i) => {
+      let layer;
+      try {
+        layer = L.geoJSON(f, { style: { className: byFeature.has(i) ? "import-bad" : "import-ok", weight: 2 } });
+      } catch {
+        return;
+      }
+      const msg = byFeature.get(i);
+      if (msg) layer.eachLayer((l) => l.bindTooltip(escapeHtml(msg), { permanent: true, className: "shape-error" }));
+      layer.addTo(this.importLayer);
+    });
     if (this.importLayer.getBounds().isValid()) this.map.fitBounds(this.importLayer.getBounds(), { maxZoom: 17 });
   }
 }

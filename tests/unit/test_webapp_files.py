@@ -111,7 +111,7 @@ def test_the_tiles_origin(url, origin):
 
 
 def test_the_first_load_is_under_a_megabyte():
-    """The issue's budget: the page's first load under 1 MB of JavaScript and CSS (539 KB at this writing)."""
+    """The issue's budget: the page's first load under 1 MB of JavaScript and CSS (544 KB at this writing)."""
     built = Path(__file__).parents[2] / "services" / "api" / "static" / "app"
     if not (built / "index.html").is_file():
         pytest.skip("the web app is not built")

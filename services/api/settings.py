@@ -38,4 +38,4 @@ class Settings(ServiceSettings):
     app_tiles_max_zoom: int = 19
     # The web app drops its event stream and reconnects (with Last-Event-ID) after this long with no byte
     # from it, keep-alives included (sent every 15 s): a phone in a dead spot gets no error, only silence.
-    app_stream_stall_s: float = Field(45.0, gt=0)
+    app_stream_stall_s: float = Field(default=45.0, gt=0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -146,6 +147,18 @@ def lan_address() -> str:
             return "127.0.0.1"
 
 
+DEV_ADMIN_KEY = "dev-admin-key"  # the README's: for this machine only
+
+
+def admin_key(given: str | None, lan: bool) -> str:
+    """The API's admin key: the operator's own; else the README's on this machine, and a fresh random
+    one when the API is served to the network (--lan): with a published key anyone on the farm's
+    Wi-Fi could create farms and issue keys to any farm's data."""
+    if given:
+        return given
+    return f"dev-{secrets.token_urlsafe(24)}" if lan else DEV_ADMIN_KEY
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(prog="./dev stack", description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2, help="processor worker processes")
@@ -159,8 +172,8 @@ def main() -> int:
     ap.add_argument("--prometheus-port", type=int, default=9090)
     ap.add_argument(
         "--admin-key",
-        default=os.environ.get("FENCEX_ADMIN_KEY", "dev-admin-key"),
-        help="the API's admin key (FENCEX_ADMIN_KEY); the default is for this machine only",
+        default=os.environ.get("FENCEX_ADMIN_KEY") or None,
+        help="the API's admin key (FENCEX_ADMIN_KEY); default: dev-admin-key, or a random one with --lan",
     )
     ap.add_argument("--quiet-events", action="store_true", help="do not print events")
     ap.add_argument("--herd-only", action="store_true", help="print only the herd's events (escapes, collars)")
@@ -169,9 +182,10 @@ def main() -> int:
     ap.add_argument(
         "--lan",
         action="store_true",
-        help="serve the API and web app on every interface, for a phone on the same network (the admin key too!)",
+        help="serve the API and web app on every interface, for a phone on the same network (a random admin key)",
     )
     args = ap.parse_args()
+    args.admin_key = admin_key(args.admin_key, args.lan)
     args.logdir.mkdir(parents=True, exist_ok=True)
     for sig in STOP_SIGNALS:
         signal.signal(sig, _raise_stopped)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from services.settings import ServiceSettings
 
@@ -36,3 +36,6 @@ class Settings(ServiceSettings):
         '&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> contributors'
     )
     app_tiles_max_zoom: int = 19
+    # The web app drops its event stream and reconnects (with Last-Event-ID) after this long with no byte
+    # from it, keep-alives included (sent every 15 s): a phone in a dead spot gets no error, only silence.
+    app_stream_stall_s: float = Field(default=45.0, gt=0)

@@ -32,13 +32,15 @@ NOT_BUILT = (
 
 
 def app_config(settings: Settings) -> dict[str, Any]:
-    """What the page reads at start: the background map's tiles (empty: a plain background)."""
+    """What the page reads at start: the background map's tiles (empty: a plain background), and how
+    long its event stream may stay silent before the page takes it for dead and reconnects."""
     return {
         "tiles": {
             "url": settings.app_tiles_url,
             "attribution": settings.app_tiles_attribution,
             "max_zoom": settings.app_tiles_max_zoom,
-        }
+        },
+        "stream": {"stall_s": settings.app_stream_stall_s},
     }
 
 

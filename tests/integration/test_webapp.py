@@ -519,10 +519,14 @@ def test_a_lost_connection_resumes_with_last_event_id(stack, farm, pages):
     assert all(farm.key not in h.get("referer", "") for h in streams)
 
 
-def start_api_on(stack: Stack, port: int, tiles: str = "") -> subprocess.Popen[bytes]:
+def start_api_on(stack: Stack, port: int, tiles: str = "", **settings: str) -> subprocess.Popen[bytes]:
     """An API process of the stack's on this port (the module's own API keeps running)."""
     env = stack.env.env(
-        FENCEX_PORT=str(port), FENCEX_HOST="127.0.0.1", FENCEX_ADMIN_KEY=ADMIN_KEY, FENCEX_APP_TILES_URL=tiles
+        FENCEX_PORT=str(port),
+        FENCEX_HOST="127.0.0.1",
+        FENCEX_ADMIN_KEY=ADMIN_KEY,
+        FENCEX_APP_TILES_URL=tiles,
+        **settings,
     )
     with (stack.env.tmp / f"api-{port}.log").open("ab") as log:
         proc = subprocess.Popen(
@@ -885,3 +889,228 @@ def test_an_animal_moving_inside_its_paddock_moves_on_the_map(farm, pages):
     while (after := offset()) and not (after[0] < before[0] - 20 and after[1] < before[1] - 20):
         assert time.monotonic() < deadline, f"the animal stayed at {before}: {after}"
         page.wait_for_timeout(100)
+
+
+# ---- review 13: a farmer in a field, and two people on one paddock ----
+
+# The event stream through a fetch whose bytes can stop without the connection closing: what a phone
+# sees in a dead spot (or behind a NAT that forgot it), where no error ever comes.
+FREEZABLE_STREAM = """(() => {
+  window.__streams = [];
+  const fetch0 = window.fetch;
+  window.fetch = async (input, init) => {
+    const r = await fetch0(input, init);
+    const url = typeof input === "string" ? input : input.url;
+    if (!url.includes("/events/stream") || !r.body) return r;
+    const reader = r.body.getReader();
+    const s = { frozen: false };
+    window.__streams.push(s);
+    const body = new ReadableStream({
+      async pull(c) {
+        const { done, value } = await reader.read();
+        if (s.frozen) return new Promise(() => {});
+        if (done) c.close(); else c.enqueue(value);
+      },
+      cancel(why) { return reader.cancel(why); },
+    });
+    return new Response(body, { status: r.status, statusText: r.statusText, headers: r.headers });
+  };
+})()"""
+ABORTED = re.compile(r"net::ERR_FAILED")  # what Chromium logs for a request the test aborts (a dead spot)
+
+
+def test_a_stream_gone_quiet_is_replaced(stack, farm, pages):
+    """The stream stops bringing bytes, with no error (a dead spot): the keep-alives stop too, so after
+    the configured silence the page drops it and reconnects with Last-Event-ID; the missed event shows."""
+    port = free_port()
+    start_api_on(stack, port, FENCEX_APP_STREAM_STALL_S="3")
+    app = pages(**DESKTOP)
+    page = app.page
+    page.add_init_script(FREEZABLE_STREAM)
+    page.goto(f"http://127.0.0.1:{port}/app/")
+    app.sign_in(farm.key)
+    app.tab("Feed")
+    farm.fix(farm.cow, *OUTSIDE_NORTH)
+    app.feed_shows("escaped from North", 10)
+    page.evaluate("window.__streams.forEach((s) => { s.frozen = true; })")
+    farm.fix(farm.cow, *INSIDE_NORTH)  # while the stream is silent
+    app.feed_shows("returned to North", 10)
+    page.locator("#conn[data-state='live']").wait_for()
+
+
+def test_a_dead_spot_while_the_farm_loads_is_retried(farm, pages):
+    """Signed in, but the fences' read fails once (the connection dropped): the page tries again by
+    itself and shows the farm, not an empty map with no word."""
+    app = pages(**DESKTOP)
+    app.ignored.append(ABORTED)
+    page = app.page
+    failed: list[str] = []
+
+    def once(route: Any) -> None:
+        if failed:
+            route.continue_()
+        else:
+            failed.append(route.request.url)
+            route.abort()
+
+    page.route(re.compile(r"/fences\?limit=1000"), once)
+    page.get_by_label("Farm API key").fill(farm.key)
+    page.get_by_role("button", name="Sign in").click()
+    page.locator(".fence-label", has_text="North").wait_for(timeout=8000)
+    page.locator("#conn[data-state='live']").wait_for()
+    assert failed
+
+
+def test_a_reload_in_a_dead_spot_keeps_the_key(farm, pages):
+    """The farmer reloads the page where there is no connection: the key stays in the tab, the page
+    says it is trying again, and the farm shows when the connection is back, with no key typed again."""
+    app = pages(**DESKTOP)
+    app.ignored.append(ABORTED)
+    page = app.page
+    app.sign_in(farm.key)
+    offline = re.compile(r"/(fences|alerts|events|occupancy|grazing|query|devices|mobs)\b")
+    page.route(offline, lambda route: route.abort())
+    page.reload()
+    page.get_by_role("alert").get_by_text("trying again").wait_for(timeout=5000)
+    assert page.evaluate("sessionStorage.length") == 1
+    page.unroute(offline)
+    page.locator(".fence-label", has_text="North").wait_for(timeout=8000)
+
+
+def test_a_key_pasted_with_spaces_and_invisible_characters_signs_in(farm, pages):
+    """A key copied from a message or a mail carries spaces, a no-break space, a zero-width space."""
+    app = pages(**PHONE)
+    page = app.page
+    page.get_by_label("Farm API key").fill(f" \u200b{farm.key}\u00a0\u200b ")
+    page.get_by_role("button", name="Sign in").click()
+    page.locator("#conn[data-state='live']").wait_for(timeout=5000)
+    assert page.evaluate("sessionStorage.getItem('fencex.key')") == farm.key
+
+
+def test_a_tap_on_a_neighbour_while_reshaping_keeps_the_reshape(farm, pages):
+    """Dragging North's corners, the farmer's finger lands on the paddock beside it: North's reshape
+    stays (the form too), it is not swapped for the neighbour and thrown away."""
+    east_ring = [[LON + 0.005, LAT], [LON + 0.007, LAT], [LON + 0.007, LAT + 0.002], [LON + 0.005, LAT + 0.002]]
+    farm.fence(f"east-{farm.id}", [*east_ring, east_ring[0]], name="East", kind="pasture")
+    app = pages(**DESKTOP)
+    page = app.page
+    app.sign_in(farm.key)
+    page.locator(".fence-label", has_text="East").wait_for(state="attached")
+    north = page.locator(".fence-label", has_text="North").bounding_box()  # a label lets clicks through
+    page.mouse.click(north["x"] + north["width"] / 2 - 50, north["y"] + north["height"] / 2)  # North, by its cow
+    page.get_by_role("button", name="Reshape").click()
+    page.locator(".marker-icon").first.wait_for()
+    east = page.locator(".fence-label", has_text="East").bounding_box()
+    page.mouse.click(east["x"] + east["width"] / 2, east["y"] + east["height"] / 2)
+    page.wait_for_timeout(300)
+    assert page.locator("#form-title").inner_text() == "Fence: North"
+    assert page.locator(".marker-icon").count() > 0  # still reshaping
+
+
+def test_saving_a_fence_someone_else_deleted(farm, pages):
+    """The farmer renames North while someone else deletes it: the save says so (no silent nothing),
+    and saving again puts the farmer's fence back."""
+    app = pages(**DESKTOP)
+    app.allowed |= {404, 412}
+    page = app.page
+    app.sign_in(farm.key)
+    app.tab("Fences")
+    page.locator("#fences button", has_text="North").click()
+    page.get_by_label("Name", exact=True).fill("North, kept")
+    assert farm.http.delete(f"/fences/{farm.north}").status_code == 204
+    page.get_by_role("button", name="Save").click()
+    page.locator("#form-error", has_text="deleted").wait_for(timeout=5000)
+    page.get_by_role("button", name="Save").click()
+    page.get_by_text("Saved North, kept (version 1).").wait_for()
+    assert farm.http.get(f"/fences/{farm.north}").json()["properties"]["name"] == "North, kept"
+
+
+def test_a_second_tap_on_save_on_a_slow_connection_saves_once(farm, pages):
+    """On a slow connection nothing seems to happen after Save, and the farmer taps it again: one
+    paddock, not two."""
+    app = pages(**DESKTOP)
+    page = app.page
+    held: list[Any] = []
+    page.route(re.compile(r"/fences$"), lambda route: held.append(route))  # the POST, held (a slow connection)
+    app.sign_in(farm.key)
+    page.locator(".leaflet-control-zoom-out").click()
+    page.wait_for_timeout(400)
+    app.tab("Fences")
+    page.get_by_role("button", name="Draw a fence").click()
+    draw(page, square_right_of(page, "path.fence-pasture"))
+    page.get_by_label("Name", exact=True).fill("Twice")
+    page.get_by_role("button", name="Save").click()
+    page.get_by_role("button", name="Save").click(force=True)  # again, as a finger does
+    page.wait_for_timeout(300)
+    for route in held:
+        route.continue_()
+    page.get_by_text("Saved Twice (version 1).").wait_for()
+    page.wait_for_timeout(500)
+    names = [f["properties"]["name"] for f in farm.http.get("/fences").json()["features"]]
+    assert names.count("Twice") == 1 and len(held) == 1
+
+
+def test_a_farms_names_are_shown_as_text_never_run(farm, pages):
+    """A fence's name and tags and a mob's name that hold markup (a hostile or careless import): the
+    label, the list, the form, the popup, the feed and the alerts show them as text; nothing runs
+    (the page's policy would log a refused inline handler, and the test fails on any console error)."""
+    evil = '<img src=x onerror="window.__xss=1">'
+    r = farm.http.patch(f"/fences/{farm.north}", json={"name": evil, "tags": [evil]})
+    assert r.status_code == 200, r.text
+    r = farm.http.put(f"/mobs/herd-{farm.cow}", json={"name": evil, "devices": [farm.cow], "fences": [farm.north]})
+    assert r.status_code == 200, r.text
+    app = pages(**DESKTOP)
+    page = app.page
+    app.sign_in(farm.key)
+    page.locator(".fence-label", has_text=evil).wait_for(state="attached")  # a long name: hidden where it does not fit
+    page.locator("path.animal").click()
+    page.locator(".animal-popup", has_text=f"in {evil}").wait_for()
+    app.tab("Fences")
+    page.locator("#fences button", has_text=evil).click()
+    page.locator("#f-mob-list label", has_text=evil).wait_for()
+    assert page.get_by_label("Tags (comma separated)").input_value() == evil
+    app.tab("Feed")
+    farm.fix(farm.cow, *OUTSIDE_NORTH)
+    app.feed_shows(f"escaped from {evil}", 10)
+    sync_api.expect(page).to_have_title("(1) fencex")
+    assert page.evaluate("window.__xss") is None and page.locator("body img").count() == 0
+
+
+def test_an_event_while_the_stream_connects_is_not_lost(farm, pages):
+    """The farm is read, then the stream connects (on a slow connection, seconds later): an escape in
+    between is in the feed and the alerts all the same."""
+    app = pages(**DESKTOP)
+    page = app.page
+    held: list[Any] = []
+    page.route(re.compile(r"/events/stream"), lambda route: held.append(route))  # the stream, slow to connect
+    page.get_by_label("Farm API key").fill(farm.key)
+    page.get_by_role("button", name="Sign in").click()
+    deadline = time.monotonic() + 10
+    while not held:  # the farm read, the stream asked for
+        assert time.monotonic() < deadline, "the page never asked for its stream"
+        page.wait_for_timeout(100)
+    farm.fix(farm.cow, *OUTSIDE_NORTH)
+    farm.wait_for(lambda: farm.http.get("/alerts").json()["alerts"])
+    held[0].continue_()
+    app.tab("Feed")
+    app.feed_shows("escaped from North", 5)
+    sync_api.expect(page).to_have_title("(1) fencex")
+
+
+def test_an_import_with_shapes_no_map_can_draw_lists_their_errors(farm, pages, tmp_path):
+    """A careless or hostile file: a geometry that is a string, a polygon of words. The errors are
+    listed, the good feature drawn, nothing thrown."""
+    app = pages(**DESKTOP)
+    app.allowed.add(422)
+    page = app.page
+    app.sign_in(farm.key)
+    app.tab("Fences")
+    bad = tmp_path / "careless.geojson"
+    words = {"type": "Polygon", "coordinates": [["a", "b", "c", "a"]]}
+    features = [{"type": "Feature", "geometry": g, "properties": {}} for g in ("x", words, GOOD)]
+    bad.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    page.locator("#import-file").set_input_files(str(bad))
+    page.locator("#import-result", has_text="feature 1: a missing geometry").wait_for()
+    page.locator("path.import-ok").wait_for()  # the good one, on the map
+    page.wait_for_timeout(300)
+    assert [f["id"] for f in farm.http.get("/fences").json()["features"]] == [farm.north]

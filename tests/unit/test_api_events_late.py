@@ -76,3 +76,13 @@ def test_the_history_shows_the_retract_before_its_replacement(query):
     got = [(e["type"], e.get("retracts"), e.get("late")) for e in r.json() if e["device_id"] == "cow"]
     assert got == [("enter", None, None), ("exit", None, None), ("retract", EXIT.event_id, None), ("exit", None, True)]
     assert r.json()[3]["ts"] == "2026-05-28T20:36:40.000Z"  # the late exit at its own fix's time
+
+
+def test_a_limit_gives_the_newest_events_of_a_long_history():
+    """The web app's feed starts with GET /events?limit=50: the farm's newest 50, however long its
+    history (it held 2,000 entries and more: the 50 after the oldest 1,950 came back)."""
+    events = [Event("enter", "farm", f"cow-{k}", "north", 1, T + k * 1000, 17.6, 59.8) for k in range(4500)]
+    r = get(History(events), "/events?limit=50")
+    assert r.status_code == 200, r.text
+    assert [e["device_id"] for e in r.json()] == [f"cow-{k}" for k in range(4450, 4500)]
+    assert len(get(History(events[:30]), "/events?limit=50").json()) == 30

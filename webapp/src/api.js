@@ -30,7 +30,7 @@ export class Api {
     const type = r.headers.get("content-type") || "";
     const data = r.status === 204 ? null : type.includes("json") ? await r.json() : await r.text();
     if (!r.ok) throw new ApiError(r.status, typeof data === "object" ? data : { detail: String(data) });
-    return { data, etag: r.headers.get("etag"), status: r.status };
+    return { data, etag: r.headers.get("etag"), status: r.status, date: r.headers.get("date") };
   }
 
   get(path) {

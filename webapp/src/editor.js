@@ -151,6 +151,11 @@ export class Editor {
   open(id) {
     if (this.editing(id)) return;
     if (this.map.pm.globalDrawModeEnabled() || this.map.pm.globalCutModeEnabled()) return; // a corner, not a choice
+    if (this.unsavedShape()) {
+      // a finger that lands on the next paddock while dragging corners: the shape stays, unsaved work is kept
+      $("form-error").textContent = "Save or cancel this shape first.";
+      return;
+    }
     const f = this.farm.fences.get(id);
     if (!f) return;
     this.close();
@@ -161,6 +166,26 @@ export class Editor {
     $("save").disabled = false;
     this.grazing();
     f.layer.getElement()?.classList.add("selected");
+  }
+
+  // A shape being reshaped, or drawn and not saved yet: choosing another fence would throw it away.
+  unsavedShape() {
+    const c = this.current;
+    if (!c || !c.layer) return false;
+    return c.id === null || Boolean(c.layer.pm && c.layer.pm.enabled());
+  }
+
+  // The fence was deleted by someone else meanwhile: the farmer's shape and form stay, as a new fence
+  // with the same id (Save puts it back).
+  deletedMeanwhile() {
+    const c = this.current;
+    this.farm.fences.delete(c.id);
+    c.id = null;
+    c.etag = null;
+    $("f-id").disabled = false;
+    $("delete").hidden = true;
+    $("fence-grazing").hidden = true;
+    $("form-error").textContent = "Someone else deleted this fence meanwhile: Save puts yours back.";
   }
 
   // The fence's grazing over the farm's last 7 days, per day (GET /fences/{id}/grazing).
@@ -249,9 +274,21 @@ export class Editor {
     return body;
   }
 
+  // One save at a time: on a slow connection a second tap on Save would write the fence twice.
   async save(force = null) {
     const c = this.current;
-    if (!c || !c.layer) return;
+    if (!c || !c.layer || this.saving) return;
+    this.saving = true;
+    $("save").disabled = true;
+    try {
+      await this.write(c, force);
+    } finally {
+      this.saving = false;
+      $("save").disabled = !(this.current && this.current.layer);
+    }
+  }
+
+  async write(c, force) {
     this.clearError();
     let props;
     try {
@@ -311,8 +348,19 @@ export class Editor {
       await this.refresh();
     } catch (e) {
       if (e instanceof ApiError && e.status === 412) {
+        let data, etag;
+        try {
+          ({ data, etag } = await this.farm.api.get(`/fences/${encodeURIComponent(c.id)}`));
+        } catch (e2) {
+          if (!(e2 instanceof ApiError && e2.status === 404)) return this.showError(e2);
+          this.current = null; // gone already: as the farmer wanted
+          f.layer.remove();
+          this.farm.fences.delete(c.id);
+          this.close();
+          $("edit-hint").textContent = `${f.feature.properties.name || c.id} was deleted by someone else already.`;
+          return;
+        }
         $("form-error").textContent = "Someone else changed this fence meanwhile: look again before deleting.";
-        const { data, etag } = await this.farm.api.get(`/fences/${encodeURIComponent(c.id)}`);
         f.feature = data;
         c.etag = f.etag = etag;
         this.fill(data.properties, c.id);
@@ -345,7 +393,13 @@ export class Editor {
 
   async conflict(mine) {
     const c = this.current;
-    const { data: theirs, etag } = await this.farm.api.get(`/fences/${encodeURIComponent(c.id)}`);
+    let theirs, etag;
+    try {
+      ({ data: theirs, etag } = await this.farm.api.get(`/fences/${encodeURIComponent(c.id)}`));
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 404) return this.deletedMeanwhile();
+      return this.showError(e);
+    }
     this.pending = { mine, theirs, etag };
     this.clearTheirs();
     this.theirs = L.geoJSON(theirs, { style: { className: "fence theirs", dashArray: "4 4", weight: 3 } }).addTo(this.map);
@@ -445,16 +499,20 @@ export class Editor {
     box.innerHTML = `<p>${escapeHtml(detail || `${errors.length} features of ${name} are invalid; nothing was imported`)}</p><ul>${errors
       .map((x) => `<li>feature ${x.feature + 1}: ${escapeHtml(x.message)}</li>`)
       .join("")}</ul>`;
-    this.importLayer = L.geoJSON(
-      { type: "FeatureCollection", features: collection.features.filter((f) => f.geometry) },
-      {
-        style: (f) => ({ className: byFeature.has(collection.features.indexOf(f)) ? "import-bad" : "import-ok", weight: 2 }),
-        onEachFeature: (f, layer) => {
-          const msg = byFeature.get(collection.features.indexOf(f));
-          if (msg) layer.bindTooltip(escapeHtml(msg), { permanent: true, className: "shape-error" });
-        },
-      },
-    ).addTo(this.map);
+    // one feature at a time: a shape the map cannot draw (a careless or hostile file) is left out, its
+    // error stays in the list, and the others are drawn
+    this.importLayer = L.featureGroup().addTo(this.map);
+    collection.features.forEach((f, i) => {
+      let layer;
+      try {
+        layer = L.geoJSON(f, { style: { className: byFeature.has(i) ? "import-bad" : "import-ok", weight: 2 } });
+      } catch {
+        return;
+      }
+      const msg = byFeature.get(i);
+      if (msg) layer.eachLayer((l) => l.bindTooltip(escapeHtml(msg), { permanent: true, className: "shape-error" }));
+      layer.addTo(this.importLayer);
+    });
     if (this.importLayer.getBounds().isValid()) this.map.fitBounds(this.importLayer.getBounds(), { maxZoom: 17 });
   }
 }

@@ -41,8 +41,11 @@ async function loadConfig() {
 async function signIn(key) {
   const api = new Api(key);
   try {
-    await api.get("/fences?limit=1");
-    return { role: "farm", api };
+    const { date } = await api.get("/fences?limit=1");
+    // the stream starts from here (the API's clock, a margin for its rounding to the second): an event
+    // while the farm loads is not lost between the reads and the stream; the feed drops the doubles
+    const t = Date.parse(date || "");
+    return { role: "farm", api, since: Number.isNaN(t) ? null : `${t - 2000}-0` };
   } catch (e) {
     if (!(e instanceof ApiError) || e.status !== 401) throw e;
   }
@@ -61,8 +64,12 @@ function signOut() {
   location.reload();
 }
 
+let started = false;
+
 async function start(key) {
-  const { role, api } = await signIn(key);
+  const { role, api, since } = await signIn(key);
+  if (started) return; // signed in meanwhile (the form, while a reload was trying again)
+  started = true;
   sessionStorage.setItem(KEY, key);
   $("signin").hidden = true;
   if (role === "admin") {
@@ -81,11 +88,11 @@ async function start(key) {
   farm.editor = new Editor(farm, { refresh: refreshFences, select: showTab });
   setupTabs();
   $("signout").addEventListener("click", signOut);
-  await refreshFences(true);
-  await loadAnimals();
+  await loadFarm();
   await refreshAlerts();
   await recentEvents();
-  farm.stop = follow(api, { onEvent, onStatus });
+  const stallMs = ((config.stream && config.stream.stall_s) || 45) * 1000;
+  farm.stop = follow(api, { onEvent, onStatus, stallMs, since });
   // fences changed elsewhere (another farmer, the API) carry no event: read them again now and then,
   // and when the page comes back to the front
   setInterval(() => document.visibilityState === "visible" && refreshFences().catch(() => {}), FENCES_EVERY_MS);
@@ -93,6 +100,30 @@ async function start(key) {
   document.addEventListener("visibilitychange", () => {
     if (document.visibilityState === "visible") refreshFences().catch(() => {});
   });
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// The fences and the animals, read again until they come (a dead spot while the farm loads: not an
+// empty map with no word, and no second sign-in over the map made already).
+async function loadFarm() {
+  for (let delay = 1000; ; delay = Math.min(delay * 2, 15000)) {
+    try {
+      await refreshFences(true);
+      await loadAnimals();
+      return;
+    } catch (e) {
+      onStatus("offline: trying again");
+      $("conn").title = e.message;
+      await sleep(delay);
+    }
+  }
+}
+
+// What a farmer pastes is not always only the key: spaces or a no-break space around it, a zero-width
+// space anywhere (from a message or a mail). A zero-width character is never part of a key.
+export function cleanKey(text) {
+  return text.replace(/[\u200b-\u200d\u2060\ufeff]/g, "").trim();
 }
 
 function onStatus(text) {
@@ -538,19 +569,38 @@ export function showTab(name) {
 $("signin").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   $("signin-error").textContent = "";
+  const key = cleanKey($("key").value);
+  if (/[^\x20-\x7e]/.test(key)) {
+    $("signin-error").textContent = "The key holds a character no key has: copy it again, or type it.";
+    return;
+  }
   try {
-    await start($("key").value.trim());
+    await start(key);
   } catch (e) {
     $("signin-error").textContent = e.message;
   }
 });
 
-const saved = sessionStorage.getItem(KEY);
-if (saved) {
-  start(saved).catch((e) => {
-    sessionStorage.removeItem(KEY);
-    $("signin").hidden = false;
-    $("app").hidden = true;
-    $("signin-error").textContent = e.message;
-  });
+// A reload (or the tab come back): the key kept in the tab signs in again. Only a refused key is
+// dropped; with no connection (a dead spot) the page says so and tries again.
+async function resume(key) {
+  for (let delay = 1000; ; delay = Math.min(delay * 2, 15000)) {
+    try {
+      return await start(key);
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 401) {
+        sessionStorage.removeItem(KEY);
+        $("signin").hidden = false;
+        $("app").hidden = true;
+        $("signin-error").textContent = e.message;
+        return;
+      }
+      $("signin").hidden = false;
+      $("signin-error").textContent = `No answer from fencex (${e.message}): trying again.`;
+      await sleep(delay);
+    }
+  }
 }
+
+const saved = sessionStorage.getItem(KEY);
+if (saved) resume(saved);

@@ -128,14 +128,15 @@ async def history(
     after = _since(since)
     out: list[dict[str, Any]] = []
     cursor = "-"
-    while len(out) < limit:
+    while True:  # the whole capped history (the newest `limit` are at its end), keeping only the last `limit`
         chunk = await store.history(tenant, cursor, 2000)
-        if not chunk:
-            break
         out.extend(e for _, e in chunk if _matches(e, device, fence, after))
+        del out[:-limit]
+        if len(chunk) < 2000:
+            break
         cursor = chunk[-1][0]
     state.metrics.queries.labels("events").inc()
-    return out[-limit:] if len(out) > limit else out
+    return out
 
 
 @router.get(

@@ -37,6 +37,13 @@ class RedisHistory(RedisConnection):
         return [(i.decode(), orjson.loads(f[b"e"])) for i, f in got]
 
     @guard
+    async def history_back(self, tenant: str, before: str = "+", count: int = 1000) -> list[tuple[str, dict[str, Any]]]:
+        """The history read backwards from the newest (or from before ``before``): newest first."""
+        end = before if before == "+" else f"({before}"
+        got = cast(StreamEntries, await self.redis.xrevrange(self.keys.events(tenant), max=end, min="-", count=count))
+        return [(i.decode(), orjson.loads(f[b"e"])) for i, f in got]
+
+    @guard
     async def last_event_id(self, tenant: str) -> str:
         got = cast(StreamEntries, await self.redis.xrevrange(self.keys.events(tenant), count=1))
         return got[0][0].decode() if got else "0-0"

@@ -55,11 +55,16 @@ class History:
         start = 0 if after == "-" else next(k for k, (i, _) in enumerate(self.entries) if i == after) + 1
         return self.entries[start : start + count]
 
+    async def history_back(self, tenant: str, before: str = "+", count: int = 1000) -> list[tuple[str, dict[str, Any]]]:
+        end = len(self.entries) if before == "+" else next(k for k, (i, _) in enumerate(self.entries) if i == before)
+        return self.entries[max(0, end - count) : end][::-1]
+
 
 def get(history: History, url: str) -> httpx.Response:
     edge = create_app(Settings(key_cache_s=0))
     edge.state.store.tenant_for_key = history.tenant_for_key  # type: ignore[method-assign]
     edge.state.store.history = history.history  # type: ignore[method-assign]
+    edge.state.store.history_back = history.history_back  # type: ignore[method-assign]
     edge.state.ready = True
 
     async def call() -> httpx.Response:

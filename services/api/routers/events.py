@@ -127,16 +127,15 @@ async def history(
 ) -> list[dict[str, Any]]:
     after = _since(since)
     out: list[dict[str, Any]] = []
-    cursor = "-"
-    while True:  # the whole capped history (the newest `limit` are at its end), keeping only the last `limit`
-        chunk = await store.history(tenant, cursor, 2000)
+    cursor = "+"
+    while len(out) < limit:  # backwards from the newest, until `limit` match or the history ends
+        chunk = await store.history_back(tenant, cursor, 2000)
         out.extend(e for _, e in chunk if _matches(e, device, fence, after))
-        del out[:-limit]
         if len(chunk) < 2000:
             break
         cursor = chunk[-1][0]
     state.metrics.queries.labels("events").inc()
-    return out
+    return out[:limit][::-1]  # oldest first
 
 
 @router.get(

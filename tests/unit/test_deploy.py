@@ -364,6 +364,33 @@ def test_compose_starts_in_order():
     assert "redis-data:/data" in services["redis"]["volumes"]
 
 
+def _stateful_paths(name: str, service: dict) -> list[str]:
+    """Where each stateful image keeps its data, as this compose file configures it (issue 14, item 6)."""
+    if name == "kafka":  # the apache/kafka image writes to /tmp/kafka-logs unless KAFKA_LOG_DIRS says
+        return str(service["environment"].get("KAFKA_LOG_DIRS", "/tmp/kafka-logs")).split(",")
+    if name == "redis":
+        return ["/data"]
+    if name == "prometheus":  # a command given replaces the image's, and with it its /prometheus default
+        paths = [a.split("=", 1)[1] for a in service.get("command", []) if a.startswith("--storage.tsdb.path=")]
+        return paths or ["/prometheus/data"]
+    if name == "grafana":
+        return [str(service.get("environment", {}).get("GF_PATHS_DATA", "/var/lib/grafana"))]
+    return []
+
+
+@pytest.mark.parametrize("name", ["kafka", "redis", "prometheus", "grafana"])
+def test_compose_keeps_every_stateful_path_on_a_named_volume(name):
+    """Recreating a container (an upgrade, `docker compose up` after a change) must not lose topics,
+    offsets, device state, the metrics' 7 days or Grafana's database."""
+    c = compose()
+    service = c["services"][name]
+    named = set(c.get("volumes") or {})
+    mounts = [str(v).split(":")[:2] for v in service.get("volumes", [])]
+    on_volumes = [target for source, target in mounts if source in named]
+    for path in _stateful_paths(name, service):
+        assert any(path == t or path.startswith(t.rstrip("/") + "/") for t in on_volumes), (name, path, mounts)
+
+
 def test_security_md_names_real_settings_with_their_defaults():
     """SECURITY.md's limits are the settings' own: each FENCEX_ name it gives is a setting, and a
     table row that names one shows its default."""

@@ -493,6 +493,7 @@ def test_a_lost_connection_resumes_with_last_event_id(stack, farm, pages):
     app.ignored.append(
         re.compile(r"net::ERR_(CONNECTION_REFUSED|CONNECTION_RESET|INCOMPLETE_CHUNKED_ENCODING)")
     )  # the API killed
+    app.allowed.add(503)  # the API back on its address answers 503 until it is ready (its readiness)
     page = app.page
     streams: list[dict[str, str]] = []
     page.on("request", lambda r: "/events/stream" in r.url and streams.append(r.headers))

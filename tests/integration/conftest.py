@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,6 +205,23 @@ def wait_api(base: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
             pass
         time.sleep(0.1)
     raise AssertionError("the API did not become ready")
+
+
+@contextmanager
+def two_farms(live: Env, **env: str) -> Iterator:
+    """An API started on ``live`` (with ``env``) and a client for it, with two farms, ``farm-a`` and
+    ``farm-b``: their auth headers are ``client.a`` and ``client.b``; ``client.live`` is ``live``."""
+    import httpx
+
+    proc, base = live.start_api(**env)
+    wait_api(base, proc)
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    with httpx.Client(base_url=base, timeout=10) as client:
+        for farm in ("a", "b"):
+            key = client.post("/admin/tenants", json={"id": f"farm-{farm}"}, headers=admin).json()["api_key"]
+            setattr(client, farm, {"Authorization": f"Bearer {key}"})
+        client.live = live  # type: ignore[attr-defined]
+        yield client
 
 
 def metric(port: int, name: str) -> float:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import httpx
 import pytest
 
 from fencex.detector import DeviceState
@@ -20,8 +19,8 @@ from fencex.pipeline import process
 from fencex.store.grazing import GRAZING_TTL_S, IN_A_THREAD, GrazingRow
 from fencex.store.redis import RedisStore
 from fencex.track import Track
-from tests.integration.conftest import run, wait_api
-from tests.integration.test_api import ADMIN, FAR, feature, is_problem
+from tests.integration.conftest import run, two_farms
+from tests.integration.test_api import FAR, feature, is_problem
 
 pytestmark = pytest.mark.integration
 MIN = 60_000
@@ -34,18 +33,11 @@ def ms(iso: str) -> int:
 
 @pytest.fixture
 def api(live):
-    proc, base = live.start_api()
-    wait_api(base, proc)
-    with httpx.Client(base_url=base, timeout=10) as client:
-        a = client.post("/admin/tenants", json={"id": "farm-a"}, headers=ADMIN).json()["api_key"]
-        b = client.post("/admin/tenants", json={"id": "farm-b"}, headers=ADMIN).json()["api_key"]
-        client.a = {"Authorization": f"Bearer {a}"}  # type: ignore[attr-defined]
-        client.b = {"Authorization": f"Bearer {b}"}  # type: ignore[attr-defined]
+    with two_farms(live) as client:
         assert client.post("/fences", json=feature("north", name="North paddock"), headers=client.a).status_code == 201
         assert client.post("/fences", json=feature("b-field", geometry=FAR), headers=client.b).status_code == 201
         settings = {"timezone": "Europe/Stockholm", "silence_s": 3600, "max_speed_mps": 100}
         assert client.put("/herd/settings", json=settings, headers=client.a).status_code == 200
-        client.live = live  # type: ignore[attr-defined]
         yield client
 
 

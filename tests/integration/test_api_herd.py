@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import pytest
 
 from fencex.detector import DeviceState
 from fencex.event import Event
 from fencex.store.redis import RedisStore
-from tests.integration.conftest import wait_api
+from tests.integration.conftest import two_farms
 from tests.integration.test_api import ADMIN, FAR, feature, is_problem
 
 pytestmark = pytest.mark.integration
@@ -20,13 +19,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def api(live):
-    proc, base = live.start_api(FENCEX_MAX_DEVICES_PER_MOB="3", FENCEX_MAX_MOBS_PER_TENANT="3")
-    wait_api(base, proc)
-    with httpx.Client(base_url=base, timeout=10) as client:
-        a = client.post("/admin/tenants", json={"id": "farm-a"}, headers=ADMIN).json()["api_key"]
-        b = client.post("/admin/tenants", json={"id": "farm-b"}, headers=ADMIN).json()["api_key"]
-        client.a = {"Authorization": f"Bearer {a}"}  # type: ignore[attr-defined]
-        client.b = {"Authorization": f"Bearer {b}"}  # type: ignore[attr-defined]
+    with two_farms(live, FENCEX_MAX_DEVICES_PER_MOB="3", FENCEX_MAX_MOBS_PER_TENANT="3") as client:
         assert client.post("/fences", json=feature("north"), headers=client.a).status_code == 201
         pond = feature("pond", geometry=FAR, kind="exclusion")
         assert client.post("/fences", json=pond, headers=client.a).status_code == 201
@@ -34,7 +27,6 @@ def api(live):
         for cow in ("cow-1", "cow-2", "cow-3", "cow-4"):
             assert client.put(f"/devices/{cow}", headers=client.a).status_code == 200
         assert client.put("/devices/b-cow", headers=client.b).status_code == 200
-        client.live = live  # type: ignore[attr-defined]
         yield client
 
 

@@ -20,8 +20,8 @@ from fencex.store.base import SaveWrites
 from fencex.store.redis import RedisStore
 from fencex.stream.history import HistoryWriter
 from fencex.track import Track, append_bytes
-from tests.integration.conftest import run, wait_api
-from tests.integration.test_api import ADMIN, is_problem
+from tests.integration.conftest import run, two_farms
+from tests.integration.test_api import is_problem
 
 pytestmark = pytest.mark.integration
 HOUR = 3_600_000
@@ -30,14 +30,7 @@ T0 = 1_780_000_000_000
 
 @pytest.fixture
 def api(live):
-    proc, base = live.start_api()
-    wait_api(base, proc)
-    with httpx.Client(base_url=base, timeout=10) as client:
-        a = client.post("/admin/tenants", json={"id": "farm-a"}, headers=ADMIN).json()["api_key"]
-        b = client.post("/admin/tenants", json={"id": "farm-b"}, headers=ADMIN).json()["api_key"]
-        client.a = {"Authorization": f"Bearer {a}"}  # type: ignore[attr-defined]
-        client.b = {"Authorization": f"Bearer {b}"}  # type: ignore[attr-defined]
-        client.live = live  # type: ignore[attr-defined]
+    with two_farms(live) as client:
         yield client
 
 

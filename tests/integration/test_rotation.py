@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
-import httpx
 import orjson
 import pytest
 
@@ -16,8 +15,8 @@ from fencex.event import event_id
 from fencex.fence import Fence
 from fencex.schedule import Schedule
 from fencex.store.redis import RedisStore
-from tests.integration.conftest import events_of, read, run, wait_api, wait_ready
-from tests.integration.test_api import ADMIN, FAR, feature, is_problem
+from tests.integration.conftest import events_of, read, run, two_farms, wait_ready
+from tests.integration.test_api import FAR, feature, is_problem
 
 pytestmark = pytest.mark.integration
 
@@ -30,13 +29,7 @@ WEEK = {
 
 @pytest.fixture
 def api(live):
-    proc, base = live.start_api()
-    wait_api(base, proc)
-    with httpx.Client(base_url=base, timeout=10) as client:
-        a = client.post("/admin/tenants", json={"id": "farm-a"}, headers=ADMIN).json()["api_key"]
-        b = client.post("/admin/tenants", json={"id": "farm-b"}, headers=ADMIN).json()["api_key"]
-        client.a = {"Authorization": f"Bearer {a}"}  # type: ignore[attr-defined]
-        client.b = {"Authorization": f"Bearer {b}"}  # type: ignore[attr-defined]
+    with two_farms(live) as client:
         yield client
 
 

@@ -111,6 +111,8 @@ def test_the_dockerfile_installs_the_service_lock_checked_against_its_hashes():
     installs = re.findall(r"^RUN (/venv/bin/pip install .+)$", build, re.M)
     assert installs[0] == "/venv/bin/pip install --require-hashes -r requirements/service.lock"
     assert "COPY requirements/service.lock ./requirements/" in build
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert not [p for p in ignored if p.strip("/*").startswith("requirements")], "the lock reaches the build"
     # fencex alone after it, taking nothing more from the index; pip check fails the build on a gap
     assert installs[1] == "/venv/bin/pip install --no-deps . && /venv/bin/pip check"
     assert len(installs) == 2, "no other package reaches the image"

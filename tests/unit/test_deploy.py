@@ -322,13 +322,13 @@ def test_one_dockerfile_builds_every_service():
     assert base and re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base.group(1)), "a pinned base image"
     assert re.search(r"^ARG SERVICE$", stages["preamble"], re.M), "the service is a build argument"
     assert stages["build"].startswith("FROM ${PYTHON_IMAGE} AS build")
-    assert '".[service]"' in stages["build"]  # only what the services need
+    assert "-r requirements/service.lock" in stages["build"]  # only what the services need (tests/unit/test_images.py)
     # the web app is built in a node stage; only its output reaches the package (package data) and images
     node = re.search(r"^ARG NODE_IMAGE=(\S+)", stages["preamble"], re.M)
     assert node and re.fullmatch(r"node:\d+\.\d+\.\d+-bookworm-slim", node.group(1)), "a pinned node image"
     assert "npm ci" in stages["webapp"] and "npm run build" in stages["webapp"]
     assert "COPY --from=webapp /src/services/api/static/app ./services/api/static/app" in stages["build"]
-    assert stages["build"].index("static/app") < stages["build"].index("pip install")
+    assert stages["build"].index("static/app") < stages["build"].index("pip install --no-deps .")
     assert stages["runtime"].startswith("FROM ${PYTHON_IMAGE} AS runtime")  # no build tools or sources
     assert "COPY --from=build /venv /venv" in stages["runtime"]
     assert instruction("runtime", "USER") == "10001:10001"

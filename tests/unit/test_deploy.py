@@ -30,6 +30,7 @@ CRDS = {
     ("keda.sh/v1alpha1", "ScaledObject"),
     ("monitoring.coreos.com/v1", "PodMonitor"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"),  # checked in tests/unit/test_gateway.py
 }
 K8S_VERSION = "1.30.0"
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
@@ -131,7 +132,6 @@ def test_manifests_validate_against_kubernetes_schemas(overlay):
         "StatefulSet",
         "Deployment",
         "HorizontalPodAutoscaler",
-        "Ingress",
         "PodDisruptionBudget",
         "NetworkPolicy",
     }

@@ -3,7 +3,9 @@ kustomize component; Server-Sent Events pass either way with no deadline and no 
 
 The HTTPRoute is checked against the HTTPRoute CRD of Gateway API as released (standard channel,
 deploy/schema/crds/), closed the way the API server's strict field validation closes it (an unknown
-field is an error), plus the one CEL rule of the fields we set (backendRequest <= request).
+field is an error), with the CRD's defaults and every CEL rule (x-kubernetes-validations) the route
+meets, written out in Python below (HTTPROUTE_CEL, keyed by the rule's exact text: a rule the table
+lacks is an error). tests/unit/test_deploy_crds.py can take the same table for its own CEL forms.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from jsonschema import Draft4Validator, ValidationError, validators
 
 from services.api.routers.events import KEEP_ALIVE_S
 from tests.unit.test_deploy import K8S_VERSION, OVERLAYS, named, objects
@@ -70,14 +74,194 @@ def duration_s(text: str) -> float:
     return sum(int(n) * units[u] for n, u in parts)
 
 
+# ------------------------------------------------------------------ the CRD's CEL rules, in Python
+# `self` is the node the rule sits on, after the API server applied the CRD's defaults (below);
+# has(x.f) is "f in x"; CEL's __namespace__ is the field namespace.
+
+Doc = dict[str, Any]
+DEFAULT_MATCH = {"path": {"type": "PathPrefix", "value": "/"}}
+
+
+def _parent(p: Doc) -> tuple[str, str, str, str]:
+    return (p.get("group", "gateway.networking.k8s.io"), p.get("kind", "Gateway"), p["name"], p.get("namespace", ""))
+
+
+def _exists_one(items: list[Any], pred: Callable[[Any], bool]) -> bool:
+    return sum(1 for x in items if pred(x)) == 1
+
+
+def _replace_prefix(f: Doc, kind: str) -> bool:
+    path = f.get(kind, {}).get("path", {})
+    return kind in f and "path" in f[kind] and path.get("type") == "ReplacePrefixMatch" and "replacePrefixMatch" in path
+
+
+def _one_prefix_match(rule: Doc) -> bool:
+    matches = rule.get("matches", [DEFAULT_MATCH])
+    return len(matches) == 1 and "path" in matches[0] and matches[0]["path"].get("type", "PathPrefix") == "PathPrefix"
+
+
+def _path_rule(check: Callable[[str], bool]) -> Callable[[Doc], bool]:
+    return lambda p: check(p.get("value", "/")) if p.get("type", "PathPrefix") in ("Exact", "PathPrefix") else True
+
+
+HTTPROUTE_CEL: dict[str, Callable[[Any], bool]] = {
+    "self.all(p1, self.all(p2, p1.group == p2.group && p1.kind == p2.kind && p1.name == p2.name && "
+    "(((!has(p1.__namespace__) || p1.__namespace__ == '') && (!has(p2.__namespace__) || p2.__namespace__ == '')) || "
+    "(has(p1.__namespace__) && has(p2.__namespace__) && p1.__namespace__ == p2.__namespace__ )) ? "
+    "((!has(p1.sectionName) || p1.sectionName == '') == (!has(p2.sectionName) || p2.sectionName == '')) : true))": (
+        lambda refs: all(
+            bool(p1.get("sectionName")) == bool(p2.get("sectionName"))
+            for p1 in refs
+            for p2 in refs
+            if _parent(p1) == _parent(p2)
+        )
+    ),
+    "self.all(p1, self.exists_one(p2, p1.group == p2.group && p1.kind == p2.kind && p1.name == p2.name && "
+    "(((!has(p1.__namespace__) || p1.__namespace__ == '') && (!has(p2.__namespace__) || p2.__namespace__ == '')) || "
+    "(has(p1.__namespace__) && has(p2.__namespace__) && p1.__namespace__ == p2.__namespace__ )) && "
+    "(((!has(p1.sectionName) || p1.sectionName == '') && (!has(p2.sectionName) || p2.sectionName == '')) || "
+    "(has(p1.sectionName) && has(p2.sectionName) && p1.sectionName == p2.sectionName))))": (
+        lambda refs: all(
+            _exists_one(
+                refs,
+                lambda p2, p1=p1: _parent(p1) == _parent(p2) and p1.get("sectionName", "") == p2.get("sectionName", ""),
+            )
+            for p1 in refs
+        )
+    ),
+    "(size(self.group) == 0 && self.kind == 'Service') ? has(self.port) : true": (
+        lambda b: "port" in b if b.get("group", "") == "" and b.get("kind", "Service") == "Service" else True
+    ),
+    "(self.type in ['Exact','PathPrefix']) ? self.value.startsWith('/') : true": _path_rule(
+        lambda v: v.startswith("/")
+    ),
+    "(self.type in ['Exact','PathPrefix']) ? !self.value.contains('//') : true": _path_rule(lambda v: "//" not in v),
+    "(self.type in ['Exact','PathPrefix']) ? !self.value.contains('/./') : true": _path_rule(lambda v: "/./" not in v),
+    "(self.type in ['Exact','PathPrefix']) ? !self.value.contains('/../') : true": _path_rule(
+        lambda v: "/../" not in v
+    ),
+    "(self.type in ['Exact','PathPrefix']) ? !self.value.contains('%2f') : true": _path_rule(lambda v: "%2f" not in v),
+    "(self.type in ['Exact','PathPrefix']) ? !self.value.contains('%2F') : true": _path_rule(lambda v: "%2F" not in v),
+    "(self.type in ['Exact','PathPrefix']) ? !self.value.contains('#') : true": _path_rule(lambda v: "#" not in v),
+    "(self.type in ['Exact','PathPrefix']) ? !self.value.endsWith('/..') : true": _path_rule(
+        lambda v: not v.endswith("/..")
+    ),
+    "(self.type in ['Exact','PathPrefix']) ? !self.value.endsWith('/.') : true": _path_rule(
+        lambda v: not v.endswith("/.")
+    ),
+    "self.type in ['Exact','PathPrefix'] || self.type == 'RegularExpression'": (
+        lambda p: p.get("type", "PathPrefix") in ("Exact", "PathPrefix", "RegularExpression")
+    ),
+    "(self.type in ['Exact','PathPrefix']) ? self.value.matches("
+    'r"""^(?:[-A-Za-z0-9/._~!$&\'()*+,;=:@]|[%][0-9a-fA-F]{2})+$""") : true': (
+        _path_rule(lambda v: re.search(r"^(?:[-A-Za-z0-9/._~!$&'()*+,;=:@]|[%][0-9a-fA-F]{2})+$", v) is not None)
+    ),
+    "!(has(self.request) && has(self.backendRequest) && duration(self.request) != duration('0s') && "
+    "duration(self.backendRequest) > duration(self.request))": (
+        lambda t: (
+            not (
+                "request" in t
+                and "backendRequest" in t
+                and duration_s(t["request"]) != 0
+                and duration_s(t["backendRequest"]) > duration_s(t["request"])
+            )
+        )
+    ),
+    "(has(self.backendRefs) && size(self.backendRefs) > 0) ? "
+    "(!has(self.filters) || self.filters.all(f, !has(f.requestRedirect))): true": (
+        lambda r: all("requestRedirect" not in f for f in r.get("filters", [])) if r.get("backendRefs") else True
+    ),
+    "(has(self.filters) && self.filters.exists_one(f, has(f.requestRedirect) && has(f.requestRedirect.path) && "
+    "f.requestRedirect.path.type == 'ReplacePrefixMatch' && has(f.requestRedirect.path.replacePrefixMatch))) ? "
+    "((size(self.matches) != 1 || !has(self.matches[0].path) || self.matches[0].path.type != 'PathPrefix') ? "
+    "false : true) : true": (
+        lambda r: (
+            _one_prefix_match(r)
+            if _exists_one(r.get("filters", []), lambda f: _replace_prefix(f, "requestRedirect"))
+            else True
+        )
+    ),
+    "(has(self.filters) && self.filters.exists_one(f, has(f.urlRewrite) && has(f.urlRewrite.path) && "
+    "f.urlRewrite.path.type == 'ReplacePrefixMatch' && has(f.urlRewrite.path.replacePrefixMatch))) ? "
+    "((size(self.matches) != 1 || !has(self.matches[0].path) || self.matches[0].path.type != 'PathPrefix') ? "
+    "false : true) : true": (
+        lambda r: (
+            _one_prefix_match(r)
+            if _exists_one(r.get("filters", []), lambda f: _replace_prefix(f, "urlRewrite"))
+            else True
+        )
+    ),
+    "(has(self.backendRefs) && self.backendRefs.exists_one(b, (has(b.filters) && b.filters.exists_one(f, "
+    "has(f.requestRedirect) && has(f.requestRedirect.path) && f.requestRedirect.path.type == 'ReplacePrefixMatch' "
+    "&& has(f.requestRedirect.path.replacePrefixMatch))) )) ? ((size(self.matches) != 1 || "
+    "!has(self.matches[0].path) || self.matches[0].path.type != 'PathPrefix') ? false : true) : true": (
+        lambda r: (
+            _one_prefix_match(r)
+            if _exists_one(
+                r.get("backendRefs", []),
+                lambda b: _exists_one(b.get("filters", []), lambda f: _replace_prefix(f, "requestRedirect")),
+            )
+            else True
+        )
+    ),
+    "(has(self.backendRefs) && self.backendRefs.exists_one(b, (has(b.filters) && b.filters.exists_one(f, "
+    "has(f.urlRewrite) && has(f.urlRewrite.path) && f.urlRewrite.path.type == 'ReplacePrefixMatch' && "
+    "has(f.urlRewrite.path.replacePrefixMatch))) )) ? ((size(self.matches) != 1 || !has(self.matches[0].path) || "
+    "self.matches[0].path.type != 'PathPrefix') ? false : true) : true": (
+        lambda r: (
+            _one_prefix_match(r)
+            if _exists_one(
+                r.get("backendRefs", []),
+                lambda b: _exists_one(b.get("filters", []), lambda f: _replace_prefix(f, "urlRewrite")),
+            )
+            else True
+        )
+    ),
+    " + ".join(f"(self.size() > {i} ? self[{i}].matches.size() : 0)" for i in range(16)) + " <= 128": (
+        lambda rules: sum(len(r.get("matches", [DEFAULT_MATCH])) for r in rules[:16]) <= 128
+    ),
+}
+
+
+def _cel(validator: Any, rules: list[Doc], instance: Any, schema: Doc) -> Iterator[ValidationError]:
+    for rule in rules:
+        check = HTTPROUTE_CEL.get(rule["rule"])
+        if check is None:
+            yield ValidationError(f"a CEL rule not written out in HTTPROUTE_CEL: {rule['rule']}")
+            continue
+        try:
+            passed = check(instance)
+        except (AssertionError, KeyError, TypeError, ValueError) as e:  # CEL: an error, and the rule fails
+            yield ValidationError(f"{rule['rule']} cannot be evaluated ({e!r})")
+            continue
+        if not passed:
+            yield ValidationError(rule.get("message") or f"fails {rule['rule']}")
+
+
+RouteValidator = validators.extend(Draft4Validator, {"x-kubernetes-validations": _cel})
+
+
 def validate_route(route: dict[str, Any]) -> None:
     group, version = route["apiVersion"].split("/")
     assert group == crd()["spec"]["group"] and route["kind"] == crd()["spec"]["names"]["kind"]
-    jsonschema.validate(route, served_schema(version))
-    for rule in route["spec"]["rules"]:  # the CRD's CEL rule on timeouts
-        t = rule.get("timeouts", {})
-        if "request" in t and "backendRequest" in t and duration_s(t["request"]) != 0:
-            assert duration_s(t["backendRequest"]) <= duration_s(t["request"]), t
+    schema = served_schema(version)
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in RouteValidator(schema).iter_errors(route)]
+    if errors:
+        raise ValidationError("\n".join(errors))
+
+
+def cel_rules(node: Any) -> set[str]:
+    if isinstance(node, dict):
+        found = {r["rule"] for r in node.get("x-kubernetes-validations", [])}
+        return found.union(*(cel_rules(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(cel_rules(v) for v in node))
+    return set()
+
+
+def test_every_cel_rule_written_out_is_the_crds_word_for_word():
+    (v1,) = [v for v in crd()["spec"]["versions"] if v["name"] == "v1"]
+    assert set(HTTPROUTE_CEL) <= cel_rules(v1["schema"]["openAPIV3Schema"])
 
 
 def test_the_crd_is_gateway_api_standard_channel_as_released_with_its_licence():
@@ -148,8 +332,16 @@ def test_the_crd_check_catches_a_broken_route():
     with pytest.raises(jsonschema.ValidationError):
         validate_route(route)
     route = copy.deepcopy(named("prod", "HTTPRoute", "api"))
-    route["spec"]["rules"][1]["timeouts"] = {"request": "10s", "backendRequest": "20s"}
-    with pytest.raises(AssertionError):
+    route["spec"]["rules"][1]["timeouts"] = {"request": "10s", "backendRequest": "20s"}  # a CEL rule
+    with pytest.raises(ValidationError, match="backendRequest timeout cannot be longer than request"):
+        validate_route(route)
+    route = copy.deepcopy(named("prod", "HTTPRoute", "api"))
+    route["spec"]["rules"][0]["matches"][0]["path"]["value"] = "/events//stream"
+    with pytest.raises(ValidationError, match="must not contain '//'"):
+        validate_route(route)
+    route = copy.deepcopy(named("prod", "HTTPRoute", "api"))
+    route["spec"]["parentRefs"].append(dict(route["spec"]["parentRefs"][0]))
+    with pytest.raises(ValidationError, match="sectionName must be unique"):
         validate_route(route)
 
 

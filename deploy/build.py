@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).parent
 ALERTS = HERE / "prometheus" / "alerts.yml"
 RULE = HERE / "k8s" / "base" / "prometheus-rule.yaml"
 R = "[1m]"
+# The processes, selected by the label both setups add at scrape time (fencex_service: processor,
+# api), never by job: compose's job is "fencex-processor", a PodMonitor's "<namespace>/processor".
+PROCESSOR = 'fencex_service="processor"'
+FENCEX = 'fencex_service!=""'
 
-DASHBOARDS: dict[str, dict] = {
+DASHBOARDS: dict[str, dict[str, Any]] = {
     "throughput": {
         "title": "fencex / Throughput",
         "panels": [
@@ -88,8 +93,8 @@ DASHBOARDS: dict[str, dict] = {
     "availability": {
         "title": "fencex / Availability",
         "panels": [
-            ("Processes up", "up", [('up{job=~"fencex-.*"}', "{{job}} {{instance}}")]),
-            ("Workers processing", "workers", [("sum(fencex_worker_up)", "workers")]),
+            ("Processes up", "up", [("up{" + FENCEX + "}", "{{fencex_service}} {{instance}}")]),
+            ("Workers processing", "workers", [("sum(fencex_worker_up) or vector(0)", "workers")]),
             (
                 "API success ratio (not 5xx)",
                 "ratio",
@@ -144,7 +149,7 @@ DASHBOARDS: dict[str, dict] = {
     "scaling": {
         "title": "fencex / Scaling",
         "panels": [
-            ("Workers alive", "workers", [('count(up{job="fencex-processor"} == 1)', "workers")]),
+            ("Workers alive", "workers", [("count(up{" + PROCESSOR + "} == 1) or vector(0)", "workers")]),
             ("Partitions per worker", "partitions", [("fencex_partitions_assigned", "{{instance}}")]),
             (
                 "Consumer lag per partition",
@@ -155,12 +160,12 @@ DASHBOARDS: dict[str, dict] = {
             (
                 "CPU per process",
                 "cores",
-                [('rate(process_cpu_seconds_total{job=~"fencex-.*"}' + R + ")", "{{job}} {{instance}}")],
+                [("rate(process_cpu_seconds_total{" + FENCEX + "}" + R + ")", "{{fencex_service}} {{instance}}")],
             ),
             (
                 "Memory per process",
                 "bytes",
-                [('process_resident_memory_bytes{job=~"fencex-.*"}', "{{job}} {{instance}}")],
+                [("process_resident_memory_bytes{" + FENCEX + "}", "{{fencex_service}} {{instance}}")],
             ),
             (
                 "Fences loaded and index version",
@@ -258,7 +263,7 @@ def expressions() -> list[str]:
     return [expr for d in DASHBOARDS.values() for _t, _u, targets in d["panels"] for expr, _l in targets]
 
 
-def grafana(uid: str, spec: dict) -> dict:
+def grafana(uid: str, spec: dict[str, Any]) -> dict[str, Any]:
     panels = []
     for i, (title, unit, targets) in enumerate(spec["panels"]):
         panels.append(

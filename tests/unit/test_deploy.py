@@ -147,7 +147,6 @@ def test_manifests_validate_against_kubernetes_schemas(overlay):
         "StatefulSet",
         "Deployment",
         "HorizontalPodAutoscaler",
-        "Ingress",
         "PodDisruptionBudget",
         "NetworkPolicy",
     }

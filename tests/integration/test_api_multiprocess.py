@@ -150,17 +150,18 @@ def test_a_dead_process_keeps_its_counts_and_loses_its_gauges(live, tmp_path):
 
     os.kill(victim, signal.SIGKILL)  # a crash: no goodbye; granian starts another process
     deadline = time.monotonic() + 20
-    while True:
+    while True:  # until the new process is ready and has written its gauges (the victim's are forgotten)
         workers = children(proc.pid)
-        if len(workers) == 2 and victim not in workers:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-        assert time.monotonic() < deadline, "granian did not replace the killed process"
+        try:
+            samples = scrape(base)
+        except httpx.HTTPError:
+            samples = {}
+        gauges = set(per_process(folder, "gauge_livemin"))
+        if len(workers) == 2 and victim not in workers and gauges == workers and value(samples, "fencex_api_up") == 1:
+            break
+        assert time.monotonic() < deadline, f"processes {workers}, gauges of {gauges} (killed: {victim})"
         time.sleep(0.1)
-    asyncio.run(_queries(base, key, N))
+    assert asyncio.run(_queries(base, key, N)) == [["north"]] * N
 
     samples = settle(base, lambda s: point_queries(s) >= 2 * N and value(s, "fencex_api_fences_loaded") == 1)
     # the dead process's counts stay in the sum (counters never go back) ...

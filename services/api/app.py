@@ -10,11 +10,12 @@ from contextlib import asynccontextmanager
 import orjson
 from fastapi import FastAPI
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, disable_created_metrics, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, disable_created_metrics, generate_latest, values
 
 from fencex.errors import StoreUnavailable
 from fencex.follower import FenceFollower
 from fencex.kafka.producer import Producer
+from fencex.shared_metrics import SharedMetrics
 from fencex.store.redis import RedisStore
 from services.api.fastpath import ApiEdge, flat_routes, role_of
 from services.api.openapi import install as install_openapi
@@ -35,7 +36,7 @@ from services.api.routers import (
 )
 from services.api.schema import FixIn
 from services.api.settings import Settings
-from services.api.state import ApiCollector, ApiState, PullMetrics
+from services.api.state import GAUGE_MODES, ApiCollector, ApiState, PullMetrics
 from services.api.webapp import web_app
 
 log = logging.getLogger("fencex.api")
@@ -64,14 +65,19 @@ def create_app(settings: Settings) -> ApiEdge:
         metrics,
     )
     registry.register(ApiCollector(state))
+    shared = _shared(settings, registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tasks = [asyncio.create_task(_start(state)), asyncio.create_task(state.hub.run())]
+        if shared is not None:
+            tasks.append(asyncio.create_task(shared.run(settings.metrics_flush_s)))
         yield
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if shared is not None:
+            shared.close()
         if state.broker_ok:
             await state.producer.stop()
         await store.close()
@@ -158,7 +164,8 @@ def create_app(settings: Settings) -> ApiEdge:
         responses={200: {"content": {"text/plain": {"example": 'fencex_queries_total{kind="point"} 42.0\n'}}}},
     )
     async def metrics_page() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        body = generate_latest(registry) if shared is None else shared.scrape()  # every process's, if several
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     def role(method: str, path: str) -> str | None:
         for r in flat_routes(app.routes):
@@ -169,6 +176,21 @@ def create_app(settings: Settings) -> ApiEdge:
     install_openapi(app, role, (FixIn,), {"Event": events.EVENT_COMPONENT})
     app.mount("/app", web_app(settings), name="app")  # the farmers' web app: static files, no key needed
     return ApiEdge(app, state)
+
+
+def _shared(settings: Settings, registry: CollectorRegistry) -> SharedMetrics | None:
+    """With several processes, this one's part of the metrics they share (see fencex.shared_metrics)."""
+    if settings.workers <= 1:
+        return None
+    if not settings.metrics_dir:
+        raise RuntimeError(
+            "FENCEX_WORKERS is over 1 but FENCEX_METRICS_DIR is not set: start the API with python -m services.api"
+        )
+    if values.ValueClass._multiprocess:
+        raise RuntimeError(
+            "PROMETHEUS_MULTIPROC_DIR is set: unset it; the API's processes share their metrics in FENCEX_METRICS_DIR"
+        )
+    return SharedMetrics(registry, settings.metrics_dir, GAUGE_MODES)
 
 
 async def _start(state: ApiState) -> None:

@@ -28,7 +28,11 @@ class Settings(ServiceSettings):
     key_cache_s: float = 10.0  # a revoked key may still work this long on other API processes
     host: str = "0.0.0.0"
     port: int = 8000
-    workers: int = 1  # API processes (granian workers)
+    workers: int = 1  # API processes (granian workers); over 1, one scrape of /metrics answers for all of them
+    # Where the processes share their metrics (workers > 1): a folder of this API's own (emptied at start), best
+    # on a tmpfs; empty: a new temporary folder. python -m services.api hands it to its processes.
+    metrics_dir: str = ""
+    metrics_flush_s: float = Field(default=1.0, gt=0)  # a scrape sees the other processes' counts this old at most
     # The web app's background map (/app): a raster tile URL ({z}/{x}/{y}) and its attribution; empty: a plain
     # background (fences, animals and a scale still show). Satellite imagery: see the README.
     app_tiles_url: str = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"

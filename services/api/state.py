@@ -23,6 +23,14 @@ from services.api.hub import EventHub
 from services.api.settings import Settings
 
 log = logging.getLogger("fencex.api")
+# How the API's gauges add up when it runs as several processes (FENCEX_WORKERS > 1; fencex.shared_metrics)
+GAUGE_MODES = {
+    "fencex_sse_clients": "livesum",
+    "fencex_api_up": "livemin",  # 1 only while every process is ready
+    "fencex_api_fences_loaded": "livemin",  # the process furthest behind
+    "fencex_api_index_version": "livemin",
+    "fencex_api_fences_quarantined": "livemax",
+}
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 

@@ -8,198 +8,36 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
-from jsonschema import Draft4Validator, FormatChecker, ValidationError, validators
 
+from tests.unit.crdschema import (
+    CRD_DIR,
+    EVALUATED,
+    RULES_NOT_CHECKED,
+    SKIPPED_TRANSITION,
+    TYPED_FORMATS,
+    Doc,
+    KubernetesValidator,
+    as_json_schema,
+    compiled,
+    crd_files,
+    custom_errors,
+    rules_in,
+    served,
+    types,
+    with_defaults,
+)
 from tests.unit.test_deploy import K8S_VERSION, OVERLAYS, ROOT, built_in, compose, named, objects, rendered
 
-Doc = dict[str, Any]  # a YAML mapping: a manifest, a schema node
-
-CRD_DIR = ROOT / "deploy" / "schema" / "crds"
 SHARED_CRDS = ROOT.parent / "shared" / "crds"  # the released CRDs the issue names, beside the checkout
 
 # The Kafka versions Strimzi 1.2.0 runs and the KRaft metadata version it pairs with each (the
 # `supported: true` entries of kafka-versions.yaml at its 1.2.0 tag; 4.3.1 is its default).
 STRIMZI_KAFKA = {"4.2.0": "4.2-IV1", "4.2.1": "4.2-IV1", "4.3.0": "4.3-IV0", "4.3.1": "4.3-IV0"}
-
-# The CEL rules (x-kubernetes-validations) of the vendored CRDs, written out in Python: no CEL
-# evaluator is installed. A rule met on a rendered object and missing here fails the test.
-CEL: dict[str, Callable[[Any], bool]] = {
-    # KEDA ScaledObject .spec
-    "!has(self.minReplicaCount) || self.minReplicaCount <= "
-    "(has(self.maxReplicaCount) ? self.maxReplicaCount : 100)": lambda s: (
-        "minReplicaCount" not in s or s["minReplicaCount"] <= s.get("maxReplicaCount", 100)
-    ),
-    # Strimzi Kafka .spec.kafka.rack (a field CEL reads that is absent is an error, so the rule fails)
-    '(has(self.type) && self.type != "topology-label") || self.topologyKey != ""': lambda s: (
-        s.get("type", "topology-label") != "topology-label" or s.get("topologyKey") not in (None, "")
-    ),
-    'has(self.type) == false || self.type != "environment-variable" || self.envVarName != ""': lambda s: (
-        s.get("type") != "environment-variable" or s.get("envVarName") not in (None, "")
-    ),
-    # Strimzi .metricsConfig
-    "self.type != 'jmxPrometheusExporter' || has(self.valueFrom)": lambda s: (
-        s["type"] != "jmxPrometheusExporter" or "valueFrom" in s
-    ),
-    "self.type != 'strimziMetricsReporter'": lambda s: s["type"] != "strimziMetricsReporter",
-}
-
-
-def group_version(api_version: str) -> tuple[str, str]:
-    group, _, version = api_version.rpartition("/")
-    return group, version
-
-
-# ------------------------------------------------------------- CRDs to JSON Schema
-
-
-@cache
-def crd_files() -> list[tuple[Path, Doc]]:
-    found = []
-    for path in sorted(CRD_DIR.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc:
-                found.append((path, doc))
-    return found
-
-
-@cache
-def served() -> dict[tuple[str, str, str], Doc]:
-    """(group, version, kind) -> the openAPIV3Schema of every served version of every CRD there."""
-    schemas: dict[tuple[str, str, str], Doc] = {}
-    for path, crd in crd_files():
-        if crd.get("kind") != "CustomResourceDefinition":
-            continue  # a release's install file may carry more (Gateway API's: a ValidatingAdmissionPolicy)
-        assert crd["apiVersion"] == "apiextensions.k8s.io/v1", f"{path.name}: {crd['apiVersion']}"
-        spec = crd["spec"]
-        for version in spec["versions"]:
-            if version["served"]:
-                key = (spec["group"], version["name"], spec["names"]["kind"])
-                assert key not in schemas, f"{path.name}: a second CRD serves {key}"
-                schemas[key] = version["schema"]["openAPIV3Schema"]
-    return schemas
-
-
-def as_json_schema(node: Doc, prune: bool = True) -> Doc:
-    """A structural schema (OpenAPI v3.0 with Kubernetes' extensions) as a draft-4 JSON Schema that
-    accepts what the API server keeps and nothing it would prune:
-
-    - `x-kubernetes-int-or-string`: an integer or a string, whatever else the node says;
-    - `nullable`: null as well;
-    - an object keeps only its `properties` (the server prunes any other field; here it is an
-      error), unless `additionalProperties` gives a schema for the rest or
-      `x-kubernetes-preserve-unknown-fields` keeps them; `x-kubernetes-embedded-resource` keeps
-      apiVersion, kind and metadata;
-    - value validations (`allOf`, `anyOf`, `oneOf`, `not`) add no fields in a structural schema, so
-      their branches are checked as written, without pruning (``prune=False``);
-    - `x-kubernetes-validations` and `x-kubernetes-list-type` stay, checked by the keywords below."""
-    out: Doc = {}
-    for key, value in node.items():
-        if key == "properties":
-            out[key] = {name: as_json_schema(sub, prune) for name, sub in value.items()}
-        elif key in ("items", "additionalProperties") and isinstance(value, dict):
-            out[key] = as_json_schema(value, prune)
-        elif key in ("allOf", "anyOf", "oneOf"):
-            out[key] = [as_json_schema(sub, prune=False) for sub in value]
-        elif key == "not":
-            out[key] = as_json_schema(value, prune=False)
-        else:
-            out[key] = value
-    if node.get("x-kubernetes-int-or-string"):
-        out["type"] = ["integer", "string"]
-    if node.get("nullable"):
-        types = out.get("type", [])
-        out["type"] = [*([types] if isinstance(types, str) else types), "null"]
-        if "enum" in out:
-            out["enum"] = [*out["enum"], None]
-    if (
-        prune
-        and node.get("type") == "object"
-        and not node.get("x-kubernetes-preserve-unknown-fields")
-        and "additionalProperties" not in node
-    ):
-        out["additionalProperties"] = False
-        if node.get("x-kubernetes-embedded-resource"):
-            kept = {"apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"}}
-            out["properties"] = {**kept, **out.get("properties", {})}
-    return out
-
-
-def _cel(validator: Any, rules: list[Doc], instance: Any, schema: Doc) -> Iterator[ValidationError]:
-    for rule in rules:
-        check = CEL.get(rule["rule"])
-        if check is None:
-            yield ValidationError(f"a CEL rule this test cannot evaluate (add it to CEL): {rule['rule']}")
-            continue
-        try:
-            passed = check(instance)
-        except (TypeError, KeyError) as e:  # CEL: no such key, or no such overload: the rule fails
-            yield ValidationError(f"{rule['rule']} cannot be evaluated ({e!r})")
-            continue
-        if not passed:
-            yield ValidationError(rule.get("message") or f"fails {rule['rule']}")
-
-
-def _list_type(validator: Any, list_type: str, instance: Any, schema: Doc) -> Iterator[ValidationError]:
-    if not isinstance(instance, list):
-        return
-    if list_type == "set" and len({repr(item) for item in instance}) != len(instance):
-        yield ValidationError(f"x-kubernetes-list-type set has duplicates: {instance!r}")
-    if list_type == "map":
-        keys = schema.get("x-kubernetes-list-map-keys", [])
-        seen = [tuple(item.get(k) for k in keys) for item in instance if isinstance(item, dict)]
-        if len(set(seen)) != len(seen):
-            yield ValidationError(f"x-kubernetes-list-type map has two items with the keys {keys}: {seen}")
-
-
-def _integer_format(bits: int) -> Callable[[object], bool]:
-    def check(value: object) -> bool:
-        return not isinstance(value, int) or -(2 ** (bits - 1)) <= value < 2 ** (bits - 1)
-
-    return check
-
-
-FORMATS = FormatChecker()
-FORMATS.checks("int32")(_integer_format(32))
-FORMATS.checks("int64")(_integer_format(64))
-KubernetesValidator = validators.extend(
-    Draft4Validator, {"x-kubernetes-validations": _cel, "x-kubernetes-list-type": _list_type}
-)
-
-
-@cache
-def validator_for(group: str, version: str, kind: str) -> Any:
-    schema = copy.deepcopy(served()[(group, version, kind)])
-    schema = as_json_schema(schema)
-    # the API server checks metadata itself (ObjectMeta), whatever the CRD says: see custom_errors
-    schema["properties"]["metadata"] = {"type": "object"}
-    return KubernetesValidator(schema, format_checker=FORMATS)
-
-
-def custom_errors(obj: Doc) -> list[str]:
-    """Why the API server, with the vendored CRDs installed, would reject or prune part of obj."""
-    group, version = group_version(obj["apiVersion"])
-    key = (group, version, obj["kind"])
-    if key not in served():
-        offered = sorted(v for g, v, k in served() if (g, k) == (group, obj["kind"]))
-        return [f"no CRD in deploy/schema/crds serves {key} (served versions of that kind: {offered})"]
-    where = f"{obj['kind']} {obj.get('metadata', {}).get('name')}"
-    errors = [
-        f"{where}: {'/'.join(map(str, e.absolute_path)) or '.'}: {e.message}"
-        for e in validator_for(*key).iter_errors(obj)
-    ]
-    try:  # ObjectMeta as Kubernetes' own schema has it, strictly (no unknown fields)
-        wrapper = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": obj["metadata"]}
-        kubernetes_validate.validate(wrapper, K8S_VERSION, strict=True)
-    except kubernetes_validate.ValidationError as e:
-        errors.append(f"{where}: metadata: {e.message}")
-    return errors
 
 
 def custom_resources(overlay: str) -> list[Doc]:
@@ -231,21 +69,35 @@ def test_each_vendored_crd_carries_its_licence() -> None:
     assert {"Kafka", "KafkaNodePool", "KafkaTopic", "ScaledObject", "PodMonitor", "PrometheusRule"} <= kinds
 
 
-def test_every_cel_rule_written_out_is_one_of_the_crds() -> None:
-    """The Python forms above stay tied to the rules the CRDs carry."""
-    rules: set[str] = set()
+def schema_nodes(node: Any) -> Iterator[Doc]:
+    """Every schema node at or under node."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from schema_nodes(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from schema_nodes(value)
 
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            rules.update(r["rule"] for r in node.get("x-kubernetes-validations", []))
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
 
-    walk([crd for _, crd in crd_files()])
-    assert set(CEL) <= rules, set(CEL) - rules
+def rule_texts(kind: str) -> set[str]:
+    return {r["rule"] for (_, _, k), schema in served().items() if k == kind for _, _, r in rules_in(schema)}
+
+
+def test_every_cel_rule_of_the_crds_can_run_here() -> None:
+    """Every CEL rule of every served version compiles, calls only functions celpy or
+    crdschema.EXTENSIONS has, and reads no string that Kubernetes would give CEL as another type."""
+    problems = []
+    for (_, version, kind), schema in served().items():
+        for path, node, rule in rules_in(schema):
+            if problem := compiled(rule["rule"]).problem:
+                problems.append(f"{kind} {version} {path}: {problem}")
+            for sub in schema_nodes(node):
+                if sub.get("format") in TYPED_FORMATS and "string" in types(sub):
+                    problems.append(f"{kind} {version} {path}: a rule reads a string of format {sub['format']}")
+    assert not problems, "\n".join(problems)
+    # prometheus-operator's CRDs, KafkaTopic and KafkaNodePool carry no CEL rule
+    assert {k for (_, _, k) in served() if rule_texts(k)} == {"HTTPRoute", "ScaledObject", "Kafka"}
 
 
 # ------------------------------------------------------- custom resources vs CRDs
@@ -261,9 +113,15 @@ def test_every_custom_resource_validates_against_its_crd(overlay: str) -> None:
         "ScaledObject",
         "PodMonitor",
         "PrometheusRule",
+        "HTTPRoute",
     }
+    EVALUATED.clear()
+    SKIPPED_TRANSITION.clear()
     errors = [e for obj in found for e in custom_errors(obj)]
     assert not errors, "\n".join(errors)
+    for kind in ("HTTPRoute", "ScaledObject"):  # their objects meet CEL rules, and the rules ran
+        assert rule_texts(kind) & set(EVALUATED), f"no CEL rule of {kind} ran"
+    assert not SKIPPED_TRANSITION, "no rule of today's CRDs reads oldSelf"
 
 
 OLD_KAFKA = """
@@ -372,6 +230,167 @@ def test_what_the_schema_leaves_open_stays_open() -> None:
     pool = _pool()
     pool["spec"]["resources"]["requests"]["cpu"] = 2
     assert custom_errors(kafka) == [] and custom_errors(pool) == []
+
+
+def _route() -> Doc:
+    return copy.deepcopy(named("prod", "HTTPRoute", "api"))
+
+
+def _redirect_beside_backends(route: Doc) -> None:
+    assert len(route["spec"]["rules"]) == 2 and route["spec"]["rules"][1]["backendRefs"]
+    route["spec"]["rules"][1]["filters"] = [
+        {"type": "RequestRedirect", "requestRedirect": {"scheme": "https", "statusCode": 301}}
+    ]
+
+
+# Objects the structural schema takes and a CEL rule of the CRD refuses, one or more per CRD family
+# with rules (prometheus-operator's CRDs, KafkaTopic and KafkaNodePool have none): the errors are
+# the rules' alone, each with the rule's message.
+CEL_CAUGHT: dict[str, tuple[Callable[[], Doc], str]] = {
+    "HTTPRoute: a RequestRedirect filter beside backendRefs in the second rule": (
+        lambda: _broken(_redirect_beside_backends, _route),
+        "RequestRedirect filter must not be used together with backendRefs",
+    ),
+    "HTTPRoute: a backend timeout (1s) longer than the request's (500ms)": (
+        lambda: _broken(_set("spec/rules/1/timeouts", {"request": "500ms", "backendRequest": "1s"}), _route),
+        "backendRequest timeout cannot be longer than request timeout",
+    ),
+    # the rule reads group and kind, which the route leaves to the CRD's defaults ("" and Service)
+    "HTTPRoute: a Service backend without a port": (
+        lambda: _broken(lambda o: o["spec"]["rules"][0]["backendRefs"][0].pop("port"), _route),
+        "Must have port for Service reference",
+    ),
+    "ScaledObject: more minimum than maximum replicas": (
+        lambda: _broken(_set("spec/minReplicaCount", 13), _scaled),
+        "minReplicaCount must be less than or equal to maxReplicaCount",
+    ),
+    "Kafka: rack by topology label (the default type) with an empty key": (
+        lambda: _broken(_set("spec/kafka/rack", {"topologyKey": ""}), _kafka),
+        "topologyKey property is required",
+    ),
+    "Kafka: a JMX exporter without its configuration": (
+        lambda: _broken(_set("spec/kafka/metricsConfig", {"type": "jmxPrometheusExporter"}), _kafka),
+        "valueFrom property is required",
+    ),
+    # CEL reads an absent field as an error, not as "": the rule has no value and the object is refused
+    "Kafka: rack with no topology key at all": (
+        lambda: _broken(_set("spec/kafka/rack", {}), _kafka),
+        "spec/kafka/rack: CEL rule cannot be evaluated (no such member in mapping: 'topologyKey')",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CEL_CAUGHT))
+def test_a_cel_rule_catches_what_the_schema_lets_through(case: str) -> None:
+    make, expected = CEL_CAUGHT[case]
+    errors = custom_errors(make())
+    assert any(expected in e for e in errors), errors
+    assert all("CEL rule" in e for e in errors), errors
+
+
+def test_after_a_blocking_schema_error_no_rule_runs() -> None:
+    """As the API server: a maximum that is a string (a type error) leaves KEDA's replica rule
+    unchecked, and the errors say so."""
+    scaled = _broken(_set("spec/maxReplicaCount", "12"), _scaled)
+    scaled["spec"]["minReplicaCount"] = 13
+    errors = custom_errors(scaled)
+    assert any("'12' is not of type 'integer'" in e for e in errors), errors
+    assert any(RULES_NOT_CHECKED in e for e in errors), errors
+    assert not any("CEL rule" in e for e in errors), errors
+
+
+# ------------------------------------------------------------ the CEL evaluation itself
+
+
+def cel_errors(schema: Doc, instance: Any) -> list[str]:
+    """What crdschema's validator says of instance under a small structural schema of our own."""
+    validator = KubernetesValidator(as_json_schema(schema))
+    return [e.message for e in validator.iter_errors(with_defaults(instance, schema))]
+
+
+def _obj(rule: str, properties: Doc, **more: Any) -> Doc:
+    return {
+        "type": "object",
+        "properties": properties,
+        "x-kubernetes-validations": [{"rule": rule, **more}],
+        "required": [],
+    }
+
+
+STRING: Doc = {"type": "string"}
+INT: Doc = {"type": "integer"}
+
+# (schema, instance, the error expected, or None for none), one Kubernetes rule each
+CEL_SEMANTICS: dict[str, tuple[Doc, Any, str | None]] = {
+    # property names escaped (examples of the CRD validation rules documentation)
+    "a keyword is __keyword__": (_obj("self.__namespace__ > 0", {"namespace": INT}), {"namespace": 1}, None),
+    "- is __dash__": (_obj("self.x__dash__prop > 0", {"x-prop": INT}), {"x-prop": 0}, "failed rule"),
+    "__ is __underscores__": (_obj("self.redact__underscores__d > 0", {"redact__d": INT}), {"redact__d": 1}, None),
+    ". and / are __dot__ and __slash__": (
+        _obj("self.a__dot__b == self.c__slash__d", {"a.b": STRING, "c/d": STRING}),
+        {"a.b": "x", "c/d": "x"},
+        None,
+    ),
+    "a map's keys are not escaped": (
+        {"type": "object", "additionalProperties": INT, "x-kubernetes-validations": [{"rule": "self['x-y'] == 1"}]},
+        {"x-y": 1},
+        None,
+    ),
+    # presence
+    "has() of an absent field is false": (_obj("!has(self.a)", {"a": STRING}), {}, None),
+    "a null field is absent": (_obj("!has(self.a)", {"a": {"type": "string", "nullable": True}}), {"a": None}, None),
+    "a preserved unknown field is not visible": (
+        {
+            "type": "object",
+            "x-kubernetes-preserve-unknown-fields": True,
+            "x-kubernetes-validations": [{"rule": "!has(self.b)"}],
+        },
+        {"b": 1},
+        None,
+    ),
+    "a default is there before the rule runs": (
+        _obj("self.a == 'x'", {"a": {"type": "string", "default": "x"}}),
+        {},
+        None,
+    ),
+    "reading an absent field is an error": (_obj("self.a == ''", {"a": STRING}), {}, "cannot be evaluated"),
+    # messages
+    "message": (_obj("self.a > 0", {"a": INT}, message="a must be positive"), {"a": 0}, "a must be positive"),
+    "messageExpression before message": (
+        _obj("self.a > 0", {"a": INT}, message="static", messageExpression="'a is ' + string(self.a)"),
+        {"a": -2},
+        "a is -2",
+    ),
+    "the server's text without a message": (_obj("self.a > 0", {"a": INT}), {"a": 0}, "failed rule: self.a > 0"),
+    # rules that cannot run are failures naming the rule, never skips
+    "a rule that does not compile": (_obj("self.a >", {"a": INT}), {"a": 1}, "does not compile"),
+    "a function nobody implemented": (
+        _obj("self.a.lowerAscii() == 'a'", {"a": STRING}),
+        {"a": "A"},
+        "calls ['lowerAscii'], which neither celpy nor EXTENSIONS has",
+    ),
+    "a rule that is no predicate": (_obj("self.a", {"a": INT}), {"a": 1}, "not a bool"),
+    # transition rules read oldSelf: the server runs them on update only; everything here is a create
+    "a transition rule is skipped": (_obj("self.a == oldSelf.a", {"a": INT}), {"a": 1}, None),
+}
+
+
+@pytest.mark.parametrize("case", list(CEL_SEMANTICS))
+def test_cel_rules_run_as_kubernetes_runs_them(case: str) -> None:
+    schema, instance, expected = CEL_SEMANTICS[case]
+    errors = cel_errors(schema, instance)
+    if expected is None:
+        assert errors == []
+    else:
+        assert len(errors) == 1 and expected in errors[0], errors
+        assert schema["x-kubernetes-validations"][0]["rule"] in errors[0], "the error names the rule"
+
+
+def test_transition_rules_are_counted_when_skipped() -> None:
+    SKIPPED_TRANSITION.clear()
+    schema, instance, _ = CEL_SEMANTICS["a transition rule is skipped"]
+    assert cel_errors(schema, instance) == []
+    assert SKIPPED_TRANSITION == {"self.a == oldSelf.a": 1}
 
 
 # ------------------------------------------------------------ Kafka (item 1)

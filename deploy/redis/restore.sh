@@ -16,7 +16,11 @@
 # wrote the snapshot (REDIS_SERVER, REDIS_CLI override the names). POSIX sh (busybox).
 set -eu
 
-die() { echo "restore: $*" >&2; exit 1; }
+die() {
+    echo "restore: $*" >&2
+    if [ -n "${stage:-}" ] && [ -f "$stage/restore.log" ]; then tail -n 20 "$stage/restore.log" >&2; fi
+    exit 1
+}
 
 [ $# -ge 1 ] || die "usage: restore.sh BACKUP.rdb [DATA_DIR]"
 rdb=$1
@@ -28,13 +32,18 @@ cli=${REDIS_CLI:-redis-cli}
 
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 stage="$data/.restore-$stamp"
-mkdir "$stage" || die "$stage exists: another restore is running, or left it behind"
+if ! mkdir "$stage"; then
+    busy=$stage stage=
+    die "$busy exists: another restore is running, or left it behind"
+fi
 run=$(mktemp -d)  # the socket's path must stay short (108 bytes)
 sock="$run/redis.sock"
 pid=
-cleanup() {
+moving=
+cleanup() {  # on failure before the move, nothing is left behind (the log's tail was printed)
     if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
     rm -rf "$run"
+    if [ -z "$moving" ]; then rm -rf "$stage"; fi
 }
 trap cleanup EXIT
 cp "$rdb" "$stage/dump.rdb"
@@ -45,9 +54,9 @@ start() {  # start a private redis-server on the staging directory: $1 is append
     pid=$!
     tries=0
     until [ "$("$cli" -s "$sock" ping 2>/dev/null)" = PONG ]; do  # LOADING ... until it has read its files
-        kill -0 "$pid" 2>/dev/null || die "redis-server exited; its log: $stage/restore.log"
+        kill -0 "$pid" 2>/dev/null || die "redis-server exited (its log follows)"
         tries=$((tries + 1))
-        [ "$tries" -lt 3000 ] || die "redis-server did not load within 10 minutes; its log: $stage/restore.log"
+        [ "$tries" -lt 3000 ] || die "redis-server did not load within 10 minutes (its log follows)"
         sleep 0.2
     done
 }
@@ -72,7 +81,7 @@ while [ "$(field aof_rewrite_in_progress)" != 0 ] || [ "$(field aof_rewrite_sche
     [ "$tries" -lt 3000 ] || die "the append-only file was not written within 10 minutes"
     sleep 0.2
 done
-[ "$(field aof_last_bgrewrite_status)" = ok ] || die "writing the append-only file failed; its log: $stage/restore.log"
+[ "$(field aof_last_bgrewrite_status)" = ok ] || die "writing the append-only file failed (its log follows)"
 stop
 rm "$stage/dump.rdb"
 
@@ -81,6 +90,7 @@ again=$("$cli" -s "$sock" dbsize)
 stop
 [ "$again" = "$keys" ] || die "the new append-only file loads $again keys, the snapshot has $keys"
 
+moving=1
 aside="$data/.replaced-$stamp"
 mkdir "$aside"
 for f in "$data"/appendonly.aof* "$data"/appendonlydir "$data"/dump.rdb; do

@@ -346,3 +346,34 @@ def test_restore_refuses_a_snapshot_that_does_not_load_and_leaves_the_data_alone
     assert done.returncode != 0 and "restore:" in done.stderr
     assert (data / "appendonly.aof").read_bytes() == b"*1\r\n$8\r\nFLUSHALL\r\n"
     assert sorted(p.name for p in data.iterdir()) == ["appendonly.aof"], "nothing moved, nothing left behind"
+
+
+def test_a_save_behind_on_redis_lost_claim_claims_again_unless_another_worker_owns_one(redis_server):
+    """A host crash (up to a second of writes) or a restore can take back a worker's own partition
+    claim: Redis then holds an older generation than the saver's. The save is refused as
+    GenerationsLost (the worker claims again), not Fenced (it would wait for a rebalance that never
+    comes). A partition with a newer owner still fences the whole save, whatever else was lost."""
+    import uuid
+
+    from fencex.errors import Fenced, GenerationsLost
+
+    async def main(url: str) -> None:
+        store = RedisStore(url, f"fx{uuid.uuid4().hex[:8]}")
+        await store.connect()
+        try:
+            gens = await store.claim_partitions(TOPIC, [0, 1])
+            mine = {(TOPIC, p): g for p, g in gens.items()}
+            state = {"cow-1": DeviceState("farm", T0, 17.605, 59.805)}
+            await store.redis.decr(store.keys.generation(TOPIC, 1))  # the claim the crash lost
+            with pytest.raises(GenerationsLost):
+                await store.save_packed(store.pack_save(state, [], None, mine))
+            assert await store.load_states(["cow-1"]) == {}  # nothing written
+            await store.claim_partitions(TOPIC, [0])  # and partition 0 has a newer owner
+            with pytest.raises(Fenced) as refused:
+                await store.save_packed(store.pack_save(state, [], None, mine))
+            assert not isinstance(refused.value, GenerationsLost)
+            assert await store.load_states(["cow-1"]) == {}
+        finally:
+            await store.close()
+
+    asyncio.run(main(f"redis://{redis_server.address}/0"))

@@ -52,3 +52,29 @@ def test_a_worker_behind_a_newer_owner_is_still_fenced():
             await w.kill()
 
     run(main())
+
+
+def test_a_save_refused_for_a_while_is_sent_again_not_replayed():
+    """Redis at its maxmemory (or restarting) refuses a save: the checkpoint, serialised and
+    idempotent (its token), is sent again with backoff while the worker waits, instead of going
+    back to the committed offsets and publishing every event since then again (measured with a
+    60 s limit: eleven copies of each event on average). Same events, each once."""
+    from fencex.errors import StoreUnavailable
+    from tests.unit.test_loop import NORTH, delivered_ids, expected_ids, track
+
+    async def main():
+        broker, store = Broker(), FakeStore()
+        fixes = track(broker)
+        w = Worker(broker, store, NORTH)
+        await w.start([0, 1, 2, 3])
+        store.fail("save_packed", StoreUnavailable("OOM command not allowed"), times=5)
+        w.run()
+        await until(lambda: broker.committed == broker.end_offsets())
+        await w.kill()
+        delivered = delivered_ids(broker)
+        assert set(delivered) == expected_ids(fixes)
+        assert sorted(delivered) == sorted(set(delivered)), "an event published twice"
+        assert w.metrics.store_errors._value.get() >= 5
+        assert w.metrics.reconnects.labels("redis")._value.get() == 0  # no reload: nothing replayed
+
+    run(main())

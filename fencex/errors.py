@@ -14,7 +14,7 @@ redis-py, aiokafka or confluent-kafka exception classes::
     ├── InAnotherMob                 a device is in another mob of its farm already (HTTP 409)
     ├── VersionConflict              If-Match no longer matches (HTTP 412)
     ├── Fenced                       a state save refused: its partitions have a newer owner
-    │   └── GenerationsLost          ... or none: their generations are gone (Redis restarted empty)
+    │   └── GenerationsLost          ... or none: their generations are gone or behind (Redis lost writes)
     ├── CorruptRecord                stored bytes that do not read (a track cut short or damaged)
     ├── Unavailable                  a server does not answer
     │   ├── StoreUnavailable         Redis
@@ -82,8 +82,9 @@ class Fenced(FencexError):
 
 
 class GenerationsLost(Fenced):
-    """A worker's save was refused because its partitions' generations are gone (Redis restarted empty):
-    no newer owner, nothing to wait for; the worker claims its partitions again."""
+    """A worker's save was refused because its partitions' generations are gone or older than the
+    worker's own claim (Redis lost writes: restarted empty, a host crash, a restore): no newer owner,
+    nothing to wait for; the worker claims its partitions again."""
 
 
 class CorruptRecord(FencexError, ValueError):

@@ -193,7 +193,10 @@ class RedisDevices(RedisFeed):
             return []
         got = await self._save_batch(args=[blob])
         if int(got[0]) == -2:
-            raise GenerationsLost("the save was refused: the partitions' generations are gone (Redis lost its data)")
+            raise GenerationsLost(
+                "the save was refused: the partitions' generations are gone or behind this worker's claim "
+                "(Redis lost writes)"
+            )
         if int(got[0]) < 0:
             raise Fenced("the save was refused: another worker owns these partitions now")
         return [(got[i].decode(), int(got[i + 1])) for i in range(1, len(got), 2)]

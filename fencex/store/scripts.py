@@ -21,9 +21,11 @@ return added
 # Save one batch's device states, positions and memberships in one atomic step.
 # The client sends a single msgpack blob: packing a command of 100,000 arguments
 # in redis-py's pure-Python encoder cost more than the rest of the batch.
-# d[5] holds the saver's partition generations (key, gen, ...): if any is no longer
-# the stored one, another worker owns the partition now and nothing is written ({-1}; {-2}
-# when a generation is not there at all: Redis lost its data).
+# d[5] holds the saver's partition generations (key, gen, ...): if any stored one is newer,
+# another worker owns the partition now and nothing is written ({-1}); else if any is missing
+# or older than the saver's (only lost writes make it older: Redis restarted empty, a host
+# crash took back the last second, a restore), nothing is written either and the saver claims
+# its partitions again ({-2}): no other worker can own them, or it would have raised them.
 # d[6] is the save's token: a save that ran already (its reply lost, the client sent it
 # again) writes nothing twice ({0}): APPEND and HINCRBY are not idempotent.
 # d[7] the tracks: {device id (the key is d[12] .. id), whole (or false), to append, anchor,
@@ -38,11 +40,13 @@ return added
 SAVE_BATCH = """
 local d = cmsgpack.unpack(ARGV[1])
 local gens = d[5]
+local lost = false
 for i = 1, #gens, 2 do
-  local gen = redis.call('GET', gens[i])
-  if not gen then return {-2} end  -- gone (Redis restarted empty): the saver claims again
-  if tonumber(gen) ~= gens[i + 1] then return {-1} end
+  local gen = tonumber(redis.call('GET', gens[i]) or '-1')
+  if gen > gens[i + 1] then return {-1} end  -- a newer owner: fenced, whatever else was lost
+  if gen < gens[i + 1] then lost = true end  -- gone or behind the saver's own claim
 end
+if lost then return {-2} end
 if d[6] ~= '' and not redis.call('SET', d[6], '1', 'NX', 'EX', 3600) then return {0} end
 local function chunked(cmd, key, flat, width)
   local step = width * math.floor(6000 / width)

@@ -47,3 +47,4 @@ class LoopSettings:
     trims_per_flush: int = 20  # long tracks read, trimmed and rewritten per flush at most
     late_budget_ms: float = 20.0  # time spent merging held late fixes per flush (the rest wait for the next)
     late_max: int = 100_000  # late fixes held at most: past it, all are merged at the next step
+    save_retry_s: float = 30.0  # a save Redis refuses is sent again for this long before the worker reloads

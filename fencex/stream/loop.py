@@ -23,9 +23,10 @@ saved are stale and skipped, the others give the same events again, with the sam
 fence change runs only on states just saved (the checkpoint is flushed first).
 
 Errors: a server that does not answer (``Unavailable``) is retried with backoff
-(:func:`fencex.retrying.retrying`); the worker then reloads (committed offsets, states
-from Redis). Anything else raised while a batch was applied is the batch's fault: after
-the reload its records are applied one by one and the one that raises is dead-lettered
+(:func:`fencex.retrying.retrying`): a save, in place for up to ``save_retry_s``; anything
+else, or a save still refused then, after a reload (committed offsets, states from Redis).
+Anything else raised while a batch was applied is the batch's fault: after the reload its
+records are applied one by one and the one that raises is dead-lettered
 (``processing_error``). A save refused because the partitions have a newer owner
 (``Fenced``) drops the pending work and waits for the rebalance.
 
@@ -33,8 +34,9 @@ Locking: ``self.lock`` guards the checkpoint, the device states and the index. I
 held by each :meth:`Processor.step` (after ``getmany``), by the rebalance callbacks
 (awaited by the consumer's coordinator task), by the reload after an error and by
 :meth:`stop`. The background flush task touches only its own snapshot; it is awaited,
-under the lock, before the next flush starts. A batch fetched across a rebalance is
-dropped (``_epoch`` moved) and the consumer sent back to the committed offsets.
+under the lock, before the next flush starts (a save Redis refuses: up to ``save_retry_s``).
+A batch fetched across a rebalance is dropped (``_epoch`` moved) and the consumer sent back
+to the committed offsets.
 """
 
 from __future__ import annotations
@@ -299,7 +301,14 @@ class Processor:
         undelivered = await self.producer.wait_acked()
         if undelivered:
             await self.outbox.undelivered(undelivered)
-        long = await self.store.save_packed(blob)
+        # Redis refusing the save for a while (at its maxmemory, restarting) only delays it: the snapshot
+        # is sent again (it writes once: its token), not replayed from the committed offsets, which would
+        # publish every event since then again at each attempt. The loop waits at its next flush.
+        async for attempt in retrying(
+            "saving a checkpoint", on_error=self._count_error, logger=log, give_up_after=self.settings.save_retry_s
+        ):
+            with attempt:
+                long = await self.store.save_packed(blob)
         if self.tracks is not None:
             self.tracks.saved(long)
         await self.consumer.commit(offsets)

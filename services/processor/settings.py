@@ -45,6 +45,9 @@ class Settings(ServiceSettings):
     track_cap: int = Field(default=2_000, ge=100, le=100_000)  # fixes kept per collar at most
     late_budget_ms: float = Field(default=20.0, gt=0)  # merging late fixes per flush at most (the rest wait)
     late_max: int = Field(default=100_000, ge=1)  # late fixes held at most before all are merged at once
+    # A save Redis refuses (at its maxmemory, restarting) is sent again for this long, the worker waiting,
+    # before it goes back to its committed offsets (which publishes the events since then again); 0: at once
+    save_retry_s: float = Field(default=30.0, ge=0)
     # The silence time of a farm without its own herd settings (the API's PUT /herd/settings)
     default_silence_s: float = Field(default=DEFAULT_RULES.silence_s, gt=0)
     # The herd metrics carry a farm label for the first this many farms a worker sees; the
@@ -76,4 +79,5 @@ class Settings(ServiceSettings):
             track_cap=self.track_cap,
             late_budget_ms=self.late_budget_ms,
             late_max=self.late_max,
+            save_retry_s=self.save_retry_s,
         )

@@ -248,10 +248,11 @@ class FakeStore(Failing):
         if blob is None:
             return []
         objs, new, gens, tracks, grazing, long_bytes = pickle.loads(blob)
-        if any(tp not in self.gens for tp in gens):
-            raise GenerationsLost("the save was refused: the partitions' generations are gone")
-        if any(self.gens[tp] != g for tp, g in gens.items()):
+        stored = {tp: self.gens.get(tp, -1) for tp in gens}
+        if any(stored[tp] > g for tp, g in gens.items()):
             raise Fenced("the save was refused: another worker owns these partitions now")
+        if any(stored[tp] < g for tp, g in gens.items()):  # gone, or behind the saver's own claim
+            raise GenerationsLost("the save was refused: the partitions' generations are gone or behind")
         self.states.update(objs)
         for tp, devices in new.items():
             self.parts[tp].update(devices)

@@ -267,7 +267,10 @@ def test_workloads_are_restricted_probed_and_sized(overlay):
     for name in ("processor", "api"):
         assert named(overlay, "PodDisruptionBudget", name)
     assert named(overlay, "StatefulSet", "redis")["spec"]["volumeClaimTemplates"]
-    assert "--appendonly" in named(overlay, "StatefulSet", "redis")["spec"]["template"]["spec"]["containers"][0]["args"]
+    # its configuration (AOF, noeviction, maxmemory): tests/unit/test_redis_config.py
+    assert named(overlay, "StatefulSet", "redis")["spec"]["template"]["spec"]["containers"][0]["args"][0].endswith(
+        "redis.conf"
+    )
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -383,7 +386,7 @@ def test_compose_starts_in_order():
     assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
     for name in ("kafka", "redis", "processor-1", "api", "prometheus", "grafana"):
         assert "healthcheck" in services[name], name
-    assert services["redis"]["command"][:3] == ["redis-server", "--appendonly", "yes"]
+    assert services["redis"]["command"][:2] == ["redis-server", "/usr/local/etc/redis/redis.conf"]  # test_redis_config
     assert "redis-data:/data" in services["redis"]["volumes"]
 
 

@@ -136,7 +136,7 @@ def test_the_configmap_holds_the_files_of_deploy_redis(overlay):
     data = named(overlay, "ConfigMap", "redis")["data"]
     for name in SCRIPTS:
         assert data[name] == (REDIS / name).read_text(), (
-            f"deploy/k8s/base/redis.yaml's ConfigMap redis has another {name} than deploy/redis/{name}: copy it"
+            f"the ConfigMap redis has another {name} than deploy/redis/{name}: list it in deploy/redis/kustomization.yaml"
         )
 
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -15,6 +16,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from fencex import shared_metrics
 from fencex.metrics import process_collectors
 from fencex.shared_metrics import PROCESS_GAUGE_MODES, SharedMetrics, prepare
 from services.api.app import create_app
@@ -168,3 +170,69 @@ def test_every_gauge_of_the_api_says_how_its_processes_add_up():
 def test_the_api_refuses_several_processes_without_a_folder():
     with pytest.raises(RuntimeError, match="FENCEX_METRICS_DIR"):
         create_app(Settings(workers=2))
+
+
+FILL_A_TMPFS = r"""
+import sys
+from prometheus_client import CollectorRegistry, Counter
+from fencex.shared_metrics import SharedMetrics
+
+folder = sys.argv[1]
+registry = CollectorRegistry()
+c = Counter("requests", "requests help", ["route"], registry=registry)
+shared = SharedMetrics(registry, folder, {}, pid=1)
+for i in range(100_000):  # new series, each a new key in the file, until the folder is full
+    c.labels(f"/route/{i:06d}/" + "x" * 200).inc()
+    try:
+        shared.flush()
+    except OSError as exc:
+        print("full after", i, "series:", exc, flush=True)
+        break
+else:
+    sys.exit("never full")
+print(shared.scrape().count(b"requests_total{"), "series scraped", flush=True)
+"""
+
+
+def test_a_full_tmpfs_is_an_error_not_a_crash(tmp_path):
+    """prometheus-client's files are memory-mapped and grown by truncate, which a full tmpfs allows:
+    the first write to a page the tmpfs cannot give killed the process with SIGBUS (the API's workers
+    died one after the other, their metrics folder being a 16 MiB in-memory emptyDir). A full folder
+    is an OSError the flush loop logs, and a scrape still answers."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    script = tmp_path / "fill.py"
+    script.write_text(FILL_A_TMPFS)
+    mount = f"mount -t tmpfs -o size=64k fencex-test {folder} && exec {sys.executable} {script} {folder}"
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True) if _has("unshare") else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("a tmpfs of its own needs unshare -rm (user and mount namespaces)")
+    root = str(Path(shared_metrics.__file__).parents[1])  # this checkout's fencex, not an installed one
+    ran = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", mount],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": root},
+    )
+    assert ran.returncode == 0, f"exit {ran.returncode} (SIGBUS is -7 / 135): {ran.stdout} {ran.stderr}"
+    assert "full after" in ran.stdout and "series scraped" in ran.stdout, ran.stdout
+
+
+def _has(program: str) -> bool:
+    import shutil
+
+    return shutil.which(program) is not None
+
+
+def test_a_scrape_answers_when_the_folder_cannot_be_written(tmp_path, monkeypatch):
+    other = process(tmp_path, 101, {"/q": 3}, [], Gauges(1, 1, 1, reloads=0))
+    other.flush()
+    me = process(tmp_path, os.getpid(), {"/q": 4}, [], Gauges(1, 1, 1, reloads=0))
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("fencex.shared_metrics.MmapedDict", full)
+    body = me.scrape().decode()  # this process's part cannot be written: the others' still show
+    assert 'requests_total{route="/q"} 3.0' in body

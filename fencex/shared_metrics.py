@@ -55,6 +55,7 @@ PROCESS_GAUGE_MODES = {
     "python_info": "livemax",
 }
 UNLISTED_GAUGE = "liveall"  # one series per process (a pid label): never a wrong sum
+PART = ".part"  # a file being made (the collector reads only *.db)
 
 
 def prepare(folder: str | Path) -> Path:
@@ -62,8 +63,9 @@ def prepare(folder: str | Path) -> Path:
     before the processes start (a folder of the service's own: another run's files would be lost)."""
     path = Path(folder)
     path.mkdir(parents=True, exist_ok=True)
-    for f in path.glob("*.db"):
-        f.unlink()
+    for pattern in ("*.db", f"*.db{PART}"):
+        for f in path.glob(pattern):
+            f.unlink()
     return path
 
 
@@ -123,11 +125,10 @@ class SharedMetrics:
 
     def _open(self, prefix: str) -> Any:
         path = os.path.join(self.folder, f"{prefix}_{self.pid}.db")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if not os.path.exists(path):
+            self._make(path)
+        fd = os.open(path, os.O_RDWR)
         try:
-            if os.fstat(fd).st_size == 0:  # new: MmapedDict writes its header, then its entries from byte 8
-                self._reserve(fd, 0, 8)
-                os.ftruncate(fd, _INITIAL_MMAP_SIZE)
             file = MmapedDict(path)  # type: ignore[no-untyped-call]
         except BaseException:
             os.close(fd)
@@ -135,6 +136,22 @@ class SharedMetrics:
         self._fds[prefix] = fd
         self._files[prefix] = file
         return file
+
+    def _make(self, path: str) -> None:
+        """A new file, whole or not at all: made aside and renamed into place, with the page of
+        MmapedDict's header reserved. The library's collector reads every ``*.db`` of the folder
+        and fails on an empty one (every scrape would), as one left by a full folder or a kill."""
+        part = f"{path}{PART}"
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            self._reserve(fd, 0, 8)
+            os.ftruncate(fd, _INITIAL_MMAP_SIZE)  # the size MmapedDict gives a new file (the rest is sparse)
+        except BaseException:
+            os.close(fd)
+            os.unlink(part)
+            raise
+        os.close(fd)
+        os.rename(part, path)
 
     def _reserve(self, fd: int, offset: int, length: int) -> None:
         """The file's pages from ``offset`` for ``length`` bytes, in the file system: OSError

@@ -156,8 +156,9 @@ def test_prepare_empties_an_earlier_runs_files(tmp_path):
     process(folder, 7, {"/q": 1}, [], Gauges(1, 1, 1, reloads=0)).flush()
     assert list(folder.glob("*.db"))
     (folder / "keep.txt").write_text("not ours")
+    (folder / "counter_8.db.part").write_bytes(b"")  # one being made when its process was killed
     prepare(folder)
-    assert not list(folder.glob("*.db")) and (folder / "keep.txt").exists()
+    assert not list(folder.glob("*.db*")) and (folder / "keep.txt").exists()
     assert prepare(tmp_path / "new").is_dir()
 
 
@@ -236,3 +237,23 @@ def test_a_scrape_answers_when_the_folder_cannot_be_written(tmp_path, monkeypatc
     monkeypatch.setattr("fencex.shared_metrics.MmapedDict", full)
     body = me.scrape().decode()  # this process's part cannot be written: the others' still show
     assert 'requests_total{route="/q"} 3.0' in body
+
+
+def test_a_file_that_cannot_be_made_leaves_nothing_behind(tmp_path, monkeypatch):
+    """A file the folder has no room for was left empty: the library's collector cannot read an
+    empty file (struct.error), so every process's /metrics failed from then on."""
+    other = process(tmp_path, 101, {"/q": 3}, [], Gauges(1, 1, 1, reloads=0))
+    other.flush()
+    me = process(tmp_path, 102, {"/q": 4}, [], Gauges(1, 1, 1, reloads=0))
+
+    def full(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(OSError):
+        me.flush()
+    assert not list(tmp_path.glob("*_102.db")), "half-made files"
+    assert merged(tmp_path)[("requests_total", frozenset({("route", "/q")}))] == 3  # the scrape still reads
+    monkeypatch.undo()
+    me.flush()  # room again: this process's files are made and counted
+    assert merged(tmp_path)[("requests_total", frozenset({("route", "/q")}))] == 7

@@ -257,3 +257,18 @@ def test_a_file_that_cannot_be_made_leaves_nothing_behind(tmp_path, monkeypatch)
     monkeypatch.undo()
     me.flush()  # room again: this process's files are made and counted
     assert merged(tmp_path)[("requests_total", frozenset({("route", "/q")}))] == 7
+
+
+@pytest.mark.parametrize(
+    "key", ["", "k", "abc", "x" * 7, "ü" * 13, '["requests", "requests_total", {"route": "/q"}, "h"]']
+)
+def test_the_bytes_reserved_are_the_bytes_the_library_writes(tmp_path, key):
+    """The reservation before a new entry must cover what MmapedDict then writes, to the byte: a
+    library that laid its entries out otherwise would write into pages nobody reserved."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    file = MmapedDict(str(tmp_path / "f.db"))
+    before = file._used
+    file.write_value(key, 1.0, 0.0)
+    assert file._used - before == shared_metrics._entry_size(key)
+    file.close()

@@ -198,11 +198,12 @@ class SharedMetrics:
             self._failing = False
 
     def close(self) -> None:
-        """This process stops: its last counts written, its gauges out of the scrape."""
+        """This process stops: its last counts written (if there is room: a full folder is logged,
+        never raised into the shutdown that still has a producer to stop), its gauges out of the scrape."""
         if self.closed:
             return
         try:
-            self.flush()
+            self._try_flush()
         finally:
             self.closed = True
             for file in self._files.values():

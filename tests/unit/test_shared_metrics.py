@@ -272,3 +272,18 @@ def test_the_bytes_reserved_are_the_bytes_the_library_writes(tmp_path, key):
     file.write_value(key, 1.0, 0.0)
     assert file._used - before == shared_metrics._entry_size(key)
     file.close()
+
+
+def test_closing_with_a_full_folder_does_not_raise(tmp_path, monkeypatch):
+    """close() runs in the API's shutdown before the producer is stopped: an error there skipped
+    the producer's stop (its flush), and the records it still held were dropped."""
+    me = process(tmp_path, 101, {"/q": 1}, [], Gauges(1, 1, 1, reloads=0))
+    me.flush()
+    me.registry._names_to_collectors["requests"].labels("/new").inc()  # a new entry: needs room
+
+    def full(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    me.close()
+    assert me.closed and not list(tmp_path.glob("gauge_live*_101.db"))

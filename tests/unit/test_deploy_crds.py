@@ -237,7 +237,7 @@ def _route() -> Doc:
 
 
 def _redirect_beside_backends(route: Doc) -> None:
-    assert len(route["spec"]["rules"]) == 2 and route["spec"]["rules"][1]["backendRefs"]
+    assert len(route["spec"]["rules"]) >= 2 and route["spec"]["rules"][1]["backendRefs"]
     route["spec"]["rules"][1]["filters"] = [
         {"type": "RequestRedirect", "requestRedirect": {"scheme": "https", "statusCode": 301}}
     ]

@@ -21,11 +21,17 @@ with the library's collector.
   when it died without stopping (killed): a living process is a child of this one's parent (Linux).
 - Dead processes' counter files stay until the folder is emptied at the next start: a few
   kilobytes each (a process replaced every hour leaves about 200 KB a week).
+- A full folder is an error, logged, never a crash: the library grows its memory-mapped files with
+  ``truncate``, which a full tmpfs allows, and the first write to a page the tmpfs cannot give
+  kills the process (SIGBUS); so each file's pages are reserved (``posix_fallocate``) before they
+  are written, and a folder that has no room fails that reservation (ENOSPC). The process then
+  goes on serving; a scrape shows the others' counts and its own as of its last flush.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -34,7 +40,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
-from prometheus_client.mmap_dict import MmapedDict, mmap_key
+from prometheus_client.mmap_dict import _INITIAL_MMAP_SIZE, MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 log = logging.getLogger("fencex.metrics")
@@ -49,6 +55,7 @@ PROCESS_GAUGE_MODES = {
     "python_info": "livemax",
 }
 UNLISTED_GAUGE = "liveall"  # one series per process (a pid label): never a wrong sum
+PART = ".part"  # a file being made (the collector reads only *.db)
 
 
 def prepare(folder: str | Path) -> Path:
@@ -56,8 +63,9 @@ def prepare(folder: str | Path) -> Path:
     before the processes start (a folder of the service's own: another run's files would be lost)."""
     path = Path(folder)
     path.mkdir(parents=True, exist_ok=True)
-    for f in path.glob("*.db"):
-        f.unlink()
+    for pattern in ("*.db", f"*.db{PART}"):
+        for f in path.glob(pattern):
+            f.unlink()
     return path
 
 
@@ -74,6 +82,8 @@ class SharedMetrics:
         self.pid = os.getpid() if pid is None else pid
         self.closed = False
         self._files: dict[str, Any] = {}  # file prefix -> MmapedDict
+        self._fds: dict[str, int] = {}  # file prefix -> a descriptor to reserve its pages with
+        self._reserving = True  # False on a file system with no fallocate (nothing to reserve with)
         self._keys: dict[tuple[str, str, tuple[tuple[str, str], ...]], str] = {}
         self._failing = False
         self.merged = CollectorRegistry()
@@ -100,8 +110,7 @@ class SharedMetrics:
     def _write(self, prefix: str, family: Metric, samples: Iterable[tuple[str, dict[str, str], float]]) -> None:
         file = self._files.get(prefix)
         if file is None:
-            path = os.path.join(self.folder, f"{prefix}_{self.pid}.db")
-            file = self._files[prefix] = MmapedDict(path)  # type: ignore[no-untyped-call]
+            file = self._open(prefix)
         keys = self._keys
         for name, labels, value in samples:
             cached = (family.name, name, tuple(labels.items()))
@@ -110,7 +119,51 @@ class SharedMetrics:
                 key = keys[cached] = mmap_key(
                     family.name, name, list(labels), list(labels.values()), family.documentation
                 )
+            if key not in file._positions:  # a new entry: its bytes at the end of the used part
+                self._reserve(self._fds[prefix], file._used, _entry_size(key))
             file.write_value(key, value, 0.0)
+
+    def _open(self, prefix: str) -> Any:
+        path = os.path.join(self.folder, f"{prefix}_{self.pid}.db")
+        if not os.path.exists(path):
+            self._make(path)
+        fd = os.open(path, os.O_RDWR)
+        try:
+            file = MmapedDict(path)  # type: ignore[no-untyped-call]
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fds[prefix] = fd
+        self._files[prefix] = file
+        return file
+
+    def _make(self, path: str) -> None:
+        """A new file, whole or not at all: made aside and renamed into place, with the page of
+        MmapedDict's header reserved. The library's collector reads every ``*.db`` of the folder
+        and fails on an empty one (every scrape would), as one left by a full folder or a kill."""
+        part = f"{path}{PART}"
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            self._reserve(fd, 0, 8)
+            os.ftruncate(fd, _INITIAL_MMAP_SIZE)  # the size MmapedDict gives a new file (the rest is sparse)
+        except BaseException:
+            os.close(fd)
+            os.unlink(part)
+            raise
+        os.close(fd)
+        os.rename(part, path)
+
+    def _reserve(self, fd: int, offset: int, length: int) -> None:
+        """The file's pages from ``offset`` for ``length`` bytes, in the file system: OSError
+        (ENOSPC) when it has no room, where a write through the memory map would be SIGBUS."""
+        if not self._reserving:
+            return
+        try:
+            os.posix_fallocate(fd, offset, length)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            self._reserving = False
 
     def forget_dead(self) -> None:
         """Take the gauges of processes that died without stopping out of the scrape."""
@@ -120,8 +173,9 @@ class SharedMetrics:
                 mark_process_dead(pid, self.folder)  # type: ignore[no-untyped-call]
 
     def scrape(self) -> bytes:
-        """Every process's metrics, this one's as of now: the text of ``/metrics``."""
-        self.flush()
+        """Every process's metrics, this one's as of now (as of its last flush if the folder is
+        full): the text of ``/metrics``."""
+        self._try_flush()
         self.forget_dead()
         return generate_latest(self.merged)
 
@@ -129,29 +183,42 @@ class SharedMetrics:
         """Flush every ``flush_s`` until cancelled (a full tmpfs is logged, and retried)."""
         while True:
             await asyncio.sleep(flush_s)
-            try:
-                self.flush()
-            except OSError as exc:
-                if not self._failing:
-                    log.warning("cannot write the shared metrics to %s: %s", self.folder, exc)
-                self._failing = True
-            else:
-                if self._failing:
-                    log.info("writing the shared metrics to %s again", self.folder)
-                self._failing = False
+            self._try_flush()
+
+    def _try_flush(self) -> None:
+        try:
+            self.flush()
+        except OSError as exc:
+            if not self._failing:
+                log.warning("cannot write the shared metrics to %s: %s", self.folder, exc)
+            self._failing = True
+        else:
+            if self._failing:
+                log.info("writing the shared metrics to %s again", self.folder)
+            self._failing = False
 
     def close(self) -> None:
-        """This process stops: its last counts written, its gauges out of the scrape."""
+        """This process stops: its last counts written (if there is room: a full folder is logged,
+        never raised into the shutdown that still has a producer to stop), its gauges out of the scrape."""
         if self.closed:
             return
         try:
-            self.flush()
+            self._try_flush()
         finally:
             self.closed = True
             for file in self._files.values():
                 file.close()
+            for fd in self._fds.values():
+                os.close(fd)
             self._files.clear()
+            self._fds.clear()
             mark_process_dead(self.pid, self.folder)  # type: ignore[no-untyped-call]
+
+
+def _entry_size(key: str) -> int:
+    """The bytes MmapedDict gives an entry: the key's length, the key padded to 8 bytes, value and timestamp."""
+    encoded = len(key.encode("utf-8"))
+    return 4 + encoded + (8 - (encoded + 4) % 8) + 16
 
 
 def _buckets_apart(family: Metric) -> Iterable[tuple[str, dict[str, str], float]]:

@@ -76,11 +76,13 @@ def create_app(settings: Settings) -> ApiEdge:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if shared is not None:
-            shared.close()
-        if state.broker_ok:
-            await state.producer.stop()
-        await store.close()
+        try:
+            if shared is not None:
+                shared.close()
+        finally:  # the producer's fixes are sent whatever became of the metrics files
+            if state.broker_ok:
+                await state.producer.stop()
+            await store.close()
 
     app = FastAPI(
         title="fencex",

@@ -237,7 +237,7 @@ def _route() -> Doc:
 
 
 def _redirect_beside_backends(route: Doc) -> None:
-    assert len(route["spec"]["rules"]) == 2 and route["spec"]["rules"][1]["backendRefs"]
+    assert len(route["spec"]["rules"]) >= 2 and route["spec"]["rules"][1]["backendRefs"]
     route["spec"]["rules"][1]["filters"] = [
         {"type": "RequestRedirect", "requestRedirect": {"scheme": "https", "statusCode": 301}}
     ]
@@ -705,3 +705,22 @@ def test_the_autoscaler_check_catches(case: str) -> None:
     problems = autoscaler_problems(docs)
     assert any(expected in p for p in problems), problems
     assert all(custom_errors(o) == [] for o in of(docs, "ScaledObject")), "valid for KEDA: only this check sees it"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_keda_finds_the_brokers_from_its_own_namespace(overlay: str) -> None:
+    """KEDA's operator reads the lag itself, in its pod in the namespace keda: a bare Service name
+    there is looked up as <name>.keda.svc.cluster.local and never found, so the scaler fails and the
+    processor never scales. The bootstrap address names the Kafka's namespace: Strimzi's bootstrap
+    Service <cluster>-kafka-bootstrap, as <service>.<namespace>.svc."""
+    docs = rendered(overlay)
+    bootstraps = {
+        f"{k['metadata']['name']}-kafka-bootstrap.{k['metadata']['namespace']}.svc:{listener['port']}"
+        for k in of(docs, "Kafka")
+        for listener in k["spec"]["kafka"]["listeners"]
+    }
+    triggers = [t for s in of(docs, "ScaledObject") for t in s["spec"]["triggers"] if t["type"] == "kafka"]
+    assert triggers
+    for trigger in triggers:
+        servers = trigger["metadata"]["bootstrapServers"].split(",")
+        assert set(servers) <= bootstraps, f"{servers}: KEDA's operator resolves none of these; use {bootstraps}"

@@ -149,7 +149,7 @@ def test_server_sent_events_have_no_deadline_and_the_rest_a_finite_one(overlay):
     for path in stream_paths():
         t = rule_for(route, path)["timeouts"]
         assert duration_s(t["request"]) == 0 and duration_s(t["backendRequest"]) == 0, (path, t)
-    for path in ("/", "/query/fences", "/events", "/events/streams", "/app/index.html"):
+    for path in ("/query/fences", "/events", "/events/streams", "/app/index.html"):
         t = rule_for(route, path).get("timeouts", {})
         assert 0 < duration_s(t["request"]) <= 300, (path, t)
 
@@ -162,7 +162,8 @@ def test_the_route_reaches_the_api_and_the_gateway_may(overlay):
     (port,) = service["spec"]["ports"]
     container_port = {p["name"]: p["containerPort"] for p in c["ports"]}[port["targetPort"]]
     for rule in route["spec"]["rules"]:
-        assert rule["backendRefs"] == [{"name": service["metadata"]["name"], "port": port["port"]}]
+        if rule["name"] != "home":  # the redirect to /app/ answers at the gateway
+            assert rule["backendRefs"] == [{"name": service["metadata"]["name"], "port": port["port"]}]
     (parent,) = route["spec"]["parentRefs"]
     assert parent["kind"] == "Gateway" and parent["namespace"] != route["metadata"]["namespace"]
     policy = named(overlay, "NetworkPolicy", "api-from-gateway")
@@ -213,9 +214,53 @@ def test_the_ingress_component_replaces_the_route_and_keeps_sse_unbuffered(tmp_p
     assert int(notes["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > 4 * KEEP_ALIVE_S
     assert ingress["spec"]["ingressClassName"] == "nginx"
     (rule,) = ingress["spec"]["rules"]
-    (path,) = rule["http"]["paths"]
-    assert path["path"] == "/" and path["backend"]["service"] == {"name": "api", "port": {"name": "http"}}
+    for path in rule["http"]["paths"]:
+        assert path["backend"]["service"] == {"name": "api", "port": {"name": "http"}}
     for d in docs:
         if d["kind"] in ("Ingress", "NetworkPolicy"):
             assert d["metadata"]["namespace"] == "fencex", d["metadata"]
             kubernetes_validate.validate(d, K8S_VERSION, strict=True)
+
+
+# ------------------------------------------------------------------ what the internet reaches
+
+INTERNAL = {"/metrics", "/healthz", "/readyz"}  # Prometheus and the kubelet, inside the cluster
+
+
+def public_segments() -> set[str]:
+    """The first path segment of every route of the API (its edge's route table), but the internal ones."""
+    from services.api.app import create_app
+    from services.api.settings import Settings
+
+    edge = create_app(Settings())
+    return {"/" + route.path.strip("/").split("/")[0] for route, _ in edge.routes} - INTERNAL
+
+
+def takes(route: dict[str, Any], path: str) -> bool:
+    try:
+        rule_for(route, path)
+    except AssertionError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_route_takes_every_public_route_and_not_the_metrics(overlay):
+    # /metrics merges every API process's files on each scrape: open to the internet, a flood of
+    # scrapes would cost the point queries; the probes tell a stranger nothing useful either.
+    route = named(overlay, "HTTPRoute", "api")
+    for segment in public_segments():
+        assert takes(route, segment) and takes(route, segment + "/x"), segment
+    for path in INTERNAL:
+        assert not takes(route, path), path
+    home = rule_for(route, "/")
+    (redirect,) = home["filters"]
+    assert redirect["requestRedirect"]["path"]["replaceFullPath"] == "/app/"
+
+
+def test_the_ingress_takes_every_public_route_and_not_the_metrics(tmp_path):
+    (ingress,) = [d for d in with_ingress_component(tmp_path) if d["kind"] == "Ingress"]
+    (rule,) = ingress["spec"]["rules"]
+    prefixes = {p["path"] for p in rule["http"]["paths"] if p["pathType"] == "Prefix"}
+    assert prefixes == public_segments()
+    assert not prefixes & INTERNAL and "/" not in prefixes

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -15,6 +16,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from fencex import shared_metrics
 from fencex.metrics import process_collectors
 from fencex.shared_metrics import PROCESS_GAUGE_MODES, SharedMetrics, prepare
 from services.api.app import create_app
@@ -154,8 +156,9 @@ def test_prepare_empties_an_earlier_runs_files(tmp_path):
     process(folder, 7, {"/q": 1}, [], Gauges(1, 1, 1, reloads=0)).flush()
     assert list(folder.glob("*.db"))
     (folder / "keep.txt").write_text("not ours")
+    (folder / "counter_8.db.part").write_bytes(b"")  # one being made when its process was killed
     prepare(folder)
-    assert not list(folder.glob("*.db")) and (folder / "keep.txt").exists()
+    assert not list(folder.glob("*.db*")) and (folder / "keep.txt").exists()
     assert prepare(tmp_path / "new").is_dir()
 
 
@@ -168,3 +171,119 @@ def test_every_gauge_of_the_api_says_how_its_processes_add_up():
 def test_the_api_refuses_several_processes_without_a_folder():
     with pytest.raises(RuntimeError, match="FENCEX_METRICS_DIR"):
         create_app(Settings(workers=2))
+
+
+FILL_A_TMPFS = r"""
+import sys
+from prometheus_client import CollectorRegistry, Counter
+from fencex.shared_metrics import SharedMetrics
+
+folder = sys.argv[1]
+registry = CollectorRegistry()
+c = Counter("requests", "requests help", ["route"], registry=registry)
+shared = SharedMetrics(registry, folder, {}, pid=1)
+for i in range(100_000):  # new series, each a new key in the file, until the folder is full
+    c.labels(f"/route/{i:06d}/" + "x" * 200).inc()
+    try:
+        shared.flush()
+    except OSError as exc:
+        print("full after", i, "series:", exc, flush=True)
+        break
+else:
+    sys.exit("never full")
+print(shared.scrape().count(b"requests_total{"), "series scraped", flush=True)
+"""
+
+
+def test_a_full_tmpfs_is_an_error_not_a_crash(tmp_path):
+    """prometheus-client's files are memory-mapped and grown by truncate, which a full tmpfs allows:
+    the first write to a page the tmpfs cannot give killed the process with SIGBUS (the API's workers
+    died one after the other, their metrics folder being a 16 MiB in-memory emptyDir). A full folder
+    is an OSError the flush loop logs, and a scrape still answers."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    script = tmp_path / "fill.py"
+    script.write_text(FILL_A_TMPFS)
+    mount = f"mount -t tmpfs -o size=64k fencex-test {folder} && exec {sys.executable} {script} {folder}"
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True) if _has("unshare") else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("a tmpfs of its own needs unshare -rm (user and mount namespaces)")
+    root = str(Path(shared_metrics.__file__).parents[1])  # this checkout's fencex, not an installed one
+    ran = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", mount],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": root},
+    )
+    assert ran.returncode == 0, f"exit {ran.returncode} (SIGBUS is -7 / 135): {ran.stdout} {ran.stderr}"
+    assert "full after" in ran.stdout and "series scraped" in ran.stdout, ran.stdout
+
+
+def _has(program: str) -> bool:
+    import shutil
+
+    return shutil.which(program) is not None
+
+
+def test_a_scrape_answers_when_the_folder_cannot_be_written(tmp_path, monkeypatch):
+    other = process(tmp_path, 101, {"/q": 3}, [], Gauges(1, 1, 1, reloads=0))
+    other.flush()
+    me = process(tmp_path, os.getpid(), {"/q": 4}, [], Gauges(1, 1, 1, reloads=0))
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("fencex.shared_metrics.MmapedDict", full)
+    body = me.scrape().decode()  # this process's part cannot be written: the others' still show
+    assert 'requests_total{route="/q"} 3.0' in body
+
+
+def test_a_file_that_cannot_be_made_leaves_nothing_behind(tmp_path, monkeypatch):
+    """A file the folder has no room for was left empty: the library's collector cannot read an
+    empty file (struct.error), so every process's /metrics failed from then on."""
+    other = process(tmp_path, 101, {"/q": 3}, [], Gauges(1, 1, 1, reloads=0))
+    other.flush()
+    me = process(tmp_path, 102, {"/q": 4}, [], Gauges(1, 1, 1, reloads=0))
+
+    def full(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(OSError):
+        me.flush()
+    assert not list(tmp_path.glob("*_102.db")), "half-made files"
+    assert merged(tmp_path)[("requests_total", frozenset({("route", "/q")}))] == 3  # the scrape still reads
+    monkeypatch.undo()
+    me.flush()  # room again: this process's files are made and counted
+    assert merged(tmp_path)[("requests_total", frozenset({("route", "/q")}))] == 7
+
+
+@pytest.mark.parametrize(
+    "key", ["", "k", "abc", "x" * 7, "ü" * 13, '["requests", "requests_total", {"route": "/q"}, "h"]']
+)
+def test_the_bytes_reserved_are_the_bytes_the_library_writes(tmp_path, key):
+    """The reservation before a new entry must cover what MmapedDict then writes, to the byte: a
+    library that laid its entries out otherwise would write into pages nobody reserved."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    file = MmapedDict(str(tmp_path / "f.db"))
+    before = file._used
+    file.write_value(key, 1.0, 0.0)
+    assert file._used - before == shared_metrics._entry_size(key)
+    file.close()
+
+
+def test_closing_with_a_full_folder_does_not_raise(tmp_path, monkeypatch):
+    """close() runs in the API's shutdown before the producer is stopped: an error there skipped
+    the producer's stop (its flush), and the records it still held were dropped."""
+    me = process(tmp_path, 101, {"/q": 1}, [], Gauges(1, 1, 1, reloads=0))
+    me.flush()
+    me.registry._names_to_collectors["requests"].labels("/new").inc()  # a new entry: needs room
+
+    def full(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    me.close()
+    assert me.closed and not list(tmp_path.glob("gauge_live*_101.db"))

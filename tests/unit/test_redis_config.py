@@ -136,7 +136,7 @@ def test_the_configmap_holds_the_files_of_deploy_redis(overlay):
     data = named(overlay, "ConfigMap", "redis")["data"]
     for name in SCRIPTS:
         assert data[name] == (REDIS / name).read_text(), (
-            f"the ConfigMap redis has another {name} than deploy/redis/{name}: list it in deploy/redis/kustomization.yaml"
+            f"the ConfigMap redis has another {name} than deploy/redis/{name}: list it in deploy/redis/kustomization"
         )
 
 

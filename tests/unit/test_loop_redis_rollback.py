@@ -7,6 +7,10 @@ off waiting for a rebalance that never comes."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import pytest
+
 from fencex.index import FenceIndex
 from tests.unit.factory import fence
 from tests.unit.fakes import Broker, FakeStore
@@ -14,7 +18,31 @@ from tests.unit.test_loop import INSIDE, OUTSIDE, T0, Worker, fast_retries, run,
 from tests.unit.test_loop_tracks import MIN, at, drained, send
 
 
-def test_a_worker_goes_on_after_redis_lost_its_partition_claim():
+def _restarted_empty(store: FakeStore) -> None:  # no persistence, or a new instance
+    for kept in (store.states, store.parts, store.gens, store.tracks):
+        kept.clear()
+
+
+def _claim_lost(store: FakeStore) -> None:  # the claim was in the second a host crash lost
+    for tp in store.gens:
+        store.gens[tp] -= 1
+
+
+def _newer_owner(store: FakeStore) -> None:  # another worker claimed the partition since
+    for tp in store.gens:
+        store.gens[tp] += 1
+
+
+# (what became of Redis after the worker's first saves, does the worker go on saving)
+LOSSES = [
+    pytest.param(_restarted_empty, True, id="redis-restarted-empty: claims again"),
+    pytest.param(_claim_lost, True, id="claim-lost-in-a-crash-or-restore: claims again"),
+    pytest.param(_newer_owner, False, id="a-newer-owner: fenced, writes nothing"),
+]
+
+
+@pytest.mark.parametrize(("lose", "goes_on"), LOSSES)
+def test_a_worker_after_redis_lost_writes(lose: Callable[[FakeStore], None], goes_on: bool):
     async def main():
         broker, store = Broker(partitions=1), FakeStore()
         send(broker, [at(0, INSIDE), at(1, INSIDE)])
@@ -22,32 +50,14 @@ def test_a_worker_goes_on_after_redis_lost_its_partition_claim():
         await w.start([0])
         w.run()
         await drained(w, broker)
-        for tp in store.gens:
-            store.gens[tp] -= 1  # the claim was in the second a host crash lost
+        lose(store)
         send(broker, [at(2, OUTSIDE), at(3, OUTSIDE)])
         try:
-            await until(lambda: store.states.get("cow-1", {}).get("ts") == T0 + 3 * MIN, timeout=2.0)
-        finally:
-            await w.kill()
-        assert w.metrics.saves_fenced._value.get() >= 1  # refused once, then claimed again
-
-    run(main())
-
-
-def test_a_worker_behind_a_newer_owner_is_still_fenced():
-    async def main():
-        broker, store = Broker(partitions=1), FakeStore()
-        send(broker, [at(0, INSIDE), at(1, INSIDE)])
-        w = Worker(broker, store, FenceIndex([fence("north")]), clock=lambda: T0 / 1000 + 3600)
-        await w.start([0])
-        w.run()
-        await drained(w, broker)
-        for tp in store.gens:
-            store.gens[tp] += 1  # another worker claimed the partition since
-        send(broker, [at(2, OUTSIDE), at(3, OUTSIDE)])
-        try:
-            await until(lambda: w.metrics.saves_fenced._value.get() >= 1, timeout=2.0)
-            assert store.states["cow-1"]["ts"] == T0 + 1 * MIN  # nothing of the fenced worker's written
+            if goes_on:
+                await until(lambda: store.states.get("cow-1", {}).get("ts") == T0 + 3 * MIN, timeout=2.0)
+            else:
+                await until(lambda: w.metrics.saves_fenced._value.get() >= 1, timeout=2.0)
+                assert store.states["cow-1"]["ts"] == T0 + 1 * MIN  # nothing of the fenced worker's written
         finally:
             await w.kill()
 

@@ -301,25 +301,6 @@ def test_tracks_turned_off_then_on_again_keep_the_fixes_at_their_times_and_merge
     run(main())
 
 
-def test_a_worker_goes_on_after_redis_restarted_empty():
-    async def main():
-        broker, store = Broker(partitions=1), FakeStore()
-        send(broker, [at(0, INSIDE), at(1, INSIDE)])
-        w = Worker(broker, store, FenceIndex([fence("north")]), clock=lambda: T0 / 1000 + 3600)
-        await w.start([0])
-        w.run()
-        await drained(w, broker)
-        for kept in (store.states, store.parts, store.gens, store.tracks):
-            kept.clear()  # restarted with no data (no persistence, or a new instance)
-        send(broker, [at(2, OUTSIDE), at(3, OUTSIDE)])
-        try:
-            await until(lambda: store.states.get("cow-1", {}).get("ts") == T0 + 3 * MIN, timeout=2.0)
-        finally:
-            await w.kill()
-
-    run(main())
-
-
 def test_a_worker_restarted_with_tracks_on_throughout_appends_to_the_whole_track():
     async def main():
         broker, store = Broker(partitions=1), FakeStore()

@@ -23,6 +23,7 @@ import gc
 import importlib.util
 import json
 import math
+import resource
 import subprocess
 import sys
 import tempfile
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from fencex.fence import Fence
-from fencex.index import FenceIndex
+from fencex.index import RELAY_AFTER, FenceIndex
 from services.simulator.herd import CELL_LAT, CELL_LON, ORIGIN_LAT, ORIGIN_LON
 
 UNSHARDED = "3a3a8f1"  # the last commit with the one-piece index
@@ -139,6 +140,17 @@ def lookups(
     return {name: rounds * 500 / s for name, s in spent.items()}
 
 
+def relay(index: FenceIndex) -> str:
+    """The changes of :data:`RELAY_AFTER` + 1 farms, one after another: the last lays the base again."""
+    took = []
+    for tenant in sorted(index.farms)[: RELAY_AFTER + 1]:
+        farm = [f.model_copy(update={"version": 2}) if i == 0 else f for i, f in enumerate(index.farm(tenant).fences)]
+        started = time.perf_counter()
+        index = index.with_farms({tenant: farm}, 1)
+        took.append(time.perf_counter() - started)
+    return f"median {np.median(took) * 1000:.1f} ms, the last (laying the base again) {took[-1] * 1000:.1f} ms"
+
+
 def rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096
@@ -171,6 +183,8 @@ def memory_child(which: str, n: int, per_farm: int, rev: str) -> dict[str, float
         index.lookup([c[0] for c in chunk], [c[1] for c in chunk], [f.tenant for f in fences[at : at + 10_000]])
     gc.collect()
     out["prepared"] = (rss() - after_fences) / n
+    out["peak_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    out["rss_gb"] = rss() / 1024**3
     return out
 
 
@@ -206,6 +220,8 @@ def main() -> int:
                 index.with_farms({new.tenant: farm}, 1)
             change = time.perf_counter() - started
             print(f"  {name}: build {build:7.2f} s   change {change * 1000:9.1f} ms")
+            if name == "new":
+                print(f"       changes of {RELAY_AFTER + 1} farms one by one: {relay(index)}")
             built[name] = (index, old_ids if name == "old" else new_ids)
         lon, lat, tenants = collars(fences, a.devices)
         rates = lookups(built, lon, lat, tenants, a.rounds)
@@ -225,7 +241,8 @@ def main() -> int:
                 print(
                     f"  {name} (fresh process): build {got['build_s']:.2f} s, change {got['change_s'] * 1000:.1f} ms; "
                     f"RSS a fence: {got['fences']:.0f} B the fence itself, {got['index']:.0f} B the index, "
-                    f"{got['prepared']:.0f} B the index once every fence is prepared"
+                    f"{got['prepared']:.0f} B the index once every fence is prepared; "
+                    f"the process: {got['rss_gb']:.2f} GB, at most {got['peak_gb']:.2f} GB"
                 )
     return 0
 

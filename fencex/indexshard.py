@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import shapely
+import shapely.errors
 from shapely.geometry.base import BaseGeometry
 
 from fencex.fence import Fence
@@ -83,6 +84,19 @@ def grow(geom: BaseGeometry, metres: float) -> BaseGeometry:
         return np.column_stack((xy[:, 0] / kx + lon0, xy[:, 1] / ky + lat0))
 
     return shapely.transform(shapely.transform(geom, to_m).buffer(metres, quad_segs=4), to_deg)
+
+
+def shape(fence: Fence) -> BaseGeometry:
+    """The fence's geometry: a polygon without holes straight from its ring's coordinates (a third
+    faster than shapely's GeoJSON reader, which makes a Python call per vertex), else as the fence says."""
+    geometry = fence.geometry
+    rings = geometry.get("coordinates") if geometry.get("type") == "Polygon" else None
+    if isinstance(rings, list) and len(rings) == 1:
+        try:
+            return shapely.polygons(np.asarray(rings[0], dtype=np.float64))
+        except (TypeError, ValueError, shapely.errors.GEOSException):
+            pass  # not a plain ring: the fence's own reader says what is wrong
+    return fence.shape()
 
 
 def cell_key(ix: Any, iy: Any) -> Any:  # ints or int64 arrays alike
@@ -223,6 +237,18 @@ class Laid:
         self.geoms = np.concatenate([layer.geoms for layer in some]) if some else _NO_GEOMS
         self.ids = np.concatenate([layer.ids for layer in some]) if some else _NO_GEOMS
 
+    def relaid(self, drop: np.ndarray, add: Sequence[Layer]) -> Laid:
+        """These layers but those ``drop`` says (by place; they stay, empty), and ``add`` after them:
+        a copy of the arrays, no walk over the layers kept."""
+        new = Laid(add)
+        keep = np.repeat(~drop, self.count)
+        new.count = np.concatenate((np.where(drop, 0, self.count), new.count))
+        new.start = np.cumsum(new.count) - new.count
+        new.bounds = np.concatenate((self.bounds[keep], new.bounds))
+        new.geoms = np.concatenate((self.geoms[keep], new.geoms))
+        new.ids = np.concatenate((self.ids[keep], new.ids))
+        return new
+
     def match(
         self, xs: np.ndarray, ys: np.ndarray, pts: np.ndarray, codes: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, int]:
@@ -264,7 +290,7 @@ class FarmShard:
         for f in sorted(fences, key=lambda f: str(getattr(f, "id", ""))):
             try:
                 old = previous.reusable(f) if previous is not None else None
-                geom = old[0] if old is not None else f.shape()
+                geom = old[0] if old is not None else shape(f)
                 ring = None
                 if f.exit_buffer_m:
                     ring = old[1] if old is not None and old[1] is not None else grow(geom, f.exit_buffer_m)

@@ -167,14 +167,14 @@ def test_a_change_costs_its_farm_not_the_country():
     ]
     index = FenceIndex(fences)
     calls = []
-    real = Fence.shape
+    real = shard_module.shape
 
-    def counted(self):
-        calls.append(self.id)
-        return real(self)
+    def counted(f):
+        calls.append(f.id)
+        return real(f)
 
     farm = [f.model_copy(update={"version": 2}) if f.id == "f00005" else f for f in index.farm("farm-0000").fences]
-    with mock.patch.object(Fence, "shape", counted):
+    with mock.patch.object(shard_module, "shape", counted):
         new = index.with_farms({"farm-0000": farm}, 1)
     assert calls == ["f00005"]  # one geometry converted; the farm's other nine reused
     assert sum(new.farm(t) is not index.farm(t) for t in index.farms) == 1
@@ -191,3 +191,27 @@ def test_the_base_is_laid_again_after_many_changed_farms(monkeypatch):
     assert index._base is not base and not index._shadow.any()
     xs = [LON0 + i * 0.1 + 0.005 for i in range(4)]
     assert index.lookup(xs, [LAT0 + 0.005] * 4, FARMS) == [("a1",), ("b1",), ("c1",), ("d1",)]
+
+
+def test_a_base_mostly_of_farms_laid_again_is_laid_anew(monkeypatch):
+    monkeypatch.setattr(index_module, "RELAY_AFTER", 0)  # every change lays the changed farm again
+    index = FenceIndex([fence(f"{t}1", tenant=t, lon=LON0 + i * 0.1) for i, t in enumerate(FARMS)])
+    for k in range(100):
+        index = index.with_farms({"a": [fence("a1", tenant="a", version=k + 2, lon=LON0 + (k % 2) * 0.05)]}, k + 1)
+        assert index._base.places <= 2 * len(FARMS) + 65  # laid anew when over half are dead
+        xs = [LON0 + (k % 2) * 0.05 + 0.005] + [LON0 + i * 0.1 + 0.005 for i in range(1, 4)]
+        assert index.lookup(xs, [LAT0 + 0.005] * 4, FARMS) == [("a1",), ("b1",), ("c1",), ("d1",)]
+
+
+def test_a_plain_ring_is_read_as_shapely_reads_it():
+    for f in [fence("a"), fence("b", size=0.3), *[fence(f"r{i}", lon=i * 10.0) for i in range(5)]]:
+        assert shapely.equals_exact(shard_module.shape(f), f.shape(), 0)
+    holed = Fence(
+        id="h",
+        tenant="farm",
+        geometry={
+            "type": "Polygon",
+            "coordinates": [square(0, 0, 1)["coordinates"][0], square(0.4, 0.4, 0.2)["coordinates"][0]],
+        },
+    )
+    assert shapely.equals_exact(shard_module.shape(holed), holed.shape(), 0)

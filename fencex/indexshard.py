@@ -4,18 +4,16 @@ The fence index (:mod:`fencex.index`) is a map of these shards by farm (tenant).
 built from one farm's fences alone, so a change to a farm costs that farm's fences, and is
 immutable once built: a new index shares every unchanged farm's shard with the one it replaces.
 
-A farm's fences are kept sorted by id with their geometries and bounding boxes as arrays. A
-farm of a few fences (most farms: about ten paddocks) needs no spatial structure: the index
-tests a batch's points against the boxes of their own farm's fences, vectorised across all the
-farms of the batch at once. A farm of more than :data:`SMALL` fences also gets a uniform grid
-(cells about the size of a typical fence, stored sparsely as sorted cell keys) and an STRtree for
-its few much larger fences, built with the shard, off the event loop.
+A farm's fences are kept sorted by id with their geometries and bounding boxes as arrays. A farm
+of a few fences (most: about ten paddocks) needs no spatial structure: a point is tested against
+its farm's boxes (:class:`Laid`: for the farms of a whole batch at once). A farm of more than
+:data:`SMALL` fences also gets a sparse uniform grid (cells about the size of a typical fence) and
+an STRtree for its few much larger fences, built with the shard, off the event loop.
 
 Geometries are prepared (:func:`shapely.prepare`) lazily, when a lookup first tests a point
 against them exactly, not at build: most of a country's fences are not touched between two
-changes of their farm. The lookups and their caches run on one thread (the event loop); a
-shard is built on another from its fences and its previous shard's geometries, which it only
-reads.
+changes of their farm. The lookups and their caches run on one thread (the event loop); a shard
+is built on another from its fences and its previous shard's geometries, which it only reads.
 
 A fence with ``exit_buffer_m`` also gets an *outer* geometry, the fence grown by that many
 metres in a local equirectangular projection; a device that was inside stays inside until it

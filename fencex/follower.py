@@ -3,7 +3,10 @@
 Used by the processor workers and the API alike: load every fence once, then
 apply each created, changed or deleted fence (and device registration) as it
 arrives, building a new immutable :class:`FenceIndex` off the event loop and
-handing it over whole. Changes that arrive together are applied in one rebuild.
+handing it over whole. The index is sharded by farm: a change builds the shards of
+the farms whose fences changed only, the new index sharing every other farm's with
+the one before (:meth:`FenceIndex.with_farms`). Changes that arrive together are
+applied in one rebuild.
 
 The feed is capped: a follower that lags past its cap (or a store wiped under it)
 would miss changes, so after each read it asks whether entries after its position
@@ -33,6 +36,7 @@ from typing import Protocol
 from fencex.fence import DEFAULT_TENANT, Fence
 from fencex.herd import DEFAULT_RULES, HerdRules, Mob
 from fencex.index import FenceIndex, Quarantined
+from fencex.indexshard import farm_of
 from fencex.mob import MobRecord, resolve
 from fencex.retrying import retrying
 from fencex.store.base import Change
@@ -81,6 +85,7 @@ class FenceFollower:
         self.on_rules = on_rules  # told the farms whose herd settings changed (no fence did)
         self.on_mobs = on_mobs  # told the farms whose mobs changed (no fence did)
         self.fences: dict[str, Fence] = {}
+        self.by_farm: dict[str, dict[str, Fence]] = {}  # farm -> its fences by id (the index is built by farm)
         self.tenants: dict[str, str] = {}  # device id -> tenant
         self.index = FenceIndex([])
         self.applied = 0  # change-feed entries applied
@@ -116,6 +121,9 @@ class FenceFollower:
         self._after = await self.store.last_change_id()  # first: no change slips between
         unreadable: dict[str, str] = {}
         self.fences = {f.id: f for f in await self.store.fences(unreadable=unreadable)}
+        self.by_farm = {}
+        for f in self.fences.values():
+            self.by_farm.setdefault(farm_of(f), {})[f.id] = f
         self.unreadable = {fid: Quarantined("", 0, reason) for fid, reason in unreadable.items()}
         self.tenants = await self.store.device_tenants()
         self.rules = await self.store.herd_rules()
@@ -130,7 +138,6 @@ class FenceFollower:
         device counts only in a mob of the farm it is registered to (:meth:`mob_of` looks there).
         A mob that names no fence maps its devices to the farm's default mob's fences under its own id
         (grazing is kept per mob)."""
-        by_id = self.index.by_id
         if farms is None:
             self.mobs = {}
             records = list(self.mob_records.values())
@@ -139,7 +146,8 @@ class FenceFollower:
                 self.mobs.pop(farm, None)
             records = [r for (tenant, _), r in self.mob_records.items() if tenant in farms]
         for record in records:
-            mob = resolve(record, by_id, self.index.mob(record.tenant))  # no fence named: the default's, by its id
+            shard = self.index.farm(record.tenant)
+            mob = resolve(record, shard.by_id, shard.mob)  # no fence named: the default's, by its id
             if mob is not None:
                 self.mobs.setdefault(record.tenant, {}).update(dict.fromkeys(record.devices, mob))
 
@@ -187,16 +195,23 @@ class FenceFollower:
                     self.mob_records.pop((tenant, mid), None)
                 else:
                     self.mob_records[(tenant, mid)] = record
+        farms: set[str] = set()  # farms whose fences changed: their shards of the index are built again
         if fence_ids:
             unreadable: dict[str, str] = {}
             for fid, fence in (await self.store.fences_by_id(sorted(fence_ids), unreadable=unreadable)).items():
                 self.unreadable.pop(fid, None)
-                if fence is None:
-                    self.fences.pop(fid, None)
-                else:
+                if (old := self.fences.pop(fid, None)) is not None:
+                    farms.add(farm_of(old))
+                    self.by_farm[farm_of(old)].pop(fid, None)
+                if fence is not None:
                     self.fences[fid] = fence
+                    self.by_farm.setdefault(farm_of(fence), {})[fid] = fence
+                    farms.add(farm_of(fence))
             for fid, reason in unreadable.items():
                 self.unreadable[fid] = Quarantined(fence_ids[fid], 0, reason)
+            for farm in farms:
+                if not self.by_farm.get(farm, True):
+                    del self.by_farm[farm]
         self._after = changes[-1].id
         self.applied += len(changes)
         if not fence_ids:
@@ -212,8 +227,9 @@ class FenceFollower:
             if herd and self.on_rules is not None:
                 self.on_rules(herd)
             return True
-        self.index = await asyncio.to_thread(FenceIndex, list(self.fences.values()), self.applied, self.index)
-        self._resolve(set(fence_ids.values()) | set(mob_ids))
+        changed = {farm: list(self.by_farm.get(farm, {}).values()) for farm in farms}
+        self.index = await asyncio.to_thread(self.index.with_farms, changed, self.applied)
+        self._resolve(farms | set(fence_ids.values()) | set(mob_ids))
         self._handover(len(fence_ids), "changed")
         return True
 

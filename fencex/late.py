@@ -126,13 +126,14 @@ def merge(
     tenant = current.tenant
     lons = [f.lon for f in fixes]
     lats = [f.lat for f in fixes]
-    inside_rows = index.lookup(lons, lats, tenant)
-    near_rows = index.lookup(lons, lats, tenant, near=True) if index.has_buffers() else None
-    rows, by_id = index.fences, index.by_id
+    inside_found = index.lookup(lons, lats, tenant)
+    near_found = index.lookup(lons, lats, tenant, near=True) if index.has_buffers() else None
+    shard = index.farm(tenant)
+    by_id, distance = shard.by_id, shard.distance_m
     state = frozen(start) if start is not None and (start.silent or start.seen_ms) else start
     snaps = list(track.snaps[:k])
     replayed: list[Event] = []
-    plan = index.schedules.get(tenant) if index.schedules else None
+    plan = shard.schedules
     cache: dict[Any, Any] = {}
     most = cap_of(rules)  # the grazing cap (not the track's)
     days = days_of(rules.timezone)
@@ -142,8 +143,8 @@ def merge(
     before: Cells = {}
     after: Cells = {}
     for j, fix in enumerate(fixes):
-        inside: Sequence[str] = [rows[r].id for r in inside_rows[j]]
-        near: Sequence[str] = [rows[r].id for r in near_rows[j]] if near_rows is not None else ()
+        inside: Sequence[str] = inside_found[j]
+        near: Sequence[str] = near_found[j] if near_found is not None else ()
         fences: Mapping[str, Fence] = by_id
         m = mob
         if plan is not None:  # as the pipeline: a fence inactive at the fix's time is as absent
@@ -159,8 +160,8 @@ def merge(
                 if not late_fix:
                     if was is not None:
                         credit_after(before, was, mob.id, fix.ts_ms, most, days)
-                    was = detect(was, fix, tenant, inside, near, fences, rules, m, index.distance_m).state
-        result = detect(state, fix, tenant, inside, near, fences, rules, m, index.distance_m)
+                    was = detect(was, fix, tenant, inside, near, fences, rules, m, distance).state
+        result = detect(state, fix, tenant, inside, near, fences, rules, m, distance)
         state = result.state
         replayed.extend(e for e in result.events if e.type in REPLAYED)
         if (j + 1) % snap_every == 0 and state is not None:

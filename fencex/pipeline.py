@@ -39,7 +39,7 @@ from fencex.fence import Fence
 from fencex.fix import Fix
 from fencex.grazing import UTC_DAYS, Cells, Days, Grazing, cap_of, credit_after, days_of, totals
 from fencex.herd import DEFAULT_RULES, NO_HERD, NO_MOB, HerdRules, Mob, steady
-from fencex.index import FenceIndex
+from fencex.index import FarmShard, FenceIndex
 from fencex.schedule import FarmSchedules
 
 RulesOf = Callable[[str], HerdRules]  # tenant -> the farm's herd rules
@@ -85,13 +85,18 @@ def _active(plan: FarmSchedules, at_ms: int, scope: Scope, cache: dict[Any, Any]
     return [f for f in inside if f not in off], [f for f in near if f not in off], active, view
 
 
-def _farm(tenant: str, index: FenceIndex, rules_of: RulesOf | None) -> tuple[HerdRules, Mob, int | None, Days]:
-    """A farm's rules, default mob, grazing cap and days (cap None: no grazing, as with the fence rules alone)."""
+Farm = tuple[HerdRules, Mob, int | None, Days, FarmShard]
+
+
+def _farm(tenant: str, index: FenceIndex, rules_of: RulesOf | None) -> Farm:
+    """A farm's rules, default mob, grazing cap and days (cap None: no grazing, as with the fence rules
+    alone), and its fences (its shard of the index)."""
+    shard = index.farm(tenant)
     if rules_of is None:
-        return NO_HERD, NO_MOB, None, UTC_DAYS
+        return NO_HERD, NO_MOB, None, UTC_DAYS, shard
     rules = rules_of(tenant)
     cap = cap_of(rules)
-    return rules, index.mob(tenant), cap, days_of(rules.timezone) if cap is not None else UTC_DAYS
+    return rules, shard.mob, cap, days_of(rules.timezone) if cap is not None else UTC_DAYS, shard
 
 
 def default_rules(tenant: str) -> HerdRules:
@@ -138,33 +143,29 @@ def process(
     tenants = [tenant_of(f.device_id) for f in fixes]
     lons = [f.lon for f in fixes]
     lats = [f.lat for f in fixes]
-    inside_rows, out.candidates = index.lookup_counted(lons, lats, tenants)
-    near_rows = index.lookup(lons, lats, tenants, near=True) if index.has_buffers() else None
-    rows = index.fences
-    by_id = index.by_id
+    inside_found, out.candidates = index.lookup_counted(lons, lats, tenants)
+    near_found = index.lookup(lons, lats, tenants, near=True) if index.has_buffers() else None
     events = out.events
     dirty = out.dirty
     untrusted = out.untrusted
-    # tenant -> its rules, default mob, grazing cap (None: no grazing) and days, looked up once a batch
-    farms: dict[str, tuple[HerdRules, Mob, int | None, Days]] = {}
+    # tenant -> its rules, default mob, grazing cap (None: no grazing), days and fences, looked up once a batch
+    farms: dict[str, Farm] = {}
     grazing: Cells = {}
-    distance = index.distance_m
-    scheduled = index.schedules
     cache: dict[Any, Any] = {}  # (mob, inactive ids) -> the mob without them; inactive ids -> the fences without
     for i, fix in enumerate(fixes):
         tenant = tenants[i]
         farm = farms.get(tenant)
         if farm is None:
             farm = farms[tenant] = _farm(tenant, index, rules_of)
-        rules, mob, cap, days = farm
+        rules, mob, cap, days, shard = farm
         if mob_of is not None and rules_of is not None:
             mob = mob_of(fix.device_id) or mob
-        inside = inside_rows[i]
+        inside_ids: Sequence[str] = inside_found[i]
         state = states.get(fix.device_id)
         if state is not None and state.tenant != tenant:
             # Re-registered to another farm: the old farm sees the device leave its fences, and
             # `transferred` (at the last fix it had) takes it off all its alert lists.
-            gone = reevaluate(state, fix.device_id, (), (), by_id)
+            gone = reevaluate(state, fix.device_id, (), (), index.farm(state.tenant).by_id)
             events.extend(gone.events)
             events.append(Event("transferred", state.tenant, fix.device_id, "", 0, state.last_ts, state.lon, state.lat))
             state = None
@@ -176,16 +177,15 @@ def process(
         out.fixes += 1
         out.applied.append(i)
         out.prev.append(-1 if state is None else state.last_ts)
-        if inside:
+        if inside_ids:
             out.inside += 1
         if cap is not None and state is not None and state.members:
             credit_after(grazing, state, mob.id, fix.ts_ms, cap, days)
-        inside_ids: Sequence[str] = [rows[r].id for r in inside] if inside else ()
-        near_ids: Sequence[str] = [rows[r].id for r in near_rows[i]] if near_rows is not None and near_rows[i] else ()
-        fences: Mapping[str, Fence] = by_id
-        if scheduled and (plan := scheduled.get(tenant)) is not None:
+        near_ids: Sequence[str] = near_found[i] if near_found is not None else ()
+        fences: Mapping[str, Fence] = shard.by_id
+        if (plan := shard.schedules) is not None:
             at = fix.ts_ms if state is None else max(fix.ts_ms, state.sched_ms)
-            inside_ids, near_ids, mob, fences = _active(plan, at, (inside_ids, near_ids, mob, by_id), cache)
+            inside_ids, near_ids, mob, fences = _active(plan, at, (inside_ids, near_ids, mob, fences), cache)
         if (
             state is not None
             and steady(state, fix, rules)
@@ -195,7 +195,7 @@ def process(
             move(state, fix, now_ms)
             dirty[fix.device_id] = state
             continue
-        result: Outcome = detect(state, fix, tenant, inside_ids, near_ids, fences, rules, mob, distance, now_ms)
+        result: Outcome = detect(state, fix, tenant, inside_ids, near_ids, fences, rules, mob, shard.distance_m, now_ms)
         states[fix.device_id] = dirty[fix.device_id] = result.state  # type: ignore[assignment]
         events.extend(result.events)
         if result.untrusted:
@@ -231,36 +231,35 @@ def reevaluate_all(
     lons = [p[1] for p in places]
     lats = [p[2] for p in places]
     tenants = [s.tenant for s in sts]
-    inside_rows = index.lookup(lons, lats, tenants)
-    near_rows = index.lookup(lons, lats, tenants, near=True) if index.has_buffers() else None
-    rows = index.fences
-    scheduled = index.schedules
+    inside_found = index.lookup(lons, lats, tenants)
+    near_found = index.lookup(lons, lats, tenants, near=True) if index.has_buffers() else None
     cache: dict[Any, Any] = {}
-    farms: dict[str, tuple[HerdRules, Mob, int | None, Days]] = {}
+    farms: dict[str, Farm] = {}
     grazing: Cells = {}
     for i, device_id in enumerate(ids):
-        inside_ids: Sequence[str] = [rows[r].id for r in inside_rows[i]]
-        near_ids: Sequence[str] = [rows[r].id for r in near_rows[i]] if near_rows is not None else ()
+        inside_ids: Sequence[str] = inside_found[i]
+        near_ids: Sequence[str] = near_found[i] if near_found is not None else ()
         state = sts[i]
+        farm = farms.get(state.tenant)
+        if farm is None:
+            farm = farms[state.tenant] = _farm(state.tenant, index, rules_of)
+        shard = farm[4]
         mob = NO_MOB
         if herd or rules_of is not None:
-            mob = (mob_of(device_id) if mob_of is not None else None) or index.mob(state.tenant)
+            mob = (mob_of(device_id) if mob_of is not None else None) or shard.mob
         owner = mob if herd else NO_MOB  # the mob whose pastures count for escapes (none without the herd)
-        fences: Mapping[str, Fence] = index.by_id
-        if scheduled and (plan := scheduled.get(state.tenant)) is not None:
+        fences: Mapping[str, Fence] = shard.by_id
+        if (plan := shard.schedules) is not None:
             at = at_ms or max(places[i][0], state.sched_ms)
             inside_ids, near_ids, owner, fences = _active(plan, at, (inside_ids, near_ids, owner, fences), cache)
         if unchanged(state, places[i][0], inside_ids, near_ids, fences, owner, fresh=False):
             continue
         # something changes: an enter or exit, a dwell due, a member's new version to keep, an escape or return
         if at_ms and rules_of is not None:
-            farm = farms.get(state.tenant)
-            if farm is None:
-                farm = farms[state.tenant] = _farm(state.tenant, index, rules_of)
-            _, _, cap, days = farm
+            _, _, cap, days, _ = farm
             if cap is not None:
                 credit_after(grazing, state, mob.id, at_ms, cap, days)
-        result = reevaluate(state, device_id, inside_ids, near_ids, fences, owner, index.distance_m, at_ms)
+        result = reevaluate(state, device_id, inside_ids, near_ids, fences, owner, shard.distance_m, at_ms)
         states[device_id] = out.dirty[device_id] = result.state  # type: ignore[assignment]
         out.events.extend(result.events)
     out.grazing = totals(grazing)

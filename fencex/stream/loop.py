@@ -107,6 +107,7 @@ class Processor:
         self._swept = 0.0  # monotonic time of the last silence sweep
         self._fetched = -1  # the epoch of the last getmany since an assignment or a reload
         self._next_index: FenceIndex | None = None
+        self._index_farms: set[str] | None = set()  # farms changed in the indexes handed over (None: all)
         self._mobs_changed: set[str] = set()  # farms whose mobs changed: their devices re-evaluated next step
         self._rules_changed: set[str] = set()  # farms whose herd settings changed: their silences re-timed
         self._flushing: asyncio.Task[dict[int, int]] | None = None
@@ -150,6 +151,10 @@ class Processor:
 
     def _new_index(self, index: FenceIndex) -> None:
         self.metrics.index_rebuild.observe(index.build_seconds)
+        if index.changed is None:
+            self._index_farms = None  # a full load: every farm may have changed
+        elif self._index_farms is not None:
+            self._index_farms |= index.changed  # those of every index handed over since the last swap
         self._next_index = index  # swapped in by the loop, between batches
 
     async def watch_changes(self) -> None:

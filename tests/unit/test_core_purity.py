@@ -10,6 +10,7 @@ CORE = [
     "fencex.fence",
     "fencex.fix",
     "fencex.index",
+    "fencex.indexshard",
     "fencex.detector",
     "fencex.event",
     "fencex.pipeline",

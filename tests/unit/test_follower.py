@@ -145,6 +145,32 @@ def test_changes_are_applied_in_one_rebuild_and_handed_over():
     assert asyncio.run(follower.step(0)) is False  # nothing new
 
 
+def test_a_fence_change_rebuilds_its_farms_shard_only():
+    """Issue 15 #2: the follower builds the changed farms' shards; every other farm's is the one it had."""
+    store = FakeFeed()
+    for t in ("farm", "other", "third"):
+        store.put(fence(f"{t}-1", tenant=t))
+    follower = FenceFollower(store)
+    before = asyncio.run(follower.load())
+    assert before.changed is None and set(before.farms) == {"farm", "other", "third"}
+    store.put(fence("farm-2", lon=LON0 + 0.1))
+    asyncio.run(follower.step(0))
+    after = follower.index
+    assert after.changed == frozenset({"farm"}) and len(after) == 4
+    assert after.farm("other") is before.farm("other") and after.farm("third") is before.farm("third")
+    assert after.farm("farm").geometry("farm-1") is before.farm("farm").geometry("farm-1")  # reused
+    # a farm whose last fence goes is gone, from the index and from the follower's fences by farm
+    store.delete("third-1", "third")
+    asyncio.run(follower.step(0))
+    assert "third" not in follower.index.farms and "third" not in follower.by_farm
+    assert follower.index.farm("other") is before.farm("other")
+    # the fences by farm are what a full load gives
+    again = FenceFollower(store)
+    asyncio.run(again.load())
+    assert follower.by_farm == again.by_farm
+    assert {t: s.fences for t, s in follower.index.farms.items()} == {t: s.fences for t, s in again.index.farms.items()}
+
+
 def test_a_fence_that_does_not_build_is_quarantined_not_fatal():
     """Issue 9 #1: a stored fence that does not build, or a record that cannot be read, stops no farm."""
     store = FakeFeed()

@@ -13,8 +13,8 @@ from fencex.index import FenceIndex
 from tests.unit.factory import LAT0, LON0, fence, square
 
 
-def ids(index, rows):
-    return sorted(index.fences[r].id for r in rows)
+def ids(index, found):
+    return sorted(found)
 
 
 def test_longitude_first():
@@ -128,7 +128,7 @@ def test_rebuild_reuses_unchanged_geometries_and_takes_changes():
     old = FenceIndex([fence("a"), fence("b", lon=LON0 + 0.1)])
     moved = fence("b", lon=LON0 + 0.2, version=2)
     new = FenceIndex([fence("a"), moved], previous=old)
-    assert new._shapes[("a", "farm", 1)] is old._shapes[("a", "farm", 1)]  # reused, not converted again
+    assert new.farm("farm").geometry("a") is old.farm("farm").geometry("a")  # reused, not converted again
     assert ids(new, new.lookup([LON0 + 0.205], [LAT0 + 0.005], "farm")[0]) == ["b"]
     assert new.lookup([LON0 + 0.105], [LAT0 + 0.005], "farm")[0] == ()
 
@@ -190,11 +190,13 @@ def test_only_unbuildable_fences_give_an_empty_index():
 def test_scalar_lookup_tables_are_derived_on_first_use_only():
     """Issue 10 #5: the index is immutable; the scalar path's tables are computed once, when first used."""
     index = FenceIndex([fence("north")])
-    assert "_cells" not in vars(index) and "_bounds_list" not in vars(index)  # the build does not pay for them
+    layer = index.farm("farm").inside
+    assert layer._bounds_list is None  # the build does not pay for it
     index.containing("farm", LON0 + 0.005, LAT0 + 0.005)
-    cells = vars(index)["_cells"]
+    table = layer._bounds_list
+    assert table is not None
     index.containing("farm", LON0 + 0.005, LAT0 + 0.005)
-    assert vars(index)["_cells"] is cells
+    assert layer._bounds_list is table
 
 
 def test_default_mob_is_the_farms_pastures_and_exclusion_zones_and_distances_are_metres():
@@ -212,6 +214,8 @@ def test_default_mob_is_the_farms_pastures_and_exclusion_zones_and_distances_are
     assert idx.mob("farm") == Mob(frozenset({"P1", "P2"}), frozenset({"X"}))
     assert idx.mob("other") is NO_MOB and idx.mob("nobody") is NO_MOB  # zones only, or no fence: no herd
     # 0.1 degree east of P1 (at latitude 0.5), 0.9 degrees west of P2: the nearer, in metres
-    assert idx.distance_m(["P1", "P2"], 1.1, 0.5) == round(0.1 * 111320.0 * math.cos(math.radians(0.5)), 1)
-    assert idx.distance_m(["P1"], 0.5, 0.5) == round(0.5 * 110574.0, 1)  # inside: to the nearest side (north/south)
-    assert idx.distance_m(["gone"], 0.5, 0.5) is None
+    assert idx.farm("farm").distance_m(["P1", "P2"], 1.1, 0.5) == round(0.1 * 111320.0 * math.cos(math.radians(0.5)), 1)
+    assert idx.farm("farm").distance_m(["P1"], 0.5, 0.5) == round(
+        0.5 * 110574.0, 1
+    )  # inside: to the nearest side (north/south)
+    assert idx.farm("farm").distance_m(["gone"], 0.5, 0.5) is None

@@ -200,8 +200,8 @@ def reference(fixes: list[Fix], rules: HerdRules, mob: Mob) -> tuple[list[Event]
     events: list[Event] = []
     for f in fixes:
         inside = [r.id for r in HERD.containing("farm", f.lon, f.lat)]
-        near = [HERD.fences[r].id for r in HERD.lookup([f.lon], [f.lat], "farm", near=True)[0]]
-        out = detect(state, f, "farm", inside, near, HERD.by_id, rules, mob, HERD.distance_m)
+        near = list(HERD.lookup([f.lon], [f.lat], "farm", near=True)[0])
+        out = detect(state, f, "farm", inside, near, HERD.farm("farm").by_id, rules, mob, HERD.farm("farm").distance_m)
         state = out.state
         events.extend(out.events)
     return events, state

@@ -625,3 +625,35 @@ def test_one_farms_mob_change_re_evaluates_only_its_devices():
         assert [(e["type"], e["device_id"]) for e in w.producer.handed_events()][-1] == ("escape", "cow-1")
 
     run(main())
+
+
+def test_a_fence_change_re_evaluates_only_the_changed_farms_devices():
+    """Issue 15 #2: a fence change re-evaluates the devices of the farms whose fences changed (the index
+    says which), not every held device; changes handed over together add up; a full reload, all of them."""
+
+    async def main():
+        broker, store, clock = Broker(partitions=1), FakeStore(), Clock()
+        index = FenceIndex([fence("north"), fence("theirs", tenant="other"), fence("third", tenant="third")])
+        for d in ("cow-1", "sheep-1", "goat-1"):
+            broker.fix(d, T0, *INSIDE)
+        w = Worker(broker, store, index, clock)
+        w.follower.tenants.update({"sheep-1": "other", "goat-1": "third"})
+        await w.start([0])
+        await steps(w)
+        reevaluated = []
+        real = w.proc._reevaluate
+        w.proc._reevaluate = lambda devices: reevaluated.append(devices) or real(devices)
+        moved = index.with_farms({"farm": [fence("north", lon=18.0, version=2)]}, 1)
+        w.follower.push(moved)  # north moved away from cow-1
+        await steps(w, 1)
+        assert reevaluated == [["cow-1"]]
+        assert ("exit", "cow-1") in [(e["type"], e["device_id"]) for e in w.producer.handed_events()]
+        w.follower.push(second := moved.with_farms({"other": []}, 2))  # two changes before the loop swaps
+        w.follower.push(second.with_farms({"third": []}, 3))
+        await steps(w, 1)
+        assert sorted(reevaluated[1]) == ["goat-1", "sheep-1"]
+        w.follower.push(FenceIndex([fence("north")]))  # a full load: every held device
+        await steps(w, 1)
+        assert reevaluated[2] is None
+
+    run(main())

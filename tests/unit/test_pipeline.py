@@ -29,8 +29,8 @@ def reference(fixes: list[Fix], tenant_of) -> tuple[list[tuple], tuple[int, int,
     for f in fixes:
         t = tenant_of(f.device_id)
         inside = [x.id for x in INDEX.containing(t, f.lon, f.lat)]
-        near = [INDEX.fences[r].id for r in INDEX.lookup([f.lon], [f.lat], t, near=True)[0]]
-        out = detect(states.get(f.device_id), f, t, inside, near, INDEX.by_id)
+        near = list(INDEX.lookup([f.lon], [f.lat], t, near=True)[0])
+        out = detect(states.get(f.device_id), f, t, inside, near, INDEX.farm(t).by_id)
         if out.stale:
             stale += 1
         else:
@@ -131,7 +131,7 @@ def _key(e) -> tuple:
 
 def _lookup(index: FenceIndex, tenant: str, lon: float, lat: float) -> tuple[list[str], list[str]]:
     inside = [x.id for x in index.containing(tenant, lon, lat)]
-    near = [index.fences[r].id for r in index.lookup([lon], [lat], tenant, near=True)[0]]
+    near = list(index.lookup([lon], [lat], tenant, near=True)[0])
     return inside, near
 
 
@@ -158,7 +158,16 @@ def herd_reference(
         mob = MOBS.get(f.device_id) or HERD_INDEX.mob(t)
         now = arrival(k, batch)
         out = detect(
-            states.get(f.device_id), f, t, inside, near, HERD_INDEX.by_id, RULES[t], mob, HERD_INDEX.distance_m, now
+            states.get(f.device_id),
+            f,
+            t,
+            inside,
+            near,
+            HERD_INDEX.farm(t).by_id,
+            RULES[t],
+            mob,
+            HERD_INDEX.farm(t).distance_m,
+            now,
         )
         if out.stale:
             stale += 1
@@ -222,7 +231,10 @@ def test_batches_match_fix_by_fix_detection_with_the_herd_rules(fixes, batch, in
         inside_ids, near_ids = _lookup(SMALLER, s.tenant, s.accepted[1], s.accepted[2])
         mob = MOBS.get(d) or SMALLER.mob(s.tenant)
         expected.extend(
-            _key(e) for e in reevaluate(s, d, inside_ids, near_ids, SMALLER.by_id, mob, SMALLER.distance_m).events
+            _key(e)
+            for e in reevaluate(
+                s, d, inside_ids, near_ids, SMALLER.farm(s.tenant).by_id, mob, SMALLER.farm(s.tenant).distance_m
+            ).events
         )
     again = reevaluate_all(SMALLER, states, sorted(states), MOBS.get, herd=True)
     assert [_key(e) for e in again.events] == expected

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-import fencex.index as index_module
+import fencex.indexshard as index_module
 from fencex.fence import Fence
 from fencex.herd import boundary_distance_m
 from fencex.index import FenceIndex
@@ -38,9 +38,9 @@ def test_an_escapes_distance_does_not_measure_every_pasture_of_a_big_farm(monkey
     monkeypatch.setattr(index_module, "boundary_distance_m", counted)
     for lon, lat in [(9.99, 49.99), (10.41, 50.25), (10.5, 50.5), (10.02, 50.012)]:
         calls.clear()
-        got = idx.distance_m(pastures, lon, lat)
+        got = idx.farm("evil").distance_m(pastures, lon, lat)
         assert len(calls) <= 10, f"{len(calls)} pastures measured exactly for one escape"
-        brute = min(boundary_distance_m(idx._shapes[(f.id, f.tenant, f.version)], lon, lat) for f in fences)
+        brute = min(boundary_distance_m(idx.farm("evil").geometry(f.id), lon, lat) for f in fences)
         assert got == round(brute, 1)
 
 

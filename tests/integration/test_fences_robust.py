@@ -33,7 +33,7 @@ MIXED_3D = {
 
 
 @pytest.fixture
-def prefix(redis_server) -> Iterator[str]:
+def prefix(redis_url) -> Iterator[str]:
     yield f"fx{uuid.uuid4().hex[:8]}"
 
 
@@ -52,11 +52,11 @@ async def write_broken(store: RedisStore, tenant: str) -> None:
         await pipe.execute()
 
 
-def test_a_follower_reloads_when_the_feed_is_trimmed_past_it(redis_server, prefix):
+def test_a_follower_reloads_when_the_feed_is_trimmed_past_it(redis_url, prefix):
     """Issue 9 #7: a lagging follower whose position was trimmed away reloads fences and registrations."""
 
     async def scenario() -> None:
-        store = RedisStore(f"redis://{redis_server.address}/0", prefix)
+        store = RedisStore(redis_url, prefix)
         await store.connect()
         try:
             await store.put_fences([Fence(id="north", tenant="farm", geometry=SQUARE)])
@@ -86,9 +86,9 @@ def test_a_follower_reloads_when_the_feed_is_trimmed_past_it(redis_server, prefi
     run(scenario())
 
 
-def test_a_wiped_store_is_reloaded(redis_server, prefix):
+def test_a_wiped_store_is_reloaded(redis_url, prefix):
     async def scenario() -> None:
-        store = RedisStore(f"redis://{redis_server.address}/0", prefix)
+        store = RedisStore(redis_url, prefix)
         await store.connect()
         try:
             await store.put_fences([Fence(id="north", tenant="farm", geometry=SQUARE)])

@@ -152,7 +152,7 @@ def test_a_save_sent_twice_appends_and_adds_once_and_a_missing_track_starts_as_a
 
 
 @pytest.fixture
-def prefix(redis_server):
+def prefix(redis_url):
     import uuid
 
     return f"fx{uuid.uuid4().hex[:8]}"
@@ -192,8 +192,8 @@ async def _grazing(live, days: list[str]) -> int:
         await store.close()
 
 
-def test_a_track_key_of_another_type_is_no_track_and_the_save_starts_one(redis_server, prefix):
-    loaded, track, served = run(_wrong_type(f"redis://{redis_server.address}/0", prefix))
+def test_a_track_key_of_another_type_is_no_track_and_the_save_starts_one(redis_url, prefix):
+    loaded, track, served = run(_wrong_type(redis_url, prefix))
     assert loaded == {}  # no track to merge with or trim, rather than an error every flush
     assert track.orphan and track.ts == [1_790_000_001_000]
     assert served.ts == track.ts

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import shutil
 import signal
 import socket
@@ -341,13 +342,22 @@ class RedisCluster:
         self.stop()
 
 
+def _cluster_port() -> int:
+    """A free port for a cluster node whose bus port (10,000 above it, so at most 55535) is free too."""
+    for _ in range(200):
+        port = random.randint(20_000, 55_535)
+        if not port_taken(port) and not port_taken(port + 10_000):
+            return port
+    raise ServerStartError("no free pair of ports (p, p + 10000) for a Redis Cluster node")
+
+
 def start_redis_cluster(masters: int = 3, logdir: Path | None = None, timeout: float = 30.0) -> RedisCluster:
     """``masters`` redis-servers in cluster mode on free loopback ports, joined with
     ``redis-cli --cluster create`` (no replicas); returns once every node says ``cluster_state:ok``."""
     cluster = RedisCluster([])
     try:
         for _ in range(masters):
-            port = free_port()
+            port = _cluster_port()
             workdir = Path(tempfile.mkdtemp(prefix="fencex-redis-cluster-"))
             config = {"cluster-enabled": "yes", "cluster-config-file": "nodes.conf", "cluster-node-timeout": "5000"}
             cluster.servers.append(start_redis(port, logdir, workdir=workdir, config=config))

@@ -75,7 +75,9 @@ async def test_herd_settings_per_farm_and_on_the_feed(store):
 
 @on_store
 async def test_unreadable_settings_give_the_defaults(store):
-    await store.redis.hset(store.keys.herd, "farm", b'{"confirm_fixes": 0}')  # HerdRules refuses it
+    await store.redis.hset(
+        store.keys.herd(store.keys.group("farm")), "farm", b'{"confirm_fixes": 0}'
+    )  # HerdRules refuses it
     assert await store.get_herd_rules("farm") is DEFAULT_RULES
 
 

@@ -12,18 +12,27 @@ No I/O in ``__init__``: ``connect()`` opens the connection and checks it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeAlias, TypeVar, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import (
+    ClusterError,
+    MaxConnectionsError,
+    OutOfMemoryError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, RedisClusterException, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fencex.errors import StoreUnavailable
@@ -39,6 +48,8 @@ StreamEntries: TypeAlias = list[tuple[bytes, dict[bytes, bytes]]]  # XRANGE, XRE
 StreamsRead: TypeAlias = list[tuple[bytes, StreamEntries]] | None  # XREAD: (stream, entries), None if none came
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 POLL_S = 0.05  # on a cluster, streams of several slots are polled this often instead of one blocking read
+POOL_WAIT_S = 5.0  # a call waits this long for a free connection (single Redis) or permit (cluster)
+FAN_OUT = 64  # connections a node's pool has beyond the permits: one call may use several at once
 
 
 def cluster_seeds(url: str) -> tuple[str, list[tuple[str, int]]] | None:
@@ -57,16 +68,54 @@ def cluster_seeds(url: str) -> tuple[str, list[tuple[str, int]]] | None:
     return urlunsplit((scheme, f"{creds}@{first}" if creds else first, "", parts.query, "")), nodes
 
 
+def max_connections(url: str) -> int:
+    """The URL's ``max_connections`` (redis-py's blocking pool's default, 50, when it has none)."""
+    got = parse_qs(urlsplit(url).query).get("max_connections")
+    return int(got[-1]) if got else 50
+
+
+def without_max_connections(url: str) -> str:
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "max_connections"]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+_permitted: ContextVar[bool] = ContextVar("fencex_store_permitted", default=False)
+
+
+@contextlib.asynccontextmanager
+async def _permit(permits: asyncio.Semaphore) -> AsyncIterator[None]:
+    """One of the cluster client's permits (see :meth:`RedisConnection.connect`), waited for up to
+    :data:`POOL_WAIT_S`; held by the calling task and the tasks it starts."""
+    if _permitted.get():
+        yield
+        return
+    try:
+        await asyncio.wait_for(permits.acquire(), POOL_WAIT_S)
+    except TimeoutError:
+        raise MaxConnectionsError(f"no connection free within {POOL_WAIT_S:.0f} s") from None
+    token = _permitted.set(True)
+    try:
+        yield
+    finally:
+        _permitted.reset(token)
+        permits.release()
+
+
 def guard(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     """Map redis-py's errors raised by a coroutine function to fencex's (StoreUnavailable)."""
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        permits = getattr(args[0], "_permits", None) if args else None
         try:
-            return await fn(*args, **kwargs)
+            if permits is None:
+                return await fn(*args, **kwargs)
+            async with _permit(permits):
+                return await fn(*args, **kwargs)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise StoreUnavailable(f"redis does not answer: {exc}") from exc
-        except RedisClusterException as exc:  # the cluster is down, or a slot has no node now
+        except (ClusterError, TryAgainError, SlotNotCoveredError) as exc:  # a node down, a slot moving or not served
             raise StoreUnavailable(f"the redis cluster does not answer: {exc}") from exc
         except ResponseError as exc:
             # Out of memory (maxmemory, noeviction) refuses writes until memory is freed: unavailable,
@@ -85,6 +134,7 @@ class RedisConnection:
     url: str
     keys: Keys
     cluster: bool  # a Redis Cluster (the URL's scheme says so)
+    _permits: asyncio.Semaphore | None  # on a cluster: calls under way at most (see connect)
     _redis: aioredis.Redis | None
     _append_events: Any  # the registered scripts (fencex.store.scripts), set by connect()
     _save_part: Any
@@ -108,9 +158,16 @@ class RedisConnection:
         if seeds is not None:
             # The cluster client keeps a pool per node (max_connections in the URL: per node); it follows
             # MOVED and ASK and finds the nodes again when a slot moves or a node fails.
+            # redis-py's cluster client fails at once when a node's pool is full; the single client's blocking
+            # pool waits. So that a burst waits here too, the URL's max_connections bounds the store's calls
+            # under way (each waits up to POOL_WAIT_S for a permit), and each node's pool has room beyond it
+            # for a call's own fan-out (one pipeline uses a connection per node; a save, a call per slot).
             url, nodes = seeds
+            limit = max_connections(url)
+            self._permits = asyncio.Semaphore(limit)
             client = RedisCluster.from_url(
-                url,
+                without_max_connections(url),
+                max_connections=limit + FAN_OUT,
                 startup_nodes=[ClusterNode(h, p) for h, p in nodes],
                 socket_connect_timeout=3,
                 socket_timeout=10,
@@ -124,13 +181,14 @@ class RedisConnection:
         else:
             pool = aioredis.BlockingConnectionPool.from_url(
                 self.url,
-                timeout=5,
+                timeout=POOL_WAIT_S,
                 socket_connect_timeout=3,
                 socket_timeout=10,
                 health_check_interval=30,
                 retry=retry,
             )
             self.cluster = False
+            self._permits = None
             self._redis = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
             await self._redis.ping()
         self._append_events = self._redis.register_script(APPEND_EVENTS)

@@ -88,3 +88,11 @@ def test_the_url_chooses_the_client():
     assert cluster_seeds("rediss+cluster://redis.example")[0] == "rediss://redis.example:6379"  # type: ignore[index]
     assert max_connections(url) == 6 and max_connections("redis://h:1") == 50
     assert without_max_connections(url) == "redis://u:pw@10.0.0.1:7000"
+
+
+def test_a_followers_position_holds_every_feeds_id():
+    store = RedisStore("redis://127.0.0.1:1/0", "fx", groups=3)  # no I/O
+    assert store._position("0-0") == ["0-0", "0-0", "0-0"]  # from the start of every feed
+    assert store._position("5-0 0-0 7-1") == ["5-0", "0-0", "7-1"]
+    assert store._position("5-0") is None  # a position of one feed (before groups): read as trimmed, reloaded
+    assert store._position("5-0 0-0 7-1 9-9") is None  # of another number of groups

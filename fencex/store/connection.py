@@ -91,7 +91,8 @@ async def _permit(permits: asyncio.Semaphore) -> AsyncIterator[None]:
         yield
         return
     try:
-        await asyncio.wait_for(permits.acquire(), POOL_WAIT_S)
+        async with asyncio.timeout(POOL_WAIT_S):  # a cancelled wait takes no permit
+            await permits.acquire()
     except TimeoutError:
         raise MaxConnectionsError(f"no connection free within {POOL_WAIT_S:.0f} s") from None
     token = _permitted.set(True)

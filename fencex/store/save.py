@@ -10,7 +10,7 @@ import functools
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import msgpack
 import orjson
@@ -24,7 +24,7 @@ from fencex.store.grazing import GRAZING_TTL_S, writes_of
 from fencex.trackbytes import ANCHOR, MAGIC, ORPHAN
 
 GEO_LAT_LIMIT = 85.05112878  # Redis GEO cannot hold the poles
-LOST = "the save was refused: the partitions' generations are gone (Redis lost its data)"
+LOST = "the save was refused: the partitions' generations are gone or behind this worker's claim (Redis lost writes)"
 FENCED = "the save was refused: another worker owns these partitions now"
 
 
@@ -169,11 +169,11 @@ class RedisSave(RedisConnection):
             return []
         gens, pointers, part_calls, farm_calls = msgpack.unpackb(blob, raw=False)
         if gens:
-            stored = cast(list[bytes | None], await self._gets([g[0] for g in gens]))
-            if any(s is None for s in stored):
-                raise GenerationsLost(LOST)
-            if any(int(s or 0) != g[1] for s, g in zip(stored, gens)):
-                raise Fenced(FENCED)
+            stored = [int(s) if s is not None else -1 for s in await self._gets([g[0] for g in gens])]
+            if any(s > g[1] for s, g in zip(stored, gens)):
+                raise Fenced(FENCED)  # a newer owner of any partition fences the whole save, whatever else was lost
+            if any(s < g[1] for s, g in zip(stored, gens)):
+                raise GenerationsLost(LOST)  # gone or behind the saver's own claim: it claims again
         if pointers:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for key, flat in pointers.items():
@@ -181,10 +181,10 @@ class RedisSave(RedisConnection):
                 await pipe.execute()
         replies = await asyncio.gather(*(self._save_part(keys=[token], args=[d]) for token, d in part_calls))
         codes = {int(r[0]) for r in replies}
-        if -2 in codes:
-            raise GenerationsLost(LOST)
         if -1 in codes:
             raise Fenced(FENCED)  # the partitions saved before are as saved by a worker that died then
+        if -2 in codes:
+            raise GenerationsLost(LOST)
         await asyncio.gather(*(self._save_farm(keys=[token], args=[d]) for token, d in farm_calls))
         return [(got[i].decode(), int(got[i + 1])) for got in replies for i in range(1, len(got), 2)]
 

@@ -26,9 +26,11 @@ return added
 # touches is in that slot.
 
 # The partition's part of a save: device states, tracks and the devices first seen on the partition.
-# d[1] the saver's generation of the partition (key, gen): if it is no longer the stored one, another
-# worker owns the partition now and nothing is written ({-1}; {-2} when the generation is not there
-# at all: Redis lost its data); an empty list: no check (a save by hand).
+# d[1] the saver's generation of the partition (key, gen): if the stored one is newer, another worker
+# owns the partition now and nothing is written ({-1}); if it is missing or older than the saver's
+# (only lost writes make it older: Redis restarted empty, a host crash took back the last second, a
+# restore), nothing is written either and the saver claims its partitions again ({-2}): no other
+# worker can own it, or it would have raised it. An empty list: no check (a save by hand).
 # KEYS[1] is the call's token: a call that ran already (its reply lost, the client sent it again)
 # writes nothing twice ({0}): APPEND is not idempotent.
 # d[2] states {key, JSON, ...}; d[3] the partition's set of devices and the new ones {key, {id, ...}}
@@ -43,10 +45,10 @@ return added
 SAVE_PART = """
 local d = cmsgpack.unpack(ARGV[1])
 local gens = d[1]
-for i = 1, #gens, 2 do
-  local gen = redis.call('GET', gens[i])
-  if not gen then return {-2} end  -- gone (Redis restarted empty): the saver claims again
-  if tonumber(gen) ~= gens[i + 1] then return {-1} end
+if #gens > 0 then
+  local gen = tonumber(redis.call('GET', gens[1]) or '-1')
+  if gen > gens[2] then return {-1} end  -- a newer owner: fenced
+  if gen < gens[2] then return {-2} end  -- gone or behind the saver's own claim: lost writes
 end
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', 3600) then return {0} end
 local function chunked(cmd, key, flat, width)

@@ -73,16 +73,15 @@ class RedisSave(RedisConnection):
                 got = parts[p] = _Part()
             return got
 
-        geo: dict[str, list[Any]] = {}
+        geo: dict[str, list[Any]] = {}  # tenant -> lon, lat, device, ...
         dumps = orjson.dumps
         for d, st in states.items():
             p = part_of(d)
             part(p).states.extend((k.device(p, d), dumps(st.to_obj())))
             if -GEO_LAT_LIMIT <= st.lat <= GEO_LAT_LIMIT:
-                key = k.geo(st.tenant)
-                g = geo.get(key)
+                g = geo.get(st.tenant)
                 if g is None:
-                    g = geo[key] = []
+                    g = geo[st.tenant] = []
                 g.extend((st.lon, st.lat, d))
         # membership and alert-list changes in event order: an exit then an enter leaves the
         # device inside, an escape then a return leaves it off the farm's list of devices out
@@ -131,7 +130,8 @@ class RedisSave(RedisConnection):
                 got = farms[tag] = ({}, [], {})
             return got
 
-        for key, flat in geo.items():
+        for tenant, flat in geo.items():
+            key = k.geo(tenant)
             farm(key)[0][key] = flat
         for row in members:
             farm(row[1])[1].append(row)

@@ -100,22 +100,23 @@ async def in_redis(devices: int, per_flush: int) -> None:
         try:
             before = int((await store.redis.info("memory"))["used_memory"])
             newest = [-1] * devices
+            on = {f"cow-{d}": 0 for d in range(devices)}  # every track on partition 0 (its key: {p0})
             for i in range(0, N, per_flush):
                 batch = base[i : i + per_flush]
                 tracks = {f"cow-{d}": append_bytes(newest[d], batch, []) for d in range(devices)}
                 newest = [batch[-1].ts_ms] * devices
-                await store.save_packed(store.pack_save({}, [], None, None, SaveWrites(tracks=tracks)))
+                await store.save_packed(store.pack_save({}, [], None, None, SaveWrites(tracks=tracks), on))
                 if i % 500 == 0:
                     print(f"  appending: {i:,}/{N:,} fixes a device", file=sys.stderr, flush=True)
-            keys = [store.keys.track(f"cow-{d}") for d in range(devices)]
+            keys = [store.keys.track(0, f"cow-{d}") for d in range(devices)]
 
             async def usage() -> int:  # the keys' own memory (used_memory also holds the saves' query buffers)
                 return sum([int(await store.redis.memory_usage(k, samples=0) or 0) for k in keys])
 
             appended = await usage()
-            raw = await store.load_tracks([f"cow-{d}" for d in range(devices)])
+            raw = await store.load_tracks([f"cow-{d}" for d in range(devices)], on)
             # written whole: what a trim or a merge leaves
-            await store.save_packed(store.pack_save({}, [], None, None, SaveWrites(rewrites=raw)))
+            await store.save_packed(store.pack_save({}, [], None, None, SaveWrites(rewrites=raw), on))
             whole = await usage()
             grown = int((await store.redis.info("memory"))["used_memory"]) - before
         finally:

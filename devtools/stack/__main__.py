@@ -1,6 +1,6 @@
 """python -m devtools.stack (or ./dev stack): the whole push path on this machine.
 
-Starts the Kafka-protocol broker and redis-server, one or more processor
+Starts the Kafka-protocol broker and redis-server (``--redis-cluster``: a Redis Cluster of three), one or more processor
 workers, the query API (with the farmers' web app at /app) and the simulator's herd (acting out the herd's alarms:
 ``--scenarios``), sets each farm's silence time to 2 minutes, and prints events
 live as they happen, in the farm's words ("collar-000017 escaped from Pasture 17, 40 m out").
@@ -35,6 +35,7 @@ from devtools.localserver import (
     start_broker,
     start_prometheus,
     start_redis,
+    start_redis_cluster,
     stop_all,
 )
 from devtools.stack.prometheus import write_config
@@ -168,6 +169,11 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: until Ctrl-C)")
     ap.add_argument("--kafka-port", type=int, default=9092)
     ap.add_argument("--redis-port", type=int, default=6379)
+    ap.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="a Redis Cluster of three masters (free ports) instead of one Redis",
+    )
     ap.add_argument("--api-port", type=int, default=8000)
     ap.add_argument("--prometheus-port", type=int, default=9090)
     ap.add_argument(
@@ -195,9 +201,15 @@ def main() -> int:
     try:
         broker = start_broker(_port(args.kafka_port), args.logdir)
         servers.append(broker)
-        redis = start_redis(_port(args.redis_port), args.logdir)
-        servers.append(redis)
-        bootstrap, redis_url = broker.address, f"redis://{redis.address}/0"
+        if args.redis_cluster:
+            cluster = start_redis_cluster(3, args.logdir)
+            servers.extend(cluster.servers)
+            redis_url = cluster.url
+        else:
+            redis = start_redis(_port(args.redis_port), args.logdir)
+            servers.append(redis)
+            redis_url = f"redis://{redis.address}/0"
+        bootstrap = broker.address
         ensure_topics(bootstrap, TOPICS.partitions(12))
         env = dict(
             os.environ, FENCEX_KAFKA_BOOTSTRAP=bootstrap, FENCEX_REDIS_URL=redis_url, FENCEX_SESSION_TIMEOUT_S="6"

@@ -1,43 +1,53 @@
 """What fencex keeps in its store, and under which keys.
 
-Redis is the source of truth:
+Redis is the source of truth. Every key carries a hash tag, so that each script and transaction
+touches one slot of a Redis Cluster (``docs/design/redis-cluster.md``; the same keys serve one Redis):
+``{g<k>}``, a **group** (``k``: crc32 of a farm's or a device's id modulo ``groups``), holds what a farm
+writes in one transaction and its group's change feed; ``{p<n>}``, a **partition** of the locations
+topic, holds what the worker owning it saves, fenced by its generation. Below, ``{g}`` is the group of
+the farm ``t`` (or of the device, where the key is a device's), ``{p}`` the device's partition.
 
-=============================  ==========================================================
-``{p}:fence:{id}``             a fence, JSON (``Fence.to_json``)
-``{p}:fences``                 set of all fence ids
-``{p}:tenant-fences:{t}``      set of tenant t's fence ids
-``{p}:changes``                stream: the change feed (kind, op, id, tenant, version)
-``{p}:dev:{id}``               a device's state, JSON (``DeviceState.to_obj``)
-``{p}:devices``                hash device id -> tenant (registered devices)
-``{p}:part:{topic}:{n}``       set of device ids seen on partition n (loaded on assignment)
-``{p}:gen:{topic}:{n}``        partition n's generation: raised by each new owner; a save
-                               carrying an older one is refused (fencing a stalled worker)
-``{p}:geo:{t}``                GEO set: tenant t's devices at their last position
-``{p}:in:{t}:{fence}``         sorted set: devices inside the fence, scored by since (ms)
-``{p}:tenants``                hash tenant -> name
-``{p}:key:{sha256}``           API key hash -> tenant
-``{p}:tenant-keys:{t}``        hash: tenant t's key ids -> JSON (digest, created_at)
-``{p}:events:{t}``             stream: tenant t's recent events (capped)
-``{p}:seen:{event_id}``        de-duplication marker for the event history (expires)
-``{p}:herd``                   hash tenant -> its herd settings, JSON (``HerdRules``' fields)
-``{p}:mob:{t}:{id}``           tenant t's mob, JSON (``MobRecord.to_json``): mob ids are per farm
-``{p}:tenant-mobs:{t}``        set of tenant t's mob ids
-``{p}:mob-farms``              set of the tenants that have held a mob
-``{p}:mob-of:{t}``             hash: tenant t's devices in a mob -> the mob's id (one mob each)
-``{p}:alerts:{t}:{kind}``      sorted set: tenant t's devices out, silent or low on battery
-                               (kind ``out``, ``silent``, ``battery_low``), scored by the
-                               time (ms) of the event that raised the alert
-``{p}:track:{id}``             list: a device's recent track (:mod:`fencex.track`'s bytes, the
-                               segments joined): the live path appends, a late merge or a trim
-                               rewrites
-``{p}:graze:{t}:{day}``        hash: tenant t's grazing on a day (the farm's time zone,
-                               ``YYYY-MM-DD``): ``fence id\tmob id`` -> milliseconds inside
-=============================  ==========================================================
+===================================  ====================================================
+``{P}:{g}:fence:{id}``               a fence, JSON (``Fence.to_json``), in its farm's group
+``{P}:{g}:fences``                   set of the group's fence ids (every farm of the group)
+``{P}:{g}:tenant-fences:{t}``        set of farm t's fence ids
+``{P}:fence-id:{id}``                the farm that holds fence id ``id`` (ids are unique across farms)
+``{P}:{g}:changes``                  stream: the group's change feed (kind, op, id, tenant, version)
+``{P}:{g}:devices``                  hash device id -> tenant (the group's registered devices)
+``{P}:{g}:where``                    hash device id -> the partition its state is saved under
+``{P}:{p}:dev:{id}``                 a device's state, JSON (``DeviceState.to_obj``)
+``{P}:{p}:part:{topic}``             set of device ids seen on the partition (loaded on assignment)
+``{P}:{p}:gen:{topic}``              the partition's generation: raised by each new owner; a save
+                                     carrying an older one is refused (fencing a stalled worker)
+``{P}:partitions:{topic}``           set of the partitions ever claimed
+``{P}:{g}:geo:{t}``                  GEO set: farm t's devices at their last position
+``{P}:{g}:in:{t}:{fence}``           sorted set: devices inside the fence, scored by since (ms)
+``{P}:tenants``                      hash tenant -> name
+``{P}:key:{sha256}``                 API key hash -> tenant
+``{P}:{g}:tenant-keys:{t}``          hash: farm t's key ids -> JSON (digest, created_at)
+``{P}:{g}:events:{t}``               stream: farm t's recent events (capped)
+``{P}:{g}:seen:{t}:{event_id}``      de-duplication marker for the event history (expires)
+``{P}:{g}:herd``                     hash tenant -> its herd settings, JSON (``HerdRules``' fields)
+``{P}:{g}:mob:{t}:{id}``             farm t's mob, JSON (``MobRecord.to_json``): mob ids are per farm
+``{P}:{g}:tenant-mobs:{t}``          set of farm t's mob ids
+``{P}:{g}:mob-farms``                set of the group's farms that have held a mob
+``{P}:{g}:mob-of:{t}``               hash: farm t's devices in a mob -> the mob's id (one mob each)
+``{P}:{g}:alerts:{t}:{kind}``        sorted set: farm t's devices out, silent or low on battery
+                                     (kind ``out``, ``silent``, ``battery_low``), scored by the
+                                     time (ms) of the event that raised the alert
+``{P}:{p}:track:{id}``               list: a device's recent track (:mod:`fencex.track`'s bytes, the
+                                     segments joined): the live path appends, a late merge or a trim
+                                     rewrites
+``{P}:{g}:graze:{t}:{day}``          hash: farm t's grazing on a day (the farm's time zone,
+                                     ``YYYY-MM-DD``): ``fence id\tmob id`` -> milliseconds inside
+``{P}:{g|p}:saved:{token}``          a save step's token: a step resent writes nothing twice
+===================================  ====================================================
 """
 
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,42 +83,101 @@ class SaveWrites:
     long_bytes: int = 1 << 62  # tracks at least this long are named in the save's answer (to trim)
 
 
+DEFAULT_GROUPS = 16  # groups of farms and devices, and so change feeds (FENCEX_STORE_GROUPS)
+
+
+def group_of(name: str, groups: int) -> int:
+    """The group (0 .. groups - 1) of a farm or a device: crc32 of its id."""
+    return zlib.crc32(name.encode()) % groups
+
+
+def tag_of(key: str) -> str:
+    """The hash tag of a key (``{g3}``, ``{p7}``), or the key itself when it has none: keys with the
+    same answer are in one slot."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start : end + 1]
+    return key
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
     prefix: str = "fx"
+    groups: int = DEFAULT_GROUPS
 
-    def fence(self, fid: str) -> str:
-        return f"{self.prefix}:fence:{fid}"
+    # ---------------------------------------------------------------- tags
+
+    def group(self, name: str) -> str:
+        """The tag of a farm's or a device's group: ``{g<k>}``."""
+        return f"{{g{zlib.crc32(name.encode()) % self.groups}}}"
 
     @property
-    def fences(self) -> str:
-        return f"{self.prefix}:fences"
+    def all_groups(self) -> list[str]:
+        return [f"{{g{k}}}" for k in range(self.groups)]
+
+    @staticmethod
+    def part(partition: int) -> str:
+        """The tag of a partition: ``{p<n>}``."""
+        return f"{{p{partition}}}"
+
+    def _t(self, tenant: str) -> str:
+        return f"{self.prefix}:{self.group(tenant)}"
+
+    # ---------------------------------------------------------------- fences
+
+    def fence(self, tenant: str, fid: str) -> str:
+        return self.fence_in(self.group(tenant), fid)
+
+    def fence_in(self, group: str, fid: str) -> str:
+        return f"{self.prefix}:{group}:fence:{fid}"
+
+    def fences(self, group: str) -> str:
+        return f"{self.prefix}:{group}:fences"
 
     def tenant_fences(self, tenant: str) -> str:
-        return f"{self.prefix}:tenant-fences:{tenant}"
+        return f"{self._t(tenant)}:tenant-fences:{tenant}"
 
-    @property
-    def changes(self) -> str:
-        return f"{self.prefix}:changes"
+    def fence_id(self, fid: str) -> str:
+        return f"{self.prefix}:fence-id:{fid}"
 
-    def device(self, did: str) -> str:
-        return f"{self.prefix}:dev:{did}"
+    def changes(self, group: str) -> str:
+        return f"{self.prefix}:{group}:changes"
 
-    @property
-    def devices(self) -> str:
-        return f"{self.prefix}:devices"
+    # ---------------------------------------------------------------- devices
+
+    def device(self, partition: int, did: str) -> str:
+        return f"{self.prefix}:{{p{partition}}}:dev:{did}"
+
+    def devices(self, group: str) -> str:
+        return f"{self.prefix}:{group}:devices"
+
+    def where(self, group: str) -> str:
+        return f"{self.prefix}:{group}:where"
 
     def partition(self, topic: str, partition: int) -> str:
-        return f"{self.prefix}:part:{topic}:{partition}"
+        return f"{self.prefix}:{{p{partition}}}:part:{topic}"
 
     def generation(self, topic: str, partition: int) -> str:
-        return f"{self.prefix}:gen:{topic}:{partition}"
+        return f"{self.prefix}:{{p{partition}}}:gen:{topic}"
+
+    def partitions(self, topic: str) -> str:
+        return f"{self.prefix}:partitions:{topic}"
+
+    def track(self, partition: int, did: str) -> str:
+        return f"{self.prefix}:{{p{partition}}}:track:{did}"
+
+    def saved(self, tag: str, token: str) -> str:
+        return f"{self.prefix}:{tag}:saved:{token}"
+
+    # ---------------------------------------------------------------- farms
 
     def geo(self, tenant: str) -> str:
-        return f"{self.prefix}:geo:{tenant}"
+        return f"{self._t(tenant)}:geo:{tenant}"
 
     def inside(self, tenant: str, fid: str) -> str:
-        return f"{self.prefix}:in:{tenant}:{fid}"
+        return f"{self._t(tenant)}:in:{tenant}:{fid}"
 
     @property
     def tenants(self) -> str:
@@ -118,39 +187,34 @@ class Keys:
         return f"{self.prefix}:key:{digest}"
 
     def tenant_keys(self, tenant: str) -> str:
-        return f"{self.prefix}:tenant-keys:{tenant}"
+        return f"{self._t(tenant)}:tenant-keys:{tenant}"
 
     def events(self, tenant: str) -> str:
-        return f"{self.prefix}:events:{tenant}"
+        return f"{self._t(tenant)}:events:{tenant}"
 
-    def seen(self, event_id: str) -> str:
-        return f"{self.prefix}:seen:{event_id}"
+    def seen(self, tenant: str, event_id: str) -> str:
+        return f"{self._t(tenant)}:seen:{tenant}:{event_id}"
 
-    @property
-    def herd(self) -> str:
-        return f"{self.prefix}:herd"
+    def herd(self, group: str) -> str:
+        return f"{self.prefix}:{group}:herd"
 
     def mob(self, tenant: str, mob_id: str) -> str:
-        return f"{self.prefix}:mob:{tenant}:{mob_id}"
+        return f"{self._t(tenant)}:mob:{tenant}:{mob_id}"
 
     def tenant_mobs(self, tenant: str) -> str:
-        return f"{self.prefix}:tenant-mobs:{tenant}"
+        return f"{self._t(tenant)}:tenant-mobs:{tenant}"
 
-    @property
-    def mob_farms(self) -> str:
-        return f"{self.prefix}:mob-farms"
+    def mob_farms(self, group: str) -> str:
+        return f"{self.prefix}:{group}:mob-farms"
 
     def mob_of(self, tenant: str) -> str:
-        return f"{self.prefix}:mob-of:{tenant}"
+        return f"{self._t(tenant)}:mob-of:{tenant}"
 
     def alerts(self, tenant: str, kind: str) -> str:
-        return f"{self.prefix}:alerts:{tenant}:{kind}"
-
-    def track(self, did: str) -> str:
-        return f"{self.prefix}:track:{did}"
+        return f"{self._t(tenant)}:alerts:{tenant}:{kind}"
 
     def grazing(self, tenant: str, day: str) -> str:
-        return f"{self.prefix}:graze:{tenant}:{day}"
+        return f"{self._t(tenant)}:graze:{tenant}:{day}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,25 +1,43 @@
 """The store's connection to Redis, shared by all its parts, and :func:`guard`, which maps
 redis-py's errors to fencex's at the edge: every connection error leaves as StoreUnavailable.
 
+The URL chooses the client: ``redis://`` (or ``rediss://``) one Redis, ``redis+cluster://host:port[,host:port...]``
+(or ``rediss+cluster://``) a Redis Cluster, through redis-py's ``redis.asyncio.cluster.RedisCluster`` (the
+nodes given are seeds: the client finds the others). The store's keys and scripts are the same on both
+(``fencex.store.base``): each script, transaction and multi-key command touches one slot.
+
 No I/O in ``__init__``: ``connect()`` opens the connection and checks it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
-from collections.abc import Callable, Coroutine
-from typing import Any, ParamSpec, TypeAlias, TypeVar
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from contextvars import ContextVar
+from typing import Any, ParamSpec, TypeAlias, TypeVar, cast
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import (
+    ClusterError,
+    MaxConnectionsError,
+    OutOfMemoryError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fencex.errors import StoreUnavailable
-from fencex.store.base import Keys
-from fencex.store.scripts import APPEND_EVENTS, SAVE_BATCH
+from fencex.store.base import Keys, tag_of
+from fencex.store.scripts import APPEND_EVENTS, SAVE_FARM, SAVE_PART
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -28,6 +46,61 @@ R = TypeVar("R")
 # redis-py types replies for either setting (bytes | str), and the store narrows them with cast().
 StreamEntries: TypeAlias = list[tuple[bytes, dict[bytes, bytes]]]  # XRANGE, XREVRANGE: (id, fields)
 StreamsRead: TypeAlias = list[tuple[bytes, StreamEntries]] | None  # XREAD: (stream, entries), None if none came
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+POLL_S = 0.05  # on a cluster, streams of several slots are polled this often instead of one blocking read
+POOL_WAIT_S = 5.0  # a call waits this long for a free connection (single Redis) or permit (cluster)
+FAN_OUT = 64  # connections a node's pool has beyond the permits: one call may use several at once
+
+
+def cluster_seeds(url: str) -> tuple[str, list[tuple[str, int]]] | None:
+    """For a ``redis+cluster://`` URL: the URL redis-py's cluster client reads (its first node, the
+    scheme without ``+cluster``) and every node given, as seeds; None for a single Redis's URL."""
+    parts = urlsplit(url)
+    scheme = CLUSTER_SCHEMES.get(parts.scheme)
+    if scheme is None:
+        return None
+    creds, _, hosts = parts.netloc.rpartition("@")
+    nodes: list[tuple[str, int]] = []
+    for hp in hosts.split(","):
+        host, _, port = hp.strip().rpartition(":")
+        nodes.append((host or hp.strip(), int(port) if host else 6379))
+    first = f"{nodes[0][0]}:{nodes[0][1]}"
+    return urlunsplit((scheme, f"{creds}@{first}" if creds else first, "", parts.query, "")), nodes
+
+
+def max_connections(url: str) -> int:
+    """The URL's ``max_connections`` (redis-py's blocking pool's default, 50, when it has none)."""
+    got = parse_qs(urlsplit(url).query).get("max_connections")
+    return int(got[-1]) if got else 50
+
+
+def without_max_connections(url: str) -> str:
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "max_connections"]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+_permitted: ContextVar[bool] = ContextVar("fencex_store_permitted", default=False)
+
+
+@contextlib.asynccontextmanager
+async def _permit(permits: asyncio.Semaphore) -> AsyncIterator[None]:
+    """One of the cluster client's permits (see :meth:`RedisConnection.connect`), waited for up to
+    :data:`POOL_WAIT_S`; held by the calling task and the tasks it starts."""
+    if _permitted.get():
+        yield
+        return
+    try:
+        async with asyncio.timeout(POOL_WAIT_S):  # a cancelled wait takes no permit
+            await permits.acquire()
+    except TimeoutError:
+        raise MaxConnectionsError(f"no connection free within {POOL_WAIT_S:.0f} s") from None
+    token = _permitted.set(True)
+    try:
+        yield
+    finally:
+        _permitted.reset(token)
+        permits.release()
 
 
 def guard(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
@@ -35,10 +108,16 @@ def guard(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any,
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        permits = getattr(args[0], "_permits", None) if args else None
         try:
-            return await fn(*args, **kwargs)
+            if permits is None:
+                return await fn(*args, **kwargs)
+            async with _permit(permits):
+                return await fn(*args, **kwargs)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise StoreUnavailable(f"redis does not answer: {exc}") from exc
+        except (ClusterError, TryAgainError, SlotNotCoveredError) as exc:  # a node down, a slot moving or not served
+            raise StoreUnavailable(f"the redis cluster does not answer: {exc}") from exc
         except ResponseError as exc:
             # Out of memory (maxmemory, noeviction) refuses writes until memory is freed: unavailable,
             # not a bug. redis-py raises OutOfMemoryError for a command or a pipeline, and a plain
@@ -55,9 +134,12 @@ class RedisConnection:
 
     url: str
     keys: Keys
+    cluster: bool  # a Redis Cluster (the URL's scheme says so)
+    _permits: asyncio.Semaphore | None  # on a cluster: calls under way at most (see connect)
     _redis: aioredis.Redis | None
     _append_events: Any  # the registered scripts (fencex.store.scripts), set by connect()
-    _save_batch: Any
+    _save_part: Any
+    _save_farm: Any
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -73,18 +155,46 @@ class RedisConnection:
         # again on a new connection (twice at most, after a few ms). Timeouts are not retried: a
         # paused Redis answers 503 after one socket timeout, not three.
         retry = Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.2), 2, supported_errors=(RedisConnectionError,))
-        pool = aioredis.BlockingConnectionPool.from_url(
-            self.url,
-            timeout=5,
-            socket_connect_timeout=3,
-            socket_timeout=10,
-            health_check_interval=30,
-            retry=retry,
-        )
-        self._redis = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
-        await self._redis.ping()
+        seeds = cluster_seeds(self.url)
+        if seeds is not None:
+            # The cluster client keeps a pool per node (max_connections in the URL: per node); it follows
+            # MOVED and ASK and finds the nodes again when a slot moves or a node fails.
+            # redis-py's cluster client fails at once when a node's pool is full; the single client's blocking
+            # pool waits. So that a burst waits here too, the URL's max_connections bounds the store's calls
+            # under way (each waits up to POOL_WAIT_S for a permit), and each node's pool has room beyond it
+            # for a call's own fan-out (one pipeline uses a connection per node; a save, a call per slot).
+            url, nodes = seeds
+            limit = max_connections(url)
+            self._permits = asyncio.Semaphore(limit)
+            client = RedisCluster.from_url(
+                without_max_connections(url),
+                max_connections=limit + FAN_OUT,
+                startup_nodes=[ClusterNode(h, p) for h, p in nodes],
+                socket_connect_timeout=3,
+                socket_timeout=10,
+                health_check_interval=30,
+                retry=retry,
+            )
+            self.cluster = True
+            # the cluster client has the single client's command methods: the store uses those only
+            self._redis = cast(aioredis.Redis, client)
+            await client.initialize()
+        else:
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self.url,
+                timeout=POOL_WAIT_S,
+                socket_connect_timeout=3,
+                socket_timeout=10,
+                health_check_interval=30,
+                retry=retry,
+            )
+            self.cluster = False
+            self._permits = None
+            self._redis = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
+            await self._redis.ping()
         self._append_events = self._redis.register_script(APPEND_EVENTS)
-        self._save_batch = self._redis.register_script(SAVE_BATCH)
+        self._save_part = self._redis.register_script(SAVE_PART)
+        self._save_farm = self._redis.register_script(SAVE_FARM)
 
     async def close(self) -> None:
         if self._redis is not None:
@@ -93,4 +203,56 @@ class RedisConnection:
 
     @guard
     async def ping(self) -> bool:
+        if self.cluster:  # every node: a slot without its node is an outage of part of the store
+            got = await cast(Any, self.redis).ping(target_nodes=RedisCluster.ALL_NODES)
+            return bool(got) if not isinstance(got, dict) else all(got.values())
         return bool(await self.redis.ping())
+
+    async def _by_group(self, key: Callable[[str], str], names: Sequence[str]) -> dict[str, bytes | None]:
+        """Fields ``names`` of a per-group hash (``key(group)``), each read from its own group's."""
+        by_group: dict[str, list[str]] = {}
+        for n in names:
+            by_group.setdefault(self.keys.group(n), []).append(n)
+        if not by_group:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for group, some in by_group.items():
+                pipe.hmget(key(group), some)
+            got = cast(list[list[bytes | None]], await pipe.execute())
+        return {n: r for some, raws in zip(by_group.values(), got) for n, r in zip(some, raws)}
+
+    async def _mgets(self, batches: Sequence[Sequence[str]]) -> list[list[bytes | None]]:
+        """MGET of each batch of keys (the keys of a batch in one slot): in one pipeline on one Redis; on
+        a cluster (whose pipelines refuse MGET) all at once, each to its slot's node."""
+        if not self.cluster:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for keys in batches:
+                    pipe.mget(keys)
+                return cast(list[list[bytes | None]], await pipe.execute())
+        got = await asyncio.gather(*(self.redis.mget(keys) for keys in batches))
+        return cast(list[list[bytes | None]], got)
+
+    async def _xread(self, streams: Mapping[str, str], block_ms: int, count: int) -> list[tuple[bytes, StreamEntries]]:
+        """XREAD of several streams, waiting up to ``block_ms`` for any: one blocking read on one Redis.
+        On a cluster one XREAD may name the streams of one slot only: those of each slot are read
+        without blocking, all in one pipeline (a round trip per node), every :data:`POLL_S` until
+        something comes or ``block_ms`` has passed."""
+        if not streams:
+            return []
+        if not self.cluster:
+            one: dict[Any, Any] = dict(streams)  # redis-py types the mapping with an invariant key
+            return cast(StreamsRead, await self.redis.xread(one, block=block_ms, count=count)) or []
+        slots: dict[str, dict[Any, Any]] = {}
+        for name, after in streams.items():
+            slots.setdefault(tag_of(name), {})[name] = after
+        deadline = time.monotonic() + block_ms / 1000
+        while True:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for some in slots.values():
+                    pipe.xread(some, count=count)
+                got = cast(list[StreamsRead], await pipe.execute())
+            out = [entry for reply in got for entry in reply or []]
+            left = deadline - time.monotonic()
+            if out or left <= 0:
+                return out
+            await asyncio.sleep(min(POLL_S, left))

@@ -1,62 +1,64 @@
 """Devices in Redis: which farm each belongs to, their states, positions and fence memberships,
-the devices each partition has seen, and the partitions' generations that fence a stalled worker."""
+the devices each partition has seen, and the partitions' generations that fence a stalled worker.
+
+A device's state and track are its partition's (``{p<n>}``); its registration and the partition its
+state is saved under (``where``) its group's (``{g<k>}``); positions and memberships its farm's."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, cast
+from typing import cast
 
-import msgpack
 import orjson
 from redis.exceptions import ResponseError, WatchError
 
 from fencex.detector import DeviceState
-from fencex.errors import Fenced, GenerationsLost, NotFound
-from fencex.event import Event
-from fencex.store.base import ALERT_OF, SaveWrites
+from fencex.errors import NotFound
 from fencex.store.connection import guard
 from fencex.store.feed import RedisFeed
-from fencex.store.grazing import GRAZING_TTL_S, writes_of
-from fencex.trackbytes import ANCHOR, MAGIC, ORPHAN
-
-GEO_LAT_LIMIT = 85.05112878  # Redis GEO cannot hold the poles
 
 
 class RedisDevices(RedisFeed):
-    """Device registry, states and the worker's batch save (``fencex.store.scripts.SAVE_BATCH``)."""
+    """Device registry, states and the worker's batch save (``fencex.store.scripts.SAVE_PART`` and
+    ``SAVE_FARM``: one call per slot, see :meth:`save_packed`)."""
 
     async def register_device(self, device_id: str, tenant: str) -> None:
         await self.register_devices({device_id: tenant})
 
     @guard
     async def register_devices(self, tenants: Mapping[str, str]) -> None:
-        """Assign devices to tenants; running workers hear it through the change feed."""
-        items = list(tenants.items())
-        for start in range(0, len(items), 5000):
-            chunk = dict(items[start : start + 5000])
-            async with self.redis.pipeline(transaction=True) as pipe:
-                # redis-py's mapping type has an invariant key (Mapping[bytes | str | ..., ...]): dict[str, str] is fine
-                pipe.hset(self.keys.devices, mapping=chunk)  # type: ignore[arg-type]
-                for device_id, tenant in chunk.items():
-                    self._feed(pipe, "device", "upsert", device_id, tenant, 1)
-                await pipe.execute()
+        """Assign devices to tenants; running workers hear it through the change feed. One transaction
+        per device group (its registry and its feed are in one slot): all of a group's or none."""
+        by_group: dict[str, list[tuple[str, str]]] = {}
+        for device_id, tenant in tenants.items():
+            by_group.setdefault(self.keys.group(device_id), []).append((device_id, tenant))
+        for group, items in by_group.items():
+            for start in range(0, len(items), 5000):
+                chunk = dict(items[start : start + 5000])
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    # redis-py types mapping with an invariant key: dict[str, str] is fine
+                    pipe.hset(self.keys.devices(group), mapping=chunk)  # type: ignore[arg-type]
+                    for device_id, tenant in chunk.items():
+                        self._feed(pipe, group, "device", "upsert", device_id, tenant, 1)
+                    await pipe.execute()
 
     @guard
     async def claim_device(self, device_id: str, tenant: str) -> str:
         """Register an unregistered device to ``tenant``, atomically (set-if-absent, with its
         change-feed entry in the same transaction); returns the device's owner after the claim:
         ``tenant`` unless another tenant holds it. A transfer is :meth:`register_devices`."""
+        group = self.keys.group(device_id)
+        registry = self.keys.devices(group)
         while True:
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:
-                    await pipe.watch(self.keys.devices)
-                    owner = cast(bytes | None, await pipe.hget(self.keys.devices, device_id))
+                    await pipe.watch(registry)
+                    owner = cast(bytes | None, await pipe.hget(registry, device_id))
                     if owner is not None:
                         return str(owner.decode())
                     pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves Pipeline.multi unannotated
-                    pipe.hset(self.keys.devices, device_id, tenant)
-                    self._feed(pipe, "device", "upsert", device_id, tenant, 1)
+                    pipe.hset(registry, device_id, tenant)
+                    self._feed(pipe, group, "device", "upsert", device_id, tenant, 1)
                     await pipe.execute()
                     return tenant
                 except WatchError:
@@ -64,32 +66,57 @@ class RedisDevices(RedisFeed):
 
     @guard
     async def device_tenants(self) -> dict[str, str]:
-        raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.keys.devices))
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for group in self.keys.all_groups:
+                pipe.hgetall(self.keys.devices(group))
+            got = cast(list[dict[bytes, bytes]], await pipe.execute())
+        return {k.decode(): v.decode() for raw in got for k, v in raw.items()}
 
     @guard
     async def device_tenant(self, device_id: str) -> str | None:
-        raw = cast(bytes | None, await self.redis.hget(self.keys.devices, device_id))
+        raw = cast(bytes | None, await self.redis.hget(self.keys.devices(self.keys.group(device_id)), device_id))
         return raw.decode() if raw is not None else None
 
     @guard
     async def tenants_of(self, device_ids: list[str]) -> dict[str, str | None]:
         """Each device's registered tenant (None where unregistered)."""
-        if not device_ids:
-            return {}
-        raws = cast(list[bytes | None], await self.redis.hmget(self.keys.devices, device_ids))
-        return {d: (r.decode() if r is not None else None) for d, r in zip(device_ids, raws)}
+        got = await self._by_group(self.keys.devices, device_ids)
+        return {d: (r.decode() if r is not None else None) for d, r in got.items()}
+
+    async def _where(self, device_ids: Sequence[str]) -> dict[str, int]:
+        """The partition each device's state is saved under (those that have one)."""
+        got = await self._by_group(self.keys.where, device_ids)
+        return {d: int(r) for d, r in got.items() if r is not None}
 
     @guard
-    async def load_states(self, device_ids: list[str]) -> dict[str, DeviceState]:
+    async def load_states(
+        self, device_ids: list[str], partitions: Mapping[str, int] | None = None
+    ) -> dict[str, DeviceState]:
+        """The saved states of these devices (those that have one). ``partitions``: device -> its
+        partition now, where the caller knows it (the worker does); a device not found there, or not
+        given, is looked up under the partition its state was saved under (``{P}:{g}:where``)."""
+        given = partitions or {}
         out: dict[str, DeviceState] = {}
-        for start in range(0, len(device_ids), 10_000):
-            chunk = device_ids[start : start + 10_000]
-            raws = await self.redis.mget([self.keys.device(d) for d in chunk])
-            for did, raw in zip(chunk, raws):
-                if raw is not None:
-                    out[did] = DeviceState.from_obj(orjson.loads(raw))
+        first = {d: given[d] for d in device_ids if d in given}
+        await self._read_states(first, out)
+        rest = [d for d in device_ids if d not in out]
+        if rest:
+            where = await self._where(rest)
+            await self._read_states({d: p for d, p in where.items() if first.get(d) != p}, out)
         return out
+
+    async def _read_states(self, where: Mapping[str, int], out: dict[str, DeviceState]) -> None:
+        by_part: dict[int, list[str]] = {}
+        for d, p in where.items():
+            by_part.setdefault(p, []).append(d)
+        chunks = [(p, ds[i : i + 10_000]) for p, ds in by_part.items() for i in range(0, len(ds), 10_000)]
+        for start in range(0, len(chunks), 16):
+            some = chunks[start : start + 16]
+            got = await self._mgets([[self.keys.device(p, d) for d in chunk] for p, chunk in some])
+            for (_, chunk), raws in zip(some, got):
+                for did, raw in zip(chunk, raws):
+                    if raw is not None:
+                        out[did] = DeviceState.from_obj(orjson.loads(raw))
 
     @guard
     async def partition_devices(self, topic: str, partitions: Iterable[int]) -> dict[str, int]:
@@ -105,122 +132,50 @@ class RedisDevices(RedisFeed):
         """Raise each partition's generation by one (a new owner); the new generations.
 
         A save carrying an older generation (a worker that stalled past its session and
-        lost the partition) is refused by :meth:`save_packed`.
+        lost the partition) is refused by :meth:`save_packed`. Each INCR is atomic on its own
+        (each partition is its own slot); the partitions are also listed as claimed.
         """
         if not partitions:
             return {}
-        async with self.redis.pipeline(transaction=True) as pipe:
+        async with self.redis.pipeline(transaction=False) as pipe:
             for p in partitions:
                 pipe.incr(self.keys.generation(topic, p))
+            pipe.sadd(self.keys.partitions(topic), *partitions)
             gens = await pipe.execute()
         return {p: int(g) for p, g in zip(partitions, gens)}
 
-    def pack_save(
-        self,
-        states: Mapping[str, DeviceState],
-        events: Iterable[Event],
-        new_devices: Mapping[tuple[str, int], list[str]] | None = None,
-        generations: Mapping[tuple[str, int], int] | None = None,
-        writes: SaveWrites | None = None,
-    ) -> bytes | None:
-        """Serialise a save now (a snapshot), to send later with :meth:`save_packed`.
-
-        ``generations``: (topic, partition) -> the generation the saver holds; the save is
-        refused (Fenced) if any has moved on, so a stalled worker's commit is fenced too.
-        ``writes``: the tracks, grazing and membership resets saved with the states (:class:`SaveWrites`).
-        """
-        w = writes or SaveWrites()
-        if not states and not new_devices and not generations and not (w.tracks or w.rewrites or w.grazing):
-            return None
-        k = self.keys
-        flat: list[Any] = []
-        geo: dict[str, list[Any]] = {}
-        dumps = orjson.dumps
-        for d, st in states.items():
-            flat.append(k.device(d))
-            flat.append(dumps(st.to_obj()))
-            if -GEO_LAT_LIMIT <= st.lat <= GEO_LAT_LIMIT:
-                g = geo.get(st.tenant)
-                if g is None:
-                    g = geo[st.tenant] = []
-                g.extend((st.lon, st.lat, d))
-        geo_keys = {k.geo(t): v for t, v in geo.items()}
-        # membership and alert-list changes in event order: an exit then an enter leaves the
-        # device inside, an escape then a return leaves it off the farm's list of devices out
-        members: list[tuple[int, str, int, str]] = []
-        for e in events:
-            t = e.type
-            if t == "enter" or t == "exit":
-                members.append((1 if t == "enter" else 0, k.inside(e.tenant, e.fence_id), e.ts_ms, e.device_id))
-            elif t in ALERT_OF:  # dwell changes nothing here
-                for kind, raised in ALERT_OF[t]:
-                    members.append((1 if raised else 0, k.alerts(e.tenant, kind), e.ts_ms, e.device_id))
-        for d, (before, after) in w.resets.items():  # then set from the state: a merge's retractions
-            members.extend(self._reset_rows(d, before, after))
-        sadd = {k.partition(topic, p): devices for (topic, p), devices in (new_devices or {}).items() if devices}
-        gens: list[Any] = []
-        for (topic, p), gen in (generations or {}).items():
-            gens.extend((k.generation(topic, p), gen))
-        tracks: list[Any] = []
-        rewrites, anchors, empty = w.rewrites, w.anchors, b""
-        for d, more in w.tracks.items():
-            tracks.extend((d, rewrites.get(d, False), bytes(more), anchors.get(d, -1)))
-        for d in rewrites.keys() - w.tracks.keys():
-            tracks.extend((d, rewrites[d], empty, -1))
-        token = f"{k.prefix}:saved:{os.urandom(12).hex()}"
-        grazing = {key: [x for kv in fields.items() for x in kv] for key, fields in writes_of(k, w.grazing).items()}
-        orphan = MAGIC + bytes((ORPHAN,))  # a track started by an append: the state before it is not known
-        blob = [flat, geo_keys, members, sadd, gens, token, tracks, grazing, orphan, w.long_bytes, GRAZING_TTL_S]
-        blob.extend((k.track(""), bytes((ANCHOR,))))
-        return msgpack.packb(blob, use_bin_type=False)  # type: ignore[no-any-return]
-
-    def _reset_rows(self, d: str, before: DeviceState, after: DeviceState) -> list[tuple[int, str, int, str]]:
-        """The rows that make a device's fence memberships and alert lists those of ``after`` (its state
-        after a late merge; ``before``: its state before): out and low battery kept with their first time."""
-        k, t = self.keys, after.tenant
-        rows = [(0, k.inside(t, f), 0, d) for f in before.members.keys() - after.members.keys()]
-        rows.extend((1, k.inside(t, f), m.since_ms, d) for f, m in after.members.items())
-        for kind, on in (("out", after.out), ("battery_low", after.low)):
-            rows.append((2 if on else 0, k.alerts(t, kind), after.last_ts, d))
-        return rows
-
     @guard
-    async def save_packed(self, blob: bytes | None) -> list[tuple[str, int]]:
-        """Run a packed save; Fenced (nothing written) if a partition's generation moved on. Returns the
-        devices whose tracks are now at least the save's ``long_bytes`` long, with their lengths (a track is
-        a list of segments, joined every 64: its length is known then)."""
-        if blob is None:
-            return []
-        got = await self._save_batch(args=[blob])
-        if int(got[0]) == -2:
-            raise GenerationsLost(
-                "the save was refused: the partitions' generations are gone or behind this worker's claim "
-                "(Redis lost writes)"
-            )
-        if int(got[0]) < 0:
-            raise Fenced("the save was refused: another worker owns these partitions now")
-        return [(got[i].decode(), int(got[i + 1])) for i in range(1, len(got), 2)]
-
-    @guard
-    async def load_tracks(self, device_ids: list[str]) -> dict[str, bytes]:
+    async def load_tracks(self, device_ids: list[str], partitions: Mapping[str, int] | None = None) -> dict[str, bytes]:
         """The stored tracks of these devices (those that have one: a key of another type, set by hand,
-        is none, and the next save replaces it)."""
+        is none, and the next save replaces it). ``partitions``: as :meth:`load_states`' (a device not
+        in it is looked up)."""
         if not device_ids:
             return {}
+        given = partitions or {}
+        where = {d: given[d] for d in device_ids if d in given}
+        missing = [d for d in device_ids if d not in where]
+        if missing:
+            where.update(await self._where(missing))
+        ids = [d for d in device_ids if d in where]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for d in device_ids:
-                pipe.lrange(self.keys.track(d), 0, -1)
+            for d in ids:
+                pipe.lrange(self.keys.track(where[d], d), 0, -1)
             got = cast(list[list[bytes] | ResponseError], await pipe.execute(raise_on_error=False))
         for reply in got:
             if isinstance(reply, ResponseError) and not reply.args[0].startswith("WRONGTYPE"):
                 raise reply  # mapped by guard (out of memory), or a bug
-        return {
-            d: b"".join(segments) for d, segments in zip(device_ids, got) if isinstance(segments, list) and segments
-        }
+        return {d: b"".join(segments) for d, segments in zip(ids, got) if isinstance(segments, list) and segments}
+
+    @guard
+    async def device_partition(self, device_id: str) -> int | None:
+        """The partition the device's state is saved under (None: none saved)."""
+        raw = cast(bytes | None, await self.redis.hget(self.keys.where(self.keys.group(device_id)), device_id))
+        return int(raw) if raw is not None else None
 
     @guard
     async def device_state(self, tenant: str, device_id: str) -> DeviceState:
-        raw = await self.redis.get(self.keys.device(device_id))
+        p = await self.device_partition(device_id)
+        raw = await self.redis.get(self.keys.device(p, device_id)) if p is not None else None
         if raw is None:
             raise NotFound(f"no device {device_id!r}")
         state = DeviceState.from_obj(orjson.loads(raw))

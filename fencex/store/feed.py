@@ -1,5 +1,10 @@
-"""The change feed in Redis: a capped stream of fence and device changes, written in the same
-transaction as each change and read by the followers (``fencex.follower``)."""
+"""The change feed in Redis: one capped stream per group (``{P}:{g}:changes``), each written in the
+same transaction as each change of its group's farms or devices, and read together by the followers
+(``fencex.follower``): no one stream (one slot of a cluster) carries every change of the country.
+
+A follower's position is one string, opaque to it: each feed's last id read, in group order, joined
+by spaces (``"0-0"`` alone: from the start of every feed). A position for another number of groups
+is one whose changes may be gone (:meth:`RedisFeed.changes_trimmed`): the follower reloads."""
 
 from __future__ import annotations
 
@@ -8,36 +13,55 @@ from typing import Any, cast
 from redis.exceptions import ResponseError
 
 from fencex.store.base import Change, feed_trimmed
-from fencex.store.connection import RedisConnection, StreamEntries, StreamsRead, guard
+from fencex.store.connection import RedisConnection, StreamEntries, guard
 
-CHANGES_MAXLEN = 100_000
+CHANGES_MAXLEN = 100_000  # per feed
 
 
 class RedisFeed(RedisConnection):
-    """Writes to the change feed (inside a caller's transaction) and reads from it."""
+    """Writes to the change feeds (inside a caller's transaction) and reads from them."""
 
-    def _feed(self, pipe: Any, kind: str, op: str, key: str, tenant: str, version: int) -> None:
+    def _feed(self, pipe: Any, group: str, kind: str, op: str, key: str, tenant: str, version: int) -> None:
         pipe.xadd(
-            self.keys.changes,
+            self.keys.changes(group),
             {"kind": kind, "op": op, "id": key, "tenant": tenant, "version": version},
             maxlen=CHANGES_MAXLEN,
             approximate=True,
         )
 
+    def _position(self, after: str) -> list[str] | None:
+        """Each feed's id in a position; None when the position is for another number of feeds."""
+        ids = after.split()
+        if ids == ["0-0"]:
+            return ["0-0"] * self.keys.groups
+        return ids if len(ids) == self.keys.groups else None
+
     @guard
     async def last_change_id(self) -> str:
-        entries = cast(StreamEntries, await self.redis.xrevrange(self.keys.changes, count=1))
-        return entries[0][0].decode() if entries else "0-0"
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for group in self.keys.all_groups:
+                pipe.xrevrange(self.keys.changes(group), count=1)
+            got = cast(list[StreamEntries], await pipe.execute())
+        return " ".join(entries[0][0].decode() if entries else "0-0" for entries in got)
 
     @guard
     async def changes(self, after: str, block_ms: int = 500, count: int = 10_000) -> list[Change]:
-        got = cast(StreamsRead, await self.redis.xread({self.keys.changes: after}, block=block_ms, count=count))
+        """The changes after ``after`` in every feed (up to ``count`` of each), waiting up to ``block_ms``
+        for one; each change's ``id`` is the position after it. A position for another number of feeds
+        reads nothing (:meth:`changes_trimmed` says so)."""
+        ids = self._position(after)
+        if ids is None:
+            return []
+        feeds = {self.keys.changes(g): i for i, g in enumerate(self.keys.all_groups)}
+        got = await self._xread({name: ids[i] for name, i in feeds.items()}, block_ms, count)
         out: list[Change] = []
-        for _stream, entries in got or []:
+        for stream, entries in got:
+            i = feeds[stream.decode()]
             for entry_id, f in entries:
+                ids[i] = entry_id.decode()
                 out.append(
                     Change(
-                        entry_id.decode(),
+                        " ".join(ids),
                         f[b"kind"].decode(),
                         f[b"op"].decode(),
                         f[b"id"].decode(),
@@ -49,12 +73,20 @@ class RedisFeed(RedisConnection):
 
     @guard
     async def changes_trimmed(self, after: str) -> bool:
-        """Whether changes after ``after`` may be gone from the capped feed (see :func:`feed_trimmed`):
+        """Whether changes after ``after`` may be gone from a capped feed (see :func:`feed_trimmed`):
         a follower at ``after`` must then reload in full. Ask it after reading from ``after``."""
-        try:
-            info = await self.redis.xinfo_stream(self.keys.changes)
-        except ResponseError as exc:
-            if "no such key" not in str(exc).lower():
-                raise
-            info = None
-        return feed_trimmed(after, info, CHANGES_MAXLEN)
+        ids = self._position(after)
+        if ids is None:
+            return True
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for group in self.keys.all_groups:
+                pipe.xinfo_stream(self.keys.changes(group))
+            got = await pipe.execute(raise_on_error=False)
+        for at, info in zip(ids, got):
+            if isinstance(info, ResponseError):
+                if "no such key" not in str(info).lower():
+                    raise info
+                info = None
+            if feed_trimmed(at, info, CHANGES_MAXLEN):
+                return True
+        return False

@@ -1,5 +1,10 @@
 """Fences in Redis: read, create or replace (versioned, with If-Match and a per-farm quota),
-delete; each write announced on the change feed in its transaction."""
+delete; each write announced on the change feed in its transaction.
+
+A fence is its farm's (its farm's group's slot: the fence, the group's and the farm's sets of ids and
+the group's feed change in one transaction). Fence ids are unique across farms: an id is claimed for
+its farm (``{P}:fence-id:{id}``, a slot of its own) before the farm's transaction writes it, and given
+back after a delete that leaves no fence under it."""
 
 from __future__ import annotations
 
@@ -15,13 +20,22 @@ from fencex.store.base import decode_fences
 from fencex.store.connection import guard
 from fencex.store.feed import RedisFeed
 
+# Claim a fence id for a farm: {the farm holding it now}. Rewriting the claim of its own farm touches
+# the key, so that a release (which WATCHes it) made meanwhile starts over and sees the fence.
+CLAIM_ID = """
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then return held end
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[1]
+"""
+
 
 class RedisFences(RedisFeed):
     """The fences, by id and by tenant."""
 
     @guard
     async def get_fence(self, tenant: str, fid: str) -> Fence:
-        raw = await self.redis.get(self.keys.fence(fid))
+        raw = await self.redis.get(self.keys.fence(tenant, fid))
         if raw is None:
             raise NotFound(f"no fence {fid!r}")
         fence = Fence.from_json(raw)
@@ -33,13 +47,20 @@ class RedisFences(RedisFeed):
     async def fences(self, tenant: str | None = None, *, unreadable: dict[str, str] | None = None) -> list[Fence]:
         """All fences, or a tenant's. A stored record that cannot be read is left out (and
         added to ``unreadable``: fence id -> reason), so one broken record stops nobody."""
-        key = self.keys.fences if tenant is None else self.keys.tenant_fences(tenant)
-        ids = sorted(m.decode() for m in cast(set[bytes], await self.redis.smembers(key)))
+        groups = self.keys.all_groups if tenant is None else [self.keys.group(tenant)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for group in groups:
+                pipe.smembers(self.keys.fences(group) if tenant is None else self.keys.tenant_fences(tenant))
+            sets = cast(list[set[bytes]], await pipe.execute())
         out: list[Fence] = []
-        for start in range(0, len(ids), 5000):
-            chunk = ids[start : start + 5000]
-            raws = await self.redis.mget([self.keys.fence(i) for i in chunk])
-            out.extend(f for f in decode_fences(chunk, raws, unreadable).values() if f is not None)
+        for group, members in zip(groups, sets):
+            ids = sorted(m.decode() for m in members)
+            for start in range(0, len(ids), 5000):
+                chunk = ids[start : start + 5000]
+                raws = await self.redis.mget([self.keys.fence_in(group, i) for i in chunk])  # one slot: the group's
+                out.extend(f for f in decode_fences(chunk, raws, unreadable).values() if f is not None)
+        if tenant is None:
+            out.sort(key=lambda f: f.id)
         return out
 
     @guard
@@ -49,12 +70,26 @@ class RedisFences(RedisFeed):
 
     @guard
     async def fences_by_id(
-        self, ids: list[str], *, unreadable: dict[str, str] | None = None
+        self, ids: list[str], *, tenant: str | None = None, unreadable: dict[str, str] | None = None
     ) -> dict[str, Fence | None]:
-        """The fences with these ids, whatever their tenant (None where deleted or unreadable;
-        the unreadable ones are also added to ``unreadable``: fence id -> reason)."""
-        raws = await self.redis.mget([self.keys.fence(i) for i in ids]) if ids else []
-        return decode_fences(ids, raws, unreadable)
+        """The fences with these ids (None where deleted or unreadable; the unreadable ones are also
+        added to ``unreadable``: fence id -> reason): ``tenant``'s (one read), or whatever their farm
+        (each id's farm is looked up first)."""
+        if not ids:
+            return {}
+        if tenant is not None:
+            raws = await self.redis.mget([self.keys.fence(tenant, i) for i in ids])
+            return decode_fences(ids, raws, unreadable)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for i in ids:
+                pipe.get(self.keys.fence_id(i))
+            holders = cast(list[bytes | None], await pipe.execute())
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for i, holder in zip(ids, holders):
+                if holder is not None:
+                    pipe.get(self.keys.fence(holder.decode(), i))
+            found = iter(cast(list[bytes | None], await pipe.execute()))
+        return decode_fences(ids, [next(found) if h is not None else None for h in holders], unreadable)
 
     @guard
     async def put_fences(
@@ -64,7 +99,8 @@ class RedisFences(RedisFeed):
         create_only: bool = False,
         max_per_tenant: int | None = None,
     ) -> list[Fence]:
-        """Create or replace fences atomically (all or none), each with its version raised by one.
+        """Create or replace fences atomically (all or none of a farm group's: one call is one farm's,
+        as the API makes it), each with its version raised by one.
 
         ``if_match``: fence id -> the version the caller last saw (HTTP If-Match); a
         mismatch raises VersionConflict and nothing is written. A fence id owned by
@@ -72,13 +108,43 @@ class RedisFences(RedisFeed):
         fences than this gets LimitExceeded, checked in the same transaction as the write.
         """
         fences = list(fences)
-        keys = [self.keys.fence(f.id) for f in fences]
+        await self._claim_ids(fences)
+        by_group: dict[str, list[Fence]] = {}
+        for f in fences:
+            by_group.setdefault(self.keys.group(f.tenant), []).append(f)
+        stored: list[Fence] = []
+        for group, some in by_group.items():
+            stored.extend(await self._put_group(group, some, if_match, create_only, max_per_tenant))
+        return stored
+
+    async def _claim_ids(self, fences: list[Fence]) -> None:
+        """Claim each fence's id for its farm (IdTaken if another farm holds one: nothing written then,
+        but the ids claimed before it stay their farm's, as an unused id of that farm)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for f in fences:
+                pipe.eval(CLAIM_ID, 1, self.keys.fence_id(f.id), f.tenant)
+            holders = cast(list[bytes], await pipe.execute())
+        for f, holder in zip(fences, holders):
+            if holder.decode() != f.tenant:
+                raise IdTaken(f"fence id {f.id!r} is taken: choose another")
+
+    async def _put_group(
+        self,
+        group: str,
+        fences: list[Fence],
+        if_match: Mapping[str, int] | None,
+        create_only: bool,
+        max_per_tenant: int | None,
+    ) -> list[Fence]:
+        keys = [self.keys.fence(f.tenant, f.id) for f in fences]
         tenants = sorted({f.tenant for f in fences})
         while True:
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:
                     await pipe.watch(*keys, *(self.keys.tenant_fences(t) for t in tenants))
-                    current = await pipe.mget(keys) if keys else []
+                    # read after the WATCH (on any connection: a change since makes the EXEC fail); a
+                    # cluster's pipeline refuses MGET, the client sends it to the slot's node
+                    current = await self.redis.mget(keys) if keys else []
                     if max_per_tenant is not None:
                         await self._check_quota(pipe, fences, current, max_per_tenant)
                     now = time.time()
@@ -96,10 +162,10 @@ class RedisFences(RedisFeed):
                         stored.append(fence.model_copy(update={"version": version, "updated_at": now}))
                     pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves Pipeline.multi unannotated
                     for fence in stored:
-                        pipe.set(self.keys.fence(fence.id), fence.to_json())
-                        pipe.sadd(self.keys.fences, fence.id)
+                        pipe.set(self.keys.fence(fence.tenant, fence.id), fence.to_json())
+                        pipe.sadd(self.keys.fences(group), fence.id)
                         pipe.sadd(self.keys.tenant_fences(fence.tenant), fence.id)
-                        self._feed(pipe, "fence", "upsert", fence.id, fence.tenant, fence.version)
+                        self._feed(pipe, group, "fence", "upsert", fence.id, fence.tenant, fence.version)
                     await pipe.execute()
                     return stored
                 except WatchError:
@@ -120,7 +186,7 @@ class RedisFences(RedisFeed):
 
     @guard
     async def delete_fence(self, tenant: str, fid: str, if_match: int | None = None) -> Fence:
-        key = self.keys.fence(fid)
+        key, group = self.keys.fence(tenant, fid), self.keys.group(tenant)
         while True:
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:
@@ -135,10 +201,32 @@ class RedisFences(RedisFeed):
                         raise VersionConflict(if_match, old.version)
                     pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves Pipeline.multi unannotated
                     pipe.delete(key)
-                    pipe.srem(self.keys.fences, fid)
+                    pipe.srem(self.keys.fences(group), fid)
                     pipe.srem(self.keys.tenant_fences(tenant), fid)
-                    self._feed(pipe, "fence", "delete", fid, tenant, old.version)
+                    self._feed(pipe, group, "fence", "delete", fid, tenant, old.version)
                     await pipe.execute()
-                    return old
+                    break
+                except WatchError:
+                    continue
+        await self._release_id(tenant, fid)
+        return old
+
+    async def _release_id(self, tenant: str, fid: str) -> None:
+        """Give a deleted fence's id back, unless its farm has written the fence again meanwhile (a
+        farm re-claiming it touches the claim: the WATCH sees it, and this looks again)."""
+        claim = self.keys.fence_id(fid)
+        while True:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(claim)
+                    holder = cast(bytes | None, await pipe.get(claim))
+                    if holder is None or holder.decode() != tenant:
+                        return
+                    if await self.redis.exists(self.keys.fence(tenant, fid)):
+                        return
+                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves Pipeline.multi unannotated
+                    pipe.delete(claim)
+                    await pipe.execute()
+                    return
                 except WatchError:
                     continue

@@ -69,22 +69,26 @@ class RedisHerd(RedisFeed):
     @guard
     async def get_herd_rules(self, tenant: str) -> HerdRules:
         """The farm's herd settings: stored, else the defaults."""
-        raw = cast(bytes | None, await self.redis.hget(self.keys.herd, tenant))
+        raw = cast(bytes | None, await self.redis.hget(self.keys.herd(self.keys.group(tenant)), tenant))
         return rules_from_json(tenant, raw) if raw is not None else DEFAULT_RULES
 
     @guard
     async def put_herd_rules(self, tenant: str, rules: HerdRules) -> HerdRules:
+        group = self.keys.group(tenant)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.keys.herd, tenant, rules_to_json(rules))
-            self._feed(pipe, "herd", "upsert", tenant, tenant, 1)
+            pipe.hset(self.keys.herd(group), tenant, rules_to_json(rules))
+            self._feed(pipe, group, "herd", "upsert", tenant, tenant, 1)
             await pipe.execute()
         return rules
 
     @guard
     async def herd_rules(self) -> dict[str, HerdRules]:
         """Every farm's stored herd settings (farms with none have the defaults)."""
-        raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.keys.herd))
-        return {k.decode(): rules_from_json(k.decode(), v) for k, v in raw.items()}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for group in self.keys.all_groups:
+                pipe.hgetall(self.keys.herd(group))
+            got = cast(list[dict[bytes, bytes]], await pipe.execute())
+        return {k.decode(): rules_from_json(k.decode(), v) for raw in got for k, v in raw.items()}
 
     # mobs
 
@@ -105,7 +109,11 @@ class RedisHerd(RedisFeed):
     async def mobs(self, tenant: str | None = None) -> list[MobRecord]:
         """A farm's mobs by id, or every farm's (by farm, then id). Unreadable records are left out."""
         if tenant is None:
-            tenants = sorted(m.decode() for m in cast(set[bytes], await self.redis.smembers(self.keys.mob_farms)))
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for group in self.keys.all_groups:
+                    pipe.smembers(self.keys.mob_farms(group))
+                farms = cast(list[set[bytes]], await pipe.execute())
+            tenants = sorted(m.decode() for some in farms for m in some)
         else:
             tenants = [tenant]
         out: list[MobRecord] = []
@@ -138,7 +146,9 @@ class RedisHerd(RedisFeed):
         """
         t = mob.tenant
         key, ids, members = self.keys.mob(t, mob.id), self.keys.tenant_mobs(t), self.keys.mob_of(t)
-        watched = (key, ids, members, self.keys.tenant_fences(t), self.keys.devices)
+        group = self.keys.group(t)
+        # the devices' registrations are other slots': read (not watched) just before the transaction
+        watched = (key, ids, members, self.keys.tenant_fences(t))
         while True:
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:
@@ -161,13 +171,13 @@ class RedisHerd(RedisFeed):
                     pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves Pipeline.multi unannotated
                     pipe.set(key, stored.to_json())
                     pipe.sadd(ids, mob.id)
-                    pipe.sadd(self.keys.mob_farms, t)
+                    pipe.sadd(self.keys.mob_farms(group), t)
                     gone = [d for d in (found[1] if found else []) if d not in set(mob.devices)]
                     if gone:
                         pipe.hdel(members, *gone)
                     if mob.devices:
                         pipe.hset(members, mapping=dict.fromkeys(mob.devices, mob.id))
-                    self._feed(pipe, "mob", "upsert", mob.id, t, stored.version)
+                    self._feed(pipe, group, "mob", "upsert", mob.id, t, stored.version)
                     await pipe.execute()
                     return stored
                 except WatchError:
@@ -182,8 +192,9 @@ class RedisHerd(RedisFeed):
                 raise InvalidInput(f"no fence {', '.join(repr(f) for f in unknown)} on this farm")
         if not mob.devices:
             return
-        owners = cast(list[bytes | None], await pipe.hmget(self.keys.devices, mob.devices))
-        foreign = [d for d, o in zip(mob.devices, owners) if (o.decode() if o else DEFAULT_TENANT) != t]
+        owners = await self._by_group(self.keys.devices, mob.devices)
+        held = {d: o.decode() for d, o in owners.items() if o is not None}
+        foreign = [d for d in mob.devices if held.get(d, DEFAULT_TENANT) != t]
         if foreign:
             raise InvalidInput(
                 f"{', '.join(repr(d) for d in foreign)} not registered to this farm: "
@@ -218,7 +229,7 @@ class RedisHerd(RedisFeed):
                     pipe.srem(self.keys.tenant_mobs(tenant), mob_id)
                     if mine:
                         pipe.hdel(members, *mine)
-                    self._feed(pipe, "mob", "delete", mob_id, tenant, version)
+                    self._feed(pipe, self.keys.group(tenant), "mob", "delete", mob_id, tenant, version)
                     await pipe.execute()
                     return version
                 except WatchError:

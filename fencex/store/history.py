@@ -3,12 +3,13 @@ event (``fencex.store.scripts.APPEND_EVENTS``), read by page and followed live."
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 import orjson
 
-from fencex.store.connection import RedisConnection, StreamEntries, StreamsRead, guard
+from fencex.store.connection import RedisConnection, StreamEntries, guard
 
 
 class RedisHistory(RedisConnection):
@@ -18,17 +19,18 @@ class RedisHistory(RedisConnection):
 
     @guard
     async def append_events(self, events: Iterable[dict[str, Any]]) -> int:
-        """Add events to their tenants' capped histories, each once (by event_id)."""
-        keys: list[str] = []
-        argv: list[Any] = [self.history_maxlen]
+        """Add events to their tenants' capped histories, each once (by event_id): one script call per
+        farm group (a retract forgets the marker of the event it withdraws, of the same farm)."""
+        calls: dict[str, tuple[list[str], list[Any]]] = {}  # one call per farm group: its slot's keys only
         for e in events:
-            seen = self.keys.seen(e["event_id"])
+            t = e["tenant"]
+            keys, argv = calls.setdefault(self.keys.group(t), ([], [self.history_maxlen]))
+            seen = self.keys.seen(t, e["event_id"])
             gone = e.get("retracts")
-            keys.extend((seen, self.keys.events(e["tenant"]), self.keys.seen(gone) if gone else seen))
+            keys.extend((seen, self.keys.events(t), self.keys.seen(t, gone) if gone else seen))
             argv.append(orjson.dumps(e))
-        if not keys:
-            return 0
-        return int(await self._append_events(keys=keys, args=argv))
+        added = await asyncio.gather(*(self._append_events(keys=k, args=a) for k, a in calls.values()))
+        return sum(int(n) for n in added)
 
     @guard
     async def history(self, tenant: str, after: str = "-", count: int = 1000) -> list[tuple[str, dict[str, Any]]]:
@@ -57,11 +59,7 @@ class RedisHistory(RedisConnection):
         if not after:
             return []
         names = {self.keys.events(t): t for t in after}
-        got = cast(
-            StreamsRead, await self.redis.xread({k: after[t] for k, t in names.items()}, block=block_ms, count=count)
-        )
+        got = await self._xread({k: after[t] for k, t in names.items()}, block_ms, count)
         return [
-            (names[stream.decode()], i.decode(), orjson.loads(f[b"e"]))
-            for stream, entries in got or []
-            for i, f in entries
+            (names[stream.decode()], i.decode(), orjson.loads(f[b"e"])) for stream, entries in got for i, f in entries
         ]

@@ -18,36 +18,39 @@ return added
 """
 
 
-# Save one batch's device states, positions and memberships in one atomic step.
-# The client sends a single msgpack blob: packing a command of 100,000 arguments
-# in redis-py's pure-Python encoder cost more than the rest of the batch.
-# d[5] holds the saver's partition generations (key, gen, ...): if any stored one is newer,
-# another worker owns the partition now and nothing is written ({-1}); else if any is missing
-# or older than the saver's (only lost writes make it older: Redis restarted empty, a host
-# crash took back the last second, a restore), nothing is written either and the saver claims
-# its partitions again ({-2}): no other worker can own them, or it would have raised them.
-# d[6] is the save's token: a save that ran already (its reply lost, the client sent it
-# again) writes nothing twice ({0}): APPEND and HINCRBY are not idempotent.
-# d[7] the tracks: {device id (the key is d[12] .. id), whole (or false), to append, anchor,
+# A worker's save is one call of SAVE_PART per partition (the slot {p<n>}), then, once every one of
+# them is done, one call of SAVE_FARM per farm group (the slot {g<k>}): see fencex.store.devices.
+# Each call gets a single msgpack blob: packing a command of 100,000 arguments in redis-py's
+# pure-Python encoder cost more than the rest of the batch. KEYS[1] is the call's token key: it names
+# the slot, so that a cluster client sends the call to the node that holds it; every key the script
+# touches is in that slot.
+
+# The partition's part of a save: device states, tracks and the devices first seen on the partition.
+# d[1] the saver's generation of the partition (key, gen): if the stored one is newer, another worker
+# owns the partition now and nothing is written ({-1}); if it is missing or older than the saver's
+# (only lost writes make it older: Redis restarted empty, a host crash took back the last second, a
+# restore), nothing is written either and the saver claims its partitions again ({-2}): no other
+# worker can own it, or it would have raised it. An empty list: no check (a save by hand).
+# KEYS[1] is the call's token: a call that ran already (its reply lost, the client sent it again)
+# writes nothing twice ({0}): APPEND is not idempotent.
+# d[2] states {key, JSON, ...}; d[3] the partition's set of devices and the new ones {key, {id, ...}}
+# or {}; d[4] the tracks: {device id (the key is d[5] .. id), whole (or false), to append, anchor,
 # ...}. A track is a list of byte segments read as their concatenation (appending to a string
 # would let Redis grow its allocation ahead of its length, to twice it); a track written whole
 # replaces the list first; appended to a key that was not there, the bytes are preceded by the
-# magic of an orphan track (d[9]) and the anchor (d[13], then int64: the time the first appended fix is
+# magic of an orphan track (d[6]) and the anchor (d[8], then int64: the time the first appended fix is
 # relative to; -1: none); a key of another type is no track (set by hand): deleted, not failing
 # every save. Past 64 segments, a list is joined into one (compact, and its length known).
-# Returns {states saved, then each track key joined at least d[10] bytes long and its length}.
-# d[8] the grazing: hash key -> {field, ms, ...}, HINCRBY'd, the key kept d[11] seconds.
-SAVE_BATCH = """
+# Returns {states saved, then each track key joined at least d[7] bytes long and its length}.
+SAVE_PART = """
 local d = cmsgpack.unpack(ARGV[1])
-local gens = d[5]
-local lost = false
-for i = 1, #gens, 2 do
-  local gen = tonumber(redis.call('GET', gens[i]) or '-1')
-  if gen > gens[i + 1] then return {-1} end  -- a newer owner: fenced, whatever else was lost
-  if gen < gens[i + 1] then lost = true end  -- gone or behind the saver's own claim
+local gens = d[1]
+if #gens > 0 then
+  local gen = tonumber(redis.call('GET', gens[1]) or '-1')
+  if gen > gens[2] then return {-1} end  -- a newer owner: fenced
+  if gen < gens[2] then return {-2} end  -- gone or behind the saver's own claim: lost writes
 end
-if lost then return {-2} end
-if d[6] ~= '' and not redis.call('SET', d[6], '1', 'NX', 'EX', 3600) then return {0} end
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', 3600) then return {0} end
 local function chunked(cmd, key, flat, width)
   local step = width * math.floor(6000 / width)
   for i = 1, #flat, step do
@@ -58,19 +61,13 @@ local function chunked(cmd, key, flat, width)
     end
   end
 end
-chunked('MSET', nil, d[1], 2)
-for key, flat in pairs(d[2]) do chunked('GEOADD', key, flat, 3) end
-for _, z in ipairs(d[3]) do
-  if z[1] == 1 then redis.call('ZADD', z[2], z[3], z[4])
-  elseif z[1] == 2 then redis.call('ZADD', z[2], 'NX', z[3], z[4])
-  else redis.call('ZREM', z[2], z[4]) end
-end
-for key, members in pairs(d[4]) do chunked('SADD', key, members, 1) end
-local out = {#d[1] / 2}
-local long = d[10]
-local tracks = d[7]
+chunked('MSET', nil, d[2], 2)
+if #d[3] > 0 then chunked('SADD', d[3][1], d[3][2], 1) end
+local out = {#d[2] / 2}
+local long = d[7]
+local tracks = d[4]
 for i = 1, #tracks, 4 do
-  local key, whole, more = d[12] .. tracks[i], tracks[i + 1], tracks[i + 2]
+  local key, whole, more = d[5] .. tracks[i], tracks[i + 1], tracks[i + 2]
   local n = 0
   if whole then
     redis.call('DEL', key)
@@ -84,7 +81,7 @@ for i = 1, #tracks, 4 do
     end
     if segments == 1 then
       local at = tracks[i + 3]
-      redis.call('LPUSH', key, at >= 0 and (d[9] .. d[13] .. struct.pack('<i8', at)) or d[9])
+      redis.call('LPUSH', key, at >= 0 and (d[6] .. d[8] .. struct.pack('<i8', at)) or d[6])
     elseif segments >= 64 then
       local all = table.concat(redis.call('LRANGE', key, 0, -1))
       redis.call('DEL', key)
@@ -97,9 +94,29 @@ for i = 1, #tracks, 4 do
     out[#out + 1] = n
   end
 end
-for key, flat in pairs(d[8]) do
-  for i = 1, #flat, 2 do redis.call('HINCRBY', key, flat[i], flat[i + 1]) end
-  redis.call('EXPIRE', key, d[11])
-end
 return out
+"""
+
+
+# The farms' part of a save, for the farms of one group: positions, fence memberships and alert
+# lists, grazing. KEYS[1] the call's token (as SAVE_PART's: HINCRBY is not idempotent; {0} when it
+# ran already, else {1}). d[1] GEO sets {key -> {lon, lat, id, ...}}; d[2] membership and alert-list
+# rows in order {op (1 ZADD, 2 ZADD NX, 0 ZREM), key, score, device}; d[3] the grazing: hash key ->
+# {field, ms, ...}, HINCRBY'd, the key kept d[4] seconds.
+SAVE_FARM = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', 3600) then return {0} end
+local d = cmsgpack.unpack(ARGV[1])
+for key, flat in pairs(d[1]) do
+  for i = 1, #flat, 5997 do redis.call('GEOADD', key, unpack(flat, i, math.min(i + 5996, #flat))) end
+end
+for _, z in ipairs(d[2]) do
+  if z[1] == 1 then redis.call('ZADD', z[2], z[3], z[4])
+  elseif z[1] == 2 then redis.call('ZADD', z[2], 'NX', z[3], z[4])
+  else redis.call('ZREM', z[2], z[4]) end
+end
+for key, flat in pairs(d[3]) do
+  for i = 1, #flat, 2 do redis.call('HINCRBY', key, flat[i], flat[i + 1]) end
+  redis.call('EXPIRE', key, d[4])
+end
+return {1}
 """

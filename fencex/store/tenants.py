@@ -34,17 +34,16 @@ class RedisTenants(RedisConnection):
 
     @guard
     async def add_api_key(self, tenant: str, api_key: str) -> str:
-        """Store a key (its hash only) for ``tenant``; returns its id (:func:`key_id`)."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            self._add_key(pipe, tenant, api_key)
-            await pipe.execute()
+        """Store a key (its hash only) for ``tenant``; returns its id (:func:`key_id`). Listed under its
+        farm first, then made valid (another slot): a valid key is always one its farm can see and revoke."""
+        digest = key_digest(api_key)
+        await self.redis.hset(self.keys.tenant_keys(tenant), key_id(api_key), self._key_record(digest))
+        await self.redis.set(self.keys.api_key(digest), tenant)
         return key_id(api_key)
 
-    def _add_key(self, pipe: Any, tenant: str, api_key: str) -> None:
-        digest = key_digest(api_key)
-        pipe.set(self.keys.api_key(digest), tenant)
-        record = orjson.dumps({"digest": digest, "created_at": time.time()})
-        pipe.hset(self.keys.tenant_keys(tenant), key_id(api_key), record)
+    @staticmethod
+    def _key_record(digest: str) -> bytes:
+        return orjson.dumps({"digest": digest, "created_at": time.time()})
 
     @guard
     async def api_keys(self, tenant: str) -> list[dict[str, Any]]:
@@ -55,8 +54,10 @@ class RedisTenants(RedisConnection):
 
     @guard
     async def replace_api_key(self, tenant: str, old_id: str, new_key: str | None) -> bool:
-        """Revoke the tenant's key ``old_id`` and, in the same transaction, add ``new_key``
-        (a rotation; None only revokes). False if the tenant has no key with that id."""
+        """Revoke the tenant's key ``old_id`` and add ``new_key`` (a rotation; None only revokes). False if
+        the tenant has no key with that id. The farm's list changes in one transaction (of two rotations of
+        one key, one wins); the keys' validity (other slots) around it, so that a valid key is always
+        listed: the old key stops before it leaves the list, the new one works once it is on it."""
         index = self.keys.tenant_keys(tenant)
         while True:
             async with self.redis.pipeline(transaction=True) as pipe:
@@ -65,15 +66,18 @@ class RedisTenants(RedisConnection):
                     raw = await pipe.hget(index, old_id)
                     if raw is None:
                         return False
+                    await self.redis.delete(self.keys.api_key(orjson.loads(raw)["digest"]))
                     pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves Pipeline.multi unannotated
-                    pipe.delete(self.keys.api_key(orjson.loads(raw)["digest"]))
                     pipe.hdel(index, old_id)
                     if new_key is not None:
-                        self._add_key(pipe, tenant, new_key)
+                        pipe.hset(index, key_id(new_key), self._key_record(key_digest(new_key)))
                     await pipe.execute()
-                    return True
+                    break
                 except WatchError:
                     continue
+        if new_key is not None:
+            await self.redis.set(self.keys.api_key(key_digest(new_key)), tenant)
+        return True
 
     @guard
     async def tenant_for_key(self, api_key: str) -> str | None:

@@ -1,11 +1,10 @@
 """Tracks in Redis, the read side: a device's recent track (:mod:`fencex.track`) for its farm.
 
-The worker writes ``{p}:track:{id}`` in the same atomic save as the device's state (appends on the
+The worker writes ``{P}:{p}:track:{id}`` in the same atomic save as the device's state (appends on the
 live path, a rewrite after a late merge, a trim or a transfer); the API reads both here in one
 MULTI/EXEC, so the track it serves is the one of the state it checked the farm of: a collar moved
-to another farm between the two reads cannot show its new farm's fixes to its old one. (Both keys
-of a device are written together by the save script, so a Redis Cluster keeps them in one slot
-anyway: the read costs no more there.)
+to another farm between the two reads cannot show its new farm's fixes to its old one. Both keys
+are the device's partition's (``{p<n>}``: one slot), found from the device's ``where``.
 """
 
 from __future__ import annotations
@@ -30,9 +29,13 @@ class RedisTracks(RedisConnection):
         track was lost). NotFound unless the device's state is ``tenant``'s (no fix yet, or another
         farm's: the same answer, so ids of other farms cannot be probed); CorruptRecord when the
         stored track does not read (its message names the device)."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.get(self.keys.device(device_id))
-            pipe.lrange(self.keys.track(device_id), 0, -1)  # a list of segments, read as one
+        where = cast(bytes | None, await self.redis.hget(self.keys.where(self.keys.group(device_id)), device_id))
+        if where is None:
+            raise NotFound(f"no device {device_id!r}")
+        p = int(where)
+        async with self.redis.pipeline(transaction=True) as pipe:  # one slot: the device's partition
+            pipe.get(self.keys.device(p, device_id))
+            pipe.lrange(self.keys.track(p, device_id), 0, -1)  # a list of segments, read as one
             raw_state, segments = cast(
                 tuple[bytes | None, list[bytes] | ResponseError], await pipe.execute(raise_on_error=False)
             )

@@ -119,7 +119,7 @@ async def merge_due(p: Processor) -> None:
     rewrites = p.checkpoint.pending.rewrites  # empty after the flush: a merge's tracks, as they will be saved
     while devices and not spent:
         chunk, devices = devices[:64], devices[64:]
-        raws = await p.store.load_tracks([d for d in chunk if d in p.states and d not in rewrites])
+        raws = await p.store.load_tracks([d for d in chunk if d in p.states and d not in rewrites], p.device_partition)
         for d in chunk:
             h = late.held.pop(d)
             take, rest = h.fixes[:SLICE], h.fixes[SLICE:]

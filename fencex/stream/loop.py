@@ -297,6 +297,7 @@ class Processor:
             {(loc, p): ds for p, ds in pending.new_devices.items()},
             {(loc, p): g for p, g in self.generations.items()},
             SaveWrites(pending.tracks, pending.rewrites, pending.anchors, resets, pending.grazing, long_bytes),
+            self.device_partition,
         )
         self._flushing = asyncio.create_task(self._ack_save_commit(blob, pending.offsets))
         if wait:
@@ -355,7 +356,8 @@ class Processor:
         missing = list({f.device_id for f in fixes if f.device_id not in self.states})
         new: dict[int, list[str]] = {}
         if missing:
-            self.states.update(await self.store.load_states(missing))
+            where = {f.device_id: p for f, p in zip(fixes, partitions, strict=True)}
+            self.states.update(await self.store.load_states(missing, where))
             unknown = set(missing) - self.states.keys()
             for f, p in zip(fixes, partitions, strict=True):
                 if f.device_id in unknown:

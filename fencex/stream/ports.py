@@ -78,7 +78,11 @@ class DeviceStore(Protocol):
         """Raise each partition's generation by one; the new generations (the owner's fence token)."""
 
     def partition_devices(self, topic: str, partitions: Iterable[int]) -> Awaitable[dict[str, int]]: ...
-    def load_states(self, device_ids: list[str]) -> Awaitable[dict[str, DeviceState]]: ...
+    def load_states(
+        self, device_ids: list[str], partitions: Mapping[str, int] | None = None
+    ) -> Awaitable[dict[str, DeviceState]]:
+        """The saved states of these devices; ``partitions``: each one's partition, where known."""
+
     def pack_save(
         self,
         states: Mapping[str, DeviceState],
@@ -86,14 +90,18 @@ class DeviceStore(Protocol):
         new_devices: Mapping[tuple[str, int], list[str]] | None = None,
         generations: Mapping[tuple[str, int], int] | None = None,
         writes: SaveWrites | None = None,
+        partitions: Mapping[str, int] | None = None,
     ) -> bytes | None:
-        """Serialise a save now (a snapshot) for :meth:`save_packed`."""
+        """Serialise a save now (a snapshot) for :meth:`save_packed`; ``partitions``: device -> its
+        partition (its state and track are saved under it)."""
 
     def save_packed(self, blob: bytes | None) -> Awaitable[list[tuple[str, int]]]:
         """Save atomically; raise Fenced (nothing written) if a generation is no longer the saver's.
         Returns the devices whose tracks are now at least the save's ``long_bytes`` long, and their lengths."""
 
-    def load_tracks(self, device_ids: list[str]) -> Awaitable[dict[str, bytes]]:
+    def load_tracks(
+        self, device_ids: list[str], partitions: Mapping[str, int] | None = None
+    ) -> Awaitable[dict[str, bytes]]:
         """The stored tracks (:mod:`fencex.track` bytes) of these devices, those that have one."""
 
 

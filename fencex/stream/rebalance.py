@@ -42,7 +42,7 @@ async def assigned(p: Processor, partitions: list[int]) -> None:
 async def load(p: Processor, partitions: list[int]) -> None:
     """Load the partitions' devices, catch up with fence changes and schedules missed, watch silences."""
     owned = await p.store.partition_devices(p.topics.locations, partitions)
-    states = await p.store.load_states(list(owned))
+    states = await p.store.load_states(list(owned), owned)
     mine = set(partitions)
     for d in [d for d, n in p.device_partition.items() if n not in mine]:
         p.states.pop(d, None)

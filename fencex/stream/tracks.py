@@ -161,7 +161,7 @@ class TrackKeeper:
             del self.due[d]
             if d in p.states and d not in pending.rewrites:  # a merge's rewrite is newer than the stored track
                 picked.append(d)
-        raws = await p.store.load_tracks(picked)
+        raws = await p.store.load_tracks(picked, p.device_partition)
         for d in picked:
             raw = raws.get(d)
             st = p.states[d]

@@ -55,7 +55,7 @@ def create_app(settings: Settings) -> ApiEdge:
     disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
     metrics = PullMetrics(registry)
-    store = RedisStore(settings.redis_url, settings.key_prefix)
+    store = RedisStore(settings.redis_url, settings.key_prefix, groups=settings.store_groups)
     state = ApiState(
         settings,
         store,

@@ -75,7 +75,7 @@ def create_app(settings: Settings) -> tuple[faust.App, PushService]:
     registry = CollectorRegistry()
     metrics = PushMetrics(registry, settings.metrics_farms_max)
     topics = settings.topics
-    store = RedisStore(settings.redis_url, settings.key_prefix, settings.history_maxlen)
+    store = RedisStore(settings.redis_url, settings.key_prefix, settings.history_maxlen, settings.store_groups)
     consumer = BatchConsumer(
         settings.kafka_bootstrap,
         topics.locations,
@@ -111,7 +111,7 @@ def create_app(settings: Settings) -> tuple[faust.App, PushService]:
         key_serializer="raw",
     )
     push = PushService(processor, settings)
-    history_store = RedisStore(settings.redis_url, settings.key_prefix, settings.history_maxlen)
+    history_store = RedisStore(settings.redis_url, settings.key_prefix, settings.history_maxlen, settings.store_groups)
     history_agent(app, topics.events, HistoryWriter(history_store, HistoryMetrics(registry)))
 
     @app.page("/healthz")

@@ -27,7 +27,7 @@ from services.simulator.settings import Settings
 
 
 async def setup(settings: Settings, herd: Herd, fences: list[Fence]) -> None:
-    store = RedisStore(settings.redis_url, settings.key_prefix)
+    store = RedisStore(settings.redis_url, settings.key_prefix, groups=settings.store_groups)
     await store.connect()
     try:
         for start in range(0, len(fences), 2000):

@@ -21,7 +21,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from devtools.localserver import Server, free_port, start_broker, start_redis
+from devtools.localserver import RedisCluster, Server, free_port, start_broker, start_redis, start_redis_cluster
 from fencex.kafka.admin import ensure_topics
 from fencex.kafka.producer import client_config
 
@@ -36,10 +36,24 @@ def broker(tmp_path_factory) -> Iterator[Server]:
         yield server
 
 
+CLUSTER = os.environ.get("FENCEX_TEST_REDIS", "").lower() == "cluster"  # the suite on a 3-master Redis Cluster
+
+
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory) -> Iterator[Server]:
-    with start_redis(logdir=tmp_path_factory.mktemp("redis")) as server:
-        yield server
+def redis_server(tmp_path_factory) -> Iterator[Server | RedisCluster]:
+    """One redis-server, or with ``FENCEX_TEST_REDIS=cluster`` a Redis Cluster of three masters."""
+    if CLUSTER:
+        with start_redis_cluster(3, logdir=tmp_path_factory.mktemp("redis")) as cluster:
+            yield cluster
+    else:
+        with start_redis(logdir=tmp_path_factory.mktemp("redis")) as server:
+            yield server
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server) -> str:
+    """What ``FENCEX_REDIS_URL`` takes for the suite's Redis (``redis+cluster://...`` for a cluster)."""
+    return redis_server.url if isinstance(redis_server, RedisCluster) else f"redis://{redis_server.address}/0"
 
 
 @dataclass
@@ -160,9 +174,9 @@ def events_of(msgs: list) -> list[dict]:
 
 
 @pytest.fixture
-def live(broker, redis_server, tmp_path) -> Iterator[Env]:
+def live(broker, redis_url, tmp_path) -> Iterator[Env]:
     name = f"t{uuid.uuid4().hex[:8]}"
-    env = Env(broker.address, f"redis://{redis_server.address}/0", name, tmp_path)
+    env = Env(broker.address, redis_url, name, tmp_path)
     ensure_topics(env.bootstrap, {env.locations: 4, env.events: 4, env.dlq: 1})
     yield env
     for w in env.workers:

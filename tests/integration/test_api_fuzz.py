@@ -33,8 +33,10 @@ async def _seed_track(live) -> None:
             extra = {"accuracy_m": 3.5, "battery": 80.0} if k % 3 == 0 else None
             track.add_fix(Fix(EXAMPLE_DEVICE, now - k * 120_000, 17.6 + k * 1e-5, 59.8, extra))
         state = DeviceState(FUZZ_TENANT, now, 17.6, 59.8)
-        await store.redis.set(store.keys.device(EXAMPLE_DEVICE), orjson.dumps(state.to_obj()))
-        await store.redis.rpush(store.keys.track(EXAMPLE_DEVICE), track.to_bytes())  # a list of segments
+        p = 0  # its partition: where its state is saved, and written down so that the API finds it
+        await store.redis.hset(store.keys.where(store.keys.group(EXAMPLE_DEVICE)), EXAMPLE_DEVICE, p)
+        await store.redis.set(store.keys.device(p, EXAMPLE_DEVICE), orjson.dumps(state.to_obj()))
+        await store.redis.rpush(store.keys.track(p, EXAMPLE_DEVICE), track.to_bytes())  # a list of segments
     finally:
         await store.close()
 

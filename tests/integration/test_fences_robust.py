@@ -33,7 +33,7 @@ MIXED_3D = {
 
 
 @pytest.fixture
-def prefix(redis_server) -> Iterator[str]:
+def prefix(redis_url) -> Iterator[str]:
     yield f"fx{uuid.uuid4().hex[:8]}"
 
 
@@ -43,20 +43,23 @@ async def write_broken(store: RedisStore, tenant: str) -> None:
         "old-3d": orjson.dumps({"id": "old-3d", "tenant": tenant, "version": 1, "geometry": MIXED_3D}),
         "garbage": b'{"id": "garbage", "geometry": [',
     }
-    async with store.redis.pipeline(transaction=True) as pipe:
+    group = store.keys.group(tenant)
+    for fid in records:
+        await store.redis.set(store.keys.fence_id(fid), tenant)
+    async with store.redis.pipeline(transaction=True) as pipe:  # one slot: the farm's group's
         for fid, raw in records.items():
-            pipe.set(store.keys.fence(fid), raw)
-            pipe.sadd(store.keys.fences, fid)
+            pipe.set(store.keys.fence(tenant, fid), raw)
+            pipe.sadd(store.keys.fences(group), fid)
             pipe.sadd(store.keys.tenant_fences(tenant), fid)
-            store._feed(pipe, "fence", "upsert", fid, tenant, 1)
+            store._feed(pipe, group, "fence", "upsert", fid, tenant, 1)
         await pipe.execute()
 
 
-def test_a_follower_reloads_when_the_feed_is_trimmed_past_it(redis_server, prefix):
+def test_a_follower_reloads_when_the_feed_is_trimmed_past_it(redis_url, prefix):
     """Issue 9 #7: a lagging follower whose position was trimmed away reloads fences and registrations."""
 
     async def scenario() -> None:
-        store = RedisStore(f"redis://{redis_server.address}/0", prefix)
+        store = RedisStore(redis_url, prefix)
         await store.connect()
         try:
             await store.put_fences([Fence(id="north", tenant="farm", geometry=SQUARE)])
@@ -67,7 +70,8 @@ def test_a_follower_reloads_when_the_feed_is_trimmed_past_it(redis_server, prefi
             await store.put_fences([Fence(id="missed", tenant="other", geometry=SQUARE)])
             await store.delete_fence("farm", "north")
             await store.register_devices({f"cow-{i}": "farm" for i in range(20_000)})
-            await store.redis.xtrim(store.keys.changes, maxlen=10, approximate=False)
+            for group in store.keys.all_groups:  # every group's feed
+                await store.redis.xtrim(store.keys.changes(group), maxlen=10, approximate=False)
             assert await follower.step(50) is True
             assert follower.reloads == 1 and handed == [follower.index]
             assert follower.index.containing("farm", *INSIDE) == []
@@ -80,15 +84,16 @@ def test_a_follower_reloads_when_the_feed_is_trimmed_past_it(redis_server, prefi
             # and a follower that keeps up is never told to reload
             assert await store.changes_trimmed(follower._after) is False
         finally:
-            await store.redis.delete(store.keys.changes)
+            for group in store.keys.all_groups:
+                await store.redis.delete(store.keys.changes(group))
             await store.close()
 
     run(scenario())
 
 
-def test_a_wiped_store_is_reloaded(redis_server, prefix):
+def test_a_wiped_store_is_reloaded(redis_url, prefix):
     async def scenario() -> None:
-        store = RedisStore(f"redis://{redis_server.address}/0", prefix)
+        store = RedisStore(redis_url, prefix)
         await store.connect()
         try:
             await store.put_fences([Fence(id="north", tenant="farm", geometry=SQUARE)])

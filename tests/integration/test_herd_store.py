@@ -31,8 +31,8 @@ def on_store(test: Test) -> Callable[[Any], None]:
     """The async test run against a fresh namespace of the real Redis: a farm with a pasture and
     an exclusion zone, another farm with a pasture; cow-1 and cow-2 the farm's, cow-9 the other's."""
 
-    async def go(address: str) -> None:
-        s = RedisStore(f"redis://{address}/0", f"h{uuid.uuid4().hex[:8]}")
+    async def go(url: str) -> None:
+        s = RedisStore(url, f"h{uuid.uuid4().hex[:8]}")
         await s.connect()
         try:
             await s.put_fences(
@@ -47,8 +47,8 @@ def on_store(test: Test) -> Callable[[Any], None]:
         finally:
             await s.close()
 
-    def run_it(redis_server: Any) -> None:
-        asyncio.run(go(redis_server.address))
+    def run_it(redis_url: str) -> None:
+        asyncio.run(go(redis_url))
 
     run_it.__name__ = test.__name__
     run_it.__doc__ = test.__doc__
@@ -75,7 +75,9 @@ async def test_herd_settings_per_farm_and_on_the_feed(store):
 
 @on_store
 async def test_unreadable_settings_give_the_defaults(store):
-    await store.redis.hset(store.keys.herd, "farm", b'{"confirm_fixes": 0}')  # HerdRules refuses it
+    await store.redis.hset(
+        store.keys.herd(store.keys.group("farm")), "farm", b'{"confirm_fixes": 0}'
+    )  # HerdRules refuses it
     assert await store.get_herd_rules("farm") is DEFAULT_RULES
 
 

@@ -133,7 +133,7 @@ async def _save_twice(live) -> tuple[Track, dict, list, list]:
                 long_bytes=20,
             )
             named.append(await store.save_packed(store.pack_save({}, [], None, None, more)))
-        joined = await store.redis.llen(store.keys.track("cow-9"))
+        joined = await store.redis.llen(store.keys.track(await store.device_partition("cow-9") or 0, "cow-9"))
         whole = Track.from_bytes((await store.load_tracks(["cow-9"]))["cow-9"])
         assert whole.ts == [t + i * 1000 for i in range(1, 70)] and joined < 64
         return Track.from_bytes(raw), grazing, first, again, named
@@ -152,7 +152,7 @@ def test_a_save_sent_twice_appends_and_adds_once_and_a_missing_track_starts_as_a
 
 
 @pytest.fixture
-def prefix(redis_server):
+def prefix(redis_url):
     import uuid
 
     return f"fx{uuid.uuid4().hex[:8]}"
@@ -168,7 +168,8 @@ async def _wrong_type(url: str, prefix: str) -> tuple[dict, Track, Track]:
     try:
         t = 1_790_000_000_000
         await store.save_packed(store.pack_save({"cow-7": DeviceState("farm", t, 17.61, 59.8)}, [], None, None))
-        await store.redis.set(store.keys.track("cow-7"), b"not a list")  # set by hand (or a track of an old format)
+        p = await store.device_partition("cow-7") or 0  # saved by hand: under partition 0, and written down
+        await store.redis.set(store.keys.track(p, "cow-7"), b"not a list")  # set by hand (or a track of an old format)
         loaded = await store.load_tracks(["cow-7"])  # a merge's or a trim's read
         with pytest.raises(CorruptRecord, match="cow-7"):  # the API's read: a 500 problem that says so
             await store.device_track("farm", "cow-7")
@@ -192,8 +193,8 @@ async def _grazing(live, days: list[str]) -> int:
         await store.close()
 
 
-def test_a_track_key_of_another_type_is_no_track_and_the_save_starts_one(redis_server, prefix):
-    loaded, track, served = run(_wrong_type(f"redis://{redis_server.address}/0", prefix))
+def test_a_track_key_of_another_type_is_no_track_and_the_save_starts_one(redis_url, prefix):
+    loaded, track, served = run(_wrong_type(redis_url, prefix))
     assert loaded == {}  # no track to merge with or trim, rather than an error every flush
     assert track.orphan and track.ts == [1_790_000_001_000]
     assert served.ts == track.ts

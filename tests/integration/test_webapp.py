@@ -67,9 +67,9 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(broker, redis_server, tmp_path_factory) -> Iterator[Stack]:
+def stack(broker, redis_url, tmp_path_factory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("webapp")
-    env = Env(broker.address, f"redis://{redis_server.address}/0", f"t{uuid.uuid4().hex[:8]}", tmp)
+    env = Env(broker.address, redis_url, f"t{uuid.uuid4().hex[:8]}", tmp)
     ensure_topics(env.bootstrap, {env.locations: 4, env.events: 4, env.dlq: 1})
     try:
         wproc, wport = env.start_worker()

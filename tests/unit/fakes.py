@@ -217,7 +217,9 @@ class FakeStore(Failing):
         self._maybe_fail("partition_devices")
         return {d: p for p in partitions for d in self.parts[(topic, p)]}
 
-    async def load_states(self, device_ids: list[str]) -> dict[str, DeviceState]:
+    async def load_states(
+        self, device_ids: list[str], partitions: Mapping[str, int] | None = None
+    ) -> dict[str, DeviceState]:
         self._maybe_fail("load_states")
         return {d: DeviceState.from_obj(copy.deepcopy(self.states[d])) for d in device_ids if d in self.states}
 
@@ -228,6 +230,7 @@ class FakeStore(Failing):
         new_devices: Mapping[tuple[str, int], list[str]] | None = None,
         generations: Mapping[tuple[str, int], int] | None = None,
         writes: SaveWrites | None = None,
+        partitions: Mapping[str, int] | None = None,
     ) -> bytes | None:
         w = writes or SaveWrites()
         if not states and not new_devices and not generations and not (w.tracks or w.rewrites or w.grazing):
@@ -269,7 +272,7 @@ class FakeStore(Failing):
         self.saves += 1
         return long
 
-    async def load_tracks(self, device_ids: list[str]) -> dict[str, bytes]:
+    async def load_tracks(self, device_ids: list[str], partitions: Mapping[str, int] | None = None) -> dict[str, bytes]:
         self._maybe_fail("load_tracks")
         return {d: self.tracks[d] for d in device_ids if d in self.tracks}
 

@@ -107,7 +107,7 @@ class Store:
         self.asked.append((tenant, list(days), fence_ids))
         return [r for r in ROWS if r.day in days and (fence_ids is None or r.fence_id in fence_ids)]
 
-    async def fences_by_id(self, ids: list[str]) -> dict[str, Any]:
+    async def fences_by_id(self, ids: list[str], *, tenant: str | None = None) -> dict[str, Any]:
         return {i: self.fences.get(i) for i in ids}
 
     async def tenant_for_key(self, key: str) -> str | None:

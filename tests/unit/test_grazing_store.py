@@ -16,10 +16,11 @@ def test_what_the_save_adds():
         ("other", "north", "", "2026-11-20"): 1,
         ("farm", "east", "", "2026-11-20"): 0,  # nothing to add
     }
+    farm, other = store.keys.group("farm"), store.keys.group("other")  # the farm's group's slot: {g<k>}
     assert store.grazing_writes(acc) == {
-        "fx:graze:farm:2026-11-20": {"north\t": 5_000, "north\tewes": -2_000},
-        "fx:graze:farm:2026-11-21": {"south\t": 7_000},
-        "fx:graze:other:2026-11-20": {"north\t": 1},
+        f"fx:{farm}:graze:farm:2026-11-20": {"north\t": 5_000, "north\tewes": -2_000},
+        f"fx:{farm}:graze:farm:2026-11-21": {"south\t": 7_000},
+        f"fx:{other}:graze:other:2026-11-20": {"north\t": 1},
     }
     assert GRAZING_TTL_S == 400 * 86_400
 

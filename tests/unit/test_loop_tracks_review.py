@@ -39,10 +39,11 @@ class MemberStore(FakeStore):
         new_devices: Mapping[tuple[str, int], list[str]] | None = None,
         generations: Mapping[tuple[str, int], int] | None = None,
         writes: SaveWrites | None = None,
+        partitions: Mapping[str, int] | None = None,
     ) -> bytes | None:
         events = list(events)
-        fake = super().pack_save(states, events, new_devices, generations, writes)
-        real = self.real.pack_save(states, events, new_devices, generations, writes)
+        fake = super().pack_save(states, events, new_devices, generations, writes, partitions)
+        real = self.real.pack_save(states, events, new_devices, generations, writes, partitions)
         return None if fake is None else pickle.dumps((fake, real))
 
     async def save_packed(self, blob: bytes | None) -> list[tuple[str, int]]:
@@ -50,12 +51,14 @@ class MemberStore(FakeStore):
             return await super().save_packed(None)
         fake, real = pickle.loads(blob)
         long = await super().save_packed(fake)
-        for op, key, score, member in msgpack.unpackb(real, raw=True)[2]:
-            z = self.zsets.setdefault(key.decode(), {})
-            if op == 1 or (op == 2 and member.decode() not in z):
-                z[member.decode()] = score
-            elif op == 0:
-                z.pop(member.decode(), None)
+        farm_calls = msgpack.unpackb(real, raw=False)[3]  # each farm group's call (SAVE_FARM): its rows [1]
+        for _token, call in farm_calls:
+            for op, key, score, member in msgpack.unpackb(call, raw=True)[1]:
+                z = self.zsets.setdefault(key.decode(), {})
+                if op == 1 or (op == 2 and member.decode() not in z):
+                    z[member.decode()] = score
+                elif op == 0:
+                    z.pop(member.decode(), None)
         return long
 
     def inside(self, tenant: str, fid: str) -> set[str]:

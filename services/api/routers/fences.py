@@ -144,7 +144,7 @@ async def list_fences(
 ) -> dict[str, Any]:
     if not tag and not bbox:  # a page of ids, then only that page's fences: a big farm stays cheap
         ids = await store.fence_ids(tenant)
-        chosen = await store.fences_by_id(ids[offset : offset + limit])
+        chosen = await store.fences_by_id(ids[offset : offset + limit], tenant=tenant)
         page = [f for f in chosen.values() if f is not None and f.tenant == tenant]
         nxt = offset + limit if offset + limit < len(ids) else None
         return collection(page, len(ids), nxt)

@@ -215,7 +215,7 @@ async def farm_grazing(
             per[r.fence_id][r.day] += r.ms
     ids = sorted(per)
     page = ids[:limit]
-    fences = await store.fences_by_id(page) if page else {}
+    fences = await store.fences_by_id(page, tenant=tenant) if page else {}
     rows = []
     for fid in page:
         f = fences.get(fid)

@@ -32,7 +32,7 @@ router = APIRouter(prefix="/rotations", tags=["fences"])
 )
 async def plan_rotation(body: Rotation, tenant: Tenant, store: Store, state: State) -> dict[str, Any]:
     ids = list(body.fences)
-    found = await store.fences_by_id(ids)
+    found = await store.fences_by_id(ids, tenant=tenant)
     current = {fid: f for fid, f in found.items() if f is not None and f.tenant == tenant}
     missing = [fid for fid in ids if fid not in current]
     if missing:

@@ -397,3 +397,16 @@ def test_a_mob_change_read_with_another_farms_fence_change_is_still_told():
     for h in handed:
         told |= h if isinstance(h, set) else (h.changed or set())
     assert {"farm", "other"} <= told
+
+
+def test_a_settings_change_read_with_another_farms_fence_change_is_still_told():
+    """As the mob change above: the worker re-times the silences of the farms ``on_rules`` names only (a
+    fence change re-times none), so settings read in the same step as a fence change must be told too."""
+    store = FakeFeed()
+    store.put(fence("north"))
+    follower = FenceFollower(store, on_index=(handed := []).append, on_rules=(told := []).append)
+    asyncio.run(follower.load())
+    store.put_rules("other", HerdRules(silence_s=120))
+    store.put(fence("north", lon=LON0 + 0.5, version=2))
+    assert asyncio.run(follower.step(0)) is True
+    assert len(handed) == 1 and told == [{"other"}]

@@ -27,12 +27,17 @@ async def swap_index(p: Processor) -> None:
     farms' shards are the same objects, so nothing changes for them (a farm saving its fences in a loop
     costs the others no walk over every silence or schedule). Fences never change a silence: the farms
     whose settings changed too have theirs re-timed."""
-    await p.flush(wait=True)
     assert p._next_index is not None
-    p.index, p._next_index = p._next_index, None
-    farms, p._index_farms = p._index_farms, set()
+    farms = _changed(p)
+    devices = _held(p, farms)
+    if devices is None or devices:  # re-evaluated on states just saved; a worker holding none of them waits for nothing
+        await p.flush(wait=True)
+        if (later := _changed(p)) != farms:  # more handed over during the flush (the states it saved are theirs too)
+            farms, devices = later, _held(p, later)
+    assert p._next_index is not None
+    p.index, p._next_index, p._index_farms = p._next_index, None, set()
     now_ms = int(p.clock() * 1000)
-    if farms is None:  # a full load: every farm may have changed, its settings too
+    if devices is None:  # a full load: every farm may have changed, its settings too
         p._mobs_changed.clear()
         p._rules_changed.clear()
         out = p._reevaluate(None)
@@ -41,15 +46,26 @@ async def swap_index(p: Processor) -> None:
         p.rotation.rebuild(p.index, now_ms)  # every schedule may have changed: their transitions up to
         await rotation.catch_up(p)  # now, at the devices' own times, are applied
         return
-    farms |= p._mobs_changed
+    assert farms is not None
     p._mobs_changed.clear()  # their devices are re-evaluated now
-    devices = [d for d, s in p.states.items() if s.tenant in farms]
-    await p._publish_reevaluation(p._reevaluate(devices))
+    if devices:
+        await p._publish_reevaluation(p._reevaluate(devices))
     if rules := set(p._rules_changed):  # here, not left to herd_changed: a new index every step would starve it
         p._rules_changed.clear()
         silence.retime(p, rules)
     p.rotation.reschedule(p.index, farms, now_ms)  # theirs laid again from now: their devices catch up
-    await rotation.catch_up(p, devices)
+    if devices:
+        await rotation.catch_up(p, devices)
+
+
+def _changed(p: Processor) -> frozenset[str] | None:
+    """The farms whose fences (in the indexes handed over) or mobs changed; None: every farm (a full load)."""
+    return None if p._index_farms is None else frozenset(p._index_farms | p._mobs_changed)
+
+
+def _held(p: Processor, farms: frozenset[str] | None) -> list[str] | None:
+    """The held devices of ``farms`` (a scan of the held states); None for every farm."""
+    return None if farms is None else [d for d, s in p.states.items() if s.tenant in farms]
 
 
 async def herd_changed(p: Processor) -> None:

@@ -278,3 +278,29 @@ def test_a_farms_new_silence_time_holds_while_another_farm_changes_its_fences_ev
         assert silent == ["sheep-1"]
 
     run(main())
+
+
+def test_a_fence_change_of_a_farm_the_worker_holds_no_device_of_waits_for_no_flush():
+    """Review of issue 15 #2: a swap waited for the checkpoint to be saved (produced, stored, committed)
+    before re-evaluating, whatever the farm: a farm saving its fences in a loop made every worker wait
+    for a flush every step. Only a worker holding devices of the changed farm needs their states saved."""
+
+    async def main():
+        broker, store, clock = Broker(partitions=1), FakeStore(), Clock()
+        index = FenceIndex([fence("north"), fence("theirs", tenant="other")])
+        broker.fix("cow-1", T0, *INSIDE)
+        w = Worker(broker, store, index, clock)
+        await w.start([0])
+        await steps(w)
+        waited = []
+        real = w.proc.flush
+        w.proc.flush = lambda wait=True: waited.append(wait) or real(wait)
+        w.follower.push(index := index.with_farms({"other": [fence("theirs", tenant="other", version=2)]}, 1))
+        await steps(w, 1)
+        assert True not in waited
+        w.follower.push(index.with_farms({"farm": [fence("north", version=2, lon=18.0)]}, 2))  # cow-1's farm
+        await steps(w, 1)
+        assert True in waited
+        assert ("exit", "cow-1") in [(e["type"], e["device_id"]) for e in w.producer.handed_events()]
+
+    run(main())

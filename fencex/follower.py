@@ -230,6 +230,12 @@ class FenceFollower:
         changed = {farm: list(self.by_farm.get(farm, {}).values()) for farm in farms}
         self.index = await asyncio.to_thread(self.index.with_farms, changed, self.applied)
         self._resolve(farms | set(fence_ids.values()) | set(mob_ids))
+        # the worker re-evaluates the farms the index names (those whose fences changed): farms whose
+        # mobs or settings changed in the same read, and no fence of theirs, are told as without one
+        if (mobs_only := set(mob_ids) - farms) and self.on_mobs is not None:
+            self.on_mobs(mobs_only)
+        if herd and self.on_rules is not None:
+            self.on_rules(herd)
         self._handover(len(fence_ids), "changed")
         return True
 

@@ -1,10 +1,11 @@
 """What the worker does, between batches and under its lock, when fences, mobs or herd settings change.
 
 A new index (fences changed): the held devices of the farms whose fences changed are re-evaluated
-(the index is sharded by farm and says which changed: :attr:`FenceIndex.changed`), every held device
-after a full reload; every silence is re-timed. A farm's mobs or herd settings changed, no fence: only that farm's held
-devices are (``Follower.on_mobs`` / ``on_rules`` tell the loop which farms), so one farm putting
-its settings in a loop costs every other farm a scan of the held states, not their re-evaluation.
+(the index is sharded by farm and says which changed: :attr:`FenceIndex.changed`), and their next
+transitions laid again; every held device, silence and transition after a full reload. A farm's mobs
+or herd settings changed, no fence: only that farm's held devices are (``Follower.on_mobs`` /
+``on_rules`` tell the loop which farms), so one farm putting its settings (or fences) in a loop
+costs every other farm a scan of the held states, not their re-evaluation.
 Re-evaluation runs on states just saved (the checkpoint is flushed first), so the events' ids,
 made of the last saved fix, come out the same when replayed after a crash.
 """
@@ -20,24 +21,51 @@ if TYPE_CHECKING:
 
 
 async def swap_index(p: Processor) -> None:
-    """Swap the new index in: re-evaluate the held devices of the farms whose fences (or mobs) changed,
-    or every held device after a full reload; re-time every silence."""
-    await p.flush(wait=True)
+    """Swap the new index in. After a full reload: re-evaluate every held device, re-time every silence,
+    lay every farm's next transition again. Else the farms whose fences (or mobs) changed only: their
+    held devices re-evaluated, their next transitions laid again and their missed ones applied; the other
+    farms' shards are the same objects, so nothing changes for them (a farm saving its fences in a loop
+    costs the others no walk over every silence or schedule). Fences never change a silence: the farms
+    whose settings changed too have theirs re-timed."""
     assert p._next_index is not None
-    p.index, p._next_index = p._next_index, None
-    farms, p._index_farms = p._index_farms, set()
-    devices = None
-    if farms is not None:  # the other farms' fences are the same shards: nothing changes for their devices
-        farms |= p._mobs_changed
-        devices = [d for d, s in p.states.items() if s.tenant in farms]
-    p._mobs_changed.clear()  # their devices are re-evaluated now, and every silence re-timed
-    p._rules_changed.clear()
-    out = p._reevaluate(devices)
-    silence.rewatch(p, list(p.generations))  # a farm's silence time may have changed with it
-    await p._publish_reevaluation(out)
-    p.rotation.rebuild(p.index, int(p.clock() * 1000))  # schedules may have changed with it: their
-    await rotation.catch_up(p)  # transitions up to now, at the devices' own times, are applied (every farm:
-    # the heap is laid again from now, so a transition due since the last step is applied here)
+    farms = _changed(p)
+    devices = _held(p, farms)
+    if devices is None or devices:  # re-evaluated on states just saved; a worker holding none of them waits for nothing
+        await p.flush(wait=True)
+        if (later := _changed(p)) != farms:  # more handed over during the flush (the states it saved are theirs too)
+            farms, devices = later, _held(p, later)
+    assert p._next_index is not None
+    p.index, p._next_index, p._index_farms = p._next_index, None, set()
+    now_ms = int(p.clock() * 1000)
+    if devices is None:  # a full load: every farm may have changed, its settings too
+        p._mobs_changed.clear()
+        p._rules_changed.clear()
+        out = p._reevaluate(None)
+        silence.rewatch(p, list(p.generations))
+        await p._publish_reevaluation(out)
+        p.rotation.rebuild(p.index, now_ms)  # every schedule may have changed: their transitions up to
+        await rotation.catch_up(p)  # now, at the devices' own times, are applied
+        return
+    assert farms is not None
+    p._mobs_changed.clear()  # their devices are re-evaluated now
+    if devices:
+        await p._publish_reevaluation(p._reevaluate(devices))
+    if rules := set(p._rules_changed):  # here, not left to herd_changed: a new index every step would starve it
+        p._rules_changed.clear()
+        silence.retime(p, rules)
+    p.rotation.reschedule(p.index, farms, now_ms)  # theirs laid again from now: their devices catch up
+    if devices:
+        await rotation.catch_up(p, devices)
+
+
+def _changed(p: Processor) -> frozenset[str] | None:
+    """The farms whose fences (in the indexes handed over) or mobs changed; None: every farm (a full load)."""
+    return None if p._index_farms is None else frozenset(p._index_farms | p._mobs_changed)
+
+
+def _held(p: Processor, farms: frozenset[str] | None) -> list[str] | None:
+    """The held devices of ``farms`` (a scan of the held states); None for every farm."""
+    return None if farms is None else [d for d, s in p.states.items() if s.tenant in farms]
 
 
 async def herd_changed(p: Processor) -> None:

@@ -7,9 +7,10 @@ those inside one that closes exit it, and escapes and returns follow
 so their ids are the same whoever applies it and however often.
 
 *When*: a heap of ``(instant, farm)``, each scheduled farm's next transition on the worker's
-clock, rebuilt when the index is swapped. When the clock passes one (checked between batches,
-under the loop's lock), the checkpoint is flushed (the events' ids are made of saved state) and
-the farm's held devices are re-evaluated at it, once.
+clock, laid again when the index is swapped (the changed farms' only, unless it was reloaded in
+full). When the clock passes one (checked between batches, under the loop's lock), the checkpoint
+is flushed (the events' ids are made of saved state) and the farm's held devices are re-evaluated
+at it, once.
 
 *Once, across rebalances and restarts*: a device re-evaluated at a transition keeps its instant
 (``DeviceState.sched_ms``, saved with it); a fix keeps its own time. A device has seen every
@@ -39,14 +40,44 @@ CATCH_UP_MAX = 1000  # missed transitions applied in order at most (then the lat
 
 
 class TransitionHeap:
-    """The next transition of each farm with a scheduled fence, soonest first."""
+    """The next transition of each farm with a scheduled fence, soonest first.
+
+    ``next`` holds each farm's entry; a farm laid again (:meth:`reschedule`) is pushed anew and its
+    older entry, now stale, is dropped when it comes to the top (the heap is laid again from ``next``
+    once the stale entries outnumber the live ones: a farm changing its schedule in a loop does not grow it).
+    """
 
     def __init__(self) -> None:
         self.heap: list[tuple[int, str]] = []
+        self.next: dict[str, int] = {}  # farm -> the instant of its live entry
 
     def rebuild(self, index: FenceIndex, now_ms: int) -> None:
-        self.heap = [(t, farm) for farm, plan in index.schedules.items() if (t := plan.next_change(now_ms)) is not None]
+        """Every scheduled farm's next transition after ``now_ms`` (a walk over every schedule)."""
+        self.next = {farm: t for farm, plan in index.schedules.items() if (t := plan.next_change(now_ms)) is not None}
+        self._lay()
+
+    def reschedule(self, index: FenceIndex, farms: Iterable[str], now_ms: int) -> None:
+        """These farms' schedules may have changed (or gone): their next transitions after ``now_ms``."""
+        for farm in farms:
+            plan = index.schedules.get(farm)
+            t = plan.next_change(now_ms) if plan is not None else None
+            if t is None:
+                self.next.pop(farm, None)
+            elif self.next.get(farm) != t:
+                self.next[farm] = t
+                heapq.heappush(self.heap, (t, farm))
+        if len(self.heap) > 2 * len(self.next) + 64:
+            self._lay()
+        self._drop_stale()
+
+    def _lay(self) -> None:
+        self.heap = [(t, farm) for farm, t in self.next.items()]
         heapq.heapify(self.heap)
+
+    def _drop_stale(self) -> None:
+        heap, live = self.heap, self.next
+        while heap and live.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)
 
     def next_due(self) -> int | None:
         return self.heap[0][0] if self.heap else None
@@ -61,7 +92,11 @@ class TransitionHeap:
             plan = index.schedules.get(farm)
             nxt = plan.next_change(at) if plan is not None else None
             if nxt is not None:
+                self.next[farm] = nxt
                 heapq.heappush(heap, (nxt, farm))
+            else:
+                self.next.pop(farm, None)
+            self._drop_stale()
         return out
 
 

@@ -383,3 +383,30 @@ def test_a_registration_or_another_farms_change_resolves_no_mob_of_this_farm(mon
     store.register({"cow-1": "other"})  # moved: no longer in a mob of the farm it is registered to
     asyncio.run(follower.step(0))
     assert follower.mob_of("cow-1") is None
+
+
+def test_a_mob_change_read_with_another_farms_fence_change_is_still_told():
+    """Issue 15 #2 (review): the worker re-evaluates the farms the index says changed and those ``on_mobs``
+    names. A farm's mob change read in the same step as another farm's fence change must be one of them:
+    the new index names the fence's farm only, so the mob's farm has to be told (its escapes re-evaluated)."""
+    store, follower, handed = herd_farm()
+    store.put_mob(MobRecord(id="rams", tenant="other", fences=["theirs"], devices=["cow-9"]))
+    store.put(fence("north", lon=LON0 + 0.5, version=2))  # the farm's fence, in the same read
+    assert asyncio.run(follower.step(0)) is True
+    told: set[str] = set()
+    for h in handed:
+        told |= h if isinstance(h, set) else (h.changed or set())
+    assert {"farm", "other"} <= told
+
+
+def test_a_settings_change_read_with_another_farms_fence_change_is_still_told():
+    """As the mob change above: the worker re-times the silences of the farms ``on_rules`` names only (a
+    fence change re-times none), so settings read in the same step as a fence change must be told too."""
+    store = FakeFeed()
+    store.put(fence("north"))
+    follower = FenceFollower(store, on_index=(handed := []).append, on_rules=(told := []).append)
+    asyncio.run(follower.load())
+    store.put_rules("other", HerdRules(silence_s=120))
+    store.put(fence("north", lon=LON0 + 0.5, version=2))
+    assert asyncio.run(follower.step(0)) is True
+    assert len(handed) == 1 and told == [{"other"}]

@@ -206,3 +206,101 @@ def test_more_missed_transitions_than_a_catch_up_applies_leave_the_device_as_the
         assert "north" in store.states["cow-1"]["in"]
 
     run(main())
+
+
+def test_one_farms_fence_change_costs_the_worker_that_farm_only(monkeypatch):
+    """Review of issue 15 #2: a farm saving its fences in a loop (the API takes thousands of writes a
+    second) made every worker, per change, on its event loop, re-watch every held device's silence, ask
+    every scheduled farm for its next transition and scan every held device for missed ones (0.43 s a
+    change with 200,000 held devices and 10,000 scheduled farms). Now the changed farm's only: the other
+    farms' silences and transitions stay as they were, and still fire; the changed farm's new schedule holds."""
+
+    async def main():
+        from fencex.herd import HerdRules
+        from fencex.schedule import FarmSchedules
+        from fencex.stream import rotation
+
+        broker, store, clock = Broker(partitions=1), FakeStore(), Clock()
+        theirs = fence("theirs", tenant="other", kind="zone", schedule=window(OPEN + 60_000, CLOSE))
+        index = FenceIndex([fence("north", kind="zone", schedule=window(OPEN, CLOSE)), theirs])
+        broker.fix("cow-1", T0, *INSIDE)
+        broker.fix("sheep-1", T0, *INSIDE)
+        rules = {"farm": HerdRules(silence_s=3600), "other": HerdRules(silence_s=3600)}
+        w = Worker(broker, store, index, clock, rules)
+        w.follower.tenants["sheep-1"] = "other"
+        await w.start([0])
+        await steps(w)
+        watched, asked, scanned = [], [], []
+        real_load, real_next, real_by_farm = w.proc.silence.load, FarmSchedules.next_change, rotation._by_farm
+        w.proc.silence.load = lambda part, devices, *a: watched.extend(ds := list(devices)) or real_load(part, ds, *a)
+        monkeypatch.setattr(FarmSchedules, "next_change", lambda s, at: asked.append(s) or real_next(s, at))
+        monkeypatch.setattr(rotation, "_by_farm", lambda p, d, f: scanned.append(d) or real_by_farm(p, d, f))
+        later = window(OPEN + 30_000, CLOSE)  # the farm's zone opens 30 s later
+        w.follower.push(index.with_farms({"farm": [fence("north", kind="zone", version=2, schedule=later)]}, 1))
+        await steps(w, 1)
+        assert watched == []  # fences do not change a silence
+        assert {id(s) for s in asked} <= {id(w.proc.index.schedules["farm"])}
+        assert None not in scanned and all(set(d) <= {"cow-1"} for d in scanned)
+        for at in (OPEN, OPEN + 30_000, OPEN + 60_000):
+            clock.s = at / 1000
+            await steps(w)
+        assert ids(broker.events(), "enter") == [
+            event_id("cow-1", "north", 2, "enter", OPEN + 30_000),
+            event_id("sheep-1", "theirs", 1, "enter", OPEN + 60_000),
+        ]
+
+    run(main())
+
+
+def test_a_farms_new_silence_time_holds_while_another_farm_changes_its_fences_every_step():
+    """With the change above: a fence change no longer re-times every silence, so settings changed with
+    it are re-timed at the swap, not left to a step with no new index (one farm's loop would starve it)."""
+
+    async def main():
+        from fencex.herd import HerdRules
+
+        broker, store, clock = Broker(partitions=1), FakeStore(), Clock()
+        index = FenceIndex([fence("north"), fence("theirs", tenant="other")])
+        broker.fix("cow-1", T0, *INSIDE)
+        broker.fix("sheep-1", T0, *INSIDE)
+        rules = {"farm": HerdRules(silence_s=3600), "other": HerdRules(silence_s=3600)}
+        w = Worker(broker, store, index, clock, rules, silence_sweep_s=0.0)
+        w.follower.tenants["sheep-1"] = "other"
+        await w.start([0])
+        await steps(w)
+        w.follower.put_rules("other", HerdRules(silence_s=10))
+        for k in range(1, 5):
+            index = index.with_farms({"farm": [fence("north", version=k + 1)]}, k)
+            w.follower.push(index)
+            clock.s += 5
+            await steps(w, 1)
+        silent = [e["device_id"] for e in broker.events() if e["type"] == "silent"]
+        assert silent == ["sheep-1"]
+
+    run(main())
+
+
+def test_a_fence_change_of_a_farm_the_worker_holds_no_device_of_waits_for_no_flush():
+    """Review of issue 15 #2: a swap waited for the checkpoint to be saved (produced, stored, committed)
+    before re-evaluating, whatever the farm: a farm saving its fences in a loop made every worker wait
+    for a flush every step. Only a worker holding devices of the changed farm needs their states saved."""
+
+    async def main():
+        broker, store, clock = Broker(partitions=1), FakeStore(), Clock()
+        index = FenceIndex([fence("north"), fence("theirs", tenant="other")])
+        broker.fix("cow-1", T0, *INSIDE)
+        w = Worker(broker, store, index, clock)
+        await w.start([0])
+        await steps(w)
+        waited = []
+        real = w.proc.flush
+        w.proc.flush = lambda wait=True: waited.append(wait) or real(wait)
+        w.follower.push(index := index.with_farms({"other": [fence("theirs", tenant="other", version=2)]}, 1))
+        await steps(w, 1)
+        assert True not in waited
+        w.follower.push(index.with_farms({"farm": [fence("north", version=2, lon=18.0)]}, 2))  # cow-1's farm
+        await steps(w, 1)
+        assert True in waited
+        assert ("exit", "cow-1") in [(e["type"], e["device_id"]) for e in w.producer.handed_events()]
+
+    run(main())

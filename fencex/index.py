@@ -30,7 +30,8 @@ import numpy as np
 
 from fencex.fence import Fence
 from fencex.herd import Mob
-from fencex.indexshard import EMPTY, FarmShard, Laid, Layer, Quarantined, farm_of, grow
+from fencex.indexlaid import Laid
+from fencex.indexshard import EMPTY, FarmShard, Layer, Quarantined, farm_of, grow
 from fencex.schedule import FarmSchedules
 
 __all__ = ["FarmShard", "FenceIndex", "Quarantined", "grow"]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import bisect
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -178,7 +178,7 @@ class Spatial:
 class Layer:
     """A farm's geometries of one kind (the fences, or the buffered fences' outer geometries)."""
 
-    __slots__ = ("_bounds_list", "bounds", "geoms", "ids", "spatial")
+    __slots__ = ("_bounds_list", "bounds", "frame", "geoms", "ids", "spatial")
 
     def __init__(
         self, ids: list[str], geoms: list[BaseGeometry] | np.ndarray, bounds: np.ndarray | None = None
@@ -188,6 +188,7 @@ class Layer:
         self.geoms = np.asarray(geoms, dtype=object) if n else _NO_GEOMS
         self.bounds = (shapely.bounds(self.geoms) if bounds is None else bounds) if n else _NO_BOUNDS
         self.spatial = Spatial(self.bounds, self.geoms) if n > SMALL else None
+        self.frame: tuple[float, float, float] | None = None  # its grid in a Laid (fencex.indexlaid)
         self._bounds_list: list[list[float]] | None = None
 
     def __len__(self) -> int:
@@ -220,47 +221,6 @@ class Layer:
 
 
 NO_LAYER = Layer([], [])
-
-
-class Laid:
-    """Layers of small farms laid end to end: the points of all of them boxed and tested at once."""
-
-    __slots__ = ("bounds", "count", "geoms", "ids", "start")
-
-    def __init__(self, layers: Sequence[Layer]) -> None:
-        self.count = np.fromiter((len(layer) for layer in layers), dtype=np.intp, count=len(layers))
-        self.start = np.cumsum(self.count) - self.count
-        some = [layer for layer in layers if len(layer)]
-        self.bounds = np.concatenate([layer.bounds for layer in some]) if some else _NO_BOUNDS
-        self.geoms = np.concatenate([layer.geoms for layer in some]) if some else _NO_GEOMS
-        self.ids = np.concatenate([layer.ids for layer in some]) if some else _NO_GEOMS
-
-    def relaid(self, drop: np.ndarray, add: Sequence[Layer]) -> Laid:
-        """These layers but those ``drop`` says (by place; they stay, empty), and ``add`` after them:
-        a copy of the arrays, no walk over the layers kept."""
-        new = Laid(add)
-        keep = np.repeat(~drop, self.count)
-        new.count = np.concatenate((np.where(drop, 0, self.count), new.count))
-        new.start = np.cumsum(new.count) - new.count
-        new.bounds = np.concatenate((self.bounds[keep], new.bounds))
-        new.geoms = np.concatenate((self.geoms[keep], new.geoms))
-        new.ids = np.concatenate((self.ids[keep], new.ids))
-        return new
-
-    def match(
-        self, xs: np.ndarray, ys: np.ndarray, pts: np.ndarray, codes: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, int]:
-        """(point, id) of each point ``pts[i]`` (ascending) in a geometry of layer ``codes[i]``, by point
-        then id; and the exact tests made. Every point against its layer's boxes, then the boxes that hold it."""
-        cnt = self.count[codes]
-        pt = np.repeat(pts, cnt)
-        pos = np.repeat(self.start[codes] - (np.cumsum(cnt) - cnt), cnt) + np.arange(len(pt))
-        b = self.bounds[pos]
-        x, y = xs[pt], ys[pt]
-        inbox = (b[:, 0] <= x) & (x <= b[:, 2]) & (b[:, 1] <= y) & (y <= b[:, 3])
-        pt, pos = pt[inbox], pos[inbox]
-        hit = exact(self.geoms[pos], xs[pt], ys[pt])
-        return pt[hit], self.ids[pos[hit]], len(hit)
 
 
 def exact(geoms: np.ndarray, xs: Any, ys: Any) -> np.ndarray:

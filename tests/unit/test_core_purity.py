@@ -11,6 +11,7 @@ CORE = [
     "fencex.fix",
     "fencex.index",
     "fencex.indexshard",
+    "fencex.indexlaid",
     "fencex.detector",
     "fencex.event",
     "fencex.pipeline",

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fencex.index as index_module
+import fencex.indexlaid as laid_module
 import fencex.indexshard as shard_module
 from fencex.fence import Fence
 from fencex.herd import NO_MOB
@@ -60,12 +61,18 @@ POINT = st.tuples(st.floats(-0.01, 0.25), st.floats(-0.01, 0.25), st.integers(0,
     st.lists(POINT, min_size=1, max_size=50),
     st.sampled_from([2, 128]),
     st.sampled_from([1, 256]),
+    st.sampled_from([1, 64]),
 )
-def test_lookups_after_changes_equal_a_brute_force_check(start, changes, points, small, relay_after):
+def test_lookups_after_changes_equal_a_brute_force_check(start, changes, points, small, relay_after, max_cells):
     """Built whole, then farm by farm (each change replacing one farm's fences): every kind of lookup
     answers what shapely says point by point. ``small``: farms above it use their own grid;
-    ``relay_after``: the base is laid again after every change, or the changed farms answer from shards."""
-    with mock.patch.object(shard_module, "SMALL", small), mock.patch.object(index_module, "RELAY_AFTER", relay_after):
+    ``relay_after``: the base is laid again after every change, or the changed farms answer from shards;
+    ``max_cells``: the laid farms' fences over more cells of their grid than this are kept aside."""
+    with (
+        mock.patch.object(shard_module, "SMALL", small),
+        mock.patch.object(index_module, "RELAY_AFTER", relay_after),
+        mock.patch.object(laid_module, "MAX_CELLS", max_cells),
+    ):
         fences = made(start, "s")
         index = FenceIndex(fences)
         for k, (farm, spec) in enumerate(changes):

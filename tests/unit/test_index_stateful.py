@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 import fencex.index as index_module
+import fencex.indexlaid as laid_module
 import fencex.indexshard as shard_module
 from fencex.fence import Fence
 from fencex.index import FenceIndex
@@ -32,7 +33,11 @@ POINTS = [(x / 40, y / 40) for x in range(-1, 10) for y in range(-1, 10)]  # a g
 class Sharded(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self._patches = [mock.patch.object(shard_module, "SMALL", 2), mock.patch.object(index_module, "RELAY_AFTER", 2)]
+        self._patches = [
+            mock.patch.object(shard_module, "SMALL", 2),
+            mock.patch.object(index_module, "RELAY_AFTER", 2),
+            mock.patch.object(laid_module, "MAX_CELLS", 2),  # fences over a few cells kept aside: both paths
+        ]
         for p in self._patches:
             p.start()
         self.fences: dict[str, Fence] = {}  # the truth: fence id -> fence (one namespace across farms)

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgpack
 import orjson
+from redis.exceptions import NoScriptError
 
 from fencex.detector import DeviceState
 from fencex.errors import Fenced, GenerationsLost
@@ -75,9 +76,15 @@ class RedisSave(RedisConnection):
 
         geo: dict[str, list[Any]] = {}  # tenant -> lon, lat, device, ...
         dumps = orjson.dumps
+        lists: dict[int, tuple[str, list[Any]]] = {}  # partition -> its device key prefix and states
         for d, st in states.items():
-            p = part_of(d)
-            part(p).states.extend((k.device(p, d), dumps(st.to_obj())))
+            p = given.get(d)
+            if p is None:
+                p = part_of(d)
+            got = lists.get(p)
+            if got is None:
+                got = lists[p] = (k.device(p, ""), part(p).states)
+            got[1].extend((got[0] + d, dumps(st.to_obj())))
             if -GEO_LAT_LIMIT <= st.lat <= GEO_LAT_LIMIT:
                 g = geo.get(st.tenant)
                 if g is None:
@@ -106,7 +113,9 @@ class RedisSave(RedisConnection):
             part(p).gens = [k.generation(topic, p), gen]
         rewrites, anchors, empty = w.rewrites, w.anchors, b""
         for d, more in w.tracks.items():
-            part(part_of(d)).tracks.extend((d, rewrites.get(d, False), bytes(more), anchors.get(d, -1)))
+            p = given.get(d)
+            x = parts.get(p) if p is not None else None
+            (x or part(part_of(d))).tracks.extend((d, rewrites.get(d, False), bytes(more), anchors.get(d, -1)))
         for d in rewrites.keys() - w.tracks.keys():
             part(part_of(d)).tracks.extend((d, rewrites[d], empty, -1))
         orphan = MAGIC + bytes((ORPHAN,))  # a track started by an append: the state before it is not known
@@ -174,19 +183,50 @@ class RedisSave(RedisConnection):
                 raise Fenced(FENCED)  # a newer owner of any partition fences the whole save, whatever else was lost
             if any(s < g[1] for s, g in zip(stored, gens)):
                 raise GenerationsLost(LOST)  # gone or behind the saver's own claim: it claims again
-        if pointers:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for key, flat in pointers.items():
-                    pipe.hset(key, mapping=dict(zip(flat[::2], flat[1::2])))
-                await pipe.execute()
-        replies = await asyncio.gather(*(self._save_part(keys=[token], args=[d]) for token, d in part_calls))
+        if not self.cluster:  # one Redis: every step in one pipeline, the farms' fenced by the generations
+            replies = await self._pipelined(gens, pointers, part_calls, farm_calls)
+        else:
+            if pointers:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for key, flat in pointers.items():
+                        pipe.hset(key, mapping=dict(zip(flat[::2], flat[1::2])))
+                    await pipe.execute()
+            replies = await asyncio.gather(*(self._save_part(keys=[token], args=[d]) for token, d in part_calls))
         codes = {int(r[0]) for r in replies}
         if -1 in codes:
             raise Fenced(FENCED)  # the partitions saved before are as saved by a worker that died then
         if -2 in codes:
             raise GenerationsLost(LOST)
-        await asyncio.gather(*(self._save_farm(keys=[token], args=[d]) for token, d in farm_calls))
+        if self.cluster:
+            await asyncio.gather(*(self._save_farm(keys=[token], args=[d]) for token, d in farm_calls))
         return [(got[i].decode(), int(got[i + 1])) for got in replies for i in range(1, len(got), 2)]
+
+    async def _pipelined(
+        self, gens: list[Any], pointers: dict[str, list[Any]], part_calls: list[Any], farm_calls: list[Any]
+    ) -> list[Any]:
+        """On one Redis: the pointers, the partitions' calls and the farms' calls in one pipeline (one round
+        trip); each farm call checks the save's generations itself (``SAVE_FARM``), so it writes nothing
+        after a partition's call was refused. The partitions' replies. Sent again, whole, if Redis had lost
+        the scripts (every call is idempotent: its token)."""
+        keys, mine = [g[0] for g in gens], [g[1] for g in gens]
+        for attempt in range(2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key, flat in pointers.items():
+                    pipe.hset(key, mapping=dict(zip(flat[::2], flat[1::2])))
+                for token, d in part_calls:
+                    pipe.evalsha(self._save_part.sha, 1, token, d)
+                for token, d in farm_calls:
+                    pipe.evalsha(self._save_farm.sha, 1 + len(keys), token, *keys, d, *mine)
+                got: list[Any] = await pipe.execute(raise_on_error=False)
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in got):
+                await self.redis.script_load(self._save_part.script)
+                await self.redis.script_load(self._save_farm.script)
+                continue
+            for r in got:
+                if isinstance(r, Exception):
+                    raise r  # mapped by guard (out of memory), or a bug
+            break
+        return got[len(pointers) : len(pointers) + len(part_calls)]
 
     async def _gets(self, keys: Sequence[str]) -> list[Any]:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -103,7 +103,13 @@ return out
 # ran already, else {1}). d[1] GEO sets {key -> {lon, lat, id, ...}}; d[2] membership and alert-list
 # rows in order {op (1 ZADD, 2 ZADD NX, 0 ZREM), key, score, device}; d[3] the grazing: hash key ->
 # {field, ms, ...}, HINCRBY'd, the key kept d[4] seconds.
+# On one Redis (no slots), the save's calls go in one pipeline, the farms' after the partitions': then
+# KEYS[2..] are the save's generation keys and ARGV[2..] the saver's generations, and nothing is
+# written ({-1}) unless every one is still the saver's, as every partition's call found it.
 SAVE_FARM = """
+for i = 2, #KEYS do
+  if tonumber(redis.call('GET', KEYS[i]) or '-1') ~= tonumber(ARGV[i]) then return {-1} end
+end
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', 3600) then return {0} end
 local d = cmsgpack.unpack(ARGV[1])
 for key, flat in pairs(d[1]) do

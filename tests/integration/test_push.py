@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 import time
@@ -12,7 +13,7 @@ import pytest
 
 from fencex.detector import DeviceState
 from fencex.errors import Fenced
-from fencex.event import EVENT_SCHEMA
+from fencex.event import EVENT_SCHEMA, Event
 from fencex.fence import Fence
 from fencex.fix import Fix
 from fencex.index import FenceIndex
@@ -280,6 +281,34 @@ def test_generations_fence_a_stale_save_in_redis(live):
             states = await store.load_states(["cow-1", "cow-9"])
             assert states["cow-1"].last_ts == T0 + 5000 and "cow-9" not in states  # nothing written
             assert await store.partition_devices(live.locations, [1]) == {"cow-1": 1}
+        finally:
+            await store.close()
+
+    run(main())
+
+
+def test_a_save_fenced_after_its_generations_were_read_writes_no_farm_step(live):
+    """A newer owner claims a partition between the save's read of the generations and its steps (on one
+    Redis they go in one pipeline): the partition's step is refused, and so is every farm step (no
+    membership, position or grazing of the stale snapshot), as when the farm steps wait for the partitions'."""
+
+    async def main():
+        store = RedisStore(live.redis_url, live.prefix)
+        await store.connect()
+        try:
+            old = await store.claim_partitions(live.locations, [2])
+            gens = {(live.locations, 2): old[2]}
+            inside = DeviceState("farm-race", T0, *INSIDE)
+            enter = Event("enter", "farm-race", "cow-r", "race-fence", 1, T0, *INSIDE)
+            blob = store.pack_save({"cow-r": inside}, [enter], {(live.locations, 2): ["cow-r"]}, gens)
+            await store.claim_partitions(live.locations, [2])  # partition 2 changed hands after the read below
+            read = store._gets
+            store._gets = lambda keys: asyncio.sleep(0, [str(old[2]).encode()] * len(keys))  # the read before it
+            with pytest.raises(Fenced):
+                await store.save_packed(blob)
+            store._gets = read
+            assert await store.devices_inside("farm-race", "race-fence") == []
+            assert "cow-r" not in await store.load_states(["cow-r"], {"cow-r": 2})
         finally:
             await store.close()
 

@@ -37,7 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fencex.errors import StoreUnavailable
 from fencex.store.base import Keys, tag_of
-from fencex.store.scripts import APPEND_EVENTS, SAVE_FARM, SAVE_PART
+from fencex.store.scripts import APPEND_EVENTS, SAVE_ALL, SAVE_FARM, SAVE_PART
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -140,6 +140,7 @@ class RedisConnection:
     _append_events: Any  # the registered scripts (fencex.store.scripts), set by connect()
     _save_part: Any
     _save_farm: Any
+    _save_all: Any
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -195,6 +196,7 @@ class RedisConnection:
         self._append_events = self._redis.register_script(APPEND_EVENTS)
         self._save_part = self._redis.register_script(SAVE_PART)
         self._save_farm = self._redis.register_script(SAVE_FARM)
+        self._save_all = self._redis.register_script(SAVE_ALL)
 
     async def close(self) -> None:
         if self._redis is not None:

@@ -50,3 +50,4 @@ class RedisStore(
         self._append_events = None
         self._save_part = None
         self._save_farm = None
+        self._save_all = None

@@ -14,7 +14,6 @@ from typing import Any
 
 import msgpack
 import orjson
-from redis.exceptions import NoScriptError
 
 from fencex.detector import DeviceState
 from fencex.errors import Fenced, GenerationsLost
@@ -150,7 +149,8 @@ class RedisSave(RedisConnection):
         pointers: dict[str, list[Any]] = {}
         for d, p in where.items():
             pointers.setdefault(k.where(k.group(d)), []).extend((d, p))
-        return msgpack.packb([gens, pointers, part_calls, farm_calls], use_bin_type=True)  # type: ignore[no-any-return]
+        # no bin type: Redis's cmsgpack (SAVE_ALL on one Redis) reads strings only; read back by unpack_save
+        return pack([gens, pointers, part_calls, farm_calls])  # type: ignore[no-any-return]
 
     def _reset_rows(self, d: str, before: DeviceState, after: DeviceState) -> list[tuple[int, str, int, str]]:
         """The rows that make a device's fence memberships and alert lists those of ``after`` (its state
@@ -168,7 +168,8 @@ class RedisSave(RedisConnection):
         devices whose tracks are now at least the save's ``long_bytes`` long, with their lengths (a track is
         a list of segments, joined every 64: its length is known then).
 
-        In steps, each touching one slot per call (a Redis Cluster runs nothing else): the generations
+        On one Redis, one script call (``SAVE_ALL``): atomic, the generations checked up front. On a Redis
+        Cluster, in steps, each touching one slot per call (a cluster runs nothing else): the generations
         are checked first (Fenced, or GenerationsLost, with nothing written); the partitions of new devices
         are written down (``where``: idempotent); then each partition's states, tracks and new devices, each
         call atomic and fenced by the partition's generation (``SAVE_PART``); then, once every one of them
@@ -176,57 +177,33 @@ class RedisSave(RedisConnection):
         call carries the save's token for its slot: a call sent again writes nothing twice."""
         if blob is None:
             return []
-        gens, pointers, part_calls, farm_calls = msgpack.unpackb(blob, raw=False)
+        if not self.cluster:  # one Redis: the whole save is one script call (SAVE_ALL), atomic
+            got = await self._save_all(args=[blob])
+            if int(got[0]) == -1:
+                raise Fenced(FENCED)
+            if int(got[0]) == -2:
+                raise GenerationsLost(LOST)
+            return [(got[i].decode(), int(got[i + 1])) for i in range(1, len(got), 2)]
+        gens, pointers, part_calls, farm_calls = unpack_save(blob)
         if gens:
             stored = [int(s) if s is not None else -1 for s in await self._gets([g[0] for g in gens])]
             if any(s > g[1] for s, g in zip(stored, gens)):
                 raise Fenced(FENCED)  # a newer owner of any partition fences the whole save, whatever else was lost
             if any(s < g[1] for s, g in zip(stored, gens)):
                 raise GenerationsLost(LOST)  # gone or behind the saver's own claim: it claims again
-        if not self.cluster:  # one Redis: every step in one pipeline, the farms' fenced by the generations
-            replies = await self._pipelined(gens, pointers, part_calls, farm_calls)
-        else:
-            if pointers:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for key, flat in pointers.items():
-                        pipe.hset(key, mapping=dict(zip(flat[::2], flat[1::2])))
-                    await pipe.execute()
-            replies = await asyncio.gather(*(self._save_part(keys=[token], args=[d]) for token, d in part_calls))
+        if pointers:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key, flat in pointers.items():
+                    pipe.hset(key, mapping=dict(zip(flat[::2], flat[1::2])))
+                await pipe.execute()
+        replies = await asyncio.gather(*(self._save_part(keys=[token], args=[d]) for token, d in part_calls))
         codes = {int(r[0]) for r in replies}
         if -1 in codes:
             raise Fenced(FENCED)  # the partitions saved before are as saved by a worker that died then
         if -2 in codes:
             raise GenerationsLost(LOST)
-        if self.cluster:
-            await asyncio.gather(*(self._save_farm(keys=[token], args=[d]) for token, d in farm_calls))
+        await asyncio.gather(*(self._save_farm(keys=[token], args=[d]) for token, d in farm_calls))
         return [(got[i].decode(), int(got[i + 1])) for got in replies for i in range(1, len(got), 2)]
-
-    async def _pipelined(
-        self, gens: list[Any], pointers: dict[str, list[Any]], part_calls: list[Any], farm_calls: list[Any]
-    ) -> list[Any]:
-        """On one Redis: the pointers, the partitions' calls and the farms' calls in one pipeline (one round
-        trip); each farm call checks the save's generations itself (``SAVE_FARM``), so it writes nothing
-        after a partition's call was refused. The partitions' replies. Sent again, whole, if Redis had lost
-        the scripts (every call is idempotent: its token)."""
-        keys, mine = [g[0] for g in gens], [g[1] for g in gens]
-        for attempt in range(2):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for key, flat in pointers.items():
-                    pipe.hset(key, mapping=dict(zip(flat[::2], flat[1::2])))
-                for token, d in part_calls:
-                    pipe.evalsha(self._save_part.sha, 1, token, d)
-                for token, d in farm_calls:
-                    pipe.evalsha(self._save_farm.sha, 1 + len(keys), token, *keys, d, *mine)
-                got: list[Any] = await pipe.execute(raise_on_error=False)
-            if attempt == 0 and any(isinstance(r, NoScriptError) for r in got):
-                await self.redis.script_load(self._save_part.script)
-                await self.redis.script_load(self._save_farm.script)
-                continue
-            for r in got:
-                if isinstance(r, Exception):
-                    raise r  # mapped by guard (out of memory), or a bug
-            break
-        return got[len(pointers) : len(pointers) + len(part_calls)]
 
     async def _gets(self, keys: Sequence[str]) -> list[Any]:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -234,6 +211,18 @@ class RedisSave(RedisConnection):
                 pipe.get(key)
             got: list[Any] = await pipe.execute()
             return got
+
+
+def unpack_save(blob: bytes) -> tuple[list[Any], dict[str, list[Any]], list[Any], list[Any]]:
+    """A packed save's steps, as the cluster path sends them: (generations [[key, gen], ...], pointers
+    {hash key: [id, partition, ...]}, the partitions' calls [(token key, blob), ...], the farms' calls)."""
+    gens, pointers, part_calls, farm_calls = msgpack.unpackb(blob, raw=True)
+    return (
+        [[key.decode(), gen] for key, gen in gens],
+        {key.decode(): [x.decode() if isinstance(x, bytes) else x for x in flat] for key, flat in pointers.items()},
+        [(token.decode(), call) for token, call in part_calls],
+        [(token.decode(), call) for token, call in farm_calls],
+    )
 
 
 @dataclass(slots=True)

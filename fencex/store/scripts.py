@@ -42,15 +42,7 @@ return added
 # relative to; -1: none); a key of another type is no track (set by hand): deleted, not failing
 # every save. Past 64 segments, a list is joined into one (compact, and its length known).
 # Returns {states saved, then each track key joined at least d[7] bytes long and its length}.
-SAVE_PART = """
-local d = cmsgpack.unpack(ARGV[1])
-local gens = d[1]
-if #gens > 0 then
-  local gen = tonumber(redis.call('GET', gens[1]) or '-1')
-  if gen > gens[2] then return {-1} end  -- a newer owner: fenced
-  if gen < gens[2] then return {-2} end  -- gone or behind the saver's own claim: lost writes
-end
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', 3600) then return {0} end
+_PART_BODY = """
 local function chunked(cmd, key, flat, width)
   local step = width * math.floor(6000 / width)
   for i = 1, #flat, step do
@@ -61,41 +53,56 @@ local function chunked(cmd, key, flat, width)
     end
   end
 end
-chunked('MSET', nil, d[2], 2)
-if #d[3] > 0 then chunked('SADD', d[3][1], d[3][2], 1) end
-local out = {#d[2] / 2}
-local long = d[7]
-local tracks = d[4]
-for i = 1, #tracks, 4 do
-  local key, whole, more = d[5] .. tracks[i], tracks[i + 1], tracks[i + 2]
-  local n = 0
-  if whole then
-    redis.call('DEL', key)
-    redis.call('RPUSH', key, whole)
-    if #more > 0 then redis.call('RPUSH', key, more) end
-  elseif #more > 0 then
-    local segments = redis.pcall('RPUSH', key, more)
-    if type(segments) == 'table' then  -- a key of another type (set by hand, an old format): as lost
+local function save_part(d, out)
+  chunked('MSET', nil, d[2], 2)
+  if #d[3] > 0 then chunked('SADD', d[3][1], d[3][2], 1) end
+  local long = d[7]
+  local tracks = d[4]
+  for i = 1, #tracks, 4 do
+    local key, whole, more = d[5] .. tracks[i], tracks[i + 1], tracks[i + 2]
+    local n = 0
+    if whole then
       redis.call('DEL', key)
-      segments = redis.call('RPUSH', key, more)
+      redis.call('RPUSH', key, whole)
+      if #more > 0 then redis.call('RPUSH', key, more) end
+    elseif #more > 0 then
+      local segments = redis.pcall('RPUSH', key, more)
+      if type(segments) == 'table' then  -- a key of another type (set by hand, an old format): as lost
+        redis.call('DEL', key)
+        segments = redis.call('RPUSH', key, more)
+      end
+      if segments == 1 then
+        local at = tracks[i + 3]
+        redis.call('LPUSH', key, at >= 0 and (d[6] .. d[8] .. struct.pack('<i8', at)) or d[6])
+      elseif segments >= 64 then
+        local all = table.concat(redis.call('LRANGE', key, 0, -1))
+        redis.call('DEL', key)
+        redis.call('RPUSH', key, all)
+        n = #all
+      end
     end
-    if segments == 1 then
-      local at = tracks[i + 3]
-      redis.call('LPUSH', key, at >= 0 and (d[6] .. d[8] .. struct.pack('<i8', at)) or d[6])
-    elseif segments >= 64 then
-      local all = table.concat(redis.call('LRANGE', key, 0, -1))
-      redis.call('DEL', key)
-      redis.call('RPUSH', key, all)
-      n = #all
+    if n >= long then
+      out[#out + 1] = tracks[i]
+      out[#out + 1] = n
     end
   end
-  if n >= long then
-    out[#out + 1] = tracks[i]
-    out[#out + 1] = n
-  end
+  return out
 end
-return out
 """
+SAVE_PART = (
+    _PART_BODY
+    + """
+local d = cmsgpack.unpack(ARGV[1])
+local gens = d[1]
+if #gens > 0 then
+  local gen = tonumber(redis.call('GET', gens[1]) or '-1')
+  if gen > gens[2] then return {-1} end  -- a newer owner: fenced
+  if gen < gens[2] then return {-2} end  -- gone or behind the saver's own claim: lost writes
+end
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', 3600) then return {0} end
+return save_part(d, {#d[2] / 2})
+"""
+)
 
 
 # The farms' part of a save, for the farms of one group: positions, fence memberships and alert
@@ -103,26 +110,59 @@ return out
 # ran already, else {1}). d[1] GEO sets {key -> {lon, lat, id, ...}}; d[2] membership and alert-list
 # rows in order {op (1 ZADD, 2 ZADD NX, 0 ZREM), key, score, device}; d[3] the grazing: hash key ->
 # {field, ms, ...}, HINCRBY'd, the key kept d[4] seconds.
-# On one Redis (no slots), the save's calls go in one pipeline, the farms' after the partitions': then
-# KEYS[2..] are the save's generation keys and ARGV[2..] the saver's generations, and nothing is
-# written ({-1}) unless every one is still the saver's, as every partition's call found it.
-SAVE_FARM = """
-for i = 2, #KEYS do
-  if tonumber(redis.call('GET', KEYS[i]) or '-1') ~= tonumber(ARGV[i]) then return {-1} end
+_FARM_BODY = """
+local function save_farm(d)
+  for key, flat in pairs(d[1]) do
+    for i = 1, #flat, 5997 do redis.call('GEOADD', key, unpack(flat, i, math.min(i + 5996, #flat))) end
+  end
+  for _, z in ipairs(d[2]) do
+    if z[1] == 1 then redis.call('ZADD', z[2], z[3], z[4])
+    elseif z[1] == 2 then redis.call('ZADD', z[2], 'NX', z[3], z[4])
+    else redis.call('ZREM', z[2], z[4]) end
+  end
+  for key, flat in pairs(d[3]) do
+    for i = 1, #flat, 2 do redis.call('HINCRBY', key, flat[i], flat[i + 1]) end
+    redis.call('EXPIRE', key, d[4])
+  end
 end
+"""
+SAVE_FARM = (
+    _FARM_BODY
+    + """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', 3600) then return {0} end
-local d = cmsgpack.unpack(ARGV[1])
-for key, flat in pairs(d[1]) do
-  for i = 1, #flat, 5997 do redis.call('GEOADD', key, unpack(flat, i, math.min(i + 5996, #flat))) end
-end
-for _, z in ipairs(d[2]) do
-  if z[1] == 1 then redis.call('ZADD', z[2], z[3], z[4])
-  elseif z[1] == 2 then redis.call('ZADD', z[2], 'NX', z[3], z[4])
-  else redis.call('ZREM', z[2], z[4]) end
-end
-for key, flat in pairs(d[3]) do
-  for i = 1, #flat, 2 do redis.call('HINCRBY', key, flat[i], flat[i + 1]) end
-  redis.call('EXPIRE', key, d[4])
-end
+save_farm(cmsgpack.unpack(ARGV[1]))
 return {1}
 """
+)
+
+
+# On one Redis (no slots) the whole save is one call, atomic as one script is: ARGV[1] the packed save
+# (fencex.store.save: {generations {{key, gen}, ...}, where-pointers {hash key -> {id, partition, ...}},
+# the partitions' calls {{token key, SAVE_PART's blob}, ...}, the farms' calls {{token key, SAVE_FARM's
+# blob}, ...}}). The generations are checked once, up front ({-1} a newer owner of any, else {-2} any gone
+# or behind the saver's: nothing written); the first call's token makes a call sent again write nothing
+# twice ({0}). Then the pointers, each partition's step and each farm's step, as the cluster's calls do.
+# Returns {1, then each track key joined at least the save's long bytes long and its length, ...}.
+SAVE_ALL = (
+    _PART_BODY
+    + _FARM_BODY
+    + """
+local s = cmsgpack.unpack(ARGV[1])
+local gens, pointers, parts, farms = s[1], s[2], s[3], s[4]
+local stored = {}
+for i, g in ipairs(gens) do
+  stored[i] = tonumber(redis.call('GET', g[1]) or '-1')
+  if stored[i] > g[2] then return {-1} end  -- a newer owner of any partition: fenced
+end
+for i, g in ipairs(gens) do
+  if stored[i] < g[2] then return {-2} end  -- gone or behind the saver's own claim: lost writes
+end
+local first = parts[1] or farms[1]
+if first and not redis.call('SET', first[1], '1', 'NX', 'EX', 3600) then return {0} end
+for key, flat in pairs(pointers) do chunked('HSET', key, flat, 2) end
+local out = {1}
+for _, call in ipairs(parts) do save_part(cmsgpack.unpack(call[2]), out) end
+for _, call in ipairs(farms) do save_farm(cmsgpack.unpack(call[2])) end
+return out
+"""
+)

@@ -377,3 +377,43 @@ def test_a_save_behind_on_redis_lost_claim_claims_again_unless_another_worker_ow
             await store.close()
 
     asyncio.run(main(f"redis://{redis_server.address}/0"))
+
+
+def test_on_one_redis_a_save_is_one_script_call_and_one_sent_again_writes_nothing_twice(redis_server):
+    """On one Redis the whole save (pointers, every partition's states and tracks, every farm's rows) is
+    one script call, atomic: no window in which some of its steps are written and others not. A save
+    sent again (its reply lost) appends no track twice."""
+    import uuid
+
+    if os.environ.get("FENCEX_TEST_REDIS", "").lower() == "cluster":
+        pytest.skip("one Redis only: a cluster saves in steps of one slot")
+
+    async def main(url: str) -> None:
+        store = RedisStore(url, f"fx{uuid.uuid4().hex[:8]}")
+        await store.connect()
+        try:
+            gens = await store.claim_partitions(TOPIC, [0, 1, 2])
+            mine = {(TOPIC, p): g for p, g in gens.items()}
+            ids = [f"cow-{i}" for i in range(6)]
+            states = {d: DeviceState(f"farm-{i % 3}", T0, 17.605, 59.805) for i, d in enumerate(ids)}
+            new = {(TOPIC, p): [d for i, d in enumerate(ids) if i % 3 == p] for p in range(3)}
+            parts = {d: i % 3 for i, d in enumerate(ids)}
+            blob = store.pack_save(states, [], new, mine, SaveWrites(tracks={d: b"xy" for d in ids}), parts)
+
+            def scripts(stats: dict[str, Any]) -> int:
+                return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("eval", "evalsha"))
+
+            await store.save_packed(store.pack_save({}, [], None, mine))  # the scripts loaded
+            before = scripts(await store.redis.info("commandstats"))
+            await store.save_packed(blob)
+            assert scripts(await store.redis.info("commandstats")) - before == 1
+            await store.save_packed(blob)  # sent again
+            assert await store.load_states(ids) == states
+            tracks = await store.load_tracks(ids)
+            assert {d: t.endswith(b"xy") and not t.endswith(b"xyxy") for d, t in tracks.items()} == dict.fromkeys(
+                ids, True
+            )
+        finally:
+            await store.close()
+
+    asyncio.run(main(f"redis://{redis_server.address}/0"))

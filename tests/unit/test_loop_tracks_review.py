@@ -15,6 +15,7 @@ from fencex.fix import Fix
 from fencex.index import FenceIndex
 from fencex.store.base import SaveWrites
 from fencex.store.redis import RedisStore
+from fencex.store.save import unpack_save
 from fencex.track import Track
 from tests.unit.factory import fence
 from tests.unit.fakes import Broker, FakeStore
@@ -51,7 +52,7 @@ class MemberStore(FakeStore):
             return await super().save_packed(None)
         fake, real = pickle.loads(blob)
         long = await super().save_packed(fake)
-        farm_calls = msgpack.unpackb(real, raw=False)[3]  # each farm group's call (SAVE_FARM): its rows [1]
+        farm_calls = unpack_save(real)[3]  # each farm group's call (SAVE_FARM): its rows [1]
         for _token, call in farm_calls:
             for op, key, score, member in msgpack.unpackb(call, raw=True)[1]:
                 z = self.zsets.setdefault(key.decode(), {})

@@ -12,6 +12,7 @@ from fencex.event import Event
 from fencex.store.base import Keys, SaveWrites, tag_of
 from fencex.store.connection import cluster_seeds, max_connections, without_max_connections
 from fencex.store.redis import RedisStore
+from fencex.store.save import unpack_save
 
 T0 = 1_790_000_000_000
 
@@ -65,7 +66,7 @@ def test_every_call_of_a_save_names_one_slot():
     new = {("loc", 2): ["cow-2", "cow-5"]}
     gens = {("loc", p): 3 for p in range(3)}
     blob = store.pack_save(states, events, new, gens, writes, partitions)
-    checked, pointers, part_calls, farm_calls = msgpack.unpackb(blob, raw=False)
+    checked, pointers, part_calls, farm_calls = unpack_save(blob)
     assert [g[0] for g in checked] == [k.generation("loc", p) for p in range(3)]
     written = {d: (key, p) for key, flat in pointers.items() for d, p in zip(flat[::2], flat[1::2])}
     assert written == {d: (k.where(k.group(d)), 2) for d in ("cow-2", "cow-5")}  # the new devices' partitions

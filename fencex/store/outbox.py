@@ -80,6 +80,12 @@ class RedisOutbox(RedisConnection):
                     pipe.hdel(f.key, f.token)
                 await pipe.execute()
 
+    async def owed_by_no_one(self, filed: Mapping[str, Filed]) -> Mapping[str, Filed]:
+        """``filed`` if some partition step of its save has not run (no claim will replay it), else nothing."""
+        if not filed or all(await self._exist(list(filed))):
+            return {}
+        return filed
+
     @guard
     async def replay_outboxes(self, partitions: Sequence[int]) -> int:
         """Send again the farm steps the partitions' outboxes hold (see the module's docstring); the number

@@ -211,9 +211,10 @@ class RedisSave(RedisOutbox):
         replies = await asyncio.gather(*(part_call(token, d) for token, d in part_calls))
         codes = {int(r[0]) for r in replies}
         if -1 in codes or -2 in codes:
-            # the partitions saved are as saved by a worker that died then; their farm steps are owed by
-            # no one (a refused partition's token is missing: no claim would replay them anyway)
-            await self.clear_filed(filed, best_effort=True)
+            # the partitions saved are as saved by a worker that died then. If a refused partition's step
+            # ran in an earlier try of this save, every step has: the farm steps are owed, and the claim that
+            # refused it replays them; else they are owed by no one, and the entries go now
+            await self.clear_filed(await self.owed_by_no_one(filed), best_effort=True)
             raise Fenced(FENCED) if -1 in codes else GenerationsLost(LOST)
         await asyncio.gather(*(self._save_farm(keys=[token], args=[d]) for token, d in farm_calls))
         await self.clear_filed(filed)

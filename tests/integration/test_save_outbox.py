@@ -15,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from devtools.localserver import RedisCluster, start_redis_cluster
 from fencex.detector import DeviceState
-from fencex.errors import StoreUnavailable
+from fencex.errors import Fenced, StoreUnavailable
 from fencex.event import Event
 from fencex.store.base import SaveWrites
 from fencex.store.redis import RedisStore
@@ -184,6 +184,36 @@ def test_a_save_that_completes_leaves_nothing_owed(cluster_url):
             assert await new.redis.hlen(new.keys.outbox("{p0}")) == 0
             assert await new.redis.hlen(new.keys.outbox("{p1}")) == 0
             assert await new.replay_outboxes([0, 1]) == 0
+            rows = await farm_rows(new)
+            assert {k: rows[k] for k in WRITTEN_ONCE} == WRITTEN_ONCE
+        finally:
+            await old.close()
+            await new.close()
+
+    run(main())
+
+
+def test_a_resent_save_refused_by_the_new_owner_leaves_the_steps_it_owes_to_that_owner(cluster_url):
+    """The saver's first try wrote both partition steps and lost its farm steps; partition 1's new owner
+    raises its generation (its claim has not read the outbox yet); the saver sends the save again and
+    partition 1 refuses it. Every partition step of the save ran, so its farm steps are owed: the saver
+    must leave them filed, and the claim's replay writes them, once."""
+
+    async def main() -> None:
+        old, new = await stores(cluster_url)
+        try:
+            gens = await old.claim_partitions(TOPIC, [0, 1])
+            blob = snapshot(old, gens)
+            real_farm = old._save_farm
+            old._save_farm = failing(real_farm, lambda kw: True)
+            with pytest.raises(StoreUnavailable):
+                await old.save_packed(blob)
+            old._save_farm = real_farm
+            await new.redis.incr(new.keys.generation(TOPIC, 1))  # the new owner's claim, before its replay
+            old._gets = lambda keys: asyncio.sleep(0, [str(gens[0]).encode(), str(gens[1]).encode()])  # read before
+            with pytest.raises(Fenced):
+                await old.save_packed(blob)
+            assert await new.replay_outboxes([1]) == 1  # the rest of the new owner's claim
             rows = await farm_rows(new)
             assert {k: rows[k] for k in WRITTEN_ONCE} == WRITTEN_ONCE
         finally:

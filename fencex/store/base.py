@@ -41,6 +41,8 @@ the farm ``t`` (or of the device, where the key is a device's), ``{p}`` the devi
 ``{P}:{g}:graze:{t}:{day}``          hash: farm t's grazing on a day (the farm's time zone,
                                      ``YYYY-MM-DD``): ``fence id\tmob id`` -> milliseconds inside
 ``{P}:{g|p}:saved:{token}``          a save step's token: a step resent writes nothing twice
+``{P}:{p}:outbox``                   hash save token -> the farm steps a cluster save still owes
+                                     (``fencex.store.outbox``): replayed by the partition's next owner
 ===================================  ====================================================
 """
 
@@ -170,6 +172,9 @@ class Keys:
 
     def saved(self, tag: str, token: str) -> str:
         return f"{self.prefix}:{tag}:saved:{token}"
+
+    def outbox(self, tag: str) -> str:
+        return f"{self.prefix}:{tag}:outbox"
 
     # ---------------------------------------------------------------- farms
 

@@ -16,9 +16,10 @@ from fencex.detector import DeviceState
 from fencex.errors import NotFound
 from fencex.store.connection import guard
 from fencex.store.feed import RedisFeed
+from fencex.store.outbox import RedisOutbox
 
 
-class RedisDevices(RedisFeed):
+class RedisDevices(RedisFeed, RedisOutbox):
     """Device registry, states and the worker's batch save (``fencex.store.scripts.SAVE_PART`` and
     ``SAVE_FARM``: one call per slot, see :meth:`save_packed`)."""
 
@@ -133,7 +134,9 @@ class RedisDevices(RedisFeed):
 
         A save carrying an older generation (a worker that stalled past its session and
         lost the partition) is refused by :meth:`save_packed`. Each INCR is atomic on its own
-        (each partition is its own slot); the partitions are also listed as claimed.
+        (each partition is its own slot); the partitions are also listed as claimed. On a cluster, the
+        farm steps of saves whose saver died after their partition steps are then written
+        (:meth:`~fencex.store.outbox.RedisOutbox.replay_outboxes`), before the caller loads a state.
         """
         if not partitions:
             return {}
@@ -142,6 +145,7 @@ class RedisDevices(RedisFeed):
                 pipe.incr(self.keys.generation(topic, p))
             pipe.sadd(self.keys.partitions(topic), *partitions)
             gens = await pipe.execute()
+        await self.replay_outboxes(partitions)  # on a cluster: farm steps a dead saver owed, before any load
         return {p: int(g) for p, g in zip(partitions, gens)}
 
     @guard

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +20,9 @@ from fencex.detector import DeviceState
 from fencex.errors import Fenced, GenerationsLost
 from fencex.event import Event
 from fencex.store.base import ALERT_OF, SaveWrites, tag_of
-from fencex.store.connection import RedisConnection, guard
+from fencex.store.connection import guard
 from fencex.store.grazing import GRAZING_TTL_S, writes_of
+from fencex.store.outbox import RedisOutbox, file_entries
 from fencex.trackbytes import ANCHOR, MAGIC, ORPHAN
 
 GEO_LAT_LIMIT = 85.05112878  # Redis GEO cannot hold the poles
@@ -28,7 +30,7 @@ LOST = "the save was refused: the partitions' generations are gone or behind thi
 FENCED = "the save was refused: another worker owns these partitions now"
 
 
-class RedisSave(RedisConnection):
+class RedisSave(RedisOutbox):
     """:meth:`pack_save` (a snapshot, no I/O) and :meth:`save_packed`."""
 
     def pack_save(
@@ -172,9 +174,11 @@ class RedisSave(RedisConnection):
         Cluster, in steps, each touching one slot per call (a cluster runs nothing else): the generations
         are checked first (Fenced, or GenerationsLost, with nothing written); the partitions of new devices
         are written down (``where``: idempotent); then each partition's states, tracks and new devices, each
-        call atomic and fenced by the partition's generation (``SAVE_PART``); then, once every one of them
-        is done, each farm group's positions, memberships, alert lists and grazing (``SAVE_FARM``). Every
-        call carries the save's token for its slot: a call sent again writes nothing twice."""
+        call atomic and fenced by the partition's generation (``SAVE_PART``, which also files the farm steps
+        the save now owes in the partition's outbox: :mod:`fencex.store.outbox`); then, once every one of
+        them is done, each farm group's positions, memberships, alert lists and grazing (``SAVE_FARM``),
+        and the outbox entries are deleted. Every call carries the save's token for its slot: a call sent
+        again writes nothing twice."""
         if blob is None:
             return []
         if not self.cluster:  # one Redis: the whole save is one script call (SAVE_ALL), atomic
@@ -196,13 +200,24 @@ class RedisSave(RedisConnection):
                 for key, flat in pointers.items():
                     pipe.hset(key, mapping=dict(zip(flat[::2], flat[1::2])))
                 await pipe.execute()
-        replies = await asyncio.gather(*(self._save_part(keys=[token], args=[d]) for token, d in part_calls))
+        filed = file_entries(self.keys, part_calls, farm_calls, time.time())  # the farm steps owed (outbox)
+
+        def part_call(token: str, d: bytes) -> Any:
+            f = filed.get(token)
+            if f is None:
+                return self._save_part(keys=[token], args=[d])
+            return self._save_part(keys=[token, f.key], args=[d, f.entry, f.token])
+
+        replies = await asyncio.gather(*(part_call(token, d) for token, d in part_calls))
         codes = {int(r[0]) for r in replies}
-        if -1 in codes:
-            raise Fenced(FENCED)  # the partitions saved before are as saved by a worker that died then
-        if -2 in codes:
-            raise GenerationsLost(LOST)
+        if -1 in codes or -2 in codes:
+            # the partitions saved are as saved by a worker that died then. If a refused partition's step
+            # ran in an earlier try of this save, every step has: the farm steps are owed, and the claim that
+            # refused it replays them; else they are owed by no one, and the entries go now
+            await self.clear_filed(await self.owed_by_no_one(filed), best_effort=True)
+            raise Fenced(FENCED) if -1 in codes else GenerationsLost(LOST)
         await asyncio.gather(*(self._save_farm(keys=[token], args=[d]) for token, d in farm_calls))
+        await self.clear_filed(filed)
         return [(got[i].decode(), int(got[i + 1])) for got in replies for i in range(1, len(got), 2)]
 
     async def _gets(self, keys: Sequence[str]) -> list[Any]:

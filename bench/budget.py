@@ -228,7 +228,7 @@ def kafka_bytes(bootstrap: str, topic: str, sample: int = 20_000, quiet_s: float
     of 100 records of a partition together. (The local broker's offsets are not to be trusted for a count:
     the records are read until none has come for ``quiet_s``.)"""
     import cramjam  # aiokafka's lz4 (installed with aiokafka[lz4])
-    from confluent_kafka import Consumer
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     c = Consumer(
         {
@@ -241,8 +241,10 @@ def kafka_bytes(bootstrap: str, topic: str, sample: int = 20_000, quiet_s: float
     by_part: dict[int, list[bytes]] = {}
     got = 0
     try:
-        c.subscribe([topic])
-        quiet = time.monotonic()
+        # every partition from its start, without a group's join (which may take longer than quiet_s)
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        quiet = time.monotonic() + 20  # the first records may take a while
         while got < sample and time.monotonic() - quiet < quiet_s:
             msgs = c.consume(5000, 0.5)
             for m in msgs:

@@ -222,42 +222,42 @@ RECORD_OVERHEAD = 12
 BATCH_OVERHEAD = 61
 
 
-def kafka_bytes(bootstrap: str, topic: str, sample: int = 20_000, quiet_s: float = 2.0) -> dict[str, Any]:
-    """Up to ``sample`` records of ``topic`` read back from the start: their mean key and value bytes, the
-    bytes Kafka stores a record (format v2, uncompressed, one and 100 records a batch), and what lz4 makes
-    of 100 records of a partition together. (The local broker's offsets are not to be trusted for a count:
-    the records are read until none has come for ``quiet_s``.)"""
+def kafka_bytes(
+    bootstrap: str, topic: str, sample: int = 20_000, quiet_s: float = 2.0, fixes_per_record: int = 1
+) -> dict[str, Any]:
+    """The records of ``topic``, read back from the start: how many, and from the first ``sample`` of them
+    their mean key and value bytes, the bytes Kafka stores a record (format v2, uncompressed, one and 100
+    records a batch) and a fix sent alone (``stored_bytes_per_fix``: the key, a ``fixes_per_record``-th of
+    the value, one record a batch), and what lz4 makes of 100 records of a partition together. (The local
+    broker's offsets are not to be trusted for a count: records are read until none came for ``quiet_s``.)"""
     import cramjam  # aiokafka's lz4 (installed with aiokafka[lz4])
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-    c = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"budget-{time.time()}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"budget-{time.time()}", "enable.auto.commit": False})
     by_part: dict[int, list[bytes]] = {}
-    got = 0
+    keys = values = kept = records = 0
     try:
         # every partition from its start, without a group's join (which may take longer than quiet_s)
         parts = c.list_topics(topic, timeout=10).topics[topic].partitions
         c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
         quiet = time.monotonic() + 20  # the first records may take a while
-        while got < sample and time.monotonic() - quiet < quiet_s:
+        while time.monotonic() - quiet < quiet_s:
             msgs = c.consume(5000, 0.5)
             for m in msgs:
                 if m.error():
                     continue
-                by_part.setdefault(m.partition() or 0, []).append((m.key() or b"") + (m.value() or b""))
-                got += 1
+                records += 1
+                if kept < sample:
+                    key, value = m.key() or b"", m.value() or b""
+                    keys += len(key)
+                    values += len(value)
+                    by_part.setdefault(m.partition() or 0, []).append(key + value)
+                    kept += 1
             if msgs:
                 quiet = time.monotonic()
     finally:
         c.close()
-    sizes = [len(b) for bs in by_part.values() for b in bs]
-    mean = sum(sizes) / max(len(sizes), 1)
+    mean = (keys + values) / max(kept, 1)
     raw = comp = 0
     for bs in by_part.values():
         for i in range(0, len(bs) - 99, 100):
@@ -266,10 +266,13 @@ def kafka_bytes(bootstrap: str, topic: str, sample: int = 20_000, quiet_s: float
             comp += len(bytes(cramjam.lz4.compress(chunk)))
     return {
         "topic": topic,
-        "sampled": len(sizes),
+        "records": records,
+        "sampled": kept,
+        "fixes_per_record": fixes_per_record,
         "key_value_bytes": mean,
         "stored_bytes_single": mean + RECORD_OVERHEAD + BATCH_OVERHEAD,
         "stored_bytes_batched": mean + RECORD_OVERHEAD + BATCH_OVERHEAD / 100,
+        "stored_bytes_per_fix": (keys + values / fixes_per_record) / max(kept, 1) + RECORD_OVERHEAD + BATCH_OVERHEAD,
         "lz4_ratio_100": comp / raw if raw else None,
         "method": "records read back from the broker (its log is in memory): key + value bytes, plus "
         f"format v2's {RECORD_OVERHEAD} bytes a record and {BATCH_OVERHEAD} a batch",
@@ -312,6 +315,49 @@ def measurement(
         "events_per_million_fixes": None if events_published is None else events_published / max(fixes, 1) * 1e6,
         "worker_mb": dict(worker_mb) if worker_mb else None,
     }
+
+
+def evaluation_pids(ev: Any) -> Callable[[], dict[str, list[int]]]:
+    """The process classes of a ``bench.push.Bench`` (``bench.evaluate.Evaluation``): its live workers, its
+    broker and its Redis, for a ``Sampler``."""
+
+    def pids() -> dict[str, list[int]]:
+        return {
+            "worker": [w.pid for w in ev.workers if w.poll() is None],
+            "broker": [ev.broker.proc.pid],
+            "redis": [ev.redis.proc.pid],
+        }
+
+    return pids
+
+
+def from_evaluation(
+    ev: Any, use: Mapping[str, Any], topic: str, events_topic: str, fixes_per_record: int, note: str = ""
+) -> dict[str, Any]:
+    """The measurement of a push run of ``bench.evaluate`` (``ev``) from its ``Sampler`` result ``use``: the
+    fixes and events counted in its topics (every fix sent was processed: the push sweep waits for that),
+    Redis' keys as they are now (each device's track holds the fixes so far, under the cap)."""
+    loc = kafka_bytes(ev.bootstrap, topic, fixes_per_record=fixes_per_record)
+    evs = kafka_bytes(ev.bootstrap, events_topic)
+    fixes = loc["records"] * fixes_per_record
+    tenants = len(set(ev.herd.tenants().values()))
+    devices = len(ev.herd.ids)
+    redis = redis_breakdown(
+        ev.redis_url, devices, len(ev.fences), tenants, track_fixes=fixes, history_events=evs["records"]
+    )
+    return measurement(
+        use,
+        fixes=fixes,
+        fixes_per_record=fixes_per_record,
+        fences=len(ev.fences),
+        devices=devices,
+        tenants=tenants,
+        redis=redis,
+        locations=loc,
+        events=evs,
+        events_published=evs["records"],
+        note=note or "bench.evaluate's push run",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- the budget
@@ -490,7 +536,8 @@ def row(m: Mapping[str, Any], s: Scenario, a: Assumptions, prices: Prices, insta
     def kafka(topic: Mapping[str, Any] | None, per_fix: float, days: float) -> float:
         if not topic:
             return 0.0
-        return rate * per_fix * float(topic["stored_bytes_single"]) * days * 86_400 * a.replication / GB
+        per_record = float(topic.get("stored_bytes_per_fix", topic["stored_bytes_single"]))
+        return rate * per_fix * per_record * days * 86_400 * a.replication / GB
 
     loc = m.get("kafka_locations")
     ev = m.get("kafka_events")

@@ -291,6 +291,7 @@ def measurement(
     events: Mapping[str, Any] | None = None,
     events_published: float | None = None,
     worker_mb: Mapping[str, float] | None = None,
+    idle: Mapping[str, Any] | None = None,
     note: str = "",
 ) -> dict[str, Any]:
     """The measurement ``budget`` reads, from a ``Sampler`` result and the other measures (JSON-ready)."""
@@ -314,6 +315,8 @@ def measurement(
         "kafka_events": dict(events) if events else None,
         "events_per_million_fixes": None if events_published is None else events_published / max(fixes, 1) * 1e6,
         "worker_mb": dict(worker_mb) if worker_mb else None,
+        # cores each class uses with no fix coming (a Sampler result over an idle section)
+        "idle_cores": None if idle is None else {k: v["cpu_s"] / idle["seconds"] for k, v in idle["classes"].items()},
     }
 
 
@@ -546,12 +549,11 @@ def row(m: Mapping[str, Any], s: Scenario, a: Assumptions, prices: Prices, insta
         "fence-events": kafka(ev, events_per_fix, a.events_retention_days),
     }
 
-    # the need: the data and the work, not whole pods
-    workers_need = max(cores["worker"], 1e-9)
+    # the need: the data and the work, pro rata: processes as many as the cores needed (a fraction of one for
+    # a farm: its share of a shared service's), each holding every fence, and the devices' states spread over them
     memory_need = {
-        "worker": (base + s.fences * per_fence) / 1024 * max(1.0, math.ceil(workers_need))
-        + s.devices * per_device / 1024,
-        "api": (a.api_base_mb + s.fences * per_fence) / 1024 * max(1.0, math.ceil(cores["api"])),
+        "worker": (base + s.fences * per_fence) / 1024 * cores["worker"] + s.devices * per_device / 1024,
+        "api": (a.api_base_mb + s.fences * per_fence) / 1024 * cores["api"],
         "redis": redis_data * a.redis_fork_factor,
         "broker": 0.0,  # Kafka's page cache and heap: in the minimum install's nodes
     }
@@ -624,6 +626,8 @@ def budget(
                 "fences",
                 "redis",
                 "events_per_million_fixes",
+                "cpu_s_per_million_fixes",
+                "idle_cores",
             )
         },
         "assumptions": asdict(a),
@@ -650,10 +654,12 @@ def markdown(b: Mapping[str, Any]) -> str:
         else m.get("events_per_million_fixes") or 0.0
     )
     how_many = (
-        "as measured: the evaluation's workload, whose lanes between pastures make many"
+        "as measured on the evaluation's workload: pastures with lanes between them"
         if a["events_per_million_fixes"] is None
         else "given"
     )
+    cpu_text = ", ".join(f"{k} {v:.1f}" for k, v in (m.get("cpu_s_per_million_fixes") or {}).items())
+    idle_text = ", ".join(f"{k} {v:.3f}" for k, v in (m.get("idle_cores") or {}).items()) or "(not measured)"
     cur = "$" if p["currency"] == "USD" else p["currency"] + " "
     lines = [
         "| scenario | fixes/s | cores needed (workers / broker / Redis / API) | memory needed | Redis data "
@@ -681,6 +687,9 @@ def markdown(b: Mapping[str, Any]) -> str:
         "maxmemory to half the limit: forks for AOF rewrites and backups). No minimum: the needed cost is a "
         "share of a shared service (a single farm served by a cooperative's or the national deployment pays about "
         "this).",
+        f"- **CPU**: CPU-seconds per million fixes as measured ({cpu_text}); idle, with no fix coming, the "
+        f"processes use {idle_text} cores, inside the provisioned pods' cores (a share of a shared service "
+        "carries none of it).",
         f"- **Provisioned**: whole pods of deploy/'s sizes ({i['worker_cpu']:g} CPU workers, {i['api_cpu']:g} CPU "
         f"API pods), {'N+1 (one more worker and API pod, a Redis replica)' if a['n_plus_one'] else 'no spare'}, "
         f"never under the production minimum of deploy/k8s/overlays/prod: {i['min_api']} API pods and a "
@@ -818,7 +827,9 @@ def measured_run(fences: int, devices: int, fixes: int, out: Path, seed: int = 1
                 "api": [api.pid] if api else [],
             }
 
-        ready = Sampler(pids).start().stop()
+        idle = Sampler(pids).start()  # the floor: every process ready, no fix coming
+        time.sleep(5)
+        ready = idle.stop()
         say(f"budget: measuring {fixes:,} fixes, one a record")
         sampler = Sampler(pids).start()
         bench.backlog(topic, fixes, 1)
@@ -852,6 +863,7 @@ def measured_run(fences: int, devices: int, fixes: int, out: Path, seed: int = 1
             events=kafka_bytes(bench.bootstrap, events),
             events_published=published,
             worker_mb=worker_mb,
+            idle=ready,
             note=f"python -m bench.budget run: drained at {rate:,.0f} fixes/s",
         )
         say(f"budget: {rate:,.0f} fixes/s; CPU-s per million fixes {m['cpu_s_per_million_fixes']}")

@@ -7,8 +7,9 @@ Two halves:
    memory per device, per fence and per track fix (``MEMORY USAGE`` of every key, grouped by what the key
    belongs to); Kafka bytes per fix (the records' bytes as Kafka's log format v2 stores them: the local
    broker keeps its log in memory, so the size comes from the records read back, not from a disk).
-   ``bench.evaluate`` wraps its push run in a ``Sampler``; ``python -m bench.budget --tiny`` makes a
-   small measured run of its own (one fix a record, as collars send them).
+   ``bench.evaluate`` measures its push run through ``Sampler(evaluation_pids(ev))`` and
+   ``from_evaluation``; ``python -m bench.budget --tiny`` (or ``--measure``) makes a measured run of its
+   own (one fix a record, as collars send them).
 2. **Budget** (pure: ``budget``, ``row``): from a measurement, the cores, memory, Redis memory and Kafka
    storage for each scenario, with the headroom stated, the minimum install deploy/ describes, and the
    yearly cost at prices given as parameters (``Prices``; defaults and their sources there).
@@ -390,14 +391,14 @@ SCENARIOS = (
 
 @dataclass(frozen=True)
 class Prices:
-    """Prices in USD. Defaults: Google Compute Engine on-demand list prices, us-central1: an N2 vCPU
-    $0.031611 an hour and a GB of its memory $0.004237 an hour (the resource-based SKUs "N2 Core" and
-    "N2 Ram"; OpenCost carries them as its defaults, github.com/opencost/opencost configs/gcp.json, read
-    2026-11-21; together they give n2-standard-2 its $0.0971 an hour, as a price list dated 2026-04-30
-    shows); a GB-month of SSD persistent disk $0.17 (cloud.google.com/compute/disks-image-pricing: "a 200
-    GB SSD Persistent Disk volume would cost $34.00 for the whole month", read 2026-11-21). For scale: AWS
-    m7g.large (2 vCPU, 8 GiB) $0.0816 an hour in us-east-1, June 2026 (factualminds.com, 2026-06-17),
-    these rates give it $0.097. No committed-use or spot discount."""
+    """Prices in USD. Defaults: Google Compute Engine on-demand list prices, us-central1, for the
+    resource-based SKUs "N2 Core" ($0.031611 a vCPU-hour) and "N2 Ram" ($0.004237 a GB-hour), as OpenCost
+    carries them for its default GCP prices (github.com/opencost/opencost, configs/gcp.json at commit
+    1ea64d0, read 2026-11-21; 2 vCPU and 8 GB give n2-standard-2's $0.0971 an hour); and a GB-month of SSD
+    persistent disk $0.17 (cloud.google.com/compute/disks-image-pricing: "a 200 GB SSD Persistent Disk
+    volume would cost $34.00 for the whole month", read 2026-11-21). For scale: AWS lists m7g.large (2
+    vCPU, 8 GiB) at $0.0816 an hour in us-east-1 in June 2026 (factualminds.com, 2026-06-17), where these
+    rates give $0.097. On-demand: no committed-use, reserved or spot discount (they take 30 to 70 % off)."""
 
     vcpu_hour: float = 0.031611
     gb_hour: float = 0.004237
@@ -798,7 +799,9 @@ def measured_run(fences: int, devices: int, fixes: int, out: Path, seed: int = 1
             await store.close()
 
         say(f"budget: seeding {fences:,} fences, {devices:,} collars")
+        used = {"before": asyncio.run(redis_used_memory(bench.redis_url))}
         asyncio.run(seed_fences())
+        used["seeded"] = asyncio.run(redis_used_memory(bench.redis_url))
         port = bench.start_worker(topic, "budget", events)
         api_port = free_port()
         env = dict(
@@ -833,7 +836,7 @@ def measured_run(fences: int, devices: int, fixes: int, out: Path, seed: int = 1
         say(f"budget: measuring {fixes:,} fixes, one a record")
         sampler = Sampler(pids).start()
         bench.backlog(topic, fixes, 1)
-        rate, _ = bench.time_drain([port], fixes, "budget")
+        bench.time_drain([port], fixes, "budget")
         use = sampler.stop()
         processed = int(metric(port, "fencex_fixes_processed_total"))
         published = metric(port, "fencex_events_published_total")  # every type
@@ -851,6 +854,8 @@ def measured_run(fences: int, devices: int, fixes: int, out: Path, seed: int = 1
         redis = redis_breakdown(
             bench.redis_url, devices, fences, tenants, track_fixes=processed, history_events=int(published)
         )
+        # INFO's used_memory across the seeding and the run, beside the keys' own sizes (MEMORY USAGE)
+        redis["info_used_memory"] = {**used, "after": redis["used_memory"]}
         m = measurement(
             use,
             fixes=processed,
@@ -864,9 +869,9 @@ def measured_run(fences: int, devices: int, fixes: int, out: Path, seed: int = 1
             events_published=published,
             worker_mb=worker_mb,
             idle=ready,
-            note=f"python -m bench.budget run: drained at {rate:,.0f} fixes/s",
+            note=f"python -m bench.budget run: {processed:,} fixes produced and processed in {use['seconds']:.1f} s",
         )
-        say(f"budget: {rate:,.0f} fixes/s; CPU-s per million fixes {m['cpu_s_per_million_fixes']}")
+        say(f"budget: CPU-s per million fixes {m['cpu_s_per_million_fixes']}")
         return m
     finally:
         if api is not None:

@@ -382,29 +382,10 @@ def plots(results: dict, out: Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=100)
     plt.close(fig)
 
-    av = results["availability"]
-    fig, a = plt.subplots(figsize=(12, 4.5))
-    t = [p["t"] for p in av["timeline"]]
-    a.plot(t, [p["fixes_per_s"] for p in av["timeline"]], label="fixes processed per second")
-    a.axhline(av["offered_fixes_per_s"], color="gray", linestyle=":", label="offered")
-    a.set_xlabel("seconds")
-    a.set_ylabel("fixes per second")
-    ax2 = a.twinx()
-    ax2.plot(t, [p["lag"] for p in av["timeline"]], color="tab:red", label="backlog (fixes)")
-    ax2.set_ylabel("backlog: fixes sent, not yet processed", color="tab:red")
-    for x, label in ((av["killed_at_s"], "SIGKILL"), (av["restarted_at_s"], "restart")):
-        if x is not None:
-            a.axvline(x, color="black", linestyle="--")
-            a.text(x, a.get_ylim()[1] * 0.95, f" {label}", fontsize=8)
-    a.set_title(
-        f"Availability: two workers, one killed. Recovery {av['recovery_s'] or float('nan'):.1f} s; "
-        f"events lost {av['events_lost']}, duplicated {av['events_duplicated']}"
-    )
-    a.legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
-    paths.append(out / "availability.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    # the availability run's timeline: its own module's picture (events a second too, where the result has them)
+    from bench.availability import plot as plot_availability
+
+    paths.append(plot_availability(results["availability"], out / "availability.png"))
 
     sc = results["scalability"]
     fig, a = plt.subplots(figsize=(8, 4.5))

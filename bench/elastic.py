@@ -66,7 +66,9 @@ FULL = {
     "warm_s": 10.0,  # low load before the step
     "high_s": 20.0,  # the step's length
     "low_rate": 10_000.0,  # fixes/s before and after
-    "high_rate": 150_000.0,  # fixes/s offered in the step (the producer sends what it can)
+    "calibrate_fixes": 400_000,  # one worker drains this backlog first: its capacity (0: none)
+    "high_factor": 2.0,  # the step: this many times that capacity ...
+    "high_rate": None,  # ... or this many fixes/s (the producer sends what it can)
     "max_s": 260.0,  # the timeline's limit, whatever the workers do
     "tail_s": 3.0,  # kept after the workers are back to the minimum and the backlog drained
 }
@@ -78,6 +80,7 @@ TINY = {
     "warm_s": 4.0,
     "high_s": 3.0,
     "low_rate": 2_000.0,
+    "calibrate_fixes": 0,
     "high_rate": 100_000.0,
     "max_s": 120.0,
 }
@@ -212,34 +215,32 @@ def expected_events(
     return {eid: ts for part in results for eid, ts in part}
 
 
-def read_events(bootstrap: str, topic: str, expected: set[str], timeout: float) -> list[tuple[str, int]]:
-    """(event_id, publish time ms) of every record of ``topic``, read from the start until every
-    expected event is in and nothing came for 3 s, or ``timeout``."""
+def read_events(bootstrap: str, topic: str, partitions: int, timeout: float) -> list[tuple[str, int]]:
+    """(event_id, publish time ms) of every record of ``topic`` (its writers stopped), read from the
+    start of each partition to its high watermark (assigned, so no group join to wait for)."""
     c = Consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": f"elastic-read-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
         }
     )
-    c.subscribe([topic])
+    tps = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)]
+    c.assign(tps)
     out: list[tuple[str, int]] = []
-    seen: set[str] = set()
+    at = dict.fromkeys(range(partitions), 0)  # the next offset to read, per partition
     deadline = time.monotonic() + timeout
-    quiet = time.monotonic()
     while time.monotonic() < deadline:
-        msgs = c.consume(10_000, 0.5)
-        for m in msgs:
+        for m in c.consume(10_000, 0.5):
             if m.error():
                 continue
-            eid = orjson.loads(m.value() or b"{}").get("event_id", "")
-            out.append((eid, m.timestamp()[1]))
-            seen.add(eid)
-        if msgs:
-            quiet = time.monotonic()
-        if expected <= seen and time.monotonic() - quiet > 3:
+            out.append((orjson.loads(m.value() or b"{}").get("event_id", ""), m.timestamp()[1]))
+            at[m.partition() or 0] = (m.offset() or 0) + 1
+        highs = [c.get_watermark_offsets(tp, cached=True)[1] for tp in tps]
+        if all(h >= 0 and at[tp.partition] >= h for h, tp in zip(highs, tps)):
             break
+    else:
+        raise RuntimeError(f"{topic} was not read to its end in {timeout:.0f} s")
     c.close()
     return out
 
@@ -349,6 +350,19 @@ class Elastic(Evaluation):
         return total, done
 
 
+def calibrate(ev: Elastic, fixes: int, pack: int) -> float:
+    """One worker's capacity (fixes/s): it drains a backlog of ``fixes`` alone, on a topic, group
+    and key prefix of its own (bench.push's drain), before the experiment's workers start."""
+    topic = "elastic-cal"
+    asyncio.run(ev.seed("cal"))
+    ensure_topics(ev.bootstrap, {topic: ev.rules.partitions, f"{topic}-events": 12})
+    ev.backlog(topic, fixes, pack)
+    port = ev.start_worker(topic, topic, f"{topic}-events", group=topic, prefix="cal")
+    rate, _ = ev.time_drain([port], fixes, "calibration, one worker")
+    ev.stop_workers()
+    return rate
+
+
 def _segments(actions: list[dict[str, Any]], end: float) -> list[tuple[float, float, dict[str, Any] | None]]:
     """[start, end) of the time before the first scaling action and after each (up to the next)."""
     cuts = [a["t"] for a in actions]
@@ -369,17 +383,24 @@ def run(cfg: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
     rules_conf = keda.load()
     rules = rules_conf.scaled(c["time_scale"])
     ns = argparse.Namespace(fences=c["fences"], devices=c["devices"], seed=c["seed"], out=c["out"], step_s=1.0)
+    step = f"{c['high_rate']:,.0f}" if c["high_rate"] else f"{c['high_factor']:g} x one worker's capacity"
     say(
         f"elasticity: {c['fences']:,} fences, {c['devices']:,} collars; load {c['low_rate']:,.0f} -> "
-        f"{c['high_rate']:,.0f} fixes/s for {c['high_s']:.0f} s -> {c['low_rate']:,.0f}; KEDA as configured "
+        f"{step} fixes/s for {c['high_s']:.0f} s -> {c['low_rate']:,.0f}; KEDA as configured "
         f"(lagThreshold {rules.lag_threshold:,}, replicas {rules.min_replicas}-{rules.max_replicas}, "
         f"{rules.partitions} partitions), time constants / {rules.time_scale:g}"
     )
     ev = Elastic(ns, rules)
+    capacity = None
     fixes_path = Path(ev.out) / "logs" / f"elastic-fixes-{os.getpid()}.npz"
     fixes_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         asyncio.run(ev.seed())
+        if c["calibrate_fixes"]:
+            capacity = calibrate(ev, c["calibrate_fixes"], c["pack"])
+            if not c["high_rate"]:
+                c["high_rate"] = c["high_factor"] * capacity
+            say(f"  one worker alone: {capacity:,.0f} fixes/s; the step offers {c['high_rate']:,.0f} fixes/s")
         ensure_topics(ev.bootstrap, {TOPIC: rules.partitions, EVENTS: 12})
         reader = ev.committed_reader()
         for _ in range(rules.min_replicas):
@@ -401,12 +422,13 @@ def run(cfg: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
         t_exp = time.monotonic()
         expected = expected_events(ev, fixes, states)
         say(f"  {len(fixes['ts']):,} fixes -> {len(expected):,} expected events in {time.monotonic() - t_exp:.0f} s")
-        got = read_events(ev.bootstrap, EVENTS, set(expected), timeout=120)
+        got = read_events(ev.bootstrap, EVENTS, 12, timeout=180)
     finally:
         ev.close()
         with contextlib.suppress(OSError):
             fixes_path.unlink()
     result = _result(c, rules_conf, rules, timeline, actions, expected, got, len(fixes["ts"]), ev.wall0, ev.errors)
+    result["one_worker_fixes_per_s"] = capacity
     say(
         f"elasticity: peak backlog {result['peak_backlog']:,} records, peak workers {result['peak_workers']}, "
         f"step up -> drained (<= {result['drain_threshold_records']:,.0f} records) "
@@ -520,14 +542,9 @@ def _timeline(
     return rows, actions
 
 
-def _drain(rows: list[dict[str, Any]], start: float, threshold: float) -> float | None:
-    """The first time from ``start`` on when the backlog is at most ``threshold`` for good."""
-    after = [r for r in rows if r["t"] >= start]
-    above = [i for i, r in enumerate(after) if r["backlog"] > threshold]
-    if not above:
-        return after[0]["t"] if after else None
-    nxt = above[-1] + 1
-    return after[nxt]["t"] if nxt < len(after) else None
+def _drain(rows: list[dict[str, Any]], down: float, threshold: float) -> float | None:
+    """The first time, once the load is back down, that the backlog is at most ``threshold``."""
+    return next((r["t"] for r in rows if r["t"] >= down and r["backlog"] <= threshold), None)
 
 
 def _result(
@@ -544,7 +561,7 @@ def _result(
 ) -> dict[str, Any]:
     up, down = c["warm_s"], c["warm_s"] + c["high_s"]
     threshold = c["low_rate"] / c["pack"]  # one second of the low load, in records
-    drained = _drain(rows, up, threshold)
+    drained = _drain(rows, down, threshold)
     ids = [e for e, _ in got]
     received = set(ids)
     lost = set(expected) - received
@@ -555,14 +572,13 @@ def _result(
         if eid in first:
             dup_at.append(ms / 1000 - wall0)
         first.add(eid)
-    end = rows[-1]["t"] + 1 if rows else 0.0
     segments = []
-    for a, b, action in _segments(actions, end):
+    for a, b, action in _segments(actions, float("inf")):  # the last interval runs to the end
         exp_in = [e for e, ts in expected.items() if a <= ts / 1000 - wall0 < b]
         segments.append(
             {
                 "from_s": a,
-                "to_s": b,
+                "to_s": None if b == float("inf") else b,
                 "action": action,
                 "events_expected": len(exp_in),
                 "events_lost": sum(e in lost for e in exp_in),
@@ -571,11 +587,6 @@ def _result(
         )
     high = [r for r in rows if r["phase"] == "high"]
     low = [r for r in rows if r["phase"] == "low" and r["t"] > 1]
-    alone = [
-        r["fixes_per_s"]
-        for r in rows
-        if r["t"] > up + 1 and r["replicas"] == 1 and r["workers"] == 1 and r["backlog"] > threshold
-    ]
     return {
         "ok": not lost,
         "config": {k: v for k, v in c.items() if k not in ("out",)},
@@ -593,7 +604,9 @@ def _result(
         "peak_workers": max((r["workers"] for r in rows), default=0),
         "final_replicas": rows[-1]["replicas"] if rows else None,
         "peak_fixes_per_s": max((r["fixes_per_s"] for r in rows), default=0.0),
-        "one_worker_fixes_per_s": float(np.mean(alone)) if alone else None,
+        "one_worker_fixes_per_s": None,  # measured by the calibration, if any
+        # the rebalances after the drain (a worker joining or leaving pauses its partitions a while)
+        "backlog_after_drained_max": max((r["backlog"] for r in rows if drained and r["t"] > drained), default=0),
         "produced_per_s_high": float(np.mean([r["produced_per_s"] for r in high])) if high else 0.0,
         "produced_per_s_low": float(np.mean([r["produced_per_s"] for r in low])) if low else 0.0,
         "fixes": fixes,

@@ -1,31 +1,40 @@
 """Elasticity, as HarmonicIO showed it (issue 16, item 3): workers follow the stream's pressure.
 
 A load of fixes, one a record as the simulator sends them, steps up well past what one worker
-process processes, stays there, and steps back down. Worker processes (``services.processor``, as
-the evaluation starts them) are started and stopped by the rule KEDA and the HPA apply to the
-processor's ScaledObject as configured in deploy/k8s/base/processor.yaml (bench/keda.py: the rule,
-with its sources): every ``pollingInterval`` the consumer group's total lag (the partitions' fetch
-high watermarks minus the committed offsets: the local broker answers ListOffsets wrongly, fetch
-responses rightly) gives desired = ceil(lag / lagThreshold) within the tolerance, bounded by
-min/maxReplicaCount and the partitions, stabilized over the scale-down window and limited by the
-scaling policies. This driver is part of the evaluation only; the product's autoscaler is KEDA.
+process processes (``high_factor`` times the capacity one worker showed draining a backlog alone,
+measured first), stays there ``high_s`` seconds, and steps back down. Worker processes
+(``services.processor``, as the evaluation starts them) are started and stopped by the rule KEDA
+and the HPA apply to the processor's ScaledObject as configured in deploy/k8s/base/processor.yaml
+(bench/keda.py: the rule, with its sources): every ``pollingInterval`` the consumer group's total
+lag (the partitions' high watermarks from fetch responses minus the committed offsets: the local
+broker answers ListOffsets wrongly) gives desired = ceil(lag / lagThreshold) outside the tolerance,
+bounded by min/maxReplicaCount and the partitions, stabilized over the scale-down window and
+limited by the scaling policies. A replica is stopped as Kubernetes stops a pod (SIGTERM, SIGKILL
+after terminationGracePeriodSeconds), the newest first. This driver is part of the evaluation only;
+the product's autoscaler is KEDA.
 
 The autoscaler's time constants (polling, stabilization windows, policy periods) are divided by
 ``time_scale`` (10 in the full run: polling 1.5 s for 15 s, scale-down window 30 s for 300 s, one
-pod removed per 6 s for per 60 s) so that the experiment fits the evaluation's half hour; the load,
-the lag threshold and the replica bounds are as configured. The figure and the JSON say so.
+pod removed per 6 s for one per 60 s), so that the experiment fits the evaluation's half hour; the
+load, the lag threshold, the replica bounds and the grace period are as configured. The figure and
+the JSON say so. Worker start-up (a few seconds) is not scaled, so the rule reacts more often per
+start-up than in a cluster, and overshoots more.
 
-Every second: the backlog (records), the worker processes running, the fixes processed per second
-(from the committed offsets) and the fixes produced per second. The events read back from the
-events topic are compared with those the pure pipeline computes from the fixes produced (as
-bench/evaluate.py computes them): a lost event fails the run; duplicates are counted, per scaling
-action too (an event is counted in the interval, between two actions, when it was published; a
-lost one when its fix was made). The machine of the evaluation has 2 cores: the producer, the
-broker, Redis and every worker share them, so a second worker adds less than a worker's capacity,
-and more add none; the rule, and no event lost through the rebalances, are the point.
+Every second: the backlog (records), the worker processes running and the replicas set, the fixes
+processed per second (from the committed offsets) and the fixes produced per second. The drain
+time is from the step up until the backlog is first back under one second of the low load, once
+the load is down. The events read back from the events topic are compared with those the pure
+pipeline computes from the fixes produced (as bench/evaluate.py computes them): a lost event fails
+the run (``ok``); duplicates are counted, per scaling action too (between one action and the next:
+a duplicate where it was published, a lost event where its fix was made).
+
+The evaluation's machine has 2 cores: the producer, the broker, Redis and every worker share them,
+so a second worker adds less than a worker's capacity and more add none; the rule, and no event
+lost through the rebalances it causes, are the point.
 
 ``python -m bench.elastic [--tiny]`` writes elastic.json and elastic.png; bench/evaluate.py calls
-:func:`run` and :func:`plot`.
+:func:`run` and :func:`plot`. :func:`run` starts its load in a process of the ``spawn`` kind, so the
+program that calls it must guard its entry point (``if __name__ == "__main__":``).
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import asyncio
 import contextlib
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -191,7 +201,8 @@ def _expect_part(part: int) -> list[tuple[str, int]]:
             j["idx"][sel].tolist(), j["ts"][sel].tolist(), j["lon"][sel].tolist(), j["lat"][sel].tolist()
         )
     ]
-    states = {d: s for d, s in j["states"].items() if ids.index(d) % j["parts"] == part} if j["states"] else {}
+    number = {d: i for i, d in enumerate(ids)}
+    states = {d: s for d, s in j["states"].items() if number[d] % j["parts"] == part}
     out = process(fixes, FenceIndex(j["fences"]), states, lambda d: tenants.get(d, "default"), default_rules)
     return [(e.event_id, e.ts_ms) for e in out.events]
 
@@ -260,6 +271,7 @@ class Elastic(Evaluation):
         self.ports: dict[int, int] = {}  # pid -> metrics port
         self.errors = 0  # records the producer could not deliver
         self.wall0 = time.time()  # the timeline's start, wall clock
+        self.datadirs: list[str] = []
 
     # workers: one group, one history group, as the Deployment's pods
     def spawn(self) -> None:
@@ -277,7 +289,7 @@ class Elastic(Evaluation):
             FENCEX_PARTITIONS=str(self.rules.partitions),
             FENCEX_WEB_PORT=str(port := free_port()),
             FENCEX_SESSION_TIMEOUT_S="6",  # the local broker's joins take half of it
-            FENCEX_DATADIR=f"/tmp/fencex-{tag}-{os.getpid()}",
+            FENCEX_DATADIR=(datadir := f"/tmp/fencex-{tag}-{os.getpid()}"),
             FENCEX_LOG_LEVEL=os.environ.get("BENCH_WORKER_LOG", "warn"),
         )
         with (self.out / "logs" / f"worker-{tag}.log").open("wb") as log:
@@ -287,6 +299,7 @@ class Elastic(Evaluation):
         self.workers.append(w)
         self.running.append(w)
         self.ports[w.pid] = port
+        self.datadirs.append(datadir)
 
     def retire(self) -> None:
         """Stop the newest replica as Kubernetes stops a pod: SIGTERM, SIGKILL after the grace period."""
@@ -424,9 +437,12 @@ def run(cfg: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
         say(f"  {len(fixes['ts']):,} fixes -> {len(expected):,} expected events in {time.monotonic() - t_exp:.0f} s")
         got = read_events(ev.bootstrap, EVENTS, 12, timeout=180)
     finally:
+        ev._watch_stop.set()
         ev.close()
         with contextlib.suppress(OSError):
             fixes_path.unlink()
+        for d in ev.datadirs:
+            shutil.rmtree(d, ignore_errors=True)
     result = _result(c, rules_conf, rules, timeline, actions, expected, got, len(fixes["ts"]), ev.wall0, ev.errors)
     result["one_worker_fixes_per_s"] = capacity
     say(
@@ -474,63 +490,71 @@ def _timeline(
     )
     producer.start()
     ev.wall0 = wall0
-    rows: list[dict[str, Any]] = []
-    actions: list[dict[str, Any]] = []
-    next_poll = t0 + rules.polling_s
-    next_row = t0 + 1.0
-    last_done, last_sent, last_t = None, 0, t0
-    lag, done = 0, 0
-    step_end = c["warm_s"] + c["high_s"]
-    calm_since = None
-    while True:
-        now = time.monotonic()
-        t = now - t0
-        if now >= next_poll:  # KEDA's poll and the HPA's reconciliation
-            got_lag, got_done = ev.lag(reader)
-            if got_lag >= 0:
-                lag, done = got_lag, got_done
-            current = len(ev.running)
-            desired = hpa.decide(t, lag, current)
-            if desired != current:
-                actions.append({"t": round(t, 2), "from": current, "to": desired, "lag": lag})
-                say(f"  {t:6.1f} s: backlog {lag:,} records -> {current} -> {desired} worker(s)")
-                for _ in range(desired - current):
-                    ev.spawn()
-                for _ in range(current - desired):
-                    ev.retire()
-            next_poll += rules.polling_s
-        if now >= next_row:
-            got_lag, got_done = ev.lag(reader)
-            if got_lag >= 0:
-                lag, done = got_lag, got_done
-            s = sent.value
-            dt = now - last_t
-            rows.append(
-                {
-                    "t": round(t, 2),
-                    "backlog": lag,
-                    "workers": ev.alive(),
-                    "replicas": len(ev.running),
-                    "fixes_per_s": 0.0 if last_done is None else max(done - last_done, 0) * c["pack"] / dt,
-                    "produced_per_s": (s - last_sent) / dt,
-                    "phase": "high" if c["warm_s"] <= t < step_end else "low",
-                }
-            )
-            last_done, last_sent, last_t = done, s, now
-            next_row += 1.0
-            if len(rows) % 10 == 0:
-                r = rows[-1]
-                say(
-                    f"  {t:6.1f} s: backlog {r['backlog']:,}, workers {r['workers']}, "
-                    f"{r['fixes_per_s']:,.0f} fixes/s processed, {r['produced_per_s']:,.0f} produced"
+    try:
+        rows: list[dict[str, Any]] = []
+        actions: list[dict[str, Any]] = []
+        next_poll = t0 + rules.polling_s
+        next_row = t0 + 1.0
+        last_done, last_sent, last_t = None, 0, t0
+        lag, done = 0, 0
+        step_end = c["warm_s"] + c["high_s"]
+        calm_since = None
+        while True:
+            now = time.monotonic()
+            t = now - t0
+            if now >= next_poll:  # KEDA's poll and the HPA's reconciliation
+                got_lag, got_done = ev.lag(reader)
+                if got_lag >= 0:
+                    lag, done = got_lag, got_done
+                current = len(ev.running)
+                desired = hpa.decide(t, lag, current)
+                if desired != current:
+                    actions.append({"t": round(t, 2), "from": current, "to": desired, "lag": lag})
+                    say(f"  {t:6.1f} s: backlog {lag:,} records -> {current} -> {desired} worker(s)")
+                    for _ in range(desired - current):
+                        ev.spawn()
+                    for _ in range(current - desired):
+                        ev.retire()
+                next_poll += rules.polling_s
+            if now >= next_row:
+                got_lag, got_done = ev.lag(reader)
+                if got_lag >= 0:
+                    lag, done = got_lag, got_done
+                s = sent.value
+                dt = now - last_t
+                rows.append(
+                    {
+                        "t": round(t, 2),
+                        "backlog": lag,
+                        "workers": ev.alive(),
+                        "replicas": len(ev.running),
+                        "fixes_per_s": 0.0 if last_done is None else max(done - last_done, 0) * c["pack"] / dt,
+                        "produced_per_s": (s - last_sent) / dt,
+                        "phase": "high" if c["warm_s"] <= t < step_end else "low",
+                    }
                 )
-            calm = t > step_end and len(ev.running) == rules.min_replicas and lag <= c["low_rate"]
-            calm_since = (calm_since or t) if calm else None
-            if (calm_since is not None and t - calm_since >= c["tail_s"]) or t > c["max_s"]:
-                break
-        time.sleep(0.05)
-    stop.set()
-    producer.join(120)
+                last_done, last_sent, last_t = done, s, now
+                next_row += 1.0
+                if len(rows) % 10 == 0:
+                    r = rows[-1]
+                    say(
+                        f"  {t:6.1f} s: backlog {r['backlog']:,}, workers {r['workers']}, "
+                        f"{r['fixes_per_s']:,.0f} fixes/s processed, {r['produced_per_s']:,.0f} produced"
+                    )
+                calm = (
+                    t > step_end
+                    and len(ev.running) == ev.alive() == rules.min_replicas
+                    and lag <= c["low_rate"] / c["pack"]
+                )
+                calm_since = (calm_since or t) if calm else None
+                if (calm_since is not None and t - calm_since >= c["tail_s"]) or t > c["max_s"]:
+                    break
+            time.sleep(0.05)
+    finally:  # the load stops, whatever happened
+        stop.set()
+        producer.join(120)
+        if producer.is_alive():
+            producer.kill()
     ev.errors = int(errors.value)
     # the load is off: let the backlog go, then the last committed offsets
     deadline = time.monotonic() + 60

@@ -83,6 +83,7 @@ class Rules:
     down: Direction = DEFAULT_DOWN
     tolerance: float = TOLERANCE
     grace_s: float = 30.0  # the Deployment's terminationGracePeriodSeconds
+    cpu_request: float = 1.0  # the Deployment's container CPU request (cores): how many pods a node fits
     time_scale: float = 1.0  # every time constant above divided by this (1: as configured)
 
     def scaled(self, factor: float) -> Rules:
@@ -142,7 +143,19 @@ def load(processor: Path = PROCESSOR_YAML, kafka: Path = KAFKA_YAML) -> Rules:
         up=_direction(behavior.get("scaleUp"), DEFAULT_UP),
         down=_direction(behavior.get("scaleDown"), DEFAULT_DOWN),
         grace_s=float(deploy["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)),
+        cpu_request=cpu_cores(deploy["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"]),
     )
+
+
+def cpu_cores(quantity: str | int | float) -> float:
+    """A Kubernetes CPU quantity in cores: "1", "250m", 0.5."""
+    q = str(quantity)
+    return int(q[:-1]) / 1000 if q.endswith("m") else float(q)
+
+
+def pods_that_fit(node_cpus: float, rules: Rules) -> int:
+    """The replicas one node of ``node_cpus`` cores can schedule: the rest stay Pending (at least one)."""
+    return max(1, math.floor(node_cpus / rules.cpu_request + 1e-9))
 
 
 def partition_lag(latest: int, committed: int | None, earliest: bool = True) -> int:

@@ -25,7 +25,21 @@ def test_the_rules_are_read_from_the_deployed_scaled_object() -> None:
     assert r.partitions == 12 and not r.allow_idle and r.earliest
     assert r.down == keda.Direction(300, (keda.Policy("Pods", 1, 60),))
     assert r.up == keda.DEFAULT_UP  # not configured: the HPA's defaults
-    assert r.grace_s == 30
+    assert r.grace_s == 30 and r.cpu_request == 1.0
+
+
+@pytest.mark.parametrize(("quantity", "cores"), [("1", 1.0), ("250m", 0.25), (2, 2.0), ("1.5", 1.5)])
+def test_cpu_quantities(quantity: str | int, cores: float) -> None:
+    assert keda.cpu_cores(quantity) == cores
+
+
+@pytest.mark.parametrize(
+    ("node_cpus", "cpu", "pods"),
+    [(2, 1.0, 2), (2, 0.25, 8), (2, 1.5, 1), (1, 2.0, 1), (12, 1.0, 12)],  # at least one, always
+)
+def test_pods_that_fit_a_node(node_cpus: float, cpu: float, pods: int) -> None:
+    rules = keda.Rules(1, 12, 15, 50_000, 12, cpu_request=cpu)
+    assert keda.pods_that_fit(node_cpus, rules) == pods
 
 
 def test_a_scaled_run_divides_the_time_constants_only() -> None:

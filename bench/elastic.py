@@ -513,7 +513,7 @@ def _timeline(
         actions: list[dict[str, Any]] = []
         next_poll = t0 + rules.polling_s
         next_row = t0 + 1.0
-        last_done, last_sent, last_t = None, 0, t0
+        last_done, last_done_t, last_sent, last_t = None, t0, 0, t0
         lag, done = 0, 0
         step_end = c["warm_s"] + c["high_s"]
         calm_since = None
@@ -534,10 +534,12 @@ def _timeline(
                         f"  {t:6.1f} s: backlog {lag:,} records -> replicas {current} -> {desired} "
                         f"({running} running, {desired - running} pending)"
                     )
-                next_poll += rules.polling_s
+                while next_poll <= time.monotonic():  # a ticker: a late poll is not made up for
+                    next_poll += rules.polling_s
             if now >= next_row:
                 got_lag, got_done = ev.lag(reader)
-                if got_lag >= 0:
+                fresh = got_lag >= 0  # else the committed offsets could not be read this time
+                if fresh:
                     lag, done = got_lag, got_done
                 s = sent.value
                 dt = now - last_t
@@ -548,18 +550,23 @@ def _timeline(
                         "workers": ev.alive(),
                         "replicas": ev.spec,
                         "pending": ev.spec - len(ev.running),
-                        "fixes_per_s": 0.0 if last_done is None else max(done - last_done, 0) * c["pack"] / dt,
+                        "fixes_per_s": max(done - last_done, 0) * c["pack"] / (now - last_done_t)
+                        if fresh and last_done is not None
+                        else None,
                         "produced_per_s": (s - last_sent) / dt,
                         "phase": "high" if c["warm_s"] <= t < step_end else "low",
                     }
                 )
-                last_done, last_sent, last_t = done, s, now
-                next_row += 1.0
+                if fresh:
+                    last_done, last_done_t = done, now
+                last_sent, last_t = s, now
+                while next_row <= time.monotonic():
+                    next_row += 1.0
                 if len(rows) % 10 == 0:
                     r = rows[-1]
                     say(
                         f"  {t:6.1f} s: backlog {r['backlog']:,}, workers {r['workers']}, "
-                        f"{r['fixes_per_s']:,.0f} fixes/s processed, {r['produced_per_s']:,.0f} produced"
+                        f"{r['fixes_per_s'] or 0:,.0f} fixes/s processed, {r['produced_per_s']:,.0f} produced"
                     )
                 calm = t > step_end and ev.spec == ev.alive() == rules.min_replicas and lag <= c["low_rate"] / c["pack"]
                 calm_since = (calm_since or t) if calm else None
@@ -646,7 +653,7 @@ def _result(
         "peak_replicas": max((r["replicas"] for r in rows), default=0),
         "pods_that_fit": pods_fit,
         "final_replicas": rows[-1]["replicas"] if rows else None,
-        "peak_fixes_per_s": max((r["fixes_per_s"] for r in rows), default=0.0),
+        "peak_fixes_per_s": max((r["fixes_per_s"] or 0.0 for r in rows), default=0.0),
         "one_worker_fixes_per_s": None,  # measured by the calibration, if any
         # the rebalances after the drain (a worker joining or leaving pauses its partitions a while)
         "backlog_after_drained_max": max((r["backlog"] for r in rows if drained and r["t"] > drained), default=0),
@@ -778,7 +785,8 @@ def plot(result: dict[str, Any], out_dir: Path | str) -> list[Path]:
     b.set_ylabel("workers")
     b.set_ylim(0, max(result["peak_replicas"], result["peak_workers"], 1) + 1)
     b.legend(loc="upper right", fontsize=8)
-    c.plot(t, [x["fixes_per_s"] for x in rows], color="tab:green", label="fixes processed per second")
+    processed = [float("nan") if x["fixes_per_s"] is None else x["fixes_per_s"] for x in rows]
+    c.plot(t, processed, color="tab:green", label="fixes processed per second (committed)")
     c.plot(t, [x["produced_per_s"] for x in rows], color="#555", linewidth=0.8, label="fixes produced per second")
     c.set_ylabel("fixes per second")
     c.set_xlabel("seconds")

@@ -78,7 +78,7 @@ FULL = {
     "time_scale": 10.0,
     "warm_s": 10.0,  # low load before the step
     "high_s": 20.0,  # the step's length
-    "low_rate": 10_000.0,  # fixes/s before and after
+    "low_rate": 5_000.0,  # fixes/s before and after
     "calibrate_fixes": 400_000,  # one worker drains this backlog first: its capacity (0: none)
     "high_factor": 2.0,  # the step: this many times that capacity ...
     "high_rate": None,  # ... or this many fixes/s (the producer sends what it can)

@@ -708,7 +708,10 @@ def _start_tile38(ctx: Context) -> None:
         return
     ctx.tile38 = tile38.start(binary, ctx.out / "logs")
     info = tile38.server_info(ctx.tile38.port)
-    ctx.results["tile38"] = {"binary": where, "version": info.get("version", "?"), "fences": ctx.cfg.fences}
+    version = info.get("version", "?")
+    if version == "0.0.0":  # the shared build of the 1.26.1 tag was not stamped (its README says so)
+        version = "1.26.1 (unstamped build: reports 0.0.0)"
+    ctx.results["tile38"] = {"binary": where, "version": version, "fences": ctx.cfg.fences}
     say(f"tile38: {where}, loading {ctx.cfg.fences:,} fences with an enter/exit channel each")
     tile38.load_fences(ctx.tile38.port, ctx.ev.fences if ctx.ev else pastures(ctx.cfg.fences, ctx.cfg.seed))
 
@@ -717,7 +720,7 @@ def _push_peers(ctx: Context) -> None:
     """The same single-fix workload through fencex (1 and 2 workers) and Tile38 (1 and 4 clients)."""
     assert ctx.ev is not None
     ev, cfg = ctx.ev, ctx.cfg
-    fixes = ctx.args.peers_fixes or (20_000 if ctx.tiny else 1_000_000)
+    fixes = ctx.args.peers_fixes or (100_000 if ctx.tiny else 1_000_000)
     step_ms = 5_000  # a cow's pace: no fix is a jump the herd rules hold back (Tile38 has no such rule)
     origin = int(time.time() * 1000) - (fixes // cfg.devices + 1000) * step_ms
     work = peers.make_workload(ev.fences, cfg.devices, fixes, cfg.seed, step_ms, origin)
@@ -758,6 +761,7 @@ def _pull_peers(ctx: Context) -> None:
             [1, 4],
             [r["connections"] for r in ctx.results["pull"]["point"]],
             ctx.cfg.seed,
+            install=not ctx.tiny,
         )
     )
 
@@ -846,7 +850,7 @@ def main() -> int:
     )
     ap.add_argument("--tile38", help=f"the tile38-server binary (default: ${tile38.ENV}, else {tile38.DEFAULT})")
     ap.add_argument(
-        "--peers-fixes", type=int, help="fixes in the peers' push workload (default 1,000,000; tiny 20,000)"
+        "--peers-fixes", type=int, help="fixes in the peers' push workload (default 1,000,000; tiny 100,000)"
     )
     ap.add_argument("--from-json", type=Path, help="only write the plots and report again from this results.json")
     ap.add_argument(

@@ -216,7 +216,7 @@ def push(
     port: int, work: Workload, clients: int, expected: int, batch: int = 1000, quiet_s: float = 5.0
 ) -> dict[str, Any]:
     """Send ``work`` from ``clients`` processes, ``batch`` commands a round trip; fixes/s = fixes / time
-    until the subscriber has the ``expected``-th enter/exit message. It keeps listening until
+    until every fix is answered and the subscriber has the ``expected``-th enter/exit message. It keeps listening until
     ``quiet_s`` without a message (more than expected would show in the comparison); if the
     expected number never comes, the time is to the last message (and the events differ)."""
     global _WORK
@@ -255,7 +255,8 @@ def push(
     stop.set()
     keys, t_expected = sub_out.get(timeout=120)
     sub.join(10)
-    end = t_expected if t_expected is not None else max(last.value, sent_at)
+    # done when every fix is answered and every expected message is in (or, short of them, the last one)
+    end = max(sent_at, t_expected if t_expected is not None else last.value)
     dt = max(end - t0, 1e-9)
     return {
         "clients": clients,
@@ -362,7 +363,18 @@ def pull_pipelined(port: int, pts: list[str], clients: int, seconds: float, batc
     }
 
 
-def redis_benchmark() -> str | None:
+def redis_benchmark(install: bool = False) -> str | None:
+    """redis-benchmark (Debian's redis-tools): installed first when missing, ``install`` and we may."""
+    found = shutil.which("redis-benchmark")
+    if found or not install or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return found
+    print("tile38: installing Debian's redis-tools for redis-benchmark", flush=True)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "redis-tools"],
+        check=False,
+        stdout=subprocess.DEVNULL,
+        env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
+    )
     return shutil.which("redis-benchmark")
 
 

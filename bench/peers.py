@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from bench.evaluate import Evaluation
 
 COMPARED = ("enter", "exit")
+P99_LIMIT_MS = 10.0  # the issue's pull target: a rate with p99 under this
 
 
 def say(msg: str) -> None:
@@ -180,24 +181,28 @@ def ratio_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     wrk = pl.get("point") or []
     bench = t38.get("pull_c") or []
     if wrk:
-        top = max(wrk, key=lambda r: r["requests_per_s"])
-        rows.append(
-            ratio_row(
-                "pull, one point a request, C client, best connection count",
-                (
-                    f"fencex, wrk, {top['connections']} connections (p99 {top['p99_ms']:.1f} ms)",
-                    top["requests_per_s"],
-                ),
-                {
-                    f"Tile38, redis-benchmark, {r['connections']} connections (p99 {r['p99_ms']:.1f} ms)": r[
-                        "requests_per_s"
-                    ]
-                    for r in bench
-                },
-                "requests/s",
-                1.0,
-            )
+        # the target: at least the best peer's rate with p99 under P99_LIMIT_MS: fencex's best such run
+        within = [r for r in wrk if r["p99_ms"] < P99_LIMIT_MS]
+        top = max(within or wrk, key=lambda r: r["requests_per_s"])
+        row = ratio_row(
+            "pull, one point a request, C client, best connection count",
+            (
+                f"fencex, wrk, {top['connections']} connections (p99 {top['p99_ms']:.1f} ms)",
+                top["requests_per_s"],
+            ),
+            {
+                f"Tile38, redis-benchmark, {r['connections']} connections (p99 {r['p99_ms']:.1f} ms)": r[
+                    "requests_per_s"
+                ]
+                for r in bench
+            },
+            "requests/s",
+            1.0,
         )
+        row["p99_limit_ms"] = P99_LIMIT_MS
+        if row["met"] is not None:
+            row["met"] = row["met"] and top["p99_ms"] < P99_LIMIT_MS
+        rows.append(row)
     batch = _get(pl, "batch", "points_per_s")
     if batch:
         peers = {
@@ -215,6 +220,24 @@ def ratio_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
             )
         )
     return rows
+
+
+def pull_peers(results: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The peers' pull figures of a run, for bench.pull's plot: one point a request by connections
+    (Tile38's C client; PostGIS's and Tile38's Python clients by client count), and batched."""
+    t38 = results.get("tile38") or {}
+    pg = results.get("postgis") or {}
+    point: dict[str, list[tuple[int, float]]] = {}
+    if t38.get("pull_c"):
+        point["Tile38, redis-benchmark"] = [(r["connections"], r["requests_per_s"]) for r in t38["pull_c"]]
+    if t38.get("pull_python"):
+        point["Tile38, Python clients"] = [(r["clients"], r["requests_per_s"]) for r in t38["pull_python"]]
+    if "point_per_s_1_clients" in pg:
+        point["PostGIS, Python clients"] = [(c, pg[f"point_per_s_{c}_clients"]) for c in (1, 4)]
+    batch = {f"Tile38 pipelined {r['batch']:,}": r["points_per_s"] for r in t38.get("pull_pipelined", [])}
+    if "batch_points_per_s" in pg:
+        batch["PostGIS 1,000/statement"] = pg["batch_points_per_s"]
+    return {"point": point, "batch": batch} if point or batch else None
 
 
 def ratios_table(rows: list[dict[str, Any]]) -> list[str]:

@@ -317,8 +317,13 @@ def plot(results: dict, path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
     runs = results["point"]
     c = [r["connections"] for r in runs]
-    a.plot(c, [r["requests_per_s"] for r in runs], "o-", label="fencex")
-    a.axhline(25_000, color="#888", linestyle="--", label="PostGIS, 4 clients (25,000)")
+    a.plot(c, [r["requests_per_s"] for r in runs], "o-", label="fencex (wrk)")
+    peers = results.get("peers")  # measured in the same run (bench.evaluate --with-peers), else quoted
+    if peers:
+        for (name, pts), style in zip(peers["point"].items(), ("s--", "^:", "v-.")):
+            a.plot([p[0] for p in pts], [p[1] for p in pts], style, color="#888", label=f"{name} (this run)")
+    else:
+        a.axhline(25_000, color="#888", linestyle="--", label="PostGIS, 4 clients (25,000; quoted, not this run)")
     a.axhline(12_000, color="#bbb", linestyle=":", label="FenceX thesis (12,000)")
     a.set_xscale("log", base=2)
     a.set_xlabel("concurrent connections")
@@ -328,9 +333,13 @@ def plot(results: dict, path: Path) -> None:
     ax2.set_ylabel("p99 latency (ms)", color="tab:red")
     a.legend(loc="lower right", fontsize=8)
     a.set_title(f"Point queries, {results['fences']:,} fences, {results['api_workers']} API processes", fontsize=10)
-    names = ["fencex batch", "PostGIS batched\n1,000/statement", "Tile38 pipelined"]
-    vals = [results["batch"]["points_per_s"], 76_000, 107_000]
-    bars = b.bar(names, vals, color=["#2a7", "#888", "#888"])
+    if peers:
+        names = ["fencex batch", *(f"{k}\n(this run)" for k in peers["batch"])]
+        vals = [results["batch"]["points_per_s"], *peers["batch"].values()]
+    else:
+        names = ["fencex batch", "PostGIS batched\n1,000/statement\n(quoted)", "Tile38 pipelined\n(quoted)"]
+        vals = [results["batch"]["points_per_s"], 76_000, 107_000]
+    bars = b.bar(names, vals, color=["#2a7"] + ["#888"] * (len(vals) - 1))
     b.bar_label(bars, labels=[f"{v:,.0f}" for v in vals])
     b.set_ylabel("points per second")
     b.set_title("Batch point-in-fence (spatial join)", fontsize=10)

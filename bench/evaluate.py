@@ -10,7 +10,16 @@ scalability, with the same seeded workload every time (10,000 fences, 20,000 col
    throughput and lag over time, recovery time, events lost (must be 0) and duplicated;
 4. strong scalability: one fixed backlog drained by 1 and then 2 worker processes.
 
-Writes out/eval/results.json, PNG plots and report.md. --tiny makes a run of a minute or two.
+With --with-peers, the peers in the same run on the same workload (bench.peers, bench.tile38):
+Tile38 (push with an enter/exit channel per fence from 1 and 4 clients, pull from Python clients,
+from redis-benchmark and pipelined) and PostGIS; fencex's push from 1 and 2 workers over the same
+fixes; every run's enters and exits must be the pure pipeline's (a difference fails the run, exit
+1); every fencex figure as a ratio to the best peer, with the client class (ratios.png). The
+parts are ``PARTS``; a full run with the peers is budgeted at 30 minutes (``FULL_RUN_S``).
+
+Writes out/eval/results.json, PNG plots and report.md. --tiny makes a run of a few minutes.
+--from-json re-writes the plots and report from a results.json; --readme writes the peers'
+figures into the README between its markers.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -657,7 +666,6 @@ class Context:
     results: dict
     ev: Evaluation | None = None
     tile38: Server | None = None
-    peers: dict = field(default_factory=dict)  # the push workload and its expected events, between parts
 
     @property
     def tiny(self) -> bool:
@@ -679,7 +687,7 @@ class Part:
 
 def _push_sweep(ctx: Context) -> None:
     assert ctx.ev is not None
-    rates = [1_000, 3_000] if ctx.tiny else [10_000, 25_000, 50_000, 100_000, 150_000]
+    rates: list[float] = [1_000, 3_000] if ctx.tiny else [10_000, 25_000, 50_000, 100_000, 150_000]
     ctx.results["push_sweep"] = ctx.ev.push_sweep(rates, 4 if ctx.tiny else 12, pack=20)
 
 

@@ -802,6 +802,8 @@ PARTS: list[Part] = [
     Part("pull_peers", _pull_peers, 120, peers=True, broker=False),
     Part("postgis", _postgis, 180, peers=True, broker=False),
 ]
+# Each part's figures: ``plot(results, out)`` returns the PNGs it wrote (elastic's and budget's join here).
+PLOTS: list[Callable[[dict, Path], list[Path]]] = [plots, peers.plot]
 FULL_RUN_S = 1800  # issue 16: the whole full-size evaluation with the peers, on the 2-core machine
 
 
@@ -836,7 +838,7 @@ def write(results: dict, out: Path) -> list[Path]:
     (out / "results.json").write_bytes(
         orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY, default=float)
     )
-    paths = plots(results, out) + peers.plot(results, out)
+    paths = [path for draw in PLOTS for path in draw(results, out)]
     measured = peers.pull_peers(results)
     if measured and results.get("pull"):  # pull.png again, with the peers of this run instead of quoted ones
         from bench import pull as pull_bench

@@ -156,28 +156,32 @@ def _parse(data: bytes) -> Key | None:
 
 
 def _subscriber(port: int, expected: int, ready: Any, stop: Any, count: Any, last: Any, out: Any) -> None:
-    """Collect the enter/exit messages until ``stop``; ``count`` and ``last`` (its clock) show progress.
-    Reports the messages and the time the ``expected``-th came (None: it never did)."""
-    p = client(port).pubsub(ignore_subscribe_messages=True)
-    p.psubscribe("*")
-    while not p.subscribed:
-        p.get_message(timeout=0.1)
+    """Collect the channel messages until ``stop``; ``count`` and ``last`` (its clock) show progress.
+    Reads the raw connection (hiredis parses) and keeps each message's bytes, parsed after the run,
+    so the subscriber is not what limits Tile38. Reports the enters and exits and the time the
+    ``expected``-th message came (None: it never did)."""
+    conn = redis.Connection(host=HOST, port=port, protocol=2, socket_timeout=None)
+    conn.connect()
+    conn.send_command("PSUBSCRIBE", "*")
+    conn.read_response()  # the subscription's confirmation
     ready.set()
-    keys: list[Key] = []
+    raw: list[bytes] = []
     t_expected = None
     while not stop.is_set():
-        m = p.get_message(timeout=0.1)
-        if m is None:
+        if not conn.can_read(timeout=0.1):
             continue
-        key = _parse(m["data"])
-        if key is None:
-            continue
-        keys.append(key)
+        while True:  # everything already here
+            m = conn.read_response(disable_decoding=True)
+            if isinstance(m, list) and m and m[0] == b"pmessage":
+                raw.append(m[3])
+            if not conn.can_read(timeout=0):
+                break
         last.value = time.monotonic()
-        count.value = len(keys)
-        if len(keys) == expected:
+        count.value = len(raw)
+        if t_expected is None and len(raw) >= expected:
             t_expected = last.value
-    p.close()
+    conn.disconnect()
+    keys = [k for k in map(_parse, raw) if k is not None]
     out.put((keys, t_expected))
 
 

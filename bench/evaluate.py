@@ -570,7 +570,7 @@ def peers_section(results: dict, figures: str) -> list[str]:
         "against Python clients, C clients against C clients).",
         "",
     ]
-    lines += peers.ratios_table(results.get("ratios") or peers.ratio_rows(results))
+    lines += peers.ratios_table(peers.ratio_rows(results))
     lines += ["", f"![fencex over the best peer]({figures}ratios.png)", ""]
     for name in ("tile38", "postgis"):
         skipped = (results.get(name) or {}).get("skipped")

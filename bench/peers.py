@@ -248,12 +248,12 @@ def ratios_table(rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         fx = "not measured" if r["fencex_value"] is None else f"{r['fencex_value']:,.0f} {r['unit']}: {r['fencex']}"
         peer = "none measured" if r["peer"] is None else f"{r['peer_value']:,.0f} {r['unit']}: {r['peer']}"
-        ratio = "" if r["ratio"] is None else f"**{r['ratio']:.2f}x**"
-        target = (
-            ""
-            if r["target"] is None
-            else f">= {r['target']:g}x" + ("" if r["met"] is None else (" (met)" if r["met"] else " (not met)"))
-        )
+        ratio = "n/a" if r["ratio"] is None else f"**{r['ratio']:.2f}x**"
+        target = ""
+        if r["target"] is not None:
+            limit = f", p99 < {r['p99_limit_ms']:g} ms" if r.get("p99_limit_ms") else ""
+            verdict = {None: "", True: " (met)", False: " (not met)"}[r["met"]]
+            target = f">= {r['target']:g}x{limit}{verdict}"
         lines.append(f"| {r['measure']} | {fx} | {peer} | {ratio} | {target} |")
     return lines
 

@@ -441,7 +441,27 @@ def plots(results: dict, out: Path) -> list[Path]:
     return paths
 
 
+THESIS_PARTS = ("push_sweep", "pull", "availability", "scalability")
+
+
 def report(results: dict, out: Path) -> Path:
+    """report.md: the thesis's comparison (when the run had its parts), then the peers'."""
+    lines = (
+        thesis_lines(results)
+        if set(THESIS_PARTS) <= results.keys()
+        else [
+            f"# fencex evaluation, {results['date']} (parts: {', '.join(results.get('durations_s', {}))})",
+            "",
+            f"Machine: {results['machine']}. {results['fences']:,} fences, {results['devices']:,} collars.",
+        ]
+    )
+    lines += peers_section(results, figures="")
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def thesis_lines(results: dict) -> list[str]:
     s = results["push_sweep"]
     best = max(s, key=lambda r: r["fixes_per_s"])
     pl = results["pull"]
@@ -549,10 +569,7 @@ def report(results: dict, out: Path) -> Path:
         "![scalability](scalability.png)",
         "",
     ]
-    lines += peers_section(results, figures="")
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+    return lines
 
 
 def peers_section(results: dict, figures: str) -> list[str]:
@@ -802,14 +819,34 @@ PARTS: list[Part] = [
     Part("pull_peers", _pull_peers, 120, peers=True, broker=False),
     Part("postgis", _postgis, 180, peers=True, broker=False),
 ]
+
+
+def pull_with_peers(results: dict, out: Path) -> list[Path]:
+    """pull.png again, with the peers measured in this run instead of the figures it quotes."""
+    measured = peers.pull_peers(results)
+    if not measured or "pull" not in results:
+        return []
+    from bench import pull as pull_bench
+
+    pull_bench.plot({**results["pull"], "peers": measured}, out / "pull.png")
+    return [out / "pull.png"]
+
+
 # Each part's figures: ``plot(results, out)`` returns the PNGs it wrote (elastic's and budget's join here).
-PLOTS: list[Callable[[dict, Path], list[Path]]] = [plots, peers.plot]
+PLOTS: list[Callable[[dict, Path], list[Path]]] = [plots, peers.plot, pull_with_peers]
 FULL_RUN_S = 1800  # issue 16: the whole full-size evaluation with the peers, on the 2-core machine
 
 
 def run_parts(ctx: Context, parts: list[Part]) -> None:
     """The parts in order (the broker's first, then it is stopped); each one's time in ``durations_s``."""
     chosen = [p for p in parts if not p.peers or ctx.args.with_peers or (p.name == "postgis" and ctx.args.with_postgis)]
+    if ctx.args.parts:
+        wanted = set(ctx.args.parts.split(","))
+        if wanted & {"push_peers", "pull_peers"}:
+            wanted.add("tile38_start")
+        if "pull_peers" in wanted:
+            wanted.add("pull")  # its connection counts are wrk's
+        chosen = [p for p in chosen if p.name in wanted]
     durations = ctx.results.setdefault("durations_s", {})
     budgets = ctx.results.setdefault("budgets_s", {})
     try:
@@ -838,13 +875,12 @@ def write(results: dict, out: Path) -> list[Path]:
     (out / "results.json").write_bytes(
         orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY, default=float)
     )
-    paths = [path for draw in PLOTS for path in draw(results, out)]
-    measured = peers.pull_peers(results)
-    if measured and results.get("pull"):  # pull.png again, with the peers of this run instead of quoted ones
-        from bench import pull as pull_bench
-
-        pull_bench.plot({**results["pull"], "peers": measured}, out / "pull.png")
-        paths.append(out / "pull.png")
+    paths = []
+    for draw in PLOTS:
+        try:
+            paths += draw(results, out)
+        except KeyError as missing:  # a run of some parts only (--parts)
+            say(f"{draw.__module__}.{draw.__name__}: no figure, {missing} was not in this run")
     paths.append(report(results, out))
     return paths
 
@@ -869,11 +905,19 @@ def main() -> int:
     ap.add_argument(
         "--peers-fixes", type=int, help="fixes in the peers' push workload (default 1,000,000; tiny 100,000)"
     )
+    ap.add_argument(
+        "--parts",
+        help=f"run only these parts, comma-separated (of {', '.join(p.name for p in PARTS)}; "
+        "tile38_start comes with push_peers and pull_peers, pull with pull_peers)",
+    )
     ap.add_argument("--from-json", type=Path, help="only write the plots and report again from this results.json")
     ap.add_argument(
         "--readme", type=Path, help="also write the figures into this README (between its evaluate markers)"
     )
     a = ap.parse_args()
+    unknown = set(a.parts.split(",") if a.parts else ()) - {p.name for p in PARTS}
+    if unknown:
+        ap.error(f"unknown parts: {', '.join(sorted(unknown))}")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     results = orjson.loads(a.from_json.read_bytes()) if a.from_json else run(a, out)

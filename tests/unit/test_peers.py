@@ -232,3 +232,30 @@ def test_the_readme_figures_are_written_between_the_markers_from_the_results(tmp
     readme.write_text("no markers\n")
     with pytest.raises(SystemExit):
         evaluate.update_readme(results, out, readme)
+
+
+def test_a_run_of_some_parts_only_writes_what_it_has(tmp_path):
+    from bench import evaluate
+
+    results = {
+        "date": "2026-11-21T18:00:00+00:00",
+        "machine": "vm",
+        "fences": 500,
+        "devices": 1000,
+        "with_peers": True,
+        "durations_s": {"push_peers": 40.0},
+        "tile38": {"push": [{"clients": 4, "batch": 1000, "fixes_per_s": 50_000.0, "send_seconds": 1, "seconds": 1}]},
+        "push_peers": {
+            "fixes": 1000,
+            "devices": 10,
+            "step_s": 5.0,
+            "expected": {"enter": 1, "exit": 0},
+            "checks": {"Tile38, 4 client(s)": peers.compare(Counter([E1]), [E1])},
+            "fencex": [{"workers": 1, "fixes_per_s": 100_000.0}],
+        },
+    }
+    paths = evaluate.write(results, tmp_path)
+    assert tmp_path / "ratios.png" in paths and (tmp_path / "report.md") in paths
+    assert not (tmp_path / "push_sweep.png").exists()  # the thesis's figures need their parts
+    report = (tmp_path / "report.md").read_text()
+    assert "**2.00x**" in report and "| Tile38, 4 client(s) | 1 | 0 | 0 | 0 | yes |" in report

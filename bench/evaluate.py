@@ -620,7 +620,7 @@ def peers_section(results: dict, figures: str) -> list[str]:
         for r in t38.get("push", []):
             lines.append(
                 f"| Tile38, {r['clients']} client process(es), pipelined {r['batch']:,} | {r['fixes_per_s']:,.0f} "
-                f"(sent in {r['send_seconds']:.1f} s, last expected message at {r['seconds']:.1f} s) |"
+                f"(every fix answered in {r['send_seconds']:.1f} s, every expected message by {r['seconds']:.1f} s) |"
             )
     pull_rows = [
         (f"fencex, {r['clients']} Python client(s), HTTP", r) for r in (results.get("pull") or {}).get("python", [])

@@ -806,9 +806,16 @@ def _postgis(ctx: Context) -> None:
 
 
 # The evaluation's parts, in order. Issue 16's other parts plug in here when their branches are
-# merged, each a ``run(...)`` for the results and a ``plot(...)`` for its figure (see ``PLOTS``):
-#   Part("elastic", lambda ctx: ctx.results.update(elastic=elastic.run(...)), budget_s=..., peers=True, broker=False)
-#   Part("budget", lambda ctx: ctx.results.update(budget=budget.run(ctx.results, ...)), budget_s=..., broker=False)
+# merged, each a ``run(...)`` for the results and a ``plot(...)`` for its figure (see ``PLOTS``).
+# As their branches stand (elastic16, budget16; not merged here):
+#   bench.elastic: Part("elastic", lambda ctx: ctx.results.update(elastic=elastic.run(tiny=ctx.tiny,
+#     out=str(ctx.out), seed=ctx.cfg.seed)), budget_s=330, peers=True, broker=False) (its own broker and
+#     Redis, about 5 minutes full size); figure: elastic.plot(results["elastic"], out) -> list[Path].
+#   bench.budget: a Sampler(budget.evaluation_pids(ctx.ev)) around _push_sweep's run, then
+#     budget.from_evaluation(ctx.ev, use, "eval-sweep", "eval-sweep-events", 20) and budget.budget(...)
+#     into results["budget"] (seconds, in push_sweep's budget); figure: budget.plot(b, out / "budget.png")
+#     returns one Path (wrap it in a list for PLOTS).
+# Full size, the budgets below add up to 1,160 s; with elastic's 330 s, 1,490 s of the 1,800 s.
 PARTS: list[Part] = [
     Part("push_sweep", _push_sweep, 120),
     Part("availability", _availability, 120),

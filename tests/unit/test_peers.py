@@ -4,7 +4,9 @@ output and where the Tile38 binary comes from."""
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 from collections import Counter
 
 import numpy as np
@@ -259,3 +261,33 @@ def test_a_run_of_some_parts_only_writes_what_it_has(tmp_path):
     assert not (tmp_path / "push_sweep.png").exists()  # the thesis's figures need their parts
     report = (tmp_path / "report.md").read_text()
     assert "**2.00x**" in report and "| Tile38, 4 client(s) | 1 | 0 | 0 | 0 | yes |" in report
+
+
+def test_a_disagreement_is_the_evaluations_exit_status_not_a_footnote(tmp_path, monkeypatch):
+    from bench import evaluate
+
+    results = {
+        "date": "2026-11-21T18:00:00+00:00",
+        "machine": "vm",
+        "fences": 500,
+        "devices": 1000,
+        "with_peers": True,
+        "push_peers": {
+            "fixes": 1000,
+            "devices": 10,
+            "step_s": 5.0,
+            "expected": {"enter": 1, "exit": 1},
+            "checks": {"Tile38, 4 client(s)": peers.compare(Counter([E1, X1]), [E1, X1])},
+            "fencex": [],
+        },
+    }
+    good = tmp_path / "good.json"
+    good.write_bytes(json.dumps(results).encode())
+    monkeypatch.setattr(sys, "argv", ["evaluate", "--from-json", str(good), "--out", str(tmp_path / "a")])
+    assert evaluate.main() == 0
+    results["push_peers"]["checks"]["fencex, 1 worker(s)"] = peers.compare(Counter([E1, X1]), [E1])
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(json.dumps(results).encode())
+    monkeypatch.setattr(sys, "argv", ["evaluate", "--from-json", str(bad), "--out", str(tmp_path / "b")])
+    assert evaluate.main() == 1
+    assert "| fencex, 1 worker(s) | 1 | 0 | 1 | 0 | **NO** |" in (tmp_path / "b" / "report.md").read_text()

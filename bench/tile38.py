@@ -125,6 +125,27 @@ def reset(port: int, tenants: Iterable[str]) -> None:
 # ------------------------------------------------------------------ push
 
 
+def _gather(q: Any, procs: Sequence[Any], timeout: float) -> list[Any]:
+    """One item from ``q`` per process; a process that died first (an exception in it) or a timeout
+    raises at once, rather than leaving the evaluation waiting."""
+    import queue
+
+    got: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < len(procs):
+        try:
+            got.append(q.get(timeout=0.5))
+            continue
+        except queue.Empty:
+            pass
+        dead = [p for p in procs if p.exitcode not in (None, 0)]
+        if dead:
+            raise RuntimeError(f"tile38: a client process failed (exit code {dead[0].exitcode}); see the output above")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"tile38: {len(procs) - len(got)} of {len(procs)} client processes did not report")
+    return got
+
+
 @dataclass(frozen=True)
 class Workload:
     """Fixes in the order they are sent: ``dev`` indexes ``devices``/``tenants``."""
@@ -244,11 +265,10 @@ def push(
     for p in procs:
         p.start()
     _WORK = None
-    for _ in procs:
-        ready.get(timeout=300)
+    _gather(ready, procs, 300)
     t0 = time.monotonic()
     go.set()
-    ends = [done.get(timeout=900) for _ in procs]
+    ends = _gather(done, procs, 900)
     for p in procs:
         p.join()
     sent_at = max(e[1] for e in ends)
@@ -257,7 +277,7 @@ def push(
         if time.monotonic() - max(last.value, sent_at) > (0.5 if count.value >= expected else quiet_s):
             break
     stop.set()
-    keys, t_expected = sub_out.get(timeout=120)
+    keys, t_expected = _gather(sub_out, [sub], 120)[0]
     sub.join(10)
     # done when every fix is answered and every expected message is in (or, short of them, the last one)
     end = max(sent_at, t_expected if t_expected is not None else last.value)
@@ -332,7 +352,7 @@ def _run_clients(target: Any, args_of: Any, clients: int, seconds: float) -> tup
     time.sleep(0.5 + 0.1 * clients)  # connected and ready
     t0 = time.monotonic()
     go.set()
-    got = [out.get(timeout=seconds + 120) for _ in procs]
+    got = _gather(out, procs, seconds + 120)
     dt = time.monotonic() - t0
     for p in procs:
         p.join()

@@ -291,3 +291,22 @@ def test_a_disagreement_is_the_evaluations_exit_status_not_a_footnote(tmp_path, 
     monkeypatch.setattr(sys, "argv", ["evaluate", "--from-json", str(bad), "--out", str(tmp_path / "b")])
     assert evaluate.main() == 1
     assert "| fencex, 1 worker(s) | 1 | 0 | 1 | 0 | **NO** |" in (tmp_path / "b" / "report.md").read_text()
+
+
+def _fails() -> None:
+    raise SystemExit(3)
+
+
+def test_a_client_process_that_dies_stops_the_wait_at_once():
+    import multiprocessing as mp
+    import time
+
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_fails)
+    p.start()
+    t = time.monotonic()
+    with pytest.raises(RuntimeError, match="exit code 3"):
+        tile38._gather(q, [p], timeout=60)
+    assert time.monotonic() - t < 10
+    p.join()

@@ -411,8 +411,10 @@ def tile38_pull(
     else:
         per_s = max((r["requests_per_s"] for r in out["pull_python"]), default=10_000.0)
         for c in connections:
-            # redis-benchmark counts requests, not seconds: about ``seconds`` at the last rate seen
-            r = tile38.pull_c(port, tool, c, max(5_000, int(per_s * seconds)), ORIGIN_LON, ORIGIN_LAT)
+            # redis-benchmark counts requests, not seconds: a probe of about a second at the last rate
+            # seen, then about ``seconds`` at the probe's rate
+            probe = tile38.pull_c(port, tool, c, max(2_000, int(per_s)), ORIGIN_LON, ORIGIN_LAT)
+            r = tile38.pull_c(port, tool, c, max(5_000, int(probe["requests_per_s"] * seconds)), ORIGIN_LON, ORIGIN_LAT)
             per_s = r["requests_per_s"]
             out["pull_c"].append(r)
             say(f"  Tile38 INTERSECTS, redis-benchmark, {c} connections: {per_s:,.0f}/s, p99 {r['p99_ms']:.2f} ms")

@@ -10,7 +10,16 @@ scalability, with the same seeded workload every time (10,000 fences, 20,000 col
    throughput and lag over time, recovery time, events lost (must be 0) and duplicated;
 4. strong scalability: one fixed backlog drained by 1 and then 2 worker processes.
 
-Writes out/eval/results.json, PNG plots and report.md. --tiny makes a run of a minute or two.
+With --with-peers, the peers in the same run on the same workload (bench.peers, bench.tile38):
+Tile38 (push with an enter/exit channel per fence from 1 and 4 clients, pull from Python clients,
+from redis-benchmark and pipelined) and PostGIS; fencex's push from 1 and 2 workers over the same
+fixes; every run's enters and exits must be the pure pipeline's (a difference fails the run, exit
+1); every fencex figure as a ratio to the best peer, with the client class (ratios.png). The
+parts are ``PARTS``; a full run with the peers is budgeted at 30 minutes (``FULL_RUN_S``).
+
+Writes out/eval/results.json, PNG plots and report.md. --tiny makes a run of a few minutes.
+--from-json re-writes the plots and report from a results.json; --readme writes the peers'
+figures into the README between its markers.
 """
 
 from __future__ import annotations
@@ -19,11 +28,14 @@ import argparse
 import asyncio
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,12 +44,15 @@ import orjson
 import psutil
 from confluent_kafka import Consumer
 
+from bench import peers, tile38
 from bench.push import Bench, metric, say
+from devtools.localserver import Server
 from fencex.detector import DeviceState
 from fencex.fix import Fix
 from fencex.index import FenceIndex
 from fencex.kafka.admin import ensure_topics
 from fencex.pipeline import default_rules, process
+from services.simulator.herd import pastures
 from services.simulator.herd import records as herd_records
 
 ROOT = Path(__file__).parents[1]
@@ -340,8 +355,10 @@ class Evaluation(Bench):
         return out
 
 
-def pull(out: Path, tiny: bool, fences: int) -> dict:
+def pull(out: Path, tiny: bool, fences: int, python_clients: bool = False) -> dict:
     args = [sys.executable, "-m", "bench.pull", "--out", str(out), "--fences", str(fences)]
+    if python_clients:  # as Tile38's and PostGIS's Python clients
+        args += ["--python-clients", "1,4"]
     args += (
         ["--connections", "4,16", "--seconds", "3", "--batches", "2", "--batch-points", "10000"]
         if tiny
@@ -405,7 +422,27 @@ def plots(results: dict, out: Path) -> list[Path]:
     return paths
 
 
+THESIS_PARTS = ("push_sweep", "pull", "availability", "scalability")
+
+
 def report(results: dict, out: Path) -> Path:
+    """report.md: the thesis's comparison (when the run had its parts), then the peers'."""
+    lines = (
+        thesis_lines(results)
+        if set(THESIS_PARTS) <= results.keys()
+        else [
+            f"# fencex evaluation, {results['date']} (parts: {', '.join(results.get('durations_s', {}))})",
+            "",
+            f"Machine: {results['machine']}. {results['fences']:,} fences, {results['devices']:,} collars.",
+        ]
+    )
+    lines += peers_section(results, figures="")
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def thesis_lines(results: dict) -> list[str]:
     s = results["push_sweep"]
     best = max(s, key=lambda r: r["fixes_per_s"])
     pl = results["pull"]
@@ -489,7 +526,7 @@ def report(results: dict, out: Path) -> Path:
     for r in results["scalability"]:
         lines.append(f"| {r['workers']} | {r['fixes_per_s']:,.0f} | {r['speedup']:.2f} |")
     pg = results.get("postgis")
-    if pg:
+    if pg and "skipped" not in pg:
         lines += [
             "",
             "## The baseline: PostGIS",
@@ -513,9 +550,327 @@ def report(results: dict, out: Path) -> Path:
         "![scalability](scalability.png)",
         "",
     ]
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+    return lines
+
+
+def peers_section(results: dict, figures: str) -> list[str]:
+    """The peers' part of the report (and of the README: ``figures`` is where its PNG is)."""
+    if not results.get("with_peers"):
+        return []
+    t38 = results.get("tile38") or {}
+    pp = results.get("push_peers") or {}
+    lines = [
+        "",
+        "## Against the peers, in the same run",
+        "",
+        f"{results['date']}, {results['machine']}; {results['fences']:,} fences. Every figure below was measured "
+        "in this run, on this machine, on the same workload; the client of each is named (Python clients "
+        "against Python clients, C clients against C clients).",
+        "",
+    ]
+    lines += peers.ratios_table(peers.ratio_rows(results))
+    lines += ["", f"![fencex over the best peer]({figures}ratios.png)", ""]
+    for name in ("tile38", "postgis"):
+        skipped = (results.get(name) or {}).get("skipped")
+        if skipped:
+            lines += [f"{name}: not measured: {skipped}.", ""]
+    if t38.get("pull_c_skipped"):
+        lines += [f"Tile38 with a C client: not measured: {t38['pull_c_skipped']}.", ""]
+    if pp:
+        lines += [
+            f"Push workload: {pp['fixes']:,} fixes of {pp['devices']:,} collars, one a record, every collar one "
+            f"step a round ({pp['step_s']:g} s of fix time apart: a cow's pace, so none is a jump the herd rules "
+            "would hold back). fencex: produced to the broker first, then drained by a fresh worker group with no "
+            "device state (fixes/s over the drain from 5% on, as the scalability part). Tile38 "
+            f"{t38.get('version', '')} ({t38.get('binary', '')}): each farm's collars a collection "
+            "(`fleet:<farm>`), one `SETCHAN ... WITHIN fleet:<farm> FENCE DETECT enter,exit` per fence, a "
+            "`PSUBSCRIBE *` subscriber; the collars shared out over the client processes (a collar's fixes in "
+            "order), pipelined; fixes/s = fixes / time until the subscriber had every expected message.",
+            "",
+            "Rules compared: enter and exit only (fencex's dwell and herd events have no Tile38 counterpart). Both "
+            "start with every collar outside everything and give `enter` for a first fix inside a fence (Tile38 "
+            "1.26.1 checked: a new object inside gives enter). fencex scopes a collar to its farm's fences; the "
+            "per-farm collections give Tile38 the same scope. Rules Tile38 lacks and this workload does not "
+            "exercise: stale fixes dropped (Tile38 applies any fix), jumps held back, exit buffers.",
+            "",
+        ]
+        lines += peers.check_lines(pp)
+        lines += ["", "| push run | fixes/s |", "| --- | --- |"]
+        for r in pp.get("fencex", []):
+            lines.append(f"| fencex, {r['workers']} worker(s) | {r['fixes_per_s']:,.0f} |")
+        for r in t38.get("push", []):
+            lines.append(
+                f"| Tile38, {r['clients']} client process(es), pipelined {r['batch']:,} | {r['fixes_per_s']:,.0f} "
+                f"(every fix answered in {r['send_seconds']:.1f} s, every expected message by {r['seconds']:.1f} s) |"
+            )
+    pull_rows = [
+        (f"fencex, {r['clients']} Python client(s), HTTP", r) for r in (results.get("pull") or {}).get("python", [])
+    ]
+    pull_rows += [
+        (f"fencex, wrk, {r['connections']} connections", r) for r in (results.get("pull") or {}).get("point", [])
+    ]
+    pull_rows += [(f"Tile38, {r['clients']} Python client(s), RESP", r) for r in t38.get("pull_python", [])]
+    pull_rows += [(f"Tile38, redis-benchmark, {r['connections']} connections", r) for r in t38.get("pull_c", [])]
+    if pull_rows:
+        lines += ["", "| one point a request | requests/s | p50 ms | p99 ms |", "| --- | --- | --- | --- |"]
+        for name, r in pull_rows:
+            lines.append(f"| {name} | {r['requests_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")
+    durations = results.get("durations_s") or {}
+    if durations:
+        budgets = results.get("budgets_s") or {}
+        lines += ["", "| part | seconds | full-size budget |", "| --- | --- | --- |"]
+        for name, sec in durations.items():
+            lines.append(f"| {name} | {sec:,.0f} | {budgets.get(name, 0):,.0f} |")
+        lines.append(f"| all | {results.get('total_s', sum(durations.values())):,.0f} | {FULL_RUN_S:,} |")
+    lines.append("")
+    return lines
+
+
+BEGIN, END = "<!-- evaluate:peers:begin -->", "<!-- evaluate:peers:end -->"
+
+
+def update_readme(results: dict, out: Path, readme: Path) -> Path:
+    """Write the peers' section between the README's markers, its PNG into docs/figures beside it."""
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        sys.exit(f"{readme} has no {BEGIN} ... {END} markers to write between")
+    figures = readme.parent / "docs" / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    if (out / "ratios.png").exists():
+        shutil.copyfile(out / "ratios.png", figures / "ratios.png")
+    body = "\n".join(peers_section(results, figures="docs/figures/")[1:])
+    head, rest = text.split(BEGIN, 1)
+    readme.write_text(
+        head
+        + BEGIN
+        + "\n"
+        + body.replace("## Against", "**Against", 1).replace(
+            "in the same run\n", "in the same run** (`./dev evaluate --with-peers`)\n", 1
+        )
+        + "\n"
+        + END
+        + rest.split(END, 1)[1]
+    )
+    return readme
+
+
+@dataclass
+class Context:
+    """What the parts of a run share: its settings, its servers and the results so far."""
+
+    args: argparse.Namespace
+    cfg: argparse.Namespace
+    out: Path
+    results: dict
+    ev: Evaluation | None = None
+    tile38: Server | None = None
+
+    @property
+    def tiny(self) -> bool:
+        return bool(self.args.tiny)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One step of the evaluation. ``budget_s``: its share of the 30 minutes a full run may take on
+    the 2-core machine (stated in the report beside the time it took); ``peers``: only with --with-peers;
+    ``broker``: runs while the broker, Redis and the workers' Evaluation are up."""
+
+    name: str
+    run: Callable[[Context], None]
+    budget_s: float
+    peers: bool = False
+    broker: bool = True
+
+
+def _push_sweep(ctx: Context) -> None:
+    assert ctx.ev is not None
+    rates: list[float] = [1_000, 3_000] if ctx.tiny else [10_000, 25_000, 50_000, 100_000, 150_000]
+    ctx.results["push_sweep"] = ctx.ev.push_sweep(rates, 4 if ctx.tiny else 12, pack=20)
+
+
+def _availability(ctx: Context) -> None:
+    assert ctx.ev is not None
+    tiny = ctx.tiny
+    ctx.results["availability"] = ctx.ev.availability(
+        2_000 if tiny else 20_000,
+        16 if tiny else 40,
+        kill_at=5 if tiny else 12,
+        restart_after=3 if tiny else 6,
+        pack=20,
+    )
+
+
+def _scalability(ctx: Context) -> None:
+    assert ctx.ev is not None
+    ctx.results["scalability"] = ctx.ev.scalability(300_000 if ctx.tiny else 3_000_000, 20, [1, 2])
+
+
+def _start_tile38(ctx: Context) -> None:
+    binary, where = tile38.find(ctx.args.tile38)
+    if binary is None:
+        ctx.results["tile38"] = {"skipped": where}
+        say(f"tile38 skipped: {where}")
+        return
+    ctx.tile38 = tile38.start(binary, ctx.out / "logs")
+    info = tile38.server_info(ctx.tile38.port)
+    version = info.get("version", "?")
+    if version == "0.0.0":  # the shared build of the 1.26.1 tag was not stamped (its README says so)
+        version = "1.26.1 (unstamped build: reports 0.0.0)"
+    ctx.results["tile38"] = {"binary": where, "version": version, "fences": ctx.cfg.fences}
+    say(f"tile38: {where}, loading {ctx.cfg.fences:,} fences with an enter/exit channel each")
+    tile38.load_fences(ctx.tile38.port, ctx.ev.fences if ctx.ev else pastures(ctx.cfg.fences, ctx.cfg.seed))
+
+
+def _push_peers(ctx: Context) -> None:
+    """The same single-fix workload through fencex (1 and 2 workers) and Tile38 (1 and 4 clients)."""
+    assert ctx.ev is not None
+    ev, cfg = ctx.ev, ctx.cfg
+    fixes = ctx.args.peers_fixes or (100_000 if ctx.tiny else 1_000_000)
+    step_ms = 5_000  # a cow's pace: no fix is a jump the herd rules hold back (Tile38 has no such rule)
+    origin = int(time.time() * 1000) - (fixes // cfg.devices + 1000) * step_ms
+    work = peers.make_workload(ev.fences, cfg.devices, fixes, cfg.seed, step_ms, origin)
+    t = time.monotonic()
+    expected = peers.expected_events(work, ev.fences)
+    say(
+        f"peers: {fixes:,} fixes of {cfg.devices:,} collars, one a record; the pure pipeline expects "
+        f"{sum(expected.values()):,} enters and exits ({time.monotonic() - t:.1f} s)"
+    )
+    pp: dict = {
+        "fixes": fixes,
+        "devices": cfg.devices,
+        "step_s": step_ms / 1000,
+        "expected": {k: sum(n for key, n in expected.items() if key[0] == k) for k in peers.COMPARED},
+        "checks": {},
+    }
+    ctx.results["push_peers"] = pp
+    pp["fencex"], checks = peers.fencex_push(ev, work, expected, [1, 2])
+    pp["checks"].update(checks)
+    if ctx.tile38 is not None:
+        rows, checks = peers.tile38_push(ctx.tile38.port, work, expected, [1, 4])
+        ctx.results["tile38"]["push"] = rows
+        pp["checks"].update(checks)
+
+
+def _pull(ctx: Context) -> None:
+    ctx.results["pull"] = pull(ctx.out, ctx.tiny, ctx.cfg.fences, python_clients=bool(ctx.args.with_peers))
+
+
+def _pull_peers(ctx: Context) -> None:
+    if ctx.tile38 is None:
+        return
+    say("tile38 pull: INTERSECTS one point a request (Python, redis-benchmark) and pipelined")
+    ctx.results["tile38"].update(
+        peers.tile38_pull(
+            ctx.tile38.port,
+            2 if ctx.tiny else 10,
+            [1, 4],
+            [r["connections"] for r in ctx.results["pull"]["point"]],
+            ctx.cfg.seed,
+            install=not ctx.tiny,
+        )
+    )
+
+
+def _postgis(ctx: Context) -> None:
+    from bench import postgis
+
+    if postgis.install(allowed=not ctx.tiny):
+        say("postgis baseline: the same fences and lookups through PostGIS with a GiST index")
+        ctx.results["postgis"] = postgis.run(
+            ctx.cfg.fences, ctx.cfg.seed, 3 if ctx.tiny else 10, 10_000 if ctx.tiny else 100_000
+        )
+    else:
+        why = "not installed" + (" (a tiny run installs nothing)" if ctx.tiny else " and cannot install")
+        ctx.results["postgis"] = {"skipped": f"{why}: apt-get install postgresql-15-postgis-3"}
+        say(f"postgis baseline skipped: {ctx.results['postgis']['skipped']}")
+
+
+# The evaluation's parts, in order. Issue 16's other parts plug in here when their branches are
+# merged, each a ``run(...)`` for the results and a ``plot(...)`` for its figure (see ``PLOTS``).
+# As their branches stand (elastic16, budget16; not merged here):
+#   bench.elastic: Part("elastic", lambda ctx: ctx.results.update(elastic=elastic.run(tiny=ctx.tiny,
+#     out=str(ctx.out), seed=ctx.cfg.seed)), budget_s=330, peers=True, broker=False) (its own broker and
+#     Redis, about 5 minutes full size); figure: elastic.plot(results["elastic"], out) -> list[Path].
+#   bench.budget: a Sampler(budget.evaluation_pids(ctx.ev)) around _push_sweep's run, then
+#     budget.from_evaluation(ctx.ev, use, "eval-sweep", "eval-sweep-events", 20) and budget.budget(...)
+#     into results["budget"] (seconds, in push_sweep's budget); figure: budget.plot(b, out / "budget.png")
+#     returns one Path (wrap it in a list for PLOTS).
+# Full size, the budgets below add up to 1,160 s; with elastic's 330 s, 1,490 s of the 1,800 s.
+PARTS: list[Part] = [
+    Part("push_sweep", _push_sweep, 120),
+    Part("availability", _availability, 120),
+    Part("scalability", _scalability, 180),
+    Part("tile38_start", _start_tile38, 20, peers=True),
+    Part("push_peers", _push_peers, 240, peers=True),
+    Part("pull", _pull, 150, broker=False),
+    Part("pull_peers", _pull_peers, 120, peers=True, broker=False),
+    Part("postgis", _postgis, 180, peers=True, broker=False),
+]
+
+
+def pull_with_peers(results: dict, out: Path) -> list[Path]:
+    """pull.png again, with the peers measured in this run instead of the figures it quotes."""
+    measured = peers.pull_peers(results)
+    if not measured or "pull" not in results:
+        return []
+    from bench import pull as pull_bench
+
+    pull_bench.plot({**results["pull"], "peers": measured}, out / "pull.png")
+    return [out / "pull.png"]
+
+
+# Each part's figures: ``plot(results, out)`` returns the PNGs it wrote (elastic's and budget's join here).
+PLOTS: list[Callable[[dict, Path], list[Path]]] = [plots, peers.plot, pull_with_peers]
+FULL_RUN_S = 1800  # issue 16: the whole full-size evaluation with the peers, on the 2-core machine
+
+
+def run_parts(ctx: Context, parts: list[Part]) -> None:
+    """The parts in order (the broker's first, then it is stopped); each one's time in ``durations_s``."""
+    chosen = [p for p in parts if not p.peers or ctx.args.with_peers or (p.name == "postgis" and ctx.args.with_postgis)]
+    if ctx.args.parts:
+        wanted = set(ctx.args.parts.split(","))
+        if wanted & {"push_peers", "pull_peers"}:
+            wanted.add("tile38_start")
+        if "pull_peers" in wanted:
+            wanted.add("pull")  # its connection counts are wrk's
+        chosen = [p for p in chosen if p.name in wanted]
+    durations = ctx.results.setdefault("durations_s", {})
+    budgets = ctx.results.setdefault("budgets_s", {})
+    try:
+        for part in chosen:
+            if not part.broker and ctx.ev is not None:
+                ctx.ev.close()
+                ctx.ev = None
+            t = time.monotonic()
+            part.run(ctx)
+            durations[part.name] = round(time.monotonic() - t, 1)
+            budgets[part.name] = part.budget_s
+            say(f"{part.name}: {durations[part.name]:.0f} s (full-size budget {part.budget_s:.0f} s)")
+    finally:
+        if ctx.ev is not None:
+            ctx.ev.close()
+            ctx.ev = None
+        if ctx.tile38 is not None:
+            ctx.tile38.stop()
+            ctx.tile38 = None
+
+
+def write(results: dict, out: Path) -> list[Path]:
+    """results.json, the plots and report.md from the results (``--from-json`` does only this)."""
+    if results.get("with_peers"):  # derived: from the figures, every time
+        results["ratios"] = peers.ratio_rows(results)
+    (out / "results.json").write_bytes(
+        orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY, default=float)
+    )
+    paths = []
+    for draw in PLOTS:
+        try:
+            paths += draw(results, out)
+        except KeyError as missing:  # a run of some parts only (--parts)
+            say(f"{draw.__module__}.{draw.__name__}: no figure, {missing} was not in this run")
+    paths.append(report(results, out))
+    return paths
 
 
 def main() -> int:
@@ -528,22 +883,56 @@ def main() -> int:
         action="store_true",
         help="also run the lookups through PostGIS (installs Debian's postgresql-15-postgis-3 if missing)",
     )
+    ap.add_argument(
+        "--with-peers",
+        action="store_true",
+        help="also measure the peers in the same run on the same workload: Tile38 (push, pull, pipelined; "
+        "its events checked against fencex's) and PostGIS; every fencex figure as a ratio to the best peer",
+    )
+    ap.add_argument("--tile38", help=f"the tile38-server binary (default: ${tile38.ENV}, else {tile38.DEFAULT})")
+    ap.add_argument(
+        "--peers-fixes", type=int, help="fixes in the peers' push workload (default 1,000,000; tiny 100,000)"
+    )
+    ap.add_argument(
+        "--parts",
+        help=f"run only these parts, comma-separated (of {', '.join(p.name for p in PARTS)}; "
+        "tile38_start comes with push_peers and pull_peers, pull with pull_peers)",
+    )
+    ap.add_argument("--from-json", type=Path, help="only write the plots and report again from this results.json")
+    ap.add_argument(
+        "--readme", type=Path, help="also write the figures into this README (between its evaluate markers)"
+    )
     a = ap.parse_args()
+    unknown = set(a.parts.split(",") if a.parts else ()) - {p.name for p in PARTS}
+    if unknown:
+        ap.error(f"unknown parts: {', '.join(sorted(unknown))}")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = orjson.loads(a.from_json.read_bytes()) if a.from_json else run(a, out)
+    for p in write(results, out):
+        say(f"wrote {p}")
+    if a.readme:
+        say(f"wrote the figures into {update_readme(results, out, a.readme)}")
+    bad = peers.failures(results)
+    if bad:
+        say(f"FAILED: enters and exits differ from the expected ones in: {', '.join(bad)} (see report.md)")
+        return 1
+    return 0
+
+
+def run(a: argparse.Namespace, out: Path) -> dict:
     tiny = a.tiny
     cfg = argparse.Namespace(
         fences=500 if tiny else 10_000,
         devices=1_000 if tiny else 20_000,
         seed=a.seed,
-        out=a.out,
+        out=str(out),
         pack=20,
         # fixes 1 s apart, as the thesis's study: its real-time phases (availability) leave the
         # collars' last fixes at the clock, and a later backlog of 20 fixes 5 s apart would run
         # past it (refused as from the future); the pace makes some fixes jumps, predicted alike
         step_s=1.0,
     )
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ev = Evaluation(cfg)
     results: dict = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
@@ -552,39 +941,24 @@ def main() -> int:
         "fences": cfg.fences,
         "devices": cfg.devices,
         "tiny": tiny,
+        "with_peers": bool(a.with_peers),
     }
+    started = time.monotonic()
+    ctx = Context(a, cfg, out, results, ev=Evaluation(cfg))
+    say(f"seeding {cfg.fences:,} fences and {cfg.devices:,} collars")
     try:
-        say(f"seeding {cfg.fences:,} fences and {cfg.devices:,} collars")
-        asyncio.run(ev.seed())
-        ensure_topics(ev.bootstrap, {"fence-events": 12, "locations.dlq": 1})
-        rates = [1_000, 3_000] if tiny else [10_000, 25_000, 50_000, 100_000, 150_000]
-        results["push_sweep"] = ev.push_sweep(rates, 4 if tiny else 12, pack=20)
-        results["availability"] = ev.availability(
-            2_000 if tiny else 20_000,
-            16 if tiny else 40,
-            kill_at=5 if tiny else 12,
-            restart_after=3 if tiny else 6,
-            pack=20,
-        )
-        results["scalability"] = ev.scalability(300_000 if tiny else 3_000_000, 20, [1, 2])
-    finally:
-        ev.close()
-    results["pull"] = pull(out, tiny, cfg.fences)
-    if a.with_postgis:
-        from bench import postgis
-
-        if postgis.install():
-            say("postgis baseline: the same fences and lookups through PostGIS with a GiST index")
-            results["postgis"] = postgis.run(cfg.fences, a.seed, 3 if tiny else 10, 10_000 if tiny else 100_000)
-        else:
-            say("postgis baseline skipped: not installed and cannot install (apt-get install postgresql-15-postgis-3)")
-    (out / "results.json").write_bytes(
-        orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY, default=float)
-    )
-    for p in plots(results, out):
-        say(f"wrote {p}")
-    say(f"wrote {report(results, out)} and {out / 'results.json'}")
-    return 0
+        asyncio.run(ctx.ev.seed())  # type: ignore[union-attr]
+        ensure_topics(ctx.ev.bootstrap, {"fence-events": 12, "locations.dlq": 1})  # type: ignore[union-attr]
+    except BaseException:
+        ctx.ev.close()  # type: ignore[union-attr]
+        raise
+    results["durations_s"] = {"seed": round(time.monotonic() - started, 1)}
+    results["budgets_s"] = {"seed": 30}
+    run_parts(ctx, PARTS)
+    results["total_s"] = round(time.monotonic() - started, 1)
+    if not tiny and results["total_s"] > FULL_RUN_S:
+        say(f"warning: the run took {results['total_s']:.0f} s, over the {FULL_RUN_S} s it may take")
+    return results
 
 
 if __name__ == "__main__":

@@ -39,10 +39,11 @@ def bindir() -> Path | None:
     return Path(found[-1]).parent
 
 
-def install() -> bool:
+def install(allowed: bool = True) -> bool:
+    """Whether PostGIS is here; installs it first when ``allowed`` and we may (root, apt-get)."""
     if bindir() is not None:
         return True
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
+    if not allowed or os.geteuid() != 0 or not shutil.which("apt-get"):
         return False
     print("postgis: installing Debian's postgresql-15-postgis-3", flush=True)
     subprocess.run(["apt-get", "update", "-qq"], check=False, stdout=subprocess.DEVNULL)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
+import multiprocessing as mp
 import os
 import platform
 import re
@@ -20,6 +22,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -56,6 +59,63 @@ def need_wrk() -> str:
     if not found:
         sys.exit("bench-pull needs wrk: apt-get install wrk")
     return found
+
+
+def _python_client(port: int, key: str, seconds: float, seed: int, go: Any, out: Any) -> None:
+    """One point a request over one keep-alive connection (the standard library's http.client, the
+    lightest Python HTTP client), each answer read before the next request."""
+    rng = np.random.default_rng(seed)
+    paths = [
+        f"/query/fences?lon={x:.6f}&lat={y:.6f}"
+        for x, y in zip(
+            ORIGIN_LON + rng.uniform(0, 10 * CELL_LON, 20_000), ORIGIN_LAT + rng.uniform(0, 10 * CELL_LAT, 20_000)
+        )
+    ]
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Authorization": f"Bearer {key}"}
+    go.wait()
+    lat: list[float] = []
+    bad = 0
+    end = time.monotonic() + seconds
+    n = 0
+    while n % 64 or time.monotonic() < end:
+        t = time.perf_counter()
+        conn.request("GET", paths[n % len(paths)], headers=headers)
+        r = conn.getresponse()
+        r.read()
+        lat.append(time.perf_counter() - t)
+        bad += r.status != 200
+        n += 1
+    conn.close()
+    out.put((lat, bad))
+
+
+def run_python(port: int, key: str, clients: int, seconds: float) -> dict:
+    """``clients`` Python processes, one point a request each (as Tile38's and PostGIS's Python clients)."""
+    ctx = mp.get_context("fork")
+    go = ctx.Event()
+    q: Any = ctx.Queue()
+    procs = [
+        ctx.Process(target=_python_client, args=(port, key, seconds, i, go, q), daemon=True) for i in range(clients)
+    ]
+    for p in procs:
+        p.start()
+    time.sleep(0.5 + 0.1 * clients)
+    t0 = time.monotonic()
+    go.set()
+    got = [q.get(timeout=seconds + 120) for _ in procs]
+    dt = time.monotonic() - t0
+    for p in procs:
+        p.join()
+    lat = np.concatenate([np.asarray(g[0]) for g in got]) * 1000.0
+    return {
+        "client": "Python (http.client), one process each",
+        "clients": clients,
+        "requests_per_s": len(lat) / dt,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "non_2xx": sum(g[1] for g in got),
+    }
 
 
 def ms(value: str) -> float:
@@ -111,6 +171,9 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2, help="API processes")
     ap.add_argument("--connections", default="8,32,64,128")
     ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument(
+        "--python-clients", default="", help="also GET /query/fences from this many Python processes (e.g. 1,4)"
+    )
     ap.add_argument("--batches", type=int, default=5, help="batches of --batch-points for POST /query/fences")
     ap.add_argument("--batch-points", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=1)
@@ -174,6 +237,12 @@ def main() -> int:
             r = run_wrk(wrk, base, script, c, args.seconds)
             say(f"  {r['requests_per_s']:,.0f} requests/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms")
             runs.append(r)
+        python = []
+        for c in (int(x) for x in args.python_clients.split(",") if x):
+            say(f"GET /query/fences from {c} Python client process(es) for {args.seconds:.0f} s")
+            r = run_python(port, key, c, args.seconds)
+            say(f"  {r['requests_per_s']:,.0f} requests/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms")
+            python.append(r)
         rng = np.random.default_rng(args.seed)
         pts = (
             np.column_stack(
@@ -219,6 +288,7 @@ def main() -> int:
         "fences": args.fences,
         "api_workers": args.workers,
         "point": runs,
+        "python": python,
         "batch": batch,
         "note": "wrk runs on the same two cores as the API",
     }
@@ -247,8 +317,13 @@ def plot(results: dict, path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
     runs = results["point"]
     c = [r["connections"] for r in runs]
-    a.plot(c, [r["requests_per_s"] for r in runs], "o-", label="fencex")
-    a.axhline(25_000, color="#888", linestyle="--", label="PostGIS, 4 clients (25,000)")
+    a.plot(c, [r["requests_per_s"] for r in runs], "o-", label="fencex (wrk)")
+    peers = results.get("peers")  # measured in the same run (bench.evaluate --with-peers), else quoted
+    if peers:
+        for (name, pts), style in zip(peers["point"].items(), ("s--", "^:", "v-.")):
+            a.plot([p[0] for p in pts], [p[1] for p in pts], style, color="#888", label=f"{name} (this run)")
+    else:
+        a.axhline(25_000, color="#888", linestyle="--", label="PostGIS, 4 clients (25,000; quoted, not this run)")
     a.axhline(12_000, color="#bbb", linestyle=":", label="FenceX thesis (12,000)")
     a.set_xscale("log", base=2)
     a.set_xlabel("concurrent connections")
@@ -258,9 +333,13 @@ def plot(results: dict, path: Path) -> None:
     ax2.set_ylabel("p99 latency (ms)", color="tab:red")
     a.legend(loc="lower right", fontsize=8)
     a.set_title(f"Point queries, {results['fences']:,} fences, {results['api_workers']} API processes", fontsize=10)
-    names = ["fencex batch", "PostGIS batched\n1,000/statement", "Tile38 pipelined"]
-    vals = [results["batch"]["points_per_s"], 76_000, 107_000]
-    bars = b.bar(names, vals, color=["#2a7", "#888", "#888"])
+    if peers:
+        names = ["fencex batch", *(f"{k}\n(this run)" for k in peers["batch"])]
+        vals = [results["batch"]["points_per_s"], *peers["batch"].values()]
+    else:
+        names = ["fencex batch", "PostGIS batched\n1,000/statement\n(quoted)", "Tile38 pipelined\n(quoted)"]
+        vals = [results["batch"]["points_per_s"], 76_000, 107_000]
+    bars = b.bar(names, vals, color=["#2a7"] + ["#888"] * (len(vals) - 1))
     b.bar_label(bars, labels=[f"{v:,.0f}" for v in vals])
     b.set_ylabel("points per second")
     b.set_title("Batch point-in-fence (spatial join)", fontsize=10)

@@ -44,7 +44,7 @@ import orjson
 import psutil
 from confluent_kafka import Consumer
 
-from bench import peers, tile38
+from bench import budget, elastic, peers, tile38
 from bench.push import Bench, metric, say
 from devtools.localserver import Server
 from fencex.detector import DeviceState
@@ -437,6 +437,10 @@ def report(results: dict, out: Path) -> Path:
         ]
     )
     lines += peers_section(results, figures="")
+    if "elastic" in results:
+        lines += ["", elastic.markdown(results["elastic"])]
+    if "budget_measurement" in results:
+        lines += ["", budget.markdown(budget.budget(results["budget_measurement"]))]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
@@ -630,14 +634,15 @@ BEGIN, END = "<!-- evaluate:peers:begin -->", "<!-- evaluate:peers:end -->"
 
 
 def update_readme(results: dict, out: Path, readme: Path) -> Path:
-    """Write the peers' section between the README's markers, its PNG into docs/figures beside it."""
+    """Write the peers' section between the README's markers, and a full run's pictures into docs/figures."""
     text = readme.read_text()
     if BEGIN not in text or END not in text:
         sys.exit(f"{readme} has no {BEGIN} ... {END} markers to write between")
     figures = readme.parent / "docs" / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    if (out / "ratios.png").exists():
-        shutil.copyfile(out / "ratios.png", figures / "ratios.png")
+    for png in ("ratios.png", "elastic.png", "budget.png", "availability.png", "push_sweep.png"):
+        if (out / png).exists() and not results.get("tiny"):  # a tiny run's pictures stay out of the README
+            shutil.copyfile(out / png, figures / png)
     body = "\n".join(peers_section(results, figures="docs/figures/")[1:])
     head, rest = text.split(BEGIN, 1)
     readme.write_text(
@@ -684,9 +689,23 @@ class Part:
 
 
 def _push_sweep(ctx: Context) -> None:
+    """The thesis's push sweep; its processes' CPU-seconds and memory, Redis's and Kafka's bytes measured
+    around it for the yearly budget (``bench.budget``)."""
     assert ctx.ev is not None
     rates: list[float] = [1_000, 3_000] if ctx.tiny else [10_000, 25_000, 50_000, 100_000, 150_000]
-    ctx.results["push_sweep"] = ctx.ev.push_sweep(rates, 4 if ctx.tiny else 12, pack=20)
+    sampler = budget.Sampler(budget.evaluation_pids(ctx.ev)).start()
+    try:
+        ctx.results["push_sweep"] = ctx.ev.push_sweep(rates, 4 if ctx.tiny else 12, pack=20)
+    finally:
+        use = sampler.stop()
+    ctx.results["budget_measurement"] = budget.from_evaluation(
+        ctx.ev, use, "eval-sweep", "eval-sweep-events", fixes_per_record=20, note="the evaluation's push sweep"
+    )
+
+
+def _elastic(ctx: Context) -> None:
+    """The elasticity experiment (``bench.elastic``): its own broker, Redis and workers."""
+    ctx.results["elastic"] = elastic.run(tiny=ctx.tiny, out=str(ctx.out), seed=ctx.cfg.seed)
 
 
 def _availability(ctx: Context) -> None:
@@ -786,17 +805,9 @@ def _postgis(ctx: Context) -> None:
         say(f"postgis baseline skipped: {ctx.results['postgis']['skipped']}")
 
 
-# The evaluation's parts, in order. Issue 16's other parts plug in here when their branches are
-# merged, each a ``run(...)`` for the results and a ``plot(...)`` for its figure (see ``PLOTS``).
-# As their branches stand (elastic16, budget16; not merged here):
-#   bench.elastic: Part("elastic", lambda ctx: ctx.results.update(elastic=elastic.run(tiny=ctx.tiny,
-#     out=str(ctx.out), seed=ctx.cfg.seed)), budget_s=330, peers=True, broker=False) (its own broker and
-#     Redis, about 5 minutes full size); figure: elastic.plot(results["elastic"], out) -> list[Path].
-#   bench.budget: a Sampler(budget.evaluation_pids(ctx.ev)) around _push_sweep's run, then
-#     budget.from_evaluation(ctx.ev, use, "eval-sweep", "eval-sweep-events", 20) and budget.budget(...)
-#     into results["budget"] (seconds, in push_sweep's budget); figure: budget.plot(b, out / "budget.png")
-#     returns one Path (wrap it in a list for PLOTS).
-# Full size, the budgets below add up to 1,160 s; with elastic's 330 s, 1,490 s of the 1,800 s.
+# The evaluation's parts, in order; each writes its figures through ``PLOTS``. The budget is measured
+# around the push sweep (bench.budget); the elasticity experiment (bench.elastic) starts its own broker,
+# Redis and workers. Full size, the budgets below add up to 1,490 s of the 1,800 s.
 PARTS: list[Part] = [
     Part("push_sweep", _push_sweep, 120),
     Part("availability", _availability, 120),
@@ -806,6 +817,7 @@ PARTS: list[Part] = [
     Part("pull", _pull, 150, broker=False),
     Part("pull_peers", _pull_peers, 120, peers=True, broker=False),
     Part("postgis", _postgis, 180, peers=True, broker=False),
+    Part("elastic", _elastic, 330, peers=True, broker=False),
 ]
 
 
@@ -821,7 +833,22 @@ def pull_with_peers(results: dict, out: Path) -> list[Path]:
 
 
 # Each part's figures: ``plot(results, out)`` returns the PNGs it wrote (elastic's and budget's join here).
-PLOTS: list[Callable[[dict, Path], list[Path]]] = [plots, peers.plot, pull_with_peers]
+def budget_figures(results: dict, out: Path) -> list[Path]:
+    """budget.json, budget.md and budget.png from the push sweep's measurement."""
+    return budget.write(budget.budget(results["budget_measurement"]), out)
+
+
+def elastic_figures(results: dict, out: Path) -> list[Path]:
+    return elastic.plot(results["elastic"], out)
+
+
+PLOTS: list[Callable[[dict, Path], list[Path]]] = [
+    plots,
+    peers.plot,
+    pull_with_peers,
+    budget_figures,
+    elastic_figures,
+]
 FULL_RUN_S = 1800  # issue 16: the whole full-size evaluation with the peers, on the 2-core machine
 
 
@@ -914,6 +941,9 @@ def main() -> int:
     if a.readme:
         say(f"wrote the figures into {update_readme(results, out, a.readme)}")
     bad = peers.failures(results)
+    if "elastic" in results and not results["elastic"].get("ok"):
+        say(f"FAILED: the elasticity run lost {results['elastic'].get('events_lost')} event(s) (see report.md)")
+        return 1
     if bad:
         say(f"FAILED: enters and exits differ from the expected ones in: {', '.join(bad)} (see report.md)")
         return 1

@@ -57,3 +57,12 @@ def test_tiny_evaluation_writes_results_plots_and_report(tmp_path):
         assert ratios["push, one fix a record, 1 worker(s)"]["ratio"] > 0
     assert all(c["agree"] for c in pp["checks"].values()), pp["checks"]
     assert results["postgis"].get("skipped") or results["postgis"]["point_per_s_4_clients"] > 0
+    # the elasticity experiment: the workers rose with the backlog and fell again, no event lost
+    el = results["elastic"]
+    assert el["ok"] and el["events_lost"] == 0 and el["events_expected"] > 0
+    assert (tmp_path / "elastic.png").read_bytes()[:4] == b"\x89PNG"
+    # the budget, from the push sweep's measured CPU-seconds and bytes
+    m = results["budget_measurement"]
+    assert m["fixes"] > 0 and m["cpu_s_per_million_fixes"]["worker"] > 0
+    assert (tmp_path / "budget.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Elasticity" in report and "budget" in report.lower()

@@ -231,6 +231,9 @@ def test_the_readme_figures_are_written_between_the_markers_from_the_results(tmp
     again = readme.read_text()
     evaluate.update_readme(results, out, readme)
     assert readme.read_text() == again  # idempotent
+    (out / "ratios.png").write_bytes(b"\x89PNG tiny")
+    evaluate.update_readme({**results, "tiny": True}, out, readme)  # a tiny run's picture stays out
+    assert (tmp_path / "docs" / "figures" / "ratios.png").read_bytes() == b"\x89PNG fake"
     readme.write_text("no markers\n")
     with pytest.raises(SystemExit):
         evaluate.update_readme(results, out, readme)

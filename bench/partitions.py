@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--multiple", type=int, default=MULTIPLE)
     a = ap.parse_args(argv)
     s = partitions_for(a.rate, a.per_worker, a.headroom, a.growth, a.multiple)
-    print(f"workers {s.workers}, partitions {s.partitions} (KEDA max {s.partitions}), {s.per_partition:,.0f} fixes/s each")
+    each = f"{s.per_partition:,.0f} fixes/s each"
+    print(f"workers {s.workers}, partitions {s.partitions} (KEDA max {s.partitions}), {each}")
 
 
 if __name__ == "__main__":

@@ -185,6 +185,16 @@ class RedisDevices(RedisFeed):
         return out
 
     @guard
+    async def partition_lists(self, topic: str, partitions: Iterable[int]) -> dict[int, list[str]]:
+        """Partition -> the devices seen on it (a device can be listed on two after partitions were added)."""
+        parts = list(partitions)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in parts:
+                pipe.smembers(self.keys.partition(topic, p))
+            got = cast(list[set[bytes]], await pipe.execute())
+        return {p: [m.decode() for m in members] for p, members in zip(parts, got)}
+
+    @guard
     async def claim_partitions(self, topic: str, partitions: Sequence[int]) -> dict[int, int]:
         """Raise each partition's generation by one (a new owner); the new generations.
 

@@ -102,15 +102,20 @@ async def load_partitions(p: Processor, partitions: list[int]) -> tuple[dict[str
     deleted (state, track, listing); a device whose pointer names another partition than the one its
     newest state is under gets its pointer written again (a cluster save that died before its pointer step)."""
     topic = p.topics.locations
-    listed = await p.store.partition_devices(topic, partitions)
-    found = await p.store.locate_states(list(listed), listed)
+    lists = await p.store.partition_lists(topic, partitions)
+    listed: dict[str, list[int]] = {}
+    for n, devices in lists.items():
+        for d in devices:
+            listed.setdefault(d, []).append(n)
+    found = await p.store.locate_states(list(listed), {d: ns[-1] for d, ns in listed.items()})
     mine = set(partitions)
     owned: dict[str, int] = {}
     stale: dict[int, dict[str, int]] = {}
-    for d, n in listed.items():
-        under = found.under.get(d, n)
-        if under != n:
-            stale.setdefault(n, {})[d] = found.states[d].last_ts
+    for d, ns in listed.items():
+        under = found.under.get(d, ns[-1])
+        for n in ns:
+            if n != under and d in found.states:  # listed here, its newest state under another partition: moved there
+                stale.setdefault(n, {})[d] = found.states[d].last_ts
         if under in mine:
             owned[d] = under
             if d in found.states and found.where.get(d) != under:

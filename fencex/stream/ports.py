@@ -78,6 +78,9 @@ class DeviceStore(Protocol):
         """Raise each partition's generation by one; the new generations (the owner's fence token)."""
 
     def partition_devices(self, topic: str, partitions: Iterable[int]) -> Awaitable[dict[str, int]]: ...
+    def partition_lists(self, topic: str, partitions: Iterable[int]) -> Awaitable[dict[int, list[str]]]:
+        """Partition -> the devices seen on it (one can be on two after partitions were added)."""
+
     def load_states(
         self, device_ids: list[str], partitions: Mapping[str, int] | None = None
     ) -> Awaitable[dict[str, DeviceState]]:

@@ -217,6 +217,10 @@ class FakeStore(Failing):
         self._maybe_fail("partition_devices")
         return {d: p for p in partitions for d in self.parts[(topic, p)]}
 
+    async def partition_lists(self, topic: str, partitions: Iterable[int]) -> dict[int, list[str]]:
+        self._maybe_fail("partition_devices")  # the same read, and its failures
+        return {p: sorted(self.parts[(topic, p)]) for p in partitions}
+
     async def load_states(
         self, device_ids: list[str], partitions: Mapping[str, int] | None = None
     ) -> dict[str, DeviceState]:

@@ -46,13 +46,13 @@ async def load(p: Processor, missing: list[str], fixes: list[Fix], partitions: l
     ``partitions`` and ``missing`` (in place), counted as out of order, and its state is not held."""
     given = {f.device_id: n for f, n in zip(fixes, partitions, strict=True)}
     found = await p.store.locate_states(missing, given)
+    elsewhere = {d for d, n in found.under.items() if n not in p.generations}  # under a partition not owned here
     newest: dict[str, int] = {}
-    for f in fixes:
-        if f.device_id in found.under and f.ts_ms > newest.get(f.device_id, -1):
-            newest[f.device_id] = f.ts_ms
-    foreign = {
-        d for d, n in found.under.items() if n not in p.generations and newest.get(d, -1) <= found.states[d].last_ts
-    }
+    if elsewhere:
+        for f in fixes:
+            if f.device_id in elsewhere and f.ts_ms > newest.get(f.device_id, -1):
+                newest[f.device_id] = f.ts_ms
+    foreign = {d for d in elsewhere if newest[d] <= found.states[d].last_ts}
     for d, n in found.under.items():
         if d not in foreign:
             p.device_partition[d] = n

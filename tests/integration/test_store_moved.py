@@ -4,11 +4,14 @@ copy (the pointer's on a tie), and the stale copy's deletion keeps a copy newer 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import orjson
 import pytest
 
+from fencex.detector import DeviceState
+from fencex.errors import Fenced
 from fencex.store.redis import RedisStore
 from tests.integration.conftest import run
 
@@ -72,5 +75,31 @@ def test_forget_moved_deletes_the_stale_copy_and_keeps_a_newer_one(redis_url):
         assert {n: set(ds) for n, ds in lists.items()} == {P: {"newer"}, Q: {"stale", "newer"}}
         assert await store.redis.get(k.device(Q, "stale")) is not None  # the other partition's copy untouched
         assert await store.forget_moved(TOPIC, P, {}) == 0
+
+    run(_with_store(redis_url, body))
+
+
+def test_a_moved_devices_save_fenced_after_its_generations_were_read_leaves_its_pointer_on_the_old_state(redis_url):
+    """On a cluster the pointer is written after the partition steps: a save that moves a device to Q and
+    is refused at Q's step (a newer owner claimed Q after the save read the generations) leaves the pointer
+    on P, where the device's state is; a pointer moved first would name a partition without its state, and
+    Q's next owner would take the device for a new one. (On one Redis the save is one script: all or none.)"""
+
+    async def body(store: RedisStore) -> None:
+        old = DeviceState("farm", 1000, 17.6, 59.8)
+        gens = await store.claim_partitions(TOPIC, [P, Q])
+        await store.save_packed(store.pack_save({"cow": old}, [], {(TOPIC, P): ["cow"]}, {(TOPIC, P): gens[P]}))
+        assert await store.device_partition("cow") == P
+        moved = DeviceState("farm", 2000, 17.6, 59.8)
+        blob = store.pack_save({"cow": moved}, [], {(TOPIC, Q): ["cow"]}, {(TOPIC, Q): gens[Q]}, None, {"cow": Q})
+        await store.claim_partitions(TOPIC, [Q])  # Q changed hands after the read below
+        read = store._gets
+        store._gets = lambda keys: asyncio.sleep(0, [str(gens[Q]).encode()] * len(keys))  # type: ignore[method-assign]
+        with pytest.raises(Fenced):
+            await store.save_packed(blob)
+        store._gets = read  # type: ignore[method-assign]
+        assert await store.device_partition("cow") == P
+        assert (await store.load_states(["cow"]))["cow"].last_ts == 1000  # found, through the pointer
+        assert (await store.load_states(["cow"], {"cow": Q}))["cow"].last_ts == 1000  # by Q's next owner too
 
     run(_with_store(redis_url, body))

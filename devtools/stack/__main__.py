@@ -43,9 +43,11 @@ from devtools.stack.words import is_herd, line
 from fencex.errors import ServerStartError
 from fencex.kafka.admin import ensure_topics
 from fencex.stream.config import Topics
+from services.processor.settings import Settings as ProcessorSettings
 from services.simulator.herd import pastures
 
 TOPICS = Topics()  # the stack runs with the default topic names
+PARTITIONS = ProcessorSettings.model_fields["partitions"].default  # and the production partition count
 
 SILENCE_S = 120  # the stack's farms: a quiet collar shows within a few minutes, not the default hour
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -210,7 +212,7 @@ def main() -> int:
             servers.append(redis)
             redis_url = f"redis://{redis.address}/0"
         bootstrap = broker.address
-        ensure_topics(bootstrap, TOPICS.partitions(12))
+        ensure_topics(bootstrap, TOPICS.partitions(PARTITIONS))
         env = dict(
             os.environ, FENCEX_KAFKA_BOOTSTRAP=bootstrap, FENCEX_REDIS_URL=redis_url, FENCEX_SESSION_TIMEOUT_S="6"
         )

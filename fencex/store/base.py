@@ -85,6 +85,16 @@ class SaveWrites:
     long_bytes: int = 1 << 62  # tracks at least this long are named in the save's answer (to trim)
 
 
+@dataclass(slots=True)
+class Located:
+    """Device states as found (``load_states``' answer with where each came from): a device's state
+    can be under two partitions after partitions were added (docs/design/partitions.md)."""
+
+    states: dict[str, DeviceState] = field(default_factory=dict)  # the newest copy of each device's state
+    under: dict[str, int] = field(default_factory=dict)  # device -> the partition that copy is saved under
+    where: dict[str, int] = field(default_factory=dict)  # device -> the partition its pointer names (if any)
+
+
 DEFAULT_GROUPS = 16  # groups of farms and devices, and so change feeds (FENCEX_STORE_GROUPS)
 
 

@@ -6,17 +6,41 @@ state is saved under (``where``) its group's (``{g<k>}``); positions and members
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping, Sequence
-from typing import cast
+from typing import Any, cast
 
 import orjson
 from redis.exceptions import ResponseError, WatchError
 
 from fencex.detector import DeviceState
 from fencex.errors import NotFound
+from fencex.store.base import Located
 from fencex.store.connection import guard
 from fencex.store.feed import RedisFeed
 from fencex.store.outbox import RedisOutbox
+
+# Delete the stale copies of moved devices under one partition (docs/design/partitions.md): KEYS[1] the
+# partition's device set; ARGV[1], ARGV[2] its state and track key prefixes; then (device id, the last_ts
+# of its newer copy elsewhere) pairs. A copy here newer than that is not the stale one: kept.
+FORGET_MOVED = """
+local n = 0
+for i = 3, #ARGV, 2 do
+  local id, newer = ARGV[i], tonumber(ARGV[i + 1])
+  local raw = redis.call('GET', ARGV[1] .. id)
+  local keep = false
+  if raw then
+    local ok, obj = pcall(cjson.decode, raw)
+    keep = ok and type(obj) == 'table' and (tonumber(obj['ts']) or 0) > newer
+  end
+  if not keep then
+    redis.call('DEL', ARGV[1] .. id, ARGV[2] .. id)
+    redis.call('SREM', KEYS[1], id)
+    n = n + 1
+  end
+end
+return n
+"""
 
 
 class RedisDevices(RedisFeed, RedisOutbox):
@@ -93,18 +117,51 @@ class RedisDevices(RedisFeed, RedisOutbox):
     async def load_states(
         self, device_ids: list[str], partitions: Mapping[str, int] | None = None
     ) -> dict[str, DeviceState]:
-        """The saved states of these devices (those that have one). ``partitions``: device -> its
-        partition now, where the caller knows it (the worker does); a device not found there, or not
-        given, is looked up under the partition its state was saved under (``{P}:{g}:where``)."""
+        """The saved states of these devices (those that have one): :meth:`locate_states`' states."""
+        return (await self._locate(device_ids, partitions)).states
+
+    @guard
+    async def locate_states(self, device_ids: list[str], partitions: Mapping[str, int] | None = None) -> Located:
+        """The saved states of these devices and where each was found (:meth:`_locate`)."""
+        return await self._locate(device_ids, partitions)
+
+    async def _locate(self, device_ids: list[str], partitions: Mapping[str, int] | None) -> Located:
+        """The saved states of these devices and where each was found. ``partitions``: device -> its
+        partition now, where the caller knows it (the worker does). A device's state is read under that
+        partition and, where its pointer (``{P}:{g}:where``) names another, there too; after partitions were
+        added it can be under both (docs/design/partitions.md): the newer copy (``last_ts``) is its state,
+        the pointer's on a tie. One round trip (the pointer and the given partition read at once), and one
+        more for the devices whose pointer names another partition."""
         given = partitions or {}
-        out: dict[str, DeviceState] = {}
         first = {d: given[d] for d in device_ids if d in given}
-        await self._read_states(first, out)
-        rest = [d for d in device_ids if d not in out]
-        if rest:
-            where = await self._where(rest)
-            await self._read_states({d: p for d, p in where.items() if first.get(d) != p}, out)
+        found: dict[str, DeviceState] = {}
+        where, _ = await asyncio.gather(self._where(device_ids), self._read_states(first, found))
+        other = {d: w for d, w in where.items() if first.get(d) != w}
+        elsewhere: dict[str, DeviceState] = {}
+        if other:
+            await self._read_states(other, elsewhere)
+        out = Located(found, {d: first[d] for d in found}, where)
+        for d, state in elsewhere.items():
+            mine = found.get(d)
+            if mine is None or state.last_ts >= mine.last_ts:
+                out.states[d] = state
+                out.under[d] = other[d]
         return out
+
+    @guard
+    async def forget_moved(self, topic: str, partition: int, newer: Mapping[str, int]) -> int:
+        """Delete the copies under ``partition`` of devices whose state moved to another partition: their
+        state, track and membership of the partition's device set; ``newer``: device -> the ``last_ts`` of
+        its copy elsewhere. A copy newer than that is kept (it is not the stale one). One script call in the
+        partition's slot; returns how many were deleted."""
+        if not newer:
+            return 0
+        k = self.keys
+        args: list[Any] = [k.device(partition, ""), k.track(partition, "")]
+        for d, ts in newer.items():
+            args.extend((d, ts))
+        script = self.redis.register_script(FORGET_MOVED)
+        return int(await script(keys=[k.partition(topic, partition)], args=args))
 
     async def _read_states(self, where: Mapping[str, int], out: dict[str, DeviceState]) -> None:
         by_part: dict[int, list[str]] = {}
@@ -127,6 +184,16 @@ class RedisDevices(RedisFeed, RedisOutbox):
             members = cast(set[bytes], await self.redis.smembers(self.keys.partition(topic, p)))
             out.update((m.decode(), p) for m in members)
         return out
+
+    @guard
+    async def partition_lists(self, topic: str, partitions: Iterable[int]) -> dict[int, list[str]]:
+        """Partition -> the devices seen on it (a device can be listed on two after partitions were added)."""
+        parts = list(partitions)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in parts:
+                pipe.smembers(self.keys.partition(topic, p))
+            got = cast(list[set[bytes]], await pipe.execute())
+        return {p: [m.decode() for m in members] for p, members in zip(parts, got)}
 
     @guard
     async def claim_partitions(self, topic: str, partitions: Sequence[int]) -> dict[int, int]:

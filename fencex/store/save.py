@@ -172,13 +172,13 @@ class RedisSave(RedisOutbox):
 
         On one Redis, one script call (``SAVE_ALL``): atomic, the generations checked up front. On a Redis
         Cluster, in steps, each touching one slot per call (a cluster runs nothing else): the generations
-        are checked first (Fenced, or GenerationsLost, with nothing written); the partitions of new devices
-        are written down (``where``: idempotent); then each partition's states, tracks and new devices, each
-        call atomic and fenced by the partition's generation (``SAVE_PART``, which also files the farm steps
-        the save now owes in the partition's outbox: :mod:`fencex.store.outbox`); then, once every one of
-        them is done, each farm group's positions, memberships, alert lists and grazing (``SAVE_FARM``),
-        and the outbox entries are deleted. Every call carries the save's token for its slot: a call sent
-        again writes nothing twice."""
+        are checked first (Fenced, or GenerationsLost, with nothing written); then each partition's states,
+        tracks and new devices, each call atomic and fenced by the partition's generation (``SAVE_PART``, which
+        also files the farm steps the save now owes in the partition's outbox: :mod:`fencex.store.outbox`);
+        then, once every one of them is done, the partitions of new and moved devices are written down
+        (``where``: idempotent; a crash before it is repaired by the partition's next load), each farm group's
+        positions, memberships, alert lists and grazing (``SAVE_FARM``), and the outbox entries are deleted.
+        Every call carries the save's token for its slot: a call sent again writes nothing twice."""
         if blob is None:
             return []
         if not self.cluster:  # one Redis: the whole save is one script call (SAVE_ALL), atomic
@@ -195,11 +195,6 @@ class RedisSave(RedisOutbox):
                 raise Fenced(FENCED)  # a newer owner of any partition fences the whole save, whatever else was lost
             if any(s < g[1] for s, g in zip(stored, gens)):
                 raise GenerationsLost(LOST)  # gone or behind the saver's own claim: it claims again
-        if pointers:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for key, flat in pointers.items():
-                    pipe.hset(key, mapping=dict(zip(flat[::2], flat[1::2])))
-                await pipe.execute()
         filed = file_entries(self.keys, part_calls, farm_calls, time.time())  # the farm steps owed (outbox)
 
         def part_call(token: str, d: bytes) -> Any:
@@ -216,6 +211,12 @@ class RedisSave(RedisOutbox):
             # refused it replays them; else they are owed by no one, and the entries go now
             await self.clear_filed(await self.owed_by_no_one(filed), best_effort=True)
             raise Fenced(FENCED) if -1 in codes else GenerationsLost(LOST)
+        if pointers:  # only once the states are there: a device moved to another partition (partitions
+            # added) keeps its pointer to its old state until the new one is saved (docs/design/partitions.md)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key, flat in pointers.items():
+                    pipe.hset(key, mapping=dict(zip(flat[::2], flat[1::2])))
+                await pipe.execute()
         await asyncio.gather(*(self._save_farm(keys=[token], args=[d]) for token, d in farm_calls))
         await self.clear_filed(filed)
         return [(got[i].decode(), int(got[i + 1])) for got in replies for i in range(1, len(got), 2)]

@@ -57,7 +57,7 @@ from fencex.metrics import PushMetrics
 from fencex.pipeline import Processed, RulesOf, process, reevaluate_all
 from fencex.retrying import retrying
 from fencex.store.base import SaveWrites
-from fencex.stream import batch, changes, isolation, latefixes, rebalance, rotation, silence
+from fencex.stream import adoption, batch, changes, isolation, latefixes, rebalance, rotation, silence
 from fencex.stream.checkpoint import Checkpoint, Pending
 from fencex.stream.config import LoopSettings, Topics
 from fencex.stream.gauges import worker_gauges
@@ -356,15 +356,13 @@ class Processor:
         missing = list({f.device_id for f in fixes if f.device_id not in self.states})
         new: dict[int, list[str]] = {}
         if missing:
-            where = {f.device_id: p for f, p in zip(fixes, partitions, strict=True)}
-            self.states.update(await self.store.load_states(missing, where))
+            self.states.update(await adoption.load(self, missing, fixes, partitions))  # drops fixes of moved devices
             unknown = set(missing) - self.states.keys()
             for f, p in zip(fixes, partitions, strict=True):
                 if f.device_id in unknown:
                     unknown.discard(f.device_id)
                     new.setdefault(p, []).append(f.device_id)
-        for f, p in zip(fixes, partitions, strict=True):
-            self.device_partition[f.device_id] = p
+        adoption.place(self, fixes, partitions)  # devices whose fixes come on another partition now move there
         tenants, default = self.follower.tenants, self.settings.default_tenant
         out = process(
             fixes, self.index, self.states, lambda d: tenants.get(d, default), self.rules_of, self.mob_of, now_ms

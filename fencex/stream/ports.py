@@ -15,7 +15,7 @@ from fencex.event import Event
 from fencex.herd import HerdRules, Mob
 from fencex.index import FenceIndex
 from fencex.kafka.producer import Outgoing, Undelivered
-from fencex.store.base import SaveWrites
+from fencex.store.base import Located, SaveWrites
 
 PartitionsCallback = Callable[[list[int]], Awaitable[None]]
 
@@ -78,10 +78,20 @@ class DeviceStore(Protocol):
         """Raise each partition's generation by one; the new generations (the owner's fence token)."""
 
     def partition_devices(self, topic: str, partitions: Iterable[int]) -> Awaitable[dict[str, int]]: ...
+    def partition_lists(self, topic: str, partitions: Iterable[int]) -> Awaitable[dict[int, list[str]]]:
+        """Partition -> the devices seen on it (one can be on two after partitions were added)."""
+
     def load_states(
         self, device_ids: list[str], partitions: Mapping[str, int] | None = None
     ) -> Awaitable[dict[str, DeviceState]]:
         """The saved states of these devices; ``partitions``: each one's partition, where known."""
+
+    def locate_states(self, device_ids: list[str], partitions: Mapping[str, int] | None = None) -> Awaitable[Located]:
+        """The newest saved copy of each device's state and the partition it is under (partitions added
+        can leave a device's state under two: docs/design/partitions.md)."""
+
+    def forget_moved(self, topic: str, partition: int, newer: Mapping[str, int]) -> Awaitable[int]:
+        """Delete the stale copies under ``partition`` of devices that moved (device -> its newer copy's last_ts)."""
 
     def pack_save(
         self,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from fencex.errors import Fenced
 from fencex.retrying import retrying
-from fencex.stream import rotation, silence
+from fencex.stream import adoption, rotation, silence
 
 if TYPE_CHECKING:
     from fencex.stream.loop import Processor
@@ -41,8 +41,7 @@ async def assigned(p: Processor, partitions: list[int]) -> None:
 
 async def load(p: Processor, partitions: list[int]) -> None:
     """Load the partitions' devices, catch up with fence changes and schedules missed, watch silences."""
-    owned = await p.store.partition_devices(p.topics.locations, partitions)
-    states = await p.store.load_states(list(owned), owned)
+    owned, states = await adoption.load_partitions(p, partitions)  # without the devices moved to other partitions
     mine = set(partitions)
     for d in [d for d, n in p.device_partition.items() if n not in mine]:
         p.states.pop(d, None)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from fencex.detector import DeviceState, silence_due, silent_event
 from fencex.event import Event
 from fencex.pipeline import RulesOf
+from fencex.stream import adoption
 
 if TYPE_CHECKING:
     from fencex.stream.loop import Processor
@@ -203,6 +204,7 @@ async def sweep(p: Processor) -> None:
     dirty, events, more = p.silence.sweep(
         ready, p.states, p.device_partition, int(p.clock() * 1000), p.settings.chunk_fixes
     )
+    dirty, events = await adoption.confirm_silent(p, dirty, events)  # not those moved to another partition
     if more:  # a mass silence (a gateway down): the next chunk at the next step, not a sweep period later
         p._swept = 0.0
     await p.outbox.events(events)

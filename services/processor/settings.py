@@ -16,7 +16,7 @@ from services.settings import ServiceSettings
 class Settings(ServiceSettings):
     events_topic: str = EVENTS
     dlq_topic: str = DLQ
-    partitions: int = 12
+    partitions: int = 24  # docs/design/partitions.md: the sizing rule at 170,000 fixes/s
     group_id: str = "fencex-processor"
     history_group: str = "fencex-history"
     max_records: int = 20_000

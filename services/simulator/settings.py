@@ -13,7 +13,7 @@ class Settings(ServiceSettings):
         cli_parse_args=True, cli_prog_name="simulator", cli_kebab_case=True, cli_implicit_flags=True
     )
 
-    partitions: int = 12
+    partitions: int = 24  # docs/design/partitions.md: the sizing rule at 170,000 fixes/s
     fences: int = Field(default=100, description="pasture fences to draw (with --setup)")
     devices: int = Field(default=200, description="animals in the herd")
     rate: float = Field(default=200.0, description="fixes per second (0: as fast as possible)")

@@ -24,7 +24,7 @@ from fencex.event import Event
 from fencex.herd import DEFAULT_RULES, HerdRules, Mob
 from fencex.index import FenceIndex
 from fencex.kafka.producer import Outgoing, Undelivered
-from fencex.store.base import SaveWrites
+from fencex.store.base import Located, SaveWrites
 from fencex.stream.ports import PartitionsCallback
 from fencex.trackbytes import MAGIC, ORPHAN, anchor
 
@@ -217,11 +217,25 @@ class FakeStore(Failing):
         self._maybe_fail("partition_devices")
         return {d: p for p in partitions for d in self.parts[(topic, p)]}
 
+    async def partition_lists(self, topic: str, partitions: Iterable[int]) -> dict[int, list[str]]:
+        self._maybe_fail("partition_devices")  # the same read, and its failures
+        return {p: sorted(self.parts[(topic, p)]) for p in partitions}
+
     async def load_states(
         self, device_ids: list[str], partitions: Mapping[str, int] | None = None
     ) -> dict[str, DeviceState]:
         self._maybe_fail("load_states")
         return {d: DeviceState.from_obj(copy.deepcopy(self.states[d])) for d in device_ids if d in self.states}
+
+    async def locate_states(self, device_ids: list[str], partitions: Mapping[str, int] | None = None) -> Located:
+        """As :meth:`load_states` (its failures too), each state under the partition given for it: one
+        copy a device (``tests/unit/test_adoption.py`` has a store with a copy per partition)."""
+        states = await self.load_states(device_ids, partitions)
+        under = {d: (partitions or {}).get(d, 0) for d in states}
+        return Located(states, under, dict(under))
+
+    async def forget_moved(self, topic: str, partition: int, newer: Mapping[str, int]) -> int:
+        return 0
 
     def pack_save(
         self,

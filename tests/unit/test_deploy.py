@@ -22,7 +22,7 @@ from services.simulator.settings import Settings as SimulatorSettings
 
 ROOT = Path(__file__).parents[2]
 SETTINGS = {"processor": ProcessorSettings, "api": ApiSettings, "simulator": SimulatorSettings}
-TOPICS = {"locations": 12, "fence-events": 12, "locations.dlq": 1}
+TOPICS = {"locations": 24, "fence-events": 24, "locations.dlq": 1}
 # The API groups Kubernetes serves itself (kubernetes-validate has their schemas); any other group
 # is an operator's, validated against its CRD in tests/unit/test_deploy_crds.py.
 BUILT_IN_GROUPS = frozenset(
@@ -244,6 +244,9 @@ def test_keda_scales_on_the_processor_group_and_never_past_the_partitions(overla
     assert trigger["metadata"]["consumerGroup"] == ProcessorSettings().group_id
     assert scaled["spec"]["scaleTargetRef"]["name"] == "processor"
     assert 1 <= scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"] <= TOPICS["locations"]
+    if overlay != "dev":  # production scales to one worker a partition, never past (a small cluster: 3)
+        (locations,) = [t for t in objects(overlay, "KafkaTopic") if t["spec"]["topicName"] == "locations"]
+        assert scaled["spec"]["maxReplicaCount"] == locations["spec"]["partitions"]
     bootstrap = named(overlay, "ConfigMap", "fencex-config")["data"]["FENCEX_KAFKA_BOOTSTRAP"]
     kafka = named(overlay, "Kafka", "fencex-kafka")["metadata"]
     assert bootstrap == f"{kafka['name']}-kafka-bootstrap:9092"  # the workloads' own namespace
@@ -434,3 +437,11 @@ def test_security_md_names_real_settings_with_their_defaults():
         }
         shown = f"{value:,}" if isinstance(value, int) else f"{value:g}"
         assert shown in cell, f"SECURITY.md gives {var} as {cell.strip()!r}; its default is {shown}"
+
+
+def test_the_production_partition_count_is_the_sizing_rules_at_the_issues_target():
+    """Issue 15 item 4: 170,000 fixes/s (10,000,000 collars a minute) at the measured per-worker rate,
+    with headroom (docs/design/partitions.md); the KEDA maximum follows it (the test above)."""
+    from bench.partitions import partitions_for
+
+    assert ProcessorSettings().partitions == partitions_for(170_000).partitions == TOPICS["locations"]

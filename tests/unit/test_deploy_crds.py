@@ -209,7 +209,7 @@ BROKEN: dict[str, tuple[Callable[[], Doc], str]] = {
         "50000 is not of type 'string'",
     ),
     "more minimum than maximum replicas (CEL)": (
-        lambda: _broken(_set("spec/minReplicaCount", 20), _scaled),
+        lambda: _broken(_set("spec/minReplicaCount", 1000), _scaled),
         "minReplicaCount must be less than or equal to maxReplicaCount",
     ),
     "an int32 out of range": (lambda: _broken(_set("spec/pollingInterval", 2**31), _scaled), "is not a 'int32'"),
@@ -261,7 +261,7 @@ CEL_CAUGHT: dict[str, tuple[Callable[[], Doc], str]] = {
         "Must have port for Service reference",
     ),
     "ScaledObject: more minimum than maximum replicas": (
-        lambda: _broken(_set("spec/minReplicaCount", 13), _scaled),
+        lambda: _broken(_set("spec/minReplicaCount", 1000), _scaled),
         "minReplicaCount must be less than or equal to maxReplicaCount",
     ),
     "Kafka: rack by topology label (the default type) with an empty key": (

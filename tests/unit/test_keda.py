@@ -7,7 +7,7 @@ import pytest
 
 from bench import keda
 
-# the processor's ScaledObject as configured (lagThreshold 50,000, 1-12 replicas, 12 partitions,
+# a ScaledObject as the processor's was configured when written (lagThreshold 50,000, 1-12 replicas, 12 partitions,
 # scale-down: 300 s window, one pod a minute; scale-up: the HPA's defaults)
 RULES = keda.Rules(
     min_replicas=1,
@@ -21,8 +21,8 @@ RULES = keda.Rules(
 
 def test_the_rules_are_read_from_the_deployed_scaled_object() -> None:
     r = keda.load()
-    assert (r.min_replicas, r.max_replicas, r.polling_s, r.lag_threshold) == (1, 12, 15, 50_000)
-    assert r.partitions == 12 and not r.allow_idle and r.earliest
+    assert (r.min_replicas, r.max_replicas, r.polling_s, r.lag_threshold) == (1, 24, 15, 50_000)
+    assert r.partitions == 24 and not r.allow_idle and r.earliest
     assert r.down == keda.Direction(300, (keda.Policy("Pods", 1, 60),))
     assert r.up == keda.DEFAULT_UP  # not configured: the HPA's defaults
     assert r.grace_s == 30 and r.cpu_request == 1.0

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from fencex.errors import Fenced
 from fencex.retrying import retrying
-from fencex.stream import rotation, silence
+from fencex.stream import cache, rotation, silence
 
 if TYPE_CHECKING:
     from fencex.stream.loop import Processor
@@ -40,20 +40,25 @@ async def assigned(p: Processor, partitions: list[int]) -> None:
 
 
 async def load(p: Processor, partitions: list[int]) -> None:
-    """Load the partitions' devices, catch up with fence changes and schedules missed, watch silences."""
+    """Load the partitions' devices, catch up with fence changes and schedules missed, watch silences:
+    a chunk at a time, the cache kept to its bound (:func:`fencex.stream.cache.loaded`)."""
     owned = await p.store.partition_devices(p.topics.locations, partitions)
-    states = await p.store.load_states(list(owned), owned)
     mine = set(partitions)
-    for d in [d for d, n in p.device_partition.items() if n not in mine]:
-        p.states.pop(d, None)
+    gone = [d for d, n in p.device_partition.items() if n not in mine]
+    p.cache.forget(gone)
+    for d in gone:
         p.device_partition.pop(d, None)
-    p.states.update(states)
     p.device_partition.update(owned)
-    # A fence may have changed while no worker held these devices: catch up now.
-    await p._publish_reevaluation(p._reevaluate(list(states)))
-    await rotation.catch_up(p, list(states))  # and a schedule's transitions missed
-    silence.rewatch(p, partitions)
-    log.info("partitions %s: %d devices loaded", partitions, len(states))
+    silence.unwatch(p, partitions)
+    n = 0
+    async for ids in cache.loaded(p, owned, ""):
+        n += len(ids)
+        # A fence may have changed while no worker held these devices: catch up now.
+        await p._publish_reevaluation(p._reevaluate(ids))
+        await rotation.catch_up(p, ids)  # and a schedule's transitions missed
+        silence.watch_loaded(p, ids)
+    silence.order(p, partitions)
+    log.info("partitions %s: %d devices loaded", partitions, n)
 
 
 async def revoked(p: Processor, partitions: list[int]) -> None:
@@ -73,8 +78,8 @@ async def revoked(p: Processor, partitions: list[int]) -> None:
         p.checkpoint.forget(gone)  # an offset kept past a dropped hold must not be committed later
         p.checkpoint.holds = p.late.holds()
         devices = [d for d, n in p.device_partition.items() if n in gone]
+        p.cache.forget(devices)
         for d in devices:
-            p.states.pop(d, None)
             p.device_partition.pop(d, None)
         if p.tracks is not None:
             p.tracks.forget(devices)

@@ -66,6 +66,8 @@ def exported_names() -> set[str]:
         "quarantined": 0,
         "feed_reloads": 0,
         "devices": 1,
+        "held": 2,
+        "cache_bound": 3,
         "running": 1,
         "occupancy": [(("t", "f"), 1)],
         "fence_events": [(("t", "f"), 1)],

@@ -38,6 +38,7 @@ PROMQL_WORDS = {
     "kind",
     "route",
     "partition",
+    "path",
     "reason",
     "fence",
     "status",

@@ -341,3 +341,29 @@ def test_the_gauges_count_the_evicted_devices_too():
         assert (snap["devices"], snap["held"], snap["cache_bound"]) == (2, len(COWS), 2)
 
     run(main())
+
+
+def test_an_evicted_collars_poisoned_record_leaves_it_held_for_the_next_fence_change(monkeypatch):
+    import fencex.stream.loop as loop_module
+
+    real = loop_module.process
+
+    def poisoned(fixes, *args):
+        if any(f.device_id == "cow-0" and f.ts_ms == T0 + 5000 for f in fixes):
+            raise ZeroDivisionError("a bug this record triggers")
+        return real(fixes, *args)
+
+    monkeypatch.setattr(loop_module, "process", poisoned)
+
+    async def main():
+        broker, _, w = await held_inside(2, NORTH)
+        assert "cow-0" in w.proc.cache.evicted
+        broker.fix("cow-0", T0 + 5000, *INSIDE)  # applied record by record after the failure: dead-lettered
+        w.run()
+        await until(lambda: broker.committed == broker.end_offsets())
+        assert len(broker.records("locations.dlq")) == 1
+        w.follower.push(NORTH.with_farms({"farm": [fence("north", lon=18.0, version=2)]}, 1))  # moved away
+        await until(lambda: len([e for e in broker.events() if e["type"] == "exit"]) == len(COWS))
+        await w.kill()
+
+    run(main())

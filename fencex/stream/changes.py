@@ -46,7 +46,7 @@ async def swap_index(p: Processor) -> None:
         await p._publish_reevaluation(out)
         p.rotation.rebuild(p.index, now_ms)  # every schedule may have changed: their transitions up to
         await rotation.catch_up(p)  # now, at the devices' own times, are applied
-        await _evicted(p, list(p.cache.evicted), rewatch=True)  # and so for the evicted devices
+        await _evicted(p, [d for d in p.device_partition if d not in p.states], rewatch=True)  # and the evicted
         return
     assert farms is not None
     p._mobs_changed.clear()  # their devices are re-evaluated now

@@ -22,7 +22,7 @@ def worker_gauges(p: Processor) -> dict[str, Any]:
     """Partitions, lag, fences, devices and the herd's busiest fences of one running worker. Occupancy
     counts every held device: the cached states walked, plus the evicted ones' sums (:mod:`.cache`:
     an evicted state is saved and unchanged until loaded again, so its part is known)."""
-    occupancy: Counter[tuple[str, str]] = Counter(p.cache.occupancy)
+    occupancy: Counter[tuple[str, str]] = p.cache.fence_occupancy()
     for state in list(p.states.values()):
         for fid in state.members:
             occupancy[(state.tenant, fid)] += 1

@@ -45,7 +45,7 @@ async def load(p: Processor, partitions: list[int]) -> None:
     owned = await p.store.partition_devices(p.topics.locations, partitions)
     mine = set(partitions)
     gone = [d for d, n in p.device_partition.items() if n not in mine]
-    p.cache.forget(gone)
+    p.cache.forget(gone, mine)
     for d in gone:
         p.device_partition.pop(d, None)
     p.device_partition.update(owned)
@@ -78,7 +78,7 @@ async def revoked(p: Processor, partitions: list[int]) -> None:
         p.checkpoint.forget(gone)  # an offset kept past a dropped hold must not be committed later
         p.checkpoint.holds = p.late.holds()
         devices = [d for d, n in p.device_partition.items() if n in gone]
-        p.cache.forget(devices)
+        p.cache.forget(devices, set(p.generations) - gone)
         for d in devices:
             p.device_partition.pop(d, None)
         if p.tracks is not None:

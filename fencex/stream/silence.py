@@ -96,12 +96,12 @@ class SilenceWatch:
         held: Iterable[tuple[int, str, DeviceState]],
         states: Mapping[str, DeviceState],
         now_ms: int,
-        evicted: Mapping[str, object] | None = None,
+        where: Mapping[str, int] | None = None,
     ) -> None:
         """``tenants``' silence times changed: watch ``held`` (partition, device id, state: theirs) anew;
         their entries pushed before are stale from now on. Once the re-timings have pushed as many
         entries as half the heaps hold, the stale ones are dropped (amortised: a farm changing its
-        settings in a loop does not grow the heaps); those of ``evicted`` devices (not in ``states``)
+        settings in a loop does not grow the heaps); those of evicted devices (in ``where``, not in ``states``)
         are kept: judged when they come due, their state loaded then."""
         self.generation += 1
         for t in tenants:
@@ -111,7 +111,7 @@ class SilenceWatch:
             self.pushed += 1
         if self.pushed > self.size() // 2:
             self.pushed = 0
-            retimed, out = self.retimed, evicted or {}
+            retimed, out = self.retimed, where or {}
             for part, heap in self.heaps.items():
                 live = [
                     e
@@ -235,7 +235,7 @@ async def retime(p: Processor, tenants: set[str]) -> None:
     held, where = p.generations, p.device_partition
     theirs = [(where[d], d, s) for d, s in p.states.items() if s.tenant in tenants and where.get(d) in held]
     now_ms = int(p.clock() * 1000)
-    p.silence.retime(tenants, theirs, p.states, now_ms, p.cache.evicted)
+    p.silence.retime(tenants, theirs, p.states, now_ms, where)
     async for ids in cache.loaded(p, p.cache.of_farms(tenants), "change"):
         for d in ids:
             if where.get(d) in held:

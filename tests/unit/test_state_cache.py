@@ -45,33 +45,35 @@ def state(tenant: str = "farm", *, inside: tuple[str, ...] = (), out: bool = Fal
 
 def test_the_least_recently_used_go_first_and_the_pinned_stay():
     c = StateCache(3)
-    c.put([], {d: state() for d in "abcd"})
+    c.put({d: state() for d in "abcd"}, {})
     c.touch(["a"])  # used: to the recent end (b, c, d, a)
-    assert c.evict(lambda d: d == "b") == ["c"]  # b pinned (unsaved): c is the least recently used
+    assert c.evict(lambda d: d == "b", {}) == ["c"]  # b pinned (unsaved): c is the least recently used
     assert list(c.states) == ["b", "d", "a"] and c.by_farm == {"farm": {"c"}}
-    c.put(["c"], {"c": state()})  # it reports again: loaded, no longer recorded as evicted
-    assert "c" in c.states and c.evicted == {} and c.by_farm == {}
-    assert c.evict(lambda d: True) == []  # everything pinned: over the bound until saved
+    c.put({"c": state()}, {})  # it reports again: loaded, no longer evicted
+    assert "c" in c.states and c.by_farm == {}
+    assert c.evict(lambda d: True, {}) == []  # everything pinned: over the bound until saved
 
 
 def test_below_half_the_bound_use_moves_nothing():
     c = StateCache(8)
-    c.put([], {d: state() for d in "abcd"})
+    c.put({d: state() for d in "abcd"}, {})
     assert not c.ordered()  # the push path pays nothing for a cache far from evicting
-    c.put([], {"e": state()})
+    c.put({"e": state()}, {})
     assert c.ordered()
 
 
-def test_an_evicted_devices_record_keeps_its_farm_its_flags_and_its_fences():
+def test_the_evicted_devices_farms_flags_and_fences_are_kept_per_partition():
     c = StateCache(1)
-    c.put([], {"a": state(inside=("north",), out=True), "b": state("other", silent=True), "c": state()})
-    assert c.evict(lambda d: False) == ["a", "b"]
-    assert c.flags == {"farm": [1, 0, 0], "other": [0, 1, 0]}
-    assert c.occupancy == {("farm", "north"): 1}
+    where = {"a": 0, "b": 1, "c": 0}
+    c.put({"a": state(inside=("north",), out=True), "b": state("other", silent=True), "c": state()}, where)
+    assert c.evict(lambda d: False, where) == ["a", "b"]
+    assert c.farm_flags() == {"farm": [1, 0, 0], "other": [0, 1, 0]}
+    assert c.fence_occupancy() == {("farm", "north"): 1}
     assert sorted(c.of_farms(["farm", "other"])) == ["a", "b"] and c.of_farms(["third"]) == []
-    c.put(["a"], {"a": state(inside=("north",), out=True)})
-    c.forget(["b"])  # its partition went
-    assert c.flags == {} and c.occupancy == {} and c.evicted == {}
+    c.put({"a": state(inside=("north",), out=True)}, where)  # a reports again: its part taken back
+    assert c.farm_flags() == {"other": [0, 1, 0]} and +c.fence_occupancy() == {}
+    c.forget(["b"], keep={0})  # partition 1 went
+    assert c.farm_flags() == {} and c.by_farm == {}
 
 
 def test_the_bound_is_at_least_one():
@@ -137,7 +139,7 @@ def test_the_loop_evicts_the_collar_that_reported_least_recently():
         for r, cow in enumerate(["cow-1", "cow-2", "cow-3", "cow-1", "cow-4", "cow-5"]):
             broker.fix(cow, T0 + r * 1000, *INSIDE)
             await drain(w, broker, 2)
-        assert sorted(w.proc.cache.evicted) == ["cow-2", "cow-3"]  # cow-1 reported after them
+        assert sorted(w.proc.cache.of_farms(["farm"])) == ["cow-2", "cow-3"]  # cow-1 reported after them
 
     run(main())
 
@@ -291,7 +293,7 @@ def test_assignment_loads_no_more_than_the_bound_and_watches_every_device():
         assert max(asked) == 2 and sum(asked) == len(COWS)  # a chunk of the bound at a time
         assert len(b.proc.states) == 2 and len(b.proc.device_partition) == len(COWS)
         assert b.proc.silence.size() == len(COWS)  # the evicted ones watched for silence too
-        assert sorted(b.proc.cache.evicted) == sorted(set(COWS) - set(b.proc.states))
+        assert sorted(b.proc.cache.of_farms(["farm"])) == sorted(set(COWS) - set(b.proc.states))
 
     run(main())
 
@@ -329,12 +331,11 @@ def test_the_gauges_count_the_evicted_devices_too():
 
     async def main():
         unbounded, bounded = await escaped(1_000_000), await escaped(2)
-        assert len(bounded.proc.cache.evicted) == len(COWS) - 2
+        assert len(bounded.proc.cache.of_farms(["farm"])) == len(COWS) - 2
         occupancy = [worker_gauges(w.proc)["occupancy"] for w in (unbounded, bounded)]
         assert occupancy[0] == occupancy[1] == [(("farm", "north"), len(COWS))]
         herd = [
-            HerdGauges(lambda w=w: w.proc.states, FarmLabels(10), lambda w=w: w.proc.cache.flags)
-            for w in (unbounded, bounded)
+            HerdGauges(lambda w=w: w.proc.states, FarmLabels(10), w.proc.cache.farm_flags) for w in (unbounded, bounded)
         ]
         assert herd[0].read() == herd[1].read() == {"farm": [len(COWS), 0, 0]}
         snap = worker_gauges(bounded.proc)
@@ -347,21 +348,22 @@ def test_an_evicted_collars_poisoned_record_leaves_it_held_for_the_next_fence_ch
     import fencex.stream.loop as loop_module
 
     real = loop_module.process
+    poison = {"cow-0", "cow-1"}  # (the reload after the failure caches one state: the other one is evicted)
 
     def poisoned(fixes, *args):
-        if any(f.device_id == "cow-0" and f.ts_ms == T0 + 5000 for f in fixes):
+        if any(f.device_id in poison and f.ts_ms == T0 + 5000 for f in fixes):
             raise ZeroDivisionError("a bug this record triggers")
         return real(fixes, *args)
 
     monkeypatch.setattr(loop_module, "process", poisoned)
 
     async def main():
-        broker, _, w = await held_inside(2, NORTH)
-        assert "cow-0" in w.proc.cache.evicted
-        broker.fix("cow-0", T0 + 5000, *INSIDE)  # applied record by record after the failure: dead-lettered
+        broker, _, w = await held_inside(1, NORTH)
+        for cow in sorted(poison):  # applied record by record after the failure: dead-lettered
+            broker.fix(cow, T0 + 5000, *INSIDE)
         w.run()
         await until(lambda: broker.committed == broker.end_offsets())
-        assert len(broker.records("locations.dlq")) == 1
+        assert len(broker.records("locations.dlq")) == 2
         w.follower.push(NORTH.with_farms({"farm": [fence("north", lon=18.0, version=2)]}, 1))  # moved away
         await until(lambda: len([e for e in broker.events() if e["type"] == "exit"]) == len(COWS))
         await w.kill()

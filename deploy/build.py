@@ -190,6 +190,28 @@ DASHBOARDS: dict[str, dict[str, Any]] = {
                     ),
                 ],
             ),
+            (
+                "Device-state cache hit rate (fixes whose state was cached), per worker",
+                "percentunit",
+                [
+                    (
+                        "sum by (instance) (rate(fencex_state_cache_hits_total" + R + ")) / (sum by (instance) "
+                        "(rate(fencex_state_cache_hits_total" + R + ")) + sum by (instance) "
+                        '(rate(fencex_state_cache_misses_total{path="fix"}' + R + ")))",
+                        "{{instance}}",
+                    )
+                ],
+            ),
+            (
+                "Device states: cached, held (cached or evicted) and the cache's bound, total",
+                "devices",
+                [
+                    ("sum(fencex_devices_cached)", "cached"),
+                    ("sum(fencex_devices_held)", "held"),
+                    ("sum(fencex_state_cache_bound)", "bound"),
+                    ("sum(rate(fencex_state_cache_evictions_total" + R + "))", "evicted per second"),
+                ],
+            ),
         ],
     },
     "herd": {
@@ -252,7 +274,7 @@ DASHBOARDS: dict[str, dict[str, Any]] = {
             (
                 "Devices inside any fence, and devices tracked",
                 "devices",
-                [("sum(fencex_fence_occupancy_devices)", "inside a fence"), ("sum(fencex_devices_cached)", "tracked")],
+                [("sum(fencex_fence_occupancy_devices)", "inside a fence"), ("sum(fencex_devices_held)", "tracked")],
             ),
         ],
     },

@@ -168,6 +168,23 @@ class PushMetrics:
         self.tracks_trimmed = Counter(
             "fencex_tracks_trimmed_total", "Stored tracks trimmed to their farm's window and the cap", registry=registry
         )
+        self.state_cache_hits = Counter(
+            "fencex_state_cache_hits_total", "Fixes whose device's state was cached", registry=registry
+        )
+        self.state_cache_misses = Counter(
+            "fencex_state_cache_misses_total",
+            "Device states not cached, loaded from Redis: for a fix (evicted, or new to this worker: one a "
+            "batch), for a silence due, or for a change (fences, mobs, herd settings, a schedule transition)",
+            ["path"],
+            registry=registry,
+        )
+        self.state_cache_evictions = Counter(
+            "fencex_state_cache_evictions_total",
+            "Device states evicted from the worker's cache (saved: loaded again when needed)",
+            registry=registry,
+        )
+        for path in ("fix", "silence", "change"):  # fencex.stream.cache.MISS_PATHS
+            self.state_cache_misses.labels(path)
         for outcome in LATE_OUTCOMES:
             self.late_fixes.labels(outcome)
         for reason in UNTRUSTED_REASONS:
@@ -309,7 +326,13 @@ class StateCollector(Collector):
         )
         yield from quarantine_metrics("fencex", s["quarantined"], s["feed_reloads"])
         yield GaugeMetricFamily(
-            "fencex_devices_cached", "Device states held for the assigned partitions", value=s["devices"]
+            "fencex_devices_cached", "Device states cached for the assigned partitions", value=s["devices"]
+        )
+        yield GaugeMetricFamily(
+            "fencex_devices_held", "Devices of the assigned partitions, cached or evicted", value=s["held"]
+        )
+        yield GaugeMetricFamily(
+            "fencex_state_cache_bound", "Device states this worker caches at most", value=s["cache_bound"]
         )
         yield GaugeMetricFamily("fencex_worker_up", "1 while this worker's processing loop runs", value=s["running"])
         # The herd: a fence label, so bounded to the HERD_SERIES busiest fences of this worker.

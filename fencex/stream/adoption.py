@@ -26,6 +26,7 @@ A worker holding both partitions sees the move in its own cache (:func:`place`).
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from fencex.detector import DeviceState
@@ -96,34 +97,41 @@ def place(p: Processor, fixes: list[Fix], partitions: list[int]) -> None:
             p.checkpoint.register(n, [d])
 
 
-async def load_partitions(p: Processor, partitions: list[int]) -> tuple[dict[str, int], dict[str, DeviceState]]:
-    """The devices of ``partitions`` (device -> partition) and their states. A device listed on one of
-    them whose newest state is under another partition moved there: it is left out, and the stale copy
-    deleted (state, track, listing); a device whose pointer names another partition than the one its
-    newest state is under gets its pointer written again (a cluster save that died before its pointer step)."""
+async def load_partitions(
+    p: Processor, partitions: list[int], step: int
+) -> AsyncIterator[tuple[dict[str, int], dict[str, DeviceState]]]:
+    """The devices of ``partitions`` (device -> partition) and their states, ``step`` devices at a time. A
+    device listed on one of them whose newest state is under another partition moved there: it is left
+    out, and the stale copy deleted (state, track, listing); a device whose pointer names another
+    partition than the one its newest state is under gets its pointer written again (a cluster save that
+    died before its pointer step)."""
     topic = p.topics.locations
     lists = await p.store.partition_lists(topic, partitions)
     listed: dict[str, list[int]] = {}
     for n, devices in lists.items():
         for d in devices:
             listed.setdefault(d, []).append(n)
-    found = await p.store.locate_states(list(listed), {d: ns[-1] for d, ns in listed.items()})
     mine = set(partitions)
-    owned: dict[str, int] = {}
-    stale: dict[int, dict[str, int]] = {}
-    for d, ns in listed.items():
-        under = found.under.get(d, ns[-1])
-        for n in ns:
-            if n != under and d in found.states:  # listed here, its newest state under another partition: moved there
-                stale.setdefault(n, {})[d] = found.states[d].last_ts
-        if under in mine:
-            owned[d] = under
-            if d in found.states and found.where.get(d) != under:
-                p.checkpoint.register(under, [d])
-    for n, newer in stale.items():
-        gone = await p.store.forget_moved(topic, n, newer)
-        log.info("partition %d: %d devices moved to other partitions, %d stale copies deleted", n, len(newer), gone)
-    return owned, {d: s for d, s in found.states.items() if d in owned}
+    ids = list(listed)
+    for i in range(0, len(ids), max(1, step)):
+        part = ids[i : i + step]
+        found = await p.store.locate_states(part, {d: listed[d][-1] for d in part})
+        owned: dict[str, int] = {}
+        stale: dict[int, dict[str, int]] = {}
+        for d in part:
+            ns = listed[d]
+            under = found.under.get(d, ns[-1])
+            for n in ns:
+                if n != under and d in found.states:  # listed here, its newest state under another partition: moved
+                    stale.setdefault(n, {})[d] = found.states[d].last_ts
+            if under in mine:
+                owned[d] = under
+                if d in found.states and found.where.get(d) != under:
+                    p.checkpoint.register(under, [d])
+        for n, newer in stale.items():
+            gone = await p.store.forget_moved(topic, n, newer)
+            log.info("partition %d: %d devices moved to other partitions, %d stale copies deleted", n, len(newer), gone)
+        yield owned, {d: s for d, s in found.states.items() if d in owned}
 
 
 async def confirm_silent(

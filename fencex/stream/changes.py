@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fencex.stream import rotation, silence
+from fencex.stream import cache, rotation, silence
 
 if TYPE_CHECKING:
     from fencex.stream.loop import Processor
@@ -30,7 +30,8 @@ async def swap_index(p: Processor) -> None:
     assert p._next_index is not None
     farms = _changed(p)
     devices = _held(p, farms)
-    if devices is None or devices:  # re-evaluated on states just saved; a worker holding none of them waits for nothing
+    # re-evaluated on states just saved; a worker holding none of them (cached or evicted) waits for nothing
+    if devices is None or devices or any(f in p.cache.by_farm for f in farms or ()):
         await p.flush(wait=True)
         if (later := _changed(p)) != farms:  # more handed over during the flush (the states it saved are theirs too)
             farms, devices = later, _held(p, later)
@@ -45,6 +46,7 @@ async def swap_index(p: Processor) -> None:
         await p._publish_reevaluation(out)
         p.rotation.rebuild(p.index, now_ms)  # every schedule may have changed: their transitions up to
         await rotation.catch_up(p)  # now, at the devices' own times, are applied
+        await _evicted(p, [d for d in p.device_partition if d not in p.states], rewatch=True)  # and the evicted
         return
     assert farms is not None
     p._mobs_changed.clear()  # their devices are re-evaluated now
@@ -52,10 +54,26 @@ async def swap_index(p: Processor) -> None:
         await p._publish_reevaluation(p._reevaluate(devices))
     if rules := set(p._rules_changed):  # here, not left to herd_changed: a new index every step would starve it
         p._rules_changed.clear()
-        silence.retime(p, rules)
+        await silence.retime(p, rules)
     p.rotation.reschedule(p.index, farms, now_ms)  # theirs laid again from now: their devices catch up
     if devices:
         await rotation.catch_up(p, devices)
+    await _evicted(p, p.cache.of_farms(farms))
+
+
+async def _evicted(p: Processor, devices: list[str], rewatch: bool = False, schedules: bool = True) -> None:
+    """The evicted ``devices`` of a change, loaded a chunk at a time: re-evaluated, their missed
+    transitions applied (``schedules``), watched anew for silence (``rewatch``: the heaps were laid
+    again from the cached devices)."""
+    now_ms = int(p.clock() * 1000)
+    async for ids in cache.loaded(p, devices, "change"):
+        await p._publish_reevaluation(p._reevaluate(ids))
+        if schedules:
+            await rotation.catch_up(p, ids)
+        if rewatch and p.rules_of is not None:
+            for d in ids:
+                if (part := p.device_partition.get(d)) in p.generations:
+                    p.silence.watch(part, d, p.states[d], now_ms)
 
 
 def _changed(p: Processor) -> frozenset[str] | None:
@@ -78,5 +96,6 @@ async def herd_changed(p: Processor) -> None:
     p._rules_changed.clear()
     if mobs:
         await p._publish_reevaluation(p._reevaluate([d for d, s in p.states.items() if s.tenant in mobs]))
+        await _evicted(p, p.cache.of_farms(mobs), schedules=False)
     if rules:
-        silence.retime(p, rules)
+        await silence.retime(p, rules)

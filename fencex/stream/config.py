@@ -48,3 +48,4 @@ class LoopSettings:
     late_budget_ms: float = 20.0  # time spent merging held late fixes per flush (the rest wait for the next)
     late_max: int = 100_000  # late fixes held at most: past it, all are merged at the next step
     save_retry_s: float = 30.0  # a save Redis refuses is sent again for this long before the worker reloads
+    state_cache_max: int = 1_000_000  # device states cached at most (~0.7 GB); the rest in Redis (stream.cache)

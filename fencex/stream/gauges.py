@@ -19,8 +19,10 @@ WALK_CHUNK = 50_000  # states counted between two yields to the event loop
 
 
 def worker_gauges(p: Processor) -> dict[str, Any]:
-    """Partitions, lag, fences, devices and the herd's busiest fences of one running worker."""
-    occupancy: Counter[tuple[str, str]] = Counter()
+    """Partitions, lag, fences, devices and the herd's busiest fences of one running worker. Occupancy
+    counts every held device: the cached states walked, plus the evicted ones' sums (:mod:`.cache`:
+    an evicted state is saved and unchanged until loaded again, so its part is known)."""
+    occupancy: Counter[tuple[str, str]] = p.cache.fence_occupancy()
     for state in list(p.states.values()):
         for fid in state.members:
             occupancy[(state.tenant, fid)] += 1
@@ -31,7 +33,9 @@ def worker_gauges(p: Processor) -> dict[str, Any]:
         "index_version": p.follower.applied,
         "quarantined": len(p.follower.quarantined),
         "feed_reloads": p.follower.reloads,
-        "devices": len(p.states),
+        "devices": len(p.states),  # cached
+        "held": len(p.device_partition),  # cached or evicted
+        "cache_bound": p.cache.bound,
         "running": int(p.running),
         "occupancy": occupancy.most_common(HERD_SERIES),
         "fence_events": p.outbox.fence_events.most_common(HERD_SERIES),
@@ -53,23 +57,31 @@ def count_flags(states: Iterable[DeviceState], into: dict[str, list[int]]) -> No
 class HerdGauges:
     """Devices out, silent and low on battery per farm label, from the states the worker holds.
 
-    A walk over the states when Prometheus scrapes (the states are the truth: loaded after a
+    A walk over the cached states when Prometheus scrapes (the states are the truth: loaded after a
     rebalance or a restart, dropped when partitions go, changed by fixes, sweeps and fence
-    changes), so nothing is kept up to date on the hot path. :meth:`refresh`, awaited by the
+    changes; an evicted one is saved and unchanged, so ``evicted``'s counts, kept by
+    :class:`fencex.stream.cache.StateCache`, are added), so nothing is kept up to date on the hot
+    path. :meth:`refresh`, awaited by the
     ``/metrics`` page before it renders, walks a snapshot of the states in chunks of
     ``WALK_CHUNK`` and yields between them, so a worker holding a million devices is not
     stalled for the whole walk; :meth:`read` (the collector's) takes that result, or walks
     at once when no refresh came first. Every farm label given so far is reported, zeros included.
     """
 
-    def __init__(self, states: Callable[[], Mapping[str, DeviceState]], farms: FarmLabels) -> None:
+    def __init__(
+        self,
+        states: Callable[[], Mapping[str, DeviceState]],
+        farms: FarmLabels,
+        evicted: Callable[[], Mapping[str, list[int]]] = dict,
+    ) -> None:
         self.states = states
         self.farms = farms
+        self.evicted = evicted  # farm -> [out, silent, low] of the devices not cached (StateCache.flags)
         self._fresh: dict[str, list[int]] | None = None
 
     async def refresh(self) -> None:
         values = list(self.states().values())
-        counts: dict[str, list[int]] = {}
+        counts = self._evicted()
         for i in range(0, len(values), WALK_CHUNK):
             if i:
                 await asyncio.sleep(0)
@@ -79,9 +91,12 @@ class HerdGauges:
     def read(self) -> dict[str, list[int]]:
         counts, self._fresh = self._fresh, None
         if counts is None:
-            counts = {}
+            counts = self._evicted()
             count_flags(list(self.states().values()), counts)
         return self.labelled(counts)
+
+    def _evicted(self) -> dict[str, list[int]]:
+        return {t: list(c) for t, c in self.evicted().items()}
 
     def labelled(self, counts: Mapping[str, list[int]]) -> dict[str, list[int]]:
         """Per farm label: farms beyond the label limit summed under one."""

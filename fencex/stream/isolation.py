@@ -22,6 +22,8 @@ async def apply_isolated(p: Processor, batches: Mapping[int, Sequence[Record]]) 
         for r in rs:
             p.metrics.isolated.inc()
             ids = {f.device_id for f in batch.split([r], int(p.clock() * 1000)).fixes}
+            if evicted := [d for d in ids if d not in p.states and d in p.device_partition]:  # to restore: saved
+                p.cache.put(await p.store.load_states(evicted, p.device_partition), p.device_partition)
             before = {d: copy.deepcopy(p.states.get(d)) for d in ids}
             try:
                 await p._apply_batches({part: [r]})

@@ -57,7 +57,7 @@ from fencex.metrics import PushMetrics
 from fencex.pipeline import Processed, RulesOf, process, reevaluate_all
 from fencex.retrying import retrying
 from fencex.store.base import SaveWrites
-from fencex.stream import adoption, batch, changes, isolation, latefixes, rebalance, rotation, silence
+from fencex.stream import adoption, batch, cache, changes, isolation, latefixes, rebalance, rotation, silence
 from fencex.stream.checkpoint import Checkpoint, Pending
 from fencex.stream.config import LoopSettings, Topics
 from fencex.stream.gauges import worker_gauges
@@ -91,7 +91,9 @@ class Processor:
         self.lock = asyncio.Lock()
         self.checkpoint = Checkpoint(settings.flush_interval)
         self.index = FenceIndex([])
-        self.states: dict[str, DeviceState] = {}
+        self.cache = cache.StateCache(settings.state_cache_max)  # at most this many states (:mod:`.cache`)
+        self.states: dict[str, DeviceState] = self.cache.states
+        self._saving: Mapping[str, DeviceState] = {}  # the states of the snapshot being saved (pinned)
         self.device_partition: dict[str, int] = {}
         self.generations: dict[int, int] = {}  # partition -> the generation this worker holds
         self.running = False
@@ -237,6 +239,7 @@ class Processor:
                 await latefixes.merge_due(self)
             if self.checkpoint.due():
                 await self.flush(wait=False)
+            cache.evict(self)
 
     async def _reload(self) -> None:
         """After an error: back to the committed offsets, device states from Redis."""
@@ -248,8 +251,9 @@ class Processor:
             self.checkpoint.drop()
             self.late.drop()
             self.checkpoint.holds = {}
-            self.states.clear()
+            self.cache.clear()
             self.device_partition.clear()
+            self._saving = {}
             self._fetched = -1  # positions moved back: the lag is known again after the next fetch
             await self.consumer.seek_to_committed()
             if self._reclaim:  # Redis lost the generations (and the states): this worker's partitions are its own
@@ -299,6 +303,7 @@ class Processor:
             SaveWrites(pending.tracks, pending.rewrites, pending.anchors, resets, pending.grazing, long_bytes),
             self.device_partition,
         )
+        self._saving = pending.states
         self._flushing = asyncio.create_task(self._ack_save_commit(blob, pending.offsets))
         if wait:
             await self._await_flush()
@@ -324,6 +329,7 @@ class Processor:
         task, self._flushing = self._flushing, None
         if task is not None:
             self.checkpoint.committed(await task)  # re-raises its error: the loop then reloads
+            self._saving = {}  # saved: its states may be evicted
 
     # ------------------------------------------------------------ applying
 
@@ -352,23 +358,23 @@ class Processor:
     async def _apply(self, fixes: list[Fix], partitions: list[int], now_ms: int) -> None:
         if not fixes:
             return
-        # Devices never seen by this worker: the store may know them (e.g. after a restart).
+        # Devices not cached (evicted, or never seen by this worker): the store may know them.
         missing = list({f.device_id for f in fixes if f.device_id not in self.states})
         new: dict[int, list[str]] = {}
-        if missing:
-            self.states.update(await adoption.load(self, missing, fixes, partitions))  # drops fixes of moved devices
-            unknown = set(missing) - self.states.keys()
-            for f, p in zip(fixes, partitions, strict=True):
-                if f.device_id in unknown:
-                    unknown.discard(f.device_id)
-                    new.setdefault(p, []).append(f.device_id)
+        fresh: list[str] = []
+        if missing:  # (the fixes of devices moved to another partition are taken out: adoption)
+            fresh = [d for d in missing if d not in self.device_partition]  # not held: watched for silence
+            new = await cache.load_missing(self, missing, fixes, partitions)
         adoption.place(self, fixes, partitions)  # devices whose fixes come on another partition now move there
+        fresh = [d for d in fresh if d in self.device_partition]  # (not those held by another partition now)
         tenants, default = self.follower.tenants, self.settings.default_tenant
         out = process(
             fixes, self.index, self.states, lambda d: tenants.get(d, default), self.rules_of, self.mob_of, now_ms
         )
+        if self.cache.ordered():
+            self.cache.touch(out.dirty)  # used: to the recent end
         await self.outbox.events(out.events)
-        silence.watch_new(self, missing, out.events, now_ms)
+        silence.watch_new(self, fresh, out.events, now_ms)
         self.checkpoint.add(out.dirty, out.events, out.grazing)
         if self.tracks is not None:
             win = lambda t: window_of(self, t)  # noqa: E731
@@ -378,6 +384,7 @@ class Processor:
             self.checkpoint.register(p, ds)
         m = self.metrics
         m.fixes_consumed.inc(len(fixes))
+        m.state_cache_hits.inc(len(fixes) - len(missing))
         m.fixes_processed.inc(out.fixes)
         duplicates = out.stale - (len(out.late) if self.tracks is not None else 0)
         if duplicates:

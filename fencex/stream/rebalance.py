@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from fencex.errors import Fenced
 from fencex.retrying import retrying
-from fencex.stream import adoption, rotation, silence
+from fencex.stream import adoption, cache, rotation, silence
 
 if TYPE_CHECKING:
     from fencex.stream.loop import Processor
@@ -40,19 +40,28 @@ async def assigned(p: Processor, partitions: list[int]) -> None:
 
 
 async def load(p: Processor, partitions: list[int]) -> None:
-    """Load the partitions' devices, catch up with fence changes and schedules missed, watch silences."""
-    owned, states = await adoption.load_partitions(p, partitions)  # without the devices moved to other partitions
+    """Load the partitions' devices (not those moved to other partitions: :func:`fencex.stream.adoption.
+    load_partitions`), catch up with fence changes and schedules missed, watch silences: a chunk at a
+    time, the cache kept to its bound (:func:`fencex.stream.cache.relieve`)."""
     mine = set(partitions)
-    for d in [d for d, n in p.device_partition.items() if n not in mine]:
-        p.states.pop(d, None)
+    gone = [d for d, n in p.device_partition.items() if n not in mine]
+    p.cache.forget(gone, mine)
+    for d in gone:
         p.device_partition.pop(d, None)
-    p.states.update(states)
-    p.device_partition.update(owned)
-    # A fence may have changed while no worker held these devices: catch up now.
-    await p._publish_reevaluation(p._reevaluate(list(states)))
-    await rotation.catch_up(p, list(states))  # and a schedule's transitions missed
-    silence.rewatch(p, partitions)
-    log.info("partitions %s: %d devices loaded", partitions, len(states))
+    silence.unwatch(p, partitions)
+    n = 0
+    async for owned, states in adoption.load_partitions(p, partitions, cache.chunk(p)):
+        p.device_partition.update(owned)
+        p.cache.put(states, p.device_partition)
+        ids = [d for d in owned if d in p.cache.states]
+        n += len(ids)
+        # A fence may have changed while no worker held these devices: catch up now.
+        await p._publish_reevaluation(p._reevaluate(ids))
+        await rotation.catch_up(p, ids)  # and a schedule's transitions missed
+        silence.watch_loaded(p, ids)
+        await cache.relieve(p)
+    silence.order(p, partitions)
+    log.info("partitions %s: %d devices loaded", partitions, n)
 
 
 async def revoked(p: Processor, partitions: list[int]) -> None:
@@ -72,8 +81,8 @@ async def revoked(p: Processor, partitions: list[int]) -> None:
         p.checkpoint.forget(gone)  # an offset kept past a dropped hold must not be committed later
         p.checkpoint.holds = p.late.holds()
         devices = [d for d, n in p.device_partition.items() if n in gone]
+        p.cache.forget(devices, set(p.generations) - gone)
         for d in devices:
-            p.states.pop(d, None)
             p.device_partition.pop(d, None)
         if p.tracks is not None:
             p.tracks.forget(devices)

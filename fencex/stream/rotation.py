@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from fencex.index import FenceIndex
 from fencex.pipeline import Processed, reevaluate_all
+from fencex.stream import cache
 
 if TYPE_CHECKING:
     from fencex.stream.loop import Processor
@@ -143,8 +144,14 @@ async def apply_due(p: Processor) -> None:
     await p.flush(wait=True)  # re-evaluated on saved states: a replay gives the same ids
     held = _by_farm(p, None, {farm for _, farm in due})
     for at, farm in due:
-        ids = held.get(farm)
+        # the farm's cached devices (one evicted by an earlier transition's loads is among the evicted)
+        ids = [d for d in dict.fromkeys(held.get(farm, ())) if d in p.states]
+        applied = bool(ids)
         if ids:
-            out = _reevaluate(p, ids, at)
+            await p._publish_reevaluation(_reevaluate(p, ids, at))
+        async for loaded in cache.loaded(p, p.cache.of_farms((farm,)), "change"):  # then its evicted ones
+            applied = True
+            held.setdefault(farm, []).extend(loaded)  # cached now: for the farm's next transitions
+            await p._publish_reevaluation(_reevaluate(p, loaded, at))
+        if applied:
             p.metrics.schedule_transitions.inc()
-            await p._publish_reevaluation(out)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from fencex.detector import DeviceState, silence_due, silent_event
 from fencex.event import Event
 from fencex.pipeline import RulesOf
-from fencex.stream import adoption
+from fencex.stream import adoption, cache
 
 if TYPE_CHECKING:
     from fencex.stream.loop import Processor
@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 def caught_up(lag: Mapping[int, int], partitions: Iterable[int], max_lag: int) -> list[int]:
     """The partitions whose lag is known (the fetch high watermark) and at most ``max_lag`` records."""
     return [p for p in partitions if p in lag and lag[p] <= max_lag]
+
+
+Entry = tuple[float, str, int, str]  # (due_ms, device id, generation, tenant)
 
 
 class SilenceWatch:
@@ -51,6 +54,7 @@ class SilenceWatch:
         self.generation = 0  # raised by each re-timing
         self.retimed: dict[str, int] = {}  # tenant -> the generation of its last re-timing
         self.pushed = 0  # entries pushed by re-timings since the heaps were last rid of stale ones
+        self.parked: list[tuple[int, Entry]] = []  # due entries of evicted devices (partition, entry): to load
 
     def _due(self, state: DeviceState, now_ms: int) -> float:
         if state.silent or self.rules_of is None:
@@ -71,6 +75,15 @@ class SilenceWatch:
         heapq.heapify(heap)
         self.heaps[partition] = heap
 
+    def add(self, partition: int, device_id: str, state: DeviceState, now_ms: int) -> None:
+        """One more device, in no order: :meth:`order` the partition's heap before the next sweep."""
+        due = self._due(state, now_ms)
+        if due != math.inf:
+            self.heaps.setdefault(partition, []).append((due, device_id, self.generation, state.tenant))
+
+    def order(self, partition: int) -> None:
+        heapq.heapify(self.heaps.setdefault(partition, []))
+
     def watch(self, partition: int, device_id: str, state: DeviceState, now_ms: int) -> None:
         """One more device (first seen, loaded on its first fix, or resumed)."""
         due = self._due(state, now_ms)
@@ -83,11 +96,13 @@ class SilenceWatch:
         held: Iterable[tuple[int, str, DeviceState]],
         states: Mapping[str, DeviceState],
         now_ms: int,
+        where: Mapping[str, int] | None = None,
     ) -> None:
         """``tenants``' silence times changed: watch ``held`` (partition, device id, state: theirs) anew;
         their entries pushed before are stale from now on. Once the re-timings have pushed as many
         entries as half the heaps hold, the stale ones are dropped (amortised: a farm changing its
-        settings in a loop does not grow the heaps)."""
+        settings in a loop does not grow the heaps); those of evicted devices (in ``where``, not in ``states``)
+        are kept: judged when they come due, their state loaded then."""
         self.generation += 1
         for t in tenants:
             self.retimed[t] = self.generation
@@ -96,9 +111,14 @@ class SilenceWatch:
             self.pushed += 1
         if self.pushed > self.size() // 2:
             self.pushed = 0
-            retimed = self.retimed
+            retimed, out = self.retimed, where or {}
             for part, heap in self.heaps.items():
-                live = [e for e in heap if (st := states.get(e[1])) is not None and not self._stale(e, st, retimed)]
+                live = [
+                    e
+                    for e in heap
+                    if ((st := states.get(e[1])) is None and e[1] in out)
+                    or (st is not None and not self._stale(e, st, retimed))
+                ]
                 heapq.heapify(live)
                 self.heaps[part] = live
 
@@ -125,34 +145,49 @@ class SilenceWatch:
         events: list[Event] = []
         if self.rules_of is None:
             return dirty, events, False
-        retimed = self.retimed
         for p in partitions:
             heap = self.heaps.get(p)
             while heap and heap[0][0] <= now_ms and budget > 0:
                 budget -= 1
                 entry = heapq.heappop(heap)
-                d = entry[1]
-                state = states.get(d)
-                if state is None or state.silent:
-                    continue  # gone, or marked: resumed and watched again with its next fix
-                held = device_partition.get(d)
-                if held != p:  # its fixes come on another partition now: watched there, if held here
-                    other = self.heaps.get(held) if held is not None else None
-                    if other is not None:
-                        heapq.heappush(other, entry)
-                    continue
-                if self._stale(entry, state, retimed):
-                    continue  # its farm re-timed its silences since: watched by a newer entry
-                rules = self.rules_of(state.tenant)
-                if silence_due(state, now_ms, rules):
-                    state.silent = True
-                    dirty[d] = state
-                    events.append(silent_event(d, state))
-                else:  # a fix arrived since (or the farm's silence time grew): watched from then on
-                    due = self._due(state, now_ms)
-                    if now_ms < due != math.inf:
-                        heapq.heappush(heap, (due, d, self.generation, state.tenant))
+                state = states.get(entry[1])
+                if state is not None:
+                    self.judge(p, entry, state, device_partition, now_ms, dirty, events)
+                elif entry[1] in device_partition:  # evicted (its state saved): loaded, then judged
+                    self.parked.append((p, entry))
         return dirty, events, budget <= 0
+
+    def judge(
+        self,
+        p: int,
+        entry: Entry,
+        state: DeviceState,
+        device_partition: Mapping[str, int],
+        now_ms: int,
+        dirty: dict[str, DeviceState],
+        events: list[Event],
+    ) -> None:
+        """A due entry popped from partition ``p``'s heap, with its device's state: marked silent (into
+        ``dirty`` and ``events``), or watched again from its new due time, or dropped."""
+        if state.silent or self.rules_of is None:
+            return  # marked: resumed and watched again with its next fix
+        d = entry[1]
+        held = device_partition.get(d)
+        if held != p:  # its fixes come on another partition now: watched there, if held here
+            other = self.heaps.get(held) if held is not None else None
+            if other is not None:
+                heapq.heappush(other, entry)
+            return
+        if self._stale(entry, state, self.retimed):
+            return  # its farm re-timed its silences since: watched by a newer entry
+        if silence_due(state, now_ms, self.rules_of(state.tenant)):
+            state.silent = True
+            dirty[d] = state
+            events.append(silent_event(d, state))
+        else:  # a fix arrived since (or the farm's silence time grew): watched from then on
+            due = self._due(state, now_ms)
+            if now_ms < due != math.inf:
+                heapq.heappush(self.heaps.setdefault(p, []), (due, d, self.generation, state.tenant))
 
 
 # ------------------------------------------------------------------ the worker loop's side
@@ -172,13 +207,39 @@ def rewatch(p: Processor, partitions: Iterable[int]) -> None:
         p.silence.load(part, devices, p.states, now_ms)
 
 
-def retime(p: Processor, tenants: set[str]) -> None:
-    """These farms' silence times changed: watch their held devices anew (a scan of the held states)."""
+def unwatch(p: Processor, partitions: Iterable[int]) -> None:
+    """Watch nothing of ``partitions`` (being loaded: :func:`watch_loaded`, then :func:`order`)."""
+    for part in partitions:
+        p.silence.heaps[part] = []
+
+
+def watch_loaded(p: Processor, devices: Iterable[str]) -> None:
+    """Devices loaded with their partitions (a chunk of them): watched, in no order yet."""
+    if p.rules_of is None:
+        return
+    now_ms, where, states = int(p.clock() * 1000), p.device_partition, p.states
+    for d in devices:
+        p.silence.add(where[d], d, states[d], now_ms)
+
+
+def order(p: Processor, partitions: Iterable[int]) -> None:
+    for part in partitions:
+        p.silence.order(part)
+
+
+async def retime(p: Processor, tenants: set[str]) -> None:
+    """These farms' silence times changed: watch their held devices anew (a scan of the cached states;
+    their evicted ones loaded a chunk at a time)."""
     if p.rules_of is None:
         return
     held, where = p.generations, p.device_partition
     theirs = [(where[d], d, s) for d, s in p.states.items() if s.tenant in tenants and where.get(d) in held]
-    p.silence.retime(tenants, theirs, p.states, int(p.clock() * 1000))
+    now_ms = int(p.clock() * 1000)
+    p.silence.retime(tenants, theirs, p.states, now_ms, where)
+    async for ids in cache.loaded(p, p.cache.of_farms(tenants), "change"):
+        for d in ids:
+            if where.get(d) in held:
+                p.silence.watch(where[d], d, p.states[d], now_ms)
 
 
 def watch_new(p: Processor, loaded: Iterable[str], events: Iterable[Event], now_ms: int) -> None:
@@ -201,12 +262,23 @@ async def sweep(p: Processor) -> None:
         return  # nothing fetched since the assignment or the reload: the positions are not settled
     ready = caught_up(await p.consumer.settled_lag(), p.generations, p.settings.silence_max_lag)
     started = time.perf_counter()
-    dirty, events, more = p.silence.sweep(
-        ready, p.states, p.device_partition, int(p.clock() * 1000), p.settings.chunk_fixes
-    )
+    now_ms = int(p.clock() * 1000)
+    dirty, events, more = p.silence.sweep(ready, p.states, p.device_partition, now_ms, p.settings.chunk_fixes)
     dirty, events = await adoption.confirm_silent(p, dirty, events)  # not those moved to another partition
     if more:  # a mass silence (a gateway down): the next chunk at the next step, not a sweep period later
         p._swept = 0.0
     await p.outbox.events(events)
     p.checkpoint.add(dirty, events)
+    parked: dict[str, list[tuple[int, Entry]]] = {}
+    for part, entry in p.silence.parked:
+        parked.setdefault(entry[1], []).append((part, entry))
+    p.silence.parked = []
+    async for ids in cache.loaded(p, parked, "silence"):  # evicted devices due: loaded, then judged
+        dirty, events = {}, []
+        for d in ids:
+            for part, entry in parked[d]:
+                p.silence.judge(part, entry, p.states[d], p.device_partition, now_ms, dirty, events)
+        dirty, events = await adoption.confirm_silent(p, dirty, events)
+        await p.outbox.events(events)
+        p.checkpoint.add(dirty, events)  # pinned (unsaved) before the cache evicts again
     p.metrics.silence_sweep.observe(time.perf_counter() - started)

@@ -92,7 +92,7 @@ def create_app(settings: Settings) -> tuple[faust.App, PushService]:
 
     processor = Processor(store, consumer, producer, follower, metrics, topics, settings.loop, rules_of=rules_of)
     registry.register(StateCollector(processor.snapshot))
-    herd_gauges = HerdGauges(lambda: processor.states, metrics.herd.farms)
+    herd_gauges = HerdGauges(lambda: processor.states, metrics.herd.farms, processor.cache.farm_flags)
     registry.register(HerdCollector(herd_gauges.read))
 
     app = faust.App(

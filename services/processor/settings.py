@@ -48,6 +48,9 @@ class Settings(ServiceSettings):
     # A save Redis refuses (at its maxmemory, restarting) is sent again for this long, the worker waiting,
     # before it goes back to its committed offsets (which publishes the events since then again); 0: at once
     save_retry_s: float = Field(default=30.0, ge=0)
+    # Device states a worker caches at most (about 0.7 KB each: 1,000,000 is ~0.7 GB); the least recently
+    # used are evicted once saved and loaded from Redis again when their collars report
+    state_cache_max: int = Field(default=1_000_000, ge=1)
     # The silence time of a farm without its own herd settings (the API's PUT /herd/settings)
     default_silence_s: float = Field(default=DEFAULT_RULES.silence_s, gt=0)
     # The herd metrics carry a farm label for the first this many farms a worker sees; the
@@ -80,4 +83,5 @@ class Settings(ServiceSettings):
             late_budget_ms=self.late_budget_ms,
             late_max=self.late_max,
             save_retry_s=self.save_retry_s,
+            state_cache_max=self.state_cache_max,
         )

@@ -468,6 +468,11 @@ PANEL_METRICS: dict[str, tuple[str, str, list[Labels]]] = {
     "fencex_fence_events_total": ("processor", COUNTER, [{"tenant": "hill", "fence": "north"}]),
     "fencex_fence_occupancy_devices": ("processor", GAUGE, [{"tenant": "hill", "fence": "north"}]),
     "fencex_devices_cached": ("processor", GAUGE, [{}]),
+    "fencex_devices_held": ("processor", GAUGE, [{}]),
+    "fencex_state_cache_bound": ("processor", GAUGE, [{}]),
+    "fencex_state_cache_hits_total": ("processor", COUNTER, [{}]),
+    "fencex_state_cache_misses_total": ("processor", COUNTER, [{"path": "fix"}]),
+    "fencex_state_cache_evictions_total": ("processor", COUNTER, [{}]),
     "fencex_http_requests_total": (
         "api",
         COUNTER,

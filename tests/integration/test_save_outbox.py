@@ -164,7 +164,10 @@ def test_a_save_cut_between_its_partition_steps_owes_no_farm_step(cluster_url):
             old._save_part = failing(old._save_part, lambda kw: "{p1}" in kw["keys"][0])
             with pytest.raises(StoreUnavailable):
                 await old.save_packed(blob)
-            assert set(await new.load_states(list(COWS))) == {d for d, (_, p) in COWS.items() if p == 0}
+            # partition 0's states are saved (found under the partition the worker reads them on: their
+            # pointers come after every partition step, so none was written: docs/design/partitions.md)
+            where = {d: p for d, (_, p) in COWS.items()}
+            assert set(await new.load_states(list(COWS), where)) == {d for d, p in where.items() if p == 0}
             assert await new.redis.hlen(new.keys.outbox("{p0}")) == 1
             assert await new.replay_outboxes([0, 1]) == 0
             rows = await farm_rows(new)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -66,7 +67,7 @@ def murmur2_partitions(ids: list[str], partitions: int) -> np.ndarray:
     return out
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Country:
     """``farms`` farms of ``per_farm`` paddocks and ``devices`` collars in all, from ``seed``."""
 
@@ -79,11 +80,15 @@ class Country:
     def fences(self) -> int:
         return self.farms * self.per_farm
 
+    @cached_property
+    def origins(self) -> np.ndarray:
+        """Each farm's first cell's corner (lon, lat): scattered over the country, the same for a seed."""
+        rng = np.random.default_rng(self.seed)
+        return np.column_stack((rng.uniform(LON0, LON1, self.farms), rng.uniform(LAT0, LAT1, self.farms)))
+
     def origin(self, farm: int) -> tuple[float, float]:
-        """The farm's first cell's corner: scattered over the country, the same for a seed."""
-        rng = np.random.default_rng((self.seed, farm))
-        lat = float(rng.uniform(LAT0, LAT1))
-        return float(rng.uniform(LON0, LON1)), lat
+        lon, lat = self.origins[farm].tolist()
+        return lon, lat
 
     @staticmethod
     def cell_lon(lat: float) -> float:
@@ -91,18 +96,18 @@ class Country:
 
     def paddocks(self, farm: int) -> list[Fence]:
         """The farm's paddocks, ids ``f<farm>-<k>``, tenant ``farm-<farm>``."""
-        rng = np.random.default_rng((self.seed, farm, 1))
+        rng = np.random.default_rng((self.seed, farm))
         lon0, lat0 = self.origin(farm)
         cl = self.cell_lon(lat0)
-        out = []
-        for k in range(self.per_farm):
-            cx, cy = lon0 + (k + 0.5) * cl, lat0 + 0.5 * CELL_LAT
-            n = int(rng.integers(5, 51))
-            a = (np.arange(n) + rng.uniform(0, 1, n)) * (2 * math.pi / n)  # one per sector: the centre is inside
-            rad = rng.uniform(0.3, 0.45, n)
-            ring = [
-                [round(cx + x * cl, 7), round(cy + y * CELL_LAT, 7)] for x, y in zip(np.cos(a) * rad, np.sin(a) * rad)
-            ]
+        sizes = rng.integers(5, 51, self.per_farm).tolist()
+        turns, radii = rng.uniform(0, 1, sum(sizes)), rng.uniform(0.3, 0.45, sum(sizes))
+        out, at = [], 0
+        for k, n in enumerate(sizes):
+            a = (np.arange(n) + turns[at : at + n]) * (2 * math.pi / n)  # one per sector: the centre is inside
+            rad = radii[at : at + n]
+            at += n
+            xy = np.column_stack((lon0 + (k + 0.5 + np.cos(a) * rad) * cl, lat0 + (0.5 + np.sin(a) * rad) * CELL_LAT))
+            ring = np.round(xy, 7).tolist()
             ring.append(ring[0])
             out.append(
                 Fence.model_construct(

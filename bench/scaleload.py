@@ -240,8 +240,8 @@ def write_devices(
 
 
 def farm_states(country: Country, farm: int, partitions: int, now_ms: int) -> list[tuple[str, DeviceState, int, str]]:
-    """The farm's collars' saved states (each inside its home paddock since a day, last seen an hour
-    ago), with their partitions and home paddocks."""
+    """The farm's collars' saved states as of ``now_ms`` (each inside its home paddock for a day, its
+    dwell event sent long ago), with their partitions and home paddocks."""
     numbers = country.collars(farm)
     ids = [collar_id(n) for n in numbers]
     parts = murmur2_partitions(ids, partitions).tolist() if ids else []
@@ -250,7 +250,7 @@ def farm_states(country: Country, farm: int, partitions: int, now_ms: int) -> li
     rows = []
     for d, n, p in zip(ids, numbers, parts):
         fid, lon, lat = country.home(farm, n)
-        st = DeviceState(tenant, last, lon, lat, {fid: Membership(now_ms - MEMBER_SINCE_MS, 1)}, seen_ms=last)
+        st = DeviceState(tenant, last, lon, lat, {fid: Membership(now_ms - MEMBER_SINCE_MS, 1, True)})
         rows.append((d, st, p, fid))
     return rows
 

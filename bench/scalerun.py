@@ -93,6 +93,7 @@ class Worker:
             held = metric(self.port, "fencex_devices_cached")
             if "index_s" in marks and assigned >= self.partitions and held >= devices:
                 marks["ready_s"], marks["ready_rss_mb"] = t, rss
+                marks["events"] = metric(self.port, "fencex_events_published_total")  # the load's: none expected
                 return marks
             if t - last_say >= 10:
                 last_say = t

@@ -32,6 +32,7 @@ def test_a_tiny_scale_run_reports_every_figure(tmp_path):
     assert 100 < load["redis_per_device_bytes"] < 5_000  # a state, its pointers, position and membership
     start = r["worker"]["start"]
     assert 0 < start["index_s"] <= start["ready_s"] < 240
+    assert start["events"] == 0  # the saved states are as a worker leaves them: loading them changes nothing
     assert r["empty_worker"]["ready_rss_mb"] > 30 and start["ready_rss_mb"] >= start["index_rss_mb"] > 30
     change = r["fence_change"]
     assert change["exit_event_s"] is not None and change["put_s"] < change["exit_event_s"] < 120

@@ -5,6 +5,7 @@ consumer group, the events it publishes), and the backlogs of fixes it drains.""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -15,12 +16,13 @@ import numpy as np
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from bench.push import metric
 from bench.scaleload import Country, collar_id
 from devtools.localserver import free_port
 from fencex.kafka.producer import client_config
 
 ROOT = Path(__file__).parents[1]
+LOADED = re.compile(r"loaded (\d+) fences and \d+ device registrations")  # fencex.stream.loop's log lines
+HELD = re.compile(r"partitions \[([0-9, ]*)\]: (\d+) devices loaded")
 STEP_MS = 1_000  # between a collar's fixes in a backlog
 
 
@@ -76,8 +78,10 @@ class Worker:
         return got
 
     def wait_ready(self, fences: int, devices: int, timeout: float) -> dict[str, float]:
-        """Until its index holds ``fences``, every partition is assigned and ``devices`` states are loaded
-        (the metrics page, every half second); the seconds each took and the RSS then."""
+        """Until its log says its index holds ``fences`` and every partition's states are loaded (``devices``
+        in all), with its RSS read from ``/proc`` every half second: the seconds each took and the RSS then.
+        Its log, not its metrics page: a scrape walks every state it holds, which at millions of devices
+        blocks its loop for seconds (polled twice a second, long enough to lose its partitions)."""
         marks: dict[str, float] = {}
         deadline = time.monotonic() + timeout
         last_say = 0.0
@@ -86,21 +90,19 @@ class Worker:
                 sys.exit(f"the worker exited with {self.proc.returncode}; see {self.log}")
             rss, _ = self.rss()
             t = time.monotonic() - self.started
-            loaded = metric(self.port, "fencex_fences_loaded")
-            if "index_s" not in marks and loaded >= fences:
+            text = self.log.read_text(errors="replace")
+            got = LOADED.search(text)
+            if "index_s" not in marks and got and int(got[1]) >= fences:
                 marks["index_s"], marks["index_rss_mb"] = t, rss
-            assigned = metric(self.port, "fencex_partitions_assigned")
-            held = metric(self.port, "fencex_devices_cached")
-            if "index_s" in marks and assigned >= self.partitions and held >= devices:
+            parts = devs = 0
+            for found in HELD.finditer(text):  # "partitions [0, 1, ...]: N devices loaded", each assignment
+                parts, devs = len(found[1].split(",")), int(found[2])
+            if "index_s" in marks and parts >= self.partitions and devs >= devices:
                 marks["ready_s"], marks["ready_rss_mb"] = t, rss
-                marks["events"] = metric(self.port, "fencex_events_published_total")  # the load's: none expected
                 return marks
             if t - last_say >= 10:
                 last_say = t
-                say(
-                    f"worker: {t:.0f} s, {loaded:,.0f} fences, {assigned:.0f} partitions, {held:,.0f} devices, "
-                    f"{rss:,.0f} MB"
-                )
+                say(f"worker: {t:.0f} s, {'index built' if 'index_s' in marks else 'loading fences'}, {rss:,.0f} MB")
             time.sleep(0.5)
         sys.exit(f"the worker was not ready in {timeout:.0f} s; see {self.log}")
 
@@ -210,6 +212,14 @@ def events_reader(bootstrap: str, topic: str = "fence-events") -> Consumer:
     while not c.assignment() and time.monotonic() < deadline:
         c.poll(0.1)
     return c
+
+
+def count_events(c: Consumer, quiet: float = 3.0) -> int:
+    """The events there are now (read until none comes for ``quiet`` seconds)."""
+    n = 0
+    while got := c.consume(1000, quiet):
+        n += sum(1 for m in got if not m.error())
+    return n
 
 
 def first_event(c: Consumer, match: Callable[[dict[str, object]], bool], timeout: float) -> float | None:

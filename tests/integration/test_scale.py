@@ -38,9 +38,13 @@ def test_a_tiny_scale_run_reports_every_figure(tmp_path):
     assert change["exit_event_s"] is not None and change["put_s"] < change["exit_event_s"] < 120
     push = r["push"]
     assert push["known"]["collars"] == 2000 and push["baseline"]["collars"] == 500
-    assert push["known"]["records"] == push["baseline"]["records"] == 3000
+    assert push["known"]["records"] == push["known_few"]["records"] == push["baseline"]["records"] == 3000
+    assert push["known_few"]["collars"] == 500
     assert push["known"]["fixes_per_s"] > 0 and push["baseline"]["fixes_per_s"] > 0
     assert push["ratio"] == pytest.approx(push["known"]["fixes_per_s"] / push["baseline"]["fixes_per_s"])
+    assert push["ratio_same_collars"] == pytest.approx(
+        push["known_few"]["fixes_per_s"] / push["baseline"]["fixes_per_s"]
+    )
     rows = r["sizing"]
     assert [row["collars"] for row in rows] == [10_000, 1_000_000, 10_000_000]
     for small, big in itertools.pairwise(rows):

@@ -172,15 +172,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 worker = Worker(broker.address, cluster.url, topic, args.partitions, logs, name)
                 workers.append(worker)
                 worker.wait_ready(country.fences, 0, args.timeout)
+            read = committed(broker.address, worker.group, topic, args.partitions)
+            before = read()  # the worker's drains before this one, on the same topic
             t = time.monotonic()
             records = backlog.produce(broker.address, topic, collars, args.push_fixes, args.pack)
             say(
                 f"push {name}: {records:,} records of {args.pack} fixes from {collars:,} collars produced in "
                 f"{time.monotonic() - t:.1f} s"
             )
-            rate, took = drain_rate(
-                committed(broker.address, worker.group, topic, args.partitions), records, args.pack, args.timeout
-            )
+            rate, took = drain_rate(read, records, args.pack, args.timeout, before)
             now, peak = worker.rss()
             result["push"][name] = {
                 "collars": collars,

@@ -179,13 +179,15 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int) -> Callab
     return read
 
 
-def drain_rate(read: Callable[[], int], records: int, pack: int, timeout: float) -> tuple[float, float]:
-    """Fixes per second over the steady part of a drain (from 5 % of the records committed to all of
-    them), and the seconds it took in all."""
+def drain_rate(
+    read: Callable[[], int], records: int, pack: int, timeout: float, before: int = 0
+) -> tuple[float, float]:
+    """Fixes per second over the steady part of a drain of ``records`` more than the ``before`` committed
+    (from 5 % of them committed to all), and the seconds it took in all."""
     start = time.monotonic()
     samples: list[tuple[float, int]] = []
     while time.monotonic() - start < timeout:
-        n = read()
+        n = read() - before
         samples.append((time.monotonic(), n))
         if n >= records:
             break

@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"push {name}: {records:,} records of {args.pack} fixes from {collars:,} collars produced in "
                 f"{time.monotonic() - t:.1f} s"
             )
-            rate, took = drain_rate(read, records, args.pack, args.timeout, before)
+            rate, took = drain_rate(read, records, args.pack, args.timeout, before, t)
             now, peak = worker.rss()
             result["push"][name] = {
                 "collars": collars,
@@ -226,6 +226,8 @@ def sizing(result: dict[str, Any], collars: int) -> dict[str, Any]:
     rate = collars / FIX_INTERVAL_S
     fences = collars * FENCES_PER_COLLAR
     per_worker = result["push"]["known"]["fixes_per_s"]
+    if per_worker <= 0:
+        raise ValueError("the run measured no push rate: no sizing from it")
     by_rate = max(1, math.ceil(rate * HEADROOM / per_worker))
     w = result["worker"]
     base = result["empty_worker"]["ready_rss_mb"]

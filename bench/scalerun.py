@@ -180,10 +180,11 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int) -> Callab
 
 
 def drain_rate(
-    read: Callable[[], int], records: int, pack: int, timeout: float, before: int = 0
+    read: Callable[[], int], records: int, pack: int, timeout: float, before: int = 0, produced: float | None = None
 ) -> tuple[float, float]:
     """Fixes per second over the steady part of a drain of ``records`` more than the ``before`` committed
-    (from 5 % of them committed to all), and the seconds it took in all."""
+    (from 5 % of them committed to all), and the seconds it took in all. A drain too short to sample
+    twice (a tiny run) is timed whole, from ``produced`` (when its producing began)."""
     start = time.monotonic()
     samples: list[tuple[float, int]] = []
     while time.monotonic() - start < timeout:
@@ -191,11 +192,13 @@ def drain_rate(
         samples.append((time.monotonic(), n))
         if n >= records:
             break
-        time.sleep(0.25)
+        time.sleep(0.1)
     else:
         sys.exit(f"the drain did not finish in {timeout:.0f} s ({samples[-1][1]:,} of {records:,} records)")
     t0 = next(((t, n) for t, n in samples if n >= 0.05 * records), samples[0])
     t1 = samples[-1]
+    if t1[0] - t0[0] < 0.5:
+        t0 = (produced if produced is not None else start, 0)
     return (t1[1] - t0[1]) * pack / max(t1[0] - t0[0], 1e-9), t1[0] - start
 
 

@@ -12,6 +12,11 @@ The feed is capped: a follower that lags past its cap (or a store wiped under it
 would miss changes, so after each read it asks whether entries after its position
 are gone and then reloads everything (fences and device registrations).
 
+The fences are kept as light records (``Fence.from_json(light=True)``): each one's geometry built
+once, straight from the stored JSON, and its GeoJSON coordinates not kept (the index holds the
+geometry; nothing a worker or the API asks of the follower's fences needs the coordinates). They are
+read a page at a time, so a worker never holds every fence's JSON at once.
+
 A fence that cannot be read or built is quarantined, never fatal: it is left out of
 the index and listed in :attr:`FenceFollower.quarantined` (fence id -> tenant,
 version, reason) for ``/readyz`` and its farm.
@@ -30,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from fencex.fence import DEFAULT_TENANT, Fence
@@ -53,10 +58,12 @@ class FeedStore(Protocol):
 
     async def changes_trimmed(self, after: str) -> bool: ...
 
-    async def fences(self, tenant: str | None = None, *, unreadable: dict[str, str] | None = None) -> list[Fence]: ...
+    def fence_pages(
+        self, tenant: str | None = None, *, unreadable: dict[str, str] | None = None, light: bool = ...
+    ) -> AsyncIterator[list[Fence]]: ...
 
     async def fences_by_id(
-        self, ids: list[str], *, unreadable: dict[str, str] | None = None
+        self, ids: list[str], *, unreadable: dict[str, str] | None = None, light: bool = ...
     ) -> dict[str, Fence | None]: ...
 
     async def device_tenants(self) -> dict[str, str]: ...
@@ -120,10 +127,11 @@ class FenceFollower:
         """Read every fence and device registration; the feed is followed from here on."""
         self._after = await self.store.last_change_id()  # first: no change slips between
         unreadable: dict[str, str] = {}
-        self.fences = {f.id: f for f in await self.store.fences(unreadable=unreadable)}
-        self.by_farm = {}
-        for f in self.fences.values():
-            self.by_farm.setdefault(farm_of(f), {})[f.id] = f
+        self.fences, self.by_farm = {}, {}
+        async for page in self.store.fence_pages(unreadable=unreadable, light=True):  # no page's JSON kept
+            for f in page:
+                self.fences[f.id] = f
+                self.by_farm.setdefault(farm_of(f), {})[f.id] = f
         self.unreadable = {fid: Quarantined("", 0, reason) for fid, reason in unreadable.items()}
         self.tenants = await self.store.device_tenants()
         self.rules = await self.store.herd_rules()
@@ -198,7 +206,8 @@ class FenceFollower:
         farms: set[str] = set()  # farms whose fences changed: their shards of the index are built again
         if fence_ids:
             unreadable: dict[str, str] = {}
-            for fid, fence in (await self.store.fences_by_id(sorted(fence_ids), unreadable=unreadable)).items():
+            got = await self.store.fences_by_id(sorted(fence_ids), unreadable=unreadable, light=True)
+            for fid, fence in got.items():
                 self.unreadable.pop(fid, None)
                 if (old := self.fences.pop(fid, None)) is not None:
                     farms.add(farm_of(old))

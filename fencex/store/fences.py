@@ -9,14 +9,14 @@ back after a delete that leaves no fence under it."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 from redis.exceptions import WatchError
 
-from fencex.errors import IdTaken, LimitExceeded, NotFound, VersionConflict
+from fencex.errors import IdTaken, InvalidFence, LimitExceeded, NotFound, VersionConflict
 from fencex.fence import Fence
-from fencex.store.base import decode_fences
+from fencex.store.base import decode_fences, log
 from fencex.store.connection import guard
 from fencex.store.feed import RedisFeed
 
@@ -28,6 +28,26 @@ if held and held ~= ARGV[1] then return held end
 redis.call('SET', KEYS[1], ARGV[1])
 return ARGV[1]
 """
+
+PAGE = 5000  # fence records read and decoded at once
+
+
+def decode(
+    ids: Sequence[str], raws: Sequence[bytes | str | None], unreadable: dict[str, str] | None, light: bool
+) -> dict[str, Fence | None]:
+    """:func:`~fencex.store.base.decode_fences`, or light records (``Fence.from_json(light=True)``)."""
+    if not light:
+        return decode_fences(ids, raws, unreadable)
+    out: dict[str, Fence | None] = {}
+    for fid, raw in zip(ids, raws):
+        try:
+            out[fid] = Fence.from_json(raw, light=True) if raw is not None else None
+        except InvalidFence as exc:
+            log.error("stored fence %r is unreadable and left out: %s", fid, exc)
+            out[fid] = None
+            if unreadable is not None:
+                unreadable[fid] = str(exc)
+    return out
 
 
 class RedisFences(RedisFeed):
@@ -44,24 +64,49 @@ class RedisFences(RedisFeed):
         return fence
 
     @guard
-    async def fences(self, tenant: str | None = None, *, unreadable: dict[str, str] | None = None) -> list[Fence]:
+    async def fences(
+        self, tenant: str | None = None, *, unreadable: dict[str, str] | None = None, light: bool = False
+    ) -> list[Fence]:
         """All fences, or a tenant's. A stored record that cannot be read is left out (and
-        added to ``unreadable``: fence id -> reason), so one broken record stops nobody."""
+        added to ``unreadable``: fence id -> reason), so one broken record stops nobody.
+        ``light``: records without their coordinates, their geometries built (``Fence.light``)."""
+        out: list[Fence] = []
+        async for page in self.fence_pages(tenant, unreadable=unreadable, light=light):
+            out.extend(page)
+        if tenant is None:
+            out.sort(key=lambda f: f.id)
+        return out
+
+    async def fence_pages(
+        self,
+        tenant: str | None = None,
+        *,
+        unreadable: dict[str, str] | None = None,
+        light: bool = False,
+        page: int = PAGE,
+    ) -> AsyncIterator[list[Fence]]:
+        """:meth:`fences` a page at a time (up to ``page`` records read, decoded and dropped at once: a
+        worker loading a million fences never holds their JSON all at once); in no particular order."""
         groups = self.keys.all_groups if tenant is None else [self.keys.group(tenant)]
+        for group, ids in zip(groups, await self._fence_sets(groups, tenant)):
+            for start in range(0, len(ids), page):
+                chunk = ids[start : start + page]
+                raws = await self._records(group, chunk)
+                yield [f for f in decode(chunk, raws, unreadable, light).values() if f is not None]
+
+    @guard
+    async def _fence_sets(self, groups: list[str], tenant: str | None) -> list[list[str]]:
+        """Each group's fence ids (or the tenant's, in its group), sorted."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for group in groups:
                 pipe.smembers(self.keys.fences(group) if tenant is None else self.keys.tenant_fences(tenant))
             sets = cast(list[set[bytes]], await pipe.execute())
-        out: list[Fence] = []
-        for group, members in zip(groups, sets):
-            ids = sorted(m.decode() for m in members)
-            for start in range(0, len(ids), 5000):
-                chunk = ids[start : start + 5000]
-                raws = await self.redis.mget([self.keys.fence_in(group, i) for i in chunk])  # one slot: the group's
-                out.extend(f for f in decode_fences(chunk, raws, unreadable).values() if f is not None)
-        if tenant is None:
-            out.sort(key=lambda f: f.id)
-        return out
+        return [sorted(m.decode() for m in members) for members in sets]
+
+    @guard
+    async def _records(self, group: str, ids: list[str]) -> list[bytes | None]:
+        """The group's fence records of these ids (one slot: one MGET)."""
+        return cast(list[bytes | None], await self.redis.mget([self.keys.fence_in(group, i) for i in ids]))
 
     @guard
     async def fence_ids(self, tenant: str) -> list[str]:
@@ -70,16 +115,21 @@ class RedisFences(RedisFeed):
 
     @guard
     async def fences_by_id(
-        self, ids: list[str], *, tenant: str | None = None, unreadable: dict[str, str] | None = None
+        self,
+        ids: list[str],
+        *,
+        tenant: str | None = None,
+        unreadable: dict[str, str] | None = None,
+        light: bool = False,
     ) -> dict[str, Fence | None]:
         """The fences with these ids (None where deleted or unreadable; the unreadable ones are also
         added to ``unreadable``: fence id -> reason): ``tenant``'s (one read), or whatever their farm
-        (each id's farm is looked up first)."""
+        (each id's farm is looked up first). ``light``: as :meth:`fences`'."""
         if not ids:
             return {}
         if tenant is not None:
             raws = await self.redis.mget([self.keys.fence(tenant, i) for i in ids])
-            return decode_fences(ids, raws, unreadable)
+            return decode(ids, raws, unreadable, light)
         async with self.redis.pipeline(transaction=False) as pipe:
             for i in ids:
                 pipe.get(self.keys.fence_id(i))
@@ -89,7 +139,7 @@ class RedisFences(RedisFeed):
                 if holder is not None:
                     pipe.get(self.keys.fence(holder.decode(), i))
             found = iter(cast(list[bytes | None], await pipe.execute()))
-        return decode_fences(ids, [next(found) if h is not None else None for h in holders], unreadable)
+        return decode(ids, [next(found) if h is not None else None for h in holders], unreadable, light)
 
     @guard
     async def put_fences(

@@ -7,6 +7,8 @@ from fencex.errors import InvalidFence
 from fencex.fence import Fence, parse_geometry
 from tests.unit.factory import square
 
+SQUARE = square(17.0, 59.0, 0.01)
+
 
 def poly(*rings):
     return {"type": "Polygon", "coordinates": [list(r) for r in rings]}
@@ -145,3 +147,32 @@ def test_fence_kinds_existing_fences_stay_pastures():
     assert pond.feature()["properties"]["kind"] == "exclusion"
     with pytest.raises(ValueError):
         Fence(id="x", kind="moat", geometry=square(17.6, 59.8))
+
+
+def test_a_light_record_is_the_stored_fence_without_its_coordinates():
+    """Issue 15: what a worker keeps of a fence: every field but the coordinates, the geometry built."""
+    full = Fence(id="north", tenant="farm", geometry=SQUARE, name="North", tags=["a"], dwell_s=30.0, version=3)
+    raw = full.to_json()
+    for light in (Fence.from_json(raw, light=True), full.light()):
+        assert light.light_record and set(light.geometry) == {"type", "digest"}
+        assert light.model_dump(exclude={"geometry"}) == full.model_dump(exclude={"geometry"})
+        assert light.shape().equals(full.shape())
+        assert light.light() is light
+        with pytest.raises(InvalidFence):
+            light.to_json()  # never stored: it would lose the fence's shape
+        with pytest.raises(InvalidFence):
+            light.feature()
+    other = full.model_copy(update={"name": "South"}).to_json()
+    assert Fence.from_json(other, light=True).geometry != Fence.from_json(raw, light=True).geometry
+    assert Fence.from_json(raw, light=True).geometry == Fence.from_json(raw, light=True).geometry
+
+
+def test_a_stored_fence_that_does_not_build_is_read_in_full_and_a_broken_record_still_refused():
+    """A geometry that does not build stays as stored (the index quarantines it, saying why); a record
+    that cannot be read is refused as before."""
+    raw = orjson.dumps({"id": "x", "tenant": "farm", "geometry": {"type": "Polygon", "coordinates": [[[0, 0]]]}})
+    kept = Fence.from_json(raw, light=True)
+    assert not kept.light_record and kept.geometry["coordinates"] == [[[0, 0]]]
+    for bad in (b"{", b"[]", orjson.dumps({"id": "x", "geometry": SQUARE, "version": 0})):
+        with pytest.raises(InvalidFence):
+            Fence.from_json(bad, light=True)

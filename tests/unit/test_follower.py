@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import orjson
 import pytest
@@ -14,6 +15,7 @@ from fencex.herd import DEFAULT_RULES, HerdRules, Mob
 from fencex.index import FenceIndex
 from fencex.mob import MobRecord
 from fencex.store.base import Change, decode_fences
+from fencex.store.fences import decode
 from tests.unit.factory import LAT0, LON0, fence
 
 INSIDE = (LON0 + 0.005, LAT0 + 0.005)
@@ -96,10 +98,18 @@ class FakeFeed:
         found = decode_fences(ids, [self.records[i] for i in ids], unreadable)
         return [f for f in found.values() if f is not None and tenant in (None, f.tenant)]
 
+    async def fence_pages(
+        self, tenant: str | None = None, *, unreadable: dict[str, str] | None = None, light: bool = False
+    ) -> AsyncIterator[list[Fence]]:
+        for fid in sorted(self.records):  # a page a fence: the follower must not need them all at once
+            got = decode([fid], [self.records[fid]], unreadable, light)[fid]
+            if got is not None and tenant in (None, got.tenant):
+                yield [got]
+
     async def fences_by_id(
-        self, ids: list[str], *, unreadable: dict[str, str] | None = None
+        self, ids: list[str], *, unreadable: dict[str, str] | None = None, light: bool = False
     ) -> dict[str, Fence | None]:
-        return decode_fences(ids, [self.records.get(i) for i in ids], unreadable)
+        return decode(ids, [self.records.get(i) for i in ids], unreadable, light)
 
     async def device_tenants(self) -> dict[str, str]:
         return dict(self.devices)
@@ -410,3 +420,33 @@ def test_a_settings_change_read_with_another_farms_fence_change_is_still_told():
     store.put(fence("north", lon=LON0 + 0.5, version=2))
     assert asyncio.run(follower.step(0)) is True
     assert len(handed) == 1 and told == [{"other"}]
+
+
+def test_the_follower_keeps_no_coordinates_and_its_index_still_answers():
+    """Issue 15 (a worker's memory a fence): the follower's records are light, the index built from them."""
+    store = FakeFeed()
+    store.put(fence("north", dwell_s=60.0, tags=["pasture"]))
+    follower = FenceFollower(store)
+    asyncio.run(follower.load())
+    kept = follower.fences["north"]
+    assert "coordinates" not in kept.geometry and kept.light_record
+    assert kept.model_dump(exclude={"geometry"}) == fence("north", dwell_s=60.0, tags=["pasture"]).model_dump(
+        exclude={"geometry"}
+    )
+    assert inside(follower) == ["north"]
+    store.put(fence("north", lon=LON0 + 1, version=2))  # moved away: a change read light too
+    asyncio.run(follower.step(0))
+    assert inside(follower) == [] and follower.fences["north"].light_record
+
+
+def test_a_reload_does_not_reuse_a_geometry_of_another_record_with_the_same_version():
+    """A store wiped and written again (same id, same version, another shape): the light records' digests
+    differ, so the index does not keep the old geometry (it compares geometries, not versions alone)."""
+    store = FakeFeed()
+    store.put(fence("north"))
+    follower = FenceFollower(store)
+    asyncio.run(follower.load())
+    assert inside(follower) == ["north"]
+    store.records["north"] = fence("north", lon=LON0 + 1).to_json()  # version 1 again, elsewhere
+    asyncio.run(follower.load())
+    assert inside(follower) == []

@@ -36,6 +36,7 @@ import orjson
 import redis
 from redis.cluster import RedisCluster as SyncCluster
 
+from bench.partitions import GROWTH, HEADROOM, MULTIPLE, partitions_for
 from bench.scaleload import Country, Loader, chunks, farm_states, write_devices, write_fences
 from bench.scalerun import Backlog, Worker, committed, count_events, drain_rate, events_reader, first_event, say
 from devtools.localserver import RedisCluster, start_broker, start_redis_cluster
@@ -207,9 +208,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 # The sizing rule's inputs that the scale run does not measure (README, Sizing)
 FIX_INTERVAL_S = 60.0  # one fix a minute a collar
-HEADROOM = 2.0  # a worker runs at half its measured rate (bench/partitions.py's rule, issue 15 item 4)
-GROWTH = 2.0  # partitions for twice the workers needed now
-MULTIPLE = 12  # partitions in multiples of 12
 FENCES_PER_COLLAR = 0.1  # 10 paddocks a farm of 100 collars
 TRACK_BYTES = 2_000 * 17.1  # a collar's track in Redis: 2,000 fixes (FENCEX_TRACK_CAP) at 17.1 bytes (bench.tracks)
 API_RPS_PER_1000_COLLARS = 1.0  # assumed: farmers' apps and integrations, requests/s per 1,000 collars
@@ -228,7 +226,7 @@ def sizing(result: dict[str, Any], collars: int) -> dict[str, Any]:
     per_worker = result["push"]["known"]["fixes_per_s"]
     if per_worker <= 0:
         raise ValueError("the run measured no push rate: no sizing from it")
-    by_rate = max(1, math.ceil(rate * HEADROOM / per_worker))
+    by_rate = partitions_for(rate, per_worker).workers  # the sizing rule (bench/partitions.py)
     w = result["worker"]
     base = result["empty_worker"]["ready_rss_mb"]
     mb_fence = max(w["start"]["index_rss_mb"] - base, 0) / max(result["fences"], 1)

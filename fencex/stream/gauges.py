@@ -18,14 +18,14 @@ if TYPE_CHECKING:
 WALK_CHUNK = 50_000  # states counted between two yields to the event loop
 
 
-def worker_gauges(p: Processor) -> dict[str, Any]:
+def worker_gauges(p: Processor, occupancy: Counter[tuple[str, str]] | None = None) -> dict[str, Any]:
     """Partitions, lag, fences, devices and the herd's busiest fences of one running worker. Occupancy
     counts every held device: the cached states walked, plus the evicted ones' sums (:mod:`.cache`:
-    an evicted state is saved and unchanged until loaded again, so its part is known)."""
-    occupancy: Counter[tuple[str, str]] = p.cache.fence_occupancy()
-    for state in list(p.states.values()):
-        for fid in state.members:
-            occupancy[(state.tenant, fid)] += 1
+    an evicted state is saved and unchanged until loaded again, so its part is known); ``occupancy``:
+    that count made already (:meth:`HerdGauges.refresh`, in chunks), else it is walked at once."""
+    if occupancy is None:
+        occupancy = p.cache.fence_occupancy()
+        count_members(p.states.values(), occupancy)
     return {
         "partitions": p.consumer.assignment(),
         "lag": p.consumer.lag(),
@@ -40,6 +40,13 @@ def worker_gauges(p: Processor) -> dict[str, Any]:
         "occupancy": occupancy.most_common(HERD_SERIES),
         "fence_events": p.outbox.fence_events.most_common(HERD_SERIES),
     }
+
+
+def count_members(states: Iterable[DeviceState], into: Counter[tuple[str, str]]) -> None:
+    """Add each state's fences (farm, fence) to ``into``."""
+    for state in list(states):
+        for fid in state.members:
+            into[(state.tenant, fid)] += 1
 
 
 def count_flags(states: Iterable[DeviceState], into: dict[str, list[int]]) -> None:
@@ -73,20 +80,33 @@ class HerdGauges:
         states: Callable[[], Mapping[str, DeviceState]],
         farms: FarmLabels,
         evicted: Callable[[], Mapping[str, list[int]]] = dict,
+        evicted_occupancy: Callable[[], Counter[tuple[str, str]]] = Counter,
     ) -> None:
         self.states = states
         self.farms = farms
         self.evicted = evicted  # farm -> [out, silent, low] of the devices not cached (StateCache.flags)
+        self.evicted_occupancy = evicted_occupancy  # (farm, fence) -> evicted devices inside
         self._fresh: dict[str, list[int]] | None = None
+        self._occupancy: Counter[tuple[str, str]] | None = None
 
     async def refresh(self) -> None:
+        """Count the flags and the fences' occupancy in one walk, in chunks (for :meth:`read` and
+        :meth:`occupancy`, which take the result once)."""
         values = list(self.states().values())
         counts = self._evicted()
+        occupancy = Counter(self.evicted_occupancy())
         for i in range(0, len(values), WALK_CHUNK):
             if i:
                 await asyncio.sleep(0)
-            count_flags(values[i : i + WALK_CHUNK], counts)
-        self._fresh = counts
+            chunk = values[i : i + WALK_CHUNK]
+            count_flags(chunk, counts)
+            count_members(chunk, occupancy)
+        self._fresh, self._occupancy = counts, occupancy
+
+    def occupancy(self) -> Counter[tuple[str, str]] | None:
+        """The occupancy counted by the last :meth:`refresh` (taken once), else None (walk at once)."""
+        got, self._occupancy = self._occupancy, None
+        return got
 
     def read(self) -> dict[str, list[int]]:
         counts, self._fresh = self._fresh, None

@@ -45,6 +45,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from itertools import chain
 from typing import Any
@@ -147,9 +148,9 @@ class Processor:
         await self.producer.stop()
         await self.store.close()
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, occupancy: Counter[tuple[str, str]] | None = None) -> dict[str, Any]:
         """What the metrics collector reads at scrape time (:func:`fencex.stream.gauges.worker_gauges`)."""
-        return worker_gauges(self)
+        return worker_gauges(self, occupancy)
 
     def _new_index(self, index: FenceIndex) -> None:
         self.metrics.index_rebuild.observe(index.build_seconds)

@@ -91,8 +91,11 @@ def create_app(settings: Settings) -> tuple[faust.App, PushService]:
         return follower.rules.get(tenant, defaults)
 
     processor = Processor(store, consumer, producer, follower, metrics, topics, settings.loop, rules_of=rules_of)
-    registry.register(StateCollector(processor.snapshot))
-    herd_gauges = HerdGauges(lambda: processor.states, metrics.herd.farms, processor.cache.farm_flags)
+    herd_gauges = HerdGauges(
+        lambda: processor.states, metrics.herd.farms, processor.cache.farm_flags, processor.cache.fence_occupancy
+    )
+    # the walks over the held states are made by the /metrics page, in chunks (herd_gauges.refresh)
+    registry.register(StateCollector(lambda: processor.snapshot(herd_gauges.occupancy())))
     registry.register(HerdCollector(herd_gauges.read))
 
     app = faust.App(

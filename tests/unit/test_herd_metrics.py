@@ -99,6 +99,31 @@ def test_chunked_refresh_equals_the_walk_at_once(monkeypatch):
     assert sum(c[0] for c in chunked.values()) == 34 and sum(c[1] for c in chunked.values()) == 25
 
 
+def test_the_fences_occupancy_is_counted_in_the_chunked_walk_not_at_scrape_time(monkeypatch):
+    """A worker holding a million devices stalled for the whole walk at every scrape (the occupancy
+    of its busiest fences, counted at once by the collector): now the /metrics page's refresh counts
+    it in chunks with the flags, and the collector takes that count; without a refresh, it walks."""
+    from collections import Counter
+
+    import fencex.stream.gauges as gauges_module
+
+    monkeypatch.setattr(gauges_module, "WALK_CHUNK", 7)
+    states = {}
+    for i in range(100):
+        s = state(f"farm-{i % 5}")
+        s.members = frozenset({f"f{i % 3}"} | ({"shade"} if i % 4 == 0 else set()))
+        states[f"d{i}"] = s
+    evicted = Counter({("farm-0", "f0"): 5})
+    gauges = HerdGauges(lambda: states, FarmLabels(3), evicted_occupancy=lambda: evicted)
+    assert gauges.occupancy() is None  # no refresh yet: the collector walks at once
+    asyncio.run(gauges.refresh())
+    got = gauges.occupancy()
+    expected = Counter(evicted)
+    gauges_module.count_members(states.values(), expected)
+    assert got == expected and got[("farm-0", "f0")] == 5 + 7 and sum(got.values()) == 5 + 100 + 25
+    assert gauges.occupancy() is None  # taken once: a scrape without a refresh does not read a stale count
+
+
 def test_a_collar_silent_before_a_restart_is_silent_on_the_new_worker():
     """Loaded states count: the silent and battery_low events were published by the worker
     before, not by this one (counting events instead would say 0 here)."""

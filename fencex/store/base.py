@@ -12,6 +12,8 @@ the farm ``t`` (or of the device, where the key is a device's), ``{p}`` the devi
 ``{P}:{g}:fences``                   set of the group's fence ids (every farm of the group)
 ``{P}:{g}:tenant-fences:{t}``        set of farm t's fence ids
 ``{P}:fence-id:{id}``                the farm that holds fence id ``id`` (ids are unique across farms)
+``{P}:{g}:fence-put:{t}:{id}``       puts of farm t's fence ``id`` under way (a count, with a lease): its
+                                     claim is not given back meanwhile (``fencex.store.fences``)
 ``{P}:{g}:changes``                  stream: the group's change feed (kind, op, id, tenant, version)
 ``{P}:{g}:devices``                  hash device id -> tenant (the group's registered devices)
 ``{P}:{g}:where``                    hash device id -> the partition its state is saved under
@@ -143,6 +145,9 @@ class Keys:
 
     def fence_id(self, fid: str) -> str:
         return f"{self.prefix}:fence-id:{fid}"
+
+    def fence_put(self, tenant: str, fid: str) -> str:
+        return f"{self._t(tenant)}:fence-put:{tenant}:{fid}"
 
     def changes(self, group: str) -> str:
         return f"{self.prefix}:{group}:changes"

@@ -22,6 +22,7 @@ the farm ``t`` (or of the device, where the key is a device's), ``{p}`` the devi
 ``{P}:{p}:gen:{topic}``              the partition's generation: raised by each new owner; a save
                                      carrying an older one is refused (fencing a stalled worker)
 ``{P}:partitions:{topic}``           set of the partitions ever claimed
+``{P}:store-groups``                 the number of groups (FENCEX_STORE_GROUPS) the store is written with
 ``{P}:{g}:geo:{t}``                  GEO set: farm t's devices at their last position
 ``{P}:{g}:in:{t}:{fence}``           sorted set: devices inside the fence, scored by since (ms)
 ``{P}:tenants``                      hash tenant -> name
@@ -171,6 +172,10 @@ class Keys:
 
     def partitions(self, topic: str) -> str:
         return f"{self.prefix}:partitions:{topic}"
+
+    @property
+    def store_groups(self) -> str:
+        return f"{self.prefix}:store-groups"
 
     def track(self, partition: int, did: str) -> str:
         return f"{self.prefix}:{{p{partition}}}:track:{did}"

@@ -35,7 +35,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from fencex.errors import StoreUnavailable
+from fencex.errors import Misconfigured, StoreUnavailable
 from fencex.store.base import Keys, tag_of
 from fencex.store.scripts import APPEND_EVENTS, SAVE_ALL, SAVE_FARM, SAVE_PART
 
@@ -193,10 +193,25 @@ class RedisConnection:
             self._permits = None
             self._redis = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
             await self._redis.ping()
+        await self._check_groups()
         self._append_events = self._redis.register_script(APPEND_EVENTS)
         self._save_part = self._redis.register_script(SAVE_PART)
         self._save_farm = self._redis.register_script(SAVE_FARM)
         self._save_all = self._redis.register_script(SAVE_ALL)
+
+    async def _check_groups(self) -> None:
+        """Record the store's number of groups (FENCEX_STORE_GROUPS) on first use; refuse another one: every
+        farm's and device's keys and the change feeds are placed by it, so a service with another one would
+        read and write beside the rest (fences missing from the workers' index, devices not found)."""
+        key, groups = self.keys.store_groups, self.keys.groups
+        await self.redis.set(key, groups, nx=True)
+        stored = cast(bytes | None, await self.redis.get(key))
+        if stored is not None and int(stored) != groups:
+            await self.close()
+            raise Misconfigured(
+                f"FENCEX_STORE_GROUPS is {groups} but the store at this prefix is written with {int(stored)} groups: "
+                "set it to that (changing it moves every farm's keys: see docs/design/redis-cluster.md, Upgrades)"
+            )
 
     async def close(self) -> None:
         if self._redis is not None:

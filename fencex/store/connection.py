@@ -23,8 +23,9 @@ from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import (
+    AskError,
     ClusterError,
     MaxConnectionsError,
     OutOfMemoryError,
@@ -118,6 +119,8 @@ def guard(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any,
             raise StoreUnavailable(f"redis does not answer: {exc}") from exc
         except (ClusterError, TryAgainError, SlotNotCoveredError) as exc:  # a node down, a slot moving or not served
             raise StoreUnavailable(f"the redis cluster does not answer: {exc}") from exc
+        except AskError as exc:  # (and MOVED) a transaction on a slot being moved: redis-py follows neither there
+            raise StoreUnavailable(f"the redis cluster is moving this slot: {exc}") from exc
         except ResponseError as exc:
             # Out of memory (maxmemory, noeviction) refuses writes until memory is freed: unavailable,
             # not a bug. redis-py raises OutOfMemoryError for a command or a pipeline, and a plain
@@ -174,7 +177,12 @@ class RedisConnection:
                 socket_connect_timeout=3,
                 socket_timeout=10,
                 health_check_interval=30,
-                retry=retry,
+                # No retries by the cluster client: it retries timeouts too (three socket timeouts for a
+                # paused node), and a pipeline that fails closes every node's connections before it tries
+                # again (other farms' calls in flight on healthy nodes fail with it) and finds the nodes
+                # again through whichever answers. A call to a node that fails is StoreUnavailable after one
+                # timeout; MOVED and ASK are still followed, and the next call finds the nodes again.
+                retry=Retry(NoBackoff(), 0),
             )
             self.cluster = True
             # the cluster client has the single client's command methods: the store uses those only

@@ -120,6 +120,8 @@ def guard(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any,
         except (ClusterError, TryAgainError, SlotNotCoveredError) as exc:  # a node down, a slot moving or not served
             raise StoreUnavailable(f"the redis cluster does not answer: {exc}") from exc
         except AskError as exc:  # (and MOVED) a transaction on a slot being moved: redis-py follows neither there
+            if not getattr(args[0], "cluster", False):
+                raise  # redis:// to a cluster's node: a setting to fix (redis+cluster://), not an outage
             raise StoreUnavailable(f"the redis cluster is moving this slot: {exc}") from exc
         except ResponseError as exc:
             # Out of memory (maxmemory, noeviction) refuses writes until memory is freed: unavailable,

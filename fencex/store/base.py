@@ -107,6 +107,15 @@ def tag_of(key: str) -> str:
     return key
 
 
+def step_keys(token: str) -> list[str]:
+    """The KEYS of a save step whose token is ``token`` (``SAVE_FARM``): the token and a second name in its slot.
+    The token is new, so a call naming it alone is sent, while its slot moves between nodes, to the importing
+    node (ASK), where the script's writes of keys still on the source node create them beside the source's
+    (the reshard's MIGRATE then fails, BUSYKEY, or replaces newer rows with older ones). Named with a second
+    key, the call is a multi-key one: Redis refuses it (TRYAGAIN) until the slot has moved."""
+    return [token, f"{token}:slot"]
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
     prefix: str = "fx"

@@ -16,6 +16,7 @@ redis-py, aiokafka or confluent-kafka exception classes::
     ├── Fenced                       a state save refused: its partitions have a newer owner
     │   └── GenerationsLost          ... or none: their generations are gone or behind (Redis lost writes)
     ├── CorruptRecord                stored bytes that do not read (a track cut short or damaged)
+    ├── Misconfigured                a setting that does not match the store a service connects to
     ├── Unavailable                  a server does not answer
     │   ├── StoreUnavailable         Redis
     │   └── BrokerUnavailable        the Kafka-protocol broker
@@ -89,6 +90,10 @@ class GenerationsLost(Fenced):
 
 class CorruptRecord(FencexError, ValueError):
     """Stored bytes (a device's track) that do not read back: cut short, damaged or not of fencex."""
+
+
+class Misconfigured(FencexError, RuntimeError):
+    """A setting that does not match the store the service connects to (FENCEX_STORE_GROUPS): it refuses to start."""
 
 
 class Unavailable(FencexError, ConnectionError):

@@ -12,6 +12,8 @@ the farm ``t`` (or of the device, where the key is a device's), ``{p}`` the devi
 ``{P}:{g}:fences``                   set of the group's fence ids (every farm of the group)
 ``{P}:{g}:tenant-fences:{t}``        set of farm t's fence ids
 ``{P}:fence-id:{id}``                the farm that holds fence id ``id`` (ids are unique across farms)
+``{P}:{g}:fence-put:{t}:{id}``       puts of farm t's fence ``id`` under way (a count, with a lease): its
+                                     claim is not given back meanwhile (``fencex.store.fences``)
 ``{P}:{g}:changes``                  stream: the group's change feed (kind, op, id, tenant, version)
 ``{P}:{g}:devices``                  hash device id -> tenant (the group's registered devices)
 ``{P}:{g}:where``                    hash device id -> the partition its state is saved under
@@ -20,6 +22,7 @@ the farm ``t`` (or of the device, where the key is a device's), ``{p}`` the devi
 ``{P}:{p}:gen:{topic}``              the partition's generation: raised by each new owner; a save
                                      carrying an older one is refused (fencing a stalled worker)
 ``{P}:partitions:{topic}``           set of the partitions ever claimed
+``{P}:store-groups``                 the number of groups (FENCEX_STORE_GROUPS) the store is written with
 ``{P}:{g}:geo:{t}``                  GEO set: farm t's devices at their last position
 ``{P}:{g}:in:{t}:{fence}``           sorted set: devices inside the fence, scored by since (ms)
 ``{P}:tenants``                      hash tenant -> name
@@ -114,6 +117,15 @@ def tag_of(key: str) -> str:
     return key
 
 
+def step_keys(token: str) -> list[str]:
+    """The KEYS of a save step whose token is ``token`` (``SAVE_FARM``): the token and a second name in its slot.
+    The token is new, so a call naming it alone is sent, while its slot moves between nodes, to the importing
+    node (ASK), where the script's writes of keys still on the source node create them beside the source's
+    (the reshard's MIGRATE then fails, BUSYKEY, or replaces newer rows with older ones). Named with a second
+    key, the call is a multi-key one: Redis refuses it (TRYAGAIN) until the slot has moved."""
+    return [token, f"{token}:slot"]
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
     prefix: str = "fx"
@@ -154,6 +166,9 @@ class Keys:
     def fence_id(self, fid: str) -> str:
         return f"{self.prefix}:fence-id:{fid}"
 
+    def fence_put(self, tenant: str, fid: str) -> str:
+        return f"{self._t(tenant)}:fence-put:{tenant}:{fid}"
+
     def changes(self, group: str) -> str:
         return f"{self.prefix}:{group}:changes"
 
@@ -176,6 +191,10 @@ class Keys:
 
     def partitions(self, topic: str) -> str:
         return f"{self.prefix}:partitions:{topic}"
+
+    @property
+    def store_groups(self) -> str:
+        return f"{self.prefix}:store-groups"
 
     def track(self, partition: int, did: str) -> str:
         return f"{self.prefix}:{{p{partition}}}:track:{did}"

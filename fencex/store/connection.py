@@ -23,8 +23,9 @@ from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import (
+    AskError,
     ClusterError,
     MaxConnectionsError,
     OutOfMemoryError,
@@ -35,7 +36,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from fencex.errors import StoreUnavailable
+from fencex.errors import Misconfigured, StoreUnavailable
 from fencex.store.base import Keys, tag_of
 from fencex.store.scripts import APPEND_EVENTS, SAVE_ALL, SAVE_FARM, SAVE_PART
 
@@ -118,6 +119,10 @@ def guard(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any,
             raise StoreUnavailable(f"redis does not answer: {exc}") from exc
         except (ClusterError, TryAgainError, SlotNotCoveredError) as exc:  # a node down, a slot moving or not served
             raise StoreUnavailable(f"the redis cluster does not answer: {exc}") from exc
+        except AskError as exc:  # (and MOVED) a transaction on a slot being moved: redis-py follows neither there
+            if not getattr(args[0], "cluster", False):
+                raise  # redis:// to a cluster's node: a setting to fix (redis+cluster://), not an outage
+            raise StoreUnavailable(f"the redis cluster is moving this slot: {exc}") from exc
         except ResponseError as exc:
             # Out of memory (maxmemory, noeviction) refuses writes until memory is freed: unavailable,
             # not a bug. redis-py raises OutOfMemoryError for a command or a pipeline, and a plain
@@ -174,7 +179,12 @@ class RedisConnection:
                 socket_connect_timeout=3,
                 socket_timeout=10,
                 health_check_interval=30,
-                retry=retry,
+                # No retries by the cluster client: it retries timeouts too (three socket timeouts for a
+                # paused node), and a pipeline that fails closes every node's connections before it tries
+                # again (other farms' calls in flight on healthy nodes fail with it) and finds the nodes
+                # again through whichever answers. A call to a node that fails is StoreUnavailable after one
+                # timeout; MOVED and ASK are still followed, and the next call finds the nodes again.
+                retry=Retry(NoBackoff(), 0),
             )
             self.cluster = True
             # the cluster client has the single client's command methods: the store uses those only
@@ -193,10 +203,25 @@ class RedisConnection:
             self._permits = None
             self._redis = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
             await self._redis.ping()
+        await self._check_groups()
         self._append_events = self._redis.register_script(APPEND_EVENTS)
         self._save_part = self._redis.register_script(SAVE_PART)
         self._save_farm = self._redis.register_script(SAVE_FARM)
         self._save_all = self._redis.register_script(SAVE_ALL)
+
+    async def _check_groups(self) -> None:
+        """Record the store's number of groups (FENCEX_STORE_GROUPS) on first use; refuse another one: every
+        farm's and device's keys and the change feeds are placed by it, so a service with another one would
+        read and write beside the rest (fences missing from the workers' index, devices not found)."""
+        key, groups = self.keys.store_groups, self.keys.groups
+        await self.redis.set(key, groups, nx=True)
+        stored = cast(bytes | None, await self.redis.get(key))
+        if stored is not None and int(stored) != groups:
+            await self.close()
+            raise Misconfigured(
+                f"FENCEX_STORE_GROUPS is {groups} but the store at this prefix is written with {int(stored)} groups: "
+                "set it to that (changing it moves every farm's keys: see docs/design/redis-cluster.md, Upgrades)"
+            )
 
     async def close(self) -> None:
         if self._redis is not None:

@@ -4,15 +4,25 @@ delete; each write announced on the change feed in its transaction.
 A fence is its farm's (its farm's group's slot: the fence, the group's and the farm's sets of ids and
 the group's feed change in one transaction). Fence ids are unique across farms: an id is claimed for
 its farm (``{P}:fence-id:{id}``, a slot of its own) before the farm's transaction writes it, and given
-back after a delete that leaves no fence under it."""
+back when no fence is under it: after a delete, after a put refused, and, taken back by another farm's
+claim, after a put cut short (its process died between claim and transaction).
+
+A claim is given back only while its farm has no fence under the id and no put of it under way: each put
+first counts itself in ``{P}:{g}:fence-put:{t}:{id}`` (the farm's slot, with a lease of
+:data:`CLAIM_LEASE_S`: a put that died is forgotten then), then claims. The release WATCHes the claim before
+it reads the fence and the count, so a put that counts itself after that read claims after the WATCH
+and the release starts over. (Without the count, a delete racing a put of the same id gave the claim back
+between the put's claim and its transaction: the fence was stored with no claim, the followers, which
+find a changed fence through its claim, dropped it, and another farm could take the id.)"""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, cast
 
-from redis.exceptions import WatchError
+from redis.exceptions import RedisError, WatchError
 
 from fencex.errors import IdTaken, InvalidFence, LimitExceeded, NotFound, VersionConflict
 from fencex.fence import Fence
@@ -28,6 +38,13 @@ if held and held ~= ARGV[1] then return held end
 redis.call('SET', KEYS[1], ARGV[1])
 return ARGV[1]
 """
+# A put of a fence id is over (done or refused): one fewer under way; the count goes when none is.
+PUT_DONE = """
+local n = redis.call('DECR', KEYS[1])
+if n <= 0 then redis.call('DEL', KEYS[1]) end
+return n
+"""
+CLAIM_LEASE_S = 60  # a put under way keeps its ids' claims this long at most (one that died: no longer)
 
 PAGE = 5000  # fence records read and decoded at once
 
@@ -158,25 +175,55 @@ class RedisFences(RedisFeed):
         fences than this gets LimitExceeded, checked in the same transaction as the write.
         """
         fences = list(fences)
-        await self._claim_ids(fences)
-        by_group: dict[str, list[Fence]] = {}
-        for f in fences:
-            by_group.setdefault(self.keys.group(f.tenant), []).append(f)
-        stored: list[Fence] = []
-        for group, some in by_group.items():
-            stored.extend(await self._put_group(group, some, if_match, create_only, max_per_tenant))
+        await self._count_puts(fences)
+        try:
+            await self._claim_ids(fences)
+            by_group: dict[str, list[Fence]] = {}
+            for f in fences:
+                by_group.setdefault(self.keys.group(f.tenant), []).append(f)
+            stored: list[Fence] = []
+            for group, some in by_group.items():
+                stored.extend(await self._put_group(group, some, if_match, create_only, max_per_tenant))
+        except Exception:
+            # refused (or cut): the ids it claimed and holds no fence under go back (a put of the farm's
+            # still under way keeps them); if Redis is gone meanwhile, the lease lets them go later
+            with contextlib.suppress(RedisError, OSError):
+                await self._puts_done(fences)
+                for f in fences:
+                    await self._release_id(f.tenant, f.id)
+            raise
+        with contextlib.suppress(RedisError, OSError):  # the fences are written: their claims are kept anyway
+            await self._puts_done(fences)
         return stored
 
+    async def _count_puts(self, fences: list[Fence]) -> None:
+        """Count this put in each id's puts under way (before any claim: see the module's docstring)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for f in fences:
+                pipe.incr(self.keys.fence_put(f.tenant, f.id))
+                pipe.expire(self.keys.fence_put(f.tenant, f.id), CLAIM_LEASE_S)
+            await pipe.execute()
+
+    async def _puts_done(self, fences: list[Fence]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for f in fences:
+                pipe.eval(PUT_DONE, 1, self.keys.fence_put(f.tenant, f.id))
+            await pipe.execute()
+
     async def _claim_ids(self, fences: list[Fence]) -> None:
-        """Claim each fence's id for its farm (IdTaken if another farm holds one: nothing written then,
-        but the ids claimed before it stay their farm's, as an unused id of that farm)."""
+        """Claim each fence's id for its farm: IdTaken if another farm holds one (a claim of a farm that holds
+        no fence under the id and puts none is taken back first: a put of it was cut short)."""
+        holders = await self._claim(fences)
+        stale = [(f, h) for f, h in zip(fences, holders) if h != f.tenant]
+        for f, holder in stale:
+            if not await self._release_id(holder, f.id) or (await self._claim([f]))[0] != f.tenant:
+                raise IdTaken(f"fence id {f.id!r} is taken: choose another")
+
+    async def _claim(self, fences: list[Fence]) -> list[str]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for f in fences:
                 pipe.eval(CLAIM_ID, 1, self.keys.fence_id(f.id), f.tenant)
-            holders = cast(list[bytes], await pipe.execute())
-        for f, holder in zip(fences, holders):
-            if holder.decode() != f.tenant:
-                raise IdTaken(f"fence id {f.id!r} is taken: choose another")
+            return [h.decode() for h in cast(list[bytes], await pipe.execute())]
 
     async def _put_group(
         self,
@@ -261,22 +308,31 @@ class RedisFences(RedisFeed):
         await self._release_id(tenant, fid)
         return old
 
-    async def _release_id(self, tenant: str, fid: str) -> None:
-        """Give a deleted fence's id back, unless its farm has written the fence again meanwhile (a
-        farm re-claiming it touches the claim: the WATCH sees it, and this looks again)."""
+    async def _release_id(self, tenant: str, fid: str) -> bool:
+        """Give ``tenant``'s claim of a fence id back unless the farm holds a fence under it or puts one (a
+        put counts itself before it claims, and claiming touches the claim: the WATCH sees a put that
+        starts meanwhile, and this looks again). True if the id is free now."""
         claim = self.keys.fence_id(fid)
         while True:
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:
                     await pipe.watch(claim)
                     holder = cast(bytes | None, await pipe.get(claim))
-                    if holder is None or holder.decode() != tenant:
-                        return
-                    if await self.redis.exists(self.keys.fence(tenant, fid)):
-                        return
+                    if holder is None:
+                        return True
+                    if holder.decode() != tenant or await self._id_in_use(tenant, fid):
+                        return False
                     pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves Pipeline.multi unannotated
                     pipe.delete(claim)
                     await pipe.execute()
-                    return
+                    return True
                 except WatchError:
                     continue
+
+    async def _id_in_use(self, tenant: str, fid: str) -> bool:
+        """Whether the farm holds a fence under the id or has a put of it under way (one slot: the farm's)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(self.keys.fence(tenant, fid))
+            pipe.get(self.keys.fence_put(tenant, fid))
+            held, puts = await pipe.execute()
+        return bool(held) or int(puts or 0) > 0

@@ -117,12 +117,26 @@ class RedisHerd(RedisFeed):
         else:
             tenants = [tenant]
         out: list[MobRecord] = []
-        for t in tenants:
-            ids = sorted(m.decode() for m in cast(set[bytes], await self.redis.smembers(self.keys.tenant_mobs(t))))
-            for start in range(0, len(ids), 5000):
-                chunk = ids[start : start + 5000]
-                raws = await self.redis.mget([self.keys.mob(t, i) for i in chunk])
-                out.extend(m for m in decode_mobs(t, chunk, raws).values() if m is not None)
+        # farms a thousand at a time, each step one pipeline: their id sets, then their records (one round
+        # trip per farm made a worker's start cost 2 round trips per farm with mobs: 33 s at 100,000 farms)
+        for start in range(0, len(tenants), 1000):
+            some = tenants[start : start + 1000]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for t in some:
+                    pipe.smembers(self.keys.tenant_mobs(t))
+                sets = cast(list[set[bytes]], await pipe.execute())
+            named = [(t, sorted(m.decode() for m in members)) for t, members in zip(some, sets)]
+            keys = [self.keys.mob(t, i) for t, ids in named for i in ids]
+            got_all: list[bytes | None] = []
+            for k in range(0, len(keys), 10_000):  # a farm may hold 1,000 mobs: at most 10,000 reads a pipeline
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for key in keys[k : k + 10_000]:
+                        pipe.get(key)
+                    got_all.extend(cast(list[bytes | None], await pipe.execute()))
+            raws = iter(got_all)
+            for t, ids in named:
+                got = [next(raws) for _ in ids]
+                out.extend(m for m in decode_mobs(t, ids, got).values() if m is not None)
         return out
 
     @guard

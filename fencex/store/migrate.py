@@ -11,6 +11,12 @@ partition whose device set lists it (``where`` written for it: a device in none 
 out, as a worker would not load it either). Not copied: the change feed (followers reload from the
 store), the save tokens and the history's de-duplication markers (they expire within a day; an event
 delivered again after the migration may then be in its farm's history twice).
+
+It refuses a target that already holds a store of the tagged layout: one it migrated to before
+(``{P}:migrated`` says ``done``) or one today's services have written (its recorded FENCEX_STORE_GROUPS or
+a change feed): copying again would put the old layout's values back over everything written since
+(RESTORE replaces). A run cut short (``{P}:migrated`` still says ``running``) is simply run again.
+``--force`` copies anyway.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import orjson
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
+from fencex.errors import Misconfigured
 from fencex.store.base import DEFAULT_GROUPS, Keys
 from fencex.store.connection import cluster_seeds
 
@@ -60,9 +67,40 @@ def old_keys(src: redis.Redis, prefix: str) -> Iterator[str]:
             yield key
 
 
-def migrate(src: redis.Redis, dst: Any, prefix: str, topic: str, groups: int = DEFAULT_GROUPS) -> Report:
+def migrated(k: Keys) -> str:
+    """The target's mark of a migration: ``running`` from its start, ``done`` once it is complete."""
+    return f"{k.prefix}:migrated"
+
+
+def check_target(dst: Any, k: Keys) -> None:
+    """Misconfigured if the target holds a store of the tagged layout that this migration did not leave cut
+    short (see the module's docstring)."""
+    mark = cast(bytes | None, dst.get(migrated(k)))
+    if mark == b"running":
+        return
+    if mark == b"done":
+        raise Misconfigured(
+            "the target was migrated already: copying again would put the old store's values back over "
+            "everything written since (--force to copy anyway)"
+        )
+    if dst.exists(k.store_groups) or any(dst.exists(k.changes(g)) for g in k.all_groups):
+        raise Misconfigured(
+            "the target holds a store of the tagged layout written by fencex's services: copying the old one "
+            "over it would undo what they wrote (--force to copy anyway)"
+        )
+
+
+def migrate(
+    src: redis.Redis, dst: Any, prefix: str, topic: str, groups: int = DEFAULT_GROUPS, force: bool = False
+) -> Report:
     k, report = Keys(prefix, groups), Report()
-    keys = sorted(old_keys(src, prefix))
+    if not force:
+        check_target(dst, k)
+    stored_groups = cast(bytes | None, dst.get(k.store_groups))
+    if stored_groups is not None and int(stored_groups) != groups:
+        raise Misconfigured(f"the target's store has {int(stored_groups)} groups, not --groups {groups}")
+    dst.set(migrated(k), "running")
+    keys = sorted(set(old_keys(src, prefix)) - {migrated(k), k.store_groups})  # in place: this run's own marks
     same = _same_server(src, dst)
     part_of: dict[str, int] = {}
     for key in keys:
@@ -90,6 +128,8 @@ def migrate(src: redis.Redis, dst: Any, prefix: str, topic: str, groups: int = D
             report.skip(kind)
     for d, n in part_of.items():
         dst.hset(k.where(k.group(d)), d, n)
+    dst.set(k.store_groups, groups)  # what the services check their FENCEX_STORE_GROUPS against
+    dst.set(migrated(k), "done")
     return report
 
 
@@ -168,8 +208,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--prefix", default="fx", help="the key prefix (FENCEX_KEY_PREFIX)")
     ap.add_argument("--topic", default="locations", help="the locations topic (FENCEX_LOCATIONS_TOPIC)")
     ap.add_argument("--groups", type=int, default=DEFAULT_GROUPS, help="FENCEX_STORE_GROUPS of the new store")
+    ap.add_argument("--force", action="store_true", help="copy even over a store of the tagged layout")
     args = ap.parse_args(argv)
-    report = migrate(redis.Redis.from_url(args.source), connect(args.target), args.prefix, args.topic, args.groups)
+    try:
+        report = migrate(
+            redis.Redis.from_url(args.source), connect(args.target), args.prefix, args.topic, args.groups, args.force
+        )
+    except Misconfigured as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 2
     print(f"copied {report.copied} keys; left out: {report.left_out or 'none'}")
     if report.unplaced:
         print(f"{len(report.unplaced)} device states on no partition's list, not copied: {report.unplaced[:10]}")

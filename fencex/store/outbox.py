@@ -34,7 +34,7 @@ from typing import Any, cast
 import msgpack
 from redis.exceptions import RedisError
 
-from fencex.store.base import Keys, tag_of
+from fencex.store.base import Keys, step_keys, tag_of
 from fencex.store.connection import RedisConnection, guard
 
 log = logging.getLogger("fencex.store")
@@ -117,7 +117,7 @@ class RedisOutbox(RedisConnection):
                     await self.clear_filed(everywhere)
                     continue
                 calls = msgpack.unpackb(raw_entry)[2]
-            await asyncio.gather(*(self._save_farm(keys=[t], args=[blob]) for t, blob in calls))
+            await asyncio.gather(*(self._save_farm(keys=step_keys(t), args=[blob]) for t, blob in calls))
             await self.clear_filed(everywhere)
             replayed += 1
         if replayed:

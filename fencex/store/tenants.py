@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from typing import Any, cast
 
 import orjson
-from redis.exceptions import WatchError
+from redis.exceptions import ClusterError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fencex.store.connection import RedisConnection, guard
+
+log = logging.getLogger("fencex.store")
 
 
 def key_digest(api_key: str) -> str:
@@ -55,28 +60,27 @@ class RedisTenants(RedisConnection):
     @guard
     async def replace_api_key(self, tenant: str, old_id: str, new_key: str | None) -> bool:
         """Revoke the tenant's key ``old_id`` and add ``new_key`` (a rotation; None only revokes). False if
-        the tenant has no key with that id. The farm's list changes in one transaction (of two rotations of
-        one key, one wins); the keys' validity (other slots) around it, so that a valid key is always
-        listed: the old key stops before it leaves the list, the new one works once it is on it."""
+        the tenant has no key with that id. The keys' validity and the farm's list are other slots, so that a
+        valid key is always listed each key is listed before it works and stops before it leaves the list; a
+        rotation adds the new key (listed, then valid) before the old one stops, so that a rotation cut part
+        way (its farm's slot unavailable, the process killed) never leaves the farm without a key it holds:
+        the old one works until the new one does, and once the old one has stopped the new one is returned
+        even if the old one could not be taken off the list (it is listed, revoked, and goes at the next
+        revocation). Two rotations of one key at once both get a new key, each listed."""
         index = self.keys.tenant_keys(tenant)
-        while True:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(index)
-                    raw = await pipe.hget(index, old_id)
-                    if raw is None:
-                        return False
-                    await self.redis.delete(self.keys.api_key(orjson.loads(raw)["digest"]))
-                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves Pipeline.multi unannotated
-                    pipe.hdel(index, old_id)
-                    if new_key is not None:
-                        pipe.hset(index, key_id(new_key), self._key_record(key_digest(new_key)))
-                    await pipe.execute()
-                    break
-                except WatchError:
-                    continue
+        raw = cast(bytes | None, await self.redis.hget(index, old_id))
+        if raw is None:
+            return False
         if new_key is not None:
+            await self.redis.hset(index, key_id(new_key), self._key_record(key_digest(new_key)))
             await self.redis.set(self.keys.api_key(key_digest(new_key)), tenant)
+        await self.redis.delete(self.keys.api_key(orjson.loads(raw)["digest"]))  # the old key stops here
+        try:
+            await self.redis.hdel(index, old_id)
+        except (RedisConnectionError, RedisTimeoutError, ClusterError):
+            if new_key is None:
+                raise  # a revocation: the caller tries again
+            log.warning("rotated key %s of farm %r stopped but is still listed: it goes when revoked", old_id, tenant)
         return True
 
     @guard

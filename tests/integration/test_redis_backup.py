@@ -348,11 +348,13 @@ def test_restore_refuses_a_snapshot_that_does_not_load_and_leaves_the_data_alone
     assert sorted(p.name for p in data.iterdir()) == ["appendonly.aof"], "nothing moved, nothing left behind"
 
 
-def test_a_save_behind_on_redis_lost_claim_claims_again_unless_another_worker_owns_one(redis_server):
+def test_a_save_behind_on_redis_lost_claim_claims_again_unless_another_worker_owns_one(redis_url):
     """A host crash (up to a second of writes) or a restore can take back a worker's own partition
     claim: Redis then holds an older generation than the saver's. The save is refused as
     GenerationsLost (the worker claims again), not Fenced (it would wait for a rebalance that never
-    comes). A partition with a newer owner still fences the whole save, whatever else was lost."""
+    comes). A partition with a newer owner still fences the whole save, whatever else was lost.
+    On one Redis (SAVE_ALL's check) and, with FENCEX_TEST_REDIS=cluster, on the cluster (the save's
+    generation read before its steps)."""
     import uuid
 
     from fencex.errors import Fenced, GenerationsLost
@@ -376,7 +378,7 @@ def test_a_save_behind_on_redis_lost_claim_claims_again_unless_another_worker_ow
         finally:
             await store.close()
 
-    asyncio.run(main(f"redis://{redis_server.address}/0"))
+    asyncio.run(main(redis_url))
 
 
 def test_on_one_redis_a_save_is_one_script_call_and_one_sent_again_writes_nothing_twice(redis_server):

@@ -1,0 +1,91 @@
+"""One node of a Redis Cluster stops answering (paused: a long GC-like stall, a VM frozen, a network
+partition that drops no connection) while farms whose slots are on the other nodes keep working (review15c).
+
+The cluster client retried every timeout (three socket timeouts of 10 s for one call), and a pipeline that
+failed closed every node's connections before trying again and found the nodes again through whichever
+answered first: the follower's read of the 16 feeds (one pipeline, a node per feed group) took 107 s to
+fail, and calls of farms on the healthy nodes stalled or failed with it. Now a call that reaches the paused
+node fails after one socket timeout (StoreUnavailable) and no other farm's call notices.
+
+The cluster is this test's own (a node is paused), with a node timeout long enough that the other nodes do
+not declare the cluster down meanwhile (the behaviour under test is the client's, not the failover)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from devtools.localserver import redis_cli_path, start_redis_cluster
+from fencex.errors import StoreUnavailable
+from fencex.fence import Fence
+from fencex.store.redis import RedisStore
+from tests.integration.test_api import SQUARE
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_paused_node_fails_its_calls_after_one_timeout_and_stalls_no_other_farm(tmp_path):
+    with start_redis_cluster(3, logdir=tmp_path) as cluster:
+        for server in cluster.servers:
+            subprocess.run(
+                [redis_cli_path(), "-p", str(server.port), "config", "set", "cluster-node-timeout", "120000"],
+                check=True,
+                capture_output=True,
+            )
+        victim = cluster.servers[2]
+
+        async def go() -> None:
+            store = RedisStore(cluster.url, f"n{uuid.uuid4().hex[:6]}")
+            await store.connect()
+            try:
+                farms = [f"farm-{i}" for i in range(40)]
+                await store.put_fences([Fence(id=f"f-{f}", tenant=f, geometry=SQUARE) for f in farms])
+                nodes = store.redis.nodes_manager  # type: ignore[attr-defined]
+                healthy = [
+                    f
+                    for f in farms
+                    if nodes.get_node_from_slot(store.redis.keyslot(store.keys.fence(f, "x"))).port != victim.port  # type: ignore[attr-defined]
+                ]
+                slowest, failed = 0.0, []
+                stop = asyncio.Event()
+
+                async def farm_reads(offset: int) -> None:
+                    nonlocal slowest
+                    i = offset
+                    while not stop.is_set():
+                        f = healthy[i % len(healthy)]
+                        i += 1
+                        t = time.monotonic()
+                        try:
+                            await store.get_fence(f, f"f-{f}")
+                        except StoreUnavailable as exc:
+                            failed.append(str(exc))
+                        slowest = max(slowest, time.monotonic() - t)
+                        await asyncio.sleep(0.01)
+
+                readers = [asyncio.create_task(farm_reads(k)) for k in range(4)]
+                await asyncio.sleep(0.3)
+                os.kill(victim.proc.pid, signal.SIGSTOP)
+                try:
+                    t = time.monotonic()
+                    with pytest.raises(StoreUnavailable):  # every feed: one pipeline, the paused node among them
+                        await asyncio.wait_for(store.last_change_id(), 40)
+                    waited = time.monotonic() - t
+                finally:
+                    os.kill(victim.proc.pid, signal.SIGCONT)
+                stop.set()
+                await asyncio.gather(*readers)
+                assert waited < 15, f"a call to the paused node failed after {waited:.0f} s, not one socket timeout"
+                assert not failed, f"farms on healthy nodes failed: {failed[:3]}"
+                assert slowest < 2, f"a farm on a healthy node waited {slowest:.1f} s"
+                assert len(await store.last_change_id()) > 0  # the node is back: the store is too
+            finally:
+                await store.close()
+
+        asyncio.run(go())

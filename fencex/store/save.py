@@ -19,7 +19,7 @@ import orjson
 from fencex.detector import DeviceState
 from fencex.errors import Fenced, GenerationsLost
 from fencex.event import Event
-from fencex.store.base import ALERT_OF, SaveWrites, tag_of
+from fencex.store.base import ALERT_OF, SaveWrites, step_keys, tag_of
 from fencex.store.connection import guard
 from fencex.store.grazing import GRAZING_TTL_S, writes_of
 from fencex.store.outbox import RedisOutbox, file_entries
@@ -200,7 +200,7 @@ class RedisSave(RedisOutbox):
         def part_call(token: str, d: bytes) -> Any:
             f = filed.get(token)
             if f is None:
-                return self._save_part(keys=[token], args=[d])
+                return self._save_part(keys=step_keys(token), args=[d])  # (two keys: refused while the slot moves)
             return self._save_part(keys=[token, f.key], args=[d, f.entry, f.token])
 
         replies = await asyncio.gather(*(part_call(token, d) for token, d in part_calls))
@@ -217,7 +217,7 @@ class RedisSave(RedisOutbox):
                 for key, flat in pointers.items():
                     pipe.hset(key, mapping=dict(zip(flat[::2], flat[1::2])))
                 await pipe.execute()
-        await asyncio.gather(*(self._save_farm(keys=[token], args=[d]) for token, d in farm_calls))
+        await asyncio.gather(*(self._save_farm(keys=step_keys(token), args=[d]) for token, d in farm_calls))
         await self.clear_filed(filed)
         return [(got[i].decode(), int(got[i + 1])) for got in replies for i in range(1, len(got), 2)]
 

@@ -89,10 +89,11 @@ local function save_part(d, out)
   return out
 end
 """
-# On a cluster, KEYS[2] (optional) is the partition's outbox (a hash in its slot, fencex.store.outbox):
-# with the states, in the same atomic call, the entry ARGV[2] is filed there under the save's token
-# ARGV[3]: the farm steps this save still owes, which the partition's next owner replays if the saver
-# dies before them.
+# On a cluster, KEYS[2] is a second key of the slot (so that Redis refuses the call, TRYAGAIN, while the
+# slot moves between nodes, instead of running it on the importing node: fencex.store.base.step_keys),
+# or the partition's outbox (a hash in its slot, fencex.store.outbox): then, with the states, in the same
+# atomic call, the entry ARGV[2] is filed there under the save's token ARGV[3]: the farm steps this save
+# still owes, which the partition's next owner replays if the saver dies before them.
 SAVE_PART = (
     _PART_BODY
     + """
@@ -104,7 +105,7 @@ if #gens > 0 then
   if gen < gens[2] then return {-2} end  -- gone or behind the saver's own claim: lost writes
 end
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', 3600) then return {0} end
-if KEYS[2] then redis.call('HSET', KEYS[2], ARGV[3], ARGV[2]) end
+if ARGV[2] then redis.call('HSET', KEYS[2], ARGV[3], ARGV[2]) end  -- KEYS[2] alone: only the slot's second name
 return save_part(d, {#d[2] / 2})
 """
 )

@@ -88,14 +88,6 @@ def move_slot(cluster: RedisCluster, slot: int, src: int, dst: int, ids: dict[in
     return errors
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review15c: SAVE_FARM (and SAVE_PART without an outbox entry) names one key, its new token: on a slot "
-    "being moved it is sent to the importing node (ASK), whose single-key writes create the farm's keys there "
-    "beside the source's: the reshard's MIGRATE then fails (BUSYKEY), or with --cluster-replace puts older "
-    "rows back. Fix in store/save.py: name two keys (the token and another of the slot), so Redis answers "
-    "TRYAGAIN (StoreUnavailable, retried) while the slot moves",
-)
 def test_a_save_while_its_farms_slot_moves_waits_and_does_not_break_the_reshard(cluster):
     from fencex.detector import DeviceState
     from fencex.event import Event
@@ -172,15 +164,6 @@ def test_a_replayed_farm_step_while_its_slot_moves_waits_and_does_not_break_the_
     asyncio.run(go())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review15c: SAVE_PART with no outbox entry (a save without farm steps) names one key, its token: on a "
-    "slot being moved whose generation key has moved already it runs on the importing node (ASK), sets its token, "
-    "then fails at the first write of a key still on the source (a script is not rolled back); the save sent "
-    "again finds the token and answers 'ran already': the partition's states are never written. Fix in "
-    "store/scripts.py + save.py: always name a second key of the slot (SAVE_PART's outbox only when ARGV[2] is "
-    "given), so Redis refuses the call (TRYAGAIN) while the slot moves",
-)
 def test_a_partition_step_while_its_slot_moves_is_not_lost(cluster):
     from fencex.detector import DeviceState
 

@@ -223,12 +223,16 @@ class FenceIndex:
             return result, 0
         pt, ids, tested = self._match(xs, ys, tenants, near)
         if len(pt):
-            points, found = pt.tolist(), ids.tolist()
-            start = 0
-            for k in range(1, len(points) + 1):
-                if k == len(points) or points[k] != points[start]:
-                    result[points[start]] = tuple(found[start:k])
-                    start = k
+            # each point's run of ids (by point): most points are in one fence, so the runs of one id are
+            # made in one pass, the few longer ones by slicing
+            first = np.flatnonzero(np.concatenate(((True,), pt[1:] != pt[:-1])))
+            ends = np.append(first[1:], len(pt))
+            found = ids.tolist()
+            single = ends - first == 1
+            for p, i in zip(pt[first[single]].tolist(), first[single].tolist()):
+                result[p] = (found[i],)
+            for p, i, j in zip(pt[first[~single]].tolist(), first[~single].tolist(), ends[~single].tolist()):
+                result[p] = tuple(found[i:j])
         return result, tested
 
     def pairs(self, lons: np.ndarray, lats: np.ndarray, tenant: str) -> tuple[np.ndarray, np.ndarray]:

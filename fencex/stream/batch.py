@@ -83,10 +83,14 @@ def split(
     for r in records:
         n_records += 1
         n, nrej = len(fixes), len(rejected)
-        parse_record(r.value if r.value is not None else b"", fixes, rejected, received_ms, max_skew_ms)
-        if len(fixes) > n:
-            key = r.key.decode("utf-8", "replace") if r.key is not None else None
-            if key is None or any(f.device_id != key for f in fixes[n:]):
+        value = r.value
+        parse_record(value if value is not None else b"", fixes, rejected, received_ms, max_skew_ms)
+        got = len(fixes) - n
+        if got:
+            raw_key = r.key
+            key = raw_key.decode("utf-8", "replace") if raw_key is not None else None
+            # (one fix, the common record, tested without a slice)
+            if key is None or (fixes[n].device_id != key if got == 1 else any(f.device_id != key for f in fixes[n:])):
                 # A device's fixes must all arrive on its own key's partition, or two workers
                 # could hold its state at once. Fixes packed under another key (a gateway's,
                 # or none) go back to the topic under their device's key, then count there.
@@ -94,7 +98,11 @@ def split(
                 reroutes.extend(f for f in fixes[n:] if f.device_id != key)
                 del fixes[n:]
                 fixes.extend(mine)
-            partitions.extend([r.partition] * (len(fixes) - n))
+                got = len(mine)
+            if got == 1:
+                partitions.append(r.partition)
+            elif got:
+                partitions.extend([r.partition] * got)
         if len(rejected) > nrej:
             letter, reason = dead_letter(r, rejected[nrej:], dead_max_bytes)
             out.dead.append(letter)

@@ -27,6 +27,22 @@ def test_good_fixes_reroutes_and_partitions():
     assert out.dead == [] and out.records == 2
 
 
+def test_each_applied_fix_has_its_records_partition_whatever_the_record_holds():
+    other = {**GOOD, "device_id": "cow-2"}
+    records = [
+        Rec("locations", 1, 0, b"cow-1", orjson.dumps(GOOD)),  # one fix under its own key
+        Rec("locations", 2, 0, b"cow-1", orjson.dumps(other)),  # one fix under another's key: rerouted
+        Rec("locations", 4, 0, None, orjson.dumps(GOOD)),  # one fix with no key: rerouted
+        Rec("locations", 5, 0, b"cow-1", orjson.dumps([GOOD, GOOD])),  # packed, its own key
+        Rec("locations", 6, 0, b"cow-1", orjson.dumps([other, other])),  # packed, none its key's: all rerouted
+        Rec("locations", 7, 0, b"cow-2", orjson.dumps([GOOD, other, GOOD])),  # packed, one its key's
+    ]
+    out = split(records, NOW)
+    assert [f.device_id for f in out.fixes] == ["cow-1", "cow-1", "cow-1", "cow-2"]
+    assert out.partitions == [1, 5, 5, 7]
+    assert [f.device_id for f in out.reroutes] == ["cow-2", "cow-1", "cow-2", "cow-2", "cow-1", "cow-1"]
+
+
 def test_a_record_of_many_bad_elements_gives_one_bounded_dead_letter():
     bad = [{**GOOD, "lat": 100}] * 20_000 + [GOOD, {**GOOD, "ts": 1}]
     raw = orjson.dumps(bad)

@@ -20,7 +20,8 @@ class RedisHistory(RedisConnection):
     @guard
     async def append_events(self, events: Iterable[dict[str, Any]]) -> int:
         """Add events to their tenants' capped histories, each once (by event_id): one script call per
-        farm group (a retract forgets the marker of the event it withdraws, of the same farm)."""
+        farm group on a cluster, one in all on one Redis (a retract forgets the marker of the event it
+        withdraws, of the same farm)."""
         calls: dict[str, tuple[list[str], list[Any]]] = {}  # one call per farm group: its slot's keys only
         for e in events:
             t = e["tenant"]
@@ -29,6 +30,12 @@ class RedisHistory(RedisConnection):
             gone = e.get("retracts")
             keys.extend((seen, self.keys.events(t), self.keys.seen(t, gone) if gone else seen))
             argv.append(orjson.dumps(e))
+        if not self.cluster and len(calls) > 1:  # one Redis: no slots, one call for every group
+            keys, argv = [], [self.history_maxlen]
+            for k, a in calls.values():
+                keys.extend(k)
+                argv.extend(a[1:])
+            calls = {"": (keys, argv)}
         added = await asyncio.gather(*(self._append_events(keys=k, args=a) for k, a in calls.values()))
         return sum(int(n) for n in added)
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.scaleload import paddock
 from fencex.fence import Fence
 from fencex.index import RELAY_AFTER, FenceIndex
 from services.simulator.herd import CELL_LAT, CELL_LON, ORIGIN_LAT, ORIGIN_LON
@@ -57,21 +58,7 @@ def paddocks(n: int, per_farm: int = 10, seed: int = 1) -> list[Fence]:
             [round(cx + x * CELL_LON, 7), round(cy + y * CELL_LAT, 7)] for x, y in zip(np.cos(a) * rad, np.sin(a) * rad)
         ]
         ring.append(ring[0])
-        out.append(
-            Fence.model_construct(
-                id=f"paddock-{i:07d}",
-                tenant=f"farm-{i // per_farm:06d}",
-                name=f"Paddock {i}",
-                tags=["pasture"],
-                version=1,
-                dwell_s=300.0,
-                exit_buffer_m=None,
-                kind="pasture",
-                schedule=None,
-                updated_at=0.0,
-                geometry={"type": "Polygon", "coordinates": [ring]},
-            )
-        )
+        out.append(paddock(f"paddock-{i:07d}", f"farm-{i // per_farm:06d}", f"Paddock {i}", ring, 300.0))
     return out
 
 

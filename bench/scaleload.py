@@ -68,6 +68,23 @@ def murmur2_partitions(ids: list[str], partitions: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+def paddock(fid: str, farm: str, name: str, ring: list[list[float]], dwell_s: float) -> Fence:
+    """A pasture fence of one closed ring, built without validation (the generators make valid rings)."""
+    return Fence.model_construct(
+        id=fid,
+        tenant=farm,
+        name=name,
+        tags=["pasture"],
+        version=1,
+        dwell_s=dwell_s,
+        exit_buffer_m=None,
+        kind="pasture",
+        schedule=None,
+        updated_at=0.0,
+        geometry={"type": "Polygon", "coordinates": [ring]},
+    )
+
+
 class Country:
     """``farms`` farms of ``per_farm`` paddocks and ``devices`` collars in all, from ``seed``."""
 
@@ -109,21 +126,7 @@ class Country:
             xy = np.column_stack((lon0 + (k + 0.5 + np.cos(a) * rad) * cl, lat0 + (0.5 + np.sin(a) * rad) * CELL_LAT))
             ring = np.round(xy, 7).tolist()
             ring.append(ring[0])
-            out.append(
-                Fence.model_construct(
-                    id=f"f{farm:06d}-{k:02d}",
-                    tenant=f"farm-{farm:06d}",
-                    name=f"Paddock {k + 1}",
-                    tags=["pasture"],
-                    version=1,
-                    dwell_s=600.0,
-                    exit_buffer_m=None,
-                    kind="pasture",
-                    schedule=None,
-                    updated_at=0.0,
-                    geometry={"type": "Polygon", "coordinates": [ring]},
-                )
-            )
+            out.append(paddock(f"f{farm:06d}-{k:02d}", f"farm-{farm:06d}", f"Paddock {k + 1}", ring, 600.0))
         return out
 
     def collars(self, farm: int) -> range:

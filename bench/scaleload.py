@@ -67,7 +67,6 @@ def murmur2_partitions(ids: list[str], partitions: int) -> np.ndarray:
     return out
 
 
-@dataclass(frozen=True)
 def paddock(fid: str, farm: str, name: str, ring: list[list[float]], dwell_s: float) -> Fence:
     """A pasture fence of one closed ring, built without validation (the generators make valid rings)."""
     return Fence.model_construct(
@@ -85,6 +84,7 @@ def paddock(fid: str, farm: str, name: str, ring: list[list[float]], dwell_s: fl
     )
 
 
+@dataclass(frozen=True)
 class Country:
     """``farms`` farms of ``per_farm`` paddocks and ``devices`` collars in all, from ``seed``."""
 

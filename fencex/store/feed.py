@@ -47,10 +47,10 @@ class RedisFeed(RedisConnection):
             got = await pipe.execute(raise_on_error=False)
         ids: list[str] = []
         for info in got:
-            if isinstance(info, ResponseError):
-                if "no such key" not in str(info).lower():
-                    raise info
+            if isinstance(info, ResponseError) and "no such key" in str(info).lower():
                 ids.append("0-0")
+            elif isinstance(info, BaseException):  # a node down, a timeout: the guard's StoreUnavailable
+                raise info
             else:
                 last = info["last-generated-id"]
                 ids.append(last.decode() if isinstance(last, bytes) else str(last))
@@ -95,10 +95,10 @@ class RedisFeed(RedisConnection):
                 pipe.xinfo_stream(self.keys.changes(group))
             got = await pipe.execute(raise_on_error=False)
         for at, info in zip(ids, got):
-            if isinstance(info, ResponseError):
-                if "no such key" not in str(info).lower():
-                    raise info
+            if isinstance(info, ResponseError) and "no such key" in str(info).lower():
                 info = None
+            elif isinstance(info, BaseException):  # a node down, a timeout: the guard's StoreUnavailable
+                raise info
             if feed_trimmed(at, info, CHANGES_MAXLEN):
                 return True
         return False

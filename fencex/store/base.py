@@ -296,14 +296,18 @@ def feed_trimmed(after: str, info: Mapping[str, Any] | None, cap: int) -> bool:
 
 
 def decode_fences(
-    ids: Sequence[str], raws: Sequence[bytes | str | None], unreadable: dict[str, str] | None = None
+    ids: Sequence[str],
+    raws: Sequence[bytes | str | None],
+    unreadable: dict[str, str] | None = None,
+    light: bool = False,
 ) -> dict[str, Fence | None]:
     """Stored fence records by id: None where there is none, and where the record cannot be
-    read (logged, and added to ``unreadable``: fence id -> reason, when given)."""
+    read (logged, and added to ``unreadable``: fence id -> reason, when given). ``light``: records
+    without their coordinates, the geometry built (``Fence.from_json(light=True)``: the worker's)."""
     out: dict[str, Fence | None] = {}
     for fid, raw in zip(ids, raws):
         try:
-            out[fid] = Fence.from_json(raw) if raw is not None else None
+            out[fid] = Fence.from_json(raw, light=light) if raw is not None else None
         except InvalidFence as exc:
             log.error("stored fence %r is unreadable and left out: %s", fid, exc)
             out[fid] = None

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, cast
 
 from redis.exceptions import RedisError, WatchError
 
-from fencex.errors import IdTaken, InvalidFence, LimitExceeded, NotFound, VersionConflict
+from fencex.errors import IdTaken, LimitExceeded, NotFound, VersionConflict
 from fencex.fence import Fence
-from fencex.store.base import decode_fences, log
+from fencex.store.base import decode_fences
 from fencex.store.connection import guard
 from fencex.store.feed import RedisFeed
 
@@ -47,24 +47,6 @@ return n
 CLAIM_LEASE_S = 60  # a put under way keeps its ids' claims this long at most (one that died: no longer)
 
 PAGE = 5000  # fence records read and decoded at once
-
-
-def decode(
-    ids: Sequence[str], raws: Sequence[bytes | str | None], unreadable: dict[str, str] | None, light: bool
-) -> dict[str, Fence | None]:
-    """:func:`~fencex.store.base.decode_fences`, or light records (``Fence.from_json(light=True)``)."""
-    if not light:
-        return decode_fences(ids, raws, unreadable)
-    out: dict[str, Fence | None] = {}
-    for fid, raw in zip(ids, raws):
-        try:
-            out[fid] = Fence.from_json(raw, light=True) if raw is not None else None
-        except InvalidFence as exc:
-            log.error("stored fence %r is unreadable and left out: %s", fid, exc)
-            out[fid] = None
-            if unreadable is not None:
-                unreadable[fid] = str(exc)
-    return out
 
 
 class RedisFences(RedisFeed):
@@ -109,7 +91,7 @@ class RedisFences(RedisFeed):
             for start in range(0, len(ids), page):
                 chunk = ids[start : start + page]
                 raws = await self._records(group, chunk)
-                yield [f for f in decode(chunk, raws, unreadable, light).values() if f is not None]
+                yield [f for f in decode_fences(chunk, raws, unreadable, light).values() if f is not None]
 
     @guard
     async def _fence_sets(self, groups: list[str], tenant: str | None) -> list[list[str]]:
@@ -146,7 +128,7 @@ class RedisFences(RedisFeed):
             return {}
         if tenant is not None:
             raws = await self.redis.mget([self.keys.fence(tenant, i) for i in ids])
-            return decode(ids, raws, unreadable, light)
+            return decode_fences(ids, raws, unreadable, light)
         async with self.redis.pipeline(transaction=False) as pipe:
             for i in ids:
                 pipe.get(self.keys.fence_id(i))
@@ -156,7 +138,7 @@ class RedisFences(RedisFeed):
                 if holder is not None:
                     pipe.get(self.keys.fence(holder.decode(), i))
             found = iter(cast(list[bytes | None], await pipe.execute()))
-        return decode(ids, [next(found) if h is not None else None for h in holders], unreadable, light)
+        return decode_fences(ids, [next(found) if h is not None else None for h in holders], unreadable, light)
 
     @guard
     async def put_fences(

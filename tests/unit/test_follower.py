@@ -15,7 +15,6 @@ from fencex.herd import DEFAULT_RULES, HerdRules, Mob
 from fencex.index import FenceIndex
 from fencex.mob import MobRecord
 from fencex.store.base import Change, decode_fences
-from fencex.store.fences import decode
 from tests.unit.factory import LAT0, LON0, fence
 
 INSIDE = (LON0 + 0.005, LAT0 + 0.005)
@@ -102,14 +101,14 @@ class FakeFeed:
         self, tenant: str | None = None, *, unreadable: dict[str, str] | None = None, light: bool = False
     ) -> AsyncIterator[list[Fence]]:
         for fid in sorted(self.records):  # a page a fence: the follower must not need them all at once
-            got = decode([fid], [self.records[fid]], unreadable, light)[fid]
+            got = decode_fences([fid], [self.records[fid]], unreadable, light)[fid]
             if got is not None and tenant in (None, got.tenant):
                 yield [got]
 
     async def fences_by_id(
         self, ids: list[str], *, unreadable: dict[str, str] | None = None, light: bool = False
     ) -> dict[str, Fence | None]:
-        return decode(ids, [self.records.get(i) for i in ids], unreadable, light)
+        return decode_fences(ids, [self.records.get(i) for i in ids], unreadable, light)
 
     async def device_tenants(self) -> dict[str, str]:
         return dict(self.devices)

@@ -64,7 +64,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from bench import keda
-from bench.push import Bench, metric, say
+from bench.push import Bench, bulk_producer, metric, say
 from devtools.localserver import free_port
 from fencex.kafka.admin import ensure_topics
 
@@ -114,9 +114,7 @@ def _produce(
 ) -> None:
     """Produce the herd's fixes at the profile's rate (fix time = now) until ``stop``; keep every
     fix (device index, time, position) and save them to ``path`` (npz) for the expected events."""
-    from confluent_kafka import Producer
 
-    from fencex.kafka.producer import client_config
     from services.simulator.herd import Herd, pastures
     from services.simulator.herd import records as herd_records
 
@@ -129,19 +127,7 @@ def _produce(
         if err is not None:
             errors.value += 1
 
-    p = Producer(
-        client_config(
-            bootstrap,
-            **{
-                "linger.ms": 20,
-                "compression.type": "lz4",
-                "batch.num.messages": 10000,
-                "queue.buffering.max.messages": 2_000_000,
-                "queue.buffering.max.kbytes": 2_097_152,
-                "delivery.report.only.error": True,
-            },
-        )
-    )
+    p = bulk_producer(bootstrap, **{"delivery.report.only.error": True})
     chunks: list[tuple[np.ndarray, ...]] = []
     total, cursor, allowance, before = 0, 0, 0.0, time.monotonic()
     while not stop.is_set():

@@ -57,6 +57,21 @@ def metric(port: int, name: str) -> float:
     )
 
 
+# A producer for backlogs and loads: large batches, lz4, a deep queue (the benchmarks' and the scale command's)
+BULK = {
+    "linger.ms": 20,
+    "compression.type": "lz4",
+    "batch.num.messages": 10000,
+    "queue.buffering.max.messages": 2_000_000,
+    "queue.buffering.max.kbytes": 2_097_152,
+    "message.max.bytes": 10_000_000,
+}
+
+
+def bulk_producer(bootstrap: str, **extra: object) -> Producer:
+    return Producer(client_config(bootstrap, **{**BULK, **extra}))
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -98,19 +113,7 @@ class Bench:
         await store.close()
 
     def producer(self) -> Producer:
-        return Producer(
-            client_config(
-                self.bootstrap,
-                **{
-                    "linger.ms": 20,
-                    "compression.type": "lz4",
-                    "batch.num.messages": 10000,
-                    "queue.buffering.max.messages": 2_000_000,
-                    "queue.buffering.max.kbytes": 2_097_152,
-                    "message.max.bytes": 10_000_000,
-                },
-            )
-        )
+        return bulk_producer(self.bootstrap)
 
     def backlog(self, topic: str, total: int, pack: int) -> int:
         """``total`` fixes, ``pack`` consecutive fixes of one collar to a record, time-lapsed a second a step."""

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
+from bench.push import bulk_producer
 from bench.scaleload import Country, collar_id
 from devtools.localserver import free_port
-from fencex.kafka.producer import client_config
 
 ROOT = Path(__file__).parents[1]
 LOADED = re.compile(r"loaded (\d+) fences and \d+ device registrations")  # fencex.stream.loop's log lines
@@ -116,22 +116,6 @@ class Worker:
                 self.proc.wait()
 
 
-def producer(bootstrap: str) -> Producer:
-    return Producer(
-        client_config(
-            bootstrap,
-            **{
-                "linger.ms": 20,
-                "compression.type": "lz4",
-                "batch.num.messages": 10000,
-                "queue.buffering.max.messages": 2_000_000,
-                "queue.buffering.max.kbytes": 2_097_152,
-                "message.max.bytes": 10_000_000,
-            },
-        )
-    )
-
-
 class Backlog:
     """Packed records of fixes of collars drawn at random, each collar's fixes a second apart and newer
     than its saved state (``first_ms``) and its fixes before (kept across backlogs)."""
@@ -143,7 +127,7 @@ class Backlog:
 
     def produce(self, bootstrap: str, topic: str, collars: int, fixes: int, pack: int) -> int:
         """``fixes`` fixes, ``pack`` to a record, from collars ``0 .. collars - 1``; the records made."""
-        p = producer(bootstrap)
+        p = bulk_producer(bootstrap)
         c = self.country
         records = 0
         for n in self.rng.integers(0, collars, max(1, fixes // pack)).tolist():

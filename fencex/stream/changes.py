@@ -50,6 +50,7 @@ async def swap_index(p: Processor) -> None:
         return
     assert farms is not None
     p._mobs_changed.clear()  # their devices are re-evaluated now
+    evicted = p.cache.of_farms(farms)  # (taken now: re-timing the silences below loads them)
     if devices:
         await p._publish_reevaluation(p._reevaluate(devices))
     if rules := set(p._rules_changed):  # here, not left to herd_changed: a new index every step would starve it
@@ -58,7 +59,7 @@ async def swap_index(p: Processor) -> None:
     p.rotation.reschedule(p.index, farms, now_ms)  # theirs laid again from now: their devices catch up
     if devices:
         await rotation.catch_up(p, devices)
-    await _evicted(p, p.cache.of_farms(farms))
+    await _evicted(p, evicted)
 
 
 async def _evicted(p: Processor, devices: list[str], rewatch: bool = False, schedules: bool = True) -> None:

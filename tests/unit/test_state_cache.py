@@ -248,6 +248,30 @@ def test_a_fence_change_re_evaluates_the_evicted_devices_too():
     run(main())
 
 
+def test_a_fence_and_a_settings_change_of_one_farm_in_one_swap_re_evaluate_its_evicted_devices():
+    """Regression (issue 15 #3): the swap re-timed the farm's silences (which loads its evicted devices) before
+    it took the farm's evicted devices to re-evaluate: none were left, so they missed the fence change."""
+
+    async def once(bound: int) -> list[tuple[str, str]]:
+        broker, store = Broker(partitions=1), FakeStore()
+        broker.fix("cow-0", T0, *INSIDE)
+        broker.fix("calf-1", T0 + 1, *INSIDE)  # another farm's (unregistered: the default farm), cached last
+        w = Worker(broker, store, NORTH, Clock(), {"farm": HerdRules(silence_s=3600)}, state_cache_max=bound)
+        await w.start([0])
+        await drain(w, broker)
+        w.follower.push(NORTH.with_farms({"farm": [fence("north", lon=18.0, version=2)]}, 1))  # moved away
+        w.follower.put_rules("farm", HerdRules(silence_s=600))  # and the farm's silence time, in the same swap
+        await drain(w, broker)
+        return sorted((e["type"], e["device_id"]) for e in broker.events() if e["type"] == "exit")
+
+    async def main():
+        unbounded = await once(1_000_000)
+        assert unbounded == [("exit", "cow-0")]
+        assert await once(1) == unbounded  # evicted: loaded by the re-timing (the calf evicted), re-evaluated still
+
+    run(main())
+
+
 def test_a_mob_change_re_evaluates_the_evicted_devices_too():
     async def once(bound: int) -> list[str]:
         index = FenceIndex([fence("north"), fence("south", lat=59.0)])

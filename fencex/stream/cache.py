@@ -27,7 +27,8 @@ loaded (:func:`fencex.stream.silence.sweep`).
 
 *Memory* (measured with tracemalloc, Python 3.11; states as loaded from Redis,
 one fence inside, 8-character farm and 15-character device ids): a cached state 663 bytes with its
-dict entry; an evicted device 127 bytes (its farm set's entry, its share of the states dict's table);
+dict entry (54 bytes less since a state read from Redis shares its farm's string: ``DeviceState.from_obj``);
+an evicted device 127 bytes (its farm set's entry, its share of the states dict's table);
 every held device, cached or not, also has its id (72), its ``device_partition`` entry (38) and a
 silence heap entry (104); a cached one its entry in its farm's :attr:`StateCache.cached` (33).
 1,000,000 cached states: about 0.7 GB; 10,000,000 held with 1,000,000 of them cached: about

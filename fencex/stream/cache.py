@@ -11,19 +11,28 @@ batch in one ``load_states`` (the loop's ``_apply``).
 end (:meth:`StateCache.touch`), and eviction takes from its front. Below half the bound nothing is
 moved (the push path pays nothing for a cache far from evicting: a move is ~80 ns a device).
 
-*What still needs every device*: an evicted device stays in its farm's set (:attr:`StateCache.by_farm`),
-so that fence, mob and settings changes and schedule transitions find it (:meth:`StateCache.of_farms`)
-and re-evaluate it, loaded a chunk at a time (:func:`loaded`); what it adds to the gauges (out, silent,
-low; fences inside) is summed per partition when it is evicted and taken back when it is loaded (a
-saved state does not change meanwhile), so the gauges count every held device. Its silence deadline
-stays in the silence heaps; when it comes, the device is loaded (:func:`fencex.stream.silence.sweep`).
+*A farm's devices*: a fence, mob or settings change of farm F and F's schedule transitions re-evaluate
+F's held devices, found without a scan of every held state: the cached ones in F's set of
+:attr:`StateCache.cached` (:meth:`StateCache.cached_of`), the evicted ones in F's set of
+:attr:`StateCache.by_farm` (:meth:`StateCache.of_farms`), loaded a chunk at a time (:func:`loaded`).
+Both are by the farm the device's state names. ``by_farm`` is exact (a saved state does not change);
+``cached`` may hold more (a device gone or moved to another farm by a path that does not tell it), never
+less: a state enters ``states`` under a device or another farm only through :meth:`StateCache.put` (loads)
+or the pipeline (new devices and transfers, indexed after each batch: :meth:`StateCache.index`), and
+:meth:`StateCache.cached_of` keeps a device only if its cached state names the farm (dropping the others).
+What an evicted device adds to the gauges (out, silent, low; fences inside) is summed per partition when
+it is evicted and taken back when it is loaded (a saved state does not change meanwhile), so the gauges
+count every held device. Its silence deadline stays in the silence heaps; when it comes, the device is
+loaded (:func:`fencex.stream.silence.sweep`).
 
 *Memory* (measured with tracemalloc, Python 3.11; states as loaded from Redis,
 one fence inside, 8-character farm and 15-character device ids): a cached state 663 bytes with its
-dict entry; an evicted device 127 bytes (its farm set's entry, its share of the states dict's table);
+dict entry (54 bytes less since a state read from Redis shares its farm's string: ``DeviceState.from_obj``);
+an evicted device 127 bytes (its farm set's entry, its share of the states dict's table);
 every held device, cached or not, also has its id (72), its ``device_partition`` entry (38) and a
-silence heap entry (104). 1,000,000 cached states: about 0.7 GB; 10,000,000 held with 1,000,000 of
-them cached: about 0.66 + 9 x 0.127 + 10 x 0.214 = 3.9 GB.
+silence heap entry (104); a cached one its entry in its farm's :attr:`StateCache.cached` (33).
+1,000,000 cached states: about 0.7 GB; 10,000,000 held with 1,000,000 of them cached: about
+0.70 + 9 x 0.127 + 10 x 0.214 = 4.0 GB.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from collections.abc import AsyncIterator, Callable, Container, Iterable, Mappin
 from typing import TYPE_CHECKING
 
 from fencex.detector import DeviceState
+from fencex.event import Event
 from fencex.fix import Fix
 from fencex.stream import adoption
 
@@ -53,6 +63,7 @@ class StateCache:
         self.bound = bound
         self.states: dict[str, DeviceState] = {}
         self.by_farm: dict[str, set[str]] = {}  # farm -> its evicted devices (held, their state in Redis only)
+        self.cached: dict[str, dict[str, None]] = {}  # farm -> its cached devices (in order; more: cached_of)
         # what the evicted devices add to the gauges, per partition (dropped whole when the partition goes)
         self.flags: dict[int, Flags] = {}  # partition -> farm -> [out, silent, low]
         self.occupancy: dict[int, Counter[tuple[str, str]]] = {}  # partition -> (farm, fence) -> devices inside
@@ -71,6 +82,7 @@ class StateCache:
     def put(self, got: Mapping[str, DeviceState], where: Mapping[str, int]) -> None:
         """States loaded from Redis (``where``: each one's partition): cached, no longer evicted."""
         self.states.update(got)
+        self.index(got)
         if self.by_farm:
             for d, s in got.items():
                 farm = self.by_farm.get(s.tenant)
@@ -79,6 +91,34 @@ class StateCache:
                     if not farm:
                         del self.by_farm[s.tenant]
                     self._count(s, where.get(d, -1), -1)
+
+    def index(self, devices: Iterable[str]) -> None:
+        """These devices' cached states (new, loaded, or moved to another farm) under their farms."""
+        states, cached = self.states, self.cached
+        for d in devices:
+            s = states.get(d)
+            if s is not None:
+                farm = cached.get(s.tenant)
+                if farm is None:
+                    farm = cached[sys.intern(s.tenant)] = {}
+                farm[d] = None
+
+    def cached_of(self, farms: Iterable[str]) -> list[str]:
+        """The cached devices of these farms (the farm their state names), in the order they were indexed;
+        a device its farm's set holds but not cached with a state of the farm is dropped from the set."""
+        states, cached = self.states, self.cached
+        out: list[str] = []
+        for f in farms:
+            ids = cached.get(f)
+            if ids is None:
+                continue
+            stale = [d for d in ids if (s := states.get(d)) is None or s.tenant != f]
+            for d in stale:
+                del ids[d]
+            if not ids:
+                del cached[f]
+            out.extend(ids)
+        return out
 
     def _count(self, s: DeviceState, partition: int, n: int) -> None:
         if s.out or s.silent or s.low:
@@ -105,9 +145,13 @@ class StateCache:
                 victims.append(d)
                 if len(victims) >= want:
                     break
-        by_farm = self.by_farm
+        by_farm, cached = self.by_farm, self.cached
         for d in victims:
             s = states.pop(d)
+            if (ids := cached.get(s.tenant)) is not None:
+                ids.pop(d, None)
+                if not ids:
+                    del cached[s.tenant]
             farm = by_farm.get(s.tenant)
             if farm is None:
                 farm = by_farm[sys.intern(s.tenant)] = set()
@@ -126,6 +170,12 @@ class StateCache:
                     self.by_farm[farm] = left
                 else:
                     del self.by_farm[farm]
+        for farm, cached in list(self.cached.items()):
+            if not gone.isdisjoint(cached):
+                if left_cached := {d: None for d in cached if d not in gone}:
+                    self.cached[farm] = left_cached
+                else:
+                    del self.cached[farm]
         for part in [n for n in self.flags.keys() | self.occupancy.keys() if n not in keep]:
             self.flags.pop(part, None)
             self.occupancy.pop(part, None)
@@ -133,6 +183,7 @@ class StateCache:
     def clear(self) -> None:
         self.states.clear()
         self.by_farm.clear()
+        self.cached.clear()
         self.flags.clear()
         self.occupancy.clear()
 
@@ -207,6 +258,16 @@ async def loaded(p: Processor, devices: Iterable[str], path: str) -> AsyncIterat
                 p.metrics.state_cache_misses.labels(path).inc(len(got))
         yield [d for d in part if d in states]
         await relieve(p)
+
+
+def index_batch(p: Processor, missing: list[str], events: list[Event]) -> None:
+    """After the pipeline: the batch's devices that were not cached (new ones it created: the loaded ones were
+    indexed by :meth:`StateCache.put`) and those it moved to another farm (``transferred``), under their farms
+    (:meth:`StateCache.index`). Nothing for a batch of cached devices staying in their farms."""
+    if missing:
+        p.cache.index(missing)
+    if events and (moved := [e.device_id for e in events if e.type == "transferred"]):
+        p.cache.index(moved)
 
 
 async def load_missing(

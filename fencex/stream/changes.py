@@ -50,6 +50,7 @@ async def swap_index(p: Processor) -> None:
         return
     assert farms is not None
     p._mobs_changed.clear()  # their devices are re-evaluated now
+    evicted = p.cache.of_farms(farms)  # (taken now: re-timing the silences below loads them)
     if devices:
         await p._publish_reevaluation(p._reevaluate(devices))
     if rules := set(p._rules_changed):  # here, not left to herd_changed: a new index every step would starve it
@@ -58,7 +59,7 @@ async def swap_index(p: Processor) -> None:
     p.rotation.reschedule(p.index, farms, now_ms)  # theirs laid again from now: their devices catch up
     if devices:
         await rotation.catch_up(p, devices)
-    await _evicted(p, p.cache.of_farms(farms))
+    await _evicted(p, evicted)
 
 
 async def _evicted(p: Processor, devices: list[str], rewatch: bool = False, schedules: bool = True) -> None:
@@ -82,8 +83,9 @@ def _changed(p: Processor) -> frozenset[str] | None:
 
 
 def _held(p: Processor, farms: frozenset[str] | None) -> list[str] | None:
-    """The held devices of ``farms`` (a scan of the held states); None for every farm."""
-    return None if farms is None else [d for d, s in p.states.items() if s.tenant in farms]
+    """The cached devices of ``farms`` (the cache's index by farm: no scan of every held state); None for
+    every farm."""
+    return None if farms is None else p.cache.cached_of(farms)
 
 
 async def herd_changed(p: Processor) -> None:
@@ -95,7 +97,7 @@ async def herd_changed(p: Processor) -> None:
     p._mobs_changed.clear()
     p._rules_changed.clear()
     if mobs:
-        await p._publish_reevaluation(p._reevaluate([d for d, s in p.states.items() if s.tenant in mobs]))
+        await p._publish_reevaluation(p._reevaluate(p.cache.cached_of(mobs)))
         await _evicted(p, p.cache.of_farms(mobs), schedules=False)
     if rules:
         await silence.retime(p, rules)

@@ -35,6 +35,7 @@ async def apply_isolated(p: Processor, batches: Mapping[int, Sequence[Record]]) 
                         p.states.pop(d, None)
                     else:
                         p.states[d] = st
+                p.cache.index(before)  # (under the farm restored)
                 await p.outbox.poisoned(r, exc)
                 p.checkpoint.store_offset(part, r.offset + 1)
         if rs[-1].offset >= p._suspect.get(part, (0, -1))[1]:

@@ -372,6 +372,7 @@ class Processor:
         out = process(
             fixes, self.index, self.states, lambda d: tenants.get(d, default), self.rules_of, self.mob_of, now_ms
         )
+        cache.index_batch(self, missing, out.events)  # devices new to the cache or moved farm: under their farms
         if self.cache.ordered():
             self.cache.touch(out.dirty)  # used: to the recent end
         await self.outbox.events(out.events)

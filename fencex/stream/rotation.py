@@ -102,10 +102,13 @@ class TransitionHeap:
 
 
 def _by_farm(p: Processor, devices: Iterable[str] | None, farms: Iterable[str]) -> dict[str, list[str]]:
+    """The cached ``devices`` (None: every cached device) of ``farms``, by farm."""
+    if devices is None:  # by the cache's index, not a scan of every held state
+        return {f: ids for f in farms if (ids := p.cache.cached_of((f,)))}
     wanted = set(farms)
     states = p.states
     out: dict[str, list[str]] = {}
-    for d in states if devices is None else devices:
+    for d in devices:
         s = states.get(d)
         if s is not None and s.tenant in wanted:
             out.setdefault(s.tenant, []).append(d)

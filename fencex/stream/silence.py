@@ -228,12 +228,13 @@ def order(p: Processor, partitions: Iterable[int]) -> None:
 
 
 async def retime(p: Processor, tenants: set[str]) -> None:
-    """These farms' silence times changed: watch their held devices anew (a scan of the cached states;
-    their evicted ones loaded a chunk at a time)."""
+    """These farms' silence times changed: watch their held devices anew (the cached ones found by farm,
+    :meth:`~fencex.stream.cache.StateCache.cached_of`; the evicted ones loaded a chunk at a time)."""
     if p.rules_of is None:
         return
     held, where = p.generations, p.device_partition
-    theirs = [(where[d], d, s) for d, s in p.states.items() if s.tenant in tenants and where.get(d) in held]
+    states = p.states
+    theirs = [(where[d], d, states[d]) for d in p.cache.cached_of(tenants) if where.get(d) in held]
     now_ms = int(p.clock() * 1000)
     p.silence.retime(tenants, theirs, p.states, now_ms, where)
     async for ids in cache.loaded(p, p.cache.of_farms(tenants), "change"):

@@ -59,7 +59,8 @@ def create_app(settings: Settings) -> ApiEdge:
     state = ApiState(
         settings,
         store,
-        FenceFollower(store, on_error=lambda e: metrics.store_errors.inc()),
+        # the API reads no device registration (a device's farm is looked up in Redis when asked): not held
+        FenceFollower(store, on_error=lambda e: metrics.store_errors.inc(), registrations=False),
         Producer(settings.kafka_bootstrap),
         registry,
         metrics,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from fencex.detector import DeviceState, Membership, detect, reevaluate, unchanged
@@ -144,3 +145,10 @@ def test_reevaluate_after_fence_deleted_and_reshaped():
 def test_state_roundtrip():
     s = state(T, ("A", T - 5, True), ("B", T, False))
     assert DeviceState.from_obj(s.to_obj()) == s
+
+
+def test_states_read_back_share_one_string_a_farm():
+    """Issue 15 #3: a worker caches up to a million states; each read from Redis held its own farm string."""
+    raw = orjson.dumps({**state(T, ("A", T - 5, True)).to_obj(), "tenant": "farm-7"})
+    a, b = DeviceState.from_obj(orjson.loads(raw)), DeviceState.from_obj(orjson.loads(raw))
+    assert a.tenant == "farm-7" and a.tenant is b.tenant

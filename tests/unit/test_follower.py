@@ -15,6 +15,7 @@ from fencex.herd import DEFAULT_RULES, HerdRules, Mob
 from fencex.index import FenceIndex
 from fencex.mob import MobRecord
 from fencex.store.base import Change, decode_fences
+from fencex.store.devices import registrations
 from tests.unit.factory import LAT0, LON0, fence
 
 INSIDE = (LON0 + 0.005, LAT0 + 0.005)
@@ -449,3 +450,34 @@ def test_a_reload_does_not_reuse_a_geometry_of_another_record_with_the_same_vers
     store.records["north"] = fence("north", lon=LON0 + 1).to_json()  # version 1 again, elsewhere
     asyncio.run(follower.load())
     assert inside(follower) == []
+
+
+def test_registrations_hold_one_string_a_farm():
+    """Issue 15 #3: each farm id is held once, not once a device (loaded, and heard from the feed)."""
+    hashes = [{b"cow-1": b"farm", b"cow-2": b"farm"}, {b"cow-3": b"farm", b"cow-4": b"other"}]
+    got = registrations(hashes)
+    assert got == {"cow-1": "farm", "cow-2": "farm", "cow-3": "farm", "cow-4": "other"}
+    assert got["cow-1"] is got["cow-2"] is got["cow-3"]  # one string for the farm, across the hashes too
+    store = FakeFeed()
+    store.put(fence("north"))
+    store.devices = {"cow-1": "".join(["fa", "rm"])}  # each a string of its own, as decoded
+    follower = FenceFollower(store)
+    asyncio.run(follower.load())
+    store.register({"cow-2": "".join(["fa", "rm"]), "cow-3": "".join(["fa", "rm"])})
+    asyncio.run(follower.step(0))
+    t = follower.tenants
+    assert t == {"cow-1": "farm", "cow-2": "farm", "cow-3": "farm"} and t["cow-2"] is t["cow-3"]
+
+
+def test_a_follower_without_registrations_holds_none():
+    """Issue 15 #3: the API reads no registration, so its follower holds none (loaded or from the feed)."""
+    store = FakeFeed()
+    store.put(fence("north"))
+    store.register({"cow-1": "farm"})
+    follower = FenceFollower(store, on_index=(handed := []).append, registrations=False)
+    asyncio.run(follower.load())
+    store.register({"cow-2": "farm"})
+    assert asyncio.run(follower.step(0)) is False and follower.tenants == {} and follower.applied == 1
+    store.put(fence("south"))
+    assert asyncio.run(follower.step(0)) is True and inside(follower) == ["north", "south"] and len(handed) == 1
+    assert follower.tenants == {}

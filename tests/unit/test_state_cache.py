@@ -248,6 +248,30 @@ def test_a_fence_change_re_evaluates_the_evicted_devices_too():
     run(main())
 
 
+def test_a_fence_and_a_settings_change_of_one_farm_in_one_swap_re_evaluate_its_evicted_devices():
+    """Regression (issue 15 #3): the swap re-timed the farm's silences (which loads its evicted devices) before
+    it took the farm's evicted devices to re-evaluate: none were left, so they missed the fence change."""
+
+    async def once(bound: int) -> list[tuple[str, str]]:
+        broker, store = Broker(partitions=1), FakeStore()
+        broker.fix("cow-0", T0, *INSIDE)
+        broker.fix("calf-1", T0 + 1, *INSIDE)  # another farm's (unregistered: the default farm), cached last
+        w = Worker(broker, store, NORTH, Clock(), {"farm": HerdRules(silence_s=3600)}, state_cache_max=bound)
+        await w.start([0])
+        await drain(w, broker)
+        w.follower.push(NORTH.with_farms({"farm": [fence("north", lon=18.0, version=2)]}, 1))  # moved away
+        w.follower.put_rules("farm", HerdRules(silence_s=600))  # and the farm's silence time, in the same swap
+        await drain(w, broker)
+        return sorted((e["type"], e["device_id"]) for e in broker.events() if e["type"] == "exit")
+
+    async def main():
+        unbounded = await once(1_000_000)
+        assert unbounded == [("exit", "cow-0")]
+        assert await once(1) == unbounded  # evicted: loaded by the re-timing (the calf evicted), re-evaluated still
+
+    run(main())
+
+
 def test_a_mob_change_re_evaluates_the_evicted_devices_too():
     async def once(bound: int) -> list[str]:
         index = FenceIndex([fence("north"), fence("south", lat=59.0)])
@@ -367,5 +391,87 @@ def test_an_evicted_collars_poisoned_record_leaves_it_held_for_the_next_fence_ch
         w.follower.push(NORTH.with_farms({"farm": [fence("north", lon=18.0, version=2)]}, 1))  # moved away
         await until(lambda: len([e for e in broker.events() if e["type"] == "exit"]) == len(COWS))
         await w.kill()
+
+    run(main())
+
+
+# ---------------------------------------------------------------- a farm's devices, by farm (issue 15 #3)
+
+
+def test_a_farms_cached_devices_are_found_by_farm_and_follow_eviction_loads_and_moves():
+    c = StateCache(2)
+    c.put({"a": state(), "b": state("other"), "c": state()}, {})
+    assert c.cached_of(["farm"]) == ["a", "c"] and c.cached_of(["other"]) == ["b"] and c.cached_of(["x"]) == []
+    assert c.evict(lambda d: False, {}) == ["a"]  # evicted: out of the cached index, into the evicted one
+    assert c.cached_of(["farm"]) == ["c"] and c.of_farms(["farm"]) == ["a"]
+    c.put({"a": state()}, {})  # it reports again
+    assert c.cached_of(["farm"]) == ["c", "a"] and c.of_farms(["farm"]) == []
+    c.states["c"] = state("other")  # the pipeline moved it to another farm (a transfer): indexed after the batch
+    c.index(["c"])
+    assert c.cached_of(["farm"]) == ["a"] and c.cached_of(["other", "farm"]) == ["b", "c", "a"]
+    assert list(c.cached["farm"]) == ["a"]  # the old farm's entry dropped when it was read
+    c.forget(["b"], keep=set())  # its partition went
+    assert c.cached_of(["other"]) == ["c"] and c.cached["other"] == {"c": None}
+    c.states.pop("a")  # gone by a path that does not tell the index (a device moved to another partition)
+    assert c.cached_of(["farm"]) == [] and "farm" not in c.cached
+    c.clear()
+    assert c.cached == {}
+
+
+class Scans(dict):
+    """The states, counting the walks over all of them (eviction iterates from the front: not counted)."""
+
+    walks = 0
+
+    def items(self):
+        Scans.walks += 1
+        return super().items()
+
+    def keys(self):
+        Scans.walks += 1
+        return super().keys()
+
+    def values(self):
+        Scans.walks += 1
+        return super().values()
+
+
+@pytest.mark.parametrize("bound", [1_000_000, 1])
+def test_a_farms_change_finds_its_devices_without_walking_every_state_and_after_a_transfer(bound):
+    """Issue 15 #3: a fence, mob or settings change of farm F found F's cached devices by walking every
+    cached state (a million states: ~0.1 s a change, under the lock). Now by the cache's index by farm,
+    which follows a device re-registered to another farm: its new farm's changes reach it, its old farm's
+    do not (cached, or evicted with a bound of one)."""
+
+    async def main():
+        broker, store = Broker(partitions=1), FakeStore()
+        index = FenceIndex([fence("north"), fence("theirs", tenant="other")])
+        broker.fix("cow-1", T0, *INSIDE)
+        broker.fix("cow-2", T0, *INSIDE)
+        rules = {"farm": HerdRules(silence_s=3600), "other": HerdRules(silence_s=3600)}
+        w = Worker(broker, store, index, Clock(), rules, state_cache_max=bound, max_records=2)
+        w.proc.cache.states = w.proc.states = Scans()
+        await w.start([0])
+        await drain(w, broker)
+        w.follower.tenants["cow-1"] = "other"  # re-registered: its next fix moves it
+        broker.fix("cow-1", T0 + 1000, *INSIDE)
+        await drain(w, broker)
+        assert [e["type"] for e in broker.events() if e["device_id"] == "cow-1"][-2:] == ["transferred", "enter"]
+        Scans.walks, seen = 0, {e["event_id"] for e in broker.events()}  # (the events topic is partitioned)
+        w.follower.push(index.with_farms({"farm": [fence("north", lon=18.0, version=2)]}, 1))  # north moved away
+        w.follower.put_rules("farm", HerdRules(silence_s=600))  # re-timed with the swap
+        await drain(w, broker)
+        after = [(e["type"], e["device_id"]) for e in broker.events() if e["event_id"] not in seen]
+        assert ("exit", "cow-2") in after and not [e for e in after if e[1] == "cow-1"]  # cow-1 is the other farm's
+        w.follower.put_mobs("farm", {"cow-2": Mob(frozenset({"north"}))})  # no fence: herd_changed
+        w.follower.put_rules("other", HerdRules(silence_s=600))
+        await drain(w, broker)
+        assert Scans.walks == 0
+        seen = {e["event_id"] for e in broker.events()}
+        w.follower.push(w.proc.index.with_farms({"other": [fence("theirs", tenant="other", lon=18.0, version=2)]}, 2))
+        await drain(w, broker)
+        assert Scans.walks == 0
+        after = [(e["type"], e["device_id"], e["fence_id"]) for e in broker.events() if e["event_id"] not in seen]
+        assert ("exit", "cow-1", "theirs") in after and {d for _, d, _ in after} == {"cow-1"}
 
     run(main())

@@ -12,11 +12,9 @@ No I/O in ``__init__``: ``connect()`` opens the connection and checks it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
-from contextvars import ContextVar
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, ParamSpec, TypeAlias, TypeVar, cast
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -27,7 +25,6 @@ from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import (
     AskError,
     ClusterError,
-    MaxConnectionsError,
     OutOfMemoryError,
     ResponseError,
     SlotNotCoveredError,
@@ -38,6 +35,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fencex.errors import Misconfigured, StoreUnavailable
 from fencex.store.base import Keys, tag_of
+from fencex.store.cluster import POOL_WAIT_S, PermittedCluster
 from fencex.store.scripts import APPEND_EVENTS, SAVE_ALL, SAVE_FARM, SAVE_PART
 
 P = ParamSpec("P")
@@ -49,8 +47,7 @@ StreamEntries: TypeAlias = list[tuple[bytes, dict[bytes, bytes]]]  # XRANGE, XRE
 StreamsRead: TypeAlias = list[tuple[bytes, StreamEntries]] | None  # XREAD: (stream, entries), None if none came
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 POLL_S = 0.05  # on a cluster, streams of several slots are polled this often instead of one blocking read
-POOL_WAIT_S = 5.0  # a call waits this long for a free connection (single Redis) or permit (cluster)
-FAN_OUT = 64  # connections a node's pool has beyond the permits: one call may use several at once
+FAN_OUT = 64  # connections a node's pool has beyond its permits (a redirected command uses another's)
 
 
 def cluster_seeds(url: str) -> tuple[str, list[tuple[str, int]]] | None:
@@ -81,40 +78,13 @@ def without_max_connections(url: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-_permitted: ContextVar[bool] = ContextVar("fencex_store_permitted", default=False)
-
-
-@contextlib.asynccontextmanager
-async def _permit(permits: asyncio.Semaphore) -> AsyncIterator[None]:
-    """One of the cluster client's permits (see :meth:`RedisConnection.connect`), waited for up to
-    :data:`POOL_WAIT_S`; held by the calling task and the tasks it starts."""
-    if _permitted.get():
-        yield
-        return
-    try:
-        async with asyncio.timeout(POOL_WAIT_S):  # a cancelled wait takes no permit
-            await permits.acquire()
-    except TimeoutError:
-        raise MaxConnectionsError(f"no connection free within {POOL_WAIT_S:.0f} s") from None
-    token = _permitted.set(True)
-    try:
-        yield
-    finally:
-        _permitted.reset(token)
-        permits.release()
-
-
 def guard(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     """Map redis-py's errors raised by a coroutine function to fencex's (StoreUnavailable)."""
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        permits = getattr(args[0], "_permits", None) if args else None
         try:
-            if permits is None:
-                return await fn(*args, **kwargs)
-            async with _permit(permits):
-                return await fn(*args, **kwargs)
+            return await fn(*args, **kwargs)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise StoreUnavailable(f"redis does not answer: {exc}") from exc
         except (ClusterError, TryAgainError, SlotNotCoveredError) as exc:  # a node down, a slot moving or not served
@@ -140,7 +110,6 @@ class RedisConnection:
     url: str
     keys: Keys
     cluster: bool  # a Redis Cluster (the URL's scheme says so)
-    _permits: asyncio.Semaphore | None  # on a cluster: calls under way at most (see connect)
     _redis: aioredis.Redis | None
     _append_events: Any  # the registered scripts (fencex.store.scripts), set by connect()
     _save_part: Any
@@ -166,14 +135,14 @@ class RedisConnection:
             # The cluster client keeps a pool per node (max_connections in the URL: per node); it follows
             # MOVED and ASK and finds the nodes again when a slot moves or a node fails.
             # redis-py's cluster client fails at once when a node's pool is full; the single client's blocking
-            # pool waits. So that a burst waits here too, the URL's max_connections bounds the store's calls
-            # under way (each waits up to POOL_WAIT_S for a permit), and each node's pool has room beyond it
-            # for a call's own fan-out (one pipeline uses a connection per node; a save, a call per slot).
+            # pool waits. So that a burst waits here too, the URL's max_connections bounds the calls under way
+            # to each node (fencex.store.cluster: a call waits up to POOL_WAIT_S for a permit of its own node,
+            # never for another's, so a paused node holds up only the calls sent to it).
             url, nodes = seeds
             limit = max_connections(url)
-            self._permits = asyncio.Semaphore(limit)
-            client = RedisCluster.from_url(
+            client = PermittedCluster.from_url(
                 without_max_connections(url),
+                node_permits=limit,
                 max_connections=limit + FAN_OUT,
                 startup_nodes=[ClusterNode(h, p) for h, p in nodes],
                 socket_connect_timeout=3,
@@ -200,7 +169,6 @@ class RedisConnection:
                 retry=retry,
             )
             self.cluster = False
-            self._permits = None
             self._redis = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
             await self._redis.ping()
         await self._check_groups()

@@ -89,3 +89,60 @@ def test_a_paused_node_fails_its_calls_after_one_timeout_and_stalls_no_other_far
                 await store.close()
 
         asyncio.run(go())
+
+
+def test_a_burst_to_a_paused_node_holds_no_permit_of_the_healthy_nodes(tmp_path):
+    """review15d #1: the store bounded its calls under way by one set of permits for the whole cluster
+    (the URL's max_connections), so while a node was paused a burst of calls to its farms held every permit
+    for a socket timeout each, and every farm's calls waited 5 s for one and failed (503). The permits are
+    per node now: farms on the healthy nodes are served at once during the burst."""
+    with start_redis_cluster(3, logdir=tmp_path) as cluster:
+        for server in cluster.servers:
+            subprocess.run(
+                [redis_cli_path(), "-p", str(server.port), "config", "set", "cluster-node-timeout", "120000"],
+                check=True,
+                capture_output=True,
+            )
+        victim = cluster.servers[2]
+
+        async def go() -> None:
+            store = RedisStore(f"{cluster.url}?max_connections=4", f"n{uuid.uuid4().hex[:6]}")
+            await store.connect()
+            try:
+                farms = [f"farm-{i}" for i in range(40)]
+                await store.put_fences([Fence(id=f"f-{f}", tenant=f, geometry=SQUARE) for f in farms])
+                nodes = store.redis.nodes_manager  # type: ignore[attr-defined]
+
+                def on_victim(f: str) -> bool:
+                    key = store.keys.fence(f, "x")
+                    return bool(nodes.get_node_from_slot(store.redis.keyslot(key)).port == victim.port)  # type: ignore[attr-defined]
+
+                paused = [f for f in farms if on_victim(f)]
+                healthy = [f for f in farms if not on_victim(f)]
+                assert paused and healthy
+                os.kill(victim.proc.pid, signal.SIGSTOP)
+                try:
+                    burst = [  # five times the permits, each waiting a socket timeout on the paused node
+                        asyncio.create_task(store.get_fence(f, f"f-{f}")) for f in (paused * 20)[:20]
+                    ]
+                    await asyncio.sleep(0.5)
+                    slowest, failed = 0.0, []
+                    until = time.monotonic() + 4
+                    while time.monotonic() < until:
+                        for f in healthy[:6]:
+                            t = time.monotonic()
+                            try:
+                                await store.get_fence(f, f"f-{f}")
+                            except StoreUnavailable as exc:
+                                failed.append(str(exc))
+                            slowest = max(slowest, time.monotonic() - t)
+                        await asyncio.sleep(0.05)
+                finally:
+                    os.kill(victim.proc.pid, signal.SIGCONT)
+                await asyncio.gather(*burst, return_exceptions=True)
+                assert not failed, f"farms on healthy nodes failed during the burst: {failed[:3]}"
+                assert slowest < 1, f"a farm on a healthy node waited {slowest:.1f} s behind the paused node"
+            finally:
+                await store.close()
+
+        asyncio.run(go())

@@ -303,6 +303,23 @@ def quarantine_metrics(
     )
 
 
+class StoreNodesCollector(Collector):
+    """The store's nodes and those down at its last health check (``RedisStore.health``: /readyz and each
+    scrape ask it): one of several down is a partial outage, the farms whose slots it serves."""
+
+    def __init__(self, read: Callable[[], tuple[int, int] | None]) -> None:
+        self.read = read  # (nodes, nodes down), None before the first check
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        got = self.read()
+        if got is None:
+            return
+        yield GaugeMetricFamily("fencex_store_nodes", "Redis masters the store knows (1: one Redis)", value=got[0])
+        yield GaugeMetricFamily(
+            "fencex_store_nodes_down", "Redis masters that did not answer the last health check", value=got[1]
+        )
+
+
 class StateCollector(Collector):
     """Gauges read from the running worker at scrape time."""
 

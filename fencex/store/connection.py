@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeAlias, TypeVar, cast
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -26,6 +27,7 @@ from redis.exceptions import (
     AskError,
     ClusterError,
     OutOfMemoryError,
+    RedisError,
     ResponseError,
     SlotNotCoveredError,
     TryAgainError,
@@ -47,7 +49,30 @@ StreamEntries: TypeAlias = list[tuple[bytes, dict[bytes, bytes]]]  # XRANGE, XRE
 StreamsRead: TypeAlias = list[tuple[bytes, StreamEntries]] | None  # XREAD: (stream, entries), None if none came
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 POLL_S = 0.05  # on a cluster, streams of several slots are polled this often instead of one blocking read
+HEALTH_TIMEOUT_S = 0.8  # a node that does not answer a readiness check within this is down (a probe waits 1 s)
 FAN_OUT = 64  # connections a node's pool has beyond its permits (a redirected command uses another's)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreHealth:
+    """The store's answer to a readiness check: its masters (1 for one Redis), those that did not answer
+    within :data:`HEALTH_TIMEOUT_S` (by ``host:port``), and whether a node that answers says the cluster
+    serves its slots (``cluster_state:ok``; Redis Cluster says ``fail`` for every slot while one is not
+    served, unless ``cluster-require-full-coverage`` is off)."""
+
+    nodes: int
+    down: tuple[str, ...] = ()
+    cluster_ok: bool = True
+
+    @property
+    def serving(self) -> bool:
+        """Some farm's calls can be served: a node answers and the cluster serves."""
+        return len(self.down) < self.nodes and self.cluster_ok
+
+    @property
+    def degraded(self) -> bool:
+        """Serving, but some nodes do not answer: their farms' calls fail (503), the others' do not."""
+        return self.serving and bool(self.down)
 
 
 def cluster_seeds(url: str) -> tuple[str, list[tuple[str, int]]] | None:
@@ -203,6 +228,21 @@ class RedisConnection:
             return bool(got) if not isinstance(got, dict) else all(got.values())
         return bool(await self.redis.ping())
 
+    async def health(self) -> StoreHealth:
+        """Which of the store's nodes answer (each within :data:`HEALTH_TIMEOUT_S`, all at once), for /readyz:
+        one node down of several is a partial outage (the farms whose slots it serves), not the store's."""
+        if self._redis is None:
+            return StoreHealth(1, ("not connected",), False)
+        if not self.cluster:
+            ok = await _within(self.redis.ping()) is not None
+            return StoreHealth(1, () if ok else (urlsplit(self.url).netloc.rpartition("@")[2],), ok)
+        client = cast(RedisCluster, self.redis)
+        primaries = client.get_primaries()
+        infos = await asyncio.gather(*(_within(client.cluster_info(target_nodes=node)) for node in primaries))
+        down = tuple(sorted(node.name for node, info in zip(primaries, infos) if info is None))
+        states = [_cluster_state(info) for info in infos if info is not None]
+        return StoreHealth(len(primaries), down, "ok" in states)
+
     async def _by_group(self, key: Callable[[str], str], names: Sequence[str]) -> dict[str, bytes | None]:
         """Fields ``names`` of a per-group hash (``key(group)``), each read from its own group's."""
         by_group: dict[str, list[str]] = {}
@@ -251,3 +291,20 @@ class RedisConnection:
             if out or left <= 0:
                 return out
             await asyncio.sleep(min(POLL_S, left))
+
+
+async def _within(call: Awaitable[Any]) -> Any | None:
+    """What ``call`` answers within :data:`HEALTH_TIMEOUT_S`; None if it fails or does not answer by then."""
+    try:
+        async with asyncio.timeout(HEALTH_TIMEOUT_S):
+            return await call
+    except (RedisError, OSError, TimeoutError):
+        return None
+
+
+def _cluster_state(info: Any) -> str:
+    """``cluster_state`` of a CLUSTER INFO answer (a dict, or one node's dict keyed by its name)."""
+    if isinstance(info, dict) and "cluster_state" not in info and len(info) == 1:
+        info = next(iter(info.values()))
+    state = info.get("cluster_state", "") if isinstance(info, dict) else ""
+    return state.decode() if isinstance(state, bytes) else str(state)

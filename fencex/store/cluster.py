@@ -31,6 +31,19 @@ from redis.exceptions import MaxConnectionsError, RedisClusterException
 POOL_WAIT_S = 5.0  # a call waits this long for a free connection (single Redis) or its node's permit (cluster)
 
 
+def key_of(args: tuple[Any, ...]) -> Any | None:
+    """A key of a command as the store sends it (each command's keys are in one slot), found without asking
+    Redis (redis-py's parser sends ``COMMAND GETKEYS`` for XREAD): EVAL/EVALSHA's first key, XREAD's first
+    stream, else the first argument; None for a script with no key."""
+    name = str(args[0]).upper()
+    if name in ("EVAL", "EVALSHA"):
+        return args[3] if len(args) > 3 and int(args[2]) > 0 else None
+    if name.startswith("XREAD"):
+        words = [str(a).upper() if isinstance(a, str) else a for a in args]
+        return args[words.index("STREAMS") + 1] if "STREAMS" in words else None
+    return args[1] if len(args) > 1 else None
+
+
 class NodePermits:
     """Per node (by name, ``host:port``): at most ``limit`` calls under way; one more waits up to
     :data:`POOL_WAIT_S` for a permit of that node, never for another node's."""
@@ -107,8 +120,9 @@ class PermittedPipeline(ClusterPipeline):
         client = self.cluster_client
         nodes: set[str] = set()
         for args in commands:
-            slot = await client._determine_slot(*args)
-            nodes.add(client.nodes_manager.get_node_from_slot(slot).name)
+            key = key_of(args)
+            if key is not None:
+                nodes.add(client.nodes_manager.get_node_from_slot(client.keyslot(key)).name)
         nodes -= self._fx_nodes
         if nodes:
             self._fx_held += await client.permits.take(nodes)

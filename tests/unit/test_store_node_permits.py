@@ -42,3 +42,17 @@ def test_a_full_node_does_not_hold_up_another(monkeypatch):
         assert permits.in_use("10.0.0.3:7002") == 0
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    ("args", "key"),
+    [
+        (("HMGET", "fx:{g1}:devices", "cow-1", "cow-2"), "fx:{g1}:devices"),  # the first argument
+        (("XINFO STREAM", "fx:{g3}:changes"), "fx:{g3}:changes"),
+        (("XREAD", "COUNT", 10, "STREAMS", "fx:{g1}:changes", "0-0"), "fx:{g1}:changes"),  # the first stream
+        (("EVALSHA", "abc", 2, "fx:{p7}:saved:t", "fx:{p7}:saved:t:slot", "blob"), "fx:{p7}:saved:t"),
+        (("EVALSHA", "abc", 0, "blob"), None),  # a script with no key: any node, no permit
+    ],
+)
+def test_the_key_a_pipelined_command_is_sent_by(args, key):
+    assert cluster.key_of(args) == key

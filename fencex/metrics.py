@@ -299,7 +299,9 @@ def quarantine_metrics(
         value=quarantined,
     )
     yield CounterMetricFamily(
-        f"{prefix}_fence_feed_reloads", "Full reloads of fences after a gap in the change feed", value=reloads
+        f"{prefix}_fence_feed_reloads",
+        "Reloads (of some groups, or of all) after a gap in a change feed",
+        value=reloads,
     )
 
 

@@ -236,9 +236,11 @@ class RedisConnection:
         if not self.cluster:
             ok = await _within(self.redis.ping()) is not None
             return StoreHealth(1, () if ok else (urlsplit(self.url).netloc.rpartition("@")[2],), ok)
-        client = cast(RedisCluster, self.redis)
-        primaries = client.get_primaries()
-        infos = await asyncio.gather(*(_within(client.cluster_info(target_nodes=node)) for node in primaries))
+        # each node asked itself (ClusterNode.execute_command): not through the client, whose call would first
+        # find the nodes again after a failure (CLUSTER SLOTS, perhaps of the paused node), and whose search,
+        # cut short by the timeout, closes every node's connections
+        primaries = cast(RedisCluster, self.redis).get_primaries()
+        infos = await asyncio.gather(*(_within(node.execute_command("CLUSTER INFO")) for node in primaries))
         down = tuple(sorted(node.name for node, info in zip(primaries, infos) if info is None))
         states = [_cluster_state(info) for info in infos if info is not None]
         return StoreHealth(len(primaries), down, "ok" in states)
@@ -303,8 +305,9 @@ async def _within(call: Awaitable[Any]) -> Any | None:
 
 
 def _cluster_state(info: Any) -> str:
-    """``cluster_state`` of a CLUSTER INFO answer (a dict, or one node's dict keyed by its name)."""
-    if isinstance(info, dict) and "cluster_state" not in info and len(info) == 1:
-        info = next(iter(info.values()))
+    """``cluster_state`` of a node's CLUSTER INFO answer (parsed to a dict by redis-py, or its text)."""
+    if isinstance(info, bytes | str):
+        text = info.decode() if isinstance(info, bytes) else info
+        info = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
     state = info.get("cluster_state", "") if isinstance(info, dict) else ""
     return state.decode() if isinstance(state, bytes) else str(state)

@@ -26,7 +26,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError, RedisClusterException
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 POOL_WAIT_S = 5.0  # a call waits this long for a free connection (single Redis) or its node's permit (cluster)
 
@@ -90,10 +92,25 @@ class PermittedCluster(RedisCluster):
     def __init__(self, *args: Any, node_permits: int = 50, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.permits = NodePermits(node_permits)
+        self.failed: str | None = None  # the node a call failed on last (a timeout, a refused connection)
 
     async def _execute_command(self, target_node: ClusterNode, *args: Any, **kwargs: Any) -> Any:
         async with self.permits.hold([target_node.name]):
-            return await super()._execute_command(target_node, *args, **kwargs)
+            try:
+                return await super()._execute_command(target_node, *args, **kwargs)
+            except (RedisConnectionError, RedisTimeoutError):
+                self.failed = target_node.name
+                raise
+
+    async def initialize(
+        self,
+        additional_startup_nodes_info: list[tuple[str, int]] | None = None,
+        last_failed_node_name: str | None = None,
+    ) -> RedisCluster:
+        """After a call failed on a node, the client finds the nodes again before its next call (every call
+        waits for that): through the seeds in random order, so a paused node's CLUSTER SLOTS held every call
+        for a socket timeout one time in three. The node that failed last is asked last."""
+        return await super().initialize(additional_startup_nodes_info, last_failed_node_name or self.failed)
 
     def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
         if shard_hint:

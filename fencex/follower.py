@@ -243,7 +243,7 @@ class FenceFollower:
                 self._handover(len(self.fences), "reloaded in full")
                 return True
             # one group's feed trimmed (its farms changed more than the feed holds while this follower lagged):
-            # that group is reloaded, not the country; the other feeds' changes read here are read again next
+            # that group is reloaded, not the country; the other feeds' changes are then read again and applied
             log.warning(
                 "change feeds of %s: changes were trimmed before this follower read them; reloading them",
                 sorted(trimmed),
@@ -251,6 +251,7 @@ class FenceFollower:
             await self.reload_groups(trimmed)
             self.groups_reloaded += len(trimmed)
             self._handover(len(self.index.changed or ()), f"farms of {len(trimmed)} groups reloaded")
+            await self.step(1)  # (1 ms: XREAD BLOCK 0 waits for ever)
             return True
         if not changes:
             return False

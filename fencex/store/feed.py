@@ -15,7 +15,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from fencex.store.base import Change, feed_trimmed
+from fencex.store.base import Change, feed_trimmed, feed_unsure
 from fencex.store.connection import RedisConnection, guard
 
 CHANGES_MAXLEN = 100_000  # per feed
@@ -116,6 +116,7 @@ class RedisFeed(RedisConnection):
                 pipe.xinfo_stream(self.keys.changes(group))
             got = await pipe.execute(raise_on_error=False)
         trimmed: set[str] = set()
+        unsure: set[str] = set()  # Redis 6 cannot tell (feed_unsure): reloaded with the trimmed, if any
         for group, at, info in zip(self.keys.all_groups, ids, got):
             if isinstance(info, ResponseError) and "no such key" in str(info).lower():
                 info = None
@@ -123,4 +124,6 @@ class RedisFeed(RedisConnection):
                 raise info
             if feed_trimmed(at, info, CHANGES_MAXLEN):
                 trimmed.add(group)
-        return trimmed
+            elif feed_unsure(at, info):
+                unsure.add(group)
+        return trimmed | unsure if trimmed else trimmed

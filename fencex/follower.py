@@ -13,9 +13,11 @@ asks for them (the worker: its pipeline looks up each fix's farm, :meth:`FenceFo
 API reads none and holds none (0.09 KB a device at 10,000,000 devices is 0.9 GB a process). Each farm id
 is held once (interned), not once a device.
 
-The feed is capped: a follower that lags past its cap (or a store wiped under it)
-would miss changes, so after each read it asks whether entries after its position
-are gone and then reloads everything (fences and device registrations).
+The feeds (one per group of farms and devices, ``fencex.store.feed``) are capped: a follower that lags
+past a feed's cap (or a store wiped under it) would miss changes, so after each read it asks which
+feeds lost entries after its position and reloads those groups only (their farms' fences, mobs and herd
+settings, their devices' registrations: :meth:`FenceFollower.reload_groups`); every group, a full
+reload, when all did (a store wiped, a position for another number of feeds).
 
 The fences are kept as light records (``Fence.from_json(light=True)``): each one's geometry built
 once, straight from the stored JSON, and its GeoJSON coordinates not kept (the index holds the
@@ -41,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from typing import Protocol
 
 from fencex.fence import DEFAULT_TENANT, Fence
@@ -58,27 +60,36 @@ log = logging.getLogger("fencex.follower")
 class FeedStore(Protocol):
     """What the follower needs of the store (``fencex.store.redis.RedisStore`` has it)."""
 
-    async def last_change_id(self) -> str: ...
+    def feed_groups(self) -> list[str]: ...
+
+    def feed_group(self, name: str) -> str: ...
+
+    async def last_change_id(self, after: str | None = None, groups: Collection[str] | None = None) -> str: ...
 
     async def changes(self, after: str, block_ms: int = ..., count: int = ...) -> list[Change]: ...
 
-    async def changes_trimmed(self, after: str) -> bool: ...
+    async def trimmed_feeds(self, after: str) -> set[str]: ...
 
     def fence_pages(
-        self, tenant: str | None = None, *, unreadable: dict[str, str] | None = None, light: bool = ...
+        self,
+        tenant: str | None = None,
+        *,
+        groups: Sequence[str] | None = None,
+        unreadable: dict[str, str] | None = None,
+        light: bool = ...,
     ) -> AsyncIterator[list[Fence]]: ...
 
     async def fences_by_id(
         self, ids: list[str], *, unreadable: dict[str, str] | None = None, light: bool = ...
     ) -> dict[str, Fence | None]: ...
 
-    async def device_tenants(self) -> dict[str, str]: ...
+    async def device_tenants(self, groups: Sequence[str] | None = None) -> dict[str, str]: ...
 
-    async def herd_rules(self) -> dict[str, HerdRules]: ...
+    async def herd_rules(self, groups: Sequence[str] | None = None) -> dict[str, HerdRules]: ...
 
     async def get_herd_rules(self, tenant: str) -> HerdRules: ...
 
-    async def mobs(self, tenant: str | None = None) -> list[MobRecord]: ...
+    async def mobs(self, tenant: str | None = None, *, groups: Sequence[str] | None = None) -> list[MobRecord]: ...
 
     async def mobs_by_id(self, tenant: str, ids: list[str]) -> dict[str, MobRecord | None]: ...
 
@@ -106,8 +117,10 @@ class FenceFollower:
         self.tenants: dict[str, str] = {}
         self.index = FenceIndex([])
         self.applied = 0  # change-feed entries applied
-        self.reloads = 0  # full reloads because the feed had lost changes past this follower
+        self.reloads = 0  # reloads (of every group, or of some) because a feed had lost changes past this follower
+        self.groups_reloaded = 0  # groups reloaded so (a full reload counts every group)
         self.unreadable: dict[str, Quarantined] = {}  # stored records that cannot be read at all
+        self._unreadable_in: dict[str, str] = {}  # unreadable fence id -> its group
         self.rules: dict[str, HerdRules] = {}  # tenant -> its stored herd settings
         self.mobs: dict[str, dict[str, Mob]] = {}  # farm -> device id -> its mob, resolved against the index
         self.mob_records: dict[tuple[str, str], MobRecord] = {}  # (tenant, mob id) -> the stored mob
@@ -136,18 +149,66 @@ class FenceFollower:
     async def load(self) -> FenceIndex:
         """Read every fence and device registration; the feed is followed from here on."""
         self._after = await self.store.last_change_id()  # first: no change slips between
-        unreadable: dict[str, str] = {}
-        self.fences, self.by_farm = {}, {}
-        async for page in self.store.fence_pages(unreadable=unreadable, light=True):  # no page's JSON kept
-            for f in page:
-                self.fences[f.id] = f
-                self.by_farm.setdefault(farm_of(f), {})[f.id] = f
-        self.unreadable = {fid: Quarantined("", 0, reason) for fid, reason in unreadable.items()}
+        self.fences, self.by_farm, self.unreadable, self._unreadable_in = {}, {}, {}, {}
+        for group in self.store.feed_groups():
+            await self._read_fences(group)
         self.tenants = await self.store.device_tenants() if self.registrations else {}
         self.rules = await self.store.herd_rules()
         self.mob_records = {(m.tenant, m.id): m for m in await self.store.mobs()}
         self.index = await asyncio.to_thread(FenceIndex, list(self.fences.values()), self.applied, self.index)
         self._resolve()
+        return self.index
+
+    async def _read_fences(self, group: str) -> None:
+        """The fences of the group's farms into :attr:`fences` and :attr:`by_farm` (a page at a time: no
+        page's JSON kept), its unreadable records into :attr:`unreadable`."""
+        unreadable: dict[str, str] = {}
+        async for page in self.store.fence_pages(groups=[group], unreadable=unreadable, light=True):
+            for f in page:
+                self.fences[f.id] = f
+                self.by_farm.setdefault(farm_of(f), {})[f.id] = f
+        for fid, reason in unreadable.items():
+            self.unreadable[fid], self._unreadable_in[fid] = Quarantined("", 0, reason), group
+
+    async def reload_groups(self, groups: set[str]) -> FenceIndex:
+        """Read the fences, mobs and herd settings of the groups' farms and the registrations of the groups'
+        devices again (their feeds lost changes past this follower), keeping every other group's: the index is
+        built again for those farms only (:meth:`FenceIndex.with_farms`), not for the country."""
+        self._after = await self.store.last_change_id(self._after, groups)  # first: no change slips between
+        ours = self.store.feed_group
+        farms = {farm for farm in self.by_farm if ours(farm) in groups}
+        for farm in farms:
+            for fid in self.by_farm.pop(farm):
+                self.fences.pop(fid, None)
+        for fid, q in list(self.unreadable.items()):  # read from a group's set, or a farm's change
+            if self._unreadable_in.get(fid) in groups or (q.tenant and ours(q.tenant) in groups):
+                del self.unreadable[fid]
+                self._unreadable_in.pop(fid, None)
+        for group in sorted(groups):
+            await self._read_fences(group)
+        farms |= {farm for farm in self.by_farm if ours(farm) in groups}
+        some = sorted(groups)
+        tenants = await self.store.device_tenants(some) if self.registrations else {}
+        moved = {self.tenants[d] for d in self.tenants if ours(d) in groups and tenants.get(d) != self.tenants[d]}
+        moved |= {t for d, t in tenants.items() if self.tenants.get(d) != t}  # registrations changed: their farms
+        self.tenants = {d: t for d, t in self.tenants.items() if ours(d) not in groups} | tenants
+        rules = await self.store.herd_rules(some)
+        herd = {
+            t for t in set(rules) | {t for t in self.rules if ours(t) in groups} if rules.get(t) != self.rules.get(t)
+        }
+        self.rules = {t: r for t, r in self.rules.items() if ours(t) not in groups} | rules
+        mob_farms = {t for t, _ in self.mob_records if ours(t) in groups}
+        self.mob_records = {k: m for k, m in self.mob_records.items() if ours(k[0]) not in groups}
+        for m in await self.store.mobs(groups=some):
+            self.mob_records[(m.tenant, m.id)] = m
+            mob_farms.add(m.tenant)
+        changed = {farm: list(self.by_farm.get(farm, {}).values()) for farm in farms}
+        self.index = await asyncio.to_thread(self.index.with_farms, changed, self.applied)
+        self._resolve(farms | mob_farms | moved)
+        if (mobs := (mob_farms | moved) - farms) and self.on_mobs is not None:
+            self.on_mobs(mobs)
+        if herd and self.on_rules is not None:
+            self.on_rules(herd)
         return self.index
 
     def _resolve(self, farms: set[str] | None = None) -> None:
@@ -181,13 +242,26 @@ class FenceFollower:
         herd settings or mobs changed (handed over, or told to ``on_rules`` / ``on_mobs``)."""
         after = self._after
         changes = await self.store.changes(after, block_ms=block_ms)
-        if await self.store.changes_trimmed(after):
+        if trimmed := await self.store.trimmed_feeds(after):
             self.reloads += 1
+            if trimmed >= set(self.store.feed_groups()):
+                log.warning(
+                    "change feeds: changes after %s were trimmed before this follower read them; reloading", after
+                )
+                await self.load()
+                self.groups_reloaded += len(trimmed)
+                self._handover(len(self.fences), "reloaded in full")
+                return True
+            # one group's feed trimmed (its farms changed more than the feed holds while this follower lagged):
+            # that group is reloaded, not the country; the other feeds' changes are then read again and applied
             log.warning(
-                "fence change feed: changes after %s were trimmed before this follower read them; reloading", after
+                "change feeds of %s: changes were trimmed before this follower read them; reloading them",
+                sorted(trimmed),
             )
-            await self.load()
-            self._handover(len(self.fences), "reloaded in full")
+            await self.reload_groups(trimmed)
+            self.groups_reloaded += len(trimmed)
+            self._handover(len(self.index.changed or ()), f"farms of {len(trimmed)} groups reloaded")
+            await self.step(1)  # (1 ms: XREAD BLOCK 0 waits for ever)
             return True
         if not changes:
             return False
@@ -220,6 +294,7 @@ class FenceFollower:
             got = await self.store.fences_by_id(sorted(fence_ids), unreadable=unreadable, light=True)
             for fid, fence in got.items():
                 self.unreadable.pop(fid, None)
+                self._unreadable_in.pop(fid, None)
                 if (old := self.fences.pop(fid, None)) is not None:
                     farms.add(farm_of(old))
                     self.by_farm[farm_of(old)].pop(fid, None)

@@ -299,8 +299,27 @@ def quarantine_metrics(
         value=quarantined,
     )
     yield CounterMetricFamily(
-        f"{prefix}_fence_feed_reloads", "Full reloads of fences after a gap in the change feed", value=reloads
+        f"{prefix}_fence_feed_reloads",
+        "Reloads (of some groups, or of all) after a gap in a change feed",
+        value=reloads,
     )
+
+
+class StoreNodesCollector(Collector):
+    """The store's nodes and those down at its last health check (``RedisStore.health``: /readyz and each
+    scrape ask it): one of several down is a partial outage, the farms whose slots it serves."""
+
+    def __init__(self, read: Callable[[], tuple[int, int] | None]) -> None:
+        self.read = read  # (nodes, nodes down), None before the first check
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        got = self.read()
+        if got is None:
+            return
+        yield GaugeMetricFamily("fencex_store_nodes", "Redis masters the store knows (1: one Redis)", value=got[0])
+        yield GaugeMetricFamily(
+            "fencex_store_nodes_down", "Redis masters that did not answer the last health check", value=got[1]
+        )
 
 
 class StateCollector(Collector):

@@ -295,6 +295,16 @@ def feed_trimmed(after: str, info: Mapping[str, Any] | None, cap: int) -> bool:
     return start != (0, 0) or int(info.get("length", 0)) >= cap
 
 
+def feed_unsure(after: str, info: Mapping[str, Any] | None) -> bool:
+    """Whether :func:`feed_trimmed` could not tell: Redis 6 (no ``max-deleted-entry-id``) and a follower that
+    loaded the feed empty (``after`` is ``0-0``) and finds entries, fewer than the cap, not knowing whether
+    any went before them (a young feed, or one trimmed by hand). Taken as young, unless another feed is
+    trimmed: that reload then takes this group too (a full reload did), at the cost of one group's."""
+    if info is None or info.get("max-deleted-entry-id") is not None or stream_id(after) != (0, 0):
+        return False
+    return bool(info.get("first-entry"))
+
+
 def decode_fences(
     ids: Sequence[str],
     raws: Sequence[bytes | str | None],

@@ -12,11 +12,10 @@ No I/O in ``__init__``: ``connect()`` opens the connection and checks it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
-from contextvars import ContextVar
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeAlias, TypeVar, cast
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -27,8 +26,8 @@ from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import (
     AskError,
     ClusterError,
-    MaxConnectionsError,
     OutOfMemoryError,
+    RedisError,
     ResponseError,
     SlotNotCoveredError,
     TryAgainError,
@@ -38,6 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fencex.errors import Misconfigured, StoreUnavailable
 from fencex.store.base import Keys, tag_of
+from fencex.store.cluster import POOL_WAIT_S, PermittedCluster
 from fencex.store.scripts import APPEND_EVENTS, SAVE_ALL, SAVE_FARM, SAVE_PART
 
 P = ParamSpec("P")
@@ -49,8 +49,30 @@ StreamEntries: TypeAlias = list[tuple[bytes, dict[bytes, bytes]]]  # XRANGE, XRE
 StreamsRead: TypeAlias = list[tuple[bytes, StreamEntries]] | None  # XREAD: (stream, entries), None if none came
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 POLL_S = 0.05  # on a cluster, streams of several slots are polled this often instead of one blocking read
-POOL_WAIT_S = 5.0  # a call waits this long for a free connection (single Redis) or permit (cluster)
-FAN_OUT = 64  # connections a node's pool has beyond the permits: one call may use several at once
+HEALTH_TIMEOUT_S = 0.8  # a node that does not answer a readiness check within this is down (a probe waits 1 s)
+FAN_OUT = 64  # connections a node's pool has beyond its permits (a redirected command uses another's)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreHealth:
+    """The store's answer to a readiness check: its masters (1 for one Redis), those that did not answer
+    within :data:`HEALTH_TIMEOUT_S` (by ``host:port``), and whether a node that answers says the cluster
+    serves its slots (``cluster_state:ok``; Redis Cluster says ``fail`` for every slot while one is not
+    served, unless ``cluster-require-full-coverage`` is off)."""
+
+    nodes: int
+    down: tuple[str, ...] = ()
+    cluster_ok: bool = True
+
+    @property
+    def serving(self) -> bool:
+        """Some farm's calls can be served: a node answers and the cluster serves."""
+        return len(self.down) < self.nodes and self.cluster_ok
+
+    @property
+    def degraded(self) -> bool:
+        """Serving, but some nodes do not answer: their farms' calls fail (503), the others' do not."""
+        return self.serving and bool(self.down)
 
 
 def cluster_seeds(url: str) -> tuple[str, list[tuple[str, int]]] | None:
@@ -81,40 +103,13 @@ def without_max_connections(url: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-_permitted: ContextVar[bool] = ContextVar("fencex_store_permitted", default=False)
-
-
-@contextlib.asynccontextmanager
-async def _permit(permits: asyncio.Semaphore) -> AsyncIterator[None]:
-    """One of the cluster client's permits (see :meth:`RedisConnection.connect`), waited for up to
-    :data:`POOL_WAIT_S`; held by the calling task and the tasks it starts."""
-    if _permitted.get():
-        yield
-        return
-    try:
-        async with asyncio.timeout(POOL_WAIT_S):  # a cancelled wait takes no permit
-            await permits.acquire()
-    except TimeoutError:
-        raise MaxConnectionsError(f"no connection free within {POOL_WAIT_S:.0f} s") from None
-    token = _permitted.set(True)
-    try:
-        yield
-    finally:
-        _permitted.reset(token)
-        permits.release()
-
-
 def guard(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     """Map redis-py's errors raised by a coroutine function to fencex's (StoreUnavailable)."""
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        permits = getattr(args[0], "_permits", None) if args else None
         try:
-            if permits is None:
-                return await fn(*args, **kwargs)
-            async with _permit(permits):
-                return await fn(*args, **kwargs)
+            return await fn(*args, **kwargs)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise StoreUnavailable(f"redis does not answer: {exc}") from exc
         except (ClusterError, TryAgainError, SlotNotCoveredError) as exc:  # a node down, a slot moving or not served
@@ -140,7 +135,6 @@ class RedisConnection:
     url: str
     keys: Keys
     cluster: bool  # a Redis Cluster (the URL's scheme says so)
-    _permits: asyncio.Semaphore | None  # on a cluster: calls under way at most (see connect)
     _redis: aioredis.Redis | None
     _append_events: Any  # the registered scripts (fencex.store.scripts), set by connect()
     _save_part: Any
@@ -166,14 +160,14 @@ class RedisConnection:
             # The cluster client keeps a pool per node (max_connections in the URL: per node); it follows
             # MOVED and ASK and finds the nodes again when a slot moves or a node fails.
             # redis-py's cluster client fails at once when a node's pool is full; the single client's blocking
-            # pool waits. So that a burst waits here too, the URL's max_connections bounds the store's calls
-            # under way (each waits up to POOL_WAIT_S for a permit), and each node's pool has room beyond it
-            # for a call's own fan-out (one pipeline uses a connection per node; a save, a call per slot).
+            # pool waits. So that a burst waits here too, the URL's max_connections bounds the calls under way
+            # to each node (fencex.store.cluster: a call waits up to POOL_WAIT_S for a permit of its own node,
+            # never for another's, so a paused node holds up only the calls sent to it).
             url, nodes = seeds
             limit = max_connections(url)
-            self._permits = asyncio.Semaphore(limit)
-            client = RedisCluster.from_url(
+            client = PermittedCluster.from_url(
                 without_max_connections(url),
+                node_permits=limit,
                 max_connections=limit + FAN_OUT,
                 startup_nodes=[ClusterNode(h, p) for h, p in nodes],
                 socket_connect_timeout=3,
@@ -200,7 +194,6 @@ class RedisConnection:
                 retry=retry,
             )
             self.cluster = False
-            self._permits = None
             self._redis = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
             await self._redis.ping()
         await self._check_groups()
@@ -234,6 +227,23 @@ class RedisConnection:
             got = await cast(Any, self.redis).ping(target_nodes=RedisCluster.ALL_NODES)
             return bool(got) if not isinstance(got, dict) else all(got.values())
         return bool(await self.redis.ping())
+
+    async def health(self) -> StoreHealth:
+        """Which of the store's nodes answer (each within :data:`HEALTH_TIMEOUT_S`, all at once), for /readyz:
+        one node down of several is a partial outage (the farms whose slots it serves), not the store's."""
+        if self._redis is None:
+            return StoreHealth(1, ("not connected",), False)
+        if not self.cluster:
+            ok = await _within(self.redis.ping()) is not None
+            return StoreHealth(1, () if ok else (urlsplit(self.url).netloc.rpartition("@")[2],), ok)
+        # each node asked itself (ClusterNode.execute_command): not through the client, whose call would first
+        # find the nodes again after a failure (CLUSTER SLOTS, perhaps of the paused node), and whose search,
+        # cut short by the timeout, closes every node's connections
+        primaries = cast(RedisCluster, self.redis).get_primaries()
+        infos = await asyncio.gather(*(_within(node.execute_command("CLUSTER INFO")) for node in primaries))
+        down = tuple(sorted(node.name for node, info in zip(primaries, infos) if info is None))
+        states = [_cluster_state(info) for info in infos if info is not None]
+        return StoreHealth(len(primaries), down, "ok" in states)
 
     async def _by_group(self, key: Callable[[str], str], names: Sequence[str]) -> dict[str, bytes | None]:
         """Fields ``names`` of a per-group hash (``key(group)``), each read from its own group's."""
@@ -283,3 +293,21 @@ class RedisConnection:
             if out or left <= 0:
                 return out
             await asyncio.sleep(min(POLL_S, left))
+
+
+async def _within(call: Awaitable[Any]) -> Any | None:
+    """What ``call`` answers within :data:`HEALTH_TIMEOUT_S`; None if it fails or does not answer by then."""
+    try:
+        async with asyncio.timeout(HEALTH_TIMEOUT_S):
+            return await call
+    except (RedisError, OSError, TimeoutError):
+        return None
+
+
+def _cluster_state(info: Any) -> str:
+    """``cluster_state`` of a node's CLUSTER INFO answer (parsed to a dict by redis-py, or its text)."""
+    if isinstance(info, bytes | str):
+        text = info.decode() if isinstance(info, bytes) else info
+        info = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    state = info.get("cluster_state", "") if isinstance(info, dict) else ""
+    return state.decode() if isinstance(state, bytes) else str(state)

@@ -107,9 +107,10 @@ class RedisDevices(RedisFeed, RedisOutbox):
                     continue
 
     @guard
-    async def device_tenants(self) -> dict[str, str]:
+    async def device_tenants(self, groups: Sequence[str] | None = None) -> dict[str, str]:
+        """Device id -> its farm: every device's, or the devices' of ``groups``."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            for group in self.keys.all_groups:
+            for group in self.keys.all_groups if groups is None else groups:
                 pipe.hgetall(self.keys.devices(group))
             got = cast(list[dict[bytes, bytes]], await pipe.execute())
         return registrations(got)

@@ -80,13 +80,19 @@ class RedisFences(RedisFeed):
         self,
         tenant: str | None = None,
         *,
+        groups: Sequence[str] | None = None,
         unreadable: dict[str, str] | None = None,
         light: bool = False,
         page: int = PAGE,
     ) -> AsyncIterator[list[Fence]]:
         """:meth:`fences` a page at a time (up to ``page`` records read, decoded and dropped at once: a
-        worker loading a million fences never holds their JSON all at once); in no particular order."""
-        groups = self.keys.all_groups if tenant is None else [self.keys.group(tenant)]
+        worker loading a million fences never holds their JSON all at once); in no particular order.
+        ``groups``: the fences of these groups' farms only (a follower reloading them)."""
+        if tenant is not None:
+            groups = [self.keys.group(tenant)]
+        elif groups is None:
+            groups = self.keys.all_groups
+        groups = list(groups)
         for group, ids in zip(groups, await self._fence_sets(groups, tenant)):
             for start in range(0, len(ids), page):
                 chunk = ids[start : start + page]

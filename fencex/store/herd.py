@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any, cast
 
 import orjson
@@ -82,10 +83,11 @@ class RedisHerd(RedisFeed):
         return rules
 
     @guard
-    async def herd_rules(self) -> dict[str, HerdRules]:
-        """Every farm's stored herd settings (farms with none have the defaults)."""
+    async def herd_rules(self, groups: Sequence[str] | None = None) -> dict[str, HerdRules]:
+        """Every farm's stored herd settings, or those of the farms of ``groups`` (farms with none have the
+        defaults)."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            for group in self.keys.all_groups:
+            for group in self.keys.all_groups if groups is None else groups:
                 pipe.hgetall(self.keys.herd(group))
             got = cast(list[dict[bytes, bytes]], await pipe.execute())
         return {k.decode(): rules_from_json(k.decode(), v) for raw in got for k, v in raw.items()}
@@ -106,11 +108,12 @@ class RedisHerd(RedisFeed):
         return decode_mobs(tenant, ids, raws)
 
     @guard
-    async def mobs(self, tenant: str | None = None) -> list[MobRecord]:
-        """A farm's mobs by id, or every farm's (by farm, then id). Unreadable records are left out."""
+    async def mobs(self, tenant: str | None = None, *, groups: Sequence[str] | None = None) -> list[MobRecord]:
+        """A farm's mobs by id, or every farm's (of ``groups``' farms only, if given) by farm, then id.
+        Unreadable records are left out."""
         if tenant is None:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for group in self.keys.all_groups:
+                for group in self.keys.all_groups if groups is None else groups:
                     pipe.smembers(self.keys.mob_farms(group))
                 farms = cast(list[set[bytes]], await pipe.execute())
             tenants = sorted(m.decode() for some in farms for m in some)

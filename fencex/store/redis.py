@@ -45,7 +45,6 @@ class RedisStore(
         self.keys = Keys(prefix, groups)
         self.history_maxlen = history_maxlen
         self.cluster = False  # known from the URL at connect()
-        self._permits = None
         self._redis = None
         self._append_events = None
         self._save_part = None

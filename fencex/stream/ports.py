@@ -121,7 +121,7 @@ class Follower(Protocol):
     index: FenceIndex
     tenants: dict[str, str]
     applied: int
-    reloads: int  # full reloads after a gap in the change feed
+    reloads: int  # reloads (of the groups whose feed was trimmed, or of all) after a gap in a change feed
     on_index: Callable[[FenceIndex], None] | None  # a new index (fences changed, or reloaded in full)
     on_rules: Callable[[set[str]], None] | None  # these farms' herd settings changed (and no fence)
     on_mobs: Callable[[set[str]], None] | None  # these farms' mobs changed (and no fence)

@@ -12,7 +12,6 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, disable_created_metrics, generate_latest, values
 
-from fencex.errors import StoreUnavailable
 from fencex.follower import FenceFollower
 from fencex.kafka.producer import Producer
 from fencex.shared_metrics import SharedMetrics
@@ -38,6 +37,7 @@ from services.api.schema import FixIn
 from services.api.settings import Settings
 from services.api.state import GAUGE_MODES, ApiCollector, ApiState, PullMetrics
 from services.api.webapp import web_app
+from services.readiness import readiness
 
 log = logging.getLogger("fencex.api")
 
@@ -123,36 +123,27 @@ def create_app(settings: Settings) -> ApiEdge:
     @app.get(
         "/readyz",
         tags=["operations"],
-        summary="Redis and the broker answer",
+        summary="Redis and the broker answer (for some farms at least: one Redis Cluster node down is 'degraded')",
         responses={
             200: {
                 "content": {
                     "application/json": {
                         "example": {
-                            "status": "ready",
+                            "status": "degraded",
                             "checks": {"redis": True, "broker": True},
+                            "redis": {"nodes": 3, "nodes_down": ["10.0.0.7:6379"]},
                             "quarantined_fences": 0,
                         }
                     }
                 }
             },
-            503: {"description": "not ready"},
+            503: {"description": "not ready: no farm can be served"},
         },
     )
     async def readyz() -> Response:
-        checks = {"redis": False, "broker": state.broker_ok}
-        if state.ready:
-            try:
-                checks["redis"] = await store.ping()
-            except StoreUnavailable:
-                pass
-        ok = all(checks.values())
-        # fences left out of the index are reported (each farm sees its own at /fences/quarantined), not fatal
-        body = {
-            "status": "ready" if ok else "not ready",
-            "checks": checks,
-            "quarantined_fences": len(state.follower.quarantined),
-        }
+        # ready while any farm can be served (services/readiness.py; deploy/README.md, Redis Cluster)
+        health = await state.check_store() if state.ready else None
+        body, ok = readiness({"broker": state.broker_ok}, health, len(state.follower.quarantined))
         return Response(
             orjson.dumps(body),
             status_code=200 if ok else 503,
@@ -167,6 +158,8 @@ def create_app(settings: Settings) -> ApiEdge:
         responses={200: {"content": {"text/plain": {"example": 'fencex_queries_total{kind="point"} 42.0\n'}}}},
     )
     async def metrics_page() -> Response:
+        if state.ready:
+            await state.check_store()  # fencex_store_nodes_down as of this scrape
         body = generate_latest(registry) if shared is None else shared.scrape()  # every process's, if several
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 

@@ -15,8 +15,9 @@ from fencex import heap
 from fencex.errors import Unavailable
 from fencex.follower import FenceFollower
 from fencex.kafka.producer import Producer
-from fencex.metrics import process_collectors, quarantine_metrics
+from fencex.metrics import StoreNodesCollector, process_collectors, quarantine_metrics
 from fencex.retrying import retrying
+from fencex.store.connection import StoreHealth
 from fencex.store.redis import RedisStore
 from services.api.auth import RateLimiter
 from services.api.hub import EventHub
@@ -30,6 +31,8 @@ GAUGE_MODES = {
     "fencex_api_fences_loaded": "livemin",  # the process furthest behind
     "fencex_api_index_version": "livemin",
     "fencex_api_fences_quarantined": "livemax",
+    "fencex_store_nodes": "livemax",
+    "fencex_store_nodes_down": "livemax",  # the process that saw the most down
 }
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -85,6 +88,7 @@ class ApiState:
     sse_clients: int = 0
     ready: bool = False
     broker_ok: bool = False
+    store_health: StoreHealth | None = None  # the last health check's (/readyz, /metrics)
     _keys: dict[str, tuple[str | None, float]] = field(default_factory=dict)
     admin_key: bytes = b""
     limiter: RateLimiter = field(init=False)
@@ -127,6 +131,11 @@ class ApiState:
         self.ready = True
         log.info("api ready: %d fences in the index", len(self.follower.index))
 
+    async def check_store(self) -> StoreHealth:
+        """Which of the store's nodes answer (kept for the metrics)."""
+        self.store_health = await self.store.health()
+        return self.store_health
+
     async def connect_broker(self) -> None:
         async for attempt in retrying(f"waiting for the broker at {self.settings.kafka_bootstrap}", logger=log):
             with attempt:
@@ -152,3 +161,5 @@ class ApiCollector(Collector):
         )
         yield GaugeMetricFamily("fencex_api_up", "1 while the API is ready", value=int(self.state.ready))
         yield from quarantine_metrics("fencex_api", len(self.state.follower.quarantined), self.state.follower.reloads)
+        health = self.state.store_health
+        yield from StoreNodesCollector(lambda: None if health is None else (health.nodes, len(health.down))).collect()

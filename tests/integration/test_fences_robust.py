@@ -13,8 +13,11 @@ import pytest
 
 from fencex.fence import Fence
 from fencex.follower import FenceFollower
+from fencex.herd import HerdRules
+from fencex.mob import MobRecord
 from fencex.store.redis import RedisStore
 from tests.integration.conftest import ADMIN_KEY, events_of, read, run, wait_api, wait_ready
+from tests.unit.factory import known
 
 pytestmark = pytest.mark.integration
 
@@ -83,6 +86,51 @@ def test_a_follower_reloads_when_the_feed_is_trimmed_past_it(redis_url, prefix):
             assert follower.tenants["calf-1"] == "other" and follower.reloads == 1
             # and a follower that keeps up is never told to reload
             assert await store.changes_trimmed(follower._after) is False
+        finally:
+            for group in store.keys.all_groups:
+                await store.redis.delete(store.keys.changes(group))
+            await store.close()
+
+    run(scenario())
+
+
+def test_one_trimmed_feed_reloads_its_group_only(redis_url, prefix):
+    """review15d #2: a follower behind one group's trimmed feed reloaded every fence of the country; now it
+    reloads that group's farms and devices only (XTRIM of one feed by hand), keeps every other farm's shard,
+    and then holds what a full reload would."""
+
+    async def scenario() -> None:
+        store = RedisStore(redis_url, prefix)
+        await store.connect()
+        try:
+            farms = [f"farm-{i}" for i in range(40)]
+            await store.put_fences([Fence(id=f"f-{f}", tenant=f, geometry=SQUARE) for f in farms])
+            lagging = store.keys.group(farms[0])
+            ours = [f for f in farms if store.keys.group(f) == lagging]
+            theirs = [f for f in farms if store.keys.group(f) != lagging]
+            cows = [c for c in (f"cow-{i}" for i in range(200)) if store.keys.group(c) == lagging][:3]
+            follower = FenceFollower(store, on_index=(handed := []).append)
+            await follower.load()
+            before = {f: follower.index.farm(f) for f in theirs}
+            # the lagging group's farms change while the follower lags, then its feed is trimmed past it
+            await store.delete_fence(ours[0], f"f-{ours[0]}")
+            await store.put_fences([Fence(id=f"g-{ours[0]}", tenant=ours[0], geometry=SQUARE)])
+            await store.register_devices(dict.fromkeys(cows, ours[0]))
+            await store.put_herd_rules(ours[0], HerdRules(confirm_fixes=4))
+            await store.put_mob(MobRecord(id="ewes", tenant=ours[0], fences=[f"g-{ours[0]}"], devices=cows[:2]))
+            await store.redis.xtrim(store.keys.changes(lagging), maxlen=0, approximate=False)
+            await store.put_fences([Fence(id=f"g-{theirs[0]}", tenant=theirs[0], geometry=SQUARE)])  # kept
+            assert await follower.step(50) is True
+            reloaded, applied = handed  # the group reloaded, then the other feeds' change read again and applied
+            assert reloaded.changed is not None and reloaded.changed <= set(ours)
+            assert all(reloaded.farm(f) is before[f] for f in theirs), "another group's farm was rebuilt"
+            assert applied is follower.index and applied.changed == {theirs[0]}
+            assert follower.reloads == 1 and follower.groups_reloaded == 1
+            assert [f.id for f in follower.index.containing(ours[0], *INSIDE)] == [f"g-{ours[0]}"]
+            assert follower.tenants[cows[0]] == ours[0] and follower.rules_of(ours[0]).confirm_fixes == 4
+            full = FenceFollower(store)
+            await full.load()
+            assert known(follower) == known(full)
         finally:
             for group in store.keys.all_groups:
                 await store.redis.delete(store.keys.changes(group))

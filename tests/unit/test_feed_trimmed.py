@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fencex.store.base import feed_trimmed, stream_id
+from fencex.store.base import feed_trimmed, feed_unsure, stream_id
 
 CAP = 100
 
@@ -40,6 +40,22 @@ def info6(first: str | None, length: int, last: str = "9-0") -> dict:
 )
 def test_feed_trimmed(after, info, trimmed):
     assert feed_trimmed(after, info, CAP) is trimmed
+
+
+@pytest.mark.parametrize(
+    "after,info,unsure",
+    [
+        ("0-0", info6("1-0", 3), True),  # Redis 6, loaded empty, entries now: young, or trimmed by hand?
+        ("0-0", info6(None, 0), False),  # still empty
+        ("5-0", info6("6-0", 3), False),  # a position in the feed: feed_trimmed tells
+        ("0-0", {"max-deleted-entry-id": b"0-0", "first-entry": (b"1-0", {})}, False),  # Redis 7 tells
+        ("0-0", None, False),  # no feed
+    ],
+)
+def test_feed_unsure(after, info, unsure):
+    """review15d #2: a follower reloads the groups of the trimmed feeds only; those Redis 6 cannot tell
+    about go with them (a full reload took them too), and alone are taken as young, as before."""
+    assert feed_unsure(after, info) is unsure
 
 
 def test_stream_ids_compare_as_numbers():

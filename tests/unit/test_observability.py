@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from deploy.build import DASHBOARDS, expressions, render_all
 from devtools.stack.prometheus import ALERTS, write_config
 from fencex.metrics import HerdCollector, PushMetrics, StateCollector
+from fencex.store.connection import StoreHealth
 from services.api.state import ApiCollector, PullMetrics
 
 ROOT = Path(__file__).parents[2]
@@ -79,7 +80,10 @@ def exported_names() -> set[str]:
     reg.register(
         ApiCollector(
             SimpleNamespace(
-                sse_clients=0, ready=True, follower=SimpleNamespace(index=[], applied=0, quarantined={}, reloads=0)
+                sse_clients=0,
+                ready=True,
+                follower=SimpleNamespace(index=[], applied=0, quarantined={}, reloads=0),
+                store_health=StoreHealth(3),
             )
         )
     )

@@ -173,8 +173,8 @@ class Exchange:
             if any(k.lower() == b"content-type" and bytes(v).startswith(EVENT_STREAM) for k, v in raw):
                 self._stream = self.proto.response_stream(self._status, self._headers)
             return
-        if kind != "http.response.body":
-            raise RuntimeError(f"unexpected ASGI message {kind!r}")
+        if kind != "http.response.body" or not self._status:
+            raise RuntimeError(f"unexpected ASGI message {kind!r} (response started: {bool(self._status)})")
         body = bytes(message.get("body", b""))
         more = bool(message.get("more_body", False))
         if self._stream is None:

@@ -92,6 +92,7 @@ def test_rsgi_answers_as_asgi(live):
             ("GET", "/app/config.json", {}, None),
             ("GET", "/app/", {"Accept-Encoding": "identity"}, None),
             ("GET", "/app/", {"Accept-Encoding": "gzip"}, None),
+            ("HEAD", "/app/", {"Accept-Encoding": "identity"}, None),  # the file's headers, no body
             ("GET", "/openapi.json", {}, None),
         ]
         for method, url, headers, body in table:

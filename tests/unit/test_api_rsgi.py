@@ -282,6 +282,7 @@ OTHER_REQUESTS = [  # method, target, headers, body chunks: everything the point
     ("GET", "/app/", {}, ()),  # the web app's page: a file response, streamed in chunks
     ("GET", "/app/", {"Accept-Encoding": "gzip"}, ()),  # ... through GZipMiddleware
     ("HEAD", "/healthz", {}, ()),
+    ("HEAD", "/app/", {}, ()),  # the file's headers, and no body
 ]
 
 

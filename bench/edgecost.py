@@ -1,6 +1,6 @@
 """The Python cost of one point query at the API's edge, over ASGI and over RSGI, in one process (no server).
 
-    python -m bench.edgecost [--fences 10000] [--rounds 40] [--batch 2000]
+    python -m bench.edgecost [--fences 10000] [--rounds 40] [--batch 2000] [--profile asgi|rsgi]
 
 One app (``create_app``, the pull benchmark's fences and points, one farm's key, the key cache warm)
 answers the same requests through its ASGI edge (``ApiEdge``) and its RSGI edge (``RsgiEdge``).
@@ -13,6 +13,7 @@ request's scope costs in Python (granian builds it in Rust: cheaper, but not fre
 Rounds interleave the variants (in a shuffled order each round) so that drift of the machine
 falls on both; each round times ``--batch`` requests one after another in one event loop. It
 prints each variant's median per request with its interquartile range, and the per-round ratio.
+``--profile`` runs one variant's batches under cProfile instead and prints where the time goes.
 It answers nothing about throughput under a real server (granian's Rust side, the sockets, wrk):
 that is the pull benchmark's job.
 """
@@ -193,11 +194,14 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--batch", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--profile", choices=("asgi", "rsgi"), help="profile this interface's point query instead")
     a = ap.parse_args()
     edge, rsgi = build(a.fences)
     qs = queries(a.batch, a.seed)
     same_answers(edge, rsgi, qs[:200])
     runs = variants(edge, rsgi, qs)
+    if a.profile:
+        return profile(runs[f"{a.profile} app"], a.rounds)
     per: dict[str, list[float]] = {name: [] for name in runs}
     order = list(runs)
     shuffle = random.Random(a.seed)
@@ -218,6 +222,22 @@ def main() -> int:
     ratio = [r / s for r, s in zip(per["rsgi app"], per["asgi app"], strict=True)]
     q1, _, q3 = statistics.quantiles(ratio, n=4)
     print(f"  rsgi app / asgi app, per round: median {statistics.median(ratio):.3f} [{q1:.3f}, {q3:.3f}]")
+    return 0
+
+
+def profile(run: Callable[[], Coroutine[Any, Any, float]], rounds: int) -> int:
+    import cProfile
+    import pstats
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(run())
+        with cProfile.Profile() as prof:
+            for _ in range(rounds):
+                loop.run_until_complete(run())
+    finally:
+        loop.close()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(20)
     return 0
 
 

@@ -52,6 +52,7 @@ class RsgiEdge:
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         """Run the ASGI lifespan's startup (the loop is not running yet), as granian does for ASGI."""
+        log.info("serving over granian's RSGI interface")
         self.lifespan = LifespanProtocol(self.edge)  # type: ignore[no-untyped-call]
         loop.run_until_complete(self.lifespan.startup())  # type: ignore[no-untyped-call]
         if self.lifespan.interrupt:

@@ -145,4 +145,5 @@ def test_the_rsgi_api_stops_cleanly(live):
     os.killpg(proc.pid, signal.SIGTERM)
     assert proc.wait(20) == 0
     log = (live.tmp / "api-0.log").read_text(errors="replace")
+    assert "serving over granian's RSGI interface" in log, log[-2000:]
     assert "Traceback" not in log and "lifespan" not in log.lower(), log[-2000:]

@@ -169,6 +169,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(prog="./dev bench-pull", description=__doc__.splitlines()[0])
     ap.add_argument("--fences", type=int, default=10_000)
     ap.add_argument("--workers", type=int, default=2, help="API processes")
+    ap.add_argument(
+        "--interface", choices=("asgi", "rsgi"), default="asgi", help="granian interface (FENCEX_INTERFACE)"
+    )
     ap.add_argument("--connections", default="8,32,64,128")
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument(
@@ -195,6 +198,7 @@ def main() -> int:
             FENCEX_PORT=str(port),
             FENCEX_HOST="127.0.0.1",
             FENCEX_WORKERS=str(args.workers),
+            FENCEX_INTERFACE=args.interface,
             FENCEX_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}",
             FENCEX_LOG_LEVEL="warning",
         )
@@ -287,6 +291,7 @@ def main() -> int:
         f"Python {platform.python_version()}",
         "fences": args.fences,
         "api_workers": args.workers,
+        "api_interface": args.interface,
         "point": runs,
         "python": python,
         "batch": batch,

@@ -1,6 +1,7 @@
 """python -m services.api: the query API under granian (a Rust HTTP server for ASGI apps).
 
-granian answered the point query about 50 % faster than uvicorn here, for the same app.
+granian answered the point query about 50 % faster than uvicorn here, for the same app. FENCEX_INTERFACE=rsgi
+serves it through granian's own interface instead of ASGI (services/api/rsgi.py).
 Each worker process builds its own app, index included, from the environment. With more than one
 (FENCEX_WORKERS), they share their metrics through a folder prepared here, before they start, so
 that a scrape of /metrics, whichever process answers it, counts them all (fencex.shared_metrics).
@@ -31,10 +32,10 @@ def main() -> None:
         os.environ["FENCEX_METRICS_DIR"] = folder  # the processes' Settings read it
     try:
         Granian(
-            "services.api.asgi:app",
+            "services.api.asgi:rsgi" if settings.interface == "rsgi" else "services.api.asgi:app",
             address=settings.host,
             port=settings.port,
-            interface=Interfaces.ASGI,
+            interface=Interfaces.RSGI if settings.interface == "rsgi" else Interfaces.ASGI,
             workers=settings.workers,
             loop=Loops.uvloop,
             runtime_mode=RuntimeModes.st,

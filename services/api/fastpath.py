@@ -105,12 +105,7 @@ class ApiEdge:
             return
         started = time.perf_counter()
         if self.fast_path and scope["path"] == POINT_ROUTE and scope["method"] == "GET":
-            status = await self._point(scope, receive, send)
-            if status == 200:
-                self._point_ok.inc()
-            else:
-                self.state.metrics.requests.labels(POINT_ROUTE, "GET", str(status)).inc()
-            self._point_duration.observe(time.perf_counter() - started)
+            self.point_done(await self._point(scope, receive, send), started)
             return
         route, role, allowed = self.match(scope)
         if route == "unmatched" and allowed:
@@ -133,7 +128,7 @@ class ApiEdge:
             except Problem as p:
                 return await _answer(send, p, scope["path"], unread)
         if role is None and has_body:  # no route without a key takes a body: answer, and leave it unread
-            return await self._app(scope, receive, send, close=True)
+            return await self.forward(scope, receive, send, close=True)
         if length is not None and length.isdigit() and int(length) > self._max_body:
             return await _answer(send, self._too_large(f"the body is {int(length)} bytes"), scope["path"], unread)
         if has_body:
@@ -152,12 +147,13 @@ class ApiEdge:
                 if not message.get("more_body", False):
                     break
             receive = _replay(b"".join(chunks), receive)
-        return await self._app(scope, receive, send)
+        return await self.forward(scope, receive, send)
 
     def _too_large(self, what: str) -> Problem:
         return Problem(413, f"{what}; the limit is {self._max_body}", limit="max_body_bytes")
 
-    async def _app(self, scope: dict[str, Any], receive: Receive, send: Send, close: bool = False) -> int:
+    async def forward(self, scope: dict[str, Any], receive: Receive, send: Send, close: bool = False) -> int:
+        """Hand the request to FastAPI; the status it answered (500 if it sent none)."""
         status = 500
 
         async def send_with_status(message: MutableMapping[str, Any]) -> None:
@@ -171,34 +167,52 @@ class ApiEdge:
         await self.app(scope, receive, send_with_status)
         return status
 
-    async def _point(self, scope: dict[str, Any], receive: Receive, send: Send) -> int:
+    async def point_answer(self, authorization: str | None, query: str) -> bytes | Problem | str:
+        """The point query, whatever the interface: the JSON body of the answer (200), the problem
+        with the caller's key, or the caller's tenant when the parameters are not plain numbers in
+        range (FastAPI then answers, in its own words)."""
         state = self.state
         try:
-            tenant = await authenticate(state, _header(scope, b"authorization"), "tenant")
+            tenant = await authenticate(state, authorization, "tenant")
         except Problem as p:
-            return await _answer(send, p, scope["path"])
-        params = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+            return p
+        params = dict(parse_qsl(query, keep_blank_values=True))
         lon, lat = _coordinate(params.get("lon"), 180.0), _coordinate(params.get("lat"), 90.0)
-        if lon is None or lat is None:  # FastAPI says what is wrong, in its own words
-            scope[SCOPE_KEY] = ("tenant", tenant)
-            return await self._app(scope, receive, send)
+        if lon is None or lat is None:
+            return tenant
         hits = state.follower.index.containing(tenant, lon, lat)
         self._point_queries.inc()
-        body = orjson.dumps(
+        return orjson.dumps(
             {
                 "lon": lon,
                 "lat": lat,
                 "fences": [{"id": f.id, "name": f.name, "tags": f.tags, "version": f.version} for f in hits],
             }
         )
+
+    def point_done(self, status: int, started: float) -> None:
+        """Count one point query: its status and its time since ``started`` (perf_counter)."""
+        if status == 200:
+            self._point_ok.inc()
+        else:
+            self.state.metrics.requests.labels(POINT_ROUTE, "GET", str(status)).inc()
+        self._point_duration.observe(time.perf_counter() - started)
+
+    async def _point(self, scope: dict[str, Any], receive: Receive, send: Send) -> int:
+        found = await self.point_answer(_header(scope, b"authorization"), scope["query_string"].decode("latin-1"))
+        if isinstance(found, Problem):
+            return await _answer(send, found, scope["path"])
+        if isinstance(found, str):
+            scope[SCOPE_KEY] = ("tenant", found)
+            return await self.forward(scope, receive, send)
         await send(
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")],
+                "headers": [(b"content-length", str(len(found)).encode()), (b"content-type", b"application/json")],
             }
         )
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": found})
         return 200
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr
 
 from services.settings import ServiceSettings
@@ -28,6 +30,9 @@ class Settings(ServiceSettings):
     key_cache_s: float = 10.0  # a revoked key may still work this long on other API processes
     host: str = "0.0.0.0"
     port: int = 8000
+    # granian's interface to the app: asgi, or rsgi (its own, cheaper: the point query answered there, the rest
+    # through the ASGI app; services/api/rsgi.py)
+    interface: Literal["asgi", "rsgi"] = "asgi"
     workers: int = 1  # API processes (granian workers); over 1, one scrape of /metrics answers for all of them
     # Where the processes share their metrics (workers > 1): a folder of this API's own (emptied at start), best
     # on a tmpfs; empty: a new temporary folder. python -m services.api hands it to its processes.

@@ -1,6 +1,7 @@
 """The evaluation command is a command, not a timed test: here only a tiny run, which must
 work end to end and write its files; its hard figures are that no event is lost and that, with
-the peers, fencex's enters and exits are Tile38's (or the reason Tile38 was not run is recorded)."""
+the peers, fencex's enters and exits are Tile38's (or the reason Tile38 was not run is recorded), and
+that the elasticity experiment scaled the workers up past one and down again by KEDA's rule."""
 
 from __future__ import annotations
 
@@ -58,8 +59,27 @@ def test_tiny_evaluation_writes_results_plots_and_report(tmp_path):
     assert all(c["agree"] for c in pp["checks"].values()), pp["checks"]
     assert results["postgis"].get("skipped") or results["postgis"]["point_per_s_4_clients"] > 0
     # the elasticity experiment: the workers rose with the backlog and fell again, no event lost
+    # (its only tiny run in the suite: bench.elastic alone runs the same experiment)
     el = results["elastic"]
     assert el["ok"] and el["events_lost"] == 0 and el["events_expected"] > 0
+    assert el["events_received"] >= el["events_expected"] and el["unexpected_events"] == 0
+    workers = [row["workers"] for row in el["timeline"]]
+    assert workers[0] == 1 and max(workers) > 1, workers  # up past one worker ...
+    assert workers[-1] == 1 and el["final_replicas"] == 1, workers  # ... and back down
+    ups = [a for a in el["actions"] if a["to"] > a["from"]]
+    downs = [a for a in el["actions"] if a["to"] < a["from"]]
+    assert ups and downs and ups[0]["t"] < downs[0]["t"]
+    assert all(a["lag"] > el["rules_used"]["lag_threshold"] for a in ups)  # the rule's reason to scale up
+    assert el["rules_used"]["lag_threshold"] == el["rules_as_configured"]["lag_threshold"]  # only time is scaled
+    assert (
+        el["time_scale"] > 1
+        and el["rules_used"]["polling_s"] * el["time_scale"] == el["rules_as_configured"]["polling_s"]
+    )
+    assert sum(s["events_expected"] for s in el["segments"]) == el["events_expected"]
+    assert sum(s["events_duplicated"] for s in el["segments"]) == el["events_duplicated"]
+    for key in ("backlog", "workers", "replicas", "fixes_per_s", "produced_per_s"):
+        assert all(key in row for row in el["timeline"]), key
+    assert el["drain_threshold_records"] > 0 and "step_up_to_drained_s" in el and el["peak_fixes_per_s"] > 0
     assert (tmp_path / "elastic.png").read_bytes()[:4] == b"\x89PNG"
     # the budget, from the push sweep's measured CPU-seconds and bytes
     m = results["budget_measurement"]

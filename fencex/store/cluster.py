@@ -12,7 +12,19 @@ node has its own permits (the URL's ``max_connections``), taken where redis-py s
 - a pipeline holds the permits of the nodes its commands map to (``nodes_manager`` from each command's slot),
   from ``execute`` until it is reset; a transaction its node's, from ``watch`` (or ``execute``) until reset.
 
-So a call waits only for calls to its own node(s). What is left: a pipeline over several nodes (the
+So a call waits only for calls to its own node(s). A call made while its task holds a node's permit (a
+read between a transaction's WATCH and its EXEC, a redirected command of a pipeline) takes no second
+permit of that node (:data:`_held`, the task's nodes): two such calls of one task would otherwise wait for
+each other once a burst had taken every permit.
+
+A transaction's queued commands are mapped to their slot here, from their key (:func:`key_of`): redis-py
+8's ``TransactionStrategy.execute_command`` does it by running each command's slot lookup in a new thread
+with its own event loop, joined on the caller's: a put of 1,000 fences (4,000 commands) stopped the
+loop of every farm for about 3 s. redis-py's own path is kept where the key is not known here, where the
+client must find the nodes first, and if the strategy's private names this relies on are gone (a newer
+redis-py: the version is pinned below 9, and a unit test checks the names).
+
+What is left: a pipeline over several nodes (the
 follower's read of every feed, a worker's load) holds each of its nodes' permits until its slowest node
 answers, so with a node paused it holds the healthy nodes' permits for a socket timeout: one such pipeline
 per follower at a time, far fewer than a node's permits.
@@ -22,15 +34,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 from collections.abc import Iterable
+from contextvars import ContextVar
 from typing import Any
 
-from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.asyncio.cluster import AbstractStrategy, ClusterNode, ClusterPipeline, RedisCluster, TransactionStrategy
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MaxConnectionsError, RedisClusterException
+from redis.exceptions import CrossSlotTransactionError, MaxConnectionsError, RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 POOL_WAIT_S = 5.0  # a call waits this long for a free connection (single Redis) or its node's permit (cluster)
+
+# the nodes whose permits the running task holds (a frozenset: tasks it starts see a copy)
+_held: ContextVar[frozenset[str]] = ContextVar("fencex_store_held_nodes", default=frozenset())
+
+# redis-py's internals this module hooks (redis-py 8: pinned below 9); checked at import, so an upgrade that
+# moves them fails loudly here (the per-node bound) or falls back to redis-py's own path (the transaction's)
+if "target_node" not in inspect.signature(RedisCluster._execute_command).parameters:
+    raise ImportError("fencex.store.cluster: redis-py's RedisCluster._execute_command(target_node, ...) is gone")
+_TXN_NAMES = ("_watching", "_explicit_transaction", "_pipeline_slots", "_command_queue")
+_TXN_METHODS = ("_immediate_execute_command", "_validate_watch", "IMMEDIATE_EXECUTE_COMMANDS")
+FAST_TRANSACTIONS = all(hasattr(TransactionStrategy, n) for n in _TXN_METHODS)
 
 
 def key_of(args: tuple[Any, ...]) -> Any | None:
@@ -60,11 +85,12 @@ class NodePermits:
         return 0 if sem is None else self.limit - sem._value
 
     async def take(self, nodes: Iterable[str]) -> list[asyncio.Semaphore]:
-        """One permit of each node (in name order: two calls never wait for each other's); all or none."""
+        """One permit of each node (in name order: two calls never wait for each other's) not held by this
+        task already; all or none. The caller marks them held (:data:`_held`) while it holds them."""
         held: list[asyncio.Semaphore] = []
         try:
             async with asyncio.timeout(POOL_WAIT_S):
-                for name in sorted(set(nodes)):
+                for name in sorted(set(nodes) - _held.get()):
                     sem = self._nodes.setdefault(name, asyncio.Semaphore(self.limit))
                     await sem.acquire()
                     held.append(sem)
@@ -78,10 +104,13 @@ class NodePermits:
 
     @contextlib.asynccontextmanager
     async def hold(self, nodes: Iterable[str]) -> Any:
-        held = await self.take(nodes)
+        names = set(nodes)
+        held = await self.take(names)
+        token = _held.set(_held.get() | names)
         try:
             yield
         finally:
+            _held.reset(token)
             for sem in held:
                 sem.release()
 
@@ -131,7 +160,32 @@ class PermittedPipeline(ClusterPipeline):
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         self._fx_queued.append(args)
+        strategy = self._execution_strategy
+        key = key_of(args)
+        if (
+            FAST_TRANSACTIONS
+            and isinstance(strategy, TransactionStrategy)
+            and key is not None
+            and not self.cluster_client._initialize
+            and all(hasattr(strategy, n) for n in _TXN_NAMES)
+        ):
+            return self._fx_transaction_command(strategy, self.cluster_client.keyslot(key), args, kwargs)
         return super().execute_command(*args, **kwargs)
+
+    def _fx_transaction_command(self, strategy: Any, slot: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """redis-py's ``TransactionStrategy._execute_command`` with the slot known, on this loop, no thread:
+        sent at once while watching (before MULTI), else queued."""
+        if (
+            strategy._watching or args[0] in strategy.IMMEDIATE_EXECUTE_COMMANDS
+        ) and not strategy._explicit_transaction:
+            if args[0] == "WATCH":
+                strategy._validate_watch()
+            if strategy._pipeline_slots and slot not in strategy._pipeline_slots:
+                raise CrossSlotTransactionError("Cannot watch or send commands on different slots")
+            strategy._pipeline_slots.add(slot)
+            return strategy._immediate_execute_command(*args, **kwargs)
+        strategy._pipeline_slots.add(slot)
+        return AbstractStrategy.execute_command(strategy, *args, **kwargs)  # the queue's append
 
     async def _fx_take(self, commands: Iterable[tuple[Any, ...]]) -> None:
         client = self.cluster_client
@@ -140,14 +194,17 @@ class PermittedPipeline(ClusterPipeline):
             key = key_of(args)
             if key is not None:
                 nodes.add(client.nodes_manager.get_node_from_slot(client.keyslot(key)).name)
-        nodes -= self._fx_nodes
+        nodes -= self._fx_nodes | _held.get()
         if nodes:
             self._fx_held += await client.permits.take(nodes)
             self._fx_nodes |= nodes
+            _held.set(_held.get() | nodes)  # this task's later calls to them take none (until reset)
 
-    async def watch(self, *names: Any) -> None:  # type: ignore[override]  # (redis-py's pipeline's)
+    async def watch(self, *names: Any) -> Any:  # type: ignore[override]  # (redis-py's pipeline's)
         await self._fx_take([("WATCH", *names)])
-        await super().watch(*names)  # type: ignore[no-untyped-call]
+        if isinstance(self._execution_strategy, TransactionStrategy):  # as its watch(), through ours
+            return await self.execute_command("WATCH", *names)
+        return await super().watch(*names)  # type: ignore[no-untyped-call]  # raises: not a transaction
 
     async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
         try:
@@ -162,6 +219,8 @@ class PermittedPipeline(ClusterPipeline):
             await super().reset()  # type: ignore[no-untyped-call]
         finally:
             held, self._fx_held = self._fx_held, []
+            if self._fx_nodes:
+                _held.set(_held.get() - self._fx_nodes)
             self._fx_queued, self._fx_nodes = [], set()
             for sem in held:
                 sem.release()

@@ -38,6 +38,7 @@ from fencex.herd import METRES_PER_DEGREE_LAT, METRES_PER_DEGREE_LON_EQUATOR, NO
 from fencex.schedule import FarmSchedules
 
 SMALL = 128  # a farm with more fences than this gets a grid of its own
+SCALAR_SMALL = 16  # for one point at a time (Layer.at), a farm with more gets its grid on first use
 MAX_CELLS_PER_FENCE = 64
 _KEY_OFFSET = 1 << 30
 _POLYGONAL = (3, 6)  # shapely type ids of Polygon and MultiPolygon
@@ -178,7 +179,7 @@ class Spatial:
 class Layer:
     """A farm's geometries of one kind (the fences, or the buffered fences' outer geometries)."""
 
-    __slots__ = ("_bounds_list", "bounds", "frame", "geoms", "ids", "spatial")
+    __slots__ = ("_bounds_list", "_scalar", "bounds", "frame", "geoms", "ids", "spatial")
 
     def __init__(
         self, ids: list[str], geoms: list[BaseGeometry] | np.ndarray, bounds: np.ndarray | None = None
@@ -190,6 +191,7 @@ class Layer:
         self.spatial = Spatial(self.bounds, self.geoms) if n > SMALL else None
         self.frame: tuple[float, float, float] | None = None  # its grid in a Laid (fencex.indexlaid)
         self._bounds_list: list[list[float]] | None = None
+        self._scalar: Spatial | None = self.spatial  # the grid Layer.at uses (made on first use if none)
 
     def __len__(self) -> int:
         return len(self.geoms)
@@ -215,7 +217,9 @@ class Layer:
         if self._bounds_list is None:
             self._bounds_list = self.bounds.tolist()
         bounds = self._bounds_list
-        rows = self.spatial.at(lon, lat) if self.spatial is not None else range(len(bounds))
+        if self._scalar is None and len(bounds) > SCALAR_SMALL:  # a walk over 100 boxes in Python: 4 us
+            self._scalar = Spatial(self.bounds, self.geoms)
+        rows = self._scalar.at(lon, lat) if self._scalar is not None else range(len(bounds))
         found = [r for r in rows if bounds[r][0] <= lon <= bounds[r][2] and bounds[r][1] <= lat <= bounds[r][3]]
         return [r for r in sorted(found) if exact(self.geoms[r : r + 1], lon, lat)[0]]
 

@@ -25,3 +25,23 @@ def test_batch_answer_is_bounded(live):
         r = api.post("/query/fences", json={"points": [[70.5, 70.5]] * 10_000}, headers=a)
         is_problem(r, 422, "matches")
         assert r.json()["limit"] == "max_batch_matches"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"points": [[70.5, true]]}',  # numpy would read true as 1.0
+        b'{"points": [[70.5, "70.5"]]}',  # ... and "70.5" as 70.5
+        b'{"points": [[70.5, 70.5]], "note": "x"}',  # a string elsewhere: the values are checked one by one
+        b'{"points": [[70.5, null]]}',
+        b'{"points": [[70.5, false], [1, 2]]}',
+    ],
+)
+def test_batch_values_that_are_not_numbers_are_refused(live, body):
+    with start(live) as api:
+        a = farm(api, "farm-a")
+        r = api.post("/query/fences", content=body, headers={**a, "content-type": "application/json"})
+        if b'"note"' in body:
+            assert r.status_code == 200, r.text[:300]  # every point a pair of numbers: answered
+        else:
+            is_problem(r, 422, "number")

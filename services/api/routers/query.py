@@ -63,7 +63,8 @@ async def fences_at(lon: Lon, lat: Lat, tenant: Tenant, state: State) -> Respons
 async def fences_at_many(request: Request, tenant: Tenant, state: State) -> Response:
     # Parsed with orjson and numpy, not a pydantic model: 100,000 points must take milliseconds.
     try:
-        body = orjson.loads(await request.body())
+        raw = await request.body()
+        body = orjson.loads(raw)
         pts = np.asarray(body["points"], dtype=np.float64)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         raise Problem(422, 'the body is {"points": [[lon, lat], ...]}: a list of [longitude, latitude] pairs') from None
@@ -71,7 +72,8 @@ async def fences_at_many(request: Request, tenant: Tenant, state: State) -> Resp
         pts = pts.reshape(0, 2)
     if pts.ndim != 2 or pts.shape[1] != 2:
         raise Problem(422, "every point is a [longitude, latitude] pair")
-    if {type(x) for p in body["points"] for x in p} - {int, float}:  # numpy reads true and "1" as numbers
+    # numpy reads true and "1" as numbers: each value's type checked, unless the body has none but numbers
+    if not only_numbers(raw) and {type(x) for p in body["points"] for x in p} - {int, float}:
         raise Problem(422, "every point is a [longitude, latitude] pair of numbers")
     limit = state.settings.max_batch_points
     if len(pts) > limit:
@@ -106,6 +108,14 @@ async def fences_at_many(request: Request, tenant: Tenant, state: State) -> Resp
         ),
         media_type="application/json",
     )
+
+
+def only_numbers(raw: bytes) -> bool:
+    """True when no value from the body's first ``[`` on is a string, true, false or null: no ``"``, ``t``,
+    ``f`` or ``n`` there (a JSON number has none of them). Four scans of the bytes, where checking 200,000
+    values' types one by one took 7 ms of a 100,000-point query."""
+    start = raw.find(b"[")
+    return start >= 0 and all(raw.find(c, start) == -1 for c in (b'"', b"t", b"f", b"n"))
 
 
 def _box_metres(geom: Any) -> tuple[float, float, float, float]:

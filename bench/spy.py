@@ -2,20 +2,20 @@
 
     python -m bench.spy [--rate 100] [--top 15] [--match fencex] [--out out/spy] -- COMMAND ...
 
-Runs COMMAND under ``py-spy record --subprocesses`` (every Python process it starts is sampled: the
-benchmark's driver, its workers, the API's server), then prints for each process that holds at least
-``--min-share`` of the samples: its own time by function (the sampled stack's innermost frame: where
-the interpreter was) and its time by fencex function (any frame of the stack: the function and all it
-called), each as a share of that process's samples. Idle threads are not sampled (py-spy's default), so
-a share is of the time the process was running Python. Writes the raw stacks (``stacks.txt``, collapsed:
-one stack a line, for flame graphs), ``profile.json`` and ``profile.png`` (the top own-time entries of
-the busiest processes). A command, not a test: issue 16 asks that the profile come before the
-optimising, and its top entries go into the closing note.
+Runs COMMAND and samples it and every Python process it starts (the benchmark's driver, its workers,
+the API's server; those matching ``--match`` only) with one ``py-spy record`` attached to each. Then
+for each process that holds at least ``--min-share`` of the samples it prints its own time by function
+(the sampled stack's innermost frame: where the interpreter was) and its time by fencex function (any
+frame of the stack: the function and all it called), each as a share of that process's samples. Idle
+threads are not sampled (py-spy's default), so a share is of the time the process was running Python.
+Writes the raw stacks (``stacks.txt``, collapsed: one stack a line, for flame graphs), ``profile.json``
+and ``profile.png`` (the top own-time entries of the busiest processes). A command, not a test: issue
+16 asks that the profile come before the optimising, and its top entries go into the closing note.
 
 Example: the push path's worker, one fix a record::
 
-    python -m bench.spy --match "fencex.worker|services.worker" -- \\
-        python -m bench.push --packed-fixes 0 --single-fixes 300000 --latency-rates ""
+    python -m bench.spy --match services.processor -- \\
+        python -m bench.push --packed-fixes 2000 --single-fixes 1000000 --latency-rates ""
 """
 
 from __future__ import annotations
@@ -24,14 +24,15 @@ import argparse
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SPY_RECORD = ("py-spy", "record", "--subprocesses", "--nonblocking", "--format", "raw")
 FRAME = re.compile(r"^(?P<name>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
@@ -137,6 +138,52 @@ def print_report(rows: list[dict[str, Any]]) -> None:
             print(f"     {100 * s:5.1f}%  {f}")
 
 
+def record(spy: str, command: list[str], rate: int, match: str | None, out: Path, stacks: Path) -> int:
+    """Run ``command``; attach one ``py-spy record`` to it and to each process it starts whose command line
+    matches ``match`` (all, without one), found every 0.2 s; write their stacks, each line headed by its
+    process, to ``stacks``. Attaching by pid, not ``--subprocesses``: py-spy 0.4 followed none of the
+    benchmark's workers so."""
+    import psutil
+
+    root = subprocess.Popen(command)
+    spies: dict[int, tuple[subprocess.Popen[bytes], Path, str]] = {}
+
+    def attach() -> None:
+        try:
+            procs = [psutil.Process(root.pid), *psutil.Process(root.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        for proc in procs:
+            try:
+                line = " ".join(proc.cmdline())
+            except psutil.Error:
+                continue
+            if proc.pid in spies or "python" not in line or (match and not re.search(match, line)):
+                continue
+            path = out / f"stacks-{proc.pid}.txt"
+            args = ["record", "-p", str(proc.pid), "--nonblocking", "--format", "raw", f"--rate={rate}", "-o"]
+            spy_proc = subprocess.Popen([spy, *args, str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            spies[proc.pid] = (spy_proc, path, line)
+
+    while root.poll() is None:
+        attach()
+        time.sleep(0.2)
+    for spy_proc, _, _ in spies.values():
+        if spy_proc.poll() is None:
+            spy_proc.send_signal(signal.SIGINT)  # py-spy writes what it has on ^C
+    lines = []
+    for pid, (spy_proc, path, line) in spies.items():
+        try:
+            spy_proc.wait(30)
+        except subprocess.TimeoutExpired:
+            spy_proc.kill()
+        if path.exists():
+            head = f'process {pid}:"{line}"'
+            lines += [f"{head};{row}" for row in path.read_text().splitlines() if row.strip()]
+    stacks.write_text("\n".join(lines) + "\n")
+    return root.returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -159,12 +206,12 @@ def main(argv: list[str] | None = None) -> int:
         if not command:
             ap.error("give the command to profile after --")
         spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-        print(f"py-spy sampling {' '.join(command)} (and the processes it starts) at {a.rate}/s", flush=True)
-        run = subprocess.run([*SPY_RECORD, f"--rate={a.rate}", "-o", str(stacks), "--", *command], executable=spy)
-        if run.returncode != 0:
-            print(f"the command (or py-spy) exited {run.returncode}", file=sys.stderr)
+        print(f"py-spy sampling the processes of {' '.join(command)} at {a.rate}/s", flush=True)
+        code = record(spy, command, a.rate, a.match, out, stacks)
+        if code != 0:
+            print(f"the command exited {code}", file=sys.stderr)
             if not stacks.exists():
-                return run.returncode
+                return code
     rows = report(parse(stacks.read_text().splitlines()), a.top, a.match, a.min_share)
     print_report(rows)
     (out / "profile.json").write_text(json.dumps(rows, indent=1))

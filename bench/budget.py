@@ -449,6 +449,12 @@ class Assumptions:
     worker_kb_per_device: float = 2.0  # a device's state in a worker (when unmeasured)
     worker_base_mb: float = 150.0  # a worker with nothing loaded (when unmeasured)
     api_base_mb: float = 150.0  # an API process with nothing loaded (its index: the worker's per fence)
+    # a worker's CPU-seconds per million fixes when every fix comes from another collar, one a record (each its
+    # own state write: what collars reporting once a minute send), from the scale run (docs/figures/scale.json:
+    # one worker's push rate with 10,000,000 collars held, a core): a floor under the measured figure, which
+    # comes from backlogs of fewer collars sending many fixes each. None: no floor (no scale run).
+    worker_cpu_s_floor: float | None = None
+    worker_cpu_s_floor_source: str = ""
 
 
 def deploy_kafka(root: Path = ROOT) -> dict[str, float]:
@@ -470,6 +476,23 @@ def deploy_kafka(root: Path = ROOT) -> dict[str, float]:
     return out
 
 
+SCALE_RUN = ROOT / "docs" / "figures" / "scale.json"  # the full-size scale run's JSON (README, Sizing)
+
+
+def scale_floor(path: Path = SCALE_RUN) -> dict[str, Any]:
+    """The worker CPU floor from a scale run's JSON (see :attr:`Assumptions.worker_cpu_s_floor`); {} if none."""
+    try:
+        run = orjson.loads(path.read_bytes())
+        rate = float(run["push"]["known"]["fixes_per_s"])
+    except (OSError, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+        return {}
+    return {
+        "worker_cpu_s_floor": 1e6 / rate,
+        "worker_cpu_s_floor_source": f"the scale run of {run.get('date', '?')} ({run.get('devices', 0):,} collars "
+        f"held, every fix from another: {rate:,.0f} fixes/s a worker)",
+    }
+
+
 def assumptions_from_deploy(root: Path = ROOT, **overrides: Any) -> Assumptions:
     k = deploy_kafka(root)
     return replace(
@@ -478,6 +501,7 @@ def assumptions_from_deploy(root: Path = ROOT, **overrides: Any) -> Assumptions:
             "locations_retention_days": k.get("locations_retention_days", 1.0),
             "events_retention_days": k.get("fence-events_retention_days", 7.0),
             "replication": int(k.get("replication", 3)),
+            **scale_floor(root / SCALE_RUN.relative_to(ROOT)),
             **overrides,
         },
     )
@@ -514,7 +538,9 @@ def _cost(cores: float, memory_gb: float, disk_gb: float, prices: Prices) -> flo
 def row(m: Mapping[str, Any], s: Scenario, a: Assumptions, prices: Prices, install: Install) -> Row:
     """One scenario's budget from a measurement ``m`` (see ``measurement``)."""
     rate = s.fixes_per_s
-    cpu = m["cpu_s_per_million_fixes"]
+    cpu = dict(m["cpu_s_per_million_fixes"])
+    if a.worker_cpu_s_floor is not None:
+        cpu["worker"] = max(cpu.get("worker", 0.0), a.worker_cpu_s_floor)
     cores = {c: rate * cpu.get(c, 0.0) / 1e6 * a.peak for c in ("worker", "broker", "redis")}
     requests = s.farms * a.api_requests_per_farm_s
     cores["api"] = (rate * cpu.get("api", 0.0) / 1e6 + requests * a.api_cpu_s_per_request) * a.peak
@@ -688,9 +714,15 @@ def markdown(b: Mapping[str, Any]) -> str:
         "maxmemory to half the limit: forks for AOF rewrites and backups). No minimum: the needed cost is a "
         "share of a shared service (a single farm served by a cooperative's or the national deployment pays about "
         "this).",
-        f"- **CPU**: CPU-seconds per million fixes as measured ({cpu_text}); idle, with no fix coming, the "
-        f"processes use {idle_text} cores, inside the provisioned pods' cores (a share of a shared service "
-        "carries none of it).",
+        f"- **CPU**: CPU-seconds per million fixes as measured ({cpu_text})"
+        + (
+            f"; for the workers at least {a['worker_cpu_s_floor']:.1f}, from {a['worker_cpu_s_floor_source']}: "
+            "collars reporting once a minute send every fix from another collar, each its own state write"
+            if a.get("worker_cpu_s_floor") is not None
+            else ""
+        )
+        + f"; idle, with no fix coming, the processes use {idle_text} cores, inside the provisioned pods' cores "
+        "(a share of a shared service carries none of it).",
         f"- **Provisioned**: whole pods of deploy/'s sizes ({i['worker_cpu']:g} CPU workers, {i['api_cpu']:g} CPU "
         f"API pods), {'N+1 (one more worker and API pod, a Redis replica)' if a['n_plus_one'] else 'no spare'}, "
         f"never under the production minimum of deploy/k8s/overlays/prod: {i['min_api']} API pods and a "

@@ -355,8 +355,8 @@ class Evaluation(Bench):
         return out
 
 
-def pull(out: Path, tiny: bool, fences: int, python_clients: bool = False) -> dict:
-    args = [sys.executable, "-m", "bench.pull", "--out", str(out), "--fences", str(fences)]
+def pull(out: Path, tiny: bool, fences: int, python_clients: bool = False, interface: str = "asgi") -> dict:
+    args = [sys.executable, "-m", "bench.pull", "--out", str(out), "--fences", str(fences), "--interface", interface]
     if python_clients:  # as Tile38's and PostGIS's Python clients
         args += ["--python-clients", "1,4"]
     args += (
@@ -611,7 +611,8 @@ def peers_section(results: dict, figures: str) -> list[str]:
         (f"fencex, {r['clients']} Python client(s), HTTP", r) for r in (results.get("pull") or {}).get("python", [])
     ]
     pull_rows += [
-        (f"fencex, wrk, {r['connections']} connections", r) for r in (results.get("pull") or {}).get("point", [])
+        (f"fencex, wrk, {r['connections']} connections{peers.over_rsgi(results.get('pull') or {})}", r)
+        for r in (results.get("pull") or {}).get("point", [])
     ]
     pull_rows += [(f"Tile38, {r['clients']} Python client(s), RESP", r) for r in t38.get("pull_python", [])]
     pull_rows += [(f"Tile38, redis-benchmark, {r['connections']} connections", r) for r in t38.get("pull_c", [])]
@@ -773,7 +774,10 @@ def _push_peers(ctx: Context) -> None:
 
 
 def _pull(ctx: Context) -> None:
-    ctx.results["pull"] = pull(ctx.out, ctx.tiny, ctx.cfg.fences, python_clients=bool(ctx.args.with_peers))
+    ctx.results["pull"] = pull(
+        ctx.out, ctx.tiny, ctx.cfg.fences, python_clients=bool(ctx.args.with_peers), interface=ctx.args.interface
+    )
+    ctx.results["pull"]["interface"] = ctx.args.interface
 
 
 def _pull_peers(ctx: Context) -> None:
@@ -916,6 +920,12 @@ def main() -> int:
         action="store_true",
         help="also measure the peers in the same run on the same workload: Tile38 (push, pull, pipelined; "
         "its events checked against fencex's) and PostGIS; every fencex figure as a ratio to the best peer",
+    )
+    ap.add_argument(
+        "--interface",
+        choices=("asgi", "rsgi"),
+        default="asgi",
+        help="the API's granian interface for the pull part (FENCEX_INTERFACE; the default is the product's)",
     )
     ap.add_argument("--tile38", help=f"the tile38-server binary (default: ${tile38.ENV}, else {tile38.DEFAULT})")
     ap.add_argument(

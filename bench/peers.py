@@ -143,6 +143,11 @@ def _get(d: Any, *path: Any) -> Any:
     return d
 
 
+def over_rsgi(pull: dict[str, Any]) -> str:
+    """How a run's API served the point query, when not the default (ASGI)."""
+    return ", granian RSGI (FENCEX_INTERFACE=rsgi)" if pull.get("interface") == "rsgi" else ""
+
+
 def ratio_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The issue's comparisons from a run's results (rows without a peer measured have ratio None)."""
     rows: list[dict[str, Any]] = []
@@ -187,7 +192,7 @@ def ratio_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
         row = ratio_row(
             "pull, one point a request, C client, best connection count",
             (
-                f"fencex, wrk, {top['connections']} connections (p99 {top['p99_ms']:.1f} ms)",
+                f"fencex, wrk, {top['connections']} connections{over_rsgi(pl)} (p99 {top['p99_ms']:.1f} ms)",
                 top["requests_per_s"],
             ),
             {

@@ -27,6 +27,7 @@ from tests.integration.test_api_limits import (  # noqa: F401 - collected here a
     test_metric_labels_stay_in_closed_sets,
     test_no_key_no_body_read,
 )
+from tests.integration.test_review_sse import EVENT
 
 pytestmark = pytest.mark.integration
 
@@ -102,18 +103,7 @@ def test_rsgi_answers_as_asgi(live):
 
 
 def test_the_event_stream_over_rsgi(live):
-    event = {
-        "event_id": "e1",
-        "type": "enter",
-        "tenant": "farm-a",
-        "device_id": "cow",
-        "fence_id": "f",
-        "fence_version": 1,
-        "ts": "2026-05-28T20:26:41.000Z",
-        "lon": 1.0,
-        "lat": 2.0,
-        "detected_at": "2026-05-28T20:26:41.000Z",
-    }
+    event = EVENT
     with start(live, **RSGI) as api:
         a = farm(api, "farm-a")
         stop = threading.Event()

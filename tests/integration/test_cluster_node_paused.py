@@ -13,16 +13,19 @@ not declare the cluster down meanwhile (the behaviour under test is the client's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from devtools.localserver import redis_cli_path, start_redis_cluster
+from devtools.localserver import RedisCluster, Server, redis_cli_path, start_redis_cluster
 from fencex.errors import StoreUnavailable
 from fencex.fence import Fence
 from fencex.store.redis import RedisStore
@@ -32,15 +35,32 @@ from tests.integration.test_api import SQUARE
 pytestmark = pytest.mark.integration
 
 
-def test_a_paused_node_fails_its_calls_after_one_timeout_and_stalls_no_other_farm(tmp_path):
-    with start_redis_cluster(3, logdir=tmp_path) as cluster:
+async def timed_read(store: RedisStore, farm: str, failed: list[str]) -> float:
+    """Seconds a read of the farm's fence took (a StoreUnavailable noted in ``failed``)."""
+    t = time.monotonic()
+    try:
+        await store.get_fence(farm, f"f-{farm}")
+    except StoreUnavailable as exc:
+        failed.append(str(exc))
+    return time.monotonic() - t
+
+
+@contextlib.contextmanager
+def patient_cluster(logdir: Path) -> Iterator[tuple[RedisCluster, Server]]:
+    """A 3-master cluster whose nodes wait 120 s before they declare one failed (the pause under test is the
+    client's to survive, not a failover), and the node to pause."""
+    with start_redis_cluster(3, logdir=logdir) as cluster:
         for server in cluster.servers:
             subprocess.run(
                 [redis_cli_path(), "-p", str(server.port), "config", "set", "cluster-node-timeout", "120000"],
                 check=True,
                 capture_output=True,
             )
-        victim = cluster.servers[2]
+        yield cluster, cluster.servers[2]
+
+
+def test_a_paused_node_fails_its_calls_after_one_timeout_and_stalls_no_other_farm(tmp_path):
+    with patient_cluster(tmp_path) as (cluster, victim):
 
         async def go() -> None:
             store = RedisStore(cluster.url, f"n{uuid.uuid4().hex[:6]}")
@@ -63,12 +83,7 @@ def test_a_paused_node_fails_its_calls_after_one_timeout_and_stalls_no_other_far
                     while not stop.is_set():
                         f = healthy[i % len(healthy)]
                         i += 1
-                        t = time.monotonic()
-                        try:
-                            await store.get_fence(f, f"f-{f}")
-                        except StoreUnavailable as exc:
-                            failed.append(str(exc))
-                        slowest = max(slowest, time.monotonic() - t)
+                        slowest = max(slowest, await timed_read(store, f, failed))
                         await asyncio.sleep(0.01)
 
                 readers = [asyncio.create_task(farm_reads(k)) for k in range(4)]
@@ -98,14 +113,7 @@ def test_a_burst_to_a_paused_node_holds_no_permit_of_the_healthy_nodes(tmp_path)
     (the URL's max_connections), so while a node was paused a burst of calls to its farms held every permit
     for a socket timeout each, and every farm's calls waited 5 s for one and failed (503). The permits are
     per node now: farms on the healthy nodes are served at once during the burst."""
-    with start_redis_cluster(3, logdir=tmp_path) as cluster:
-        for server in cluster.servers:
-            subprocess.run(
-                [redis_cli_path(), "-p", str(server.port), "config", "set", "cluster-node-timeout", "120000"],
-                check=True,
-                capture_output=True,
-            )
-        victim = cluster.servers[2]
+    with patient_cluster(tmp_path) as (cluster, victim):
 
         async def go() -> None:
             store = RedisStore(f"{cluster.url}?max_connections=4", f"n{uuid.uuid4().hex[:6]}")
@@ -132,12 +140,7 @@ def test_a_burst_to_a_paused_node_holds_no_permit_of_the_healthy_nodes(tmp_path)
                     until = time.monotonic() + 14  # past the burst's socket timeouts: the client finds the nodes again
                     while time.monotonic() < until:
                         for f in healthy[:6]:
-                            t = time.monotonic()
-                            try:
-                                await store.get_fence(f, f"f-{f}")
-                            except StoreUnavailable as exc:
-                                failed.append(str(exc))
-                            slowest = max(slowest, time.monotonic() - t)
+                            slowest = max(slowest, await timed_read(store, f, failed))
                         await asyncio.sleep(0.05)
                 finally:
                     os.kill(victim.proc.pid, signal.SIGCONT)
@@ -154,14 +157,7 @@ def test_a_paused_node_leaves_the_store_serving_and_degraded(tmp_path):
     """review15d #3: the readiness check pinged every node, so one node down made every API pod (and worker)
     not ready, also for the farms on the healthy nodes. The store's health now says which nodes are down,
     within a probe's second, and that the store still serves (the cluster serves its other slots)."""
-    with start_redis_cluster(3, logdir=tmp_path) as cluster:
-        for server in cluster.servers:
-            subprocess.run(
-                [redis_cli_path(), "-p", str(server.port), "config", "set", "cluster-node-timeout", "120000"],
-                check=True,
-                capture_output=True,
-            )
-        victim = cluster.servers[2]
+    with patient_cluster(tmp_path) as (cluster, victim):
 
         async def go() -> None:
             store = RedisStore(cluster.url, f"n{uuid.uuid4().hex[:6]}")
@@ -193,14 +189,7 @@ def test_a_paused_node_leaves_the_store_serving_and_degraded(tmp_path):
 def test_the_api_stays_ready_with_one_node_paused(live, tmp_path):
     """review15d #3, end to end: the API process on a cluster with a node paused answers /readyz 200
     "degraded" (its load balancer keeps serving the farms on the healthy nodes) and counts the node down."""
-    with start_redis_cluster(3, logdir=tmp_path / "redis") as cluster:
-        for server in cluster.servers:
-            subprocess.run(
-                [redis_cli_path(), "-p", str(server.port), "config", "set", "cluster-node-timeout", "120000"],
-                check=True,
-                capture_output=True,
-            )
-        victim = cluster.servers[2]
+    with patient_cluster(tmp_path / "redis") as (cluster, victim):
         proc, base = live.start_api(redis_url=cluster.url)
         wait_api(base, proc)
         os.kill(victim.proc.pid, signal.SIGSTOP)

@@ -716,8 +716,10 @@ def markdown(b: Mapping[str, Any]) -> str:
         "this).",
         f"- **CPU**: CPU-seconds per million fixes as measured ({cpu_text})"
         + (
-            f"; for the workers at least {a['worker_cpu_s_floor']:.1f}, from {a['worker_cpu_s_floor_source']}: "
-            "collars reporting once a minute send every fix from another collar, each its own state write"
+            f"; for the workers at least {a['worker_cpu_s_floor']:.1f} core-seconds, from "
+            f"{a['worker_cpu_s_floor_source']}: a worker pod's core for the time it takes (wall time: its waits "
+            "on Redis included, as a pod's core is held through them), since collars reporting once a minute send "
+            "every fix from another collar, each its own state write"
             if a.get("worker_cpu_s_floor") is not None
             else ""
         )

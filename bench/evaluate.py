@@ -469,7 +469,7 @@ def thesis_lines(results: dict) -> list[str]:
         f"{best['fence_tests_per_s']:,.0f} exact tests, "
         f"{best['intersections_per_s']:,.0f} intersections |",
         f"| pull: queries per second | about {THESIS['pull_queries_per_s']:,} | {best_pull['requests_per_s']:,.0f} "
-        f"(p99 {best_pull['p99_ms']:.1f} ms) |",
+        f"(p99 {best_pull['p99_ms']:.1f} ms{peers.over_rsgi(results.get('pull') or {})}) |",
         "| scalability, 1/2/3 instances | 5,000 / 10,000 / 15,000 | "
         + " / ".join(f"{r['fixes_per_s']:,.0f}" for r in results["scalability"])
         + " (1/2 processes, 2 cores) |",

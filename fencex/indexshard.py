@@ -8,7 +8,9 @@ A farm's fences are kept sorted by id with their geometries and bounding boxes a
 of a few fences (most: about ten paddocks) needs no spatial structure: a point is tested against
 its farm's boxes (:class:`Laid`: for the farms of a whole batch at once). A farm of more than
 :data:`SMALL` fences also gets a sparse uniform grid (cells about the size of a typical fence) and
-an STRtree for its few much larger fences, built with the shard, off the event loop.
+an STRtree for its few much larger fences, built with the shard, off the event loop. A farm of more than
+:data:`SCALAR_SMALL` fences and fewer gets the same on the event loop, when a lookup first needs it (one
+point, or a batch of more than :data:`BOX_PAIRS` point-box pairs): about 1 ms once.
 
 Geometries are prepared (:func:`shapely.prepare`) lazily, when a lookup first tests a point
 against them exactly, not at build: most of a country's fences are not touched between two

@@ -12,22 +12,25 @@ node has its own permits (the URL's ``max_connections``), taken where redis-py s
 - a pipeline holds the permits of the nodes its commands map to (``nodes_manager`` from each command's slot),
   from ``execute`` until it is reset; a transaction its node's, from ``watch`` (or ``execute``) until reset.
 
-So a call waits only for calls to its own node(s). A call made while its task holds a node's permit (a
-read between a transaction's WATCH and its EXEC, a redirected command of a pipeline) takes no second
-permit of that node (:data:`_held`, the task's nodes): two such calls of one task would otherwise wait for
-each other once a burst had taken every permit.
+So a call waits only for calls to its own node(s). A call made while its task holds a permit (a read
+between a transaction's WATCH and its EXEC, on the same node or another: a fence id's release, a mob's
+members; a redirected command of a pipeline) takes none (:data:`_held`, the task's nodes): two bursts,
+each holding one node's permits and asking for the other's, would otherwise wait for each other and all
+fail. So the bound holds for the calls that start a task's use of a node; calls nested in them add to it.
 
-A transaction's queued commands are mapped to their slot here, from their key (:func:`key_of`): redis-py
+A transaction's commands are mapped to their slot here, from their keys (:func:`transaction_slot`): redis-py
 8's ``TransactionStrategy.execute_command`` does it by running each command's slot lookup in a new thread
 with its own event loop, joined on the caller's: a put of 1,000 fences (4,000 commands) stopped the
-loop of every farm for about 3 s. redis-py's own path is kept where the key is not known here, where the
-client must find the nodes first, and if the strategy's private names this relies on are gone (a newer
-redis-py: the version is pinned below 9, and a unit test checks the names).
+loop of every farm for about 3 s (and after a failure it found the nodes again in that thread, against
+this loop's lock: frozen, or a 500). A command the store does not send in a transaction
+(:func:`transaction_slot`) is refused, never sent through that thread; redis-py's own path is left only if
+the strategy's private names this relies on are gone (redis-py is pinned below 9; a unit test checks them).
 
-What is left: a pipeline over several nodes (the
-follower's read of every feed, a worker's load) holds each of its nodes' permits until its slowest node
-answers, so with a node paused it holds the healthy nodes' permits for a socket timeout: one such pipeline
-per follower at a time, far fewer than a node's permits.
+What is left: a pipeline over several nodes (the follower's read of every feed, a worker's load) holds each
+of its nodes' permits until its slowest node answers, so with a node paused it holds the healthy nodes'
+permits for a socket timeout: one such pipeline per follower at a time, far fewer than a node's permits. A
+pipeline's permits are those of the nodes its slots map to before it runs: a retry after a failover sends
+to the promoted node without taking its permit.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from typing import Any
 
 from redis.asyncio.cluster import AbstractStrategy, ClusterNode, ClusterPipeline, RedisCluster, TransactionStrategy
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import CrossSlotTransactionError, MaxConnectionsError, RedisClusterException
+from redis.exceptions import CrossSlotTransactionError, MaxConnectionsError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 POOL_WAIT_S = 5.0  # a call waits this long for a free connection (single Redis) or its node's permit (cluster)
@@ -71,6 +74,37 @@ def key_of(args: tuple[Any, ...]) -> Any | None:
     return args[1] if len(args) > 1 else None
 
 
+# the commands the store sends in a transaction whose every argument after the name is a key, and those whose
+# first argument is their one key (the rest values): their slot is known without asking Redis
+ALL_KEYS = frozenset({"WATCH", "DEL", "UNLINK", "EXISTS", "MGET", "TOUCH"})
+FIRST_KEY = frozenset(
+    {
+        "GET", "SET", "SETNX", "GETDEL", "APPEND", "STRLEN", "INCR", "INCRBY", "DECR", "DECRBY", "EXPIRE",
+        "PEXPIRE", "EXPIREAT", "PERSIST", "TYPE", "SADD", "SREM", "SCARD", "SMEMBERS", "SISMEMBER",
+        "HSET", "HSETNX", "HGET", "HDEL", "HGETALL", "HMGET", "HINCRBY", "HLEN", "HEXISTS", "LRANGE", "RPUSH",
+        "LPUSH", "LTRIM", "LLEN", "XADD", "XTRIM", "XLEN", "ZADD", "ZREM", "ZRANGE", "ZCARD",
+    }
+)  # fmt: skip
+
+
+def transaction_slot(args: tuple[Any, ...], keyslot: Any) -> int | None:
+    """The one slot of a command queued in a transaction (CrossSlotTransactionError if its keys are in
+    several); None for a command not listed here (EVAL/EVALSHA: their keys; WATCH, DEL...: every key)."""
+    name = str(args[0]).upper()
+    if name in ("EVAL", "EVALSHA"):
+        keys = list(args[3 : 3 + int(args[2])]) if len(args) > 2 else []
+    elif name in ALL_KEYS:
+        keys = list(args[1:])
+    elif name in FIRST_KEY and len(args) > 1:
+        keys = [args[1]]
+    else:
+        return None
+    slots = {keyslot(k) for k in keys}
+    if len(slots) > 1:
+        raise CrossSlotTransactionError(f"{name}: keys in {len(slots)} slots in one transaction")
+    return slots.pop() if slots else None
+
+
 class NodePermits:
     """Per node (by name, ``host:port``): at most ``limit`` calls under way; one more waits up to
     :data:`POOL_WAIT_S` for a permit of that node, never for another node's."""
@@ -85,12 +119,14 @@ class NodePermits:
         return 0 if sem is None else self.limit - sem._value
 
     async def take(self, nodes: Iterable[str]) -> list[asyncio.Semaphore]:
-        """One permit of each node (in name order: two calls never wait for each other's) not held by this
-        task already; all or none. The caller marks them held (:data:`_held`) while it holds them."""
+        """One permit of each node (in name order: two calls never wait for each other's); all or none; none
+        for a task that holds a permit already (:data:`_held`, which the caller marks while it holds them)."""
         held: list[asyncio.Semaphore] = []
+        if _held.get():  # a call nested in one holding a permit waits for none (no two calls wait on each other)
+            return held
         try:
             async with asyncio.timeout(POOL_WAIT_S):
-                for name in sorted(set(nodes) - _held.get()):
+                for name in sorted(set(nodes)):
                     sem = self._nodes.setdefault(name, asyncio.Semaphore(self.limit))
                     await sem.acquire()
                     held.append(sem)
@@ -161,20 +197,19 @@ class PermittedPipeline(ClusterPipeline):
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         self._fx_queued.append(args)
         strategy = self._execution_strategy
-        key = key_of(args)
-        if (
-            FAST_TRANSACTIONS
-            and isinstance(strategy, TransactionStrategy)
-            and key is not None
-            and not self.cluster_client._initialize
-            and all(hasattr(strategy, n) for n in _TXN_NAMES)
-        ):
-            return self._fx_transaction_command(strategy, self.cluster_client.keyslot(key), args, kwargs)
-        return super().execute_command(*args, **kwargs)
+        if not isinstance(strategy, TransactionStrategy):
+            return super().execute_command(*args, **kwargs)
+        if not (FAST_TRANSACTIONS and all(hasattr(strategy, n) for n in _TXN_NAMES)):  # another redis-py
+            return super().execute_command(*args, **kwargs)
+        slot = transaction_slot(args, self.cluster_client.keyslot)
+        if slot is None:  # a command the store does not send in a transaction: refused, never a thread
+            raise RedisClusterException(f"fencex.store.cluster: {args[0]!r} is not mapped to a slot in a transaction")
+        return self._fx_transaction_command(strategy, slot, args, kwargs)
 
     def _fx_transaction_command(self, strategy: Any, slot: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """redis-py's ``TransactionStrategy._execute_command`` with the slot known, on this loop, no thread:
-        sent at once while watching (before MULTI), else queued."""
+        sent at once while watching (before MULTI; the nodes found again first if a failure asked for it),
+        else queued."""
         if (
             strategy._watching or args[0] in strategy.IMMEDIATE_EXECUTE_COMMANDS
         ) and not strategy._explicit_transaction:
@@ -183,9 +218,15 @@ class PermittedPipeline(ClusterPipeline):
             if strategy._pipeline_slots and slot not in strategy._pipeline_slots:
                 raise CrossSlotTransactionError("Cannot watch or send commands on different slots")
             strategy._pipeline_slots.add(slot)
-            return strategy._immediate_execute_command(*args, **kwargs)
+            return self._fx_immediate(strategy, args, kwargs)
         strategy._pipeline_slots.add(slot)
         return AbstractStrategy.execute_command(strategy, *args, **kwargs)  # the queue's append
+
+    async def _fx_immediate(self, strategy: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        client = self.cluster_client
+        if client._initialize:  # as redis-py's own, but on this loop (its lock is this loop's)
+            await client.initialize()
+        return await strategy._immediate_execute_command(*args, **kwargs)
 
     async def _fx_take(self, commands: Iterable[tuple[Any, ...]]) -> None:
         client = self.cluster_client
@@ -201,8 +242,11 @@ class PermittedPipeline(ClusterPipeline):
             _held.set(_held.get() | nodes)  # this task's later calls to them take none (until reset)
 
     async def watch(self, *names: Any) -> Any:  # type: ignore[override]  # (redis-py's pipeline's)
+        strategy = self._execution_strategy
+        if isinstance(strategy, TransactionStrategy) and getattr(strategy, "_explicit_transaction", False):
+            raise RedisError("Cannot issue a WATCH after a MULTI")  # as redis-py's (it would empty the queue)
         await self._fx_take([("WATCH", *names)])
-        if isinstance(self._execution_strategy, TransactionStrategy):  # as its watch(), through ours
+        if isinstance(strategy, TransactionStrategy):  # as its watch(), through ours
             return await self.execute_command("WATCH", *names)
         return await super().watch(*names)  # type: ignore[no-untyped-call]  # raises: not a transaction
 

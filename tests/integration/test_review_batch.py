@@ -35,6 +35,7 @@ def test_batch_answer_is_bounded(live):
         b'{"points": [[70.5, 70.5]], "note": "x"}',  # a string elsewhere: the values are checked one by one
         b'{"points": [[70.5, null]]}',
         b'{"points": [[70.5, false], [1, 2]]}',
+        b'{"points": [[[], []]]}',  # numbers only, no pair (review 16b #6: was 200 with 0 points)
     ],
 )
 def test_batch_values_that_are_not_numbers_are_refused(live, body):
@@ -44,4 +45,4 @@ def test_batch_values_that_are_not_numbers_are_refused(live, body):
         if b'"note"' in body:
             assert r.status_code == 200, r.text[:300]  # every point a pair of numbers: answered
         else:
-            is_problem(r, 422, "number")
+            is_problem(r, 422, "pair")

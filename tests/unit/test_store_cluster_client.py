@@ -11,8 +11,8 @@ import threading
 from typing import Any
 
 import pytest
-from redis.asyncio.cluster import ClusterNode, RedisCluster, TransactionStrategy
-from redis.exceptions import CrossSlotTransactionError
+from redis.asyncio.cluster import ClusterNode, PipelineStrategy, RedisCluster, TransactionStrategy
+from redis.exceptions import CrossSlotTransactionError, RedisClusterException, RedisError
 
 from fencex.store import cluster
 from fencex.store.cluster import PermittedCluster
@@ -152,3 +152,124 @@ def test_a_transaction_still_refuses_a_second_slot(sent):
         await client.aclose()
 
     asyncio.run(go())
+
+
+def test_a_task_holding_one_nodes_permit_waits_for_no_other_nodes(monkeypatch, sent):
+    """review 16b #2: a transaction holding node X's permit read from node Y (a fence id's release, a mob's
+    members) while another burst held Y's and read X: all of both waited POOL_WAIT_S and failed."""
+    monkeypatch.setattr(cluster, "POOL_WAIT_S", 0.5)
+    x, y = ClusterNode("127.0.0.1", 7000), ClusterNode("127.0.0.1", 7001)
+
+    async def no_net(self: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        return []
+
+    monkeypatch.setattr(PipelineStrategy, "execute", no_net)
+
+    async def go() -> list[Any]:
+        client = PermittedCluster(startup_nodes=[x], node_permits=2)
+        client._initialize = False
+        client.nodes_manager.nodes_cache = {x.name: x, y.name: y}
+        client.nodes_manager.slots_cache = {s: [x if s < 8192 else y] for s in range(16384)}
+
+        def key_on(node: ClusterNode, stem: str) -> str:
+            return next(
+                k
+                for k in (f"{stem}{i}" for i in range(10_000))
+                if client.nodes_manager.get_node_from_slot(client.keyslot(k)) is node
+            )
+
+        kx, ky = key_on(x, "fx:fence-id:f"), key_on(y, "fx:{g")
+        barrier = asyncio.Barrier(4)
+
+        async def release(watched: str, other: str) -> str:  # the shape of _release_id and put_mob
+            async with client.pipeline(transaction=True) as pipe:
+                await pipe.watch(watched)
+                await barrier.wait()  # every permit of both nodes held by the WATCHes
+                async with client.pipeline(transaction=False) as reads:
+                    reads.exists(other)
+                    await reads.execute()
+                return "ok"
+
+        got = await asyncio.gather(*[release(kx, ky) for _ in range(2)], *[release(ky, kx) for _ in range(2)])
+        assert client.permits.in_use(x.name) == client.permits.in_use(y.name) == 0
+        await client.aclose()
+        return got
+
+    assert asyncio.run(go()) == ["ok"] * 4
+
+
+def test_a_watch_after_multi_is_refused_as_redis_py_refuses_it(sent):
+    async def go() -> None:
+        client = offline_client(5)
+        pipe = client.pipeline(transaction=True)
+        pipe.multi()
+        pipe.set("fx:{g1}:a", "1")
+        with pytest.raises(RedisError, match="WATCH after a MULTI"):
+            await pipe.watch("fx:{g1}:a")
+        assert len(pipe._execution_strategy._command_queue) == 1  # the queue kept
+        await pipe.reset()
+        await client.aclose()
+
+    asyncio.run(go())
+
+
+def test_a_transaction_after_a_failure_finds_the_nodes_on_its_own_loop(sent, monkeypatch):
+    """review 16b #1: after a failure (``_initialize``) redis-py's path found the nodes again in a thread with
+    its own loop, against this loop's lock: frozen, or a RuntimeError answered 500."""
+    found: list[bool] = []
+
+    async def initialize(self: PermittedCluster, *args: Any, **kwargs: Any) -> PermittedCluster:
+        found.append(threading.current_thread() is threading.main_thread())
+        self._initialize = False
+        return self
+
+    monkeypatch.setattr(PermittedCluster, "initialize", initialize)
+
+    async def go() -> None:
+        client = offline_client(5)
+        client._initialize = True
+        async with client.pipeline(transaction=True) as pipe:
+            await pipe.watch("fx:{g1}:a")
+            pipe.multi()
+            pipe.set("fx:{g1}:a", "1")
+        await client.aclose()
+
+    asyncio.run(go())
+    assert found == [True] and [a[0] for a in sent] == ["WATCH"]
+
+
+def test_a_command_the_store_does_not_send_in_a_transaction_is_refused_not_threaded(sent):
+    async def go() -> None:
+        client = offline_client(5)
+        pipe = client.pipeline(transaction=True)
+        pipe.multi()
+        with pytest.raises(RedisClusterException, match="not mapped"):
+            pipe.execute_command("OBJECT", "ENCODING", "fx:{g1}:a")
+        await pipe.reset()
+        await client.aclose()
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    ("args", "same_slot_as"),
+    [
+        (("SET", "fx:{g1}:a", "v"), "fx:{g1}:a"),
+        (("WATCH", "fx:{g1}:a", "fx:{g1}:b"), "fx:{g1}:a"),
+        (("EVALSHA", "abc", 2, "fx:{p7}:x", "fx:{p7}:y", "blob"), "fx:{p7}:x"),
+        (("EVALSHA", "abc", 0, "blob"), None),  # no key
+        (("ZINTER", 2, "fx:{g1}:a", "fx:{g1}:b"), None),  # not a command the store sends so: not mapped
+    ],
+)
+def test_a_transaction_commands_slot(args, same_slot_as):
+    from redis.crc import key_slot
+
+    want = key_slot(same_slot_as.encode()) if same_slot_as else None
+    assert cluster.transaction_slot(args, lambda k: key_slot(str(k).encode())) == want
+
+
+def test_a_watch_of_keys_in_two_slots_is_refused():
+    from redis.crc import key_slot
+
+    with pytest.raises(CrossSlotTransactionError):
+        cluster.transaction_slot(("WATCH", "fx:{g1}:a", "fx:{g2}:b"), lambda k: key_slot(str(k).encode()))

@@ -68,7 +68,7 @@ async def fences_at_many(request: Request, tenant: Tenant, state: State) -> Resp
         pts = np.asarray(body["points"], dtype=np.float64)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         raise Problem(422, 'the body is {"points": [[lon, lat], ...]}: a list of [longitude, latitude] pairs') from None
-    if pts.size == 0:
+    if pts.shape == (0,):  # "points": [] (and only that: [[[], []]] is no pair)
         pts = pts.reshape(0, 2)
     if pts.ndim != 2 or pts.shape[1] != 2:
         raise Problem(422, "every point is a [longitude, latitude] pair")
